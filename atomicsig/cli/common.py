@@ -1,0 +1,126 @@
+"""Shared CLI plumbing: the option set every command spells the same way, output and exit codes."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from ..errors import EXIT_UNDECIDED, EXIT_USAGE, AtomicsigError
+from ..passphrase import PassphraseSource
+
+F = TypeVar("F", bound=Callable[..., Any])
+DEFAULT_SIGSTORE = "/var/lib/atomic/sigstore"
+
+
+def run_main(group: click.Group, argv: list[str]) -> int:
+    """Run click in standalone=False mode and map every outcome to our exit-code contract.
+
+    click's defaults would exit 1 on Ctrl-C and on a broken pipe, which a pipeline would read as "rejected".
+    """
+    try:
+        rv = group.main(args=argv, prog_name="atomicsig", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("atomicsig: interrupted", err=True)
+        return EXIT_UNDECIDED
+    except KeyboardInterrupt:
+        click.echo("atomicsig: interrupted", err=True)
+        return EXIT_UNDECIDED
+    except click.exceptions.Exit as exc:
+        return int(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        return EXIT_USAGE if exc.exit_code == 2 else int(exc.exit_code)
+    except AtomicsigError as exc:
+        click.echo(f"atomicsig: error: {exc.message}", err=True)
+        if exc.diagnostics():
+            click.echo(f"  hint: {exc.diagnostics()}", err=True)
+        return exc.exit_code
+    except BrokenPipeError:
+        _silence_stdout()
+        return EXIT_UNDECIDED
+    except OSError as exc:
+        if exc.errno == errno.EPIPE:
+            _silence_stdout()
+            return EXIT_UNDECIDED
+        click.echo(f"atomicsig: error: {exc.strerror or exc}", err=True)
+        return EXIT_UNDECIDED
+    return int(rv or 0)
+
+
+def _silence_stdout() -> None:
+    # Python flushes stdout at exit; on a closed pipe that raises again, so point it at /dev/null.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+
+
+# ---- options ---------------------------------------------------------------------------------------------------
+
+
+def gnupghome_option(f: F) -> F:
+    return click.option("--gnupghome", metavar="DIR", envvar="GNUPGHOME", show_envvar=True,
+                        help="GnuPG home holding the keys (default: $GNUPGHOME, else ~/.gnupg).")(f)
+
+
+def json_option(f: F) -> F:
+    return click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON on stdout.")(f)
+
+
+def sigstore_option(default: str | None = DEFAULT_SIGSTORE, help_: str = "") -> Callable[[F], F]:
+    def deco(f: F) -> F:
+        return click.option("--sigstore", metavar="PATH|URL", default=default, show_default=default is not None,
+                            help=help_ or "Where signatures live: a directory, file://, or http(s):// lookaside.")(f)
+    return deco
+
+
+def passphrase_options(f: F) -> F:
+    f = click.option("--passphrase-stdin", is_flag=True, help="Read the passphrase from the first line of stdin.")(f)
+    f = click.option("--passphrase-env", metavar="NAME",
+                     help="Name of an environment variable holding the passphrase (the name, not the value).")(f)
+    f = click.option("--passphrase-file", metavar="FILE", type=click.Path(dir_okay=False),
+                     help="File whose first line is the key passphrase.")(f)
+    return f
+
+
+def passphrase_source(passphrase_file: str | None, passphrase_env: str | None,
+                      passphrase_stdin: bool) -> PassphraseSource:
+    given = sum(bool(x) for x in (passphrase_file, passphrase_env, passphrase_stdin))
+    if given > 1:
+        raise click.UsageError("use only one of --passphrase-file, --passphrase-env, --passphrase-stdin")
+    return PassphraseSource(file=passphrase_file, env=passphrase_env, stdin=passphrase_stdin)
+
+
+def registry_options(f: F) -> F:
+    f = click.option("--authfile", metavar="FILE", envvar="REGISTRY_AUTH_FILE",
+                     help="Registry credentials (containers-auth.json); default $XDG_RUNTIME_DIR/containers/"
+                          "auth.json, then ~/.docker/config.json.")(f)
+    f = click.option("--cert-dir", metavar="DIR", help="Directory with *.crt CA files (and *.cert/*.key client "
+                                                        "certs) for the registry, like skopeo.")(f)
+    f = click.option("--tls-verify", type=click.BOOL, default=True, show_default=True, metavar="BOOL",
+                     help="Require HTTPS with a valid certificate; --tls-verify=false also allows plain HTTP.")(f)
+    return f
+
+
+def emit_json(obj: Any) -> None:
+    click.echo(json.dumps(obj, indent=2, sort_keys=False))
+
+
+def table(rows: list[list[str]], headers: list[str]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows, strict=False)]
+    lines = ["  ".join(str(h).ljust(w) for h, w in zip(headers, widths, strict=False)).rstrip()]
+    for r in rows:
+        lines.append("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=False)).rstrip())
+    return "\n".join(lines)
+
+
+def install_sigterm_as_interrupt() -> None:
+    """SIGTERM during a batch behaves like Ctrl-C: finish nothing half-way (writes are atomic) and exit 3."""
+    def _handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, _handler)

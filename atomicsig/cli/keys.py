@@ -1,0 +1,195 @@
+"""``atomicsig keys``: batch GnuPG key management."""
+
+from __future__ import annotations
+
+import datetime
+import sys
+
+import click
+
+from ..errors import InputError
+from .common import (
+    emit_json,
+    gnupghome_option,
+    json_option,
+    passphrase_options,
+    passphrase_source,
+    table,
+)
+
+
+def _keyring(gnupghome: str | None):  # type: ignore[no-untyped-def]
+    from ..gpg import Keyring
+
+    return Keyring(gnupghome)
+
+
+def _date(ts: int | None) -> str:
+    if not ts:
+        return "never"
+    return datetime.datetime.fromtimestamp(ts, datetime.UTC).strftime("%Y-%m-%d")
+
+
+@click.group()
+def keys() -> None:
+    """Create, list, import, export, retire and delete GnuPG signing keys, without prompts."""
+
+
+@keys.command("generate")
+@click.option("-f", "--file", "--batch", "path", required=True, type=click.Path(dir_okay=False, allow_dash=True),
+              help="Signers YAML (see README 'Signers file'); '-' for stdin.")
+@gnupghome_option
+@json_option
+def generate_cmd(path: str, gnupghome: str | None, as_json: bool) -> None:
+    """Generate every key listed in a signers YAML file; existing identities are reported, not duplicated."""
+    from .. import keys as keylib
+
+    if path == "-":
+        text, source = sys.stdin.read(), "<stdin>"
+    else:
+        try:
+            with open(path, encoding="utf-8") as fh:
+                text, source = fh.read(), path
+        except OSError as exc:
+            raise InputError(f"cannot read {path}: {exc.strerror}") from exc
+    specs = keylib.load_specs(text, source)
+    results = keylib.generate(_keyring(gnupghome), specs)
+    if as_json:
+        emit_json({"keys": [r.as_dict() for r in results]})
+        return
+    rows = [[r.status, r.key.fingerprint, r.key.algorithm, _date(r.key.expires), r.key.uids[0] if r.key.uids else ""]
+            for r in results]
+    click.echo(table(rows, ["STATUS", "FINGERPRINT", "ALGORITHM", "EXPIRES", "UID"]))
+
+
+@keys.command("list")
+@click.option("--secret", is_flag=True, help="Only keys whose secret part is present (usable for signing).")
+@gnupghome_option
+@json_option
+def list_cmd(secret: bool, gnupghome: str | None, as_json: bool) -> None:
+    """List keys with fingerprint, user IDs, algorithm and expiry."""
+    ks = _keyring(gnupghome).list_keys(secret=secret)
+    if as_json:
+        emit_json({"keys": [k.as_dict() for k in ks]})
+        return
+    rows = []
+    for k in ks:
+        state = "revoked" if k.revoked else "expired" if k.expired else ("sec" if k.secret else "pub")
+        rows.append([k.fingerprint, k.algorithm, _date(k.created), _date(k.expires), state, "; ".join(k.uids)])
+    click.echo(table(rows, ["FINGERPRINT", "ALGORITHM", "CREATED", "EXPIRES", "TYPE", "UIDS"]))
+
+
+@keys.command("export")
+@click.argument("key", nargs=-1, required=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write here (atomically) instead of stdout.")
+@click.option("--armor", is_flag=True, help="ASCII armor (default: binary, what /etc/pki/containers expects).")
+@click.option("--secret", is_flag=True, help="Export the secret key (e.g. for a Kubernetes Secret); file mode 0600.")
+@passphrase_options
+@gnupghome_option
+def export_cmd(key: tuple[str, ...], output: str | None, armor: bool, secret: bool, passphrase_file: str | None,
+               passphrase_env: str | None, passphrase_stdin: bool, gnupghome: str | None) -> None:
+    """Export public (or --secret) keys named by fingerprint or e-mail."""
+    from ..fsutil import atomic_write
+    from ..passphrase import read_cached
+
+    kr = _keyring(gnupghome)
+    fprs = [kr.resolve(k, secret=secret).fingerprint for k in key]
+    if secret:
+        pw = read_cached(passphrase_source(passphrase_file, passphrase_env, passphrase_stdin))
+        data = kr.export_secret(fprs, armor=armor, passphrase=pw)
+    else:
+        data = kr.export_public(fprs, armor=armor)
+    if output:
+        atomic_write(output, data, 0o600 if secret else 0o644)
+        click.echo(f"exported {len(fprs)} {'secret' if secret else 'public'} key(s) to {output}", err=True)
+    else:
+        if not armor and sys.stdout.isatty():
+            raise InputError("refusing to write binary key data to a terminal; use -o FILE or --armor")
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+
+
+@keys.command("import")
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False, allow_dash=True))
+@passphrase_options
+@gnupghome_option
+@json_option
+def import_cmd(files: tuple[str, ...], passphrase_file: str | None, passphrase_env: str | None,
+               passphrase_stdin: bool, gnupghome: str | None, as_json: bool) -> None:
+    """Import public or secret keys (binary or armored) from files ('-' for stdin)."""
+    from ..passphrase import read_cached
+
+    kr = _keyring(gnupghome)
+    pw = read_cached(passphrase_source(passphrase_file, passphrase_env, passphrase_stdin))
+    imported: list[str] = []
+    for f in files:
+        try:
+            data = sys.stdin.buffer.read() if f == "-" else open(f, "rb").read()  # noqa: SIM115
+        except OSError as exc:
+            raise InputError(f"cannot read {f}: {exc.strerror}") from exc
+        try:
+            imported += kr.import_keys(data, pw)
+        except InputError as exc:
+            raise InputError(f"{f}: {exc.message}") from exc
+    if as_json:
+        emit_json({"imported": imported})
+    else:
+        for fpr in imported:
+            click.echo(f"imported {fpr}")
+
+
+@keys.command("delete")
+@click.argument("key", nargs=-1, required=True)
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation (required without a terminal).")
+@passphrase_options
+@gnupghome_option
+def delete_cmd(key: tuple[str, ...], yes: bool, passphrase_file: str | None, passphrase_env: str | None,
+               passphrase_stdin: bool, gnupghome: str | None) -> None:
+    """Delete keys (secret and public part) by fingerprint. E-mails are refused: too easy to hit the wrong key."""
+    from ..gpg import _FPR_RE
+    from ..passphrase import read_cached
+
+    kr = _keyring(gnupghome)
+    for k in key:
+        if not _FPR_RE.match(k) or len(k.removeprefix("0x")) != 40:
+            raise InputError(f"delete needs a full 40-hex fingerprint, not {k!r}")
+    targets = [kr.resolve(k, secret=False) for k in key]
+    if not yes:
+        if not sys.stdin.isatty():
+            raise InputError("refusing to delete keys without --yes when not on a terminal")
+        click.confirm(f"Delete {len(targets)} key(s) including secret parts?", abort=True)
+    pw = read_cached(passphrase_source(passphrase_file, passphrase_env, passphrase_stdin))
+    for t in targets:
+        kr.delete(t.fingerprint, passphrase=pw)
+        click.echo(f"deleted {t.fingerprint}")
+
+
+@keys.command("retire")
+@click.argument("key", nargs=-1, required=True)
+@click.option("--revoke", is_flag=True, help="Revoke instead of expiring (signatures stop verifying at once).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False),
+              help="With --revoke: also save the revocation certificate here.")
+@passphrase_options
+@gnupghome_option
+def retire_cmd(key: tuple[str, ...], revoke: bool, output: str | None, passphrase_file: str | None,
+               passphrase_env: str | None, passphrase_stdin: bool, gnupghome: str | None) -> None:
+    """Stop a key from being used: set its expiry to tomorrow, or --revoke it.
+
+    Export the public key again afterwards and redistribute it (policy apply) so nodes learn of the change;
+    containers/image rejects signatures by expired or revoked keys.
+    """
+    from ..fsutil import atomic_write
+    from ..passphrase import read_cached
+
+    kr = _keyring(gnupghome)
+    pw = read_cached(passphrase_source(passphrase_file, passphrase_env, passphrase_stdin))
+    for k in key:
+        info = kr.resolve(k, secret=True)
+        if revoke:
+            cert = kr.revoke(info.fingerprint, passphrase=pw)
+            if output:
+                atomic_write(output, cert, 0o644)
+            click.echo(f"revoked {info.fingerprint}")
+        else:
+            kr.set_expiry(info.fingerprint, "1d", passphrase=pw)
+            click.echo(f"{info.fingerprint} now expires in one day")

@@ -1,0 +1,406 @@
+"""The only module that runs gpg. Key management, signing and (reference-path) verification.
+
+Built on python-gnupg, with the settings simple signing needs made explicit on every call, because a user's
+``gpg.conf`` (``armor``, ``textmode``) or python-gnupg's own defaults (clear-signing) would otherwise produce
+blobs that containers/image refuses. Passphrases travel on gpg's stdin (loopback pinentry), never in argv.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import shutil
+import tempfile
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .blob import simple_signing_body
+from .errors import GPGError, InputError, KeyNotFound, PassphraseError, SignatureFormatError
+
+#: Options that make signing output exactly one binary, inline, SHA-256 signed message regardless of gpg.conf.
+SIGN_OPTIONS = ["--no-armor", "--no-textmode", "--digest-algo", "SHA256", "--no-auto-key-locate",
+                "--no-auto-key-retrieve"]
+
+#: OpenPGP public-key algorithm ids (RFC 4880 §9.1, RFC 6637, draft-koch-eddsa).
+_ALGO_NAMES = {"1": "rsa", "2": "rsa", "3": "rsa", "16": "elg", "17": "dsa", "18": "ecdh", "19": "ecdsa",
+               "22": "eddsa"}
+_FPR_RE = re.compile(r"^(0x)?[0-9A-Fa-f]{40}$|^(0x)?[0-9A-Fa-f]{16}$")
+
+#: Algorithm names accepted in key specs, mapped to gpg --gen-key parameters.
+KEY_ALGORITHMS: dict[str, dict[str, str]] = {
+    "rsa2048": {"Key-Type": "RSA", "Key-Length": "2048"},
+    "rsa3072": {"Key-Type": "RSA", "Key-Length": "3072"},
+    "rsa4096": {"Key-Type": "RSA", "Key-Length": "4096"},
+    "ed25519": {"Key-Type": "EDDSA", "Key-Curve": "ed25519"},
+}
+
+
+def gpg_binary() -> str:
+    """Path to gpg (``$ATOMICSIG_GPG`` overrides), or GPGError with an install hint."""
+    candidate = os.environ.get("ATOMICSIG_GPG") or shutil.which("gpg") or shutil.which("gpg2")
+    if not candidate or not os.access(candidate, os.X_OK):
+        raise GPGError("gpg not found", hint="install GnuPG 2.2 or newer (Debian: apt-get install gnupg)")
+    return candidate
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    """A key as listed by gpg, in the vocabulary atomicsig prints."""
+
+    fingerprint: str
+    keyid: str
+    uids: tuple[str, ...]
+    algorithm: str
+    created: int
+    expires: int | None
+    validity: str  # gpg's validity letter: "r" revoked, "e" expired, "-"/"u"/… otherwise
+    secret: bool = False
+    subkeys: tuple[str, ...] = ()
+    can_sign: bool = True
+
+    @property
+    def revoked(self) -> bool:
+        return self.validity == "r"
+
+    @property
+    def expired(self) -> bool:
+        return self.validity == "e"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "fingerprint": self.fingerprint,
+            "keyid": self.keyid,
+            "uids": list(self.uids),
+            "algorithm": self.algorithm,
+            "created": self.created,
+            "expires": self.expires,
+            "revoked": self.revoked,
+            "expired": self.expired,
+            "secret": self.secret,
+            "subkeys": list(self.subkeys),
+        }
+
+
+def _algorithm_name(entry: dict[str, Any]) -> str:
+    algo = _ALGO_NAMES.get(str(entry.get("algo", "")), f"algo{entry.get('algo')}")
+    if algo == "rsa":
+        return f"rsa{entry.get('length')}"
+    curve = entry.get("curve") or ""
+    return curve if curve else algo
+
+
+def _email_of(uid: str) -> str:
+    m = re.search(r"<([^>]*)>", uid)
+    return (m.group(1) if m else uid).lower()
+
+
+@dataclass
+class Keyring:
+    """A GnuPG home directory (``--gnupghome``, else ``$GNUPGHOME``, else gpg's default ``~/.gnupg``)."""
+
+    home: str | None = None
+    _gpg: Any = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.home is None:
+            self.home = os.environ.get("GNUPGHOME") or None
+        if self.home is not None:
+            try:
+                Path(self.home).mkdir(mode=0o700, parents=True, exist_ok=True)
+            except OSError as exc:
+                raise InputError(f"cannot use GnuPG home {self.home}: {exc.strerror}") from exc
+
+    @property
+    def gpg(self) -> Any:
+        if self._gpg is None:
+            import gnupg
+
+            binary = gpg_binary()
+            try:
+                g = gnupg.GPG(gpgbinary=binary, gnupghome=self.home)
+            except (OSError, ValueError, RuntimeError) as exc:
+                raise GPGError(f"cannot run gpg: {exc}") from exc
+            g.encoding = "utf-8"
+            self._gpg = g
+        return self._gpg
+
+    # ---- listing and lookup -------------------------------------------------------------------------------
+
+    def list_keys(self, secret: bool = False) -> list[KeyInfo]:
+        result = self.gpg.list_keys(secret=secret)
+        secret_fprs = {k["fingerprint"] for k in self.gpg.list_keys(secret=True)} if not secret else None
+        out = []
+        for k in result:
+            out.append(KeyInfo(
+                fingerprint=k["fingerprint"],
+                keyid=k["keyid"],
+                uids=tuple(k.get("uids") or ()),
+                algorithm=_algorithm_name(k),
+                created=int(k.get("date") or 0),
+                expires=int(k["expires"]) if k.get("expires") else None,
+                validity=k.get("trust") or "-",
+                secret=secret or (k["fingerprint"] in (secret_fprs or set())),
+                subkeys=tuple(s[2] if len(s) > 2 and s[2] else s[0] for s in k.get("subkeys") or ()),
+                can_sign="s" in (k.get("cap") or "").lower(),
+            ))
+        return out
+
+    def resolve(self, spec: str, *, secret: bool) -> KeyInfo:
+        """Find exactly one key by fingerprint, key ID or e-mail/uid substring."""
+        keys = self.list_keys(secret=secret)
+        wanted = spec[2:] if spec.lower().startswith("0x") else spec
+        if _FPR_RE.match(spec):
+            w = wanted.upper()
+            matches = [k for k in keys if k.fingerprint.upper().endswith(w) or w in (s.upper() for s in k.subkeys)]
+        else:
+            email = spec.strip("<>").lower()
+            matches = [k for k in keys if any(_email_of(u) == email or u == spec for u in k.uids)]
+        kind = "secret key" if secret else "key"
+        if not matches:
+            raise KeyNotFound(f"no {kind} matching {spec!r} in {self.describe()}")
+        usable = [k for k in matches if not (k.revoked or k.expired)]
+        if len(usable) > 1:
+            fprs = ", ".join(k.fingerprint for k in usable)
+            raise InputError(f"{spec!r} matches several keys ({fprs}); give a fingerprint")
+        if not usable:
+            raise KeyNotFound(f"{kind} {matches[0].fingerprint} for {spec!r} is expired or revoked")
+        return usable[0]
+
+    def describe(self) -> str:
+        return f"GnuPG home {self.home}" if self.home else "the default GnuPG home"
+
+    # ---- generation ---------------------------------------------------------------------------------------
+
+    def generate(self, *, name: str, email: str, comment: str | None, algorithm: str, expire: str,
+                 passphrase: str | None) -> KeyInfo:
+        """Create a signing-only primary key. The parameter block (with any passphrase) goes to gpg's stdin."""
+        if algorithm not in KEY_ALGORITHMS:
+            raise InputError(f"unknown algorithm {algorithm!r}; use one of {', '.join(KEY_ALGORITHMS)}")
+        lines = [f"{k}: {v}" for k, v in KEY_ALGORITHMS[algorithm].items()]
+        lines += ["Key-Usage: sign", f"Name-Real: {name}", f"Name-Email: {email}", f"Expire-Date: {expire}"]
+        if comment:
+            lines.append(f"Name-Comment: {comment}")
+        for line in lines:
+            if "\n" in line or "\r" in line:
+                raise InputError("key parameters must not contain newlines")
+        if passphrase is None:
+            lines.append("%no-protection")
+        else:
+            lines.append(f"Passphrase: {passphrase}")
+        lines.append("%commit")
+        result = self.gpg.gen_key("\n".join(lines) + "\n")
+        fpr = getattr(result, "fingerprint", None)
+        if not fpr:
+            raise GPGError(f"gpg could not generate a key for {email}: {_stderr_tail(result)}")
+        return self.resolve(str(fpr), secret=True)
+
+    # ---- import / export / delete -------------------------------------------------------------------------
+
+    def import_keys(self, data: bytes, passphrase: str | None = None) -> list[str]:
+        result = self.gpg.import_keys(data, passphrase=passphrase) if passphrase else self.gpg.import_keys(data)
+        fprs = sorted({f for f in (result.fingerprints or []) if f})
+        if not fprs:
+            raise InputError(f"no OpenPGP key found in the input ({_stderr_tail(result)})")
+        return fprs
+
+    def export_public(self, fingerprints: Iterable[str], *, armor: bool) -> bytes:
+        fprs = list(fingerprints)
+        data = self.gpg.export_keys(fprs, armor=armor)
+        raw = data if isinstance(data, bytes) else data.encode()
+        if not raw:
+            raise KeyNotFound(f"nothing exported for {', '.join(fprs)}")
+        return raw
+
+    def export_secret(self, fingerprints: Iterable[str], *, armor: bool, passphrase: str | None) -> bytes:
+        fprs = list(fingerprints)
+        if passphrase is None:
+            data = self.gpg.export_keys(fprs, secret=True, armor=armor, expect_passphrase=False)
+        else:
+            data = self.gpg.export_keys(fprs, secret=True, armor=armor, passphrase=passphrase)
+        raw = data if isinstance(data, bytes) else data.encode()
+        if not raw:
+            raise PassphraseError(f"could not export the secret key of {', '.join(fprs)} (wrong passphrase?)")
+        return raw
+
+    def delete(self, fingerprint: str, *, passphrase: str | None) -> None:
+        """Delete the secret key (if any) and then the public key."""
+        secret_fprs = {k.fingerprint for k in self.list_keys(secret=True)}
+        if fingerprint in secret_fprs:
+            if passphrase is None:
+                res = self.gpg.delete_keys(fingerprint, secret=True, expect_passphrase=False)
+            else:
+                res = self.gpg.delete_keys(fingerprint, secret=True, passphrase=passphrase)
+            if str(res) != "ok":
+                raise GPGError(f"could not delete secret key {fingerprint}: {res}")
+        res = self.gpg.delete_keys(fingerprint)
+        if str(res) != "ok":
+            raise GPGError(f"could not delete key {fingerprint}: {res}")
+
+    def set_expiry(self, fingerprint: str, expire: str, *, passphrase: str | None) -> None:
+        """Change the primary key's expiry (``--quick-set-expire``); used to retire a key gracefully."""
+        args = ["--quick-set-expire", fingerprint, expire]
+        self._run(args, passphrase)
+
+    def revoke(self, fingerprint: str, *, passphrase: str | None, reason: str = "key retired") -> bytes:
+        """Generate and import a revocation certificate; returns the certificate (armored)."""
+        # gpg --gen-revoke is interactive; --command-fd answers its questions deterministically.
+        answers = "y\n0\n" + reason.replace("\n", " ") + "\n\ny\n"
+        out = self._run(["--command-fd", "0", "--armor", "--gen-revoke", fingerprint], passphrase,
+                        stdin_prefix=answers)
+        if b"BEGIN PGP PUBLIC KEY BLOCK" not in out:
+            raise GPGError(f"gpg did not produce a revocation certificate for {fingerprint}")
+        self.import_keys(out)
+        return out
+
+    def _run(self, args: list[str], passphrase: str | None, stdin_prefix: str = "") -> bytes:
+        """Run gpg for operations python-gnupg does not wrap; passphrase on fd 0 after any scripted answers."""
+        import subprocess
+
+        cmd = [gpg_binary(), "--batch", "--no-tty", "--status-fd", "2"]
+        if self.home:
+            cmd += ["--homedir", self.home]
+        stdin = b""
+        if passphrase is not None:
+            cmd += ["--pinentry-mode", "loopback", "--passphrase-fd", "0"]
+            stdin = passphrase.encode() + b"\n"
+        stdin += stdin_prefix.encode()
+        proc = subprocess.run(cmd + args, input=stdin, capture_output=True, check=False, timeout=120)
+        if proc.returncode != 0:
+            raise GPGError(f"gpg {args[0]} failed: {_last_line(proc.stderr)}")
+        return proc.stdout
+
+    # ---- signing ------------------------------------------------------------------------------------------
+
+    def sign(self, payload: bytes, fingerprint: str, passphrase: str | None) -> bytes:
+        """Sign ``payload`` as one binary, inline OpenPGP message with the key ``fingerprint``."""
+        kwargs: dict[str, Any] = {"keyid": fingerprint, "clearsign": False, "detach": False, "binary": True,
+                                  "extra_args": SIGN_OPTIONS + ["--local-user", fingerprint]}
+        if passphrase is not None:
+            kwargs["passphrase"] = passphrase
+        result = self.gpg.sign(payload, **kwargs)
+        blob = result.data if isinstance(result.data, bytes) else bytes(result.data or b"")
+        if not blob:
+            stderr = _stderr_tail(result)
+            if "BAD_PASSPHRASE" in (result.stderr or "") or "Bad passphrase" in stderr:
+                raise PassphraseError(f"wrong passphrase for key {fingerprint}")
+            if "MISSING_PASSPHRASE" in (result.stderr or "") or "No passphrase" in stderr \
+                    or "PINENTRY_LAUNCHED" in (result.stderr or ""):
+                raise PassphraseError(f"key {fingerprint} needs a passphrase (--passphrase-file or --passphrase-env)")
+            raise GPGError(f"gpg could not sign with {fingerprint}: {stderr}")
+        try:
+            simple_signing_body(blob)
+        except SignatureFormatError as exc:  # would only happen if gpg ignored our options
+            raise GPGError(f"gpg produced an unusable signature: {exc}") from exc
+        return blob
+
+
+def _stderr_tail(result: Any) -> str:
+    return _last_line((getattr(result, "stderr", "") or "").encode())
+
+
+def _last_line(stderr: bytes) -> str:
+    lines = [ln for ln in stderr.decode(errors="replace").splitlines()
+             if ln.strip() and not ln.startswith("[GNUPG:]")]
+    return lines[-1].strip() if lines else "no error output"
+
+
+# ---- verification (reference path) -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GPGVerification:
+    """What gpg says about one signed message, before any policy decision."""
+
+    payload: bytes
+    signer: str  # primary key fingerprint, uppercase
+    signing_key: str  # the (sub)key that made the signature
+
+
+class TrustedKeys:
+    """An ephemeral GnuPG home holding only the trusted public keys, like c/image's ``containers-ephemeral-gpg-*``.
+
+    Verification must not depend on the user's keyring or owner trust, so keys are imported into a throwaway
+    home that is removed on :meth:`close`. The set of trusted identities is the primary fingerprints imported.
+    """
+
+    def __init__(self, keyring_blobs: Iterable[bytes]) -> None:
+        self._dir = tempfile.mkdtemp(prefix="atomicsig-ephemeral-gpg-")
+        self._lock = threading.Lock()
+        self.fingerprints: frozenset[str] = frozenset()
+        try:
+            self._keyring = Keyring(self._dir)
+            fprs: set[str] = set()
+            for data in keyring_blobs:
+                with contextlib.suppress(InputError):
+                    self._keyring.import_keys(data)
+            for k in self._keyring.list_keys():
+                fprs.add(k.fingerprint.upper())
+            self.fingerprints = frozenset(fprs)
+            self._subkey_to_primary = {s.upper(): k.fingerprint.upper()
+                                       for k in self._keyring.list_keys() for s in k.subkeys}
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(",".join(sorted(self.fingerprints)).encode()).hexdigest()
+
+    def close(self) -> None:
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    def __enter__(self) -> TrustedKeys:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def verify(self, blob: bytes) -> GPGVerification:
+        """Verify one signed message. Raises SignatureFormatError with the reason on any failure.
+
+        Mirrors GPGME's checks in c/image ``mechanism_gpgme.go``: exactly one signature, no BADSIG/ERRSIG,
+        no expired signature, no expired or revoked key; owner trust ignored.
+        """
+        if not self.fingerprints:
+            raise SignatureFormatError("no public keys imported")
+        body = simple_signing_body(blob)
+        g = self._keyring.gpg
+        result = g.decrypt(body, extra_args=["--trust-model", "always", "--no-auto-key-retrieve"])
+        problems = [p.get("status", "") for p in (getattr(result, "problems", None) or [])]
+        sig_count = len(getattr(result, "sig_info", {}) or {})
+        if sig_count > 1:
+            raise SignatureFormatError(f"unexpected GPG signature count {sig_count}")
+        if problems:
+            raise SignatureFormatError(f"signature rejected by gpg: {problems[0]}")
+        if not result.valid or not result.fingerprint:
+            status = result.status or _stderr_tail(result)
+            if "no public key" in str(status).lower() or getattr(result, "key_id", None) and not result.fingerprint:
+                raise SignatureFormatError(f"signed by an untrusted key (key ID {getattr(result, 'key_id', '?')})")
+            raise SignatureFormatError(f"invalid signature: {status}")
+        signing = str(result.fingerprint).upper()
+        primary = str(getattr(result, "pubkey_fingerprint", "") or signing).upper()
+        primary = self._subkey_to_primary.get(signing, primary)
+        if primary not in self.fingerprints:
+            raise SignatureFormatError(f"signed by an untrusted key {primary}")
+        data = result.data if isinstance(result.data, bytes) else bytes(result.data or b"")
+        return GPGVerification(payload=data, signer=primary, signing_key=signing)
+
+
+@contextlib.contextmanager
+def temporary_home() -> Iterator[Keyring]:
+    """A throwaway GnuPG home (e.g. to sign with a key file from a Kubernetes Secret), removed afterwards."""
+    d = tempfile.mkdtemp(prefix="atomicsig-gpg-")
+    try:
+        yield Keyring(d)
+    finally:
+        import subprocess
+
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            subprocess.run(["gpgconf", "--homedir", d, "--kill", "all"], capture_output=True, check=False,
+                           timeout=10)
+        shutil.rmtree(d, ignore_errors=True)

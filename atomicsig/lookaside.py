@@ -1,0 +1,209 @@
+"""The lookaside sigstore layout and its storage backends (SPEC §3).
+
+Layout: ``<base>/<repository path without host>@<algo>=<hex>/signature-<N>``, N = 1, 2, … without gaps, because
+containers/image stops reading at the first missing index and fails on index 128.
+
+Backends share one small interface, :class:`SignatureStore`: a local directory (read + append), an HTTP(S)
+lookaside (read only, as in containers/image), and — in :mod:`atomicsig.extension` — the registry signature
+extension API. Appending never overwrites: ``signature-N`` is created with :func:`fsutil.create_exclusive`, so
+concurrent signers each get their own index and nobody's file is lost.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import urllib.parse
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import fsutil
+from .blob import MAX_SIGNATURE_SIZE
+from .errors import InputError, StorageError
+from .reference import Reference, validate_digest
+
+#: c/image fails a read that reaches this index, so at most 127 signatures are usable per image.
+MAX_LOOKASIDE_SIGNATURES = 128
+DEFAULT_SIGSTORE = "/var/lib/atomic/sigstore"
+_SIG_NAME = re.compile(r"^signature-([1-9][0-9]*)$")
+
+
+def digest_dirname(repo_path: str, digest: str) -> str:
+    """``<repo path>@sha256=<hex>``, validated so it cannot contain ``..`` or a leading ``/``."""
+    algo, hexpart = validate_digest(digest).split(":", 1)
+    if not repo_path or repo_path.startswith("/") or ".." in repo_path.split("/") or "//" in repo_path \
+            or os.path.normpath(repo_path) != repo_path:
+        raise InputError(f"invalid repository path {repo_path!r}")
+    return f"{repo_path}@{algo}={hexpart}"
+
+
+@dataclass(frozen=True)
+class StoredSignature:
+    """One signature as found in a store, with where it came from (for messages)."""
+
+    index: int
+    blob: bytes
+    location: str
+
+
+@dataclass(frozen=True)
+class AppendResult:
+    location: str
+    index: int | None
+    created: bool  # False when identical bytes were already stored
+
+
+class SignatureStore(ABC):
+    """Where simple signatures of images live."""
+
+    @abstractmethod
+    def read(self, ref: Reference, digest: str) -> list[StoredSignature]:
+        """All signatures of ``digest`` in ``ref``'s repository, in index order."""
+
+    @abstractmethod
+    def append(self, ref: Reference, digest: str, blob: bytes) -> AppendResult:
+        """Store one more signature; identical bytes already present are not stored twice."""
+
+    @abstractmethod
+    def describe(self) -> str:
+        """Human-readable location, for messages."""
+
+
+class DirectoryStore(SignatureStore):
+    """A lookaside on the local filesystem (``file://`` or a plain path)."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+
+    def describe(self) -> str:
+        return str(self.root)
+
+    def digest_dir(self, ref: Reference, digest: str) -> Path:
+        d = self.root / digest_dirname(ref.path, digest)
+        # A symlink inside the store must not redirect writes outside of it.
+        if d.exists() and not fsutil.is_within(self.root, d):
+            raise StorageError(f"{d} resolves outside the sigstore {self.root}")
+        return d
+
+    def read(self, ref: Reference, digest: str) -> list[StoredSignature]:
+        return read_dir(self.digest_dir(ref, digest))
+
+    def append(self, ref: Reference, digest: str, blob: bytes) -> AppendResult:
+        if self.root.exists() and not self.root.is_dir():
+            raise StorageError(f"sigstore {self.root} is not a directory")
+        d = self.digest_dir(ref, digest)
+        fsutil.makedirs(d, 0o755)
+        if not fsutil.is_within(self.root, d):
+            raise StorageError(f"{d} resolves outside the sigstore {self.root}")
+        return append_to_dir(d, blob)
+
+
+def read_dir(d: Path) -> list[StoredSignature]:
+    """Read ``signature-1 …`` until the first gap, exactly like c/image's file lookaside reader."""
+    out: list[StoredSignature] = []
+    for n in range(1, MAX_LOOKASIDE_SIGNATURES + 1):
+        p = d / f"signature-{n}"
+        try:
+            data = p.read_bytes()
+        except FileNotFoundError:
+            break
+        except NotADirectoryError:
+            break
+        except OSError as exc:
+            raise StorageError(f"cannot read {p}: {exc.strerror}") from exc
+        if n == MAX_LOOKASIDE_SIGNATURES:
+            raise StorageError(f"{d} holds {n} or more signatures; containers/image refuses to read them")
+        out.append(StoredSignature(n, data, str(p)))
+    return out
+
+
+def append_to_dir(d: Path, blob: bytes) -> AppendResult:
+    """Create the first free ``signature-N`` in ``d`` with ``blob`` unless identical bytes are already there."""
+    existing = read_dir(d)
+    for s in existing:
+        if s.blob == blob:
+            return AppendResult(s.location, s.index, False)
+    n = len(existing) + 1
+    while n < MAX_LOOKASIDE_SIGNATURES:
+        p = d / f"signature-{n}"
+        if fsutil.create_exclusive(p, blob, 0o644):
+            return AppendResult(str(p), n, True)
+        # Someone else took N meanwhile; their file is complete (created by link), so check it and move on.
+        try:
+            if p.read_bytes() == blob:
+                return AppendResult(str(p), n, False)
+        except OSError:
+            pass
+        n += 1
+    raise StorageError(f"{d} already holds {MAX_LOOKASIDE_SIGNATURES - 1} signatures, the most containers/image reads")
+
+
+class HTTPLookaside(SignatureStore):
+    """A read-only HTTP(S) lookaside, read exactly as containers/image does (404 ends the list, else error)."""
+
+    def __init__(self, base_url: str, session: object | None = None, *, verify: bool | str = True) -> None:
+        self.base_url = base_url
+        self._session = session
+        self.verify = verify
+
+    def describe(self) -> str:
+        return self.base_url
+
+    def url(self, ref: Reference, digest: str, n: int) -> str:
+        u = urllib.parse.urlsplit(self.base_url)
+        path = f"{u.path}/{digest_dirname(ref.path, digest)}/signature-{n}"
+        return urllib.parse.urlunsplit(u._replace(path=path))
+
+    def read(self, ref: Reference, digest: str) -> list[StoredSignature]:
+        import requests
+
+        from .errors import RegistryError
+
+        session = self._session or requests.Session()
+        out: list[StoredSignature] = []
+        for n in range(1, MAX_LOOKASIDE_SIGNATURES + 1):
+            url = self.url(ref, digest, n)
+            try:
+                resp = session.get(url, stream=True, timeout=30, verify=self.verify)  # type: ignore[attr-defined]
+            except requests.RequestException as exc:
+                raise RegistryError(f"cannot read {url}: {exc.__class__.__name__}") from exc
+            with resp:
+                if resp.status_code == 404:
+                    break
+                if resp.status_code != 200:
+                    raise RegistryError(f"reading {url}: HTTP {resp.status_code}", status=resp.status_code)
+                data = _read_bounded(resp, MAX_SIGNATURE_SIZE, url)
+            if n == MAX_LOOKASIDE_SIGNATURES:
+                raise RegistryError(f"{url}: server provided {n} signatures; containers/image refuses that many")
+            out.append(StoredSignature(n, data, url))
+        return out
+
+    def append(self, ref: Reference, digest: str, blob: bytes) -> AppendResult:
+        raise InputError(f"writing directly to an HTTP lookaside ({self.base_url}) is not supported; "
+                         "use a file: sigstore or a registry with the signature extension")
+
+
+def _read_bounded(resp: object, limit: int, url: str) -> bytes:
+    from .errors import RegistryError
+
+    buf = bytearray()
+    for chunk in resp.iter_content(65536):  # type: ignore[attr-defined]
+        buf += chunk
+        if len(buf) > limit:
+            raise RegistryError(f"{url}: body exceeds the {limit}-byte limit")
+    return bytes(buf)
+
+
+def open_store(location: str, *, verify: bool | str = True) -> SignatureStore:
+    """A store from ``--sigstore``: a path, ``file://`` URL, or ``http(s)://`` URL."""
+    if location.startswith(("http://", "https://")):
+        return HTTPLookaside(location.rstrip("/"), verify=verify)
+    if location.startswith("file://"):
+        path = urllib.parse.unquote(urllib.parse.urlsplit(location).path)
+        if not path:
+            raise InputError(f"invalid sigstore URL {location!r}")
+        return DirectoryStore(path)
+    if "://" in location:
+        raise InputError(f"unsupported sigstore scheme in {location!r} (use a path, file://, http:// or https://)")
+    return DirectoryStore(location)

@@ -1,0 +1,66 @@
+"""Where passphrases come from: a file, an environment variable *name*, or stdin — never argv.
+
+The value is handed to gpg on a pipe (``--passphrase-fd 0`` with loopback pinentry); it never appears in a
+command line, a log record, or an exception message.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+
+from .errors import PassphraseError
+
+
+@dataclass(frozen=True)
+class PassphraseSource:
+    """How to obtain one passphrase. Exactly one of the fields is set (or none: key has no passphrase)."""
+
+    file: str | None = None
+    env: str | None = None
+    stdin: bool = False
+
+    def describe(self) -> str:
+        """Where the passphrase comes from, safe to print (never the value)."""
+        if self.file:
+            return f"file {self.file}"
+        if self.env:
+            return f"environment variable {self.env}"
+        if self.stdin:
+            return "standard input"
+        return "none"
+
+    def read(self) -> str | None:
+        """The passphrase, or None if no source is configured."""
+        if self.file:
+            try:
+                with open(self.file, encoding="utf-8") as fh:
+                    value = fh.readline()
+            except OSError as exc:
+                raise PassphraseError(f"cannot read passphrase file {self.file}: {exc.strerror}") from exc
+        elif self.env:
+            if self.env not in os.environ:
+                raise PassphraseError(f"passphrase environment variable {self.env} is not set")
+            value = os.environ[self.env]
+        elif self.stdin:
+            value = sys.stdin.readline()
+        else:
+            return None
+        # Like skopeo --sign-passphrase-file: the first line is the passphrase.
+        value = value.rstrip("\r\n")
+        if not value:
+            raise PassphraseError(f"passphrase from {self.describe()} is empty")
+        if any(c in value for c in "\r\n\x00"):
+            raise PassphraseError(f"passphrase from {self.describe()} contains a newline or NUL")
+        return value
+
+
+_cache: dict[PassphraseSource, str | None] = {}
+
+
+def read_cached(source: PassphraseSource) -> str | None:
+    """Read a source once per process: stdin can only be read once, and batch signing asks many times."""
+    if source not in _cache:
+        _cache[source] = source.read()
+    return _cache[source]

@@ -1,0 +1,171 @@
+"""Sign images: resolve what to sign, make the payloads, sign them in parallel, store them.
+
+The library half of ``atomicsig sign``. It never prints; progress is reported through a callback so the CLI can
+draw a bar on a tty and stay quiet in CI. A failure on one image is recorded in its result and never stops the
+others (batch semantics of issue #2).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from . import manifest, openpgp, payload, reference
+from .errors import AtomicsigError, InputError, SignatureFormatError
+from .lookaside import SignatureStore
+from .reference import Reference
+
+
+class Signer(Protocol):
+    """Anything that turns payload bytes into one binary OpenPGP signed message."""
+
+    fingerprint: str
+
+    def sign(self, data: bytes) -> bytes: ...
+
+
+@dataclass
+class GPGSigner:
+    """Signs through the user's GnuPG keyring/agent (smartcards work), one gpg process per signature."""
+
+    keyring: Any
+    fingerprint: str
+    passphrase: str | None = None
+
+    def sign(self, data: bytes) -> bytes:
+        blob: bytes = self.keyring.sign(data, self.fingerprint, self.passphrase)
+        return blob
+
+
+@dataclass(frozen=True)
+class Target:
+    """One thing to sign: the identity to claim and the manifest digest to bind it to."""
+
+    ref: Reference  # as given (normalized)
+    digest: str
+    identity: str
+    note: str = ""  # e.g. "linux/arm64 instance of …"
+
+
+@dataclass
+class Outcome:
+    """The result for one target."""
+
+    target: Target | None
+    input: str
+    status: str = "pending"  # signed | exists | failed
+    location: str | None = None
+    error: str | None = None
+    exit_code: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        t = self.target
+        return {"input": self.input, "status": self.status, "identity": t.identity if t else None,
+                "digest": t.digest if t else None, "location": self.location, "error": self.error,
+                "note": t.note if t else None}
+
+
+@dataclass
+class Resolver:
+    """Turns user references into targets, asking registries for digests when needed."""
+
+    tls_verify: bool = True
+    cert_dir: str | None = None
+    authfile: str | None = None
+    all_instances: bool = False
+    manifest_file: str | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def resolve(self, text: str) -> list[Target]:
+        ref = reference.parse(text.strip())
+        if ref.name_only:
+            ref = ref.with_tag_default()
+        identity = ref.identity()
+        if self.manifest_file:
+            try:
+                data = Path(self.manifest_file).read_bytes()
+            except OSError as exc:
+                raise InputError(f"cannot read manifest {self.manifest_file}: {exc.strerror}") from exc
+            digest = manifest.digest(data)
+            if ref.digest and ref.digest != digest:
+                raise InputError(f"{self.manifest_file} has digest {digest}, not {ref.digest}")
+            return self._with_instances(ref, identity, digest, data)
+        if ref.digest and not self.all_instances:
+            return [Target(ref, ref.digest, identity)]
+        from .registry import client_for
+
+        client = client_for(ref.domain, tls_verify=self.tls_verify, cert_dir=self.cert_dir, authfile=self.authfile)
+        fetched = client.get_manifest(ref)
+        return self._with_instances(ref, identity, fetched.digest, fetched.data)
+
+    def _with_instances(self, ref: Reference, identity: str, digest: str, data: bytes) -> list[Target]:
+        targets = [Target(ref, digest, identity)]
+        instances = manifest.list_instances(data)
+        if instances and self.all_instances:
+            for inst in instances:
+                note = f"{inst.platform or 'instance'} of {digest[:19]}"
+                targets.append(Target(ref, reference.validate_digest(inst.digest), identity, note))
+        return targets
+
+
+def already_signed_by(store: SignatureStore, target: Target, fingerprint: str) -> str | None:
+    """Location of an existing signature by ``fingerprint`` claiming the same identity and digest, if any.
+
+    Read without verifying: this only decides whether to skip work, never whether to trust.
+    """
+    for sig in store.read(target.ref, target.digest):
+        try:
+            msg = openpgp.parse_message(sig.blob)
+            claimed = payload.parse(msg.literal)
+        except SignatureFormatError:
+            continue
+        issuer = (msg.signatures[0].issuer_fingerprint or msg.signatures[0].issuer_keyid or "").upper()
+        if issuer and fingerprint.upper().endswith(issuer) and claimed.docker_reference == target.identity \
+                and claimed.manifest_digest == target.digest:
+            return sig.location
+    return None
+
+
+def sign_many(inputs: Iterable[str], *, resolver: Resolver, signer: Signer, store: SignatureStore,
+              force: bool = False, workers: int | None = None,
+              progress: Callable[[Outcome], None] | None = None) -> list[Outcome]:
+    """Resolve, sign and store every input; one Outcome per target (or per input that failed to resolve)."""
+    items = [i for i in inputs if i.strip() and not i.lstrip().startswith("#")]
+    workers = workers or min(8, (os.cpu_count() or 2) * 2)
+    lock = threading.Lock()
+
+    def one(text: str) -> list[Outcome]:
+        try:
+            targets = resolver.resolve(text)
+        except AtomicsigError as exc:
+            return [Outcome(None, text, "failed", error=exc.message, exit_code=exc.exit_code)]
+        out = []
+        for t in targets:
+            o = Outcome(t, text)
+            try:
+                existing = None if force else already_signed_by(store, t, signer.fingerprint)
+                if existing:
+                    o.status, o.location = "exists", existing
+                else:
+                    blob = signer.sign(payload.build(t.identity, t.digest))
+                    res = store.append(t.ref, t.digest, blob)
+                    o.status, o.location = ("signed" if res.created else "exists"), res.location
+            except AtomicsigError as exc:
+                o.status, o.error, o.exit_code = "failed", exc.message, exc.exit_code
+            out.append(o)
+        return out
+
+    results: list[Outcome] = []
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+        for batch in pool.map(one, items):
+            with lock:
+                results.extend(batch)
+                if progress:
+                    for o in batch:
+                        progress(o)
+    return results
