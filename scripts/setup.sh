@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Install everything atomicsig's demo and tests need on a fresh Debian 12 machine (idempotent).
+#   Debian: gnupg, skopeo, podman, docker-registry, nginx-light, apache2-utils (htpasswd)
+#   Python: a virtualenv in .venv with atomicsig and its test tools
+set -euo pipefail
+cd "$(dirname "$0")/.."
+need=()
+for pkg in gnupg skopeo podman docker-registry nginx-light apache2-utils uidmap; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+# The Debian package starts a registry on :5000 through its init script on some systems; we start our own.
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+.venv/bin/python -m pip install -q -e '.[test]'
