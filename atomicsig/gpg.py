@@ -279,7 +279,7 @@ class Keyring:
     def sign(self, payload: bytes, fingerprint: str, passphrase: str | None) -> bytes:
         """Sign ``payload`` as one binary, inline OpenPGP message with the key ``fingerprint``."""
         kwargs: dict[str, Any] = {"keyid": fingerprint, "clearsign": False, "detach": False, "binary": True,
-                                  "extra_args": SIGN_OPTIONS + ["--local-user", fingerprint]}
+                                  "extra_args": [*SIGN_OPTIONS, "--local-user", fingerprint]}
         if passphrase is not None:
             kwargs["passphrase"] = passphrase
         result = self.gpg.sign(payload, **kwargs)
@@ -371,17 +371,17 @@ class TrustedKeys:
         body = simple_signing_body(blob)
         g = self._keyring.gpg
         result = g.decrypt(body, extra_args=["--trust-model", "always", "--no-auto-key-retrieve"])
-        problems = [p.get("status", "") for p in (getattr(result, "problems", None) or [])]
+        problems = list(getattr(result, "problems", None) or [])
         sig_count = len(getattr(result, "sig_info", {}) or {})
         if sig_count > 1:
             raise SignatureFormatError(f"unexpected GPG signature count {sig_count}")
+        if "NO_PUBKEY" in (result.stderr or "") or any("no public key" in str(p.get("status", "")) for p in problems):
+            keyid = getattr(result, "key_id", None) or (problems[0].get("keyid") if problems else None) or "?"
+            raise SignatureFormatError(f"signed by an untrusted key (key ID {keyid})")
         if problems:
-            raise SignatureFormatError(f"signature rejected by gpg: {problems[0]}")
+            raise SignatureFormatError(f"signature rejected by gpg: {problems[0].get('status', 'error')}")
         if not result.valid or not result.fingerprint:
-            status = result.status or _stderr_tail(result)
-            if "no public key" in str(status).lower() or getattr(result, "key_id", None) and not result.fingerprint:
-                raise SignatureFormatError(f"signed by an untrusted key (key ID {getattr(result, 'key_id', '?')})")
-            raise SignatureFormatError(f"invalid signature: {status}")
+            raise SignatureFormatError(f"invalid signature: {result.status or _stderr_tail(result)}")
         signing = str(result.fingerprint).upper()
         primary = str(getattr(result, "pubkey_fingerprint", "") or signing).upper()
         primary = self._subkey_to_primary.get(signing, primary)

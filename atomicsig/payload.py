@@ -30,7 +30,8 @@ class Payload:
     timestamp: int | None = None
 
 
-def build(docker_reference: str, manifest_digest: str, *, creator: str = CREATOR, timestamp: int | None = None) -> bytes:
+def build(docker_reference: str, manifest_digest: str, *, creator: str = CREATOR,
+          timestamp: int | None = None) -> bytes:
     """Serialize a payload: compact, keys sorted at every level (the layout Go's json.Marshal produces)."""
     if not docker_reference or not manifest_digest:
         raise SignatureFormatError("unexpected empty signature content")

@@ -147,8 +147,8 @@ def merge_file(cfg: RegistriesConfig, text: str, source: str) -> None:
         return
     if not isinstance(docker, dict):
         raise PolicyError(f"parsing {source}: docker is not a mapping")
-    for scope, sec in docker.items():
-        scope = str(scope)
+    for raw_scope, sec in docker.items():
+        scope = str(raw_scope)
         if scope in cfg.docker:
             raise PolicyError(f'"docker" namespace "{scope}" defined both in "{cfg.docker[scope].source}" '
                               f'and "{source}"')

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -60,7 +61,7 @@ def sign(references: tuple[str, ...], keys: tuple[str, ...], sigstore: str, from
     digest); a tag without digest is resolved by fetching the manifest from the registry and hashing it.
     Signatures go to <sigstore>/<repository path>@sha256=<hex>/signature-N (first free N, never overwritten).
     """
-    from .. import gpg, lookaside, signing
+    from .. import lookaside, signing
     from ..passphrase import read_cached
 
     install_sigterm_as_interrupt()
@@ -94,18 +95,24 @@ def sign(references: tuple[str, ...], keys: tuple[str, ...], sigstore: str, from
             if show_bar:
                 with click.progressbar(length=total, label=f"signing with {signer.fingerprint[-16:]}",
                                        file=sys.stderr) as bar:
-                    seen: set[str] = set()
-
-                    def tick(o: signing.Outcome) -> None:
-                        if o.input not in seen:
-                            seen.add(o.input)
-                            bar.update(1)
+                    tick = _progress_ticker(bar)
                     outcomes += signing.sign_many(refs, resolver=resolver, signer=signer, store=store, force=force,
                                                   workers=jobs, progress=tick)
             else:
                 outcomes += signing.sign_many(refs, resolver=resolver, signer=signer, store=store, force=force,
                                               workers=jobs)
     return _report(outcomes, as_json, store.describe())
+
+
+def _progress_ticker(bar: Any) -> Any:
+    """A progress callback advancing ``bar`` once per input (an input may yield several targets with --all)."""
+    seen: set[str] = set()
+
+    def tick(o: Any) -> None:
+        if o.input not in seen:
+            seen.add(o.input)
+            bar.update(1)
+    return tick
 
 
 class _signers:

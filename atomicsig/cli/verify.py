@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from ..errors import EXIT_NEGATIVE, EXIT_OK, EXIT_UNDECIDED, AtomicsigError, InputError
+from ..identity import IdentityMatcher
 from .common import emit_json, gnupghome_option, json_option, registry_options, sigstore_option, table
 
 
@@ -32,7 +33,7 @@ def trusted_key_blobs(keys: tuple[str, ...], gnupghome: str | None) -> list[byte
 
 
 def identity_matcher(match: str, exact_reference: str | None, exact_repository: str | None,
-                     remap: str | None):  # type: ignore[no-untyped-def]
+                     remap: str | None) -> IdentityMatcher:
     from .. import identity
 
     chosen = sum(x is not None for x in (exact_reference, exact_repository, remap))
@@ -76,7 +77,8 @@ def verify(references: tuple[str, ...], keys: tuple[str, ...], sigstore: str, ma
 
     Exit 0 if every image is accepted, 1 if any is rejected, 3 if any could not be checked.
     """
-    from .. import gpg, lookaside, reference, signing, verify as v
+    from .. import gpg, lookaside, reference, signing
+    from .. import verify as v
 
     matcher = identity_matcher(match, exact_reference, exact_repository, remap)
     store = lookaside.open_store(sigstore, verify=tls_verify)
