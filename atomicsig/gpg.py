@@ -250,18 +250,24 @@ class Keyring:
         """Generate and import a revocation certificate; returns the certificate (armored)."""
         # gpg --gen-revoke is interactive; --command-fd answers its questions deterministically.
         answers = "y\n0\n" + reason.replace("\n", " ") + "\n\ny\n"
+        # gpg refuses --gen-revoke under --batch ("can't do this in batch mode"); --no-tty still keeps it
+        # from ever prompting on a terminal.
         out = self._run(["--command-fd", "0", "--armor", "--gen-revoke", fingerprint], passphrase,
-                        stdin_prefix=answers)
+                        stdin_prefix=answers, batch=False)
         if b"BEGIN PGP PUBLIC KEY BLOCK" not in out:
             raise GPGError(f"gpg did not produce a revocation certificate for {fingerprint}")
-        self.import_keys(out)
+        # Importing a bare revocation reports no IMPORT_OK fingerprint, only a revocation count.
+        res = self.gpg.import_keys(out)
+        if not int(getattr(res, "n_revoc", 0) or 0) and not any(k.revoked for k in self.list_keys()
+                                                               if k.fingerprint == fingerprint):
+            raise GPGError(f"gpg did not apply the revocation of {fingerprint}: {_stderr_tail(res)}")
         return out
 
-    def _run(self, args: list[str], passphrase: str | None, stdin_prefix: str = "") -> bytes:
+    def _run(self, args: list[str], passphrase: str | None, stdin_prefix: str = "", *, batch: bool = True) -> bytes:
         """Run gpg for operations python-gnupg does not wrap; passphrase on fd 0 after any scripted answers."""
         import subprocess
 
-        cmd = [gpg_binary(), "--batch", "--no-tty", "--status-fd", "2"]
+        cmd = [gpg_binary(), *(["--batch"] if batch else []), "--no-tty", "--status-fd", "2"]
         if self.home:
             cmd += ["--homedir", self.home]
         stdin = b""
@@ -284,7 +290,9 @@ class Keyring:
             kwargs["passphrase"] = passphrase
         result = self.gpg.sign(payload, **kwargs)
         blob = result.data if isinstance(result.data, bytes) else bytes(result.data or b"")
-        if not blob:
+        # A failed gpg --sign (wrong passphrase) may still have written the one-pass and literal packets to
+        # stdout; only SIG_CREATED with exit 0 means a complete signature.
+        if not blob or result.returncode != 0 or not getattr(result, "fingerprint", None):
             stderr = _stderr_tail(result)
             if "BAD_PASSPHRASE" in (result.stderr or "") or "Bad passphrase" in stderr:
                 raise PassphraseError(f"wrong passphrase for key {fingerprint}")

@@ -133,14 +133,15 @@ class ExactRepository(IdentityMatcher):
 
 
 def _valid_prefix(prefix: str) -> bool:
-    """``validateIdentityRemappingPrefix``: a bare host[:port], or a canonical name starting with host/."""
+    """``validateIdentityRemappingPrefix``: a bare host[:port], or ``host/path`` taken literally.
+
+    Not normalized: ``docker.io/library`` is a valid prefix (normalizing it would yield
+    ``docker.io/library/library``), and the remapped result is checked for canonical form at match time.
+    """
     if reference.is_valid_domain(prefix):
         return True
-    try:
-        ref = reference.parse(prefix, canonical=True)
-    except ReferenceError_:
-        return False
-    return ref.name_only
+    host, sep, path = prefix.partition("/")
+    return bool(sep) and reference.is_valid_domain(host) and reference.is_valid_path(path)
 
 
 @dataclass(frozen=True)

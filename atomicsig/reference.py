@@ -171,3 +171,8 @@ def parse_repository(value: str) -> Reference:
 
 def is_valid_domain(value: str) -> bool:
     return bool(_DOMAIN_RE.match(value))
+
+
+def is_valid_path(value: str) -> bool:
+    """A repository path (lowercase components separated by ``/``), without host, tag or digest."""
+    return bool(_PATH_RE.match(value))
