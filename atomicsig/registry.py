@@ -100,6 +100,9 @@ class RegistryClient:
     def _request(self, method: str, url: str, **kw: Any) -> requests.Response:
         """One request with retries (exponential backoff with jitter) on connection errors and 5xx/429."""
         kw.setdefault("timeout", self.timeout)
+        # Per request, because requests lets $REQUESTS_CA_BUNDLE override a Session's verify (psf/requests#3829),
+        # which would silently ignore --cert-dir and --tls-verify=false.
+        kw.setdefault("verify", self.session.verify)
         delay = 0.2
         for attempt in range(self.retries + 1):
             try:
@@ -161,7 +164,7 @@ class RegistryClient:
             query["service"] = params["service"]
         creds = self._credentials(repo_path)
         try:
-            resp = self.session.get(realm, params=query, auth=creds, timeout=self.timeout)
+            resp = self.session.get(realm, params=query, auth=creds, timeout=self.timeout, verify=self.session.verify)
         except requests.RequestException as exc:
             raise RegistryError(f"cannot reach token server {realm}: {_short(exc)}") from exc
         if resp.status_code in (401, 403):

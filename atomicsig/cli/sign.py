@@ -36,7 +36,12 @@ def read_reference_list(path: str) -> list[str]:
 @click.option("--key", "keys", multiple=True, required=True, metavar="FPR|EMAIL|FILE",
               help="Signing key: fingerprint or e-mail in the keyring, or a secret key file. Repeat to sign "
                    "with several keys.")
-@sigstore_option()
+@sigstore_option(help_="Where signatures live: a directory, file://, http(s):// lookaside, or 'auto' "
+                 "(registry extension API if advertised, else the registries.d lookaside, as podman).")
+@click.option("--registries.d", "registries_dir", metavar="DIR",
+              help="registries.d directory for --sigstore auto (default: as containers/image).")
+@click.option("--sigstore-token-file", metavar="FILE",
+              help="Bearer token for PUTs to an `atomicsig serve` --sigstore URL (extension API).")
 @click.option("--from-file", "from_file", metavar="FILE", help="Read references from FILE, one per line ('-': stdin).")
 @click.option("--manifest", "manifest_file", metavar="FILE", type=click.Path(dir_okay=False),
               help="Take the digest from this manifest file instead of asking the registry.")
@@ -50,7 +55,8 @@ def read_reference_list(path: str) -> list[str]:
 @passphrase_options
 @gnupghome_option
 @json_option
-def sign(references: tuple[str, ...], keys: tuple[str, ...], sigstore: str, from_file: str | None,
+def sign(references: tuple[str, ...], keys: tuple[str, ...], sigstore: str, registries_dir: str | None,
+         sigstore_token_file: str | None, from_file: str | None,
          manifest_file: str | None, all_instances: bool, force: bool, jobs: int | None, dry_run: bool,
          tls_verify: bool, cert_dir: str | None, authfile: str | None, passphrase_file: str | None,
          passphrase_env: str | None, passphrase_stdin: bool, gnupghome: str | None, as_json: bool) -> int:
@@ -61,7 +67,8 @@ def sign(references: tuple[str, ...], keys: tuple[str, ...], sigstore: str, from
     digest); a tag without digest is resolved by fetching the manifest from the registry and hashing it.
     Signatures go to <sigstore>/<repository path>@sha256=<hex>/signature-N (first free N, never overwritten).
     """
-    from .. import lookaside, signing
+    from .. import signing
+    from ..extension import choose_store
     from ..passphrase import read_cached
 
     install_sigterm_as_interrupt()
@@ -72,7 +79,8 @@ def sign(references: tuple[str, ...], keys: tuple[str, ...], sigstore: str, from
         raise click.UsageError("--manifest applies to exactly one reference")
     if passphrase_stdin and from_file == "-":
         raise click.UsageError("--passphrase-stdin and --from-file - cannot both read stdin")
-    store = lookaside.open_store(sigstore, verify=tls_verify)
+    store = choose_store(sigstore, registries_dir=registries_dir, tls_verify=tls_verify, cert_dir=cert_dir,
+                         authfile=authfile, token_file=sigstore_token_file)
     resolver = signing.Resolver(tls_verify=tls_verify, cert_dir=cert_dir, authfile=authfile,
                                 all_instances=all_instances, manifest_file=manifest_file)
     if dry_run:

@@ -57,7 +57,10 @@ def identity_matcher(match: str, exact_reference: str | None, exact_repository: 
 @click.option("--key", "keys", multiple=True, required=True, metavar="FPR|EMAIL|FILE",
               help="Trusted public key(s): key files (binary or armored) or fingerprints/e-mails from the "
                    "keyring. Repeat: any one of them may sign.")
-@sigstore_option()
+@sigstore_option(help_="Where signatures live: a directory, file://, http(s):// lookaside, or 'auto' "
+                 "(registry extension API if advertised, else the registries.d lookaside, as podman).")
+@click.option("--registries.d", "registries_dir", metavar="DIR",
+              help="registries.d directory for --sigstore auto (default: as containers/image).")
 @click.option("--match", type=click.Choice(["repo-digest-or-exact", "exact", "repository"]),
               default="repo-digest-or-exact", show_default=True,
               help="signedIdentity rule (matchRepoDigestOrExact, matchExact, matchRepository).")
@@ -69,7 +72,8 @@ def identity_matcher(match: str, exact_reference: str | None, exact_repository: 
 @registry_options
 @gnupghome_option
 @json_option
-def verify(references: tuple[str, ...], keys: tuple[str, ...], sigstore: str, match: str,
+def verify(references: tuple[str, ...], keys: tuple[str, ...], sigstore: str, registries_dir: str | None,
+           match: str,
            exact_reference: str | None, exact_repository: str | None, remap: str | None,
            manifest_file: str | None, tls_verify: bool, cert_dir: str | None, authfile: str | None,
            gnupghome: str | None, as_json: bool) -> int:
@@ -77,11 +81,13 @@ def verify(references: tuple[str, ...], keys: tuple[str, ...], sigstore: str, ma
 
     Exit 0 if every image is accepted, 1 if any is rejected, 3 if any could not be checked.
     """
-    from .. import gpg, lookaside, reference, signing
+    from .. import gpg, reference, signing
     from .. import verify as v
+    from ..extension import choose_store
 
     matcher = identity_matcher(match, exact_reference, exact_repository, remap)
-    store = lookaside.open_store(sigstore, verify=tls_verify)
+    store = choose_store(sigstore, registries_dir=registries_dir, tls_verify=tls_verify, cert_dir=cert_dir,
+                         authfile=authfile)
     resolver = signing.Resolver(tls_verify=tls_verify, cert_dir=cert_dir, authfile=authfile,
                                 manifest_file=manifest_file)
     verdicts: list[v.ImageVerdict] = []

@@ -1,0 +1,103 @@
+"""``atomicsig serve``: serve a sigstore directory (lookaside GETs, extension API, sync journal)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..errors import EXIT_OK, InputError
+from .common import DEFAULT_SIGSTORE
+
+
+@click.command()
+@click.option("-c", "--config", "config_file", metavar="FILE", type=click.Path(dir_okay=False),
+              help="YAML config file (docs/serve.md); command-line flags override it.")
+@click.option("--sigstore", metavar="DIR", default=None,
+              help=f"Sigstore directory to serve [default: {DEFAULT_SIGSTORE}].")
+@click.option("--listen", metavar="HOST:PORT", default=None, help="Bind address [default: 127.0.0.1:8080].")
+@click.option("--tls-cert", metavar="FILE", default=None, help="PEM certificate (chain) for HTTPS.")
+@click.option("--tls-key", metavar="FILE", default=None, help="PEM private key for HTTPS.")
+@click.option("--token-file", metavar="FILE", default=None,
+              help="File holding the bearer token required for PUT. Without it, PUT is disabled.")
+@click.option("--read-token-file", metavar="FILE", default=None,
+              help="Also require a bearer token (this one, or the write token) for reads.")
+@click.option("--trusted-key", "trusted_keys", multiple=True, metavar="FILE",
+              help="Accept PUTs only of signatures made by a key in FILE (repeatable).")
+@click.option("--access-log", metavar="FILE", default=None, help="Append one line per request ('-': stderr).")
+@click.option("--threads", type=click.IntRange(1, 256), default=None, help="Worker threads [default: 16].")
+def serve(config_file: str | None, sigstore: str | None, listen: str | None, tls_cert: str | None,
+          tls_key: str | None, token_file: str | None, read_token_file: str | None, trusted_keys: tuple[str, ...],
+          access_log: str | None, threads: int | None) -> int:
+    """Serve SIGSTORE over HTTP(S) until SIGTERM/Ctrl-C.
+
+    \b
+    GET/HEAD /<repo path>@sha256=<hex>/signature-N    lookaside for podman/CRI-O/skopeo
+    GET/PUT  /extensions/v2/<repo>/signatures/<digest> signature extension API (PUT needs --token-file)
+    GET/HEAD /.atomicsig/journal                        sync journal (Range, ETag)
+    GET      /healthz, /metrics                         health and Prometheus metrics
+    """
+    from .. import server
+
+    cfg: dict[str, Any] = server.load_config(config_file) if config_file else {}
+    flags = {"sigstore": sigstore, "listen": listen, "tls-cert": tls_cert, "tls-key": tls_key,
+             "token-file": token_file, "read-token-file": read_token_file, "access-log": access_log,
+             "threads": threads, "trusted-keys": list(trusted_keys) or None}
+    cfg.update({k: v for k, v in flags.items() if v is not None})
+    root = Path(cfg.get("sigstore", DEFAULT_SIGSTORE))
+    if not root.is_dir():
+        raise InputError(f"sigstore {root} is not a directory")
+    keyrings = []
+    for k in cfg.get("trusted-keys", []):
+        try:
+            keyrings.append(Path(k).read_bytes())
+        except OSError as exc:
+            raise InputError(f"cannot read trusted key {k}: {exc.strerror}") from exc
+    config = server.ServerConfig(
+        sigstore=root,
+        write_token=server.read_token_file(cfg["token-file"]) if cfg.get("token-file") else None,
+        read_token=server.read_token_file(cfg["read-token-file"]) if cfg.get("read-token-file") else None,
+        trusted_keys=keyrings,
+        max_body=int(cfg.get("max-body", server.MAX_PUT_BODY)))
+    _setup_logging(cfg.get("access-log"))
+    app = server.SignatureServer(config)
+    listen_at = cfg.get("listen", "127.0.0.1:8080")
+    httpd = server.make_server(app, listen_at, tls_cert=cfg.get("tls-cert"), tls_key=cfg.get("tls-key"),
+                               threads=int(cfg.get("threads", 16)))
+    scheme = "https" if cfg.get("tls-cert") else "http"
+    click.echo(f"atomicsig serve: {root} on {scheme}://{listen_at} "
+               f"(PUT {'enabled' if config.write_token else 'disabled'})", err=True)
+    import signal
+
+    def _stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        httpd.prepare()
+        httpd.serve()
+    except KeyboardInterrupt:
+        pass
+    except OSError as exc:
+        raise InputError(f"cannot listen on {listen_at}: {exc.strerror or exc}") from exc
+    finally:
+        httpd.stop()
+        app.close()
+    return EXIT_OK
+
+
+def _setup_logging(access_log: str | None) -> None:
+    fmt = logging.Formatter("%(asctime)s %(message)s")
+    err = logging.StreamHandler(sys.stderr)
+    err.setFormatter(fmt)
+    logging.getLogger("atomicsig.server").addHandler(err)
+    logging.getLogger("atomicsig.server").setLevel(logging.INFO)
+    if access_log:
+        handler: logging.Handler = err if access_log == "-" else logging.FileHandler(access_log)
+        handler.setFormatter(fmt)
+        acc = logging.getLogger("atomicsig.access")
+        acc.addHandler(handler)
+        acc.setLevel(logging.INFO)
+        acc.propagate = False
