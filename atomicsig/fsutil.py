@@ -49,13 +49,18 @@ def _temp_in(directory: Path, data: bytes, mode: int) -> Iterator[str]:
             os.unlink(tmp)
 
 
-def atomic_write(path: str | os.PathLike[str], data: bytes, mode: int = 0o644) -> None:
-    """Replace ``path`` with ``data`` atomically (temp + fsync + rename + directory fsync)."""
+def atomic_write(path: str | os.PathLike[str], data: bytes, mode: int = 0o644, *, sync_dir: bool = True) -> None:
+    """Replace ``path`` with ``data`` atomically (temp + fsync + rename + directory fsync).
+
+    ``sync_dir=False`` leaves the directory fsync to the caller, who writes many files into one directory and
+    calls :func:`fsync_dir` once before anything that depends on them (the policy compiler's phases).
+    """
     target = Path(path)
     try:
         with _temp_in(target.parent, data, mode) as tmp:
             os.replace(tmp, target)
-        fsync_dir(target.parent)
+        if sync_dir:
+            fsync_dir(target.parent)
     except OSError as exc:
         raise StorageError(f"cannot write {target}: {exc.strerror or exc}") from exc
 

@@ -1,0 +1,175 @@
+"""``atomicsig policy``: validate, apply, show, explain and render node trust policy (docs/policy.md)."""
+
+from __future__ import annotations
+
+import click
+
+from ..errors import EXIT_NEGATIVE, EXIT_OK
+from .common import emit_json, gnupghome_option, json_option, table
+
+_FILE = click.option("-f", "--file", "policy_file", required=True, metavar="FILE", type=click.Path(dir_okay=False),
+                     help="Policy YAML (see docs/policy.md).")
+_ROOT = click.option("--root", default="/", show_default=True, metavar="DIR",
+                     help="Treat DIR as the node's / (read and write <DIR>/etc/containers/…).")
+_REGKEYS = click.option("--registries-keys", type=click.Choice(["lookaside", "sigstore", "both"]),
+                        default="lookaside", show_default=True,
+                        help="registries.d key names: sigstore/both also serve nodes older than c/image 5.22.")
+
+
+@click.group()
+def policy() -> None:
+    """Compile a declarative YAML into policy.json, registries.d files and keyrings, and inspect nodes.
+
+    \b
+    Exit codes: validate 0 ok / 2 invalid; apply 0 applied or unchanged, 1 changes pending (--dry-run, --check),
+    2 input error, 3 write error.
+    """
+
+
+@policy.command()
+@_FILE
+@_ROOT
+@gnupghome_option
+@json_option
+def validate(policy_file: str, root: str, gnupghome: str | None, as_json: bool) -> int:
+    """Check the YAML, its keys, and conflicts with the registries.d files under --root; print warnings."""
+    from ..policy import apply, keymaterial, render, schema
+
+    spec = schema.load(policy_file)
+    keys = keymaterial.resolve(spec, gnupghome)
+    compiled = render.compile_spec(spec, keys)
+    plan = apply.plan(spec, keys, root)  # raises on conflicts exactly as apply would
+    warnings = apply.lint(spec, keys, root, compiled)
+    if as_json:
+        emit_json({"valid": True, "warnings": warnings, "scopes": len(spec.scopes),
+                   "keys": {k.name: list(k.fingerprints) for k in keys.values()}, "pending": plan.pending})
+        return EXIT_OK
+    for w in warnings:
+        click.echo(f"warning: {w}", err=True)
+    for k in keys.values():
+        click.echo(f"key {k.name}: {', '.join(k.fingerprints) or k.kind}")
+    click.echo(f"{policy_file}: valid ({len(spec.scopes)} scopes, {len(keys)} keys, {len(warnings)} warnings)")
+    return EXIT_OK
+
+
+@policy.command(name="apply")
+@_FILE
+@_ROOT
+@_REGKEYS
+@click.option("--dry-run", is_flag=True, help="Print a unified diff of what would change; change nothing. "
+                                               "Exit 1 if changes are pending, 0 if none.")
+@click.option("--check", is_flag=True, help="Like --dry-run but print only the list of files.")
+@click.option("--keypaths-under-root", is_flag=True,
+              help="Write keyPath values that include --root (to run skopeo/podman against the tree in place, "
+                   "e.g. in tests) instead of the node path /etc/pki/containers/….")
+@gnupghome_option
+@json_option
+def apply_cmd(policy_file: str, root: str, registries_keys: str, dry_run: bool, check: bool,
+              keypaths_under_root: bool, gnupghome: str | None, as_json: bool) -> int:
+    """Install the policy: keys, then registries.d files, then policy.json, then removals, then the state record.
+
+    Only scopes and files recorded in <root>/var/lib/atomicsig/policy-state.json are ever replaced or removed;
+    replaced files are kept as <file>.atomicsig-bak.<UTC timestamp>.
+    """
+    from ..policy import apply, keymaterial, render, schema
+
+    spec = schema.load(policy_file)
+    keys = keymaterial.resolve(spec, gnupghome)
+    plan = apply.plan(spec, keys, root, registries_keys=registries_keys, keypaths_under_root=keypaths_under_root)
+    for w in apply.lint(spec, keys, root, render.compile_spec(spec, keys)):
+        click.echo(f"warning: {w}", err=True)
+    for s in plan.adopted:
+        click.echo(f"note: taking over existing policy.json scope {s!r}", err=True)
+    if dry_run or check:
+        if as_json:
+            emit_json({"pending": plan.pending, "changes": plan.summary()})
+        elif dry_run:
+            click.echo(plan.diff(), nl=False)
+        else:
+            for c in plan.summary():
+                click.echo(f"{c['action']:7} {c['path']}")
+        if not as_json:
+            click.echo("changes pending" if plan.pending else "unchanged", err=True)
+        return EXIT_NEGATIVE if plan.pending else EXIT_OK
+    backups = apply.execute(plan) if plan.pending else []
+    if as_json:
+        emit_json({"changed": plan.pending, "changes": plan.summary(), "backups": [str(b) for b in backups]})
+        return EXIT_OK
+    for c in plan.summary():
+        click.echo(f"{c['action']:7} {c['path']}")
+    click.echo(f"changed ({len(plan.summary())} files)" if plan.pending else "unchanged")
+    return EXIT_OK
+
+
+@policy.command()
+@_ROOT
+@click.option("--policy", "policy_path", metavar="FILE", help="policy.json to read (default <root>/etc/containers/"
+                                                               "policy.json).")
+@click.option("--registries.d", "registries_dir", metavar="DIR", help="registries.d directory (default: the one "
+                                                                       "c/image reads).")
+@click.option("--noheading", is_flag=True, help="Omit the table heading.")
+@json_option
+def show(root: str, policy_path: str | None, registries_dir: str | None, noheading: bool, as_json: bool) -> int:
+    """Print the node's trust policy as TRANSPORT NAME TYPE ID STORE (like podman image trust show)."""
+    from ..policy import explain
+
+    node = explain.load_node(root, policy_path, registries_dir)
+    rows = explain.show(node)
+    if as_json:
+        emit_json(rows)
+        return EXIT_OK
+    cells = [[r["transport"], r["name"], str(r["type"]), r["id"], r["store"]] for r in rows]
+    text = table(cells, ["TRANSPORT", "NAME", "TYPE", "ID", "STORE"])
+    click.echo(text.split("\n", 1)[1] if noheading and "\n" in text else "" if noheading else text)
+    return EXIT_OK
+
+
+@policy.command(name="explain")
+@click.argument("ref")
+@_ROOT
+@click.option("--policy", "policy_path", metavar="FILE", help="policy.json to read.")
+@click.option("--registries.d", "registries_dir", metavar="DIR", help="registries.d directory.")
+@json_option
+def explain_cmd(ref: str, root: str, policy_path: str | None, registries_dir: str | None, as_json: bool) -> int:
+    """Which scope of the node's policy applies to REF, its requirements, and the lookaside a pull reads."""
+    from ..policy import explain
+
+    node = explain.load_node(root, policy_path, registries_dir)
+    info = explain.explain(node, ref)
+    if as_json:
+        emit_json(info)
+    else:
+        click.echo(explain.explain_text(info))
+    return EXIT_OK
+
+
+@policy.command()
+@_FILE
+@_REGKEYS
+@click.option("--format", "fmt", type=click.Choice(["machineconfig", "butane", "json"]), default="machineconfig",
+              show_default=True, help="machineconfig/butane: every file; json: only policy.json.")
+@click.option("--name", default="51-atomicsig-policy", show_default=True, help="MachineConfig name.")
+@click.option("--role", default="worker", show_default=True, help="machineconfiguration.openshift.io/role label.")
+@gnupghome_option
+def render(policy_file: str, registries_keys: str, fmt: str, name: str, role: str, gnupghome: str | None) -> int:
+    """Print the node files for a fresh node (policy.json from the shipped default) as a MachineConfig or Butane.
+
+    Every file gets mode 0644 (420) and a data: URL; the MachineConfig replaces the node's policy.json, so
+    scopes not in the YAML (except the shipped docker-daemon entry) are not kept.
+    """
+    import json
+
+    from ..policy import keymaterial, policyjson, schema
+    from ..policy import render as r
+
+    spec = schema.load(policy_file)
+    keys = keymaterial.resolve(spec, gnupghome)
+    compiled = r.compile_spec(spec, keys, registries_keys=registries_keys)
+    doc = r.merge(json.loads(json.dumps(policyjson.SHIPPED_DEFAULT)), compiled, set())
+    if fmt == "json":
+        click.echo(policyjson.dumps(doc).decode(), nl=False)
+        return EXIT_OK
+    files = {**compiled.files, r.POLICY_PATH: policyjson.dumps(doc)}
+    emit = r.machineconfig if fmt == "machineconfig" else r.butane
+    click.echo(emit(files, name=name, role=role), nl=False)
+    return EXIT_OK

@@ -1,0 +1,211 @@
+"""Read a node's real policy.json + registries.d and say what it does: ``show`` (a table like
+``podman image trust show``, SPEC §5.8) and ``explain REF`` (which scope wins for one image, SPEC §5.4, and which
+lookaside a pull would read, SPEC §4.3).
+
+Unlike podman's simplified walk, the STORE column and ``explain`` use the same lookup as c/image (tags,
+namespaces, ``*.`` wildcards, empty values falling through), because that is what a node actually does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .. import gpg, reference, registries_d
+from ..errors import AtomicsigError, PolicyError, ReferenceError_
+from . import policyjson
+from .apply import scope_chain
+
+_TYPE_NAMES = {"insecureAcceptAnything": "accept", "signedBy": "signed", "sigstoreSigned": "sigstoreSigned",
+               "reject": "reject"}
+_KNOWN_TRANSPORTS = ("docker", "atomic", "docker-daemon", "containers-storage", "dir", "oci", "oci-archive",
+                     "docker-archive", "sif", "tarball", "ostree")
+
+
+@dataclass
+class NodeConfig:
+    policy_path: Path
+    policy: dict[str, Any]
+    registries_dir: Path
+    registries: registries_d.RegistriesConfig
+    root: Path
+    _key_cache: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+
+    def key_info(self, key_paths: list[str]) -> list[dict[str, Any]]:
+        """Fingerprints and user IDs of keyring files (each read once; looked up under --root first)."""
+        out: list[dict[str, Any]] = []
+        missing = [p for p in key_paths if p not in self._key_cache]
+        if missing:
+            with gpg.temporary_home() as home:
+                for p in missing:
+                    self._key_cache[p] = _describe_keyring(home, self._resolve(p))
+        for p in key_paths:
+            out += self._key_cache[p]
+        return out
+
+    def _resolve(self, path: str) -> Path:
+        under = self.root / path.lstrip("/")
+        return under if str(self.root) != "/" and under.exists() else Path(path)
+
+
+def _describe_keyring(home: gpg.Keyring, path: Path) -> list[dict[str, Any]]:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        return [{"path": str(path), "error": f"cannot read: {exc.strerror or exc}"}]
+    try:
+        fprs = {f.upper() for f in home.import_keys(data)}
+    except AtomicsigError:
+        return [{"path": str(path), "error": "not an OpenPGP keyring"}]
+    return [{"path": str(path), "fingerprint": k.fingerprint.upper(), "uids": list(k.uids)}
+            for k in home.list_keys() if k.fingerprint.upper() in fprs]
+
+
+def load_node(root: str | Path = "/", policy: str | None = None, registries_dir: str | None = None) -> NodeConfig:
+    """The files a pull on this node would read, in c/image's lookup order unless given explicitly."""
+    rootp = Path(root).absolute()
+    user_policy = Path.home() / ".config/containers/policy.json"
+    if policy:
+        ppath = Path(policy)
+    elif str(rootp) == "/" and user_policy.exists():  # c/image reads the user's file first (SPEC §5.1)
+        ppath = user_policy
+    else:
+        ppath = rootp / "etc/containers/policy.json"
+    doc, _ = policyjson.read(ppath)
+    if doc is None:
+        raise PolicyError(f"no policy.json at {ppath}")
+    rdir = Path(registries_dir) if registries_dir else registries_d.effective_dir(str(rootp))
+    return NodeConfig(ppath, doc, rdir, registries_d.load_dir(rdir), rootp)
+
+
+def _key_paths(req: dict[str, Any]) -> list[str]:
+    if isinstance(req.get("keyPath"), str) and req["keyPath"]:
+        return [req["keyPath"]]
+    if isinstance(req.get("keyPaths"), list):
+        return [p for p in req["keyPaths"] if isinstance(p, str)]
+    return []
+
+
+def _store_for_scope(node: NodeConfig, scope: str) -> str:
+    if scope.startswith("*.") or "/" in scope or ":" in scope or "." in scope or scope == "localhost":
+        with contextlib.suppress(ReferenceError_, ValueError):
+            for s in scope_chain(scope):
+                sec = node.registries.docker.get(s)
+                if sec is not None and sec.url(write=False):
+                    return sec.url(write=False)
+    if node.registries.default_docker is not None:
+        return node.registries.default_docker.url(write=False)
+    return ""
+
+
+def _id_column(node: NodeConfig, req: dict[str, Any]) -> str:
+    if req.get("type") == "sigstoreSigned":
+        return "N/A"
+    if req.get("type") != "signedBy":
+        return ""
+    if "keyData" in req:
+        return "(keyData)"
+    ids = []
+    for k in node.key_info(_key_paths(req)):
+        if "error" in k:
+            ids.append(f"{k['path']}: {k['error']}")
+        else:
+            ids += [_email(u) for u in k["uids"]] or [k["fingerprint"]]
+    return ", ".join(ids)
+
+
+def _email(uid: str) -> str:
+    if "<" in uid and uid.endswith(">"):
+        return uid[uid.rindex("<") + 1 : -1]
+    return uid
+
+
+def show(node: NodeConfig) -> list[dict[str, Any]]:
+    """One row per (scope, requirement): transport, name, type, id, store (podman trust show's columns)."""
+    rows: list[dict[str, Any]] = []
+
+    def add(transport: str, name: str, reqs: Any, store: str) -> None:
+        for r in reqs if isinstance(reqs, list) else []:
+            if not isinstance(r, dict):
+                continue
+            kind = str(r.get("type"))
+            keys = node.key_info(_key_paths(r)) if kind == "signedBy" else []
+            rows.append({"transport": transport, "name": name, "type": _TYPE_NAMES.get(kind, kind),
+                         "id": _id_column(node, r), "store": store, "keys": keys, "requirement": r})
+
+    add("all", "default", node.policy.get("default"), _store_for_scope(node, ""))
+    for transport, scopes in (node.policy.get("transports") or {}).items():
+        if not isinstance(scopes, dict):
+            continue
+        for scope, reqs in scopes.items():
+            label = "repository" if transport == "docker" else transport
+            store = _store_for_scope(node, scope) if transport == "docker" else ""
+            add(label, scope or '""', reqs, store)
+    return rows
+
+
+def split_transport(value: str) -> tuple[str, str]:
+    """``docker://x`` / ``transport:x`` / bare ``x`` (docker)."""
+    if "://" in value:
+        t, rest = value.split("://", 1)
+        return t, rest
+    head, sep, rest = value.partition(":")
+    if sep and head in _KNOWN_TRANSPORTS and head not in ("docker", "atomic"):
+        return head, rest
+    return "docker", value
+
+
+def explain(node: NodeConfig, ref_text: str) -> dict[str, Any]:
+    transport, name = split_transport(ref_text)
+    out: dict[str, Any] = {"transport": transport, "policy": str(node.policy_path),
+                           "registries_d": str(node.registries_dir)}
+    ref = None
+    if transport in ("docker", "atomic"):
+        ref = reference.parse(name).with_tag_default()
+        out["reference"] = str(ref)
+        out["candidates"] = [*ref.scopes(), ""]
+    else:
+        out["reference"] = name
+    scope, reqs = policyjson.requirements_for(node.policy, transport, name)
+    out["scope"] = scope
+    described = []
+    for r in reqs if isinstance(reqs, list) else []:
+        item: dict[str, Any] = {"requirement": r, "type": r.get("type") if isinstance(r, dict) else None}
+        if isinstance(r, dict) and r.get("type") in ("signedBy", "sigstoreSigned"):
+            ident = r.get("signedIdentity")
+            item["identity"] = ident.get("type") if isinstance(ident, dict) else "matchRepoDigestOrExact (default)"
+            if r.get("type") == "signedBy":
+                item["keys"] = node.key_info(_key_paths(r))
+        described.append(item)
+    out["requirements"] = described
+    if ref is not None and transport == "docker":
+        url, source = node.registries.lookaside_for(ref, write=False)
+        sec = node.registries.docker.get(source)
+        out["lookaside"] = url
+        out["lookaside_from"] = source if sec is None else f"{source} ({sec.source})"
+        out["use_sigstore_attachments"] = node.registries.use_sigstore_attachments(ref)
+    return out
+
+
+def explain_text(info: dict[str, Any]) -> str:
+    lines = [f"reference:   {info['transport']}:{info['reference']}",
+             f"policy:      {info['policy']}",
+             f"scope:       {info['scope']}"]
+    if "candidates" in info:
+        lines.append("             (tried: " + ", ".join(repr(c) for c in info["candidates"]) + ", then default)")
+    lines.append("requirements (all must pass):")
+    for i, item in enumerate(info["requirements"], 1):
+        r = item["requirement"]
+        text = f"  {i}. {item['type']}"
+        if item.get("type") in ("signedBy", "sigstoreSigned"):
+            paths = _key_paths(r) or (["keyData"] if "keyData" in r else [])
+            text += f" keys={','.join(paths)} identity={item['identity']}"
+        lines.append(text)
+        for k in item.get("keys", []):
+            lines.append(f"       {k.get('fingerprint', k.get('error'))} {' '.join(k.get('uids', []))}".rstrip())
+    if "lookaside" in info:
+        lines.append(f"lookaside:   {info['lookaside']}   (from {info['lookaside_from']})")
+        lines.append(f"sigstore attachments: {'yes' if info['use_sigstore_attachments'] else 'no'}")
+    return "\n".join(lines)

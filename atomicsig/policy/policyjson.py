@@ -1,0 +1,169 @@
+"""policy.json as containers/image reads it (SPEC §5): strict loading, validation, serialization, scope lookup.
+
+The document is kept as plain JSON data (dicts in file order) so that a read-modify-write keeps everything we
+do not manage — other transports, other scopes, and fields this version does not know — byte-for-byte in
+meaning. Validation is separate (:func:`problems`) and follows c/image's exact field sets, because one unknown
+field makes c/image reject the *whole* file and every pull on the node fails (SPEC §5.2, §9).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .. import identity, reference
+from ..errors import PolicyError, ReferenceError_, StorageError
+
+#: c-libs image/default-policy.json (SPEC §5.1): the starting point when a node has no policy.json yet.
+SHIPPED_DEFAULT: dict[str, Any] = {"default": [{"type": "insecureAcceptAnything"}],
+                                   "transports": {"docker-daemon": {"": [{"type": "insecureAcceptAnything"}]}}}
+
+_KEY_SOURCES = ("keyPath", "keyPaths", "keyData")
+_SIGSTORE_SOURCES = ("keyPath", "keyPaths", "keyData", "keyDatas", "fulcio", "pki")
+_REKOR = ("rekorPublicKeyPath", "rekorPublicKeyPaths", "rekorPublicKeyData", "rekorPublicKeyDatas")
+_ONLY_EMPTY_SCOPE = ("docker-archive", "tarball")
+_PATH_TRANSPORTS = ("dir", "oci", "oci-archive", "sif")
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise ValueError(f"duplicate key {k!r}")
+        out[k] = v
+    return out
+
+
+def loads(text: str | bytes, source: str) -> dict[str, Any]:
+    """Parse policy.json text; duplicate keys are an error as in c/image. Raises PolicyError."""
+    try:
+        doc = json.loads(text, object_pairs_hook=_no_duplicates)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise PolicyError(f"{source} is not valid JSON ({exc}); refusing to touch it") from exc
+    if not isinstance(doc, dict):
+        raise PolicyError(f"{source}: top level is not a JSON object; refusing to touch it")
+    return doc
+
+
+def read(path: str | Path) -> tuple[dict[str, Any] | None, bytes | None]:
+    """(parsed document, raw bytes), or (None, None) if the file does not exist."""
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except FileNotFoundError:
+        return None, None
+    except OSError as exc:
+        raise StorageError(f"cannot read {p}: {exc.strerror or exc}") from exc
+    return loads(raw, str(p)), raw
+
+
+def dumps(doc: dict[str, Any]) -> bytes:
+    """4-space indented JSON like ``podman image trust set`` writes, key order as in the document."""
+    return (json.dumps(doc, indent=4, ensure_ascii=False) + "\n").encode()
+
+
+# ---- validation (SPEC §5.2, §5.3, §5.5, §5.6) ------------------------------------------------------------------
+
+
+def problems(doc: dict[str, Any]) -> list[str]:
+    """Every reason c/image would refuse this document; empty means valid."""
+    out: list[str] = []
+    for k in doc:
+        if k not in ("default", "transports"):
+            out.append(f"unknown top-level key {k!r}")
+    if "default" not in doc:
+        out.append("Default policy is missing")
+    else:
+        out += _requirements(doc["default"], "default")
+    transports = doc.get("transports", {})
+    if not isinstance(transports, dict):
+        return [*out, "transports must be an object"]
+    for t, scopes in transports.items():
+        if not isinstance(scopes, dict):
+            out.append(f"transports.{t} must be an object")
+            continue
+        for scope, reqs in scopes.items():
+            out += _scope_problems(t, scope)
+            out += _requirements(reqs, f"transports.{t}[{scope!r}]")
+    return out
+
+
+def _scope_problems(transport: str, scope: str) -> list[str]:
+    if scope == "":
+        return []
+    if transport in _ONLY_EMPTY_SCOPE:
+        return [f"transport {transport} accepts only the \"\" scope, not {scope!r}"]
+    if transport in _PATH_TRANSPORTS and (not scope.startswith("/") or scope == "/" or
+                                          str(Path(scope)) != scope):
+        return [f"transport {transport}: scope {scope!r} must be a clean absolute path other than /"]
+    if transport == "containers-storage" and not scope.startswith("[/"):
+        return [f"transport containers-storage: scope {scope!r} must start with [/graph/root]"]
+    return []
+
+
+def _requirements(reqs: Any, where: str) -> list[str]:
+    if not isinstance(reqs, list) or not reqs:
+        return [f"{where}: requirement list must be a non-empty array"]
+    out: list[str] = []
+    for i, r in enumerate(reqs):
+        out += [f"{where}[{i}]: {p}" for p in requirement_problems(r)]
+    return out
+
+
+def requirement_problems(req: Any) -> list[str]:
+    if not isinstance(req, dict) or not isinstance(req.get("type"), str):
+        return ["requirement must be an object with a string \"type\""]
+    t = req["type"]
+    fields: set[str]
+    if t in ("insecureAcceptAnything", "reject"):
+        fields = {"type"}
+    elif t == "signedBy":
+        fields = {"type", "keyType", *_KEY_SOURCES, "signedIdentity"}
+    elif t == "sigstoreSigned":
+        fields = {"type", *_SIGSTORE_SOURCES, *_REKOR, "signedIdentity"}
+    elif t == "signedBaseLayer":
+        fields = {"type", "baseLayerIdentity"}
+    else:
+        return [f"unknown requirement type {t!r}"]
+    out = [f"unknown key {k!r} in {t}" for k in req if k not in fields]
+    if t == "signedBy":
+        if req.get("keyType") not in ("GPGKeys", "signedByGPGKeys", "X509Certificates", "signedByX509CAs"):
+            out.append("signedBy: keyType must be GPGKeys")
+        given = [k for k in _KEY_SOURCES if req.get(k) not in (None, "")]
+        if len(given) != 1:
+            out.append("signedBy: exactly one of keyPath, keyPaths, keyData must be specified")
+    if t == "sigstoreSigned":
+        given = [k for k in _SIGSTORE_SOURCES if k in req]
+        if len(given) != 1:
+            out.append("sigstoreSigned: exactly one of keyPath, keyPaths, keyData, keyDatas, fulcio, pki")
+    if "signedIdentity" in req:
+        try:
+            identity.from_json(req["signedIdentity"])
+        except PolicyError as exc:
+            out.append(exc.message)
+    return out
+
+
+# ---- lookup (SPEC §5.4) -----------------------------------------------------------------------------------------
+
+
+def requirements_for(doc: dict[str, Any], transport: str, ref: str) -> tuple[str, list[Any]]:
+    """The requirement list c/image applies to ``transport:ref`` and a label of the scope that won.
+
+    For docker the candidates are identity, namespaces, ``*.`` wildcards, then ``""``; then top-level default.
+    Other transports: only the exact name (``ref``) and ``""`` are tried here.
+    """
+    scopes = (doc.get("transports") or {}).get(transport)
+    if isinstance(scopes, dict):
+        if transport in ("docker", "atomic"):
+            try:
+                candidates = reference.parse(ref).with_tag_default().scopes()
+            except ReferenceError_:
+                candidates = []
+        else:
+            candidates = [ref]
+        for c in [*candidates, ""]:
+            if c in scopes:
+                return (f"transports.{transport}[{c!r}]" if c else f"transports.{transport}[\"\"]"), scopes[c]
+    return "default", doc.get("default") or []
