@@ -80,9 +80,16 @@ class DirectoryStore(SignatureStore):
         return str(self.root)
 
     def digest_dir(self, ref: Reference, digest: str) -> Path:
-        d = self.root / digest_dirname(ref.path, digest)
-        # A symlink inside the store must not redirect writes outside of it.
-        if d.exists() and not fsutil.is_within(self.root, d):
+        return self.path_dir(ref.path, digest)
+
+    def path_dir(self, repo_path: str, digest: str) -> Path:
+        d = self.root / digest_dirname(repo_path, digest)
+        # A symlink inside the store must not redirect reads or writes outside of it. Check the deepest part
+        # of the path that exists, so that nothing is created outside before the check fails.
+        existing = d
+        while not existing.exists() and existing not in (self.root, existing.parent):
+            existing = existing.parent
+        if (existing.exists() or existing.is_symlink()) and not fsutil.is_within(self.root, existing):
             raise StorageError(f"{d} resolves outside the sigstore {self.root}")
         return d
 
@@ -90,13 +97,33 @@ class DirectoryStore(SignatureStore):
         return read_dir(self.digest_dir(ref, digest))
 
     def append(self, ref: Reference, digest: str, blob: bytes) -> AppendResult:
+        return self.append_path(ref.path, digest, blob)
+
+    def append_path(self, repo_path: str, digest: str, blob: bytes) -> AppendResult:
+        """Append by repository path (what ``atomicsig sync`` gets from a peer), then record it in the journal."""
         if self.root.exists() and not self.root.is_dir():
             raise StorageError(f"sigstore {self.root} is not a directory")
-        d = self.digest_dir(ref, digest)
+        d = self.path_dir(repo_path, digest)
         fsutil.makedirs(d, 0o755)
         if not fsutil.is_within(self.root, d):
             raise StorageError(f"{d} resolves outside the sigstore {self.root}")
-        return append_to_dir(d, blob)
+        result = append_to_dir(d, blob)
+        if result.created:
+            self._journal(result, blob)
+        return result
+
+    def _journal(self, result: AppendResult, blob: bytes) -> None:
+        """Record a new signature in the store's sync journal so followers fetch it (atomicsig.sync.journal)."""
+        import hashlib
+
+        from .sync.journal import Journal
+
+        rel = os.path.relpath(result.location, self.root)
+        try:
+            Journal(self.root).append([("add", rel, hashlib.sha256(blob).hexdigest())])
+        except (StorageError, InputError) as exc:
+            raise StorageError(f"signature stored at {result.location} but not recorded in the sync journal: "
+                               f"{exc.message}", hint=f"run `atomicsig index {self.root}`") from exc
 
 
 def read_dir(d: Path) -> list[StoredSignature]:

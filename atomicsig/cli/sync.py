@@ -1,0 +1,154 @@
+"""``atomicsig sync`` (daemon, ``--once``, ``status``), ``atomicsig index`` and ``atomicsig prune``."""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from pathlib import Path
+
+import click
+
+from ..errors import EXIT_OK, EXIT_UNDECIDED, AtomicsigError, InputError
+from .common import F, emit_json, json_option, table
+
+DEFAULT_CONFIG = "/etc/atomicsig/sync.yaml"
+_FPR = re.compile(r"^(0x)?([0-9A-Fa-f]{40}|[0-9A-Fa-f]{16})$")
+
+
+def _setup_logging(verbose: bool) -> None:
+    from ..sync.daemon import JSONFormatter
+
+    logger = logging.getLogger("atomicsig.sync")
+    for h in list(logger.handlers):
+        logger.removeHandler(h)
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(JSONFormatter())
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+    logger.propagate = False
+
+
+def _config_option(f: F) -> F:
+    return click.option("--config", "config_path", metavar="FILE", default=DEFAULT_CONFIG, show_default=True,
+                        envvar="ATOMICSIG_SYNC_CONFIG", help="Sync configuration (YAML, see docs/sync.md).")(f)
+
+
+@click.group(invoke_without_command=True)
+@_config_option
+@click.option("--once", is_flag=True, help="One pass over every source, then exit (3 if any source failed).")
+@click.option("--from", "only", metavar="URL", multiple=True,
+              help="Only these configured sources (repeatable); for --once.")
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+@click.pass_context
+def sync(ctx: click.Context, config_path: str, once: bool, only: tuple[str, ...], verbose: bool) -> int:
+    """Keep a local sigstore identical to upstream sigstores (follow their journals, verify, append).
+
+    Without a subcommand this runs the daemon (SIGHUP reloads, SIGTERM stops). Logs are JSON lines on stdout.
+    """
+    if ctx.invoked_subcommand is not None:
+        return EXIT_OK
+    from ..sync.daemon import SyncDaemon
+
+    _setup_logging(verbose)
+    daemon = SyncDaemon(config_path)
+    daemon.load()
+    assert daemon.cfg is not None
+    if only:
+        unknown = set(only) - {s.url for s in daemon.cfg.sources}
+        if unknown:
+            raise InputError(f"--from {sorted(unknown)[0]} is not a source in {config_path}")
+        daemon._runs = {u: r for u, r in daemon._runs.items() if u in only}
+    if once:
+        try:
+            results = daemon.run_once()
+        finally:
+            if daemon._verifier is not None:
+                daemon._verifier.close()
+        failed = [u for u, r in results.items() if isinstance(r, AtomicsigError)]
+        return EXIT_UNDECIDED if failed else EXIT_OK
+    daemon.install_signals()
+    return daemon.run()
+
+
+@sync.command("status")
+@_config_option
+@json_option
+def sync_status(config_path: str, as_json: bool) -> int:
+    """Show each source's persisted cursor, lag, counts and last error (reads the state file only)."""
+    from ..sync.daemon import status
+
+    st = status(config_path)
+    if as_json:
+        emit_json(st)
+        return EXIT_OK
+    rows = []
+    for s in st["sources"]:
+        if s.get("never_synced"):
+            rows.append([s["url"], "-", "-", "-", "-", "never synced"])
+            continue
+        rej = sum(s["rejected"].values())
+        ago = "-" if s["seconds_since_success"] is None else f"{s['seconds_since_success']:.0f}s ago"
+        rows.append([s["url"], str(s["seq"]), str(s["lag_bytes"] if s["lag_bytes"] is not None else "?"),
+                     str(s["synced"]), str(rej), s["last_error"] or f"ok ({ago})"])
+    click.echo(f"sigstore {st['sigstore']}  state {st['state']}")
+    click.echo(table(rows, ["SOURCE", "SEQ", "LAG(bytes)", "SYNCED", "REJECTED", "STATUS"]))
+    bad = any(s.get("last_error") for s in st["sources"])
+    return EXIT_UNDECIDED if bad else EXIT_OK
+
+
+@click.command()
+@click.argument("sigstore", type=click.Path(file_okay=False))
+@json_option
+def index(sigstore: str, as_json: bool) -> int:
+    """Rebuild SIGSTORE/.atomicsig/journal from a full scan (new epoch: followers restart and dedup).
+
+    Run it after skopeo, podman or anything else wrote into the sigstore without going through atomicsig.
+    """
+    from ..sync.journal import Journal
+
+    root = Path(sigstore)
+    if not root.is_dir():
+        raise InputError(f"{sigstore} is not a directory")
+    j = Journal(root)
+    n = j.rebuild()
+    out = {"sigstore": str(root), "journal": str(j.path), "signatures": n, "epoch": j.epoch()}
+    if as_json:
+        emit_json(out)
+    else:
+        click.echo(f"indexed {n} signatures into {j.path} (epoch {out['epoch']})")
+    return EXIT_OK
+
+
+@click.command()
+@click.option("--sigstore", metavar="PATH", required=True, help="The sigstore directory to prune.")
+@click.option("--key", "keys", metavar="FPR", multiple=True, required=True,
+              help="Fingerprint (40 hex) or key ID (16 hex) of the retired key; repeatable.")
+@click.option("--dry-run", is_flag=True, help="List what would be removed; change nothing.")
+@json_option
+def prune(sigstore: str, keys: tuple[str, ...], dry_run: bool, as_json: bool) -> int:
+    """Remove every signature claiming to be made by a retired key, renumbering without gaps.
+
+    Matches the issuer a signature *claims* (a retired key may no longer verify). Removals are journaled, so
+    followers with propagate-deletes repeat them. A subkey signature is matched only by the subkey's own FPR.
+    """
+    from ..sync.prune import prune_keys
+
+    for k in keys:
+        if not _FPR.match(k):
+            raise InputError(f"--key {k!r}: give a 40-hex fingerprint or 16-hex key ID")
+    root = Path(sigstore)
+    if not root.is_dir():
+        raise InputError(f"{sigstore} is not a directory")
+    res = prune_keys(root, {k.upper().removeprefix("0X") for k in keys}, dry_run=dry_run)
+    if as_json:
+        emit_json({"removed": res.removed, "directories": res.directories, "dry_run": dry_run})
+    else:
+        verb = "would remove" if dry_run else "removed"
+        for r in res.removed:
+            click.echo(f"{verb} {r}")
+        click.echo(f"{verb} {len(res.removed)} signatures in {res.directories} directories")
+    return EXIT_OK
+
+
+__all__ = ["index", "prune", "sync"]

@@ -1,0 +1,235 @@
+"""One pass over one source: read new journal records, fetch and check each new signature, store it.
+
+Cursor rules (the "why" of the design in docs/sync.md):
+
+* the cursor is (epoch, byte offset just after the last fully handled record, that record's seq); it only moves
+  past a record once the record's signature is stored, rejected for good, or known to be gone;
+* a transient failure (network, 5xx, disk) stops the pass *before* the failing record, so nothing is skipped;
+  the record is retried next pass and content dedup makes the retry harmless;
+* a different epoch (``atomicsig index`` on the peer) or a sequence jump restarts at 0 — again harmless.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import InputError, StorageError
+from ..lookaside import read_dir
+from .intake import Intake
+from .journal import HEADER_LEN, Journal, JournalError, SigPath, iter_lines, parse_header, parse_line, sha256_hex
+from .prune import remove_blob
+from .source import Gone, HTTPSource, TooLarge
+from .state import SourceState
+
+log = logging.getLogger("atomicsig.sync")
+#: Persist the cursor at least this often during a long initial sync.
+SAVE_EVERY = 200
+#: Signature GETs kept in flight ahead of the record being verified (network overlaps gpg).
+PREFETCH = 8
+
+
+@dataclass
+class PassReport:
+    source: str
+    new_records: int = 0
+    created: int = 0
+    duplicates: int = 0
+    deleted: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+    restarted: bool = False
+    caught_up: bool = False
+
+
+class Follower:
+    def __init__(self, source: HTTPSource, intake: Intake, state: SourceState, *, propagate_deletes: bool,
+                 save: Callable[[], None], should_stop: Callable[[], bool] = lambda: False,
+                 on_progress: Callable[[], None] = lambda: None) -> None:
+        self.source = source
+        self.intake = intake
+        self.st = state
+        self.propagate_deletes = propagate_deletes
+        self.save = save
+        self.should_stop = should_stop
+        self.on_progress = on_progress
+        self._recovering = False
+        self._pool: ThreadPoolExecutor | None = None
+        self._ahead: dict[str, Future[bytes]] = {}
+
+    @property
+    def url(self) -> str:
+        return self.source.endpoint.url
+
+    def run_pass(self) -> PassReport:
+        """Read until caught up (or stopped). Raises SourceError/StorageError on transient failures."""
+        rep = PassReport(self.url)
+        # After a failed pass a signature may be stored but not journaled (disk full between the two writes).
+        self._recovering = self.st.last_error is not None
+        with ThreadPoolExecutor(PREFETCH, thread_name_prefix="sync-fetch") as pool:
+            self._pool = pool
+            try:
+                while not self.should_stop():
+                    more = self._one_chunk(rep)
+                    self.save()
+                    if not more:
+                        rep.caught_up = True
+                        break
+            finally:
+                for f in self._ahead.values():
+                    f.cancel()
+                self._ahead.clear()
+                self._pool = None
+        self.st.last_success = time.time()
+        self.st.last_error = None
+        self.save()
+        return rep
+
+    def _restart(self, rep: PassReport, why: str) -> None:
+        if rep.restarted:  # twice in one pass: the peer's journal is inconsistent, not merely rebuilt
+            raise JournalError(f"{self.source.journal_url}: {why} again after a restart; journal corrupt?")
+        log.info("journal restart", extra={"fields": {"source": self.url, "reason": why}})
+        self.st.restart()
+        rep.restarted = True
+
+    def _one_chunk(self, rep: PassReport) -> bool:
+        """Handle one journal response. True if there may be more to read right away."""
+        st = self.st
+        chunk = self.source.journal(st.offset, st.etag)
+        if chunk.total is not None:
+            st.remote_size = chunk.total
+        if chunk.unchanged:
+            if chunk.total is not None and st.offset:  # 416: size ≤ offset; a rebuilt, shorter journal?
+                epoch = parse_header(self.source.header())
+                if epoch != st.epoch or chunk.total < st.offset:
+                    self._restart(rep, "journal replaced")
+                    return True
+            return False
+        header_epoch = parse_header(chunk.header) if chunk.header is not None else None
+        if st.offset == 0 or st.epoch is None:
+            if header_epoch is None:
+                raise JournalError(f"{self.source.journal_url}: no header at offset 0")
+            st.epoch, st.seq = header_epoch, 0
+            data, base = chunk.data, chunk.base
+            if base < HEADER_LEN:
+                data, base = data[HEADER_LEN - base:], HEADER_LEN
+            st.offset = base
+        else:
+            epoch = header_epoch if header_epoch is not None else parse_header(self.source.header())
+            if epoch != st.epoch:
+                self._restart(rep, "new journal epoch")
+                return True
+            data, base = chunk.data, chunk.base
+        consumed = base
+        handled = 0
+        lines = list(iter_lines(data, base))
+        for i, (line, end) in enumerate(lines):
+            if self.should_stop():
+                break
+            self._prefetch(lines[i + 1:i + 1 + PREFETCH])
+            self._handle_line(line, end, rep)
+            if st.offset == 0:  # restarted inside
+                return True
+            consumed = end
+            handled += 1
+            self.on_progress()
+            if handled % SAVE_EVERY == 0:
+                self.save()
+        st.etag = chunk.etag if chunk.total is not None and consumed >= chunk.total else None
+        return bool(chunk.total is not None and consumed < chunk.total and handled > 0)
+
+    def _handle_line(self, line: bytes, end: int, rep: PassReport) -> None:
+        st = self.st
+        try:
+            rec = parse_line(line, end)
+        except (JournalError, InputError) as exc:
+            # A line we can never accept (bad path, traversal, garbage): count it and move on.
+            self._reject(rep, "journal-line" if isinstance(exc, JournalError) else "path", exc.message,
+                         line[:200].decode("ascii", "replace"))
+            st.offset = end
+            st.seq = 0  # the skipped line's seq is unknown; accept whatever follows
+            return
+        if st.seq and rec.seq != st.seq + 1:
+            self._restart(rep, f"sequence jump {st.seq} -> {rec.seq}")
+            return
+        rep.new_records += 1
+        if rec.op == "del":
+            if self.propagate_deletes and remove_blob(self.intake.store.root, rec.path.dirname, rec.sha256):
+                rep.deleted += 1
+                st.deleted += 1
+                log.info("deleted", extra={"fields": {"source": self.url, "path": str(rec.path)}})
+        else:
+            self._add(rec.path, rec.sha256, rep)
+        st.offset, st.seq = end, rec.seq
+
+    def _add(self, path: SigPath, sha: str, rep: PassReport) -> None:
+        rel = str(path)
+        if self._have(path, sha):
+            if self._recovering:
+                self._journal_if_missing(path, sha)
+            rep.duplicates += 1
+            self.st.duplicates += 1
+            return
+        try:
+            pending = self._ahead.pop(f"{rel} {sha}", None)
+            blob = pending.result() if pending is not None else self.source.signature(rel)
+        except Gone:
+            self._reject(rep, "gone", "404 (pruned or renumbered on the peer since)", rel)
+            return
+        except TooLarge as exc:
+            self._reject(rep, "too-large", exc.message, rel)
+            return
+        if sha256_hex(blob) != sha:
+            self._reject(rep, "content-changed", "bytes differ from the journal's sha256", rel)
+            return
+        out = self.intake.offer(path, blob, self.url)
+        if out.status == "rejected":
+            self._reject(rep, out.reason, out.detail, rel)
+        elif out.status == "created":
+            rep.created += 1
+            self.st.synced += 1
+            log.info("synced", extra={"fields": {"source": self.url, "path": rel, "stored": out.location}})
+        else:
+            rep.duplicates += 1
+            self.st.duplicates += 1
+
+    def _prefetch(self, upcoming: list[tuple[bytes, int]]) -> None:
+        """Start GETs for the next few ``add`` records; results are consumed strictly in journal order."""
+        if self._pool is None:
+            return
+        for line, end in upcoming:
+            try:
+                rec = parse_line(line, end)
+            except (JournalError, InputError):
+                continue
+            key = f"{rec.path} {rec.sha256}"  # by content too: a path can be reused after a renumbering
+            if rec.op == "add" and key not in self._ahead and not self._have(rec.path, rec.sha256):
+                self._ahead[key] = self._pool.submit(self.source.signature, str(rec.path))
+
+    def _journal_if_missing(self, path: SigPath, sha: str) -> None:
+        root = Path(self.intake.store.root)
+        journal = Journal(root)
+        if journal.has_recent(sha):
+            return
+        for s in read_dir(root / path.dirname):
+            if sha256_hex(s.blob) == sha:
+                journal.append([("add", f"{path.dirname}/signature-{s.index}", sha)])
+                log.info("journaled after failure", extra={"fields": {"path": s.location}})
+                return
+
+    def _have(self, path: SigPath, sha: str) -> bool:
+        """Skip the GET when identical bytes are already stored locally (cheap re-sync after a restart)."""
+        d = Path(self.intake.store.root) / path.dirname
+        try:
+            return any(sha256_hex(s.blob) == sha for s in read_dir(d))
+        except StorageError:
+            return False
+
+    def _reject(self, rep: PassReport, reason: str, detail: str, what: str) -> None:
+        rep.rejected[reason] = rep.rejected.get(reason, 0) + 1
+        self.st.rejected[reason] = self.st.rejected.get(reason, 0) + 1
+        log.warning("rejected", extra={"fields": {"source": self.url, "path": what, "reason": reason,
+                                                  "detail": detail}})

@@ -1,0 +1,96 @@
+"""Trust before write: every signature from a peer is checked before it may enter the local store.
+
+Order (SPEC §2.1 steps 3–6, minus identity which is a node-policy question): size cap (SPEC §8), first-byte
+recognition (§1.3), cryptographic verification against the keys the sync config trusts, strict payload parse
+(§1.2), then the payload digest must equal the digest in the path it arrived under — otherwise a valid signature
+for image X could be planted under image Y. Only then :meth:`DirectoryStore.append_path` stores it at the next
+free index (dedup by bytes, never overwrite, no gaps — SPEC §3.3).
+
+The verifier is the :class:`atomicsig.verify.Verifier` protocol, so an in-process verifier can replace the
+gpg-subprocess one without touching this module.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import fsutil, payload
+from ..blob import MAX_SIGNATURE_SIZE, simple_signing_body
+from ..errors import SignatureFormatError, StorageError
+from ..lookaside import MAX_LOOKASIDE_SIGNATURES, DirectoryStore, read_dir
+from ..verify import Verifier
+from .journal import SigPath, sha256_hex
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: str  # "created" | "duplicate" | "rejected"
+    reason: str = ""  # short label for metrics, e.g. "untrusted-key"
+    detail: str = ""  # one-line explanation for logs
+    location: str = ""
+
+
+def classify(message: str) -> str:
+    m = message.lower()
+    if "untrusted key" in m or "no public key" in m:
+        return "untrusted-key"
+    if "expired" in m or "revoked" in m:
+        return "expired-or-revoked"
+    return "bad-signature"
+
+
+class Intake:
+    def __init__(self, store: DirectoryStore, verifier: Verifier, quarantine: Path | None = None) -> None:
+        self.store = store
+        self.verifier = verifier
+        self.quarantine = quarantine
+
+    def check(self, path: SigPath, blob: bytes) -> Outcome | None:
+        """None if ``blob`` may be stored under ``path``; else the rejection."""
+        if len(blob) > MAX_SIGNATURE_SIZE:
+            return Outcome("rejected", "too-large", f"{len(blob)} bytes")
+        try:
+            simple_signing_body(blob)
+        except SignatureFormatError as exc:
+            return Outcome("rejected", "format", exc.message)
+        try:
+            verified = self.verifier.verify(blob)
+        except SignatureFormatError as exc:
+            return Outcome("rejected", classify(exc.message), exc.message)
+        try:
+            claimed = payload.parse(verified.payload)
+        except SignatureFormatError as exc:
+            return Outcome("rejected", "payload", exc.message)
+        if claimed.manifest_digest != path.digest:
+            return Outcome("rejected", "digest-mismatch",
+                           f"payload is for {claimed.manifest_digest}, path is {path.digest}")
+        return None
+
+    def offer(self, path: SigPath, blob: bytes, origin: str) -> Outcome:
+        rejected = self.check(path, blob)
+        if rejected is not None:
+            self._quarantine(path, blob, origin, rejected)
+            return rejected
+        d = self.store.root / path.dirname
+        try:
+            present = read_dir(d) if d.is_dir() else []
+        except StorageError as exc:  # 128+ files: c/image would refuse the whole directory
+            return Outcome("rejected", "digest-full", exc.message)
+        if len(present) >= MAX_LOOKASIDE_SIGNATURES - 1 and all(s.blob != blob for s in present):
+            return Outcome("rejected", "digest-full", f"{d} already holds {len(present)} signatures")
+        res = self.store.append_path(path.repo, path.digest, blob)
+        return Outcome("created" if res.created else "duplicate", location=res.location)
+
+    def _quarantine(self, path: SigPath, blob: bytes, origin: str, outcome: Outcome) -> None:
+        """Keep the refused bytes for an operator, outside the sigstore (never read by podman)."""
+        if self.quarantine is None or outcome.reason == "too-large":
+            return
+        sha = sha256_hex(blob)
+        fsutil.makedirs(self.quarantine, 0o750)
+        fsutil.atomic_write(self.quarantine / f"{sha}.sig", blob, 0o640)
+        meta = {"path": str(path), "origin": origin, "reason": outcome.reason, "detail": outcome.detail,
+                "time": int(time.time())}
+        fsutil.atomic_write(self.quarantine / f"{sha}.json", json.dumps(meta, sort_keys=True).encode(), 0o640)

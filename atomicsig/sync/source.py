@@ -1,0 +1,159 @@
+"""Reading a peer over HTTP: its journal by byte range, and single signature files with a size cap.
+
+One small class behind which all network access sits (as python-tuf's fetcher), so the follower logic does not
+care whether the peer is ``atomicsig serve`` or nginx. Every body is read with a hard cap: a hostile or broken
+peer cannot make us buffer more than :data:`JOURNAL_CHUNK` or 4 MiB per signature (SPEC §8). Redirects are not
+followed: a source is one origin.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+
+from ..blob import MAX_SIGNATURE_SIZE
+from ..errors import RegistryError
+from .config import Endpoint
+from .journal import HEADER_LEN, JOURNAL_NAME, META_DIR
+
+#: At most this many journal bytes per request (≈ 60,000 records); a pass loops until caught up.
+JOURNAL_CHUNK = 8 * 1024 * 1024
+TIMEOUT = (10, 60)
+_CONTENT_RANGE = re.compile(r"^bytes (?:(\d+)-(\d+)|\*)/(\d+|\*)$")
+
+
+class SourceError(RegistryError):
+    """The peer could not be reached or answered something unusable (retried with backoff)."""
+
+
+class TooLarge(SourceError):
+    """A body over its cap: a permanent refusal for a signature (SPEC §8), not a reason to retry."""
+
+
+class Gone(SourceError):
+    """404 for a signature file the journal named (pruned or renumbered since)."""
+
+
+@dataclass(frozen=True)
+class JournalChunk:
+    """What one journal request gave: ``data`` starts at file offset ``base``; ``total`` is the file size."""
+
+    unchanged: bool
+    base: int = 0
+    data: bytes = b""
+    total: int | None = None
+    etag: str | None = None
+    header: bytes | None = None  # the header bytes, when the response started at 0
+
+
+class HTTPSource:
+    def __init__(self, endpoint: Endpoint) -> None:
+        self.endpoint = endpoint
+        self._local = threading.local()  # one keep-alive Session per thread (the follower prefetches)
+        self.requests_made = 0
+
+    @property
+    def session(self) -> requests.Session:
+        s: requests.Session | None = getattr(self._local, "session", None)
+        if s is None:
+            s = self._local.session = requests.Session()
+        return s
+
+    @property
+    def journal_url(self) -> str:
+        return f"{self.endpoint.url}/{META_DIR}/{JOURNAL_NAME}"
+
+    def _get(self, url: str, headers: dict[str, str], limit: int,
+             truncate: bool = False) -> tuple[requests.Response, bytes]:
+        """GET with a hard cap on the body: over ``limit`` → TooLarge, or (``truncate``) just stop reading."""
+        token = self.endpoint.token()
+        if token:
+            headers = {**headers, "Authorization": f"Bearer {token}"}
+        self.requests_made += 1
+        try:
+            resp = self.session.get(url, headers=headers, stream=True, timeout=TIMEOUT,
+                                    verify=self.endpoint.tls_verify, allow_redirects=False)
+        except requests.RequestException as exc:
+            raise SourceError(f"cannot reach {url}: {exc.__class__.__name__}") from exc
+        with resp:
+            if resp.status_code not in (200, 206):
+                return resp, b""
+            buf = bytearray()
+            try:
+                for chunk in resp.iter_content(65536):
+                    buf += chunk
+                    if len(buf) > limit:
+                        if truncate:
+                            return resp, bytes(buf[:limit])
+                        raise TooLarge(f"{url}: body exceeds the {limit}-byte limit")
+            except requests.RequestException as exc:
+                raise SourceError(f"{url}: transfer failed ({exc.__class__.__name__})") from exc
+            declared = resp.headers.get("Content-Length")
+            if declared is not None and declared.isdigit() and int(declared) != len(buf) \
+                    and "gzip" not in resp.headers.get("Content-Encoding", ""):
+                raise SourceError(f"{url}: truncated response ({len(buf)} of {declared} bytes)")
+            return resp, bytes(buf)
+
+    def journal(self, offset: int, etag: str | None) -> JournalChunk:
+        """``GET journal`` with ``Range: bytes=<offset>-``; 304/416 mean nothing new past ``offset``."""
+        headers = {"Range": f"bytes={offset}-{offset + JOURNAL_CHUNK - 1}", "Accept-Encoding": "identity"}
+        if etag and offset:
+            headers["If-None-Match"] = etag
+        # A server that ignores Range sends the whole file; allow for it up to offset + one chunk.
+        resp, body = self._get(self.journal_url, headers, offset + JOURNAL_CHUNK, truncate=True)
+        tag = resp.headers.get("ETag")
+        if resp.status_code == 304:
+            return JournalChunk(True, offset, etag=etag)
+        if resp.status_code == 416:
+            total = _total(resp.headers.get("Content-Range"))
+            return JournalChunk(True, offset, total=total, etag=None)
+        if resp.status_code == 206:
+            start, total = _range(resp.headers.get("Content-Range"), len(body))
+            if start != offset:
+                raise SourceError(f"{self.journal_url}: asked for bytes from {offset}, got from {start}")
+            return JournalChunk(False, start, body, total, tag, body[:HEADER_LEN] if start == 0 else None)
+        if resp.status_code == 200:
+            whole = len(body) < offset + JOURNAL_CHUNK  # else we stopped reading; size unknown
+            return JournalChunk(False, offset, body[offset:offset + JOURNAL_CHUNK], len(body) if whole else None,
+                                tag if whole else None, body[:HEADER_LEN])
+        raise _status_error(self.journal_url, resp)
+
+    def header(self) -> bytes:
+        resp, body = self._get(self.journal_url, {"Range": f"bytes=0-{HEADER_LEN - 1}",
+                                                  "Accept-Encoding": "identity"}, JOURNAL_CHUNK)
+        if resp.status_code in (200, 206):
+            return body[:HEADER_LEN]
+        raise _status_error(self.journal_url, resp)
+
+    def signature(self, relpath: str) -> bytes:
+        """One ``signature-N``; only 200 is acceptable (as c/image, anything else is not a signature)."""
+        url = f"{self.endpoint.url}/{relpath}"
+        resp, body = self._get(url, {"Accept-Encoding": "identity"}, MAX_SIGNATURE_SIZE)
+        if resp.status_code == 200:
+            return body
+        if resp.status_code == 404:
+            raise Gone(f"{url}: 404", status=404)
+        raise _status_error(url, resp)
+
+
+def _status_error(url: str, resp: Any) -> SourceError:
+    return SourceError(f"{url}: HTTP {resp.status_code}", status=resp.status_code)
+
+
+def _range(value: str | None, length: int) -> tuple[int, int | None]:
+    m = _CONTENT_RANGE.match(value or "")
+    if not m or m.group(1) is None:
+        raise SourceError(f"206 without a usable Content-Range ({value!r})")
+    start, end = int(m.group(1)), int(m.group(2))
+    if end - start + 1 != length:
+        raise SourceError(f"truncated range response ({length} of {end - start + 1} bytes)")
+    return start, int(m.group(3)) if m.group(3) != "*" else None
+
+
+def _total(value: str | None) -> int | None:
+    m = _CONTENT_RANGE.match(value or "")
+    return int(m.group(3)) if m and m.group(3) != "*" else None

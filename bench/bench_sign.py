@@ -1,0 +1,124 @@
+"""Signing throughput: one ``atomicsig sign --from-file`` process against per-signature loops.
+
+For each key type, N distinct images (one small manifest file each, so skopeo can hash it) are signed by
+  * atomicsig: ONE process, ``sign --from-file refs.txt --key FPR --sigstore DIR`` (digests given, no registry),
+  * skopeo:    ``skopeo standalone-sign MANIFEST REF FPR -o SIG`` once per image (what a shell loop does),
+  * gpg:       ``gpg --batch --sign --local-user FPR`` once per image over the same payload bytes (the floor any
+               one-process-per-signature tool pays).
+All three use the same key, the same GnuPG home and the same warm gpg-agent. The last atomicsig sigstore is kept
+in ``ctx.shared["signed"][key type]`` for the verification suite.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness import KEY_TYPES, BenchError, Context, Row, compare, make_row, run_checked, timed
+
+from atomicsig import manifest, payload
+from atomicsig.lookaside import digest_dirname
+
+REPO = "registry.example.com/bench/app"
+IDENTITY = f"{REPO}:1.0"
+SCHEMA2 = "application/vnd.docker.distribution.manifest.v2+json"
+
+
+@dataclass(frozen=True)
+class Image:
+    manifest_path: Path
+    digest: str
+    payload_path: Path
+
+    @property
+    def ref(self) -> str:
+        return f"{IDENTITY}@{self.digest}"
+
+
+def make_images(ctx: Context, n: int) -> list[Image]:
+    """N small, distinct schema2 manifests (random config digest) plus the payload atomicsig would sign."""
+    d = ctx.fresh_dir("images")
+    images = []
+    for i in range(n):
+        doc = {"schemaVersion": 2, "mediaType": SCHEMA2,
+               "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "size": 1234,
+                          "digest": f"sha256:{secrets.token_hex(32)}"},
+               "layers": []}
+        data = json.dumps(doc, indent=3).encode()
+        mpath = d / f"manifest-{i}.json"
+        mpath.write_bytes(data)
+        digest = manifest.digest(data)
+        ppath = d / f"payload-{i}.json"
+        ppath.write_bytes(payload.build(IDENTITY, digest))
+        images.append(Image(mpath, digest, ppath))
+    return images
+
+
+def run(ctx: Context) -> list[Row]:
+    images = make_images(ctx, ctx.n)
+    ctx.shared["images"] = images
+    refs_file = ctx.root / "refs.txt"
+    refs_file.write_text("".join(f"{im.ref}\n" for im in images), encoding="utf-8")
+    ctx.shared.setdefault("signed", {})
+    rows: list[Row] = []
+    kept: dict[str, Path] = ctx.shared["signed"]  # key type -> the latest atomicsig sigstore (older ones removed)
+    for kt in KEY_TYPES:
+        fpr = ctx.keys[kt]
+        _warm_agent(ctx, fpr, images[0])
+
+        def ours(i: int, kt: str = kt, fpr: str = fpr) -> float:
+            store = ctx.fresh_dir(f"sigstore-{kt}-{i}")
+            argv = [*ctx.atomicsig, "sign", "--from-file", str(refs_file), "--key", fpr, "--sigstore", str(store),
+                    "--gnupghome", str(ctx.gnupghome)]
+            if ctx.jobs:
+                argv += ["-j", str(ctx.jobs)]
+            seconds = timed(lambda: run_checked(argv, ctx))
+            _check_all_signed(store, images)
+            if kt in kept:
+                shutil.rmtree(kept[kt], ignore_errors=True)
+            kept[kt] = store
+            return seconds
+
+        def skopeo(i: int, kt: str = kt, fpr: str = fpr) -> float:
+            out = ctx.fresh_dir(f"skopeo-{kt}")
+
+            def loop() -> None:
+                for j, im in enumerate(images):
+                    run_checked(["skopeo", "standalone-sign", str(im.manifest_path), IDENTITY, fpr,
+                                 "-o", str(out / f"sig-{j}")], ctx)
+            return timed(loop)
+
+        def gpg(i: int, kt: str = kt, fpr: str = fpr) -> float:
+            out = ctx.fresh_dir(f"gpg-{kt}")
+
+            def loop() -> None:
+                for j, im in enumerate(images):
+                    run_checked(["gpg", "--homedir", str(ctx.gnupghome), "--batch", "--no-tty", "--yes",
+                                 "--sign", "--local-user", fpr, "--digest-algo", "SHA256",
+                                 "-o", str(out / f"sig-{j}"), str(im.payload_path)], ctx)
+            return timed(loop)
+
+        rates = compare(ctx.runs, len(images), {"atomicsig": ours, "skopeo": skopeo, "gpg": gpg})
+        label = f"sign {kt} (N={len(images)})"
+        rows.append(make_row(f"sign.{kt}.vs_skopeo", label, "sig/s", len(images), rates["atomicsig"],
+                             "skopeo standalone-sign loop", rates["skopeo"]))
+        rows.append(make_row(f"sign.{kt}.vs_gpg", label, "sig/s", len(images), rates["atomicsig"],
+                             "gpg --sign loop", rates["gpg"]))
+    return rows
+
+
+def _warm_agent(ctx: Context, fpr: str, image: Image) -> None:
+    """Start gpg-agent and load the key before timing, so whichever contender runs first pays no start-up."""
+    run_checked(["gpg", "--homedir", str(ctx.gnupghome), "--batch", "--no-tty", "--yes", "--sign", "--local-user",
+                 fpr, "-o", "/dev/null", str(image.payload_path)], ctx)
+
+
+def _check_all_signed(store: Path, images: list[Image]) -> None:
+    """A fast run that signed nothing would look like a win: require signature-1 for every image."""
+    missing = [im.ref for im in images
+               if not (store / digest_dirname("bench/app", im.digest) / "signature-1").is_file()]
+    if missing:
+        raise BenchError(f"atomicsig sign left {len(missing)} of {len(images)} images unsigned, e.g. {missing[0]}")

@@ -1,0 +1,291 @@
+"""Sync costs: an initial sync of N signatures to an empty node, and one new signature in a huge store.
+
+    python bench/bench_sync.py [--n 10000] [--big 100000] [--distinct 300] [--json out.json]
+
+How the stores are built: gpg signing is ~30 ms per signature, so ``--distinct`` real payloads are signed (one
+digest each) and the same blobs are placed under many repositories (``bench/r<j>/…@sha256=<d>``). Each copy is a
+valid signature for the path it sits in (the payload digest matches the directory), so the follower's trust check
+(gpg verify + strict parse + digest match) still runs on every single one; only the identity differs from the
+repository name, which sync does not check (that is node policy). The journal is then built by ``Journal.rebuild``.
+
+The upstream is nginx serving the directory (a static source). The follower runs as ``atomicsig sync --once``
+in a child process; peak memory is that child's ru_maxrss (os.wait4), requests are nginx access-log lines.
+For the 100k case the follower starts with its cursor at the end of the journal (as after an earlier sync) and
+an empty local store — the incremental pass touches only the new record's digest directory, so the local store
+size does not enter the cost.
+
+As a harness suite (bench/run.py) it compares the initial sync with ``wget --mirror`` of the same directory (a
+dumb copy without verification) at ``ctx.n`` signatures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from atomicsig import payload
+from atomicsig.gpg import Keyring, TrustedKeys
+from atomicsig.lookaside import DirectoryStore, digest_dirname
+from atomicsig.reference import parse
+from atomicsig.sync.journal import Journal
+
+ATOMICSIG = [sys.executable, "-m", "atomicsig"]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def make_key(home: Path) -> tuple[str, bytes]:
+    kr = Keyring(str(home))
+    key = kr.generate(name="Bench Sync", email="bench-sync@example.com", comment=None, algorithm="ed25519",
+                      expire="0", passphrase=None)
+    return key.fingerprint, kr.export_public([key.fingerprint], armor=False)
+
+
+def sign_distinct(home: Path, fpr: str, count: int) -> list[tuple[str, bytes]]:
+    import hashlib
+
+    kr = Keyring(str(home))
+    out = []
+    for i in range(count):
+        digest = "sha256:" + hashlib.sha256(f"bench-sync-{i}".encode()).hexdigest()
+        out.append((digest, kr.sign(payload.build(f"example.com/bench/app:v{i}", digest), fpr, None)))
+    return out
+
+
+def build_store(root: Path, sigs: list[tuple[str, bytes]], total: int) -> int:
+    """``total`` signature files from the distinct blobs spread over repositories; returns files written."""
+    written, j = 0, 0
+    while written < total:
+        for digest, blob in sigs:
+            if written >= total:
+                break
+            d = root / digest_dirname(f"bench/r{j}", digest)
+            d.mkdir(parents=True, exist_ok=True)
+            (d / "signature-1").write_bytes(blob)
+            written += 1
+        j += 1
+    Journal(root).rebuild()
+    return written
+
+
+class Nginx:
+    def __init__(self, root: Path, work: Path, autoindex: bool = False) -> None:
+        self.root, self.work, self.port = root, work, free_port()
+        self.log = work / "access.log"
+        work.mkdir(parents=True, exist_ok=True)
+        user = "user root;" if os.geteuid() == 0 else ""
+        ai = "autoindex on;" if autoindex else ""
+        conf = work / "nginx.conf"
+        conf.write_text(f"""{user} daemon off; worker_processes 1; pid {work}/nginx.pid; error_log {work}/error.log;
+events {{ worker_connections 256; }}
+http {{ access_log {self.log}; client_body_temp_path {work}/cb; proxy_temp_path {work}/p;
+  fastcgi_temp_path {work}/f; uwsgi_temp_path {work}/u; scgi_temp_path {work}/s; default_type application/octet-stream;
+  server {{ listen 127.0.0.1:{self.port}; root {root}; location / {{ {ai} }} }} }}
+""")
+        self.proc = subprocess.Popen(["nginx", "-p", str(work), "-c", str(conf)], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL, start_new_session=True)
+        import requests
+
+        for _ in range(200):
+            try:
+                requests.get(self.url + "/", timeout=1)
+                break
+            except requests.RequestException:
+                time.sleep(0.05)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def requests(self) -> int:
+        return len(self.log.read_text().splitlines()) if self.log.exists() else 0
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+
+#: Runs the command and prints the children's peak RSS: measuring from a small fresh process keeps the bench
+#: process's own (large, O(store)) memory out of the figure, which fork would otherwise count.
+_WRAPPER = ("import resource, subprocess, sys; rc = subprocess.call(sys.argv[1:], stdout=subprocess.DEVNULL); "
+            "print(rc, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+
+
+def run_child(argv: list[str]) -> tuple[float, int, int]:
+    """(wall seconds, exit code, peak RSS KiB) of one child process."""
+    t0 = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", _WRAPPER, *argv], capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - t0
+    rc, rss = out.stdout.split()
+    return wall, int(rc), int(rss)
+
+
+def follower_config(work: Path, url: str, keyfile: Path, state: Path | None = None) -> Path:
+    store = work / "follower"
+    store.mkdir(parents=True, exist_ok=True)
+    doc: dict[str, Any] = {"sigstore": str(store), "sources": [{"url": url}], "trusted-keys": [str(keyfile)]}
+    if state:
+        doc["state"] = str(state)
+    cfg = work / "sync.yaml"
+    cfg.write_text(yaml.safe_dump(doc))
+    return cfg
+
+
+def initial_sync(work: Path, sigs: list[tuple[str, bytes]], n: int, keyfile: Path) -> dict[str, Any]:
+    src = work / "upstream"
+    build_store(src, sigs, n)
+    ng = Nginx(src, work / "nginx")
+    try:
+        cfg = follower_config(work, ng.url, keyfile)
+        wall, code, rss = run_child([*ATOMICSIG, "sync", "--once", "--config", str(cfg)])
+        files = sum(1 for _ in (work / "follower").rglob("signature-*"))
+        return {"signatures": n, "wall_s": round(wall, 2), "exit": code, "requests": ng.requests(),
+                "peak_rss_mib": round(rss / 1024, 1), "stored": files, "sig_per_s": round(n / wall, 1)}
+    finally:
+        ng.stop()
+
+
+def one_new_in_big_store(work: Path, sigs: list[tuple[str, bytes]], big: int, keyfile: Path,
+                         extra: tuple[str, bytes]) -> dict[str, Any]:
+    src = work / "upstream-big"
+    t0 = time.perf_counter()
+    build_store(src, sigs, big)
+    build_s = time.perf_counter() - t0
+    j = Journal(src)
+    epoch = j.epoch()
+    size = j.path.stat().st_size
+    seq = big
+    state = work / "state-big.json"
+    ng = Nginx(src, work / "nginx-big")
+    try:
+        state.write_text(json.dumps({"version": 1, "push": {}, "sources": {ng.url: {
+            "epoch": epoch, "offset": size, "seq": seq}}}))
+        cfg = follower_config(work / "f-big", ng.url, keyfile, state)
+        digest, blob = extra
+        t1 = time.perf_counter()
+        DirectoryStore(src).append(parse("example.com/bench/new"), digest, blob)
+        append_s = time.perf_counter() - t1
+        before = ng.requests()
+        wall, code, rss = run_child([*ATOMICSIG, "sync", "--once", "--config", str(cfg)])
+        after = ng.requests()
+        got = sum(1 for _ in (work / "f-big" / "follower").rglob("signature-*"))
+        # The same pass with nothing new: one conditional request answered 304.
+        wall2, _, _ = run_child([*ATOMICSIG, "sync", "--once", "--config", str(cfg)])
+        return {"store_signatures": big, "journal_mib": round(size / 2**20, 1), "build_s": round(build_s, 1),
+                "local_append_s": round(append_s, 4), "pass_wall_s": round(wall, 2), "exit": code,
+                "requests": after - before, "peak_rss_mib": round(rss / 1024, 1), "stored": got,
+                "idle_pass_wall_s": round(wall2, 2), "idle_pass_requests": ng.requests() - after}
+    finally:
+        ng.stop()
+
+
+def verify_rate(keyblob: bytes, sigs: list[tuple[str, bytes]], count: int) -> float:
+    with TrustedKeys([keyblob]) as tk:
+        t0 = time.perf_counter()
+        for i in range(count):
+            tk.verify(sigs[i % len(sigs)][1])
+        return count / (time.perf_counter() - t0)
+
+
+def startup_cost(work: Path, keyfile: Path) -> float:
+    """Wall time of ``sync --once`` against an up-to-date empty source: process start + key import."""
+    src = work / "empty-src"
+    src.mkdir(parents=True, exist_ok=True)
+    Journal(src).rebuild()
+    ng = Nginx(src, work / "nginx-empty")
+    try:
+        cfg = follower_config(work / "f-empty", ng.url, keyfile)
+        run_child([*ATOMICSIG, "sync", "--once", "--config", str(cfg)])
+        return run_child([*ATOMICSIG, "sync", "--once", "--config", str(cfg)])[0]
+    finally:
+        ng.stop()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=10000)
+    ap.add_argument("--big", type=int, default=100000)
+    ap.add_argument("--distinct", type=int, default=300)
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench-sync-"))
+    try:
+        home = work / "gnupg"
+        home.mkdir(mode=0o700)
+        fpr, pub = make_key(home)
+        keyfile = work / "trusted.gpg"
+        keyfile.write_bytes(pub)
+        t0 = time.perf_counter()
+        sigs = sign_distinct(home, fpr, args.distinct + 1)
+        sign_s = time.perf_counter() - t0
+        extra, sigs = sigs[-1], sigs[:-1]
+        subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "all"], check=False)
+        res: dict[str, Any] = {"distinct_signed": args.distinct, "signing_s": round(sign_s, 1),
+                               "gpg_verify_per_s": round(verify_rate(pub, sigs, 200), 1),
+                               "startup_s": round(startup_cost(work, keyfile), 2)}
+        res["initial"] = initial_sync(work / "initial", sigs, args.n, keyfile)
+        res["incremental"] = one_new_in_big_store(work / "incr", sigs, args.big, keyfile, extra)
+        print(json.dumps(res, indent=1))
+        if args.json:
+            Path(args.json).write_text(json.dumps(res, indent=1))
+        return 0 if res["initial"]["exit"] == 0 and res["incremental"]["exit"] == 0 else 3
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def run(ctx: Any) -> list[Any]:
+    """bench/run.py suite: initial sync (verified) vs ``wget --mirror`` (unverified copy) of ctx.n files."""
+    from harness import compare, make_row
+
+    if not shutil.which("wget") or not shutil.which("nginx"):
+        return []
+    work = Path(tempfile.mkdtemp(prefix="bench-sync-", dir=ctx.root))
+    home = work / "gnupg"
+    home.mkdir(mode=0o700)
+    fpr, pub = make_key(home)
+    keyfile = work / "trusted.gpg"
+    keyfile.write_bytes(pub)
+    sigs = sign_distinct(home, fpr, min(ctx.n, 50))
+    src = work / "upstream"
+    build_store(src, sigs, ctx.n)
+    ng = Nginx(src, work / "nginx", autoindex=True)
+    try:
+        def ours(i: int) -> float:
+            w = work / f"ours-{i}"
+            cfg = follower_config(w, ng.url, keyfile)
+            return run_child([*ATOMICSIG, "sync", "--once", "--config", str(cfg)])[0]
+
+        def wget(i: int) -> float:
+            w = work / f"wget-{i}"
+            w.mkdir()
+            t0 = time.perf_counter()
+            subprocess.run(["wget", "-q", "-r", "-np", "-nH", "-R", "index.html*", "-P", str(w), ng.url + "/bench/"],
+                           check=False)
+            return time.perf_counter() - t0
+
+        rates = compare(ctx.runs, ctx.n, {"ours": ours, "wget": wget})
+        return [make_row("sync.initial.vs_wget_mirror", f"initial sync of {ctx.n} sigs (verified)", "sig/s",
+                         ctx.n, rates["ours"], "wget --mirror (no verify)", rates["wget"])]
+    finally:
+        ng.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

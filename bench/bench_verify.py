@@ -1,0 +1,46 @@
+"""Verification throughput: one ``atomicsig verify`` of M images against a ``skopeo standalone-verify`` loop.
+
+Uses the sigstore the signing suite left behind (M = N images, one signature each). atomicsig exports the
+trusted key from the GnuPG home into its ephemeral verification home once, then checks every image in the same
+process; skopeo is started once per signature, as a shell loop over a directory of signatures would.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from harness import KEY_TYPES, BenchError, Context, Row, compare, make_row, run_checked, timed
+
+from atomicsig.lookaside import digest_dirname
+
+IDENTITY = "registry.example.com/bench/app:1.0"  # what the signatures claim (skopeo wants it exactly)
+#: atomicsig verifies digest references, as a node pulling by digest would: matchRepoDigestOrExact then accepts
+#: the tag-claiming signatures by repository (SPEC §2.4; name:tag@digest would demand the exact string).
+REPO = "registry.example.com/bench/app"
+
+
+def run(ctx: Context) -> list[Row]:
+    images = ctx.shared.get("images")
+    signed = ctx.shared.get("signed") or {}
+    if not images or not signed:
+        raise BenchError("the verify suite needs the sign suite's sigstores (run both)")
+    rows: list[Row] = []
+    for kt in KEY_TYPES:
+        store, fpr = signed[kt], ctx.keys[kt]
+        sigs = [store / digest_dirname("bench/app", im.digest) / "signature-1" for im in images]
+
+        def ours(i: int, store: Path = store, fpr: str = fpr) -> float:
+            argv = [*ctx.atomicsig, "verify", "--key", fpr, "--gnupghome", str(ctx.gnupghome),
+                    "--sigstore", str(store), *(f"{REPO}@{im.digest}" for im in images)]
+            return timed(lambda: run_checked(argv, ctx))  # exit 0 only if every image is accepted
+
+        def skopeo(i: int, fpr: str = fpr, sigs: list[Path] = sigs) -> float:
+            def loop() -> None:
+                for im, sig in zip(images, sigs, strict=True):
+                    run_checked(["skopeo", "standalone-verify", str(im.manifest_path), IDENTITY, fpr, str(sig)], ctx)
+            return timed(loop)
+
+        rates = compare(ctx.runs, len(images), {"atomicsig": ours, "skopeo": skopeo})
+        rows.append(make_row(f"verify.{kt}.vs_skopeo", f"verify {kt} (M={len(images)})", "sig/s", len(images),
+                             rates["atomicsig"], "skopeo standalone-verify loop", rates["skopeo"]))
+    return rows
