@@ -269,10 +269,14 @@ class SignatureServer:
         sig = self._validated_blob(self._read_body(environ), digest)
         d = self._digest_dir(repo, digest)
         with self._lock_for(str(d)):
-            fsutil.makedirs(d, 0o755)
-            if not fsutil.is_within(self.root, d):
-                raise _Reject(404, "bad-path", "not found")
-            res = lookaside.append_to_dir(d, sig)
+            try:
+                # Through the store, not append_to_dir: the store also records the new file in the sync journal,
+                # so followers of this server receive uploads (atomicsig.sync.journal).
+                res = lookaside.DirectoryStore(self.root).append_path(repo, digest, sig)
+            except AtomicsigError as exc:
+                if "outside the sigstore" in exc.message:
+                    raise _Reject(404, "bad-path", "not found") from exc
+                raise
         if not res.created:
             raise _Reject(409, "SIGNATURE_EXISTS", f"identical signature already stored as signature-{res.index}")
         self.metrics.stored.inc()

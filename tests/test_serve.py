@@ -235,6 +235,10 @@ def test_concurrent_puts_one_digest(server: tuple[str, Path, SignatureServer], b
     assert [s.index for s in stored] == list(range(1, 9))
     assert sorted(s.blob for s in stored) == sorted(blobs[:8])
     assert not any(n.startswith(".tmp") for n in os.listdir(root / f"{repo}@sha256={'ab' * 32}"))
+    # Every upload is in the sync journal exactly once, so followers of this server receive it.
+    journal = (root / ".atomicsig" / "journal").read_text()
+    for n in range(1, 9):
+        assert journal.count(f" add {repo}@sha256={'ab' * 32}/signature-{n} ") == 1, journal
 
 
 def test_trusted_key_restriction(tmp_path: Path, signer: GpgHome, signer_pub: Path, other_signer: GpgHome) -> None:

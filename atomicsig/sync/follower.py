@@ -125,11 +125,19 @@ class Follower:
             data, base = chunk.data, chunk.base
         consumed = base
         handled = 0
-        lines = list(iter_lines(data, base))
+        lines: list[tuple[bytes, int]] = []
+        broken: JournalError | None = None
+        try:
+            lines.extend(iter_lines(data, base))
+        except JournalError as exc:  # handle the good records before it, then fail the pass
+            broken = exc
+        ahead = 0  # lines[:ahead] have been looked at for prefetching
         for i, (line, end) in enumerate(lines):
             if self.should_stop():
                 break
-            self._prefetch(lines[i + 1:i + 1 + PREFETCH])
+            if ahead < i + 1 + PREFETCH:
+                self._prefetch(lines[max(ahead, i + 1):i + 1 + PREFETCH])
+                ahead = i + 1 + PREFETCH
             self._handle_line(line, end, rep)
             if st.offset == 0:  # restarted inside
                 return True
@@ -138,6 +146,9 @@ class Follower:
             self.on_progress()
             if handled % SAVE_EVERY == 0:
                 self.save()
+        if broken is not None and not self.should_stop():
+            self.save()
+            raise broken
         st.etag = chunk.etag if chunk.total is not None and consumed >= chunk.total else None
         return bool(chunk.total is not None and consumed < chunk.total and handled > 0)
 
