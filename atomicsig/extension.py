@@ -26,6 +26,7 @@ import requests
 from . import registries_d
 from .blob import MAX_SIGNATURE_SIZE
 from .errors import InputError, RegistryError
+from .httpbody import read_at_most
 from .lookaside import AppendResult, HTTPLookaside, SignatureStore, StoredSignature, open_store
 from .reference import Reference, validate_digest
 from .registry import client_for
@@ -142,12 +143,8 @@ class ExtensionStore(SignatureStore):
             if resp.status_code != 200:
                 raise RegistryError(f"reading signatures from {url}: HTTP {resp.status_code}",
                                     status=resp.status_code)
-            buf = bytearray()
-            for chunk in resp.iter_content(65536):
-                buf += chunk
-                if len(buf) > MAX_SIGNATURE_LIST_SIZE:
-                    raise RegistryError(f"{url}: signature list exceeds {MAX_SIGNATURE_LIST_SIZE} bytes")
-        return decode_list(bytes(buf), url)
+            body = read_at_most(resp, MAX_SIGNATURE_LIST_SIZE, f"{url}: signature list")
+        return decode_list(body, url)
 
     def read(self, ref: Reference, digest: str) -> list[StoredSignature]:
         url = self.client.base_url() + extension_path(ref.path, digest)

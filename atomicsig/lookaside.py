@@ -186,6 +186,7 @@ class HTTPLookaside(SignatureStore):
         import requests
 
         from .errors import RegistryError
+        from .httpbody import read_at_most
 
         session = self._session or requests.Session()
         out: list[StoredSignature] = []
@@ -200,7 +201,7 @@ class HTTPLookaside(SignatureStore):
                     break
                 if resp.status_code != 200:
                     raise RegistryError(f"reading {url}: HTTP {resp.status_code}", status=resp.status_code)
-                data = _read_bounded(resp, MAX_SIGNATURE_SIZE, url)
+                data = read_at_most(resp, MAX_SIGNATURE_SIZE, url)
             if n == MAX_LOOKASIDE_SIGNATURES:
                 raise RegistryError(f"{url}: server provided {n} signatures; containers/image refuses that many")
             out.append(StoredSignature(n, data, url))
@@ -209,17 +210,6 @@ class HTTPLookaside(SignatureStore):
     def append(self, ref: Reference, digest: str, blob: bytes) -> AppendResult:
         raise InputError(f"writing directly to an HTTP lookaside ({self.base_url}) is not supported; "
                          "use a file: sigstore or a registry with the signature extension")
-
-
-def _read_bounded(resp: object, limit: int, url: str) -> bytes:
-    from .errors import RegistryError
-
-    buf = bytearray()
-    for chunk in resp.iter_content(65536):  # type: ignore[attr-defined]
-        buf += chunk
-        if len(buf) > limit:
-            raise RegistryError(f"{url}: body exceeds the {limit}-byte limit")
-    return bytes(buf)
 
 
 def open_store(location: str, *, verify: bool | str = True) -> SignatureStore:

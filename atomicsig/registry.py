@@ -23,6 +23,7 @@ import requests
 
 from . import auth, manifest
 from .errors import NotFound, RegistryAuthError, RegistryError
+from .httpbody import read_at_most
 from .reference import Reference
 
 USER_AGENT = "atomicsig"
@@ -228,13 +229,7 @@ class RegistryClient:
             length = resp.headers.get("Content-Length")
             if length and length.isdigit() and int(length) > manifest.MAX_MANIFEST_SIZE:
                 raise RegistryError(f"manifest of {ref.name}:{which} is larger than {manifest.MAX_MANIFEST_SIZE} bytes")
-            buf = bytearray()
-            for chunk in resp.iter_content(65536):
-                buf += chunk
-                if len(buf) > manifest.MAX_MANIFEST_SIZE:
-                    raise RegistryError(
-                        f"manifest of {ref.name}:{which} is larger than {manifest.MAX_MANIFEST_SIZE} bytes")
-            data = bytes(buf)
+            data = read_at_most(resp, manifest.MAX_MANIFEST_SIZE, f"manifest of {ref.name}:{which}")
             media_type = resp.headers.get("Content-Type", "").split(";")[0].strip()
             header_digest = resp.headers.get("Docker-Content-Digest")
         digest = manifest.digest(data)
