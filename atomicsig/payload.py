@@ -15,6 +15,7 @@ from typing import Any
 
 from . import CREATOR
 from .errors import SignatureFormatError
+from .jsonstrict import DuplicateKeyError, no_duplicate_keys
 from .reference import validate_digest
 
 SIGNATURE_TYPE = "atomic container signature"
@@ -46,15 +47,6 @@ def build(docker_reference: str, manifest_digest: str, *, creator: str = CREATOR
     }
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
-
-
-def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    seen: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in seen:
-            raise SignatureFormatError(f"duplicate key {k!r} in signature JSON")
-        seen[k] = v
-    return seen
 
 
 def _reject_constant(name: str) -> Any:
@@ -89,9 +81,11 @@ def parse(data: bytes) -> Payload:
     except UnicodeDecodeError as exc:
         raise SignatureFormatError("signature payload is not UTF-8") from exc
     try:
-        obj = json.loads(text, object_pairs_hook=_pairs, parse_constant=_reject_constant)
+        obj = json.loads(text, object_pairs_hook=no_duplicate_keys, parse_constant=_reject_constant)
     except SignatureFormatError:
         raise
+    except DuplicateKeyError as exc:
+        raise SignatureFormatError(f"{exc} in signature JSON") from exc
     except ValueError as exc:
         raise SignatureFormatError(f"signature payload is not valid JSON: {exc}") from exc
     top = _exact(obj, "signature", ("critical", "optional"))

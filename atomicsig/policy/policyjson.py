@@ -14,6 +14,7 @@ from typing import Any
 
 from .. import identity, reference
 from ..errors import PolicyError, ReferenceError_, StorageError
+from ..jsonstrict import no_duplicate_keys
 
 #: c-libs image/default-policy.json (SPEC §5.1): the starting point when a node has no policy.json yet.
 SHIPPED_DEFAULT: dict[str, Any] = {"default": [{"type": "insecureAcceptAnything"}],
@@ -26,19 +27,10 @@ _ONLY_EMPTY_SCOPE = ("docker-archive", "tarball")
 _PATH_TRANSPORTS = ("dir", "oci", "oci-archive", "sif")
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise ValueError(f"duplicate key {k!r}")
-        out[k] = v
-    return out
-
-
 def loads(text: str | bytes, source: str) -> dict[str, Any]:
     """Parse policy.json text; duplicate keys are an error as in c/image. Raises PolicyError."""
     try:
-        doc = json.loads(text, object_pairs_hook=_no_duplicates)
+        doc = json.loads(text, object_pairs_hook=no_duplicate_keys)
     except (ValueError, UnicodeDecodeError) as exc:
         raise PolicyError(f"{source} is not valid JSON ({exc}); refusing to touch it") from exc
     if not isinstance(doc, dict):
