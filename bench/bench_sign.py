@@ -2,9 +2,12 @@
 
 For each key type, N distinct images (one small manifest file each, so skopeo can hash it) are signed by
   * atomicsig: ONE process, ``sign --from-file refs.txt --key FPR --sigstore DIR`` (digests given, no registry),
+    with its default signer (gpg-agent sessions, ``--signer auto``) and, as the "before" row, ``--signer gpg``
+    (one gpg process per signature);
   * skopeo:    ``skopeo standalone-sign MANIFEST REF FPR -o SIG`` once per image (what a shell loop does),
   * gpg:       ``gpg --batch --sign --local-user FPR`` once per image over the same payload bytes (the floor any
                one-process-per-signature tool pays).
+The two loops run over the first ``ctx.peer_n`` images (their rate does not depend on the count).
 All three use the same key, the same GnuPG home and the same warm gpg-agent. The last atomicsig sigstore is kept
 in ``ctx.shared["signed"][key type]`` for the verification suite.
 """
@@ -17,7 +20,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness import KEY_TYPES, BenchError, Context, Row, compare, make_row, run_checked, timed
+from harness import KEY_TYPES, BenchError, Context, Row, compare, make_row, run_checked, run_measured, timed
 
 from atomicsig import manifest, payload
 from atomicsig.lookaside import digest_dirname
@@ -64,50 +67,70 @@ def run(ctx: Context) -> list[Row]:
     refs_file.write_text("".join(f"{im.ref}\n" for im in images), encoding="utf-8")
     ctx.shared.setdefault("signed", {})
     rows: list[Row] = []
+    peers = images[:ctx.peer_n]  # what the one-process-per-signature loops sign
     kept: dict[str, Path] = ctx.shared["signed"]  # key type -> the latest atomicsig sigstore (older ones removed)
     for kt in KEY_TYPES:
         fpr = ctx.keys[kt]
         _warm_agent(ctx, fpr, images[0])
 
-        def ours(i: int, kt: str = kt, fpr: str = fpr) -> float:
+        def ours(i: int, kt: str = kt, fpr: str = fpr, signer: str | None = None) -> float:
             store = ctx.fresh_dir(f"sigstore-{kt}-{i}")
             argv = [*ctx.atomicsig, "sign", "--from-file", str(refs_file), "--key", fpr, "--sigstore", str(store),
                     "--gnupghome", str(ctx.gnupghome)]
             if ctx.jobs:
                 argv += ["-j", str(ctx.jobs)]
-            seconds = timed(lambda: run_checked(argv, ctx))
+            if signer:
+                argv += ["--signer", signer]
+            seconds = run_measured(argv, ctx, f"sign.{kt}.{signer or 'default'}")
             _check_all_signed(store, images)
-            if kt in kept:
-                shutil.rmtree(kept[kt], ignore_errors=True)
-            kept[kt] = store
+            if signer is None:
+                if kt in kept:
+                    shutil.rmtree(kept[kt], ignore_errors=True)
+                kept[kt] = store
+            else:
+                shutil.rmtree(store, ignore_errors=True)
             return seconds
 
         def skopeo(i: int, kt: str = kt, fpr: str = fpr) -> float:
             out = ctx.fresh_dir(f"skopeo-{kt}")
 
             def loop() -> None:
-                for j, im in enumerate(images):
+                for j, im in enumerate(peers):
                     run_checked(["skopeo", "standalone-sign", str(im.manifest_path), IDENTITY, fpr,
                                  "-o", str(out / f"sig-{j}")], ctx)
-            return timed(loop)
+            return timed(loop) * len(images) / len(peers)
 
         def gpg(i: int, kt: str = kt, fpr: str = fpr) -> float:
             out = ctx.fresh_dir(f"gpg-{kt}")
 
             def loop() -> None:
-                for j, im in enumerate(images):
+                for j, im in enumerate(peers):
                     run_checked(["gpg", "--homedir", str(ctx.gnupghome), "--batch", "--no-tty", "--yes",
                                  "--sign", "--local-user", fpr, "--digest-algo", "SHA256",
                                  "-o", str(out / f"sig-{j}"), str(im.payload_path)], ctx)
-            return timed(loop)
+            return timed(loop) * len(images) / len(peers)
 
-        rates = compare(ctx.runs, len(images), {"atomicsig": ours, "skopeo": skopeo, "gpg": gpg})
+        contenders = {"atomicsig": ours, "skopeo": skopeo, "gpg": gpg}
+        if _has_signer_option(ctx) and not ctx.quick:
+            contenders["gpgpath"] = lambda i, kt=kt, fpr=fpr: ours(i, kt, fpr, "gpg")  # type: ignore[misc]
+        rates = compare(ctx.runs, len(images), contenders)
         label = f"sign {kt} (N={len(images)})"
+        peak = f"sign.{kt}.default"
         rows.append(make_row(f"sign.{kt}.vs_skopeo", label, "sig/s", len(images), rates["atomicsig"],
-                             "skopeo standalone-sign loop", rates["skopeo"]))
+                             "skopeo standalone-sign loop", rates["skopeo"], ctx=ctx, peak_key=peak, min_ratio=10))
         rows.append(make_row(f"sign.{kt}.vs_gpg", label, "sig/s", len(images), rates["atomicsig"],
-                             "gpg --sign loop", rates["gpg"]))
+                             "gpg --sign loop", rates["gpg"], ctx=ctx, peak_key=peak, min_ratio=2))
+        if "gpgpath" in rates:
+            rows.append(make_row(f"sign.{kt}.gpgpath_vs_gpg", f"sign {kt} --signer gpg (before)", "sig/s",
+                                 len(images), rates["gpgpath"], "gpg --sign loop", rates["gpg"], ctx=ctx,
+                                 peak_key=f"sign.{kt}.gpg"))
     return rows
+
+
+def _has_signer_option(ctx: Context) -> bool:
+    """Whether this atomicsig has ``--signer`` (the gpg-process path kept for smartcards and as the "before")."""
+    proc = run_checked([*ctx.atomicsig, "sign", "--help"], ctx)
+    return b"--signer" in proc.stdout
 
 
 def _warm_agent(ctx: Context, fpr: str, image: Image) -> None:

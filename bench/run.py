@@ -27,9 +27,9 @@ import harness  # noqa: E402  (the sibling modules are importable once bench/ is
 
 #: Suites in run order (verify reads what sign leaves behind). A missing module is skipped, so a suite can be
 #: added by dropping ``bench/bench_<name>.py`` with ``run(ctx) -> list[harness.Row]`` and listing it here.
-SUITES = ("sign", "verify", "startup", "sync")
+SUITES = ("sign", "verify", "startup", "policy", "sync")
 NEEDS_KEYS = {"sign", "verify"}
-DEFAULT_N, QUICK_N = 200, 30
+DEFAULT_N, QUICK_N = 1000, 30
 BASELINE = HERE / "baseline.json"
 
 
@@ -85,6 +85,12 @@ def main(argv: list[str] | None = None) -> int:
     section = baseline.get(mode, {})
     status = harness.check(rows, section)
     print(harness.render(rows, section, status))
+    missed = [r.label for r in rows if r.target_met is False]
+    heavy = [r.label for r in rows if r.peak_mib is not None and r.peak_mib >= harness.MEMORY_LIMIT_MIB]
+    print(f"issue #6 targets: {sum(r.target_met is True for r in rows)} met, {len(missed)} missed"
+          + (f" ({'; '.join(missed)})" if missed else "")
+          + f"; peak memory {'under' if not heavy else 'OVER'} {harness.MEMORY_LIMIT_MIB} MiB"
+          + (f" ({'; '.join(heavy)})" if heavy else ""), file=sys.stderr)
     print(f"\n{mode} mode, N={n}, {args.runs} run(s) per row, medians; ratio = atomicsig rate / reference rate "
           f"(higher is better); {time.perf_counter() - started:.0f} s", file=sys.stderr)
     if args.json:

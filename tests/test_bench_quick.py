@@ -28,12 +28,14 @@ def test_quick_bench_runs_and_prints_table(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=300, check=False, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    assert lines[0].split() == ["ROW", "ATOMICSIG", "VS", "REFERENCE", "RATIO", "FLOOR", "STATUS"]
+    assert lines[0].split() == ["ROW", "ATOMICSIG", "VS", "REFERENCE", "RATIO", "FLOOR", "STATUS", "PEAK", "TARGET"]
     rows = json.loads(out.read_text())["rows"]
     keys = {r["key"] for r in rows}
     for kt in ("rsa2048", "ed25519"):
         assert {f"sign.{kt}.vs_skopeo", f"sign.{kt}.vs_gpg", f"verify.{kt}.vs_skopeo"} <= keys
-    assert {"startup.version", "startup.help"} <= keys
+    assert {"startup.version", "startup.help", "policy.apply.vs_podman_trust", "sync.one_new.vs_rsync"} <= keys
+    # Every atomicsig command measured reports its peak memory (issue #6: under 150 MB).
+    assert all(r["peak_mib"] for r in rows if not r["key"].startswith("startup."))
     assert all(r["ours"] > 0 and r["other"] > 0 and r["ratio"] > 0 for r in rows)
     assert len(lines) == 1 + len(rows)
 

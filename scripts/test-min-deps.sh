@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Prove the lower bounds in setup.cfg: install the oldest allowed runtime dependencies (constraints/minimum.txt)
+# into a separate virtualenv and run the fast tests (everything not marked slow) against them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+venv=${ATOMICSIG_MIN_VENV:-.venv-min}
+[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+log=$(mktemp)
+if ! "$venv/bin/python" -m pip install -q -c constraints/minimum.txt -r constraints/minimum.txt \
+      "pytest>=7.4" "hypothesis>=6.80" >"$log" 2>&1 \
+   || ! "$venv/bin/python" -m pip install -q --no-deps -e . >>"$log" 2>&1; then
+  cat "$log" >&2; rm -f "$log"; echo "min-deps: pip install failed" >&2; exit 1
+fi
+rm -f "$log"
+"$venv/bin/python" - <<'PY'
+import importlib.metadata as md
+pins = [l.split("==") for l in open("constraints/minimum.txt") if "==" in l and not l.startswith("#")]
+bad = [f"{n} {md.version(n)} != {v.strip()}" for n, v in pins if md.version(n) != v.strip()]
+if bad:
+    raise SystemExit("min-deps: not the minimum versions: " + "; ".join(bad))
+print("min-deps: " + ", ".join(f"{n}=={v.strip()}" for n, v in pins))
+PY
+"$venv/bin/python" -m pytest -q -p no:cacheprovider -m "not slow" "$@"
