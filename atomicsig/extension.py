@@ -148,7 +148,7 @@ class ExtensionStore(SignatureStore):
 
     def read(self, ref: Reference, digest: str) -> list[StoredSignature]:
         url = self.client.base_url() + extension_path(ref.path, digest)
-        return [StoredSignature(i, blob, f"{url}#{name}")
+        return [StoredSignature(i, blob, f"{url}#{name}", sniffed=False)
                 for i, (name, blob) in enumerate(self._list(ref, digest, "pull"), start=1)]
 
     def append(self, ref: Reference, digest: str, blob: bytes) -> AppendResult:

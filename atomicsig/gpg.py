@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import re
 import shutil
@@ -21,6 +22,7 @@ from typing import Any
 
 from .blob import simple_signing_body
 from .errors import GPGError, InputError, KeyNotFound, PassphraseError, SignatureFormatError
+from .passphrase import child_env
 
 #: Options that make signing output exactly one binary, inline, SHA-256 signed message regardless of gpg.conf.
 SIGN_OPTIONS = ["--no-armor", "--no-textmode", "--digest-algo", "SHA256", "--no-auto-key-locate",
@@ -38,6 +40,12 @@ KEY_ALGORITHMS: dict[str, dict[str, str]] = {
     "rsa4096": {"Key-Type": "RSA", "Key-Length": "4096"},
     "ed25519": {"Key-Type": "EDDSA", "Key-Curve": "ed25519"},
 }
+
+
+# python-gnupg logs gpg's raw stderr and the first bytes of imported key data (secret keys included) at DEBUG.
+# An application that turns on DEBUG for everything must not get key material or an echoed passphrase in its
+# logs, so that logger starts at WARNING; whoever needs its debug output can lower it explicitly.
+logging.getLogger("gnupg").setLevel(logging.WARNING)
 
 
 def gpg_binary() -> str:
@@ -86,6 +94,32 @@ class KeyInfo:
         }
 
 
+@dataclass(frozen=True)
+class SecretKeyPart:
+    """The primary key or one subkey of a secret key, as ``gpg --with-colons --with-keygrip`` lists it."""
+
+    fingerprint: str
+    keygrip: str
+    pubkey_algo: int
+    curve: str
+    created: int
+    expires: int | None
+    validity: str  # "r" revoked, "e" expired, "i" invalid, …
+    usage: str  # this key's own capabilities, lowercase letters ("s" = can sign)
+    token: str  # colon field 15: "+" secret here, "#" stub without secret, else a smartcard serial number
+    primary: bool
+
+
+def _key_part(entry: dict[str, Any], fingerprint: Any, keygrip: Any, *, primary: bool) -> SecretKeyPart:
+    return SecretKeyPart(
+        fingerprint=str(fingerprint or "").upper(), keygrip=str(keygrip or "").upper(),
+        pubkey_algo=int(entry.get("algo") or 0), curve=str(entry.get("curve") or ""),
+        created=int(entry.get("date") or 0), expires=int(entry["expires"]) if entry.get("expires") else None,
+        validity=str(entry.get("trust") or "-"),
+        usage="".join(c for c in str(entry.get("cap") or "") if c.islower()),
+        token=str(entry.get("token") or ""), primary=primary)
+
+
 def _algorithm_name(entry: dict[str, Any]) -> str:
     algo = _ALGO_NAMES.get(str(entry.get("algo", "")), f"algo{entry.get('algo')}")
     if algo == "rsa":
@@ -104,6 +138,9 @@ class Keyring:
     """A GnuPG home directory (``--gnupghome``, else ``$GNUPGHOME``, else gpg's default ``~/.gnupg``)."""
 
     home: str | None = None
+    #: False for verification-only homes: gpg would otherwise start a gpg-agent on the first import, one idle
+    #: daemon per ephemeral home that outlives a killed atomicsig. Public-key work never needs the agent.
+    autostart: bool = True
     _gpg: Any = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -122,11 +159,15 @@ class Keyring:
 
             binary = gpg_binary()
             try:
-                g = gnupg.GPG(gpgbinary=binary, gnupghome=self.home)
+                # Passphrase variables stay out of gpg's environment, and so out of the gpg-agent it starts.
+                g = gnupg.GPG(gpgbinary=binary, gnupghome=self.home, env=child_env(),
+                              options=None if self.autostart else ["--no-autostart"])
             except (OSError, ValueError, RuntimeError) as exc:
                 raise GPGError(f"cannot run gpg: {exc}") from exc
             g.encoding = "utf-8"
             self._gpg = g
+        # Recomputed on every use: a passphrase variable may be named after this object was created.
+        self._gpg.env = child_env()
         return self._gpg
 
     # ---- listing and lookup -------------------------------------------------------------------------------
@@ -173,6 +214,21 @@ class Keyring:
 
     def describe(self) -> str:
         return f"GnuPG home {self.home}" if self.home else "the default GnuPG home"
+
+    def secret_key_parts(self, fingerprint: str) -> list[SecretKeyPart]:
+        """The primary key and subkeys of secret key ``fingerprint`` with keygrips (``--with-keygrip``).
+
+        What the agent signer needs to choose the (sub)key ``gpg --local-user`` would, and to address it in
+        gpg-agent, which knows keys only by keygrip.
+        """
+        out: list[SecretKeyPart] = []
+        for k in self.gpg.list_keys(secret=True, keys=[fingerprint]):
+            if str(k.get("fingerprint", "")).upper() != fingerprint.upper():
+                continue
+            out.append(_key_part(k, k.get("fingerprint"), k.get("keygrip"), primary=True))
+            for sub in (k.get("subkey_info") or {}).values():
+                out.append(_key_part(sub, sub.get("fingerprint"), sub.get("keygrip"), primary=False))
+        return out
 
     # ---- generation ---------------------------------------------------------------------------------------
 
@@ -268,6 +324,8 @@ class Keyring:
         import subprocess
 
         cmd = [gpg_binary(), *(["--batch"] if batch else []), "--no-tty", "--status-fd", "2"]
+        if not self.autostart:
+            cmd.append("--no-autostart")
         if self.home:
             cmd += ["--homedir", self.home]
         stdin = b""
@@ -275,9 +333,10 @@ class Keyring:
             cmd += ["--pinentry-mode", "loopback", "--passphrase-fd", "0"]
             stdin = passphrase.encode() + b"\n"
         stdin += stdin_prefix.encode()
-        proc = subprocess.run(cmd + args, input=stdin, capture_output=True, check=False, timeout=120)
+        proc = subprocess.run(cmd + args, input=stdin, capture_output=True, check=False, timeout=120,
+                              env=child_env())
         if proc.returncode != 0:
-            raise GPGError(f"gpg {args[0]} failed: {_last_line(proc.stderr)}")
+            raise GPGError(f"gpg {args[0]} failed: {_redact(_last_line(proc.stderr), passphrase)}")
         return proc.stdout
 
     # ---- signing ------------------------------------------------------------------------------------------
@@ -293,7 +352,7 @@ class Keyring:
         # A failed gpg --sign (wrong passphrase) may still have written the one-pass and literal packets to
         # stdout; only SIG_CREATED with exit 0 means a complete signature.
         if not blob or result.returncode != 0 or not getattr(result, "fingerprint", None):
-            stderr = _stderr_tail(result)
+            stderr = _redact(_stderr_tail(result), passphrase)
             if "BAD_PASSPHRASE" in (result.stderr or "") or "Bad passphrase" in stderr:
                 raise PassphraseError(f"wrong passphrase for key {fingerprint}")
             if "MISSING_PASSPHRASE" in (result.stderr or "") or "No passphrase" in stderr \
@@ -305,6 +364,11 @@ class Keyring:
         except SignatureFormatError as exc:  # would only happen if gpg ignored our options
             raise GPGError(f"gpg produced an unusable signature: {exc}") from exc
         return blob
+
+
+def _redact(text: str, secret: str | None) -> str:
+    """gpg's stderr goes into our error messages; a gpg that echoes its input must not carry the passphrase."""
+    return text.replace(secret, "[passphrase]") if secret else text
 
 
 def _stderr_tail(result: Any) -> str:
@@ -341,7 +405,11 @@ class TrustedKeys:
         self._lock = threading.Lock()
         self.fingerprints: frozenset[str] = frozenset()
         try:
-            self._keyring = Keyring(self._dir)
+            self._keyring = Keyring(self._dir, autostart=False)
+            # gpg echoes a message's literal file name byte for byte in its status lines; a non-UTF-8 name
+            # killed python-gnupg's reader thread (AttributeError on .stderr). latin-1 decodes any byte, and
+            # nothing here reads text beyond fingerprints and status keywords.
+            self._keyring.gpg.encoding = "latin-1"
             fprs: set[str] = set()
             for data in keyring_blobs:
                 with contextlib.suppress(InputError):
@@ -360,7 +428,18 @@ class TrustedKeys:
         return hashlib.sha256(",".join(sorted(self.fingerprints)).encode()).hexdigest()
 
     def close(self) -> None:
+        # No agent to stop: this home runs gpg with --no-autostart (see Keyring.autostart).
         shutil.rmtree(self._dir, ignore_errors=True)
+
+    def listing_and_export(self) -> tuple[str, bytes]:
+        """gpg's own verdict on the imported keys (colon listing) and their binary export, for nativeverify.
+
+        gpg stays the authority on certificates (self-signatures, revocations, expiry); the in-process verifier
+        only takes key material and these verdicts from here.
+        """
+        listing = self._keyring._run(["--with-colons", "--fixed-list-mode", "--list-keys"], None)
+        exported = self._keyring._run(["--export"], None) if self.fingerprints else b""
+        return listing.decode("utf-8", errors="replace"), exported
 
     def __enter__(self) -> TrustedKeys:
         return self
@@ -406,9 +485,18 @@ def temporary_home() -> Iterator[Keyring]:
     try:
         yield Keyring(d)
     finally:
-        import subprocess
+        remove_home(d)
 
-        with contextlib.suppress(OSError, subprocess.SubprocessError):
-            subprocess.run(["gpgconf", "--homedir", d, "--kill", "all"], capture_output=True, check=False,
-                           timeout=10)
-        shutil.rmtree(d, ignore_errors=True)
+
+def remove_home(d: str) -> None:
+    """Stop the gpg-agent a throwaway home may have started (gpg launches one on import), then delete the home.
+
+    Deleting the directory alone leaves the agent running with nothing to serve: one stray process per
+    verification run or temporary signing home.
+    """
+    import subprocess
+
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        subprocess.run(["gpgconf", "--homedir", d, "--kill", "all"], capture_output=True, check=False,
+                       timeout=10, env=child_env())
+    shutil.rmtree(d, ignore_errors=True)

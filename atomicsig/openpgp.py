@@ -56,6 +56,12 @@ class SignedMessage:
     literal_format: int
     signatures: list[SignatureInfo] = field(default_factory=list)
     one_pass_count: int = 0
+    #: Packet tags in order (inside the compressed packet if there was one), markers left out: lets a strict
+    #: consumer (nativeverify) accept only the one layout it fully understands.
+    structure: tuple[int, ...] = ()
+    one_pass_bodies: list[bytes] = field(default_factory=list)
+    #: False if a compressed stream was truncated or followed by extra bytes, which gpg may treat differently.
+    compression_clean: bool = True
 
 
 def _read_length_new(data: bytes, i: int) -> tuple[int, int, bool]:
@@ -118,21 +124,27 @@ def packets(data: bytes) -> list[Packet]:
 
 
 def _decompress(body: bytes) -> bytes:
+    return _decompress_checked(body)[0]
+
+
+def _decompress_checked(body: bytes) -> tuple[bytes, bool]:
+    """Decompressed data, and whether the stream ended exactly at the end of the packet."""
     if not body:
         raise SignatureFormatError("empty compressed packet")
     algo, rest = body[0], body[1:]
     try:
         if algo == 0:
-            return rest
+            return rest, True
         if algo == 1:
             d = zlib.decompressobj(-15)
         elif algo == 2:
             d = zlib.decompressobj()
         elif algo == 3:
-            out = bz2.BZ2Decompressor().decompress(rest, MAX_DECOMPRESSED + 1)
+            b = bz2.BZ2Decompressor()
+            out = b.decompress(rest, MAX_DECOMPRESSED + 1)
             if len(out) > MAX_DECOMPRESSED:
                 raise SignatureFormatError("compressed signature expands beyond the limit")
-            return out
+            return out, b.eof and not b.unused_data
         else:
             raise SignatureFormatError(f"unknown compression algorithm {algo}")
         out = d.decompress(rest, MAX_DECOMPRESSED + 1)
@@ -140,7 +152,7 @@ def _decompress(body: bytes) -> bytes:
         raise SignatureFormatError(f"corrupt compressed data: {exc}") from exc
     if len(out) > MAX_DECOMPRESSED:
         raise SignatureFormatError("compressed signature expands beyond the limit")
-    return out
+    return out, d.eof and not d.unused_data
 
 
 def _subpackets(area: bytes, info: SignatureInfo) -> None:
@@ -206,15 +218,19 @@ def parse_message(blob: bytes) -> SignedMessage:
     pk = packets(blob)
     # Unwrap a single compressed packet (gpg's default), but only one level: nested compression is unusual
     # and a cheap way to amplify decompression work.
+    clean = True
     if len(pk) == 1 and pk[0].tag == TAG_COMPRESSED:
-        pk = packets(_decompress(pk[0].body))
+        inner, clean = _decompress_checked(pk[0].body)
+        pk = packets(inner)
     literal: bytes | None = None
     fmt = 0
     sigs: list[SignatureInfo] = []
     one_pass = 0
+    one_pass_bodies: list[bytes] = []
     for p in pk:
         if p.tag == TAG_ONE_PASS:
             one_pass += 1
+            one_pass_bodies.append(p.body)
         elif p.tag == TAG_LITERAL:
             if literal is not None:
                 raise SignatureFormatError("more than one literal data packet")
@@ -234,7 +250,8 @@ def parse_message(blob: bytes) -> SignedMessage:
         raise SignatureFormatError("no signed data in the OpenPGP message")
     if not sigs:
         raise SignatureFormatError("no signature packet in the OpenPGP message")
-    return SignedMessage(literal, fmt, sigs, one_pass)
+    return SignedMessage(literal, fmt, sigs, one_pass, tuple(p.tag for p in pk if p.tag != TAG_MARKER),
+                         one_pass_bodies, clean)
 
 
 def untrusted_signer(blob: bytes) -> str | None:

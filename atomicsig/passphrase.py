@@ -12,6 +12,12 @@ from dataclasses import dataclass
 
 from .errors import PassphraseError
 
+#: Names of environment variables that hold a passphrase (``--passphrase-env NAME``, ``passphrase-env:``).
+#: Every child process (gpg, and the gpg-agent it starts, which lives on after us) gets an environment without
+#: them: a long-running agent's ``/proc/<pid>/environ`` would otherwise show the passphrase to its owner and to
+#: root for as long as it runs.
+_SECRET_ENV: set[str] = set()
+
 
 @dataclass(frozen=True)
 class PassphraseSource:
@@ -20,6 +26,10 @@ class PassphraseSource:
     file: str | None = None
     env: str | None = None
     stdin: bool = False
+
+    def __post_init__(self) -> None:
+        if self.env:
+            mark_secret_env(self.env)
 
     def describe(self) -> str:
         """Where the passphrase comes from, safe to print (never the value)."""
@@ -42,7 +52,9 @@ class PassphraseSource:
         elif self.env:
             if self.env not in os.environ:
                 raise PassphraseError(f"passphrase environment variable {self.env} is not set")
-            value = os.environ[self.env]
+            # Taken out of our own environment too, so that nothing started later inherits it, including
+            # subprocesses of code that does not ask child_env() (the agent launch in assuan.py, gpgconf).
+            value = os.environ.pop(self.env)
         elif self.stdin:
             value = sys.stdin.readline()
         else:
@@ -64,3 +76,13 @@ def read_cached(source: PassphraseSource) -> str | None:
     if source not in _cache:
         _cache[source] = source.read()
     return _cache[source]
+
+
+def mark_secret_env(name: str) -> None:
+    """Keep variable ``name`` out of every child's environment from now on (called as soon as it is named)."""
+    _SECRET_ENV.add(name)
+
+
+def child_env() -> dict[str, str]:
+    """The environment for a child process: ours without any variable named as a passphrase source."""
+    return {k: v for k, v in os.environ.items() if k not in _SECRET_ENV}

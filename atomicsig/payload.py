@@ -88,6 +88,8 @@ def parse(data: bytes) -> Payload:
         raise SignatureFormatError(f"{exc} in signature JSON") from exc
     except ValueError as exc:
         raise SignatureFormatError(f"signature payload is not valid JSON: {exc}") from exc
+    except RecursionError as exc:  # json recurses per nesting level: "[[[[…" escaped as RecursionError (fuzz)
+        raise SignatureFormatError("signature payload is nested too deeply") from exc
     top = _exact(obj, "signature", ("critical", "optional"))
     crit = _exact(top["critical"], "critical", ("type", "image", "identity"))
     image = _exact(crit["image"], "critical.image", ("docker-manifest-digest",))

@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from .errors import ReferenceError_
 
 _ALNUM = r"[a-z0-9]+"
-_SEPARATOR = r"(?:[._]|__|[-]*)"
+# ``[-]+``, not docker's older ``[-]*``: same language, but an empty separator makes ``(alnum sep? alnum)*``
+# ambiguous and Python's backtracking engine exponential (fuzz finding: 26 characters took 30 s).
+_SEPARATOR = r"(?:[._]|__|[-]+)"
 _PATH_COMPONENT = rf"{_ALNUM}(?:{_SEPARATOR}{_ALNUM})*"
 _DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
 # IPv6 literals are accepted by newer docker/reference; we accept the bracketed form too.
@@ -21,14 +23,15 @@ _DOMAIN = rf"(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*|{_IPV6})(?::[0-9]+
 _TAG = r"[\w][\w.-]{0,127}"
 _DIGEST = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}"
 _NAME = rf"(?:{_DOMAIN}/)?{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*"
-_REFERENCE_RE = re.compile(rf"^({_NAME})(?::({_TAG}))?(?:@({_DIGEST}))?$")
-_ANCHORED_HEX64 = re.compile(r"^[a-f0-9]{64}$")
-_DOMAIN_RE = re.compile(rf"^{_DOMAIN}$")
-_PATH_RE = re.compile(rf"^{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*$")
+# ``\Z`` not ``$`` (which also matches before a trailing newline), and ASCII ``\w`` as in Go (fuzz findings).
+_REFERENCE_RE = re.compile(rf"^({_NAME})(?::({_TAG}))?(?:@({_DIGEST}))?\Z", re.ASCII)
+_ANCHORED_HEX64 = re.compile(r"^[a-f0-9]{64}\Z")
+_DOMAIN_RE = re.compile(rf"^{_DOMAIN}\Z")
+_PATH_RE = re.compile(rf"^{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*\Z")
 
 #: go-digest algorithms and their exact hex lengths (go-digest algorithm.go).
 DIGEST_ALGORITHMS = {"sha256": 64, "sha384": 96, "sha512": 128}
-_DIGEST_STRICT = re.compile(r"^(sha256|sha384|sha512):([a-f0-9]+)$")
+_DIGEST_STRICT = re.compile(r"^(sha256|sha384|sha512):([a-f0-9]+)\Z")
 
 DEFAULT_DOMAIN = "docker.io"
 LEGACY_DEFAULT_DOMAIN = "index.docker.io"
@@ -139,8 +142,6 @@ def parse(value: str, *, canonical: bool = False) -> Reference:
             raise ReferenceError_(f"invalid image reference {value!r}: repository name must be lowercase")
         raise ReferenceError_(f"invalid image reference {value!r}")
     name, tag, digest = m.group(1), m.group(2), m.group(3)
-    if len(name) > NAME_TOTAL_LENGTH_MAX:
-        raise ReferenceError_(f"invalid image reference {value!r}: repository name longer than 255 characters")
     if digest is not None:
         validate_digest(digest)
     i = name.find("/")
@@ -149,12 +150,20 @@ def parse(value: str, *, canonical: bool = False) -> Reference:
         domain, rest = DEFAULT_DOMAIN, name
     else:
         domain, rest = first, name[i + 1 :]
+        if not _DOMAIN_RE.match(domain):
+            # "a_b.c/x" matches the grammar as a path, but the host split rule then picks "a_b.c" as the registry
+            # (fuzz finding): refuse, rather than return a Reference whose domain no scope or host can match.
+            raise ReferenceError_(f"invalid image reference {value!r}: {domain!r} is not a valid registry host")
     if domain == LEGACY_DEFAULT_DOMAIN:
         domain = DEFAULT_DOMAIN
     if domain == DEFAULT_DOMAIN and "/" not in rest:
         rest = OFFICIAL_REPO_PREFIX + rest
     if not _PATH_RE.match(rest):
         raise ReferenceError_(f"invalid image reference {value!r}: repository name must be lowercase")
+    # Measured after normalization, as docker's ParseNormalizedNamed parses the expanded name; measuring the input
+    # let "a/…" (≤ 255) expand to "docker.io/a/…" (> 255), which then failed to parse again (fuzz finding).
+    if len(domain) + 1 + len(rest) > NAME_TOTAL_LENGTH_MAX:
+        raise ReferenceError_(f"invalid image reference {value!r}: repository name longer than 255 characters")
     ref = Reference(domain, rest, tag, digest)
     if canonical and str(ref) != value:
         raise ReferenceError_(f"image reference {value!r} is not canonical; did you mean {str(ref)!r}?")

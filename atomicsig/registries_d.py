@@ -13,6 +13,7 @@ Pure reading and lookup; writing generated files is the policy compiler's job. R
 from __future__ import annotations
 
 import os
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,8 @@ def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: b
     seen: dict[Any, int] = {}
     for key_node, _ in node.value:
         key = loader.construct_object(key_node, deep=deep)
+        if not isinstance(key, Hashable):  # "? [a]: b" raised TypeError from ``key in seen`` (fuzz finding)
+            raise yaml.constructor.ConstructorError(None, None, "found unhashable mapping key", key_node.start_mark)
         if key in seen:
             raise yaml.constructor.ConstructorError(
                 None, None, f"mapping key {key!r} already defined at line {seen[key] + 1}", key_node.start_mark)
@@ -51,6 +54,8 @@ def load_yaml_strict(text: str, source: str) -> Any:
         return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - SafeLoader subclass
     except yaml.YAMLError as exc:
         raise PolicyError(f"parsing {source}: {' '.join(str(exc).split())}") from exc
+    except RecursionError as exc:  # PyYAML's pure-Python composer recurses per nesting level (fuzz finding)
+        raise PolicyError(f"parsing {source}: nested too deeply") from exc
 
 
 @dataclass

@@ -116,9 +116,9 @@ class SignatureServer:
         self._locks_guard = threading.Lock()
         self._trusted: Any = None
         if config.trusted_keys:
-            from .gpg import TrustedKeys
+            from .nativeverify import trusted_keys
 
-            self._trusted = TrustedKeys(config.trusted_keys)
+            self._trusted = trusted_keys(config.trusted_keys)
             if not self._trusted.fingerprints:
                 raise InputError("no public keys found in the trusted keyrings")
 
@@ -287,21 +287,34 @@ class SignatureServer:
         length = environ.get("CONTENT_LENGTH") or ""
         limit = self.config.max_body
         if length:
-            if not length.isdigit():
+            if not (length.isascii() and length.isdigit()):  # "²".isdigit() is True but int() fails (fuzz)
                 raise _Reject(400, "bad-length", "invalid Content-Length")
-            if int(length) > limit:
+            if len(length) > 18 or int(length) > limit:
                 raise _Reject(413, "too-large", f"body larger than {limit} bytes")
+        from cheroot.errors import MaxSizeExceeded
+
         stream = environ["wsgi.input"]
-        data: bytes = stream.read(int(length)) if length else stream.read(limit + 1)
+        try:
+            data: bytes = stream.read(int(length)) if length else stream.read(limit + 1)
+        except (MaxSizeExceeded, OSError) as exc:
+            # cheroot's own cap (max_request_body_size) tripped while reading a chunked body; cheroot 11 raises
+            # MaxSizeExceeded for the chunk-size lines but a bare OSError for the chunk data.
+            if isinstance(exc, MaxSizeExceeded) or exc.args == ("Request Entity Too Large",):
+                raise _Reject(413, "too-large", f"body larger than {limit} bytes") from None
+            raise
         if len(data) > limit:
             raise _Reject(413, "too-large", f"body larger than {limit} bytes")
+        if length and len(data) != int(length):
+            # The client went away (or was cut by the exchange deadline) mid-body: a prefix can still be valid
+            # JSON, and storing it would report failure to the client while keeping the signature.
+            raise _Reject(400, "incomplete-body", "body shorter than Content-Length")
         return data
 
     def _validated_blob(self, body: bytes, digest: str) -> bytes:
         """The checks a node would make when reading, so nothing stored here can break a pull (SPEC §1.3, §6.2)."""
         try:
             doc = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: "[[[[…" (fuzz finding)
             raise _Reject(400, "SIGNATURE_INVALID", "body is not JSON") from None
         if not isinstance(doc, dict):
             raise _Reject(400, "SIGNATURE_INVALID", "body is not a JSON object")
@@ -369,6 +382,9 @@ def _parse_range(header: str | None, size: int) -> tuple[int, int] | str | None:
     if not header or not header.startswith("bytes=") or "," in header:
         return None
     first, sep, last = header[6:].strip().partition("-")
+    # ASCII and at most 18 digits: "²".isdigit() is True but int() fails, as does a 4301-digit number (fuzz).
+    if not (first + last).isascii() or len(first) > 18 or len(last) > 18:
+        return None
     if not sep or not (first.isdigit() or last.isdigit()) or (first and not first.isdigit()) \
             or (last and not last.isdigit()):
         return None
@@ -398,13 +414,16 @@ def parse_listen(value: str) -> tuple[str, int]:
 
 
 def make_server(app: Callable[..., Iterable[bytes]], listen: str, *, tls_cert: str | None = None,
-                tls_key: str | None = None, threads: int = 16) -> Any:
-    """A cheroot WSGI server (not started). TLS when both certificate and key are given."""
-    from cheroot import wsgi
+                tls_key: str | None = None, threads: int = 16, limits: Any = None) -> Any:
+    """A cheroot WSGI server (not started) with the limits of :mod:`atomicsig.httpd`; TLS when both files are given.
+
+    ``limits`` (an :class:`atomicsig.httpd.Limits`) wins over ``threads``; without it the documented defaults apply.
+    """
+    from .httpd import HardenedServer, Limits
 
     if bool(tls_cert) != bool(tls_key):
         raise InputError("TLS needs both a certificate and a key")
-    server = wsgi.Server(parse_listen(listen), app, numthreads=threads, server_name="atomicsig")
+    server = HardenedServer(parse_listen(listen), app, limits or Limits(threads=threads), tls=bool(tls_cert))
     if tls_cert and tls_key:
         from cheroot.ssl.builtin import BuiltinSSLAdapter
 
@@ -428,7 +447,8 @@ def load_config(path: str) -> dict[str, Any]:
         raise InputError(f"{path}: top level must be a mapping")
     types: dict[str, type | tuple[type, ...]] = {
         "sigstore": str, "listen": str, "tls-cert": str, "tls-key": str, "token-file": str,
-        "read-token-file": str, "trusted-keys": list, "access-log": str, "threads": int, "max-body": int}
+        "read-token-file": str, "trusted-keys": list, "access-log": str, "threads": int, "max-body": int,
+        "max-connections": int, "header-timeout": (int, float), "request-timeout": (int, float)}
     for key, value in data.items():
         if key not in types:
             raise InputError(f"{path}: unknown key {key!r} (known: {', '.join(sorted(types))})")

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from . import payload
+from .blob import SIGSTORE_FORMAT, simple_signing_body
 from .errors import AtomicsigError, SignatureFormatError
 from .identity import DEFAULT, IdentityMatcher
 from .lookaside import SignatureStore, StoredSignature
@@ -79,6 +80,24 @@ def check_signature(sig: StoredSignature, verifier: Verifier, intended: Referenc
     return res
 
 
+def unrecognized_blob(sigs: list[StoredSignature]) -> str | None:
+    """Why the first blob c/image's ``FromBlob`` would not recognize is unusable, or None.
+
+    Such a blob (armor, HTML, empty file, unknown framing) makes c/image fail the *whole* read, so one good
+    signature after it does not rescue the image (SPEC §1.3, §3.2; found by tests/test_differential.py). A framed
+    sigstore blob is recognized there and only skipped by ``signedBy``, and the extension API does not sniff at
+    all (SPEC §1.3), so neither is a reason here.
+    """
+    for sig in sigs:
+        if not sig.sniffed or sig.blob.startswith(b"\x00" + SIGSTORE_FORMAT + b"\n"):
+            continue
+        try:
+            simple_signing_body(sig.blob)
+        except SignatureFormatError as exc:
+            return f"signature-{sig.index} is unreadable: {exc.message}"
+    return None
+
+
 def verify_image(intended: Reference, digest: str, store: SignatureStore, verifier: Verifier,
                  matcher: IdentityMatcher = DEFAULT) -> ImageVerdict:
     """Read all signatures of ``digest`` and decide. Store/network errors propagate (exit 3), as in c/image."""
@@ -89,6 +108,10 @@ def verify_image(intended: Reference, digest: str, store: SignatureStore, verifi
         return verdict
     for sig in sigs:
         verdict.signatures.append(check_signature(sig, verifier, intended, digest, matcher))
+    unreadable = unrecognized_blob(sigs)
+    if unreadable:
+        verdict.reason = f"{unreadable}; containers/image fails the whole signature read, so nodes reject the image"
+        return verdict
     verdict.accepted = any(s.accepted for s in verdict.signatures)
     verdict.reason = "accepted" if verdict.accepted else "no signature was accepted: " + \
         "; ".join(f"signature-{s.index}: {s.reason}" for s in verdict.signatures)

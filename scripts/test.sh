@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# Run the whole test suite (lint, types, unit, real-tool interop, slow end-to-end) on a fresh machine.
+# Run the whole test suite (lint, types, dependency checks, unit, real-tool interop, slow end-to-end) on a
+# fresh machine. The full pytest run comes last so its summary line is the run's closing line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . .venv/bin/activate
-echo "== ruff"; ruff check atomicsig tests bench
+echo "== ruff"; ruff check atomicsig tests bench fuzz scripts
 echo "== mypy"; mypy
+echo "== dependency audit"; python scripts/audit.py
+echo "== fast tests on the minimum dependency versions"; bash scripts/test-min-deps.sh -x
 echo "== pytest"; python -m pytest -q -p no:cacheprovider "$@"

@@ -3,17 +3,35 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
+import os
+import re
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import yaml
 
-from atomicsig.policy import policyjson
+from atomicsig import registries_d
+from atomicsig.policy import apply as policy_apply
+from atomicsig.policy import keymaterial, policyjson, schema
 from tests.infra import GpgHome
 
 POLICY = "etc/containers/policy.json"
 REGD = "etc/containers/registries.d"
+REGFILE = f"{REGD}/atomicsig.yaml"
+KEYDIR = "etc/pki/containers"
+STATE = "var/lib/atomicsig/policy-state.json"
+
+
+def keyring(root: Path, names: str, ext: str = "gpg") -> Path:
+    """The one live keyring for ``names``; its name must carry the first 12 hex of its content's sha256."""
+    found = [p for p in (root / KEYDIR).glob(f"atomicsig-{names}-*.{ext}") if ".atomicsig-bak." not in p.name]
+    assert len(found) == 1, found
+    assert found[0].name == f"atomicsig-{names}-{hashlib.sha256(found[0].read_bytes()).hexdigest()[:12]}.{ext}"
+    return found[0]
 
 
 def write_yaml(tmp: Path, signer_pub: Path, fingerprint: str, extra: str = "", name: str = "p.yaml") -> Path:
@@ -54,13 +72,14 @@ def test_apply_writes_valid_files_then_is_unchanged(cli, setup) -> None:  # type
     assert policyjson.problems(doc) == []
     assert doc["default"] == [{"type": "reject"}]
     assert doc["transports"]["docker-daemon"] == {"": [{"type": "insecureAcceptAnything"}]}
+    kr = keyring(root, "prod")
     assert doc["transports"]["docker"]["registry.example.com/prod"] == [
-        {"type": "signedBy", "keyType": "GPGKeys", "keyPath": "/etc/pki/containers/atomicsig-prod.gpg"}]
-    keyring = root / "etc/pki/containers/atomicsig-prod.gpg"
-    first = keyring.read_bytes()[0]
+        {"type": "signedBy", "keyType": "GPGKeys", "keyPath": f"/etc/pki/containers/{kr.name}"}]
+    first = kr.read_bytes()[0]
     assert first == 0xC6 or (first & 0xC0 == 0x80 and (first >> 2) & 0xF == 6)  # binary public-key packet
-    assert keyring.stat().st_mode & 0o777 == 0o644
-    regd = yaml.safe_load((root / REGD / "atomicsig-registry.example.com-prod.yaml").read_text())
+    assert kr.stat().st_mode & 0o777 == 0o644
+    assert sorted(p.name for p in (root / REGD).iterdir()) == ["atomicsig.yaml"]
+    regd = yaml.safe_load((root / REGFILE).read_text())
     assert regd == {"docker": {"registry.example.com/prod": {"lookaside": "https://sigs.example.com/sigs"}}}
     state = json.loads((root / "var/lib/atomicsig/policy-state.json").read_text())
     assert state["docker_scopes"] == ["docker.io/library", "registry.example.com/prod"]
@@ -113,18 +132,21 @@ def test_removing_a_scope_removes_exactly_its_files(cli, setup, tmp_path: Path) 
     (root / POLICY).write_text(json.dumps({"default": [{"type": "reject"}],
                                            "transports": {"docker": {"unmanaged.example.com": [{"type": "reject"}]}}}))
     assert apply(cli, big, root, signer)[0] == 0
-    assert (root / REGD / "atomicsig-quay.io-team.yaml").exists()
-    assert (root / "etc/pki/containers/atomicsig-byfpr.gpg").exists()
+    assert "quay.io/team" in registries_d.load_dir(root / REGD).docker
+    byfpr = keyring(root, "byfpr")
     code, out, err = apply(cli, yml, root, signer)
     assert code == 0, err
-    assert "delete  /etc/containers/registries.d/atomicsig-quay.io-team.yaml" in out
+    assert "update  /etc/containers/registries.d/atomicsig.yaml" in out
+    assert f"delete  /etc/pki/containers/{byfpr.name}" in out
     doc = json.loads((root / POLICY).read_text())
     assert set(doc["transports"]["docker"]) == {"unmanaged.example.com", "registry.example.com/prod",
                                                 "docker.io/library"}
-    assert not (root / REGD / "atomicsig-quay.io-team.yaml").exists()
-    assert not (root / "etc/pki/containers/atomicsig-byfpr.gpg").exists()
-    assert list((root / REGD).glob("atomicsig-quay.io-team.yaml.atomicsig-bak.*"))
-    assert list((root / "etc/pki/containers").glob("atomicsig-byfpr.gpg.atomicsig-bak.*"))
+    assert set(registries_d.load_dir(root / REGD).docker) == {"registry.example.com/prod"}
+    assert not byfpr.exists()
+    assert [p for p in (root / KEYDIR).iterdir() if ".atomicsig-bak." not in p.name] == [keyring(root, "prod")]
+    backup = list((root / REGD).glob("atomicsig.yaml.atomicsig-bak.*"))
+    assert len(backup) == 1 and "quay.io/team" in yaml.safe_load(backup[0].read_text())["docker"]
+    assert list((root / KEYDIR).glob(f"{byfpr.name}.atomicsig-bak.*"))
 
 
 @pytest.mark.parametrize("content", [b"{not json", b'{"default": [], "default": []}', b"[]"])
@@ -147,7 +169,7 @@ def test_registries_d_conflict_is_refused_naming_both_files(cli, setup) -> None:
     code, _, err = apply(cli, yml, root, signer)
     assert code == 2
     assert str(root / REGD / "site.yaml") in err
-    assert str(root / REGD / "atomicsig-registry.example.com-prod.yaml") in err
+    assert str(root / REGFILE) in err
     assert snapshot(root) == before
     code, _, err = cli("policy", "validate", "-f", str(yml), "--root", str(root), "--gnupghome", str(signer.path))
     assert code == 2 and "site.yaml" in err
@@ -156,7 +178,7 @@ def test_registries_d_conflict_is_refused_naming_both_files(cli, setup) -> None:
 def test_unmanaged_file_with_our_name_is_refused(cli, setup) -> None:  # type: ignore[no-untyped-def]
     root, yml, signer = setup
     (root / REGD).mkdir(parents=True)
-    (root / REGD / "atomicsig-registry.example.com-prod.yaml").write_text("{}\n")
+    (root / REGFILE).write_text("{}\n")
     code, _, err = apply(cli, yml, root, signer)
     assert code == 2 and "not managed by atomicsig" in err
 
@@ -235,9 +257,8 @@ def test_keypaths_under_root_and_legacy_registries_keys(cli, setup) -> None:  # 
     code, _, err = apply(cli, yml, root, signer, "--keypaths-under-root", "--registries-keys", "both")
     assert code == 0, err
     req = json.loads((root / POLICY).read_text())["transports"]["docker"]["registry.example.com/prod"][0]
-    assert req["keyPath"] == f"{root}/etc/pki/containers/atomicsig-prod.gpg"
-    assert Path(req["keyPath"]).is_file()
-    regd = yaml.safe_load((root / REGD / "atomicsig-registry.example.com-prod.yaml").read_text())
+    assert req["keyPath"] == str(keyring(root, "prod"))
+    regd = yaml.safe_load((root / REGFILE).read_text())
     assert regd["docker"]["registry.example.com/prod"] == {"lookaside": "https://sigs.example.com/sigs",
                                                            "sigstore": "https://sigs.example.com/sigs"}
 
@@ -283,8 +304,11 @@ def test_render(cli, setup, fmt: str) -> None:  # type: ignore[no-untyped-def]
     else:
         assert doc["variant"] == "openshift"
     by_path = {f["path"]: f for f in files}
-    assert set(by_path) == {"/etc/containers/policy.json", "/etc/pki/containers/atomicsig-prod.gpg",
-                            "/etc/containers/registries.d/atomicsig-registry.example.com-prod.yaml"}
+    assert {p for p in by_path if not p.startswith("/etc/pki/")} == {"/etc/containers/policy.json",
+                                                                    "/etc/containers/registries.d/atomicsig.yaml"}
+    [key_path] = [p for p in by_path if p.startswith("/etc/pki/containers/atomicsig-prod-")]
+    key = base64.b64decode(by_path[key_path]["contents"]["source"].split(",", 1)[1])
+    assert key_path.endswith(f"-{hashlib.sha256(key).hexdigest()[:12]}.gpg")
     assert all(f["mode"] == 420 and f["overwrite"] is True for f in files)
     src = by_path["/etc/containers/policy.json"]["contents"]["source"]
     assert src.startswith("data:;base64,")
@@ -302,7 +326,8 @@ def test_500_scopes_apply_and_reapply(cli, tmp_path: Path, signer: GpgHome, sign
     code, out, err = cli("policy", "apply", "-f", str(tmp_path / "big.yaml"), "--root", str(root))
     assert code == 0, err
     assert len(json.loads((root / POLICY).read_text())["transports"]["docker"]) == 500
-    assert len(list((root / REGD).glob("*.yaml"))) == 500
+    assert [p.name for p in (root / REGD).glob("*.yaml")] == ["atomicsig.yaml"]
+    assert len(registries_d.load_dir(root / REGD).docker) == 500
     assert len(list((root / "etc/pki/containers").iterdir())) == 1  # one keyring shared by all scopes
     code, out, _ = cli("policy", "apply", "-f", str(tmp_path / "big.yaml"), "--root", str(root))
     assert (code, out.strip()) == (0, "unchanged")
@@ -319,7 +344,7 @@ def test_interrupted_apply_leaves_old_policy_then_completes(cli, setup, monkeypa
     real = fsutil.atomic_write
 
     def failing(path, data, mode=0o644, **kw):  # type: ignore[no-untyped-def]
-        if str(path).endswith("policy.json"):
+        if Path(path).name == "policy.json.atomicsig-next":  # the staged policy.json, before its rename
             raise StorageError(f"cannot write {path}: simulated crash")
         return real(path, data, mode, **kw)
 
@@ -327,9 +352,9 @@ def test_interrupted_apply_leaves_old_policy_then_completes(cli, setup, monkeypa
     code, _, err = apply(cli, yml, root, signer)
     assert code == 3 and "simulated crash" in err
     assert (root / POLICY).read_text() == old  # nodes still enforce the complete old policy
-    assert (root / "etc/pki/containers/atomicsig-prod.gpg").exists()  # written before policy.json
-    intent = json.loads((root / "var/lib/atomicsig/policy-state.json").read_text())
-    assert "/etc/pki/containers/atomicsig-prod.gpg" in intent["files"]  # claimed before writing: no orphans
+    kr = keyring(root, "prod")  # written before policy.json
+    intent = json.loads((root / STATE).read_text())
+    assert f"/etc/pki/containers/{kr.name}" in intent["files"]  # claimed before writing: no orphans
     monkeypatch.setattr(fsutil, "atomic_write", real)
     code, out, err = apply(cli, yml, root, signer)
     assert code == 0, err
@@ -345,18 +370,230 @@ def test_files_from_an_interrupted_apply_are_cleaned_up_later(cli, setup, monkey
     real = fsutil.atomic_write
 
     def failing(path, data, mode=0o644, **kw):  # type: ignore[no-untyped-def]
-        if str(path).endswith("policy.json"):
+        if Path(path).name == "policy.json.atomicsig-next":  # the staged policy.json, before its rename
             raise StorageError("simulated crash")
         return real(path, data, mode, **kw)
 
     monkeypatch.setattr(fsutil, "atomic_write", failing)
     assert apply(cli, yml, root, signer)[0] == 3
-    assert (root / REGD / "atomicsig-registry.example.com-prod.yaml").exists()
+    assert (root / f"{REGFILE}.atomicsig-next").exists() and not (root / REGFILE).exists()
+    assert keyring(root, "prod").exists()
     monkeypatch.setattr(fsutil, "atomic_write", real)
     small = tmp_path / "small.yaml"
     small.write_text("default: reject\nscopes:\n  docker.io/library: {action: accept}\n")
     code, _, err = apply(cli, small, root, signer)
     assert code == 0, err
-    assert not (root / REGD / "atomicsig-registry.example.com-prod.yaml").exists()
-    assert not (root / "etc/pki/containers/atomicsig-prod.gpg").exists()
-    assert json.loads((root / "var/lib/atomicsig/policy-state.json").read_text())["files"] == []
+    assert not list((root / REGD).iterdir())
+    assert not list((root / KEYDIR).glob("atomicsig-prod-*.gpg"))
+    assert json.loads((root / STATE).read_text())["files"] == []
+
+
+# ---- one commit point: what a node reads after every single rename/unlink of an apply ---------------------------
+
+
+LEGACY_HEADER = "# Managed by atomicsig (atomicsig policy apply); local edits are overwritten.\n"
+
+
+def _legacy_layout(root: Path) -> list[str]:
+    """Rewrite a node applied by this version into what atomicsig wrote before content-addressed keyrings and the
+    single registries.d file: one ``atomicsig-<scope>.yaml`` per scope, ``atomicsig-<names>.gpg`` keyrings,
+    policy.json naming those, and a state record owning them. Returns the per-scope file names."""
+    sections = yaml.safe_load((root / REGFILE).read_text())["docker"]
+    files, names = [], []
+    for scope, section in sections.items():
+        name = "atomicsig-" + scope.replace("/", "-").replace(":", "_").replace("@", "_").replace("*", "_") + ".yaml"
+        (root / REGD / name).write_text(LEGACY_HEADER + yaml.safe_dump({"docker": {scope: section}}))
+        files.append(f"/{REGD}/{name}")
+        names.append(name)
+    (root / REGFILE).unlink()
+    text = (root / POLICY).read_text()
+    for kr in (root / KEYDIR).glob("atomicsig-*.gpg"):
+        legacy = kr.name.rsplit("-", 1)[0] + ".gpg"
+        kr.rename(kr.with_name(legacy))
+        text = text.replace(kr.name, legacy)
+        files.append(f"/{KEYDIR}/{legacy}")
+    (root / POLICY).write_text(text)
+    state = json.loads((root / STATE).read_text())
+    state["files"] = sorted(files)
+    (root / STATE).write_text(json.dumps(state, indent=2) + "\n")
+    for p in root.rglob("*.atomicsig-bak.*"):
+        p.unlink()
+    return names
+
+
+def _lookasides(regd: Path) -> dict[str, str | None]:
+    return {scope: sec.url(write=False) for scope, sec in registries_d.load_dir(regd).docker.items()}
+
+
+class NodeReader:
+    """Reads a node the way c/image does and classifies it against the old and the new version of its files."""
+
+    def __init__(self, root: Path, old: Path, new: Path) -> None:
+        self.root = root
+        self.old, self.new = snapshot(old), snapshot(new)
+        self.old_regd, self.new_regd = _lookasides(old / REGD), _lookasides(new / REGD)
+        self.views: list[tuple[str, str]] = []
+
+    def trust(self) -> str:
+        """policy.json plus every keyring it names: must be exactly the old set or exactly the new set."""
+        seen = {POLICY: (self.root / POLICY).read_bytes()}
+        doc = policyjson.loads(seen[POLICY], POLICY)
+        assert policyjson.problems(doc) == []
+        for reqs in doc["transports"]["docker"].values():
+            for req in reqs:
+                if "keyPath" in req:
+                    rel = req["keyPath"].lstrip("/")
+                    seen[rel] = (self.root / rel).read_bytes()  # FileNotFoundError = a policy without its keys
+        for name, snap in (("old", self.old), ("new", self.new)):
+            if all(snap.get(k) == v for k, v in seen.items()):
+                return name
+        raise AssertionError(f"policy.json and its keyrings are a mix of old and new: {sorted(seen)}")
+
+    def registries(self) -> str:
+        files = {p.name for p in (self.root / REGD).iterdir()}
+        assert not ("atomicsig.yaml" in files and any(n.startswith("atomicsig-") and n.endswith(".yaml")
+                                                      for n in files)), files
+        now = _lookasides(self.root / REGD)  # raises PolicyError if a scope is defined in two files
+        if now == self.new_regd:
+            return "new"
+        if now == self.old_regd:
+            return "old"
+        assert set(now.items()) < set(self.old_regd.items()), now  # only ever scopes missing, nothing foreign
+        return "partial"
+
+    def look(self) -> None:
+        self.views.append((self.trust(), self.registries()))
+
+
+def observe_every_step(monkeypatch: pytest.MonkeyPatch, look: Callable[[], None]) -> None:
+    """Run ``look`` after every rename and unlink (the only operations that change what a node reads; writes go
+    to temp names), one at a time, from whichever thread made it."""
+    lock = threading.Lock()
+    real_replace, real_unlink = os.replace, Path.unlink
+
+    def replace(src, dst, **kw):  # type: ignore[no-untyped-def]
+        with lock:
+            real_replace(src, dst, **kw)
+            look()
+
+    def unlink(path, missing_ok=False):  # type: ignore[no-untyped-def]
+        with lock:
+            real_unlink(path, missing_ok=missing_ok)
+            look()
+    monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(Path, "unlink", unlink)
+
+
+@pytest.fixture
+def a_to_b(tmp_path: Path, signer: GpgHome, signer_pub: Path, other_signer: GpgHome):  # type: ignore[no-untyped-def]
+    """Two policies differing in a keyring's content (same name), a lookaside, an added and a removed scope."""
+    other_pub = other_signer.export_public(tmp_path / "other.gpg")
+    out = {}
+    for v, parts in {"a": [signer_pub], "b": [signer_pub, other_pub]}.items():
+        d = tmp_path / v
+        (d / "keys").mkdir(parents=True)
+        (d / "keys" / "prod.gpg").write_bytes(b"".join(p.read_bytes() for p in parts))
+        extra = "  quay.io/gone:\n    signed-by: prod\n    lookaside: https://gone.example\n" if v == "a" else \
+            "  quay.io/added:\n    signed-by: prod\n    lookaside: https://added.example\n"
+        (d / "p.yaml").write_text("default: reject\nkeys:\n  prod: {file: keys/prod.gpg}\nscopes:\n"
+                                  f"  registry.example.com/prod:\n    signed-by: prod\n"
+                                  f"    lookaside: https://sigs-{v}.example.com/sigs\n"
+                                  "  docker.io/library: {action: accept}\n" + extra)
+        spec = schema.load(str(d / "p.yaml"))
+        out[v] = (spec, keymaterial.resolve(spec, None))
+    return out
+
+
+def _converge(root: Path, spec, keys) -> None:  # type: ignore[no-untyped-def]
+    p = policy_apply.plan(spec, keys, root)
+    if p.pending:
+        policy_apply.execute(p)
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["current-layout", "from-per-scope-files"])
+def test_every_step_of_an_apply_is_all_old_or_all_new(a_to_b, tmp_path: Path, monkeypatch, legacy: bool) -> None:  # type: ignore[no-untyped-def]
+    import shutil
+
+    root, expected = tmp_path / "node", tmp_path / "expected"
+    _converge(root, *a_to_b["a"])
+    if legacy:
+        assert len(_legacy_layout(root)) == 2
+    shutil.copytree(root, expected)
+    _converge(expected, *a_to_b["b"])
+    old_copy = tmp_path / "old"
+    shutil.copytree(root, old_copy)
+    reader = NodeReader(root, old_copy, expected)
+    assert reader.registries() == "old" and reader.trust() == "old"
+    observe_every_step(monkeypatch, reader.look)
+    policy_apply.execute(policy_apply.plan(*a_to_b["b"], root))
+    monkeypatch.undo()
+    views = reader.views
+    # Trust switches exactly once (the policy.json rename) and registries.d switches one step before it.
+    switch = [t for t, _ in views].index("new")
+    assert all(t == "old" for t, _ in views[:switch]) and all(t == "new" for t, _ in views[switch:])
+    assert views[switch - 1] == ("old", "new"), views
+    assert all(r == "new" for _, r in views[switch:])
+    # Before: intent record, backups, keyrings (invisible: nothing names them yet), then registries.d. From
+    # per-scope files, their deletions come first (scopes briefly undefined: fail-closed), then one rename.
+    regd_steps = "".join(r[0] for _, r in views[:switch])  # o(ld) p(artial) n(ew), one letter per step
+    assert re.fullmatch("o+p{2}n" if legacy else "o+n", regd_steps), regd_steps
+    assert {k: v for k, v in snapshot(root).items() if ".atomicsig-bak." not in k} == \
+        {k: v for k, v in snapshot(expected).items() if ".atomicsig-bak." not in k}
+    assert not policy_apply.plan(*a_to_b["b"], root).pending
+
+
+def test_migration_killed_before_the_rename_rolls_forward(a_to_b, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    root = tmp_path / "node"
+    _converge(root, *a_to_b["a"])
+    legacy = _legacy_layout(root)
+    real_replace = os.replace
+
+    def crash(src, dst, **kw):  # type: ignore[no-untyped-def]
+        if str(src).endswith(policy_apply.STAGING_SUFFIX):
+            raise OSError(5, "simulated crash")
+        return real_replace(src, dst, **kw)
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(Exception, match="simulated crash"):
+        policy_apply.execute(policy_apply.plan(*a_to_b["b"], root))
+    monkeypatch.undo()
+    names = {p.name for p in (root / REGD).iterdir() if ".atomicsig-bak." not in p.name}
+    assert names == {"atomicsig.yaml" + policy_apply.STAGING_SUFFIX}  # old files gone, new one not yet live
+    assert _lookasides(root / REGD) == {}
+    assert all(f"/{REGD}/{n}" in json.loads((root / STATE).read_text())["files"] for n in legacy)
+    _converge(root, *a_to_b["b"])
+    assert {p.name for p in (root / REGD).iterdir() if ".atomicsig-bak." not in p.name} == {"atomicsig.yaml"}
+    assert _lookasides(root / REGD) == {"registry.example.com/prod": "https://sigs-b.example.com/sigs",
+                                        "quay.io/added": "https://added.example"}
+    state = json.loads((root / STATE).read_text())
+    assert state["files"] == sorted([f"/{REGFILE}", f"/{KEYDIR}/{keyring(root, 'prod').name}"])
+    assert [p.name for p in (root / KEYDIR).iterdir() if ".atomicsig-bak." not in p.name] == \
+        [keyring(root, "prod").name]
+    assert not policy_apply.plan(*a_to_b["b"], root).pending
+
+
+def test_changed_key_gets_a_new_name_and_the_old_one_outlives_the_old_policy(a_to_b, tmp_path: Path,
+                                                                          monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from atomicsig import fsutil
+    from atomicsig.errors import StorageError
+
+    root = tmp_path / "node"
+    _converge(root, *a_to_b["a"])
+    old_key = keyring(root, "prod")
+    old_policy = (root / POLICY).read_bytes()
+    real = fsutil.atomic_write
+
+    def failing(path, data, mode=0o644, **kw):  # type: ignore[no-untyped-def]
+        if Path(path).name == "policy.json.atomicsig-next":  # the staged policy.json, before its rename
+            raise StorageError("simulated crash")
+        return real(path, data, mode, **kw)
+    monkeypatch.setattr(fsutil, "atomic_write", failing)
+    with pytest.raises(StorageError):
+        policy_apply.execute(policy_apply.plan(*a_to_b["b"], root))
+    monkeypatch.undo()
+    assert (root / POLICY).read_bytes() == old_policy and old_key.exists()  # old policy, old keys: unchanged trust
+    live = sorted(p.name for p in (root / KEYDIR).iterdir() if ".atomicsig-bak." not in p.name)
+    assert len(live) == 2 and old_key.name in live  # the new keyring waits, unreferenced, under its own name
+    _converge(root, *a_to_b["b"])
+    new_key = keyring(root, "prod")
+    assert new_key.name != old_key.name and not old_key.exists()
+    assert f"/etc/pki/containers/{new_key.name}" in (root / POLICY).read_text()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -119,7 +120,7 @@ def test_rotation_scope_has_exactly_one_signedby(world: World) -> None:
     doc = json.loads(world.policy.read_text())
     reqs = doc["transports"]["docker"][f"{world.host}/rot"]
     assert [r["type"] for r in reqs] == ["signedBy"]
-    assert reqs[0]["keyPath"].endswith("/etc/pki/containers/atomicsig-new+old.gpg")
+    assert re.fullmatch(r".*/etc/pki/containers/atomicsig-new\+old-[0-9a-f]{12}\.gpg", reqs[0]["keyPath"])
 
 
 @pytest.mark.skipif(not HAVE_PODMAN, reason="needs podman")
@@ -157,3 +158,30 @@ def test_podman_pull_enforces_generated_policy(world: World, short_workdir: Path
         assert proc.returncode == 0, proc.stderr
     else:
         assert proc.returncode != 0 and rejection in proc.stderr, proc.stderr
+
+
+def test_node_migrated_from_per_scope_files_and_rotated_still_enforces(world: World, tmp_path: Path) -> None:
+    """A tree as an earlier atomicsig wrote it (one registries.d file per scope, keyrings named without a hash),
+    then ``apply`` of a YAML that drops the old key: skopeo reads both trees, and the result enforces the new
+    key set (content-addressed keyring, one atomicsig.yaml)."""
+    from tests.test_policy_apply import _legacy_layout
+
+    root = tmp_path / "root"
+    shutil.copytree(world.root, root)
+    text = world.policy.read_text().replace(str(world.root), str(root))
+    (root / "etc/containers/policy.json").write_text(text)
+    legacy = _legacy_layout(root)
+    assert len(legacy) == 3
+    policy, regd = root / "etc/containers/policy.json", root / "etc/containers/registries.d"
+    assert skopeo_pull(f"{world.host}/rot/old:1", policy, regd, tmp_path).returncode == 0  # legacy tree is live
+    yml = tmp_path / "policy.yaml"
+    yml.write_text((world.work / "policy.yaml").read_text().replace("signed-by: [old, new]", "signed-by: new")
+                   .replace("new: {file: new.gpg}", f"new: {{file: {world.work / 'new.gpg'}}}")
+                   .replace("old: {file: old.gpg}", f"old: {{file: {world.work / 'old.gpg'}}}"))
+    code = run_main(group, ["policy", "apply", "-f", str(yml), "--root", str(root), "--keypaths-under-root"])
+    assert code == 0
+    assert sorted(p.name for p in regd.glob("*.yaml")) == ["atomicsig.yaml"]
+    for name, accepted in (("prod/app", True), ("rot/new", True), ("rot/old", False), ("mirror/app", True),
+                           ("prod/wrongkey", False)):
+        proc = skopeo_pull(f"{world.host}/{name}:1", policy, regd, tmp_path)
+        assert (proc.returncode == 0) == accepted, (name, proc.stderr)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pytest
 
+from atomicsig import registries_d
 from atomicsig.errors import PolicyError
 from atomicsig.policy import policyjson, render, schema
 from atomicsig.policy.keymaterial import KeyMaterial
@@ -96,8 +98,9 @@ def test_any_of_keys_is_one_signedby_with_one_combined_keyring() -> None:
     keys = {"old": KeyMaterial("old", "fingerprint", b"OLD"), "new": KeyMaterial("new", "fingerprint", b"NEW")}
     compiled = render.compile_spec(spec, keys)
     reqs = compiled.docker_scopes["quay.io/ns"]
-    assert reqs == [{"type": "signedBy", "keyType": "GPGKeys", "keyPath": "/etc/pki/containers/atomicsig-new+old.gpg"}]
-    assert compiled.files["/etc/pki/containers/atomicsig-new+old.gpg"] == b"NEWOLD"
+    path = f"/etc/pki/containers/atomicsig-new+old-{hashlib.sha256(b'NEWOLD').hexdigest()[:12]}.gpg"
+    assert reqs == [{"type": "signedBy", "keyType": "GPGKeys", "keyPath": path}]
+    assert compiled.files[path] == b"NEWOLD"
 
 
 def test_gpg_and_cosign_are_anded_and_attachments_default_on() -> None:
@@ -110,28 +113,41 @@ def test_gpg_and_cosign_are_anded_and_attachments_default_on() -> None:
     compiled = render.compile_spec(spec, keys, registries_keys="both")
     types = [r["type"] for r in compiled.docker_scopes["quay.io/ns"]]
     assert types == ["signedBy", "sigstoreSigned"]
-    assert compiled.docker_scopes["quay.io/ns"][1]["keyPaths"] == ["/etc/pki/containers/atomicsig-c1.pub",
-                                                                   "/etc/pki/containers/atomicsig-c2.pub"]
-    regd = compiled.files["/etc/containers/registries.d/atomicsig-quay.io-ns.yaml"].decode()
+    assert compiled.docker_scopes["quay.io/ns"][1]["keyPaths"] == [
+        f"/etc/pki/containers/atomicsig-c{i}-{hashlib.sha256(b'P%d' % i).hexdigest()[:12]}.pub" for i in (1, 2)]
+    regd = compiled.files["/etc/containers/registries.d/atomicsig.yaml"].decode()
     assert "lookaside: https://sigs.example.com\n" in regd and "sigstore: https://sigs.example.com\n" in regd
     assert "use-sigstore-attachments: true" in regd
 
 
-def test_registries_d_file_names_are_predictable_and_collisions_refused() -> None:
-    assert render.registries_d_name("registry.example.com:5000/ns/app") == \
-        "atomicsig-registry.example.com_5000-ns-app.yaml"
-    assert render.registries_d_name("*.example.com") == "atomicsig-_.example.com.yaml"
-    spec = parse("default: reject\nscopes:\n  quay.io/a-b: {action: accept, lookaside: https://x.example}\n"
-                 "  quay.io/a/b: {action: accept, lookaside: https://y.example}\n")
-    with pytest.raises(PolicyError, match=r"would share the registries\.d file"):
-        render.compile_spec(spec, {})
+def test_one_registries_d_file_and_content_addressed_keyrings() -> None:
+    """Every lookaside scope in one file (one rename switches them all); a keyring's name changes with its bytes
+    only, so an unchanged YAML compiles to the same names and a changed key never overwrites a file in use."""
+    text = ("default: reject\nkeys:\n  k: {fingerprint: " + FPR + "}\nscopes:\n"
+            "  quay.io/a-b: {action: accept, lookaside: https://x.example}\n"
+            "  quay.io/a/b: {action: accept, lookaside: https://y.example}\n"
+            "  '*.example.com': {signed-by: k, lookaside: 'file:///srv/sigs'}\n"
+            "  registry.example.com:5000/ns: {signed-by: k}\n")
+    spec = parse(text)
+    one = render.compile_spec(spec, {"k": KeyMaterial("k", "fingerprint", b"K1")})
+    assert set(one.registries_files()) == {render.REGISTRIES_FILE}
+    cfg = registries_d.RegistriesConfig()
+    registries_d.merge_file(cfg, one.files[render.REGISTRIES_FILE].decode(), "atomicsig.yaml")
+    assert {s: c.url(write=False) for s, c in cfg.docker.items()} == {
+        "quay.io/a-b": "https://x.example", "quay.io/a/b": "https://y.example", "*.example.com": "file:///srv/sigs"}
+    again = render.compile_spec(spec, {"k": KeyMaterial("k", "fingerprint", b"K1")})
+    changed = render.compile_spec(spec, {"k": KeyMaterial("k", "fingerprint", b"K2")})
+    assert again.files == one.files
+    assert set(one.key_files()) == {f"/etc/pki/containers/atomicsig-k-{hashlib.sha256(b'K1').hexdigest()[:12]}.gpg"}
+    assert set(changed.key_files()).isdisjoint(one.key_files())
+    assert changed.registries_files() == one.registries_files()
 
 
 def test_legacy_sigstore_keys_only() -> None:
     spec = parse("default: accept\nscopes:\n  quay.io: {action: accept, lookaside: https://x.example, "
                  "lookaside-staging: 'file:///srv/s'}\n")
     text = render.compile_spec(spec, {}, registries_keys="sigstore").files[
-        "/etc/containers/registries.d/atomicsig-quay.io.yaml"].decode()
+        "/etc/containers/registries.d/atomicsig.yaml"].decode()
     assert "sigstore: https://x.example" in text and "sigstore-staging: file:///srv/s" in text
     assert "lookaside" not in text.replace("Managed", "")
 

@@ -81,11 +81,20 @@ def sigstore_option(default: str | None = DEFAULT_SIGSTORE, help_: str = "") -> 
 
 def passphrase_options(f: F) -> F:
     f = click.option("--passphrase-stdin", is_flag=True, help="Read the passphrase from the first line of stdin.")(f)
-    f = click.option("--passphrase-env", metavar="NAME",
+    f = click.option("--passphrase-env", metavar="NAME", callback=_mark_secret_env,
                      help="Name of an environment variable holding the passphrase (the name, not the value).")(f)
     f = click.option("--passphrase-file", metavar="FILE", type=click.Path(dir_okay=False),
                      help="File whose first line is the key passphrase.")(f)
     return f
+
+
+def _mark_secret_env(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    # At parse time, before any gpg (and the agent it starts) could inherit the variable.
+    if value:
+        from ..passphrase import mark_secret_env
+
+        mark_secret_env(value)
+    return value
 
 
 def passphrase_source(passphrase_file: str | None, passphrase_env: str | None,

@@ -23,7 +23,9 @@ def _last_line(text: str) -> str:
 
 @click.command()
 @click.option("--keep", is_flag=True, help="Keep the temporary directory (key, sigstore, policy) for inspection.")
-def demo(keep: bool) -> int:
+@click.option("--signer", "signer_mode", type=click.Choice(["auto", "agent", "gpg"]), default="auto", show_default=True,
+              help="How to sign: through gpg-agent directly, one gpg process per signature, or auto.")
+def demo(keep: bool, signer_mode: str) -> int:
     """Run the end-to-end demo on a throwaway key, sigstore and local registry.
 
     \b
@@ -32,7 +34,7 @@ def demo(keep: bool) -> int:
     ACCEPTED and the unsigned one REJECTED. Exit 0 only if both happen; everything is cleaned up afterwards.
     """
     from .. import _demo_env as env
-    from .. import fsutil, gpg, lookaside, signing
+    from .. import agentsign, fsutil, gpg, lookaside, signing
 
     env.find_tool("skopeo")
     env.find_tool(*env.DOCKER_REGISTRY_CANDIDATES)
@@ -64,9 +66,12 @@ def demo(keep: bool) -> int:
 
         _step(4, f"Signing {images['signed']} by tag (the digest comes from the registry)")
         sigstore = work / "sigstore"
-        outcomes = signing.sign_many([images["signed"]], resolver=signing.Resolver(tls_verify=False),
-                                     signer=signing.GPGSigner(keyring, key.fingerprint),
-                                     store=lookaside.DirectoryStore(sigstore))
+        signer = agentsign.make_signer(keyring, key.fingerprint, None, signer_mode)
+        try:
+            outcomes = signing.sign_many([images["signed"]], resolver=signing.Resolver(tls_verify=False),
+                                         signer=signer, store=lookaside.DirectoryStore(sigstore))
+        finally:
+            agentsign.close_signer(signer)
         for o in outcomes:
             if o.status == "failed":
                 raise Undecided(f"signing failed: {o.error}")

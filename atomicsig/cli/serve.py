@@ -29,9 +29,18 @@ from .common import DEFAULT_SIGSTORE
               help="Accept PUTs only of signatures made by a key in FILE (repeatable).")
 @click.option("--access-log", metavar="FILE", default=None, help="Append one line per request ('-': stderr).")
 @click.option("--threads", type=click.IntRange(1, 256), default=None, help="Worker threads [default: 16].")
+@click.option("--max-connections", type=click.IntRange(1, 65536), default=None,
+              help="Open connections beyond this get 503 [default: 512].")
+@click.option("--header-timeout", type=click.FloatRange(0.1, 3600), default=None, metavar="SECONDS",
+              help="A request head must arrive within this, else 408 [default: 10].")
+@click.option("--request-timeout", type=click.FloatRange(0.1, 3600), default=None, metavar="SECONDS",
+              help="Body, handling and response must finish within this [default: 30].")
+@click.option("--user", "run_as", metavar="NAME", default=None,
+              help="When started as root: become this user once the socket is bound and keys/tokens are read.")
 def serve(config_file: str | None, sigstore: str | None, listen: str | None, tls_cert: str | None,
           tls_key: str | None, token_file: str | None, read_token_file: str | None, trusted_keys: tuple[str, ...],
-          access_log: str | None, threads: int | None) -> int:
+          access_log: str | None, threads: int | None, max_connections: int | None, header_timeout: float | None,
+          request_timeout: float | None, run_as: str | None = None) -> int:
     """Serve SIGSTORE over HTTP(S) until SIGTERM/Ctrl-C.
 
     \b
@@ -45,7 +54,8 @@ def serve(config_file: str | None, sigstore: str | None, listen: str | None, tls
     cfg: dict[str, Any] = server.load_config(config_file) if config_file else {}
     flags = {"sigstore": sigstore, "listen": listen, "tls-cert": tls_cert, "tls-key": tls_key,
              "token-file": token_file, "read-token-file": read_token_file, "access-log": access_log,
-             "threads": threads, "trusted-keys": list(trusted_keys) or None}
+             "threads": threads, "trusted-keys": list(trusted_keys) or None, "max-connections": max_connections,
+             "header-timeout": header_timeout, "request-timeout": request_timeout}
     cfg.update({k: v for k, v in flags.items() if v is not None})
     root = Path(cfg.get("sigstore", DEFAULT_SIGSTORE))
     if not root.is_dir():
@@ -65,8 +75,15 @@ def serve(config_file: str | None, sigstore: str | None, listen: str | None, tls
     _setup_logging(cfg.get("access-log"))
     app = server.SignatureServer(config)
     listen_at = cfg.get("listen", "127.0.0.1:8080")
+    from ..httpd import Limits
+
+    defaults = Limits()
+    limits = Limits(threads=int(cfg.get("threads", defaults.threads)), max_body=config.max_body,
+                    max_connections=int(cfg.get("max-connections", defaults.max_connections)),
+                    header_timeout=float(cfg.get("header-timeout", defaults.header_timeout)),
+                    request_timeout=float(cfg.get("request-timeout", defaults.request_timeout)))
     httpd = server.make_server(app, listen_at, tls_cert=cfg.get("tls-cert"), tls_key=cfg.get("tls-key"),
-                               threads=int(cfg.get("threads", 16)))
+                               limits=limits)
     scheme = "https" if cfg.get("tls-cert") else "http"
     click.echo(f"atomicsig serve: {root} on {scheme}://{listen_at} "
                f"(PUT {'enabled' if config.write_token else 'disabled'})", err=True)
@@ -77,6 +94,11 @@ def serve(config_file: str | None, sigstore: str | None, listen: str | None, tls
     signal.signal(signal.SIGTERM, _stop)
     try:
         httpd.prepare()
+        if run_as:
+            from ..privdrop import drop_privileges
+
+            who = drop_privileges(run_as)
+            click.echo(f"atomicsig serve: running as {who.user} (uid {who.uid}, gid {who.gid})", err=True)
         httpd.serve()
     except KeyboardInterrupt:
         pass

@@ -51,6 +51,9 @@ def read_reference_list(path: str) -> list[str]:
 @click.option("--force", is_flag=True, help="Sign even if the same key already signed this identity and digest.")
 @click.option("-j", "--jobs", type=click.IntRange(1, 64), default=None, help="Parallel signers (default: 2 x cores).")
 @click.option("--dry-run", is_flag=True, help="Resolve references and show what would be signed; write nothing.")
+@click.option("--signer", "signer_mode", type=click.Choice(["auto", "agent", "gpg"]), default="auto", show_default=True,
+              help="agent: ask gpg-agent directly (fast; RSA, Ed25519, ECDSA NIST keys); gpg: one gpg process per "
+                   "signature; auto: agent when it can, else gpg.")
 @registry_options
 @passphrase_options
 @gnupghome_option
@@ -58,7 +61,7 @@ def read_reference_list(path: str) -> list[str]:
 def sign(references: tuple[str, ...], keys: tuple[str, ...], sigstore: str, registries_dir: str | None,
          sigstore_token_file: str | None, from_file: str | None,
          manifest_file: str | None, all_instances: bool, force: bool, jobs: int | None, dry_run: bool,
-         tls_verify: bool, cert_dir: str | None, authfile: str | None, passphrase_file: str | None,
+         signer_mode: str, tls_verify: bool, cert_dir: str | None, authfile: str | None, passphrase_file: str | None,
          passphrase_env: str | None, passphrase_stdin: bool, gnupghome: str | None, as_json: bool) -> int:
     """Sign images (host/repo:tag, host/repo@sha256:…, or host/repo:tag@sha256:…).
 
@@ -96,8 +99,9 @@ def sign(references: tuple[str, ...], keys: tuple[str, ...], sigstore: str, regi
 
     pw = read_cached(passphrase_source(passphrase_file, passphrase_env, passphrase_stdin))
     outcomes: list[signing.Outcome] = []
-    with _signers(keys, gnupghome, pw) as signers:
+    with _signers(keys, gnupghome, pw, signer_mode) as signers:
         for signer in signers:
+            _warn_if_subkey(signer)
             total = len(refs)
             show_bar = sys.stderr.isatty() and not as_json and total > 1
             if show_bar:
@@ -110,6 +114,20 @@ def sign(references: tuple[str, ...], keys: tuple[str, ...], sigstore: str, regi
                 outcomes += signing.sign_many(refs, resolver=resolver, signer=signer, store=store, force=force,
                                               workers=jobs)
     return _report(outcomes, as_json, store.describe())
+
+
+def _warn_if_subkey(signer: Any) -> None:
+    """Subkey signatures are accepted only by containers/image releases that map a subkey to its primary.
+
+    Older releases still in distributions (skopeo 1.9.3 in Debian 12, tested here) compare the signing subkey's
+    fingerprint with the policy keyring's primary fingerprints and reject the image, so say so before signing.
+    """
+    agent = getattr(signer, "agent", signer)
+    sub = getattr(agent, "signing_key", None)
+    if sub and sub.upper() != signer.fingerprint.upper():
+        click.echo(f"warning: key {signer.fingerprint} signs with its subkey {sub}; older containers/image "
+                   "releases (e.g. skopeo 1.9 in Debian 12) reject subkey signatures — use a signing primary key "
+                   "if such nodes must accept these images", err=True)
 
 
 def _progress_ticker(bar: Any) -> Any:
@@ -126,14 +144,23 @@ def _progress_ticker(bar: Any) -> Any:
 class _signers:
     """Context manager yielding one Signer per --key; key files are imported into a throwaway GnuPG home."""
 
-    def __init__(self, keys: tuple[str, ...], gnupghome: str | None, passphrase: str | None) -> None:
-        self.keys, self.gnupghome, self.passphrase = keys, gnupghome, passphrase
+    def __init__(self, keys: tuple[str, ...], gnupghome: str | None, passphrase: str | None,
+                 mode: str = "auto") -> None:
+        self.keys, self.gnupghome, self.passphrase, self.mode = keys, gnupghome, passphrase, mode
         self._cms: list[object] = []
+        self._made: list[object] = []
 
     def __enter__(self) -> list:  # type: ignore[type-arg]
-        from .. import gpg, signing
+        from .. import agentsign, gpg
 
-        out = []
+        try:
+            return self._open(agentsign, gpg)
+        except BaseException:
+            self.__exit__(None, None, None)  # a failed --key must not leave a temporary home behind
+            raise
+
+    def _open(self, agentsign: Any, gpg: Any) -> list:  # type: ignore[type-arg]
+        out = self._made
         keyring = gpg.Keyring(self.gnupghome)
         for k in self.keys:
             if Path(k).is_file():
@@ -144,13 +171,17 @@ class _signers:
                 secret = [x for x in tmp.list_keys(secret=True) if x.fingerprint in fprs]
                 if not secret:
                     raise InputError(f"{k} holds no secret key")
-                out.append(signing.GPGSigner(tmp, secret[0].fingerprint, self.passphrase))
+                out.append(agentsign.make_signer(tmp, secret[0].fingerprint, self.passphrase, self.mode))
             else:
                 info = keyring.resolve(k, secret=True)
-                out.append(signing.GPGSigner(keyring, info.fingerprint, self.passphrase))
+                out.append(agentsign.make_signer(keyring, info.fingerprint, self.passphrase, self.mode))
         return out
 
     def __exit__(self, *exc: object) -> None:
+        from ..agentsign import close_signer
+
+        for s in self._made:
+            close_signer(s)
         for cm in reversed(self._cms):
             cm.__exit__(None, None, None)  # type: ignore[attr-defined]
 

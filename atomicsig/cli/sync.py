@@ -40,8 +40,12 @@ def _config_option(f: F) -> F:
 @click.option("--from", "only", metavar="URL", multiple=True,
               help="Only these configured sources (repeatable); for --once.")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+@click.option("--user", "run_as", metavar="NAME", default=None,
+              help="When started as root: become this user after the config and keys are read and the metrics "
+                   "port is bound.")
 @click.pass_context
-def sync(ctx: click.Context, config_path: str, once: bool, only: tuple[str, ...], verbose: bool) -> int:
+def sync(ctx: click.Context, config_path: str, once: bool, only: tuple[str, ...], verbose: bool,
+         run_as: str | None = None) -> int:
     """Keep a local sigstore identical to upstream sigstores (follow their journals, verify, append).
 
     Without a subcommand this runs the daemon (SIGHUP reloads, SIGTERM stops). Logs are JSON lines on stdout.
@@ -59,7 +63,16 @@ def sync(ctx: click.Context, config_path: str, once: bool, only: tuple[str, ...]
         if unknown:
             raise InputError(f"--from {sorted(unknown)[0]} is not a source in {config_path}")
         daemon._runs = {u: r for u, r in daemon._runs.items() if u in only}
+    def _drop() -> None:
+        if run_as:
+            from ..privdrop import drop_privileges
+
+            who = drop_privileges(run_as)
+            logging.getLogger("atomicsig.sync").info("privileges dropped", extra={"fields": {
+                "user": who.user, "uid": who.uid, "gid": who.gid}})
+
     if once:
+        _drop()
         try:
             results = daemon.run_once()
         finally:
@@ -68,6 +81,7 @@ def sync(ctx: click.Context, config_path: str, once: bool, only: tuple[str, ...]
         failed = [u for u, r in results.items() if isinstance(r, AtomicsigError)]
         return EXIT_UNDECIDED if failed else EXIT_OK
     daemon.install_signals()
+    daemon.after_bind = _drop
     return daemon.run()
 
 

@@ -81,9 +81,10 @@ def verify(references: tuple[str, ...], keys: tuple[str, ...], sigstore: str, re
 
     Exit 0 if every image is accepted, 1 if any is rejected, 3 if any could not be checked.
     """
-    from .. import gpg, reference, signing
+    from .. import reference, signing
     from .. import verify as v
     from ..extension import choose_store
+    from ..nativeverify import trusted_keys
 
     matcher = identity_matcher(match, exact_reference, exact_repository, remap)
     store = choose_store(sigstore, registries_dir=registries_dir, tls_verify=tls_verify, cert_dir=cert_dir,
@@ -92,7 +93,7 @@ def verify(references: tuple[str, ...], keys: tuple[str, ...], sigstore: str, re
                                 manifest_file=manifest_file)
     verdicts: list[v.ImageVerdict] = []
     codes: list[int] = []
-    with gpg.TrustedKeys(trusted_key_blobs(keys, gnupghome)) as trusted:
+    with trusted_keys(trusted_key_blobs(keys, gnupghome)) as trusted:
         if not trusted.fingerprints:
             raise InputError("no public keys found in the given --key values")
         for text in references:

@@ -6,9 +6,15 @@ what atomicsig does not own.
 * Conflicts are refused before anything is written: an unmanaged registries.d file defining one of our scopes
   would make c/image fail every pull (SPEC §4.4), and an existing policy.json that does not parse is never
   overwritten (the admin has to look at it).
-* Write order = crash consistency. Each file is temp+fsync+rename (fsutil.atomic_write), and the sequence is
-  keys → registries.d → policy.json → removals → state, so an interrupted apply leaves either the old policy
-  (with some extra, unreferenced new files) or the new one; never a policy pointing at a missing keyring.
+* One commit point for trust. Keyrings are content-addressed (render.py): new ones are written under new names
+  next to the old ones, and old ones are deleted only after the policy.json rename. So "which keys enforce which
+  scope" switches with that single rename; a kill anywhere leaves the old policy.json with its old keyrings or
+  the new one with its new keyrings, never a mix and never a missing keyring.
+* Stages, in order (each file temp+fsync+rename, each stage's directories fsynced before the next starts):
+  intent record → backups → new keyrings → commit (registries.d rename, then policy.json rename, both staged
+  beforehand so nothing but the two renames lies between them) → removals (old keyrings) → state. Between the
+  two renames a node reads the new lookasides with the old trust rules: it can only fail to find a signature,
+  never accept more (docs/policy.md).
 * Every replaced or deleted file is first copied to ``<file>.atomicsig-bak.<UTC timestamp>`` (registries.d
   ignores names not ending in ``.yaml``, SPEC §4.1).
 """
@@ -29,11 +35,16 @@ from .. import fsutil, reference, registries_d
 from ..errors import PolicyError, StorageError
 from . import policyjson
 from .keymaterial import KeyMaterial
-from .render import POLICY_PATH, REGISTRIES_D, Compiled, compile_spec, merge, registries_d_name
+from .render import POLICY_PATH, REGISTRIES_D, REGISTRIES_FILE, Compiled, compile_spec, merge
 from .schema import PolicySpec
 
 STATE_PATH = "/var/lib/atomicsig/policy-state.json"
 STATE_VERSION = 1
+# Complete next versions of atomicsig.yaml and policy.json wait under ``<name>.atomicsig-next`` so that the
+# commit is two bare renames. Inert names: registries.d reads only ``*.yaml`` (SPEC §4.1), policy.json is opened
+# by its exact path.
+STAGING_SUFFIX = ".atomicsig-next"
+STAGES = ("state-intent", "key", "commit", "removal", "state")
 
 
 @dataclass
@@ -43,6 +54,10 @@ class Change:
     old: bytes | None
     new: bytes | None  # None = delete
     kind: str  # state-intent | key | registries.d | policy | state
+    stage: str = ""  # one of STAGES; defaults to ``kind``, "commit" for registries.d and policy.json
+
+    def __post_init__(self) -> None:
+        self.stage = self.stage or ("commit" if self.kind in ("registries.d", "policy") else self.kind)
 
     @property
     def action(self) -> str:
@@ -165,10 +180,9 @@ def plan(spec: PolicySpec, keys: dict[str, KeyMaterial], root: str | Path, *, re
                               f"{spec.source}")
     for s in spec.scopes:
         if s.has_registries_d and s.scope in cfg.docker:
-            ours = _under(rootp, f"{REGISTRIES_D}/{registries_d_name(s.scope)}")
+            ours = _under(rootp, REGISTRIES_FILE)
             raise PolicyError(f'"docker" namespace "{s.scope}" would be defined both in "{cfg.docker[s.scope].source}"'
                               f' and "{ours}"; c/image refuses such a configuration (SPEC §4.4)')
-
     policy_path = _under(rootp, POLICY_PATH)
     existing, raw_policy = policyjson.read(policy_path)
     base = existing if existing is not None else json.loads(json.dumps(policyjson.SHIPPED_DEFAULT))
@@ -186,16 +200,24 @@ def plan(spec: PolicySpec, keys: dict[str, KeyMaterial], root: str | Path, *, re
 
     for node_path, data in sorted(compiled.key_files().items()):
         _add(result, rootp, node_path, data, "key")
+    # Commit stage: registries.d files owned but no longer compiled (atomicsig.yaml when no scope has a lookaside
+    # any more, the per-scope atomicsig-<scope>.yaml of earlier versions), atomicsig.yaml, staged leftovers and
+    # policy.json. Deletions happen *before* the new atomicsig.yaml appears, see _commit.
+    for node_path in sorted(owned_files - set(compiled.files)):
+        if node_path.startswith(REGISTRIES_D + "/"):
+            _delete(result, rootp, node_path, "registries.d", "commit")
     for node_path, data in sorted(compiled.registries_files().items()):
         _add(result, rootp, node_path, data, "registries.d")
+    for staging, kind in ((f"{REGISTRIES_FILE}{STAGING_SUFFIX}", "registries.d"),
+                          (f"{POLICY_PATH}{STAGING_SUFFIX}", "policy")):
+        if _read(_under(rootp, staging)) is not None:  # left by a killed apply; ours by its name
+            _delete(result, rootp, staging, kind, "commit")
     if existing is None or new_doc != existing:
         result.changes.append(Change(POLICY_PATH, policy_path, raw_policy, policyjson.dumps(new_doc), "policy"))
+    # Old keyrings go only after policy.json stopped naming them.
     for node_path in sorted(owned_files - set(compiled.files)):
-        path = _under(rootp, node_path)
-        old = _read(path)
-        if old is not None:
-            kind = "registries.d" if node_path.startswith(REGISTRIES_D) else "key"
-            result.changes.append(Change(node_path, path, old, None, kind))
+        if not node_path.startswith(REGISTRIES_D + "/"):
+            _delete(result, rootp, node_path, "key", "removal")
     state_path = _under(rootp, STATE_PATH)
     old_state = _read(state_path)
     state_bytes = _state_bytes(compiled.docker_scopes, compiled.files)
@@ -216,6 +238,13 @@ def _add(result: Plan, root: Path, node_path: str, data: bytes, kind: str) -> No
         result.changes.append(Change(node_path, path, old, data, kind))
 
 
+def _delete(result: Plan, root: Path, node_path: str, kind: str, stage: str) -> None:
+    path = _under(root, node_path)
+    old = _read(path)
+    if old is not None:
+        result.changes.append(Change(node_path, path, old, None, kind, stage))
+
+
 def _state_bytes(scopes: Any, files: Any) -> bytes:
     state = {"version": STATE_VERSION, "default": True, "docker_scopes": sorted(scopes), "files": sorted(files)}
     return (json.dumps(state, indent=2) + "\n").encode()
@@ -232,35 +261,71 @@ def backup_name(path: Path, now: float) -> Path:
 
 
 def execute(p: Plan, now: float | None = None) -> list[Path]:
-    """Apply ``p.changes`` in order; returns the backup files written. Raises StorageError on the first failure.
+    """Apply ``p.changes`` stage by stage (STAGES order); returns the backup files written. Raises StorageError on
+    the first failure, leaving a state that the next apply rolls forward (the intent record owns every file).
 
-    Changes are grouped into phases (keys, registries.d files, policy.json, removals, state). Inside a phase the
-    order does not matter, so files are written by a few threads (the kernel batches their fsyncs into one
-    journal commit); after each phase its directories are fsynced once, so the phase order stays durable across
-    a power cut. 500 scopes = 500 registries.d files; written one by one, fsync latency alone costs ~1 s.
+    Inside a stage the order does not matter, so files are written by a few threads (the kernel batches their
+    fsyncs into one journal commit); after each stage its directories are fsynced once, so the stage order stays
+    durable across a power cut.
     """
     from concurrent.futures import ThreadPoolExecutor
 
     ts = time.time() if now is None else now
-    phases: list[list[Change]] = []
+    by_stage: dict[str, list[Change]] = {}
     for c in p.changes:
-        if phases and (phases[-1][0].kind, phases[-1][0].new is None) == (c.kind, c.new is None):
-            phases[-1].append(c)
-        else:
-            phases.append([c])
-    backups: list[Path] = []
+        by_stage.setdefault(c.stage, []).append(c)
+    if set(by_stage) - set(STAGES):
+        raise ValueError(f"unknown stage(s) {sorted(set(by_stage) - set(STAGES))}")
+    # Backups first, all of them: they are copies of what the plan read, so nothing is lost by taking them
+    # early, and the window between the registries.d and the policy.json rename stays one file write wide.
+    olds = [c for c in p.changes if c.old is not None and not c.kind.startswith("state")
+            and not c.node_path.endswith(STAGING_SUFFIX)]
+    backups = [backup_name(c.path, ts) for c in olds]
     with ThreadPoolExecutor(max_workers=8) as pool:
-        for phase in phases:
-            for c in phase:
-                if c.old is not None and not c.kind.startswith("state"):
-                    backups.append(backup_name(c.path, ts))
-            for parent in sorted({c.path.parent for c in phase if c.new is not None}):
+        for stage in STAGES:
+            changes = by_stage.get(stage, [])
+            for parent in sorted({c.path.parent for c in changes if c.new is not None}):
                 fsutil.makedirs(parent)
-            olds = [c for c in phase if c.old is not None and not c.kind.startswith("state")]
-            list(pool.map(_write_backup, olds, backups[len(backups) - len(olds):]))
-            list(pool.map(_write_one, phase))
-            _flush({c.path.parent for c in phase})
+            if stage == "commit":
+                _commit(changes, pool)
+            else:
+                list(pool.map(_write_one, changes))
+                _flush({c.path.parent for c in changes})
+            if stage == "state-intent":
+                list(pool.map(_write_backup, olds, backups))
+                _flush({c.path.parent for c in olds})
     return backups
+
+
+def _commit(changes: list[Change], pool: Any) -> None:
+    """Switch registries.d, then policy.json, with two back-to-back renames and nothing else in between.
+
+    1. Stage: the complete new atomicsig.yaml and policy.json (temp + fsync + rename) under their inert
+       ``.atomicsig-next`` names.
+    2. Delete what registries.d must lose first: ``atomicsig.yaml`` when no scope has a lookaside any more,
+       stale staged files, and the per-scope ``atomicsig-<scope>.yaml`` of an earlier atomicsig. Those cannot
+       share the directory with the new atomicsig.yaml even for a moment: c/image refuses a scope defined in two
+       files, failing every pull on the node (SPEC §4.4). No sequence of single-file operations moves a scope
+       between files without a moment with both or with neither, so we take "neither": those scopes briefly
+       fall back to a less specific lookaside and their signed images are refused (fail-closed), once per node.
+    3. fsync the directories: a power cut must not keep a rename below but lose a deletion (= duplicates).
+    4. rename atomicsig.yaml, rename policy.json — a running node can see the new lookasides with the old
+       policy.json for the width of one rename(2). Then fsync both directories. After a power cut between the
+       two, either rename may have survived alone; both mixes only ever refuse (a lookaside tells *where* to
+       read signatures, never whether a signature is trusted).
+    """
+    writes = sorted((c for c in changes if c.new is not None), key=lambda c: c.kind != "registries.d")
+    staged = [c.path.with_name(c.path.name + STAGING_SUFFIX) for c in writes]
+    list(pool.map(lambda c, tmp: fsutil.atomic_write(tmp, c.new, 0o644, sync_dir=False), writes, staged))
+    drops = [c for c in changes if c.new is None and c.path not in staged]
+    list(pool.map(_write_one, drops))
+    _flush({c.path.parent for c in drops})
+    for c, tmp in zip(writes, staged, strict=True):
+        try:
+            os.replace(tmp, c.path)
+        except OSError as exc:
+            raise StorageError(f"cannot rename {tmp} to {c.path}: {exc.strerror or exc}") from exc
+    _flush({c.path.parent for c in writes})
 
 
 def _write_backup(c: Change, backup: Path) -> None:

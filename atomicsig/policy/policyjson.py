@@ -33,6 +33,8 @@ def loads(text: str | bytes, source: str) -> dict[str, Any]:
         doc = json.loads(text, object_pairs_hook=no_duplicate_keys)
     except (ValueError, UnicodeDecodeError) as exc:
         raise PolicyError(f"{source} is not valid JSON ({exc}); refusing to touch it") from exc
+    except RecursionError as exc:  # json recurses per nesting level (fuzz finding)
+        raise PolicyError(f"{source} is nested too deeply; refusing to touch it") from exc
     if not isinstance(doc, dict):
         raise PolicyError(f"{source}: top level is not a JSON object; refusing to touch it")
     return doc

@@ -5,10 +5,13 @@ Pure (no I/O): input is the parsed YAML plus key bytes, output is file contents 
 * ANY-of semantics for a scope's keys: several ``signedBy`` requirements are ANDed by c/image, keys inside one
   keyring are ORed (SPEC §5.5) — so a scope gets exactly one ``signedBy`` whose ``keyPath`` is one combined
   binary keyring. ``keyPath`` (not ``keyPaths``) keeps the policy readable by c/image older than 5.22.
-* Keyrings are named after the key set (``atomicsig-<name>[+<name>…].gpg``), so scopes sharing keys share a file.
-* One registries.d file per scope that configures a lookaside, named ``atomicsig-<scope>.yaml`` (SPEC §4.4 keeps
-  atomic's per-scope convention); ``--registries-keys sigstore|both`` adds the legacy keys read before c/image
-  5.22 (SPEC §4.2).
+* Key files are content-addressed: ``atomicsig-<name>[+<name>…]-<first 12 hex of sha256(bytes)>.gpg`` (cosign:
+  ``….pub``). Scopes sharing keys share a file, a changed key set gets a *new* name, and the file a policy.json
+  points at is never rewritten in place — so the policy.json rename alone decides which keys a node trusts.
+  Same bytes → same name, so re-applying an unchanged YAML writes nothing.
+* ONE registries.d file, ``atomicsig.yaml``, holds every managed scope's lookaside under ``docker:`` so all of
+  them switch with one rename (SPEC §4.4 only forbids a scope in two files, not many scopes in one);
+  ``--registries-keys sigstore|both`` adds the legacy keys read before c/image 5.22 (SPEC §4.2).
 * ``sigstore-signed-by`` adds a ``sigstoreSigned`` requirement; with ``signed-by`` both must hold (AND).
 """
 
@@ -30,6 +33,7 @@ POLICY_PATH = "/etc/containers/policy.json"
 REGISTRIES_D = "/etc/containers/registries.d"
 REGISTRIES_KEYS = ("lookaside", "sigstore", "both")
 FILE_PREFIX = "atomicsig-"
+REGISTRIES_FILE = f"{REGISTRIES_D}/atomicsig.yaml"
 _DUMPER: Any = getattr(yaml, "CSafeDumper", yaml.SafeDumper)  # libyaml when present: 500 files in ~20 ms
 
 
@@ -48,17 +52,13 @@ class Compiled:
         return {p: d for p, d in self.files.items() if p.startswith(REGISTRIES_D + "/")}
 
 
-def registries_d_name(scope: str) -> str:
-    """``atomicsig-<scope>.yaml`` with ``/`` → ``-``, ``:``/``@``/``*`` → ``_`` (predictable, shell-safe)."""
-    safe = scope.replace("/", "-").replace(":", "_").replace("@", "_").replace("*", "_")
-    return f"{FILE_PREFIX}{safe}.yaml"
-
-
-def keyring_name(names: tuple[str, ...], ext: str = "gpg") -> str:
+def keyring_name(names: tuple[str, ...], data: bytes, ext: str = "gpg") -> str:
+    """``atomicsig-<sorted names joined by +>-<12 hex of sha256(data)>.<ext>``: readable, and a new name whenever
+    the bytes change (48 bits of hash: a collision needs the same key names and ~2^24 different key sets)."""
     joined = "+".join(sorted(names))
     if len(joined) > 100:
         joined = "keys-" + hashlib.sha256(joined.encode()).hexdigest()[:16]
-    return f"{FILE_PREFIX}{joined}.{ext}"
+    return f"{FILE_PREFIX}{joined}-{hashlib.sha256(data).hexdigest()[:12]}.{ext}"
 
 
 def compile_spec(spec: PolicySpec, keys: dict[str, KeyMaterial], *, registries_keys: str = "lookaside",
@@ -70,16 +70,13 @@ def compile_spec(spec: PolicySpec, keys: dict[str, KeyMaterial], *, registries_k
         raise PolicyError(f"--registries-keys must be one of {', '.join(REGISTRIES_KEYS)}")
     default = [{"type": "reject"}] if spec.default == "reject" else [{"type": "insecureAcceptAnything"}]
     out = Compiled(default=default, docker_scopes={})
-    names: dict[str, str] = {}
+    sections: dict[str, dict[str, Any]] = {}
     for s in spec.scopes:
         out.docker_scopes[s.scope] = _requirements(s, keys, out.files, keypath_prefix.rstrip("/"))
         if s.has_registries_d:
-            fname = registries_d_name(s.scope)
-            if fname in names:
-                raise PolicyError(f"{spec.source}:{s.line}: scopes {names[fname]!r} and {s.scope!r} would share "
-                                  f"the registries.d file {fname}")
-            names[fname] = s.scope
-            out.files[f"{REGISTRIES_D}/{fname}"] = registries_d_file(s, registries_keys)
+            sections[s.scope] = registries_d_section(s, registries_keys)
+    if sections:
+        out.files[REGISTRIES_FILE] = registries_d_file(sections)
     return out
 
 
@@ -91,9 +88,9 @@ def _requirements(s: ScopeSpec, keys: dict[str, KeyMaterial], files: dict[str, b
         return [{"type": "reject"}]
     reqs: list[dict[str, Any]] = []
     if s.signed_by:
-        path = f"{KEY_DIR}/{keyring_name(s.signed_by)}"
-        if path not in files:
-            files[path] = b"".join(keys[n].data for n in sorted(s.signed_by))
+        data = b"".join(keys[n].data for n in sorted(s.signed_by))
+        path = f"{KEY_DIR}/{keyring_name(s.signed_by, data)}"
+        files[path] = data
         req: dict[str, Any] = {"type": "signedBy", "keyType": "GPGKeys", "keyPath": prefix + path}
         if s.identity is not None:
             req["signedIdentity"] = s.identity.to_json()
@@ -101,7 +98,7 @@ def _requirements(s: ScopeSpec, keys: dict[str, KeyMaterial], files: dict[str, b
     if s.sigstore_signed_by:
         paths = []
         for n in s.sigstore_signed_by:
-            path = f"{KEY_DIR}/{FILE_PREFIX}{n}.pub"
+            path = f"{KEY_DIR}/{keyring_name((n,), keys[n].data, 'pub')}"
             files[path] = keys[n].data
             paths.append(prefix + path)
         sreq: dict[str, Any] = {"type": "sigstoreSigned"}
@@ -115,7 +112,8 @@ def _requirements(s: ScopeSpec, keys: dict[str, KeyMaterial], files: dict[str, b
     return reqs
 
 
-def registries_d_file(s: ScopeSpec, registries_keys: str) -> bytes:
+def registries_d_section(s: ScopeSpec, registries_keys: str) -> dict[str, Any]:
+    """The ``docker: <scope>:`` mapping for one scope."""
     section: dict[str, Any] = {}
     for value, new, old in ((s.lookaside, "lookaside", "sigstore"),
                             (s.lookaside_staging, "lookaside-staging", "sigstore-staging")):
@@ -126,8 +124,14 @@ def registries_d_file(s: ScopeSpec, registries_keys: str) -> bytes:
                 section[old] = value
     if s.use_sigstore_attachments is not None:
         section["use-sigstore-attachments"] = s.use_sigstore_attachments
-    header = "# Managed by atomicsig (atomicsig policy apply); local edits are overwritten.\n"
-    body = yaml.dump({"docker": {s.scope: section}}, Dumper=_DUMPER, sort_keys=False, default_flow_style=False)
+    return section
+
+
+def registries_d_file(sections: dict[str, dict[str, Any]]) -> bytes:
+    """``atomicsig.yaml``: every managed scope in YAML order (deterministic, so unchanged input = same bytes)."""
+    header = ("# Managed by atomicsig (atomicsig policy apply); local edits are overwritten.\n"
+              "# Scopes defined here must not be defined in any other registries.d file (c/image refuses that).\n")
+    body = yaml.dump({"docker": sections}, Dumper=_DUMPER, sort_keys=False, default_flow_style=False)
     return (header + body).encode()
 
 

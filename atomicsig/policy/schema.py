@@ -167,7 +167,10 @@ def validate_scope(scope: str) -> None:
 def validate_url(url: str, *, staging: bool) -> None:
     """Lookaside URLs: file/http/https for reading, file only for staging (SPEC §3.2, §3.3); no trailing '/'
     because c/image concatenates paths and would request ``//repo`` (SPEC §3.1)."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # "http://[x" raised ValueError("Invalid IPv6 URL") out of loads (fuzz finding)
+        raise PolicyError(f"{url!r}: {exc}") from exc
     allowed = ("file",) if staging else ("file", "http", "https")
     if parts.scheme not in allowed:
         raise PolicyError(f"{url!r}: scheme must be {' or '.join(allowed)}")

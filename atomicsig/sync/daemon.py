@@ -101,7 +101,7 @@ class _SourceRun:
 @dataclass
 class SyncDaemon:
     config_path: str
-    verifier_factory: Any = None  # (key blobs) -> Verifier; default gpg.TrustedKeys
+    verifier_factory: Any = None  # (key blobs) -> Verifier; default nativeverify.trusted_keys
     cfg: config_mod.SyncConfig | None = None
     state: SyncState | None = None
     metrics: Metrics = field(default_factory=Metrics)
@@ -111,6 +111,8 @@ class SyncDaemon:
     _verifier: Any = None
     _pusher: Pusher | None = None
     _last_progress: float = field(default_factory=time.monotonic)
+    #: Called once in :meth:`run` after the metrics socket is bound, before READY=1 (privilege drop, --user).
+    after_bind: Any = None
 
     # ---- setup ----------------------------------------------------------------------------------------------
 
@@ -236,6 +238,8 @@ class SyncDaemon:
         assert self.cfg is not None
         if self.cfg.metrics:
             self.metrics.serve(*self.cfg.metrics)
+        if self.after_bind is not None:
+            self.after_bind()
         if self._pusher is not None:
             self._pusher.watch()
         notify("READY=1")
@@ -285,9 +289,9 @@ class SyncDaemon:
 
 
 def _gpg_verifier(blobs: list[bytes]) -> Verifier:
-    from ..gpg import TrustedKeys
+    from ..nativeverify import trusted_keys
 
-    return TrustedKeys(blobs)
+    return trusted_keys(blobs)
 
 
 def status(config_path: str) -> dict[str, Any]:

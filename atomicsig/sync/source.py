@@ -23,7 +23,8 @@ from .journal import HEADER_LEN, JOURNAL_NAME, META_DIR
 #: At most this many journal bytes per request (≈ 60,000 records); a pass loops until caught up.
 JOURNAL_CHUNK = 8 * 1024 * 1024
 TIMEOUT = (10, 60)
-_CONTENT_RANGE = re.compile(r"^bytes (?:(\d+)-(\d+)|\*)/(\d+|\*)$")
+# ASCII digits, at most 18 (int() refuses > 4300 digits with ValueError: fuzz finding), and \Z not $.
+_CONTENT_RANGE = re.compile(r"^bytes (?:([0-9]{1,18})-([0-9]{1,18})|\*)/([0-9]{1,18}|\*)\Z")
 
 
 class SourceError(RegistryError):

@@ -1,0 +1,515 @@
+"""The gpg-agent signer (issue #6): its messages must be accepted by real gpg and real skopeo, it must sign with
+the (sub)key gpg would choose, keep passphrases out of every output, and fall back to gpg when it cannot sign."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from atomicsig import agentsign, assuan, csexp, manifest, openpgp, payload, pgpsign, signing
+from atomicsig.blob import simple_signing_body
+from atomicsig.errors import InputError, PassphraseError
+from atomicsig.gpg import Keyring, SecretKeyPart, TrustedKeys
+from atomicsig.lookaside import DirectoryStore
+from tests.conftest import needs_registry
+from tests.infra import GpgHome, Registry, push_image, registries_d, signed_by_policy, skopeo, skopeo_pull
+
+PASSPHRASE = "pw 7c1e%41 x\\y'q"  # a space, a '%' that looks like an escape, quotes: exercises D-line escaping
+
+
+def _gpg(home: Path, *args: str) -> str:
+    """Run gpg on a throwaway home for key setup only (empty passphrase; never a real secret in argv)."""
+    proc = subprocess.run(["gpg", "--homedir", str(home), "--batch", "--pinentry-mode", "loopback",
+                           "--passphrase", "", *args], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def _primary_fpr(home: Path, uid: str) -> str:
+    out = _gpg(home, "--with-colons", "--list-secret-keys", uid)
+    return next(ln.split(":")[9] for ln in out.splitlines() if ln.startswith("fpr:"))
+
+
+def _subkey_fprs(home: Path, fpr: str) -> list[str]:
+    out = _gpg(home, "--with-colons", "--list-secret-keys", fpr).splitlines()
+    return [out[i + 1].split(":")[9] for i, ln in enumerate(out) if ln.startswith("ssb:")]
+
+
+class Home:
+    """A GnuPG home with one secret key: its primary fingerprint and the (sub)key expected to sign."""
+
+    def __init__(self, path: Path, fpr: str, signing_key: str, pubkey_algo: int) -> None:
+        self.path, self.fpr, self.signing_key, self.pubkey_algo = path, fpr, signing_key, pubkey_algo
+
+    @property
+    def keyring(self) -> Keyring:
+        return Keyring(str(self.path))
+
+    def public(self) -> bytes:
+        return self.keyring.export_public([self.fpr], armor=False)
+
+    def kill_agent(self) -> None:
+        subprocess.run(["gpgconf", "--homedir", str(self.path), "--kill", "all"], capture_output=True, check=False)
+
+
+def _quick_home(base: Path, name: str, algo: str) -> Home:
+    path = base / name
+    path.mkdir(mode=0o700)
+    uid = f"{name} <{name}@example.com>"
+    _gpg(path, "--quick-gen-key", uid, algo, "sign", "0")
+    fpr = _primary_fpr(path, uid)
+    algo_id = int(_gpg(path, "--with-colons", "--list-secret-keys", fpr).split("sec:")[1].split(":")[2])
+    return Home(path, fpr, fpr, algo_id)
+
+
+@pytest.fixture(scope="module")
+def homes(tmp_path_factory: pytest.TempPathFactory, signer: GpgHome) -> Iterator[dict[str, Home]]:
+    base = tmp_path_factory.mktemp("agent-homes")
+    out = {
+        "ed25519": Home(signer.path, signer.fingerprint, signer.fingerprint, pgpsign.PUBKEY_EDDSA),
+        "rsa2048": _quick_home(base, "rsa", "rsa2048"),
+        "nistp256": _quick_home(base, "ecdsa", "nistp256"),
+    }
+    # A certify-only primary, a valid signing subkey, then a *newer* signing subkey that has expired: gpg
+    # --local-user skips the expired one and signs with the older valid one.
+    path = base / "sub"
+    path.mkdir(mode=0o700)
+    _gpg(path, "--quick-gen-key", "Sub <sub@example.com>", "ed25519", "cert", "0")
+    fpr = _primary_fpr(path, "sub@example.com")
+    _gpg(path, "--quick-add-key", fpr, "nistp256/ecdsa", "sign", "0")
+    time.sleep(1.1)  # creation times have one-second resolution; the expired subkey must be strictly newer
+    _gpg(path, "--quick-add-key", fpr, "ed25519", "sign", "seconds=1")
+    valid, expired = _subkey_fprs(path, fpr)
+    out["subkey"] = Home(path, fpr, valid, pgpsign.PUBKEY_ECDSA)
+    out["subkey"].expired_subkey = expired  # type: ignore[attr-defined]
+    time.sleep(2.1)  # let the newer subkey expire (gpg: expired once its expiry is before now)
+    yield out
+    for name, h in out.items():
+        if name != "ed25519":  # the session fixture owns that agent
+            h.kill_agent()
+
+
+KEYS = ["rsa2048", "ed25519", "nistp256", "subkey"]
+DIGEST = "sha256:" + "ab" * 32
+
+
+# ---- the message: real gpg accepts it, and it is signed by the key gpg would pick ---------------------------
+
+
+@pytest.mark.parametrize("name", KEYS)
+def test_agent_message_verifies_with_gpg_and_matches_gpg_key_choice(homes: dict[str, Home], name: str) -> None:
+    h = homes[name]
+    data = payload.build("registry.example.com/app:1", DIGEST)
+    signer = agentsign.agent_signer(h.keyring, h.fpr, None)
+    try:
+        blob = signer.sign(data)
+    finally:
+        signer.close()
+    assert simple_signing_body(blob) == blob and blob[0] == 0x90  # our framing, not gpg's compressed one
+    msg = openpgp.parse_message(blob)
+    sig = msg.signatures[0]
+    assert msg.literal == data and msg.one_pass_count == 1 and sig.sig_type == 0
+    assert sig.issuer_fingerprint == h.signing_key and sig.issuer_keyid == h.signing_key[-16:]
+    assert sig.pubkey_algo == h.pubkey_algo and sig.hash_algo == pgpsign.HASH_SHA256
+    with TrustedKeys([h.public()]) as keys:
+        res = keys.verify(blob)
+    assert res.payload == data and res.signer == h.fpr and res.signing_key == h.signing_key
+    # differential: gpg --local-user FPR picks the same (sub)key
+    gpg_blob = signing.GPGSigner(h.keyring, h.fpr).sign(data)
+    assert openpgp.parse_message(gpg_blob).signatures[0].issuer_fingerprint == h.signing_key
+
+
+def test_expired_newer_subkey_is_skipped(homes: dict[str, Home]) -> None:
+    h = homes["subkey"]
+    parts = h.keyring.secret_key_parts(h.fpr)
+    assert {p.fingerprint for p in parts} == {h.fpr, h.signing_key, h.expired_subkey}  # type: ignore[attr-defined]
+    chosen = agentsign.choose_signing_key(parts, int(time.time()))
+    assert chosen is not None and chosen.fingerprint == h.signing_key
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", KEYS)
+def test_skopeo_standalone_verify_accepts_agent_signature(homes: dict[str, Home], name: str,
+                                                          tmp_path: Path) -> None:
+    h = homes[name]
+    man = tmp_path / "manifest.json"
+    man.write_text(json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                               "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                                          "digest": DIGEST, "size": 2}, "layers": [], "n": name}))
+    digest = manifest.digest(man.read_bytes())
+    signer = agentsign.agent_signer(h.keyring, h.fpr, None)
+    sig = tmp_path / "sig"
+    sig.write_bytes(signer.sign(payload.build("registry.example.com/ns/app:1", digest)))
+    signer.close()
+    env = {"GNUPGHOME": str(h.path)}
+    # skopeo 1.9 compares the fingerprint it is given with the signing (sub)key's.
+    res = skopeo("standalone-verify", str(man), "registry.example.com/ns/app:1", h.signing_key, str(sig), env=env)
+    assert res.stdout.startswith("Signature verified") and digest in res.stdout
+    bad = skopeo("standalone-verify", str(man), "registry.example.com/ns/app:2", h.signing_key, str(sig),
+                 env=env, check=False)
+    assert bad.returncode != 0
+
+
+@pytest.mark.slow
+@needs_registry
+@pytest.mark.parametrize("name", ["ed25519", "rsa2048"])
+def test_skopeo_copy_accepts_image_signed_through_agent(homes: dict[str, Home], registry: Registry, cli,  # type: ignore[no-untyped-def]
+                                                        name: str, tmp_path: Path) -> None:
+    h = homes[name]
+    ref = f"{registry.host}/agent/{name}:1"
+    push_image(registry.host, f"agent/{name}:1", f"agent-{name}", tmp_path)
+    store = tmp_path / "sigstore"
+    code, _, err = cli("sign", "--signer", "agent", "--key", h.fpr, "--gnupghome", str(h.path), "--sigstore",
+                       str(store), "--tls-verify=false", ref)
+    assert code == 0, err
+    (blob_path,) = store.rglob("signature-1")
+    assert blob_path.read_bytes()[0] == 0x90  # made by the agent signer
+    pub = tmp_path / "pub.gpg"
+    pub.write_bytes(h.public())
+    policy = signed_by_policy(tmp_path / "policy.json", pub)
+    regd = registries_d(tmp_path / "registries.d", f"file://{store}")
+    res = skopeo_pull(ref, policy, regd, tmp_path)
+    assert res.returncode == 0, res.stderr
+    # and the same policy rejects an unsigned image (the check is not vacuous)
+    push_image(registry.host, f"agent/{name}-unsigned:1", f"agent-{name}-unsigned", tmp_path)
+    assert skopeo_pull(f"{registry.host}/agent/{name}-unsigned:1", policy, regd, tmp_path).returncode != 0
+
+
+# ---- passphrases ----------------------------------------------------------------------------------------------
+
+
+class CmdlineWatch:
+    """Scan every process's /proc/PID/cmdline in the background for a secret while the test runs."""
+
+    def __init__(self, secret: str) -> None:
+        self.secret = secret.encode()
+        self.hits: list[str] = []
+        self.scans = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for pid in os.listdir("/proc"):
+                if not pid.isdigit():
+                    continue
+                try:
+                    with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                        if self.secret in fh.read():
+                            self.hits.append(pid)
+                except OSError:
+                    continue
+            self.scans += 1
+
+    def __enter__(self) -> CmdlineWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+@pytest.fixture(scope="module")
+def pw_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GpgHome]:
+    home = GpgHome(tmp_path_factory.mktemp("agent-pw") / "gnupg", email="pw@example.com",
+                   passphrase=PASSPHRASE).create()
+    yield home
+    home.kill_agent()
+
+
+def _manifest_file(tmp_path: Path) -> Path:
+    m = tmp_path / "m.json"
+    m.write_text('{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","layers":[]}')
+    return m
+
+
+@pytest.mark.parametrize("mode", ["auto", "agent"])
+def test_passphrase_right_wrong_missing(pw_home: GpgHome, cli, tmp_path: Path, mode: str) -> None:  # type: ignore[no-untyped-def]
+    pw_home.kill_agent()  # start with an empty passphrase cache: the agent would otherwise sign from it
+    man = _manifest_file(tmp_path)
+    right, wrong = tmp_path / "right", tmp_path / "wrong"
+    right.write_text(PASSPHRASE + "\n")
+    wrong.write_text("not-the-" + PASSPHRASE + "\n")
+    store = tmp_path / "store"
+    base = ["sign", "--signer", mode, "--key", pw_home.fingerprint, "--gnupghome", str(pw_home.path),
+            "--sigstore", str(store), "--manifest", str(man), "example.com/pw/app:1"]
+    with CmdlineWatch(PASSPHRASE) as watch:
+        code, out, err = cli(*base)
+        assert code == 2
+        assert "needs a passphrase" in err and "--passphrase-file" in err
+        code, out, err = cli(*base, "--passphrase-file", str(wrong))
+        assert code == 2
+        failed = [ln for ln in err.splitlines() if ln.startswith("FAILED")]
+        assert len(failed) == 1 and "wrong passphrase" in failed[0]
+        assert PASSPHRASE not in out + err and "not-the-" not in out + err
+        assert not list(store.rglob("signature-*"))
+        code, out, err = cli(*base, "--passphrase-file", str(right))
+        assert code == 0, err
+        assert PASSPHRASE not in out + err
+    assert watch.scans > 0 and watch.hits == []
+    (blob_path,) = store.rglob("signature-1")
+    blob = blob_path.read_bytes()
+    assert blob[0] == 0x90  # the agent signed it, with the passphrase sent over the socket
+    with TrustedKeys([Keyring(str(pw_home.path)).export_public([pw_home.fingerprint], armor=False)]) as keys:
+        assert keys.verify(blob).signer == pw_home.fingerprint
+
+
+def test_passphrase_never_in_repr_or_error(pw_home: GpgHome) -> None:
+    pw_home.kill_agent()
+    kr = Keyring(str(pw_home.path))
+    s = agentsign.agent_signer(kr, pw_home.fingerprint, "wrong " + PASSPHRASE)
+    try:
+        assert PASSPHRASE not in repr(s)
+        with pytest.raises(PassphraseError) as info:
+            s.sign(b"{}")
+        assert PASSPHRASE not in str(info.value) and PASSPHRASE not in repr(info.value)
+        assert info.value.__cause__ is None and info.value.__context__ is not None
+        assert PASSPHRASE not in str(info.value.__context__)
+    finally:
+        s.close()
+    assert PASSPHRASE not in repr(signing.GPGSigner(kr, pw_home.fingerprint, PASSPHRASE))
+
+
+# ---- concurrency and connection handling ----------------------------------------------------------------------
+
+
+def test_eight_threads_two_hundred_payloads_one_store(homes: dict[str, Home], tmp_path: Path) -> None:
+    h = homes["ed25519"]
+    signer = agentsign.agent_signer(h.keyring, h.fpr, None)
+    # 50 images x 4 tags: four signers race for signature-1..4 of each digest directory
+    refs = [f"example.com/load/app{i % 50}:t{i // 50}@sha256:{hashlib.sha256(str(i % 50).encode()).hexdigest()}"
+            for i in range(200)]
+    store = DirectoryStore(tmp_path / "store")
+    try:
+        outcomes = signing.sign_many(refs, resolver=signing.Resolver(), signer=signer, store=store, workers=8)
+        assert len(signer._open) <= 9  # the probe's, then one per worker thread — not one per signature
+    finally:
+        signer.close()
+    assert [o.status for o in outcomes] == ["signed"] * 200, [o.error for o in outcomes if o.error]
+    claims = set()
+    with TrustedKeys([h.public()]) as keys:
+        for o in outcomes:
+            assert o.target is not None
+            for stored in store.read(o.target.ref, o.target.digest):
+                res = keys.verify(stored.blob)
+                assert res.signer == h.fpr
+                p = json.loads(res.payload)["critical"]
+                claims.add((p["identity"]["docker-reference"], p["image"]["docker-manifest-digest"]))
+    assert claims == {(o.target.identity, o.target.digest) for o in outcomes if o.target}
+    assert len(claims) == 200
+    assert sorted(p.name for p in (tmp_path / "store").rglob("signature-*")).count("signature-4") == 50
+    assert not list((tmp_path / "store").rglob("signature-5"))
+
+
+def test_reconnects_after_agent_restart(tmp_path: Path) -> None:
+    h = GpgHome(tmp_path / "gnupg", email="restart@example.com").create()
+    kr = Keyring(str(h.path))
+    s = agentsign.agent_signer(kr, h.fingerprint, None)
+    try:
+        s.sign(b"one")
+        h.kill_agent()  # the thread's connection is now dead; the next sign reconnects (and relaunches)
+        blob = s.sign(b"two")
+    finally:
+        s.close()
+        h.kill_agent()
+    with TrustedKeys([kr.export_public([h.fingerprint], armor=False)]) as keys:
+        assert keys.verify(blob).payload == b"two"
+
+
+def test_agent_error_codes_are_parsed(homes: dict[str, Home]) -> None:
+    conn = assuan.connect(str(homes["ed25519"].path))
+    try:
+        with pytest.raises(assuan.AssuanError) as info:
+            conn.transact("SIGKEY 00")  # not a keygrip: IPC parameter error
+        assert info.value.code == 280 and "parameter" in info.value.text.lower()
+        conn.transact("SIGKEY " + "00" * 20)  # a well-formed grip of no key we hold: refused at PKSIGN
+        conn.transact("SETHASH 8 " + "00" * 32)
+        with pytest.raises(assuan.AssuanError) as info:
+            conn.transact("PKSIGN")
+        assert info.value.code == assuan.GPG_ERR_NO_SECKEY
+        conn.transact("NOP")  # the connection survives errors
+        with pytest.raises(assuan.AssuanError) as info:  # pipelined: the first ERR is raised ...
+            conn.pipeline(["SIGKEY 00", "NOP", "GETINFO version"])
+        assert info.value.code == 280
+        # ... after every answer was read, so the next command gets its own answer, not a stale one
+        assert conn.transact("GETINFO version").data.startswith(b"2.")
+    finally:
+        conn.close()
+
+
+# ---- signer selection -----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def dsa_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Home]:
+    h = _quick_home(tmp_path_factory.mktemp("agent-dsa"), "dsa", "dsa2048")
+    yield h
+    h.kill_agent()
+
+
+def _sign_cli(cli, h: Home, tmp_path: Path, *extra: str, env: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
+    store = tmp_path / f"store-{len(list(tmp_path.iterdir()))}"
+    code, _out, err = cli("sign", "--key", h.fpr, "--gnupghome", str(h.path), "--sigstore", str(store),
+                         "--manifest", str(_manifest_file(tmp_path)), "example.com/sel/app:1", *extra, env=env)
+    blobs = [p.read_bytes() for p in store.rglob("signature-*")] if store.exists() else []
+    return code, err, blobs
+
+
+def test_signer_gpg_and_auto_paths(homes: dict[str, Home], cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    h = homes["rsa2048"]
+    code, err, (blob,) = _sign_cli(cli, h, tmp_path, "--signer", "gpg")
+    assert code == 0, err
+    assert blob[0] == 0xA3  # gpg's compressed message: the gpg process signed
+    code, err, (auto_blob,) = _sign_cli(cli, h, tmp_path)
+    assert code == 0 and auto_blob[0] == 0x90  # auto chose the agent
+    code, err, (env_blob,) = _sign_cli(cli, h, tmp_path, env={"ATOMICSIG_GPG": "/usr/bin/gpg"})
+    assert code == 0 and env_blob[0] == 0xA3  # an explicit gpg binary means the gpg path
+    with TrustedKeys([h.public()]) as keys:
+        for b in (blob, auto_blob, env_blob):
+            assert keys.verify(b).signer == h.fpr
+
+
+def test_unsupported_key_agent_fails_cleanly_auto_falls_back(dsa_home: Home, cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    code, err, blobs = _sign_cli(cli, dsa_home, tmp_path, "--signer", "agent")
+    assert code == 2 and not blobs
+    assert "--signer agent cannot use key" in err and "algorithm 17" in err and "Traceback" not in err
+    code, err, (blob,) = _sign_cli(cli, dsa_home, tmp_path, "--signer", "auto")
+    assert code == 0, err
+    assert blob[0] == 0xA3
+    with TrustedKeys([dsa_home.public()]) as keys:
+        assert keys.verify(blob).signer == dsa_home.fpr
+    with pytest.raises(InputError):
+        agentsign.make_signer(dsa_home.keyring, dsa_home.fpr, None, "agent")
+
+
+def test_auto_falls_back_when_the_agent_signature_does_not_verify(homes: dict[str, Home]) -> None:
+    """A wrong public key stands in for an agent answer gpg rejects: auto must hand out gpg's signature."""
+    h = homes["ed25519"]
+    agent = agentsign.agent_signer(h.keyring, h.fpr, None)
+    other = homes["rsa2048"]
+    checked = agentsign.CheckedAgentSigner(agent, signing.GPGSigner(h.keyring, h.fpr), other.public)
+    blob = checked.sign(b"payload")
+    assert blob[0] == 0xA3 and checked.agent is None  # switched to gpg for good
+    assert checked.sign(b"again")[0] == 0xA3
+    good = agentsign.CheckedAgentSigner(agentsign.agent_signer(h.keyring, h.fpr, None),
+                                        signing.GPGSigner(h.keyring, h.fpr), h.public)
+    try:
+        assert good.sign(b"payload")[0] == 0x90 and good.sign(b"again")[0] == 0x90
+    finally:
+        good.close()
+
+
+# ---- pure parts -----------------------------------------------------------------------------------------------
+
+
+def _part(fpr: str, *, primary: bool = False, usage: str = "s", created: int = 100, expires: int | None = None,
+          validity: str = "u", token: str = "+") -> SecretKeyPart:
+    return SecretKeyPart(fpr * 40, "AB" * 20, 22, "ed25519", created, expires, validity, usage, token, primary)
+
+
+def test_choose_signing_key_rules() -> None:
+    now = 1000
+    prim = _part("A", primary=True, usage="sc")
+    assert agentsign.choose_signing_key([prim], now) == prim
+    assert agentsign.choose_signing_key([_part("A", primary=True, usage="c")], now) is None
+    newer, older = _part("B", created=200), _part("C", created=150)
+    assert agentsign.choose_signing_key([prim, older, newer], now) == newer
+    assert agentsign.choose_signing_key([prim, _part("B", created=150), _part("C", created=150)],
+                                        now).fingerprint == "B" * 40  # tie: first listed
+    for bad in (_part("D", created=300, validity="r"), _part("D", created=300, validity="e"),
+                _part("D", created=300, expires=now - 1), _part("D", created=now + 5),
+                _part("D", created=300, token="#"), _part("D", created=300, usage="e")):
+        assert agentsign.choose_signing_key([prim, older, bad], now) == older
+    assert agentsign.choose_signing_key([prim, _part("F", created=300, expires=now)], now).fingerprint == "F" * 40
+    card = _part("E", created=300, token="D2760001240103040006123456780000")
+    assert agentsign.choose_signing_key([prim, older, card], now) == card
+
+
+def test_assuan_escaping_and_line_splitting() -> None:
+    raw = bytes(range(256)) * 5 + b"%%\r\n"
+    lines = assuan.data_lines(raw)
+    assert all(len(ln) <= assuan.LINE_LENGTH and ln.startswith(b"D ") and ln.endswith(b"\n") for ln in lines)
+    assert all(b"\n" not in ln[:-1] and b"\r" not in ln for ln in lines)
+    assert b"".join(assuan.unescape_data(ln[2:-1]) for ln in lines) == raw
+    assert assuan.unescape_data(b"a%25b%0A%0d%zz%4") == b"a%b\n\r%zz%4"
+    assert assuan.data_lines(b"") == [b"D \n"]
+
+
+def test_canonical_sexp() -> None:
+    tree = csexp.parse(b"(7:sig-val(5:eddsa(1:r3:\x00\x01\x02)(1:s2:\xff\x00)))\x00")
+    assert csexp.value(tree, b"r") == b"\x00\x01\x02" and csexp.value(tree, b"s") == b"\xff\x00"
+    assert csexp.find(tree, b"rsa") is None
+    assert csexp.parse(b"(3:foo[4:text]3:bar)") == [b"foo", b"bar"]
+    for bad in (b"(3:ab)", b"(1:a", b"(01:a)", b"(x:a)", b"(1:a))", b"(" * 40 + b")" * 40):
+        with pytest.raises(csexp.SexpError):
+            csexp.parse(bad)
+
+
+def test_mpi_and_eddsa_components() -> None:
+    assert pgpsign.mpi(b"\x00\x00\x01") == b"\x00\x01\x01"
+    assert pgpsign.mpi(b"\x80") == b"\x00\x08\x80"
+    assert pgpsign.mpi(b"\x00") == b"\x00\x00"
+    assert pgpsign.eddsa_component(b"\x40" + b"\x11" * 32) == b"\x11" * 32
+    assert pgpsign.eddsa_component(b"\x11" * 31) == b"\x11" * 31
+    with pytest.raises(Exception, match="34-byte"):
+        pgpsign.eddsa_component(b"\x11" * 34)
+    with pytest.raises(pgpsign.UnsupportedKey):
+        pgpsign.hash_for(17, "")
+    assert pgpsign.hash_for(19, "nistp384") == pgpsign.HASH_SHA384
+    assert pgpsign.hash_for(19, "nistp521") == pgpsign.HASH_SHA512
+
+
+def test_framing_matches_rfc4880_hash() -> None:
+    """The digest handed to the agent is SHA-256 over data + v4 hashed header + trailer (RFC 4880 §5.2.4)."""
+    issuer = pgpsign.Issuer(bytes(range(20)), pgpsign.PUBKEY_RSA, pgpsign.HASH_SHA256)
+    pending = pgpsign.prepare(b"hello", issuer, 0x01020304)
+    trailer = b"\x04\xff" + len(pending.hashed_part).to_bytes(4, "big")
+    assert pending.digest == hashlib.sha256(b"hello" + pending.hashed_part + trailer).digest()
+    blob = pgpsign.finish(pending, [b"\x00\x05"])
+    msg = openpgp.parse_message(blob)
+    sig = msg.signatures[0]
+    assert msg.literal == b"hello" and sig.created == 0x01020304 and sig.hash_prefix == pending.digest[:2]
+    assert sig.issuer_fingerprint == bytes(range(20)).hex().upper() and sig.mpis == b"\x00\x03\x05"
+
+
+def test_key_file_signs_through_the_temporary_homes_agent(homes: dict[str, Home], cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    h = homes["nistp256"]
+    keyfile = tmp_path / "secret.gpg"
+    keyfile.write_bytes(h.keyring.export_secret([h.fpr], armor=False, passphrase=None))
+    store = tmp_path / "store"
+    code, _, err = cli("sign", "--signer", "agent", "--key", str(keyfile), "--sigstore", str(store),
+                       "--manifest", str(_manifest_file(tmp_path)), "example.com/file/app:1")
+    assert code == 0, err
+    (blob_path,) = store.rglob("signature-1")
+    blob = blob_path.read_bytes()
+    assert blob[0] == 0x90
+    with TrustedKeys([h.public()]) as keys:
+        assert keys.verify(blob).signer == h.fpr
+
+
+@pytest.mark.parametrize("mode", ["auto", "gpg"])
+def test_resigning_with_a_signing_subkey_is_idempotent(homes: dict[str, Home], cli, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                                       mode: str) -> None:
+    """The issuer of a subkey signature is the subkey: a second run must still recognise it as ours ("exists")."""
+    h = homes["subkey"]
+    store = tmp_path / "store"
+    manifest = _manifest_file(tmp_path)
+    argv = ["sign", "--key", h.fpr, "--gnupghome", str(h.path), "--sigstore", str(store), "--manifest",
+            str(manifest), "--signer", mode, "--json", "example.com/sub/app:1"]
+    code, out, err = cli(*argv)
+    assert code == 0, err
+    if mode == "auto":  # the agent path knows the subkey it signs with and warns about old containers/image
+        assert f"signs with its subkey {h.signing_key}" in err
+    code, out, err = cli(*argv)
+    assert code == 0, err
+    assert json.loads(out)["summary"] == {"signed": 0, "exists": 1, "failed": 0}
+    assert [p.name for p in store.rglob("signature-*")] == ["signature-1"]
