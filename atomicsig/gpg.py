@@ -110,14 +110,41 @@ class SecretKeyPart:
     primary: bool
 
 
-def _key_part(entry: dict[str, Any], fingerprint: Any, keygrip: Any, *, primary: bool) -> SecretKeyPart:
-    return SecretKeyPart(
-        fingerprint=str(fingerprint or "").upper(), keygrip=str(keygrip or "").upper(),
-        pubkey_algo=int(entry.get("algo") or 0), curve=str(entry.get("curve") or ""),
-        created=int(entry.get("date") or 0), expires=int(entry["expires"]) if entry.get("expires") else None,
-        validity=str(entry.get("trust") or "-"),
-        usage="".join(c for c in str(entry.get("cap") or "") if c.islower()),
-        token=str(entry.get("token") or ""), primary=primary)
+def _secret_parts_from_colons(listing: str, fingerprint: str) -> list[SecretKeyPart]:
+    """Parse ``gpg --with-colons --with-keygrip --list-secret-keys`` for one key (fields per gpg's DETAILS).
+
+    Read directly rather than through python-gnupg: how (and whether) python-gnupg exposes subkey keygrips and
+    capabilities differs between its releases, and the agent signer must address exactly the right (sub)key.
+    """
+    parts: list[SecretKeyPart] = []
+    current: list[str] | None = None
+    fpr = grip = ""
+    in_key = False
+
+    def flush() -> None:
+        if current is not None and in_key and fpr:
+            f = current + [""] * (17 - len(current))
+            parts.append(SecretKeyPart(
+                fingerprint=fpr.upper(), keygrip=grip.upper(), pubkey_algo=int(f[3] or 0), curve=f[16],
+                created=int(f[5] or 0), expires=int(f[6]) if f[6] else None, validity=f[1] or "-",
+                usage="".join(c for c in f[11] if c.islower()), token=f[14], primary=f[0] == "sec"))
+
+    for line in listing.splitlines():
+        fields = line.split(":")
+        kind = fields[0]
+        if kind in ("sec", "ssb"):
+            flush()
+            current, fpr, grip = fields, "", ""
+            if kind == "sec":
+                in_key = False
+        elif kind == "fpr" and current is not None and not fpr:
+            fpr = fields[9] if len(fields) > 9 else ""
+            if current[0] == "sec":
+                in_key = fpr.upper() == fingerprint.upper()
+        elif kind == "grp" and current is not None and not grip:
+            grip = fields[9] if len(fields) > 9 else ""
+    flush()
+    return parts
 
 
 def _algorithm_name(entry: dict[str, Any]) -> str:
@@ -221,14 +248,12 @@ class Keyring:
         What the agent signer needs to choose the (sub)key ``gpg --local-user`` would, and to address it in
         gpg-agent, which knows keys only by keygrip.
         """
-        out: list[SecretKeyPart] = []
-        for k in self.gpg.list_keys(secret=True, keys=[fingerprint]):
-            if str(k.get("fingerprint", "")).upper() != fingerprint.upper():
-                continue
-            out.append(_key_part(k, k.get("fingerprint"), k.get("keygrip"), primary=True))
-            for sub in (k.get("subkey_info") or {}).values():
-                out.append(_key_part(sub, sub.get("fingerprint"), sub.get("keygrip"), primary=False))
-        return out
+        try:
+            listing = self._run(["--with-colons", "--fixed-list-mode", "--with-keygrip", "--list-secret-keys",
+                                 fingerprint], None)
+        except GPGError:
+            return []
+        return _secret_parts_from_colons(listing.decode("utf-8", errors="replace"), fingerprint)
 
     # ---- generation ---------------------------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.infra import GpgHome, Registry
+from tests.infra import GpgHome, Registry, cli_runner
 
 HAVE_SKOPEO = shutil.which("skopeo") is not None
 HAVE_REGISTRY = os.path.exists("/usr/bin/docker-registry") or shutil.which("docker-registry") is not None
@@ -62,13 +62,11 @@ def registry(session_dir: Path) -> Iterator[Registry]:
 @pytest.fixture
 def cli(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
     """Run the real CLI in-process; returns (exit_code, stdout, stderr)."""
-    from click.testing import CliRunner
-
     from atomicsig.cli import cli as group
     from atomicsig.cli.common import run_main
 
     def run(*args: str, input: str | bytes | None = None, env: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
-        runner = CliRunner()
+        runner = cli_runner()
         result: dict[str, int] = {}
 
         def _main() -> None:

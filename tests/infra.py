@@ -23,6 +23,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import requests
 
@@ -282,3 +283,13 @@ def running(reg: Registry) -> Iterator[Registry]:
 
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
+
+
+def cli_runner() -> Any:
+    """A click CliRunner that keeps stderr apart from stdout on every supported click (8.1 needs the flag)."""
+    from click.testing import CliRunner
+
+    try:
+        return CliRunner(mix_stderr=False)  # type: ignore[call-arg]
+    except TypeError:  # click >= 8.2: always separate, flag removed
+        return CliRunner()

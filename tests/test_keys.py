@@ -21,10 +21,9 @@ def kill_agent(home: Path) -> None:
 @pytest.fixture(scope="module")
 def batch(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     """Three keys from one signers file, generated through a gpg wrapper that logs its argv."""
-    from click.testing import CliRunner
-
     from atomicsig.cli import cli as group
     from atomicsig.cli.common import run_main
+    from tests.infra import cli_runner
 
     d = tmp_path_factory.mktemp("keys")
     home = d / "gnupg"
@@ -52,7 +51,7 @@ def batch(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-
     env = {"ATOMICSIG_GPG": str(wrapper), "ATOMICSIG_TEST_PW": SECRET_ENV_PW, "GNUPGHOME": str(home)}
 
     def run(*args: str, input: str | bytes | None = None):  # type: ignore[no-untyped-def]
-        with CliRunner().isolation(input=input, env=env) as (out, err, *_):
+        with cli_runner().isolation(input=input, env=env) as (out, err, *_):
             code = run_main(group, list(args))
             return code, out.getvalue(), err.getvalue().decode()
 

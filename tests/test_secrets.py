@@ -88,12 +88,29 @@ def _scan(secrets: tuple[str, ...], exclude: set[int], marker: bytes | None = No
                 continue
             if what == "environ" and marker is not None and marker not in data:
                 continue
+            if what == "environ" and _forked_not_yet_exec(d, exclude):
+                continue
             for s in secrets:
                 if s.encode() in data:
                     with contextlib.suppress(OSError):
                         comm = (d / "comm").read_text().strip()
                         found.append(f"passphrase in /proc/{pid}/{what} ({comm})")
     return found
+
+
+def _forked_not_yet_exec(d: Path, parents: set[int]) -> bool:
+    """A child of the atomicsig process caught between fork() and exec().
+
+    Until exec it is a copy of its parent, and /proc/PID/environ shows the parent's *original* environment block
+    (unsetenv only drops the pointer, not the bytes), passphrase variable included; exec replaces it with the
+    scrubbed environment atomicsig passes. Such a child still runs the Python executable.
+    """
+    try:
+        ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        exe = os.readlink(d / "exe")
+    except (OSError, ValueError, IndexError):
+        return False
+    return ppid in parents and os.path.realpath(exe) == os.path.realpath(sys.executable)
 
 
 def _wrapper(tmp: Path) -> tuple[Path, Path]:
