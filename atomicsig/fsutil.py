@@ -6,6 +6,9 @@ target (replace semantics, for policy.json and friends) or hard-link it to a nam
 (create-exclusive semantics, for ``signature-N``: two signers racing for the same N must not overwrite each
 other, and ``link(2)`` fails with EEXIST atomically). Finally the directory is fsynced so the new name survives
 a power cut.
+
+Temp names carry the writer's pid (``.tmp-<pid>-<random>``) so that a later writer can tell a leftover of a
+killed process from a file being written right now: :func:`sweep_stale_temps`.
 """
 
 from __future__ import annotations
@@ -13,11 +16,21 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from .errors import StorageError
+
+TEMP_PREFIX = ".tmp-"
+#: A leftover of a writer whose pid is gone is removed after this long; the delay covers a writer in another pid
+#: namespace (a container sharing the store) whose pid means nothing here but happens to be free.
+STALE_DEAD_PID_SECONDS = 60.0
+#: Any temp file this old is a leftover whatever its pid says: no writer here holds a small file open that long.
+STALE_ANY_SECONDS = 3600.0
+_TEMP_PID = re.compile(r"^\.tmp-([0-9]+)-")
 
 
 def fsync_dir(path: str | os.PathLike[str]) -> None:
@@ -32,7 +45,7 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
 @contextlib.contextmanager
 def _temp_in(directory: Path, data: bytes, mode: int) -> Iterator[str]:
     """Write ``data`` to a fsynced temp file in ``directory``; remove it on the way out if still there."""
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-", dir=directory)
     try:
         try:
             os.fchmod(fd, mode)
@@ -115,3 +128,52 @@ def is_within(root: str | os.PathLike[str], candidate: str | os.PathLike[str]) -
     r = os.path.realpath(root)
     c = os.path.realpath(candidate)
     return c == r or c.startswith(r.rstrip(os.sep) + os.sep)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether ``pid`` names a process in our pid namespace (EPERM: it exists but belongs to someone else)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_stale_temps(directory: str | os.PathLike[str], now: float | None = None) -> int:
+    """Remove temp files a killed writer left in ``directory``; returns how many were removed.
+
+    A SIGKILL between the temp write and the ``finally`` that unlinks it leaves ``.tmp-<pid>-*`` behind. No reader
+    opens these (readers open ``signature-N`` or exact file names), but they pile up, so writers call this when
+    they list a directory anyway. A file goes when its pid is not alive *and* it is older than
+    STALE_DEAD_PID_SECONDS, or when it is older than STALE_ANY_SECONDS whatever its pid (pids are per namespace).
+    Only regular files are touched (``prune`` keeps ``.tmp-prune-*`` directories elsewhere). Errors are ignored:
+    a sweep is housekeeping and must never fail a write, nor a reader without write permission.
+    """
+    now = time.time() if now is None else now
+    removed = 0
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return 0
+    for entry in entries:
+        if not entry.name.startswith(TEMP_PREFIX):
+            continue
+        try:
+            if not entry.is_file(follow_symlinks=False):
+                continue
+            age = now - entry.stat(follow_symlinks=False).st_mtime
+        except OSError:
+            continue
+        m = _TEMP_PID.match(entry.name)
+        dead = m is not None and not pid_alive(int(m.group(1)))
+        if age > STALE_ANY_SECONDS or (dead and age > STALE_DEAD_PID_SECONDS):
+            try:
+                os.unlink(entry.path)
+                removed += 1
+            except OSError:
+                pass
+    return removed

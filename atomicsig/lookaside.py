@@ -7,14 +7,22 @@ Backends share one small interface, :class:`SignatureStore`: a local directory (
 lookaside (read only, as in containers/image), and — in :mod:`atomicsig.extension` — the registry signature
 extension API. Appending never overwrites: ``signature-N`` is created with :func:`fsutil.create_exclusive`, so
 concurrent signers each get their own index and nobody's file is lost.
+
+Signers that must not store a second signature for the same (key, identity, digest) use
+:meth:`SignatureStore.append_unless`; the directory store makes its re-check and append atomic across processes
+with a ``flock`` on the digest directory, so two ``atomicsig sign`` runs racing on one image sign it once.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import os
 import re
 import urllib.parse
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +53,8 @@ class StoredSignature:
     index: int
     blob: bytes
     location: str
+    #: Lookaside reads sniff every blob and fail as a whole on an unrecognized one; the extension API does not.
+    sniffed: bool = True
 
 
 @dataclass(frozen=True)
@@ -68,6 +78,19 @@ class SignatureStore(ABC):
     @abstractmethod
     def describe(self) -> str:
         """Human-readable location, for messages."""
+
+    def append_unless(self, ref: Reference, digest: str, blob: bytes,
+                      present: Callable[[list[StoredSignature]], str | None]) -> AppendResult:
+        """Append ``blob`` unless ``present`` (given the current signatures) names one that makes it redundant;
+        then returns that location with ``created=False``.
+
+        Meant for "sign first, then store unless someone stored an equivalent one meanwhile". This default is a
+        plain read then append (remote backends cannot lock); :class:`DirectoryStore` makes it atomic.
+        """
+        found = present(self.read(ref, digest))
+        if found is not None:
+            return AppendResult(found, None, False)
+        return self.append(ref, digest, blob)
 
 
 class DirectoryStore(SignatureStore):
@@ -99,31 +122,62 @@ class DirectoryStore(SignatureStore):
     def append(self, ref: Reference, digest: str, blob: bytes) -> AppendResult:
         return self.append_path(ref.path, digest, blob)
 
+    def append_unless(self, ref: Reference, digest: str, blob: bytes,
+                      present: Callable[[list[StoredSignature]], str | None]) -> AppendResult:
+        """Re-check and append under an exclusive ``flock`` on the digest directory (all atomicsig signers take
+        it here; sync and serve, which dedup by bytes only, do not need it). Keep the slow signing outside."""
+        d = self._writable_dir(ref.path, digest)
+        with _locked_dir(d):
+            fsutil.sweep_stale_temps(d)
+            existing = read_dir(d)
+            found = present(existing)
+            if found is not None:
+                return AppendResult(found, None, False)
+            return self._append_in(d, blob, existing)
+
     def append_path(self, repo_path: str, digest: str, blob: bytes) -> AppendResult:
         """Append by repository path (what ``atomicsig sync`` gets from a peer), then record it in the journal."""
+        return self._append_in(self._writable_dir(repo_path, digest), blob)
+
+    def recover(self) -> int:
+        """Journal what writers killed mid-append left unjournaled (see atomicsig.sync.journal); lines added."""
+        from .sync.journal import Journal
+
+        return Journal(self.root).reconcile()
+
+    def _writable_dir(self, repo_path: str, digest: str) -> Path:
         if self.root.exists() and not self.root.is_dir():
             raise StorageError(f"sigstore {self.root} is not a directory")
         d = self.path_dir(repo_path, digest)
         fsutil.makedirs(d, 0o755)
         if not fsutil.is_within(self.root, d):
             raise StorageError(f"{d} resolves outside the sigstore {self.root}")
-        result = append_to_dir(d, blob)
-        if result.created:
-            self._journal(result, blob)
+        return d
+
+    def _append_in(self, d: Path, blob: bytes, existing: list[StoredSignature] | None = None) -> AppendResult:
+        """Store and journal, with a pending record around the two writes so a kill between them loses no
+        journal line: the next journal writer finds the record of a dead owner and appends the line. On an error
+        the record is abandoned, not removed, so a line that failed (disk full) is added by a later writer."""
+        from .sync.journal import begin_pending
+
+        sha = hashlib.sha256(blob).hexdigest()
+        with begin_pending(self.root, os.path.relpath(d, self.root), sha):
+            result = append_to_dir(d, blob, existing)
+            if result.created:
+                self._journal(result, sha)
         return result
 
-    def _journal(self, result: AppendResult, blob: bytes) -> None:
+    def _journal(self, result: AppendResult, sha: str) -> None:
         """Record a new signature in the store's sync journal so followers fetch it (atomicsig.sync.journal)."""
-        import hashlib
-
         from .sync.journal import Journal
 
         rel = os.path.relpath(result.location, self.root)
         try:
-            Journal(self.root).append([("add", rel, hashlib.sha256(blob).hexdigest())])
+            Journal(self.root).append([("add", rel, sha)])
         except (StorageError, InputError) as exc:
             raise StorageError(f"signature stored at {result.location} but not recorded in the sync journal: "
-                               f"{exc.message}", hint=f"run `atomicsig index {self.root}`") from exc
+                               f"{exc.message}", hint="the next write to this sigstore records it once there is "
+                               f"room, or run `atomicsig index {self.root}`") from exc
 
 
 def read_dir(d: Path) -> list[StoredSignature]:
@@ -145,9 +199,30 @@ def read_dir(d: Path) -> list[StoredSignature]:
     return out
 
 
-def append_to_dir(d: Path, blob: bytes) -> AppendResult:
-    """Create the first free ``signature-N`` in ``d`` with ``blob`` unless identical bytes are already there."""
-    existing = read_dir(d)
+@contextlib.contextmanager
+def _locked_dir(d: Path) -> Iterator[None]:
+    """Exclusive ``flock`` on the directory itself: no lock file appears among the signatures readers list."""
+    try:
+        fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise StorageError(f"cannot open {d}: {exc.strerror}") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def append_to_dir(d: Path, blob: bytes, existing: list[StoredSignature] | None = None) -> AppendResult:
+    """Create the first free ``signature-N`` in ``d`` with ``blob`` unless identical bytes are already there.
+
+    Also removes temp files killed writers left here (:func:`fsutil.sweep_stale_temps`). ``existing``: what the
+    caller just read of ``d`` (and swept) under the directory lock, so it is not read twice; a file added since
+    is still never overwritten (create-exclusive), only possibly a duplicate of bytes stored meanwhile.
+    """
+    if existing is None:
+        fsutil.sweep_stale_temps(d)
+        existing = read_dir(d)
     for s in existing:
         if s.blob == blob:
             return AppendResult(s.location, s.index, False)

@@ -8,6 +8,8 @@ others (batch semantics of issue #2).
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
+import functools
 import os
 import threading
 from collections.abc import Callable, Iterable
@@ -17,7 +19,7 @@ from typing import Any, Protocol
 
 from . import manifest, openpgp, payload, reference
 from .errors import AtomicsigError, InputError, SignatureFormatError
-from .lookaside import SignatureStore
+from .lookaside import DirectoryStore, SignatureStore, StoredSignature
 from .reference import Reference
 
 
@@ -35,11 +37,26 @@ class GPGSigner:
 
     keyring: Any
     fingerprint: str
-    passphrase: str | None = None
+    passphrase: str | None = field(default=None, repr=False)  # never in a repr or traceback
 
     def sign(self, data: bytes) -> bytes:
         blob: bytes = self.keyring.sign(data, self.fingerprint, self.passphrase)
         return blob
+
+    @property
+    def key_fingerprints(self) -> frozenset[str]:
+        """The primary and every subkey: gpg may sign with any signing subkey, and the issuer names that one."""
+        try:
+            info = self.keyring.resolve(self.fingerprint, secret=False)
+        except AtomicsigError:
+            return frozenset({self.fingerprint.upper()})
+        return frozenset({self.fingerprint.upper(), *(s.upper() for s in info.subkeys)})
+
+
+def signer_fingerprints(signer: Signer) -> frozenset[str]:
+    """Fingerprints a signature by ``signer`` may name as its issuer (primary, signing subkey)."""
+    fprs = getattr(signer, "key_fingerprints", None)
+    return frozenset(fprs) if fprs else frozenset({signer.fingerprint.upper()})
 
 
 @dataclass(frozen=True)
@@ -113,19 +130,28 @@ class Resolver:
         return targets
 
 
-def already_signed_by(store: SignatureStore, target: Target, fingerprint: str) -> str | None:
-    """Location of an existing signature by ``fingerprint`` claiming the same identity and digest, if any.
+def already_signed_by(store: SignatureStore, target: Target, fingerprints: frozenset[str] | str) -> str | None:
+    """Location of an existing signature by one of ``fingerprints`` claiming the same identity and digest.
+
+    ``fingerprints`` holds the signer's primary and subkey fingerprints: a signature made by a signing subkey names
+    the subkey as issuer, so comparing with the primary alone would re-sign such images on every run.
 
     Read without verifying: this only decides whether to skip work, never whether to trust.
     """
-    for sig in store.read(target.ref, target.digest):
+    return signed_among(store.read(target.ref, target.digest), target, fingerprints)
+
+
+def signed_among(sigs: list[StoredSignature], target: Target, fingerprints: frozenset[str] | str) -> str | None:
+    """:func:`already_signed_by` on signatures already read (the store's locked re-check passes them in)."""
+    for sig in sigs:
         try:
             msg = openpgp.parse_message(sig.blob)
             claimed = payload.parse(msg.literal)
         except SignatureFormatError:
             continue
         issuer = (msg.signatures[0].issuer_fingerprint or msg.signatures[0].issuer_keyid or "").upper()
-        if issuer and fingerprint.upper().endswith(issuer) and claimed.docker_reference == target.identity \
+        fprs = {fingerprints.upper()} if isinstance(fingerprints, str) else {f.upper() for f in fingerprints}
+        if issuer and any(f.endswith(issuer) for f in fprs) and claimed.docker_reference == target.identity \
                 and claimed.manifest_digest == target.digest:
             return sig.location
     return None
@@ -138,6 +164,12 @@ def sign_many(inputs: Iterable[str], *, resolver: Resolver, signer: Signer, stor
     items = [i for i in inputs if i.strip() and not i.lstrip().startswith("#")]
     workers = workers or min(8, (os.cpu_count() or 2) * 2)
     lock = threading.Lock()
+    own_keys = signer_fingerprints(signer) if not force else frozenset()
+    if isinstance(store, DirectoryStore):
+        # Journal lines a killed earlier run (or a concurrent one that died) left out. Housekeeping only: if the
+        # store cannot be written, every append below fails with that error for its own image anyway.
+        with contextlib.suppress(AtomicsigError):
+            store.recover()
 
     def one(text: str) -> list[Outcome]:
         try:
@@ -148,12 +180,18 @@ def sign_many(inputs: Iterable[str], *, resolver: Resolver, signer: Signer, stor
         for t in targets:
             o = Outcome(t, text)
             try:
-                existing = None if force else already_signed_by(store, t, signer.fingerprint)
+                existing = None if force else already_signed_by(store, t, own_keys)
                 if existing:
                     o.status, o.location = "exists", existing
                 else:
                     blob = signer.sign(payload.build(t.identity, t.digest))
-                    res = store.append(t.ref, t.digest, blob)
+                    if force:
+                        res = store.append(t.ref, t.digest, blob)
+                    else:
+                        # A racing signer may have stored one since the check above: re-check and append in one
+                        # step (atomic for directories), and drop our signature if it did.
+                        res = store.append_unless(t.ref, t.digest, blob,
+                                                  functools.partial(signed_among, target=t, fingerprints=own_keys))
                     o.status, o.location = ("signed" if res.created else "exists"), res.location
             except AtomicsigError as exc:
                 o.status, o.error, o.exit_code = "failed", exc.message, exc.exit_code

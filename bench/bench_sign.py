@@ -74,7 +74,7 @@ def run(ctx: Context) -> list[Row]:
         _warm_agent(ctx, fpr, images[0])
 
         def ours(i: int, kt: str = kt, fpr: str = fpr, signer: str | None = None) -> float:
-            store = ctx.fresh_dir(f"sigstore-{kt}-{i}")
+            store = ctx.fresh_dir(f"sigstore-{kt}-{signer or 'default'}-{i}")
             argv = [*ctx.atomicsig, "sign", "--from-file", str(refs_file), "--key", fpr, "--sigstore", str(store),
                     "--gnupghome", str(ctx.gnupghome)]
             if ctx.jobs:

@@ -319,3 +319,56 @@ def test_racing_sign_processes_sign_each_identity_once(tmp_path: Path, signer: G
     # Set, not list: the first append to a store without a journal rebuilds it by a scan, which can list the
     # other signer's file just before that signer appends its own line (a duplicate line is harmless).
     assert {p for p, _ in journal_adds(store)} == {str(p.relative_to(store)) for p in sigs}
+
+
+def test_failed_journal_append_leaves_the_record_for_a_later_writer(tmp_path: Path) -> None:
+    """The journal append fails after the link (here: a corrupt last line; in life: a full disk). The record is
+    abandoned, not removed, so once the journal is writable again the next writer adds the missing line."""
+    from atomicsig.errors import StorageError
+
+    root, store = seeded_store(tmp_path)
+    jpath = root / ".atomicsig" / "journal"
+    good = jpath.read_bytes()
+    jpath.write_bytes(good + b"garbage\n")
+    with pytest.raises(StorageError, match="not recorded in the sync journal"):
+        store.append_path(REPO, D2, b"stored, not journaled")
+    assert (root / digest_dirname(REPO, D2) / "signature-1").exists()
+    assert len(unlocked_slots(root)) == 1
+    jpath.write_bytes(good)  # repaired (in life: space freed)
+    assert store.recover() == 1
+    assert journal_adds(root)[-1] == (f"{digest_dirname(REPO, D2)}/signature-1", sha(b"stored, not journaled"))
+    assert unlocked_slots(root) == []
+
+
+def test_writer_seen_alive_then_killed_is_reconciled_by_a_later_append(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Appends skip slots they recently found alive (QUICK_RECHECK_SECONDS); a writer that dies after such a
+    check is picked up by the first append after the re-check interval (0 here, 1 s in life)."""
+    from atomicsig.sync import journal as journal_mod
+
+    root, store = seeded_store(tmp_path)
+    dirname = digest_dirname(REPO, D2)
+    code = textwrap.dedent(f"""
+        import sys
+        from pathlib import Path
+        from atomicsig.lookaside import append_to_dir
+        from atomicsig.sync import journal
+        root = Path({str(root)!r})
+        (root / {dirname!r}).mkdir(parents=True)
+        journal.begin_pending(root, {dirname!r}, {sha(b"late")!r})
+        append_to_dir(root / {dirname!r}, b"late")
+        print("linked", flush=True)
+        sys.stdin.read()
+    """)
+    child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None and child.stdout.readline() == "linked\n"
+        store.append_path(REPO, D1, b"while alive")  # sees the child's slot, locked: leaves it alone
+        assert (f"{dirname}/signature-1", sha(b"late")) not in journal_adds(root)
+    finally:
+        child.kill()
+        child.wait()
+    monkeypatch.setattr(journal_mod, "QUICK_RECHECK_SECONDS", 0.0)
+    store.append_path(REPO, D1, b"after the kill")
+    assert (f"{dirname}/signature-1", sha(b"late")) in journal_adds(root)
+    assert unlocked_slots(root) == []

@@ -297,3 +297,26 @@ def test_seq_continues_across_a_long_journal_and_torn_tail(tmp_path: Path) -> No
     recs = [parse_line(line, e) for line, e in iter_lines(data, HEADER_LEN)]
     assert [r.seq for r in recs] == list(range(1, 102)) and recs[-1].op == "del"
     assert data.endswith(b"\n")
+
+
+def test_push_watch_falls_back_to_polling_without_inotify(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Out of inotify instances (a per-user limit), the pusher still wakes on journal changes, by polling."""
+    import watchdog.observers
+
+    from atomicsig.sync.config import Endpoint
+    from atomicsig.sync.push import Pusher
+    from atomicsig.sync.state import SourceState
+
+    class NoInotify(watchdog.observers.Observer):  # type: ignore[misc,valid-type]
+        def start(self) -> None:
+            raise OSError(24, "inotify instance limit reached")
+
+    monkeypatch.setattr(watchdog.observers, "Observer", NoInotify)
+    pusher = Pusher(tmp_path, Endpoint("http://127.0.0.1:9"), SourceState())
+    pusher.watch()
+    try:
+        assert type(pusher._observer).__name__ == "PollingObserver"
+        DirectoryStore(tmp_path).append(parse("example.com/a/b:1"), "sha256:" + "a" * 64, b"\xa3x")
+        assert pusher.wake.wait(10), "a journal change did not wake the pusher"
+    finally:
+        pusher.stop()

@@ -69,6 +69,9 @@ class Follower:
         rep = PassReport(self.url)
         # After a failed pass a signature may be stored but not journaled (disk full between the two writes).
         self._recovering = self.st.last_error is not None
+        # A follower killed between storing a signature and its journal line left a pending record: finish it
+        # now, so nodes following this one still receive that signature.
+        self.intake.store.recover()
         with ThreadPoolExecutor(PREFETCH, thread_name_prefix="sync-fetch") as pool:
             self._pool = pool
             try:

@@ -17,6 +17,11 @@ content (SPEC §3.3: identical bytes are never stored twice under one digest).
 Writers append under an exclusive ``flock`` on a separate lock file (the journal itself is replaced by renames)
 and first cut a torn last line left by a crash mid-append. An append-only log is the one file here not written by
 temp + rename: rewriting it per signature would make every write O(store size).
+
+A signature file and its journal line are two writes, so a crash between them would leave a file no follower ever
+hears of. Writers therefore drop a tiny *pending* record (:func:`begin_pending`) before they link ``signature-N``
+and remove it after the journal line is written; whoever next holds the journal lock finishes the records of
+writers that are gone (:meth:`Journal.reconcile`).
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ import hashlib
 import os
 import re
 import secrets
+import threading
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +47,10 @@ from ..reference import parse as parse_reference
 META_DIR = ".atomicsig"
 JOURNAL_NAME = "journal"
 LOCK_NAME = "journal.lock"
+PENDING_NAME = "pending"
+#: A pending record that cannot be parsed is either being written (its owner is between open and write) or was
+#: left by a writer killed before it linked anything; it is dropped only once it is this old.
+PENDING_TORN_SECONDS = 60.0
 MAGIC = b"atomicsig-journal 1 "
 HEADER_LEN = len(MAGIC) + 32 + 1  # 53 bytes: magic, 32 hex epoch, newline
 #: A journal line longer than this is corruption (or a hostile peer), never a real record.
@@ -102,6 +113,8 @@ class Record:
 
 def parse_line(line: bytes, end: int) -> Record:
     """One journal line (without its newline) → Record, or JournalError / InputError (bad path)."""
+    if len(line) > MAX_LINE:  # also keeps int() below within Python's digit limit (fuzz finding: ValueError)
+        raise JournalError(f"journal line longer than {MAX_LINE} bytes")
     try:
         text = line.decode("ascii")
     except UnicodeDecodeError as exc:
@@ -181,12 +194,76 @@ class Journal:
             if op not in OPS or not _SHA.match(sha):
                 raise JournalError(f"refusing to journal {op} {rel} {sha}")
             parse_sigpath(rel)
+        # Decided before taking the lock: Python work under it is what limits parallel signers (the GIL hands a
+        # thread back only every few milliseconds), and a record that appears meanwhile waits for the next append.
+        check = _suspect_pending(self.meta / PENDING_NAME)
         with self.locked():
             if not self.path.exists():
                 # A store that existed before its journal: the scan already sees the new files.
                 self._rebuild_locked()
+                self._reconcile_locked(covered=True)
                 return
-            self._append_locked(items)
+            self._reconcile_locked(covered=False, then=items, check=check)
+
+    def reconcile(self) -> int:
+        """Finish what killed writers left: journal lines for their stored signatures, stale temp files in
+        ``.atomicsig/``. Called at the start of ``sign`` to a directory and of every follower pass (also done by
+        every :meth:`append` and by ``index``). Returns the number of lines added. A store without ``.atomicsig``
+        has nothing to finish and is left untouched."""
+        if not self.meta.is_dir():
+            return 0
+        fsutil.sweep_stale_temps(self.meta)
+        with self.locked():
+            return self._reconcile_locked(covered=not self.path.exists())
+
+    def _reconcile_locked(self, *, covered: bool, then: list[tuple[str, str, str]] | None = None,
+                          check: bool = True) -> int:
+        """Append lines for dead writers' pending records (unless ``covered``: a scan just listed every file),
+        followed by ``then``; remove those records only after the lines are durable. Returns lines added.
+        ``check=False`` (an append that found no suspect record) only appends ``then``."""
+        orphans = _dead_pending(self.meta / PENDING_NAME) if check else []
+        try:
+            extra: list[tuple[str, str, str]] = []
+            if not covered:
+                extra = self._unjournaled([o for o in orphans if o.sigdir is not None])
+            if extra or then:
+                self._append_locked(extra + (then or []))
+            for o in orphans:
+                o.remove()
+            return len(extra)
+        finally:
+            for o in orphans:
+                o.close()
+
+    def _unjournaled(self, orphans: list[_Orphan]) -> list[tuple[str, str, str]]:
+        """For each orphan whose bytes are stored in its directory: the ``add`` line, unless the journal has it."""
+        from ..lookaside import read_dir
+
+        wanted: list[tuple[str, str, str]] = []
+        for o in orphans:
+            assert o.sigdir is not None
+            try:
+                stored = read_dir(self.root / o.sigdir)
+            except StorageError:
+                continue
+            for sig in stored:
+                if sha256_hex(sig.blob) == o.sha256:
+                    wanted.append(("add", f"{o.sigdir}/signature-{sig.index}", o.sha256))
+                    break
+        if not wanted:
+            return []
+        # The owner died after its journal line (before removing the record) only in a tiny window, so the line,
+        # if any, is near the end; the full read is the rare fallback (once per crash, not per signature).
+        with open(self.path, "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(HEADER_LEN, size - 256 * 1024))
+            text = f.read()
+            missing = [w for w in wanted if f" add {w[1]} {w[2]}\n".encode() not in text]
+            if missing and size > 256 * 1024:
+                f.seek(HEADER_LEN)
+                text = f.read()
+                missing = [w for w in missing if f" add {w[1]} {w[2]}\n".encode() not in text]
+        return missing
 
     def _append_locked(self, items: list[tuple[str, str, str]]) -> None:
         try:
@@ -219,8 +296,12 @@ class Journal:
 
     def rebuild(self) -> int:
         """``atomicsig index``: a new epoch listing every signature found by a scan. Returns the record count."""
+        fsutil.makedirs(self.meta, 0o755)
+        fsutil.sweep_stale_temps(self.meta)
         with self.locked():
-            return self._rebuild_locked()
+            n = self._rebuild_locked()
+            self._reconcile_locked(covered=True)  # the scan listed whatever dead writers had linked
+            return n
 
     def _rebuild_locked(self) -> int:
         header = MAGIC + secrets.token_hex(16).encode() + b"\n"
@@ -250,6 +331,315 @@ class Journal:
             return epoch, f.read()
 
 
+#: Records are written in place into a slot file of this size (padded with spaces), so that recording an intent
+#: creates no file and changes no size: per signature it costs an open, two ``pwrite`` and a close.
+SLOT_LEN = 1024
+
+
+class _Slot:
+    """One reusable pending-record file of this process, locked (``flock``) for as long as the process lives.
+
+    The lock is how a reconciler tells a dead owner from a live one: locks die with their process, in every pid
+    namespace (a pid check could not tell a container's writer from a dead one). Slots are created once and
+    reused because creating and unlinking a file per signature measurably slowed signing (ext4 commits the
+    extra directory and inode-bitmap blocks with every fsync).
+
+    The lock is held through a *read-only* descriptor; a writable one is open only while a record is: a
+    long-running process (``sync``, ``serve``) holding a file open for writing would make
+    ``mount -o remount,ro`` of the sigstore's filesystem fail with EBUSY.
+    """
+
+    def __init__(self, pending: Path) -> None:
+        path = pending / f"{os.getpid()}-{threading.get_native_id()}-{secrets.token_hex(6)}"
+        flags = os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        try:
+            try:
+                fd = os.open(path, flags, 0o644)
+            except FileNotFoundError:
+                fsutil.makedirs(pending, 0o755)
+                fd = os.open(path, flags, 0o644)
+        except OSError as exc:
+            raise StorageError(f"cannot create a pending record in {pending}: {exc.strerror}") from exc
+        try:
+            # Until its first record the file is empty; a reconciler leaves empty files alone until they are
+            # PENDING_TORN_SECONDS old, so the moment between open and flock is safe.
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as exc:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            raise StorageError(f"cannot lock a pending record in {pending}: {exc.strerror}") from exc
+        self.path, self.fd = path, fd
+        self.wfd: int | None = None
+        self.used = SLOT_LEN
+
+    def open(self) -> None:
+        try:
+            self.wfd = os.open(self.path, os.O_WRONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise StorageError(f"cannot write the pending record {self.path}: {exc.strerror}") from exc
+
+    def write(self, line: bytes) -> None:
+        """Overwrite the slot with ``line`` (padded); one write of ≤ one page: a kill leaves all of it or none."""
+        assert self.wfd is not None
+        data = line.ljust(self.used, b" ")
+        try:
+            os.pwrite(self.wfd, data, 0)
+        except OSError as exc:
+            raise StorageError(f"cannot write the pending record {self.path}: {exc.strerror}") from exc
+        self.used = max(self.used, len(data))
+
+    def release(self) -> None:
+        """Close the writable descriptor (the slot stays locked)."""
+        if self.wfd is not None:
+            os.close(self.wfd)
+            self.wfd = None
+
+    def close(self) -> None:
+        """Drop the lock; a reconciler then treats what the slot says as a dead writer's record."""
+        self.release()
+        os.close(self.fd)
+
+
+class _SlotPool:
+    """This process's free slots for one sigstore (as many as writers ran at once, e.g. sign's threads)."""
+
+    def __init__(self, pending: Path) -> None:
+        self.pending = pending
+        self.pid = os.getpid()
+        self.free: list[_Slot] = []
+        self.names: set[str] = set()  # our slots that are locked (alive); reconcilers skip them unopened
+        self.lock = threading.Lock()
+
+    def take(self) -> _Slot:
+        with self.lock:
+            if self.free:
+                return self.free.pop()
+        slot = _Slot(self.pending)
+        with self.lock:
+            self.names.add(slot.path.name)
+        return slot
+
+    def give(self, slot: _Slot) -> None:
+        slot.release()
+        with self.lock:
+            self.free.append(slot)
+
+    def drop(self, slot: _Slot) -> None:
+        """Unlock a slot for good, leaving its record for a reconciler (which may be this process)."""
+        with self.lock:
+            self.names.discard(slot.path.name)
+        slot.close()
+
+
+_pools: dict[str, _SlotPool] = {}
+_pools_lock = threading.Lock()
+
+
+def _pool(root: str | os.PathLike[str], *, fresh: bool = False) -> _SlotPool:
+    pending = Path(os.path.abspath(root)) / META_DIR / PENDING_NAME
+    key = str(pending)
+    with _pools_lock:
+        pool = _pools.get(key)
+        if pool is None or pool.pid != os.getpid() or fresh:
+            # New store, a forked child (its parent's locks are not ours), or the slots vanished.
+            pool = _pools[key] = _SlotPool(pending)
+        return pool
+
+
+def _own_slots(pending: str) -> set[str]:
+    with _pools_lock:
+        pool = _pools.get(pending)
+    if pool is None or pool.pid != os.getpid():
+        return set()
+    with pool.lock:
+        return set(pool.names)
+
+
+class PendingRecord:
+    """A writer's note "I am about to link a signature with these bytes into this directory".
+
+    Begin it (:func:`begin_pending`) before ``signature-N`` is linked and end it (:meth:`done`) after the journal
+    line is written, or when nothing was created. If the process dies in between, the note stays in its slot and
+    the next journal writer appends the missing line (:meth:`Journal.reconcile`).
+    """
+
+    def __init__(self, pool: _SlotPool, slot: _Slot) -> None:
+        self._pool = pool
+        self._slot: _Slot | None = slot
+
+    @property
+    def path(self) -> Path:
+        assert self._slot is not None
+        return self._slot.path
+
+    def done(self) -> None:
+        """Blank the slot and return it to the pool. A reconciler never sees a live slot (it is locked)."""
+        slot, self._slot = self._slot, None
+        if slot is None:
+            return
+        try:
+            slot.write(b"")
+        except StorageError:
+            self._pool.drop(slot)  # a reconciler checks the record left in it and removes the file
+            return
+        self._pool.give(slot)
+
+    def abandon(self) -> None:
+        """Leave the record in place and drop its lock, for a write that failed half-way (e.g. the journal
+        append hit a full disk after the link): the next journal writer with room finishes it."""
+        slot, self._slot = self._slot, None
+        if slot is not None:
+            self._pool.drop(slot)
+
+    def __enter__(self) -> PendingRecord:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
+        if exc_type is None:
+            self.done()
+        else:
+            self.abandon()
+
+
+def begin_pending(root: str | os.PathLike[str], sigdir: str, sha256: str) -> PendingRecord:
+    """Record the intent to link a blob with ``sha256`` into ``sigdir`` (``<repo>@sha256=<hex>``) under ``root``.
+
+    No fsync, deliberately. A process crash (kill -9, OOM) cannot lose a written record: it is in the page cache.
+    A power cut can: the slot is overwritten in place, so nothing orders its page before the signature's own
+    fsyncs, and a power cut in the ~1 ms between the signature's directory fsync and the journal line's fsync
+    can leave a signature that podman reads but followers never hear of until ``atomicsig index``. Closing that
+    window needs one more fsync per signature (a third more disk flushes, which dominate the store's cost); a
+    power cut mid-signing is rare and the remedy (``atomicsig index``, which followers handle as a new epoch) is
+    cheap, so we do not pay it.
+    """
+    line = f"{sigdir} {sha256}\n".encode()
+    pool = _pool(root)
+    slot = pool.take()
+    try:
+        try:
+            slot.open()
+        except StorageError:
+            if slot.path.parent.is_dir() and slot.path.exists():
+                raise
+            # The pending directory was removed under us (the store was deleted and made again): start over.
+            pool.drop(slot)
+            pool = _pool(root, fresh=True)
+            slot = pool.take()
+            slot.open()
+        slot.write(line)
+    except StorageError:
+        pool.drop(slot)
+        raise
+    return PendingRecord(pool, slot)
+
+
+@dataclass
+class _Orphan:
+    """A pending record whose owner is gone (we hold its lock)."""
+
+    path: Path
+    fd: int
+    sigdir: str | None  # None: a blank (idle) slot, or not well-formed: nothing to journal
+    sha256: str
+    removable: bool
+
+    def remove(self) -> None:
+        if self.removable:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+#: Per pending directory (absolute path): (its mtime when last checked, monotonic time of that check).
+_checked: dict[str, tuple[int, float]] = {}
+#: An append re-lists the pending directory at least this often even if its mtime looks unchanged (mtimes tick
+#: coarsely, and a writer that dies creates no directory entry).
+QUICK_RECHECK_SECONDS = 1.0
+
+
+def _suspect_pending(pending: Path) -> bool:
+    """Whether an append should look for dead writers' records now: one ``stat``, outside the journal lock.
+
+    Yes if the directory changed since this process last checked it (a slot was created or removed) or that was
+    QUICK_RECHECK_SECONDS ago. Listing it and trying every slot's lock on each append instead cost 5–10 % of
+    parallel signing (8 threads), because Python work under the journal lock waits for the GIL. So a writer that
+    dies while its slot was already known alive is reconciled by the first append a second later at most, or by
+    the next ``sign``, follower pass or ``index`` (which always check).
+    """
+    key = os.path.abspath(pending)
+    try:
+        mtime = os.stat(key).st_mtime_ns
+    except FileNotFoundError:
+        return False
+    last = _checked.get(key)
+    return last is None or last[0] != mtime or time.monotonic() - last[1] >= QUICK_RECHECK_SECONDS
+
+
+def _dead_pending(pending: Path) -> list[_Orphan]:
+    """Slots in ``pending`` whose owners are gone, each returned with its lock held (close to release).
+
+    Owners lock a slot right after creating it and keep the lock until they exit, so a slot we can lock is a
+    dead process's — or one being created right now (still empty: kept until it is PENDING_TORN_SECONDS old).
+    This process's own locked slots are skipped unopened.
+    """
+    key = os.path.abspath(pending)
+    now = time.monotonic()
+    try:
+        mtime = os.stat(key).st_mtime_ns  # before listing: a slot created after the listing changes it again
+        foreign = set(os.listdir(key)) - _own_slots(key)
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise StorageError(f"cannot list {pending}: {exc.strerror}") from exc
+    _checked[key] = (mtime, now)
+    out: list[_Orphan] = []
+    for name in foreign:
+        path = pending / name
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise StorageError(f"cannot open {path}: {exc.strerror}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)  # its owner is alive
+            continue
+        try:
+            data = os.pread(fd, 4 * SLOT_LEN, 0)
+            age = os.fstat(fd).st_mtime
+        except OSError:
+            os.close(fd)
+            continue
+        sigdir, sha = _parse_pending(data)
+        # Empty: a slot between its creation and its first write (or a writer killed right there); keep it a while.
+        removable = bool(data) or time.time() - age > PENDING_TORN_SECONDS
+        out.append(_Orphan(path, fd, sigdir, sha, removable=removable))
+    return out
+
+
+def _parse_pending(data: bytes) -> tuple[str | None, str]:
+    """(digest directory, sha256) of a record; (None, "") if it is blank (an idle slot) or not well-formed."""
+    try:
+        text = data.decode("ascii").rstrip(" ")
+    except UnicodeDecodeError:
+        return None, ""
+    if not text.endswith("\n") or text.count("\n") != 1:
+        return None, ""
+    parts = text[:-1].split(" ")
+    if len(parts) != 2 or not _SHA.match(parts[1]):
+        return None, ""
+    try:
+        sp = parse_sigpath(f"{parts[0]}/signature-1")
+    except InputError:
+        return None, ""
+    return sp.dirname, parts[1]
+
+
 def _last_seq(fd: int, size: int) -> tuple[int, int]:
     """(seq of the last complete record, offset just after it). Reads only the tail of the file."""
     if size < HEADER_LEN:
@@ -273,11 +663,13 @@ def _last_seq(fd: int, size: int) -> tuple[int, int]:
 
 def scan(root: Path) -> Iterator[tuple[str, str]]:
     """Every readable ``signature-N`` (up to the first gap, as c/image reads) as (relpath, sha256), sorted."""
-    for dirpath, dirnames, _files in os.walk(root):
+    for dirpath, dirnames, files in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if d != META_DIR and not d.startswith(".tmp-"))
         rel_dir = os.path.relpath(dirpath, root)
         if "@sha256=" not in os.path.basename(dirpath):
             continue
+        if any(f.startswith(fsutil.TEMP_PREFIX) for f in files):  # `atomicsig index` cleans up after kills
+            fsutil.sweep_stale_temps(dirpath)
         for n in range(1, MAX_LOOKASIDE_SIGNATURES):
             p = Path(dirpath) / f"signature-{n}"
             try:

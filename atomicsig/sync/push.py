@@ -85,11 +85,24 @@ class Pusher:
                     wake.set()
 
         self.journal.meta.mkdir(parents=True, exist_ok=True)
-        obs = Observer()
-        obs.schedule(_Handler(), str(self.journal.meta), recursive=False)
+        try:
+            obs = self._start(Observer(), _Handler())
+        except OSError as exc:
+            # inotify instances are a per-user limit (fs.inotify.max_user_instances, often 128) that other
+            # programs may have used up. Polling the one small directory once a second still wakes the pusher;
+            # exiting would stop pushing altogether.
+            from watchdog.observers.polling import PollingObserver
+
+            log.warning("inotify unavailable; polling the journal instead",
+                        extra={"fields": {"error": str(exc)}})
+            obs = self._start(PollingObserver(timeout=1.0), _Handler())
+        self._observer = obs
+
+    def _start(self, obs: Any, handler: Any) -> Any:
+        obs.schedule(handler, str(self.journal.meta), recursive=False)
         obs.daemon = True
         obs.start()
-        self._observer = obs
+        return obs
 
     def stop(self) -> None:
         if self._observer is not None:
