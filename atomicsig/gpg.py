@@ -147,6 +147,21 @@ def _secret_parts_from_colons(listing: str, fingerprint: str) -> list[SecretKeyP
     return parts
 
 
+def _rotation_successor(keys: list[KeyInfo]) -> list[KeyInfo]:
+    """Of several usable keys for one e-mail, the one a rotation made, if that is what they are.
+
+    ``keys rotate`` leaves the old key valid for an overlap period (expiring soon) next to the new one, so that
+    images signed before the rotation keep verifying. An e-mail then names the newest key, but only when every
+    other key expires before it: anything else is a genuine ambiguity the user must settle with a fingerprint.
+    """
+    newest = max(keys, key=lambda k: k.created)
+    horizon = newest.expires if newest.expires else float("inf")
+    others = [k for k in keys if k is not newest]
+    if all(k.created < newest.created and k.expires is not None and k.expires < horizon for k in others):
+        return [newest]
+    return keys
+
+
 def _algorithm_name(entry: dict[str, Any]) -> str:
     algo = _ALGO_NAMES.get(str(entry.get("algo", "")), f"algo{entry.get('algo')}")
     if algo == "rsa":
@@ -232,6 +247,8 @@ class Keyring:
         if not matches:
             raise KeyNotFound(f"no {kind} matching {spec!r} in {self.describe()}")
         usable = [k for k in matches if not (k.revoked or k.expired)]
+        if len(usable) > 1 and not _FPR_RE.match(spec):
+            usable = _rotation_successor(usable)
         if len(usable) > 1:
             fprs = ", ".join(k.fingerprint for k in usable)
             raise InputError(f"{spec!r} matches several keys ({fprs}); give a fingerprint")

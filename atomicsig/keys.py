@@ -11,11 +11,15 @@ Schema (also in README "Signers file")::
         passphrase-file: /run/secrets/p # or passphrase-env: VAR; neither = no passphrase
 
 Re-running with the same file reports existing identities instead of creating duplicates.
+
+``rotate`` uses the same file: each signer gets a new key, and its previous key stays valid for an overlap
+period (then expires) so that nodes can trust both while signatures are re-made; see :func:`rotate`.
 """
 
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -117,4 +121,61 @@ def generate(keyring: Keyring, specs: list[KeySpec]) -> list[GenerateResult]:
         key = keyring.generate(name=spec.name, email=spec.email, comment=spec.comment, algorithm=spec.algorithm,
                                expire=spec.expire, passphrase=pw)
         out.append(GenerateResult(spec, "created", key))
+    return out
+
+
+@dataclass
+class RotateResult:
+    spec: KeySpec
+    status: str  # rotated | created | recent (current key younger than min_age) | planned (dry run)
+    new: KeyInfo | None
+    old: KeyInfo | None
+    old_expires: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"email": self.spec.email, "status": self.status,
+                "new": self.new.fingerprint if self.new else None, "old": self.old.fingerprint if self.old else None,
+                "old_expires": self.old_expires}
+
+
+def current_key(keyring: Keyring, email: str) -> KeyInfo | None:
+    """The newest usable (not expired, not revoked) secret key whose user ID has ``email``."""
+    usable = [k for k in keyring.list_keys(secret=True)
+              if not (k.revoked or k.expired) and any(_uid_email(u) == email.lower() for u in k.uids)]
+    return max(usable, key=lambda k: k.created) if usable else None
+
+
+def _uid_email(uid: str) -> str:
+    m = re.search(r"<([^>]*)>", uid)
+    return (m.group(1) if m else uid).lower()
+
+
+def rotate(keyring: Keyring, specs: list[KeySpec], *, overlap: str, min_age_seconds: int,
+           dry_run: bool = False, now: float | None = None) -> list[RotateResult]:
+    """Give every signer a new key; the old one expires after ``overlap`` instead of at once.
+
+    Why an overlap: nodes verify at pull time, so images signed with the old key must keep passing until they are
+    re-signed and the new public key is on every node (export both keys into the policy's key file: "any of these
+    keys"). Keys younger than ``min_age_seconds`` are left alone, so re-running a rotation is harmless. The old
+    key's passphrase is the spec's (a rotation keeps the secret source). Passphrases are read before any change.
+    """
+    now = time.time() if now is None else now
+    passphrases = [read_cached(s.passphrase) for s in specs]
+    out: list[RotateResult] = []
+    for spec, pw in zip(specs, passphrases, strict=True):
+        old = current_key(keyring, spec.email)
+        if old is not None and old.created > now - min_age_seconds:
+            out.append(RotateResult(spec, "recent", old, None))
+            continue
+        if dry_run:
+            out.append(RotateResult(spec, "planned", None, old))
+            continue
+        new = keyring.generate(name=spec.name, email=spec.email, comment=spec.comment, algorithm=spec.algorithm,
+                               expire=spec.expire, passphrase=pw)
+        if old is None:
+            out.append(RotateResult(spec, "created", new, None))
+            continue
+        keyring.set_expiry(old.fingerprint, overlap, passphrase=pw)
+        refreshed = next((k for k in keyring.list_keys(secret=True) if k.fingerprint == old.fingerprint), old)
+        out.append(RotateResult(spec, "rotated", new, refreshed, refreshed.expires))
     return out

@@ -199,3 +199,64 @@ def test_wrong_passphrase(batch, tmp_path: Path) -> None:  # type: ignore[no-unt
                                 "quay.io/ns/app@sha256:" + "f" * 64)
     assert code == 2 and "passphrase" in err, err
     assert os.environ.get("ATOMICSIG_TEST_PW") is None  # the test env did not leak into the process
+
+
+def test_rotate_overlap_export_and_sign_with_new_key(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A rotation makes a new key, lets the old one expire after the overlap, and is harmless to re-run."""
+    import time
+
+    from atomicsig import manifest, openpgp
+
+    home = tmp_path / "gnupg"
+    pw = tmp_path / "pw"
+    pw.write_text(SECRET_FILE_PW + "\n")
+    signers = tmp_path / "signers.yaml"
+    signers.write_text(f"""keys:
+  - {{name: Release, email: rel@example.com, algorithm: ed25519, expire: 0, passphrase-file: {pw}}}
+  - {{name: CI, email: ci@example.com, algorithm: rsa2048}}
+""")
+    base = ("--gnupghome", str(home))
+    try:
+        code, out, err = cli("keys", "generate", "-f", str(signers), "--json", *base)
+        assert code == 0, err
+        before = {k["email"]: k["fingerprint"] for k in json.loads(out)["keys"]}
+
+        code, out, err = cli("keys", "rotate", "-f", str(signers), "--min-age", "0", "--dry-run", "--json", *base)
+        assert code == 1, err  # a rotation is due: "changes pending"
+        assert {k["status"] for k in json.loads(out)["keys"]} == {"planned"}
+
+        code, out, err = cli("keys", "rotate", "-f", str(signers), "--min-age", "0", "--overlap", "30d",
+                             "--export-dir", str(tmp_path / "pub"), "--json", *base)
+        assert code == 0, err
+        rotated = {k["email"]: k for k in json.loads(out)["keys"]}
+        for email, k in rotated.items():
+            assert k["status"] == "rotated" and k["old"] == before[email] and k["new"] != before[email]
+            assert abs(k["old_expires"] - (time.time() + 30 * 86400)) < 2 * 86400
+            # The export holds both keys: the policy's "any of these keys" file for the overlap.
+            code, out, err = cli("keys", "import", str(tmp_path / "pub" / f"{email}.gpg"), "--json",
+                                 "--gnupghome", str(tmp_path / f"check-{email}"))
+            assert code == 0, err
+            assert (tmp_path / "pub" / f"{email}.gpg").stat().st_mode & 0o777 == 0o644
+        code, out, _ = cli("keys", "list", "--json", *base)
+        assert len(json.loads(out)["keys"]) == 4
+
+        # The e-mail now names the new key (the old one expires first), so signing uses it.
+        doc = b'{"schemaVersion":2,"config":{"digest":"sha256:' + b"1" * 64 + b'"},"layers":[]}'
+        (tmp_path / "m.json").write_bytes(doc)
+        store = tmp_path / "sigstore"
+        code, out, err = cli("sign", "--key", "rel@example.com", "--passphrase-file", str(pw), "--manifest",
+                             str(tmp_path / "m.json"), "--sigstore", str(store), "example.com/rot/app:1", *base)
+        assert code == 0, err
+        (sig,) = store.rglob("signature-1")
+        assert rotated["rel@example.com"]["new"].endswith(openpgp.untrusted_signer(sig.read_bytes()) or "?")
+        assert manifest.digest(doc)[7:] in str(sig)
+
+        code, out, err = cli("keys", "rotate", "-f", str(signers), "--json", *base)  # default --min-age 1d
+        assert code == 0, err
+        assert {k["status"] for k in json.loads(out)["keys"]} == {"recent"}
+        code, out, _ = cli("keys", "list", "--json", *base)
+        assert len(json.loads(out)["keys"]) == 4
+        code, _, err = cli("keys", "rotate", "-f", str(signers), "--overlap", "0", *base)
+        assert code == 2 and "--overlap" in err
+    finally:
+        kill_agent(home)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import datetime
+import re
 import sys
+from pathlib import Path
 
 import click
 
@@ -44,15 +46,7 @@ def generate_cmd(path: str, gnupghome: str | None, as_json: bool) -> None:
     """Generate every key listed in a signers YAML file; existing identities are reported, not duplicated."""
     from .. import keys as keylib
 
-    if path == "-":
-        text, source = sys.stdin.read(), "<stdin>"
-    else:
-        try:
-            with open(path, encoding="utf-8") as fh:
-                text, source = fh.read(), path
-        except OSError as exc:
-            raise InputError(f"cannot read {path}: {exc.strerror}") from exc
-    specs = keylib.load_specs(text, source)
+    specs = keylib.load_specs(*_read_yaml(path))
     results = keylib.generate(_keyring(gnupghome), specs)
     if as_json:
         emit_json({"keys": [r.as_dict() for r in results]})
@@ -60,6 +54,67 @@ def generate_cmd(path: str, gnupghome: str | None, as_json: bool) -> None:
     rows = [[r.status, r.key.fingerprint, r.key.algorithm, _date(r.key.expires), r.key.uids[0] if r.key.uids else ""]
             for r in results]
     click.echo(table(rows, ["STATUS", "FINGERPRINT", "ALGORITHM", "EXPIRES", "UID"]))
+
+
+@keys.command("rotate")
+@click.option("-f", "--file", "path", required=True, type=click.Path(dir_okay=False, allow_dash=True),
+              help="Signers YAML (the same file as keys generate); '-' for stdin.")
+@click.option("--overlap", default="30d", show_default=True, metavar="N[dwmy]",
+              help="How long the previous key stays valid after the new one exists.")
+@click.option("--min-age", default="1d", show_default=True, metavar="N[dwmy]",
+              help="Leave keys younger than this alone (re-running a rotation changes nothing).")
+@click.option("--export-dir", type=click.Path(file_okay=False),
+              help="Write <email>.gpg with the new and the old public key (the policy's 'any of these keys' file).")
+@click.option("--dry-run", is_flag=True, help="Show which signers are due; change nothing.")
+@gnupghome_option
+@json_option
+def rotate_cmd(path: str, overlap: str, min_age: str, export_dir: str | None, dry_run: bool, gnupghome: str | None,
+               as_json: bool) -> int:
+    """Give every signer in the file a new key; the old key expires after --overlap.
+
+    Publish both public keys to nodes (--export-dir, then policy apply) before signing with the new key, re-sign
+    what must outlive the overlap, and let the old key expire. `sign --key EMAIL` uses the new key meanwhile.
+    Exit 1 with --dry-run when a rotation is due.
+    """
+    from .. import keys as keylib
+    from ..fsutil import atomic_write, makedirs
+
+    if not re.fullmatch(r"[1-9][0-9]*[dwmy]?", overlap):
+        raise InputError(f"--overlap {overlap!r} must be N[dwmy] and not 0 (the old key must expire)")
+    specs = keylib.load_specs(*_read_yaml(path))
+    kr = _keyring(gnupghome)
+    results = keylib.rotate(kr, specs, overlap=overlap, min_age_seconds=_seconds(min_age, "--min-age"),
+                            dry_run=dry_run)
+    if export_dir and not dry_run:
+        makedirs(export_dir)
+        for r in results:
+            fprs = [k.fingerprint for k in (r.new, r.old) if k is not None]
+            atomic_write(Path(export_dir) / f"{r.spec.email}.gpg", kr.export_public(fprs, armor=False), 0o644)
+    if as_json:
+        emit_json({"dry_run": dry_run, "keys": [r.as_dict() for r in results]})
+    else:
+        rows = [[r.status, r.spec.email, r.new.fingerprint if r.new else "-", r.old.fingerprint if r.old else "-",
+                 _date(r.old_expires) if r.old_expires else "-"] for r in results]
+        click.echo(table(rows, ["STATUS", "EMAIL", "NEW", "OLD", "OLD EXPIRES"]))
+    return 1 if dry_run and any(r.status == "planned" for r in results) else 0
+
+
+def _seconds(text: str, option: str) -> int:
+    m = re.fullmatch(r"([0-9]+)([dwmy]?)", text)
+    if not m:
+        raise InputError(f"{option} {text!r} must be N[dwmy]")
+    unit = {"": 1, "d": 86400, "w": 7 * 86400, "m": 30 * 86400, "y": 365 * 86400}[m.group(2)]
+    return int(m.group(1)) * unit
+
+
+def _read_yaml(path: str) -> tuple[str, str]:
+    if path == "-":
+        return sys.stdin.read(), "<stdin>"
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read(), path
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror}") from exc
 
 
 @keys.command("list")

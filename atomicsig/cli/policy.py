@@ -66,7 +66,8 @@ def validate(policy_file: str, root: str, gnupghome: str | None, as_json: bool) 
 @json_option
 def apply_cmd(policy_file: str, root: str, registries_keys: str, dry_run: bool, check: bool,
               keypaths_under_root: bool, gnupghome: str | None, as_json: bool) -> int:
-    """Install the policy: keys, then registries.d files, then policy.json, then removals, then the state record.
+    """Install the policy: new keyrings, then registries.d/atomicsig.yaml and policy.json (staged, then renamed
+    back to back: the policy.json rename is the commit point), then removals, then the state record.
 
     Only scopes and files recorded in <root>/var/lib/atomicsig/policy-state.json are ever replaced or removed;
     replaced files are kept as <file>.atomicsig-bak.<UTC timestamp>.
