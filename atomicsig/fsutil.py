@@ -177,3 +177,23 @@ def sweep_stale_temps(directory: str | os.PathLike[str], now: float | None = Non
             except OSError:
                 pass
     return removed
+
+
+@contextlib.contextmanager
+def flocked(path: str | os.PathLike[str], flags: int, what: str) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` opened with ``flags`` (a directory, or a lock file to create).
+
+    flock, not fcntl locks: it belongs to the open file, so threads of one process exclude each other too, and
+    the kernel drops it when a killed holder's descriptor goes away.
+    """
+    import fcntl
+
+    try:
+        fd = os.open(path, flags | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise StorageError(f"cannot open {what}: {exc.strerror}") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)

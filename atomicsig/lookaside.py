@@ -16,13 +16,12 @@ with a ``flock`` on the digest directory, so two ``atomicsig sign`` runs racing 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import os
 import re
 import urllib.parse
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -199,18 +198,9 @@ def read_dir(d: Path) -> list[StoredSignature]:
     return out
 
 
-@contextlib.contextmanager
-def _locked_dir(d: Path) -> Iterator[None]:
+def _locked_dir(d: Path) -> contextlib.AbstractContextManager[None]:
     """Exclusive ``flock`` on the directory itself: no lock file appears among the signatures readers list."""
-    try:
-        fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError as exc:
-        raise StorageError(f"cannot open {d}: {exc.strerror}") from exc
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
+    return fsutil.flocked(d, os.O_RDONLY | os.O_DIRECTORY, str(d))
 
 
 def append_to_dir(d: Path, blob: bytes, existing: list[StoredSignature] | None = None) -> AppendResult:

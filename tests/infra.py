@@ -293,3 +293,19 @@ def cli_runner() -> Any:
         return CliRunner(mix_stderr=False)  # type: ignore[call-arg]
     except TypeError:  # click >= 8.2: always separate, flag removed
         return CliRunner()
+
+
+@contextlib.contextmanager
+def serve_sigstore(root: Path, *extra: str) -> Iterator[str]:
+    """``atomicsig serve`` of ``root`` on a free 127.0.0.1 port (own process group); yields its base URL."""
+    import sys
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "atomicsig", "serve", "--sigstore", str(root), "--listen",
+                             f"127.0.0.1:{port}", *extra],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/healthz", ok=(200,))
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        kill_group(proc)

@@ -53,7 +53,7 @@ from atomicsig.policy import keymaterial, policyjson, schema
 from atomicsig.reference import parse as parse_ref
 from atomicsig.sync.journal import HEADER_LEN, Journal, iter_lines, parse_header, parse_line, sha256_hex
 from atomicsig.sync.state import SyncState
-from tests.infra import GpgHome, free_port, kill_group, wait_http
+from tests.infra import GpgHome, serve_sigstore
 
 pytestmark = pytest.mark.slow
 
@@ -604,16 +604,7 @@ SOURCE_PER_RUN = 4  # more on the first source before each follower run
 SECOND_PER_RUN = 2  # signatures arriving on the second source *while* every other follower run is going on
 
 
-@contextlib.contextmanager
-def serve(root: Path) -> Iterator[str]:
-    port = free_port()
-    proc = subprocess.Popen([*ATOMICSIG, "serve", "--sigstore", str(root), "--listen", f"127.0.0.1:{port}"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        wait_http(f"http://127.0.0.1:{port}/healthz", ok=(200,))
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        kill_group(proc)
+serve = serve_sigstore  # the shared helper in tests/infra.py
 
 
 class Signatures:

@@ -36,6 +36,7 @@ from tests.infra import (
     kill_group,
     push_image,
     registries_d,
+    serve_sigstore,
     signed_by_policy,
     skopeo_pull,
     wait_http,
@@ -123,16 +124,7 @@ def sigs(signer: GpgHome, other_signer: GpgHome) -> dict[str, bytes]:
     }
 
 
-@contextlib.contextmanager
-def serve(root: Path, *extra: str) -> Iterator[str]:
-    port = free_port()
-    proc = subprocess.Popen([*ATOMICSIG, "serve", "--sigstore", str(root), "--listen", f"127.0.0.1:{port}", *extra],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        wait_http(f"http://127.0.0.1:{port}/healthz", ok=(200,))
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        kill_group(proc)
+serve = serve_sigstore  # the shared helper in tests/infra.py
 
 
 @contextlib.contextmanager

@@ -170,15 +170,8 @@ class Journal:
     def locked(self) -> Iterator[None]:
         """Exclusive lock shared by appenders, ``index`` and ``prune`` (a separate file: the journal is renamed)."""
         fsutil.makedirs(self.meta, 0o755)
-        try:
-            fd = os.open(self.meta / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise StorageError(f"cannot open the journal lock in {self.meta}: {exc.strerror}") from exc
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        with fsutil.flocked(self.meta / LOCK_NAME, os.O_RDWR | os.O_CREAT, f"the journal lock in {self.meta}"):
             yield
-        finally:
-            os.close(fd)
 
     def epoch(self) -> str | None:
         try:
