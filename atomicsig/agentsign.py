@@ -23,7 +23,7 @@ from .errors import AtomicsigError, GPGError, InputError, PassphraseError, Signa
 from .gpg import Keyring, SecretKeyPart, TrustedKeys
 from .signing import GPGSigner, Signer
 
-SIGNER_MODES = ("auto", "agent", "gpg")
+SIGNER_MODES = ("auto", "agent", "gpg", "memory")
 _SOURCE_HINT = "give it with --passphrase-file or --passphrase-env"
 _NEEDS_PASSPHRASE = {assuan.GPG_ERR_NO_PASSPHRASE, assuan.GPG_ERR_NO_PIN, assuan.GPG_ERR_CANCELED,
                      assuan.GPG_ERR_ASS_CANCELED, assuan.GPG_ERR_FULLY_CANCELED}
@@ -251,7 +251,7 @@ class CheckedAgentSigner:
 
 
 def make_signer(keyring: Keyring, fingerprint: str, passphrase: str | None, mode: str = "auto") -> Signer:
-    """The Signer for ``--signer MODE``: ``gpg`` (one gpg per signature), ``agent`` or ``auto``.
+    """The Signer for ``--signer MODE``: ``gpg`` (one gpg per signature), ``agent``, ``memory`` or ``auto``.
 
     ``auto`` uses the agent when the key's algorithm is supported and the agent answers, unless
     ``$ATOMICSIG_GPG`` names a specific gpg (then that gpg is what the user wants to run).
@@ -261,6 +261,14 @@ def make_signer(keyring: Keyring, fingerprint: str, passphrase: str | None, mode
     gpg_signer = GPGSigner(keyring, fingerprint, passphrase)
     if mode == "gpg":
         return gpg_signer
+    if mode == "memory":  # explicit only: it moves the secret key into this process, auto never chooses that
+        from .memsign import memory_signer
+
+        try:
+            return memory_signer(keyring, fingerprint, passphrase)
+        except pgpsign.UnsupportedKey as exc:
+            raise InputError(f"--signer memory cannot use key {fingerprint}: {exc.message}",
+                             hint="use --signer agent (or auto) for this key") from exc
     if mode == "agent":
         try:
             return agent_signer(keyring, fingerprint, passphrase)

@@ -68,6 +68,7 @@ def run(ctx: Context) -> list[Row]:
     ctx.shared.setdefault("signed", {})
     rows: list[Row] = []
     peers = images[:ctx.peer_n]  # what the one-process-per-signature loops sign
+    signers = _signer_modes(ctx)
     kept: dict[str, Path] = ctx.shared["signed"]  # key type -> the latest atomicsig sigstore (older ones removed)
     for kt in KEY_TYPES:
         fpr = ctx.keys[kt]
@@ -111,8 +112,10 @@ def run(ctx: Context) -> list[Row]:
             return timed(loop) * len(images) / len(peers)
 
         contenders = {"atomicsig": ours, "skopeo": skopeo, "gpg": gpg}
-        if _has_signer_option(ctx) and not ctx.quick:
+        if "gpg" in signers and not ctx.quick:
             contenders["gpgpath"] = lambda i, kt=kt, fpr=fpr: ours(i, kt, fpr, "gpg")  # type: ignore[misc]
+        if "memory" in signers:
+            contenders["memory"] = lambda i, kt=kt, fpr=fpr: ours(i, kt, fpr, "memory")  # type: ignore[misc]
         rates = compare(ctx.runs, len(images), contenders)
         label = f"sign {kt} (N={len(images)})"
         peak = f"sign.{kt}.default"
@@ -123,6 +126,14 @@ def run(ctx: Context) -> list[Row]:
         rows.append(make_row(f"sign.{kt}.vs_gpg", label, "sig/s", len(images), rates["atomicsig"],
                              "gpg --sign loop", rates["gpg"], ctx=ctx, peak_key=peak,
                              min_ratio=2 if full else None))
+        if "memory" in rates:
+            mlabel, mpeak = f"sign {kt} --signer memory (opt-in)", f"sign.{kt}.memory"
+            rows.append(make_row(f"sign.{kt}.memory_vs_skopeo", mlabel, "sig/s", len(images), rates["memory"],
+                                 "skopeo standalone-sign loop", rates["skopeo"], ctx=ctx, peak_key=mpeak,
+                                 min_ratio=10 if full else None))
+            rows.append(make_row(f"sign.{kt}.memory_vs_gpg", mlabel, "sig/s", len(images), rates["memory"],
+                                 "gpg --sign loop", rates["gpg"], ctx=ctx, peak_key=mpeak,
+                                 min_ratio=2 if full else None))
         if "gpgpath" in rates:
             rows.append(make_row(f"sign.{kt}.gpgpath_vs_gpg", f"sign {kt} --signer gpg (before)", "sig/s",
                                  len(images), rates["gpgpath"], "gpg --sign loop", rates["gpg"], ctx=ctx,
@@ -130,10 +141,13 @@ def run(ctx: Context) -> list[Row]:
     return rows
 
 
-def _has_signer_option(ctx: Context) -> bool:
-    """Whether this atomicsig has ``--signer`` (the gpg-process path kept for smartcards and as the "before")."""
-    proc = run_checked([*ctx.atomicsig, "sign", "--help"], ctx)
-    return b"--signer" in proc.stdout
+def _signer_modes(ctx: Context) -> set[str]:
+    """The ``--signer`` modes this atomicsig offers besides its default: ``gpg`` (the gpg-process path, kept for
+    smartcards: the "before" row) and ``memory`` (opt-in, the secret key held in the process)."""
+    text = run_checked([*ctx.atomicsig, "sign", "--help"], ctx).stdout.decode()
+    if "--signer" not in text:
+        return set()
+    return {m for m in ("gpg", "memory") if m in text.split("--signer", 1)[1][:200]}
 
 
 def _warm_agent(ctx: Context, fpr: str, image: Image) -> None:

@@ -51,9 +51,11 @@ def read_reference_list(path: str) -> list[str]:
 @click.option("--force", is_flag=True, help="Sign even if the same key already signed this identity and digest.")
 @click.option("-j", "--jobs", type=click.IntRange(1, 64), default=None, help="Parallel signers (default: 2 x cores).")
 @click.option("--dry-run", is_flag=True, help="Resolve references and show what would be signed; write nothing.")
-@click.option("--signer", "signer_mode", type=click.Choice(["auto", "agent", "gpg"]), default="auto", show_default=True,
+@click.option("--signer", "signer_mode", type=click.Choice(["auto", "agent", "gpg", "memory"]), default="auto",
+              show_default=True,
               help="agent: ask gpg-agent directly (fast; RSA, Ed25519, ECDSA NIST keys); gpg: one gpg process per "
-                   "signature; auto: agent when it can, else gpg.")
+                   "signature; auto: agent when it can, else gpg; memory: holds the secret key in this process "
+                   "for the run (fastest for RSA; never written to disk; not for smartcards).")
 @registry_options
 @passphrase_options
 @gnupghome_option

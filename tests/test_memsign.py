@@ -1,0 +1,179 @@
+"""The in-process signer (``--signer memory``, issue #6): it reads what ``gpg --export-secret-keys`` really
+writes (clear and passphrase-protected), its messages are accepted by real gpg and skopeo with the (sub)key gpg
+would choose, and a wrong passphrase is an input error that never shows the passphrase."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from atomicsig import agentsign, manifest, memsign, openpgp, payload, pgpsign
+from atomicsig.blob import simple_signing_body
+from atomicsig.errors import PassphraseError, SignatureFormatError
+from atomicsig.gpg import Keyring, TrustedKeys
+from tests.infra import GpgHome, skopeo
+from tests.test_agent_signer import PASSPHRASE, CmdlineWatch, Home, _gpg, _primary_fpr, _quick_home, _subkey_fprs
+
+DIGEST = "sha256:" + "cd" * 32
+KEYS = ["rsa2048", "ed25519", "nistp256", "subkey"]
+
+
+@pytest.fixture(scope="module")
+def homes(tmp_path_factory: pytest.TempPathFactory, signer: GpgHome) -> Iterator[dict[str, Home]]:
+    base = tmp_path_factory.mktemp("mem-homes")
+    out = {
+        "ed25519": Home(signer.path, signer.fingerprint, signer.fingerprint, pgpsign.PUBKEY_EDDSA),
+        "rsa2048": _quick_home(base, "rsa", "rsa2048"),
+        "nistp256": _quick_home(base, "ecdsa", "nistp256"),
+    }
+    # A certify-only primary with an RSA signing subkey and an ECDH encryption subkey (a packet the memory
+    # signer must skip, not refuse).
+    path = base / "sub"
+    path.mkdir(mode=0o700)
+    _gpg(path, "--quick-gen-key", "Sub <sub@example.com>", "ed25519", "cert", "0")
+    fpr = _primary_fpr(path, "sub@example.com")
+    _gpg(path, "--quick-add-key", fpr, "cv25519", "encr", "0")
+    _gpg(path, "--quick-add-key", fpr, "rsa2048", "sign", "0")
+    _encr, signing = _subkey_fprs(path, fpr)
+    out["subkey"] = Home(path, fpr, signing, pgpsign.PUBKEY_RSA)
+    yield out
+    for name, h in out.items():
+        if name != "ed25519":  # the session fixture owns that agent
+            h.kill_agent()
+
+
+@pytest.fixture(scope="module")
+def pw_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GpgHome]:
+    home = GpgHome(tmp_path_factory.mktemp("mem-pw") / "gnupg", email="mempw@example.com", algorithm="rsa2048",
+                   passphrase=PASSPHRASE).create()
+    yield home
+    home.kill_agent()
+
+
+@pytest.mark.parametrize("name", KEYS)
+def test_memory_message_verifies_with_gpg_by_the_key_gpg_would_choose(homes: dict[str, Home], name: str) -> None:
+    h = homes[name]
+    data = payload.build("registry.example.com/mem/app:1", DIGEST)
+    signer = memsign.memory_signer(h.keyring, h.fpr, None)
+    assert signer.signing_key == h.signing_key and "PRIVATE" not in repr(signer).upper()
+    blob = signer.sign(data)
+    assert simple_signing_body(blob) == blob and blob[0] == 0x90  # pgpsign's framing, as the agent signer's
+    sig = openpgp.parse_message(blob).signatures[0]
+    assert sig.issuer_fingerprint == h.signing_key and sig.pubkey_algo == h.pubkey_algo
+    with TrustedKeys([h.public()]) as keys:
+        res = keys.verify(blob)
+        assert res.payload == data and res.signer == h.fpr and res.signing_key == h.signing_key
+        # the same layout as the agent signer's, packet for packet (only the signature value differs)
+        agent = agentsign.agent_signer(h.keyring, h.fpr, None)
+        try:
+            agent_blob = agent.sign(data)
+        finally:
+            agent.close()
+        assert [p.tag for p in openpgp.packets(agent_blob)] == [p.tag for p in openpgp.packets(blob)]
+        # a tampered literal no longer verifies (the check above is not vacuous)
+        bad = blob.replace(b"registry.example.com/mem/app:1", b"registry.example.com/mem/app:2")
+        assert bad != blob
+        with pytest.raises(SignatureFormatError):
+            keys.verify(bad)
+
+
+@pytest.mark.slow
+def test_skopeo_standalone_verify_accepts_memory_signature(homes: dict[str, Home], tmp_path: Path) -> None:
+    h = homes["rsa2048"]
+    man = tmp_path / "manifest.json"
+    man.write_text(json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                               "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                                          "digest": DIGEST, "size": 2}, "layers": []}))
+    digest = manifest.digest(man.read_bytes())
+    sig = tmp_path / "sig"
+    sig.write_bytes(memsign.memory_signer(h.keyring, h.fpr, None).sign(
+        payload.build("registry.example.com/ns/app:1", digest)))
+    env = {"GNUPGHOME": str(h.path)}
+    res = skopeo("standalone-verify", str(man), "registry.example.com/ns/app:1", h.signing_key, str(sig), env=env)
+    assert res.stdout.startswith("Signature verified") and digest in res.stdout
+    bad = skopeo("standalone-verify", str(man), "registry.example.com/ns/app:2", h.signing_key, str(sig),
+                 env=env, check=False)
+    assert bad.returncode != 0
+
+
+def test_protected_export_is_decrypted_and_a_wrong_passphrase_is_detected(pw_home: GpgHome) -> None:
+    kr = Keyring(str(pw_home.path))
+    exported = kr.export_secret([pw_home.fingerprint], armor=False, passphrase=PASSPHRASE)
+    packets = memsign.secret_key_packets(exported)
+    primary = packets[pw_home.fingerprint]
+    assert primary.secret[0] == 254 and primary.secret[2] == 3  # really protected: SHA-1 check, iterated+salted
+    parts = kr.secret_key_parts(pw_home.fingerprint)
+    signer = memsign.build_signer(exported, pw_home.fingerprint, parts, PASSPHRASE, 2_000_000_000)
+    blob = signer.sign(payload.build("example.com/pw/app:1", DIGEST))
+    with TrustedKeys([kr.export_public([pw_home.fingerprint], armor=False)]) as keys:
+        assert keys.verify(blob).signer == pw_home.fingerprint
+    with pytest.raises(PassphraseError) as err:  # the SHA-1 over the decrypted values catches it
+        memsign.build_signer(exported, pw_home.fingerprint, parts, "not-" + PASSPHRASE, 2_000_000_000)
+    assert PASSPHRASE not in str(err.value) and err.value.exit_code == 2
+    with pytest.raises(PassphraseError):
+        memsign.build_signer(exported, pw_home.fingerprint, parts, None, 2_000_000_000)
+
+
+def test_cli_memory_signer_passphrase_right_and_wrong(pw_home: GpgHome, cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    pw_home.kill_agent()  # an empty passphrase cache: the export must use the passphrase given
+    right, wrong = tmp_path / "right", tmp_path / "wrong"
+    right.write_text(PASSPHRASE + "\n")
+    wrong.write_text("not-the-" + PASSPHRASE + "\n")
+    store = tmp_path / "store"
+    base = ["sign", "--signer", "memory", "--key", pw_home.fingerprint, "--gnupghome", str(pw_home.path),
+            "--sigstore", str(store), f"example.com/pw/app:1@{DIGEST}"]
+    with CmdlineWatch(PASSPHRASE) as watch:
+        code, out, err = cli(*base, "--passphrase-file", str(wrong))
+        assert code == 2, err
+        assert len(err.strip().splitlines()) == 1 and "passphrase" in err
+        assert PASSPHRASE not in out + err and "not-the-" not in out + err
+        assert not list(store.rglob("signature-*"))
+        code, out, err = cli(*base, "--passphrase-file", str(right))
+        assert code == 0, err
+        assert PASSPHRASE not in out + err
+    assert watch.scans > 0 and watch.hits == []
+    (blob_path,) = store.rglob("signature-1")
+    with TrustedKeys([Keyring(str(pw_home.path)).export_public([pw_home.fingerprint], armor=False)]) as keys:
+        assert keys.verify(blob_path.read_bytes()).signer == pw_home.fingerprint
+
+
+def test_cli_memory_signer_from_file_200_refs(homes: dict[str, Home], cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    h = homes["rsa2048"]
+    refs = [f"example.com/batch/app{i % 7}:v{i}@sha256:{i:064x}" for i in range(200)]
+    listing = tmp_path / "refs.txt"
+    listing.write_text("\n".join(refs) + "\n")
+    store = tmp_path / "store"
+    code, _out, err = cli("sign", "--signer", "memory", "--key", h.fpr, "--gnupghome", str(h.path),
+                         "--sigstore", str(store), "--from-file", str(listing), "--json")
+    assert code == 0, err
+    blobs = sorted(store.rglob("signature-*"))
+    assert len(blobs) == 200
+    seen = set()
+    with TrustedKeys([h.public()]) as keys:
+        for p in blobs:
+            blob = p.read_bytes()
+            res = keys.verify(blob)
+            assert res.signer == h.fpr and blob[0] == 0x90
+            seen.add(json.loads(res.payload)["critical"]["image"]["docker-manifest-digest"])
+    assert seen == {r.split("@", 1)[1] for r in refs}
+
+
+def test_memory_is_explicit_only_and_refuses_stub_keys(homes: dict[str, Home]) -> None:
+    assert "memory" in agentsign.SIGNER_MODES
+    h = homes["nistp256"]
+    auto = agentsign.make_signer(h.keyring, h.fpr, None, "auto")
+    try:
+        assert not isinstance(auto, memsign.MemorySigner)
+    finally:
+        agentsign.close_signer(auto)
+    # a key whose secret is not present (gpg exports a gnu-dummy stub) cannot be used in memory
+    exported = subprocess.run(["gpg", "--homedir", str(h.path), "--batch", "--export-secret-keys",
+                               "--export-options", "export-minimal", h.fpr], capture_output=True, check=True).stdout
+    packets = memsign.secret_key_packets(exported)
+    stub = memsign.SecretKeyPacket(packets[h.fpr].public, bytes([254, 7, 101, 2]) + b"GNU\x01")
+    with pytest.raises(pgpsign.UnsupportedKey):
+        memsign.private_key(stub, None)
