@@ -323,9 +323,14 @@ def test_serve_answers_every_request_without_500_or_escape(served: tuple[Signatu
 
 @pytest.mark.slow
 def test_atheris_targets_run_clean(tmp_path: Path) -> None:
-    """Every target for 10 s (≈ 1.5 min in all): exit 0 means no crash, hang or leak was found."""
-    proc = subprocess.run([sys.executable, str(FUZZ / "run.py"), "--seconds", "10", "--artifacts",
-                           str(tmp_path / "artifacts")], capture_output=True, text=True, timeout=600, check=False)
+    """Every target for 10 s (≈ 1.5 min in all): exit 0 means no crash, hang or leak was found.
+
+    A fixed libFuzzer seed makes the CI budget explore the same inputs each run, so a red CI is reproducible with
+    the same command; open-ended exploration is the long campaign's job (docs/fuzzing.md).
+    """
+    proc = subprocess.run([sys.executable, str(FUZZ / "run.py"), "--seconds", "10", "--libfuzzer-arg=-seed=1",
+                           "--artifacts", str(tmp_path / "artifacts")], capture_output=True, text=True, timeout=600,
+                          check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr[-4000:]
     rows = [line.split() for line in proc.stdout.splitlines() if line.split() and line.split()[-1] == "ok"]
     assert len(rows) == len(list(FUZZ.glob("fuzz_*.py"))), proc.stdout
