@@ -70,14 +70,19 @@ def _quick_home(base: Path, name: str, algo: str) -> Home:
     return Home(path, fpr, fpr, algo_id)
 
 
-@pytest.fixture(scope="module")
-def homes(tmp_path_factory: pytest.TempPathFactory, signer: GpgHome) -> Iterator[dict[str, Home]]:
-    base = tmp_path_factory.mktemp("agent-homes")
-    out = {
+def primary_key_homes(base: Path, signer: GpgHome) -> dict[str, Home]:
+    """One home per key type whose primary key signs (the session's Ed25519 signer, RSA-2048, NIST P-256)."""
+    return {
         "ed25519": Home(signer.path, signer.fingerprint, signer.fingerprint, pgpsign.PUBKEY_EDDSA),
         "rsa2048": _quick_home(base, "rsa", "rsa2048"),
         "nistp256": _quick_home(base, "ecdsa", "nistp256"),
     }
+
+
+@pytest.fixture(scope="module")
+def homes(tmp_path_factory: pytest.TempPathFactory, signer: GpgHome) -> Iterator[dict[str, Home]]:
+    base = tmp_path_factory.mktemp("agent-homes")
+    out = primary_key_homes(base, signer)
     # A certify-only primary, a valid signing subkey, then a *newer* signing subkey that has expired: gpg
     # --local-user skips the expired one and signs with the older valid one.
     path = base / "sub"

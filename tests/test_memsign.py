@@ -16,7 +16,15 @@ from atomicsig.blob import simple_signing_body
 from atomicsig.errors import PassphraseError, SignatureFormatError
 from atomicsig.gpg import Keyring, TrustedKeys
 from tests.infra import GpgHome, skopeo
-from tests.test_agent_signer import PASSPHRASE, CmdlineWatch, Home, _gpg, _primary_fpr, _quick_home, _subkey_fprs
+from tests.test_agent_signer import (
+    PASSPHRASE,
+    CmdlineWatch,
+    Home,
+    _gpg,
+    _primary_fpr,
+    _subkey_fprs,
+    primary_key_homes,
+)
 
 DIGEST = "sha256:" + "cd" * 32
 KEYS = ["rsa2048", "ed25519", "nistp256", "subkey"]
@@ -25,11 +33,7 @@ KEYS = ["rsa2048", "ed25519", "nistp256", "subkey"]
 @pytest.fixture(scope="module")
 def homes(tmp_path_factory: pytest.TempPathFactory, signer: GpgHome) -> Iterator[dict[str, Home]]:
     base = tmp_path_factory.mktemp("mem-homes")
-    out = {
-        "ed25519": Home(signer.path, signer.fingerprint, signer.fingerprint, pgpsign.PUBKEY_EDDSA),
-        "rsa2048": _quick_home(base, "rsa", "rsa2048"),
-        "nistp256": _quick_home(base, "ecdsa", "nistp256"),
-    }
+    out = primary_key_homes(base, signer)
     # A certify-only primary with an RSA signing subkey and an ECDH encryption subkey (a packet the memory
     # signer must skip, not refuse).
     path = base / "sub"
