@@ -161,12 +161,59 @@ class ExtensionStore(SignatureStore):
                 return AppendResult(f"{url}#{name}", i, False)
         name = new_signature_name(digest, {n for n, _ in existing})
         body = json.dumps(encode_entry(name, blob)).encode()
-        resp = self.client.authed("PUT", url, ref.path, "pull,push", data=body)
+        resp = self.client.authed("PUT", url, ref.path, "pull,push", data=body, stream=True)
         with resp:
+            if resp.status_code in (401, 403):
+                raise upload_refused(resp, url, token_auth=isinstance(self.client, StaticTokenClient))
             if resp.status_code != 201:
-                raise RegistryError(f"uploading signature to {url}: HTTP {resp.status_code}",
-                                    status=resp.status_code)
+                raise RegistryError(f"uploading signature to {url}: HTTP {resp.status_code}"
+                                    f"{_server_says(resp)}", status=resp.status_code)
         return AppendResult(f"{url}#{name}", None, True)
+
+
+class UploadRefused(InputError):
+    """A signature upload refused with 401/403: retrying cannot help, the token, credentials or key must change.
+
+    Exit 2, not the "could not decide" 3 of a transient failure (issue 11): a pipeline must not loop on it.
+    """
+
+    def __init__(self, message: str, *, status: int, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.status = status
+
+
+def _error_body(resp: requests.Response) -> tuple[str, str]:
+    """(code, message) of the first entry of a registry-style ``{"errors": [...]}`` body, or ("", "")."""
+    try:
+        doc = json.loads(read_at_most(resp, 64 * 1024, "error body"))
+        first = doc["errors"][0]
+        return str(first.get("code", "")), str(first.get("message", ""))
+    except (RegistryError, ValueError, KeyError, IndexError, TypeError, AttributeError):
+        return "", ""
+
+
+def _server_says(resp: requests.Response) -> str:
+    code, message = _error_body(resp)
+    return f" ({code}: {message})" if message else ""
+
+
+def upload_refused(resp: requests.Response, url: str, *, token_auth: bool) -> UploadRefused:
+    """Why a PUT was refused, from the status and the body ``atomicsig serve`` (or a registry) sends."""
+    status = resp.status_code
+    code, message = _error_body(resp)
+    said = f": {message}" if message else ""
+    if status == 401:
+        why = "the bearer token is missing or wrong" if token_auth else "the registry did not accept our credentials"
+        hint = ("give the server's write token with --sigstore-token-file" if token_auth
+                else "check the credentials for this registry (--authfile, podman login)")
+    elif code.lower() in ("untrusted-signer", "untrusted_signer"):
+        why = "the server refused the signer as untrusted"
+        hint = "the server accepts only signatures by its trusted keys (serve --trusted-key); sign with one of them"
+    else:
+        why = "access denied"
+        hint = "the token or credentials lack permission to store signatures here"
+    return UploadRefused(f"uploading signature to {url} refused (HTTP {status}): {why}{said}", status=status,
+                         hint=hint)
 
 
 class AutoStore(SignatureStore):

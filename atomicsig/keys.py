@@ -21,6 +21,7 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -178,4 +179,78 @@ def rotate(keyring: Keyring, specs: list[KeySpec], *, overlap: str, min_age_seco
         keyring.set_expiry(old.fingerprint, overlap, passphrase=pw)
         refreshed = next((k for k in keyring.list_keys(secret=True) if k.fingerprint == old.fingerprint), old)
         out.append(RotateResult(spec, "rotated", new, refreshed, refreshed.expires))
+    return out
+
+
+# ---- --key values: one meaning for FPR|EMAIL|FILE on every command ---------------------------------------------
+
+_KEY_FILE_SUFFIXES = (".gpg", ".asc", ".pub")
+
+
+def _is_fingerprint(spec: str) -> bool:
+    return bool(re.fullmatch(r"(0[xX])?([0-9A-Fa-f]{40}|[0-9A-Fa-f]{16})", spec))
+
+
+def _key_file(spec: str) -> Path | None:
+    """``spec`` as a key file, None if it names a key in the keyring; a path-looking spec must exist."""
+    p = Path(spec)
+    if p.is_file():
+        return p
+    if "/" in spec or spec.endswith(_KEY_FILE_SUFFIXES):
+        raise InputError(f"key file {spec} does not exist")
+    return None
+
+
+def trusted_key_blobs(keys: tuple[str, ...] | list[str], gnupghome: str | None) -> list[bytes]:
+    """Public keyrings from --key values: files as they are, fingerprints/e-mails exported from the keyring.
+
+    Shared by ``verify`` and ``prune`` so that ``--key`` means the same everywhere (issue 11).
+    """
+    blobs: list[bytes] = []
+    names: list[str] = []
+    for k in keys:
+        p = _key_file(k)
+        if p is not None:
+            blobs.append(p.read_bytes())
+        else:
+            names.append(k)
+    if names:
+        kr = Keyring(gnupghome)
+        fprs = [kr.resolve(n, secret=False).fingerprint for n in names]
+        blobs.append(kr.export_public(fprs, armor=False))
+    return blobs
+
+
+def retired_key_fingerprints(keys: tuple[str, ...] | list[str], gnupghome: str | None) -> set[str]:
+    """Fingerprints whose signatures ``prune`` removes, from --key FPR|EMAIL|FILE.
+
+    A fingerprint or key ID is taken as given (the key may be gone from every keyring). An e-mail or a file stands
+    for its key's primary and subkey fingerprints, and must name exactly one key, expired or revoked ones
+    included: after ``keys rotate`` an e-mail (or the exported ``<email>.gpg``) names the new key as well, and
+    pruning both would delete the signatures that are still meant to verify.
+    """
+    from .gpg import temporary_home
+
+    out: set[str] = set()
+    for k in keys:
+        if _is_fingerprint(k):
+            out.add(k.upper().removeprefix("0X"))
+            continue
+        p = _key_file(k)
+        if p is not None:
+            with temporary_home() as tmp:
+                tmp.import_keys(p.read_bytes())
+                found = tmp.list_keys()
+            where = str(p)
+        else:
+            email = k.strip("<>").lower()
+            found = [x for x in Keyring(gnupghome).list_keys() if any(_uid_email(u) == email or u == k
+                                                                      for u in x.uids)]
+            where = "the keyring"
+        if not found:
+            raise KeyNotFound(f"--key {k}: no key found in {where}")
+        if len(found) > 1:
+            fprs = ", ".join(x.fingerprint for x in found)
+            raise InputError(f"--key {k} names {len(found)} keys ({fprs}); give the retired key's fingerprint")
+        out |= {found[0].fingerprint.upper(), *(s.upper() for s in found[0].subkeys)}
     return out

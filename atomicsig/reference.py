@@ -185,3 +185,21 @@ def is_valid_domain(value: str) -> bool:
 def is_valid_path(value: str) -> bool:
     """A repository path (lowercase components separated by ``/``), without host, tag or digest."""
     return bool(_PATH_RE.match(value))
+
+
+def implicit_docker_hub_warning(text: str) -> str | None:
+    """A warning when ``text`` names no registry host, so that Docker Hub is implied; else None.
+
+    ``team/app@sha256:…`` silently means ``docker.io/team/app@sha256:…`` (the host split rule of
+    ``ParseNormalizedNamed``, SPEC §7.2): a signature or a verdict for Docker Hub when the user most likely meant
+    their own registry. Text that does not parse gets None here; the parser reports it.
+    """
+    try:
+        ref = parse(text)
+    except ReferenceError_:
+        return None
+    name = text.split("@", 1)[0]
+    first, slash, _ = name.partition("/")
+    if slash and (any(c in first for c in ".:") or first == "localhost"):
+        return None
+    return f"warning: {text!r} has no registry host; it means {ref!s}"

@@ -198,12 +198,33 @@ def sign_many(inputs: Iterable[str], *, resolver: Resolver, signer: Signer, stor
             out.append(o)
         return out
 
-    results: list[Outcome] = []
-    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
-        for batch in pool.map(one, items):
-            with lock:
-                results.extend(batch)
-                if progress:
-                    for o in batch:
-                        progress(o)
-    return results
+    # ``progress`` sees each input's outcomes as soon as that input is done (completion order, so a CLI can print
+    # a line per image while the batch runs); the returned list keeps input order. If the caller is interrupted
+    # (Ctrl-C, SIGTERM raised as KeyboardInterrupt) the queued inputs are cancelled, the ones already running
+    # finish, and their outcomes are still passed to ``progress``: every stored signature gets reported.
+    batches: list[list[Outcome] | None] = [None] * len(items)
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers)
+    futures = {pool.submit(one, text): i for i, text in enumerate(items)}
+
+    def report(fut: concurrent.futures.Future[list[Outcome]]) -> None:
+        i = futures[fut]
+        if batches[i] is not None:
+            return
+        batch = fut.result()
+        with lock:
+            batches[i] = batch
+            if progress:
+                for o in batch:
+                    progress(o)
+
+    try:
+        for fut in concurrent.futures.as_completed(futures):
+            report(fut)
+    except BaseException:
+        pool.shutdown(wait=True, cancel_futures=True)
+        for fut in futures:
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                report(fut)
+        raise
+    pool.shutdown(wait=True)
+    return [o for batch in batches if batch for o in batch]

@@ -136,8 +136,8 @@ def test_removing_a_scope_removes_exactly_its_files(cli, setup, tmp_path: Path) 
     byfpr = keyring(root, "byfpr")
     code, out, err = apply(cli, yml, root, signer)
     assert code == 0, err
-    assert "update  /etc/containers/registries.d/atomicsig.yaml" in out
-    assert f"delete  /etc/pki/containers/{byfpr.name}" in out
+    assert f"update  {root}/etc/containers/registries.d/atomicsig.yaml" in out
+    assert f"delete  {root}/etc/pki/containers/{byfpr.name}" in out
     doc = json.loads((root / POLICY).read_text())
     assert set(doc["transports"]["docker"]) == {"unmanaged.example.com", "registry.example.com/prod",
                                                 "docker.io/library"}
@@ -358,7 +358,7 @@ def test_interrupted_apply_leaves_old_policy_then_completes(cli, setup, monkeypa
     monkeypatch.setattr(fsutil, "atomic_write", real)
     code, out, err = apply(cli, yml, root, signer)
     assert code == 0, err
-    assert "update  /etc/containers/policy.json" in out
+    assert f"update  {root}/etc/containers/policy.json" in out
     assert json.loads((root / POLICY).read_text())["default"] == [{"type": "reject"}]
 
 

@@ -262,8 +262,10 @@ def test_cli_usage_errors_and_status(cli, tmp_path: Path, signer_pub: Path) -> N
     assert code == 2 and "cannot read sync config" in err
     code, _, err = cli("index", str(tmp_path / "nope"))
     assert code == 2
-    code, _, err = cli("prune", "--sigstore", str(tmp_path), "--key", "alice@example.com")
-    assert code == 2 and "fingerprint" in err
+    (tmp_path / "gnupg").mkdir(mode=0o700)
+    code, _, err = cli("prune", "--sigstore", str(tmp_path), "--key", "alice@example.com",
+                       "--gnupghome", str(tmp_path / "gnupg"))
+    assert code == 2 and "alice@example.com" in err and "no key" in err
     code, out, _ = cli("sync", "status", "--config", str(cfg))
     assert code == 0 and "never synced" in out
     code, out, _ = cli("sync", "--config", str(cfg), "--once")  # port 9: nothing listens

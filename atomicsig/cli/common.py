@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -12,7 +13,7 @@ from typing import Any, TypeVar
 
 import click
 
-from ..errors import EXIT_UNDECIDED, EXIT_USAGE, AtomicsigError
+from ..errors import EXIT_UNDECIDED, EXIT_USAGE, AtomicsigError, InputError
 from ..passphrase import PassphraseSource
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -23,9 +24,23 @@ def run_main(group: click.Group, argv: list[str]) -> int:
     """Run click in standalone=False mode and map every outcome to our exit-code contract.
 
     click's defaults would exit 1 on Ctrl-C and on a broken pipe, which a pipeline would read as "rejected".
+    A closed stdout (``… | head -1``) is "could not decide" (3): the caller did not get the whole answer. stdout is
+    flushed here, inside the guard, because the interpreter's own flush at exit happens after this returns and
+    would turn a lost final write into exit 0 or 120 (issue 11).
     """
+    stdout = sys.stdout
     try:
-        rv = group.main(args=argv, prog_name="atomicsig", standalone_mode=False)
+        try:
+            rv = group.main(args=argv, prog_name="atomicsig", standalone_mode=False)
+        except SystemExit:
+            # click catches EPIPE itself (even with standalone_mode=False), wraps sys.stdout and calls
+            # sys.exit(1); that replaced stdout is how we can tell it from a command's own exit.
+            if sys.stdout is not stdout:
+                return _stdout_closed(stdout)
+            raise
+        code = int(rv or 0)
+        stdout.flush()
+        return code
     except click.exceptions.Abort:
         click.echo("atomicsig: interrupted", err=True)
         return EXIT_UNDECIDED
@@ -43,29 +58,69 @@ def run_main(group: click.Group, argv: list[str]) -> int:
             click.echo(f"  hint: {exc.diagnostics()}", err=True)
         return exc.exit_code
     except BrokenPipeError:
-        _silence_stdout()
-        return EXIT_UNDECIDED
+        return _stdout_closed(stdout)
     except OSError as exc:
         if exc.errno == errno.EPIPE:
-            _silence_stdout()
-            return EXIT_UNDECIDED
+            return _stdout_closed(stdout)
         click.echo(f"atomicsig: error: {exc.strerror or exc}", err=True)
         return EXIT_UNDECIDED
-    return int(rv or 0)
 
 
-def _silence_stdout() -> None:
+def _stdout_closed(stdout: Any) -> int:
+    """Say once on stderr that the output was cut off, and make the exit-time flush harmless."""
+    _silence_stdout(stdout)
+    with contextlib.suppress(OSError, ValueError):
+        sys.stderr.write("atomicsig: stdout closed (broken pipe); results not fully written\n")
+        sys.stderr.flush()
+    return EXIT_UNDECIDED
+
+
+def _silence_stdout(stdout: Any = None) -> None:
     # Python flushes stdout at exit; on a closed pipe that raises again, so point it at /dev/null.
+    stdout = stdout if stdout is not None else sys.stdout
+    try:
+        fd = stdout.fileno()
+    except (OSError, ValueError, AttributeError):  # not a real file (tests' in-memory streams)
+        return
     devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
+    os.dup2(devnull, fd)
+    os.close(devnull)
 
 
 # ---- options ---------------------------------------------------------------------------------------------------
 
 
 def gnupghome_option(f: F) -> F:
+    """``--gnupghome`` for commands that read keys: the directory must exist.
+
+    gpg (and our Keyring) would create a mistyped home silently and then report "no key", hiding the typo.
+    """
     return click.option("--gnupghome", metavar="DIR", envvar="GNUPGHOME", show_envvar=True,
-                        help="GnuPG home holding the keys (default: $GNUPGHOME, else ~/.gnupg).")(f)
+                        callback=_existing_gnupghome,
+                        help="GnuPG home holding the keys (default: $GNUPGHOME, else ~/.gnupg); must exist.")(f)
+
+
+def creatable_gnupghome_option(f: F) -> F:
+    """``--gnupghome`` for commands that put keys into a home (keys generate/import): created if absent."""
+    return click.option("--gnupghome", metavar="DIR", envvar="GNUPGHOME", show_envvar=True,
+                        callback=_announce_new_gnupghome,
+                        help="GnuPG home to hold the keys (default: $GNUPGHOME, else ~/.gnupg); created (mode "
+                             "0700) if it does not exist.")(f)
+
+
+def _existing_gnupghome(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value and not os.path.isdir(value):
+        what = "is not a directory" if os.path.exists(value) else "does not exist"
+        raise InputError(f"GnuPG home {value} {what}",
+                         hint="check --gnupghome / $GNUPGHOME; `atomicsig keys generate` or `keys import` "
+                              "creates a new home")
+    return value
+
+
+def _announce_new_gnupghome(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value and not os.path.exists(value):
+        click.echo(f"atomicsig: creating GnuPG home {value}", err=True)
+    return value
 
 
 def json_option(f: F) -> F:
@@ -133,3 +188,26 @@ def install_sigterm_as_interrupt() -> None:
     def _handler(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
     signal.signal(signal.SIGTERM, _handler)
+
+
+# ---- streaming output (one record per result as it completes) --------------------------------------------------
+
+
+def echo_line(text: str, *, err: bool = False) -> None:
+    """Print one line and flush at once, so a killed or interrupted batch leaves every finished result on record.
+
+    An EPIPE here propagates to :func:`run_main`, which turns it into exit 3.
+    """
+    stream = sys.stderr if err else sys.stdout
+    stream.write(text + "\n")
+    stream.flush()
+
+
+def emit_json_line(obj: Any) -> None:
+    """One compact JSON object per line (JSON Lines), flushed: what ``--json-lines`` streams per result."""
+    echo_line(json.dumps(obj, separators=(",", ":"), sort_keys=False))
+
+
+def json_lines_option(f: F) -> F:
+    return click.option("--json-lines", "json_lines", is_flag=True,
+                        help="One JSON object per result on stdout as each completes (JSON Lines).")(f)

@@ -6,14 +6,24 @@ import json
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import click
 
 from ..errors import EXIT_NEGATIVE, EXIT_OK, Undecided
+from .common import emit_json, json_option
+
+_quiet = False  # --json: the steps' prose stays off stdout, which carries only the final document
 
 
 def _step(n: int, text: str) -> None:
-    click.secho(f"\n[{n}] {text}", bold=True)
+    if not _quiet:
+        click.secho(f"\n[{n}] {text}", bold=True)
+
+
+def _say(text: str) -> None:
+    if not _quiet:
+        click.echo(text)
 
 
 def _last_line(text: str) -> str:
@@ -25,14 +35,19 @@ def _last_line(text: str) -> str:
 @click.option("--keep", is_flag=True, help="Keep the temporary directory (key, sigstore, policy) for inspection.")
 @click.option("--signer", "signer_mode", type=click.Choice(["auto", "agent", "gpg"]), default="auto", show_default=True,
               help="How to sign: through gpg-agent directly, one gpg process per signature, or auto.")
-def demo(keep: bool, signer_mode: str) -> int:
+@json_option
+def demo(keep: bool, signer_mode: str, as_json: bool) -> int:
     """Run the end-to-end demo on a throwaway key, sigstore and local registry.
 
     \b
     Generates a key, pushes two tiny images to a docker-registry on 127.0.0.1, signs one of them, writes a
     node policy.json + registries.d, and pulls both with the real `skopeo copy`: the signed image must be
     ACCEPTED and the unsigned one REJECTED. Exit 0 only if both happen; everything is cleaned up afterwards.
+    --json prints only a final document: {"ok", "key", "signed": [...], "pulls": [...], "kept"}.
     """
+    global _quiet
+    _quiet = as_json
+    report: dict[str, Any] = {"ok": False, "key": None, "signed": [], "pulls": [], "kept": None}
     from .. import _demo_env as env
     from .. import agentsign, fsutil, gpg, lookaside, signing
 
@@ -46,11 +61,12 @@ def demo(keep: bool, signer_mode: str) -> int:
         keyring = gpg.Keyring(str(home))
         key = keyring.generate(name="atomicsig demo", email="demo@atomicsig.invalid", comment=None,
                                algorithm="ed25519", expire="1d", passphrase=None)
-        click.echo(f"    key {key.fingerprint}")
+        report["key"] = key.fingerprint
+        _say(f"    key {key.fingerprint}")
 
         _step(2, "Starting docker-registry on 127.0.0.1")
         registry.start()
-        click.echo(f"    registry at http://{registry.host}")
+        _say(f"    registry at http://{registry.host}")
 
         _step(3, "Building and pushing two tiny OCI images with skopeo")
         insecure = work / "insecure-policy.json"
@@ -62,7 +78,7 @@ def demo(keep: bool, signer_mode: str) -> int:
                               f"oci:{layout}:latest", f"docker://{ref}"])
             if res.returncode != 0:
                 raise Undecided(f"skopeo could not push {ref}: {_last_line(res.stderr)}")
-            click.echo(f"    pushed {ref}")
+            _say(f"    pushed {ref}")
 
         _step(4, f"Signing {images['signed']} by tag (the digest comes from the registry)")
         sigstore = work / "sigstore"
@@ -75,8 +91,9 @@ def demo(keep: bool, signer_mode: str) -> int:
         for o in outcomes:
             if o.status == "failed":
                 raise Undecided(f"signing failed: {o.error}")
-            click.echo(f"    {o.status} {o.target.identity if o.target else o.input} "
-                       f"{o.target.digest if o.target else ''}\n    -> {o.location}")
+            report["signed"].append(o.as_dict())
+            _say(f"    {o.status} {o.target.identity if o.target else o.input} "
+                 f"{o.target.digest if o.target else ''}\n    -> {o.location}")
 
         _step(5, "Writing the node configuration: policy.json (signedBy) and registries.d (lookaside)")
         pubkey = work / "demo-pubkey.gpg"
@@ -90,7 +107,7 @@ def demo(keep: bool, signer_mode: str) -> int:
         fsutil.makedirs(regd, 0o755)
         fsutil.atomic_write(regd / "demo.yaml",
                             f"docker:\n  {registry.host}:\n    lookaside: file://{sigstore}\n".encode())
-        click.echo(f"    {policy}\n    {regd / 'demo.yaml'}")
+        _say(f"    {policy}\n    {regd / 'demo.yaml'}")
 
         _step(6, "Pulling both images with skopeo copy under that policy (what a node does)")
         outcome_ok = True
@@ -102,17 +119,24 @@ def demo(keep: bool, signer_mode: str) -> int:
             want = name == "signed"
             verdict = "ACCEPTED" if accepted else "REJECTED"
             expected = "as expected" if accepted == want else "UNEXPECTED"
-            click.echo(f"    {verdict:8} {ref} ({expected})")
+            report["pulls"].append({"reference": ref, "accepted": accepted, "expected": want,
+                                    "skopeo": None if accepted else _last_line(res.stderr)})
+            _say(f"    {verdict:8} {ref} ({expected})")
             if not accepted:
-                click.echo(f"             skopeo: {_last_line(res.stderr)}")
+                _say(f"             skopeo: {_last_line(res.stderr)}")
             outcome_ok = outcome_ok and accepted == want
     finally:
         registry.stop()
         env.kill_gpg_agent(home)
         if keep:
-            click.echo(f"\nkept {work}")
+            report["kept"] = str(work)
+            _say(f"\nkept {work}")
         else:
             shutil.rmtree(work, ignore_errors=True)
+    report["ok"] = outcome_ok
+    if as_json:
+        emit_json(report)
+        return EXIT_OK if outcome_ok else EXIT_NEGATIVE
     if outcome_ok:
         click.secho("\ndemo OK: the signed image was accepted, the unsigned one rejected.", fg="green")
         return EXIT_OK

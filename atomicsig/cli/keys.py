@@ -9,8 +9,9 @@ from pathlib import Path
 
 import click
 
-from ..errors import InputError
+from ..errors import InputError, KeyNotFound
 from .common import (
+    creatable_gnupghome_option,
     emit_json,
     gnupghome_option,
     json_option,
@@ -40,7 +41,7 @@ def keys() -> None:
 @keys.command("generate")
 @click.option("-f", "--file", "--batch", "path", required=True, type=click.Path(dir_okay=False, allow_dash=True),
               help="Signers YAML (see README 'Signers file'); '-' for stdin.")
-@gnupghome_option
+@creatable_gnupghome_option
 @json_option
 def generate_cmd(path: str, gnupghome: str | None, as_json: bool) -> None:
     """Generate every key listed in a signers YAML file; existing identities are reported, not duplicated."""
@@ -167,7 +168,7 @@ def export_cmd(key: tuple[str, ...], output: str | None, armor: bool, secret: bo
 @keys.command("import")
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False, allow_dash=True))
 @passphrase_options
-@gnupghome_option
+@creatable_gnupghome_option
 @json_option
 def import_cmd(files: tuple[str, ...], passphrase_file: str | None, passphrase_env: str | None,
                passphrase_stdin: bool, gnupghome: str | None, as_json: bool) -> None:
@@ -198,8 +199,9 @@ def import_cmd(files: tuple[str, ...], passphrase_file: str | None, passphrase_e
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation (required without a terminal).")
 @passphrase_options
 @gnupghome_option
+@json_option
 def delete_cmd(key: tuple[str, ...], yes: bool, passphrase_file: str | None, passphrase_env: str | None,
-               passphrase_stdin: bool, gnupghome: str | None) -> None:
+               passphrase_stdin: bool, gnupghome: str | None, as_json: bool) -> None:
     """Delete keys (secret and public part) by fingerprint. E-mails are refused: too easy to hit the wrong key."""
     from ..gpg import _FPR_RE
     from ..passphrase import read_cached
@@ -208,15 +210,28 @@ def delete_cmd(key: tuple[str, ...], yes: bool, passphrase_file: str | None, pas
     for k in key:
         if not _FPR_RE.match(k) or len(k.removeprefix("0x")) != 40:
             raise InputError(f"delete needs a full 40-hex fingerprint, not {k!r}")
-    targets = [kr.resolve(k, secret=False) for k in key]
+    # By exact fingerprint, expired and revoked keys included: a retired key is what one usually deletes
+    # (resolve() skips unusable keys, which made `keys delete` refuse a key `keys retire --revoke` had revoked).
+    listed = {k.fingerprint.upper(): k for k in kr.list_keys()}
+    targets = []
+    for k in key:
+        fpr = k.upper().removeprefix("0X")
+        if fpr not in listed:
+            raise KeyNotFound(f"no key {fpr} in {kr.describe()}")
+        targets.append(listed[fpr])
     if not yes:
         if not sys.stdin.isatty():
             raise InputError("refusing to delete keys without --yes when not on a terminal")
         click.confirm(f"Delete {len(targets)} key(s) including secret parts?", abort=True)
     pw = read_cached(passphrase_source(passphrase_file, passphrase_env, passphrase_stdin))
+    deleted: list[str] = []
     for t in targets:
         kr.delete(t.fingerprint, passphrase=pw)
-        click.echo(f"deleted {t.fingerprint}")
+        deleted.append(t.fingerprint)
+        if not as_json:
+            click.echo(f"deleted {t.fingerprint}")
+    if as_json:
+        emit_json({"deleted": deleted})
 
 
 @keys.command("retire")
@@ -226,8 +241,9 @@ def delete_cmd(key: tuple[str, ...], yes: bool, passphrase_file: str | None, pas
               help="With --revoke: also save the revocation certificate here.")
 @passphrase_options
 @gnupghome_option
+@json_option
 def retire_cmd(key: tuple[str, ...], revoke: bool, output: str | None, passphrase_file: str | None,
-               passphrase_env: str | None, passphrase_stdin: bool, gnupghome: str | None) -> None:
+               passphrase_env: str | None, passphrase_stdin: bool, gnupghome: str | None, as_json: bool) -> None:
     """Stop a key from being used: set its expiry to tomorrow, or --revoke it.
 
     Export the public key again afterwards and redistribute it (policy apply) so nodes learn of the change;
@@ -238,13 +254,23 @@ def retire_cmd(key: tuple[str, ...], revoke: bool, output: str | None, passphras
 
     kr = _keyring(gnupghome)
     pw = read_cached(passphrase_source(passphrase_file, passphrase_env, passphrase_stdin))
+    results: list[dict[str, object]] = []
     for k in key:
         info = kr.resolve(k, secret=True)
         if revoke:
             cert = kr.revoke(info.fingerprint, passphrase=pw)
             if output:
                 atomic_write(output, cert, 0o644)
-            click.echo(f"revoked {info.fingerprint}")
+            results.append({"fingerprint": info.fingerprint, "action": "revoked", "expires": None,
+                            "revocation_certificate": output})
+            if not as_json:
+                click.echo(f"revoked {info.fingerprint}")
         else:
             kr.set_expiry(info.fingerprint, "1d", passphrase=pw)
-            click.echo(f"{info.fingerprint} now expires in one day")
+            expires = kr.resolve(info.fingerprint, secret=False).expires
+            results.append({"fingerprint": info.fingerprint, "action": "expires", "expires": expires,
+                            "revocation_certificate": None})
+            if not as_json:
+                click.echo(f"{info.fingerprint} now expires in one day")
+    if as_json:
+        emit_json({"keys": results})

@@ -81,25 +81,36 @@ def apply_cmd(policy_file: str, root: str, registries_keys: str, dry_run: bool, 
         click.echo(f"warning: {w}", err=True)
     for s in plan.adopted:
         click.echo(f"note: taking over existing policy.json scope {s!r}", err=True)
+    changes = _with_files(plan.summary(), root)
     if dry_run or check:
         if as_json:
-            emit_json({"pending": plan.pending, "changes": plan.summary()})
+            emit_json({"pending": plan.pending, "changes": changes})
         elif dry_run:
             click.echo(plan.diff(), nl=False)
         else:
-            for c in plan.summary():
-                click.echo(f"{c['action']:7} {c['path']}")
+            for c in changes:
+                click.echo(f"{c['action']:7} {c['file']}")
         if not as_json:
             click.echo("changes pending" if plan.pending else "unchanged", err=True)
         return EXIT_NEGATIVE if plan.pending else EXIT_OK
     backups = apply.execute(plan) if plan.pending else []
     if as_json:
-        emit_json({"changed": plan.pending, "changes": plan.summary(), "backups": [str(b) for b in backups]})
+        emit_json({"changed": plan.pending, "changes": changes, "backups": [str(b) for b in backups]})
         return EXIT_OK
-    for c in plan.summary():
-        click.echo(f"{c['action']:7} {c['path']}")
+    for c in changes:
+        click.echo(f"{c['action']:7} {c['file']}")
     click.echo(f"changed ({len(plan.summary())} files)" if plan.pending else "unchanged")
     return EXIT_OK
+
+
+def _with_files(changes: list[dict[str, str]], root: str) -> list[dict[str, str]]:
+    """Each change with ``file``, the path actually written (under --root); ``path`` stays the node's path.
+
+    With ``--root X`` the files land in X/etc/…; printing the bare /etc/… path sent users to the wrong file.
+    """
+    import os
+
+    return [{**c, "file": os.path.join(root, c["path"].lstrip("/"))} for c in changes]
 
 
 @policy.command()

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
+from dataclasses import field
 from pathlib import Path
 from typing import Any
 
 import click
 
-from ..errors import EXIT_OK, InputError
+from ..errors import EXIT_NEGATIVE, EXIT_OK, InputError
+from ..signing import Resolver, Target
 from .common import (
+    echo_line,
     emit_json,
+    emit_json_line,
     gnupghome_option,
     install_sigterm_as_interrupt,
+    json_lines_option,
     json_option,
     passphrase_options,
     passphrase_source,
@@ -50,7 +56,9 @@ def read_reference_list(path: str) -> list[str]:
                    "CRI-O verify).")
 @click.option("--force", is_flag=True, help="Sign even if the same key already signed this identity and digest.")
 @click.option("-j", "--jobs", type=click.IntRange(1, 64), default=None, help="Parallel signers (default: 2 x cores).")
-@click.option("--dry-run", is_flag=True, help="Resolve references and show what would be signed; write nothing.")
+@click.option("--dry-run", is_flag=True,
+              help="Resolve references and the signing keys, show what would be signed; write nothing. Exit 1 if "
+                   "something would be signed, 0 if everything already is.")
 @click.option("--signer", "signer_mode", type=click.Choice(["auto", "agent", "gpg", "memory"]), default="auto",
               show_default=True,
               help="agent: ask gpg-agent directly (fast; RSA, Ed25519, ECDSA NIST keys); gpg: one gpg process per "
@@ -60,23 +68,34 @@ def read_reference_list(path: str) -> list[str]:
 @passphrase_options
 @gnupghome_option
 @json_option
+@json_lines_option
 def sign(references: tuple[str, ...], keys: tuple[str, ...], sigstore: str, registries_dir: str | None,
          sigstore_token_file: str | None, from_file: str | None,
          manifest_file: str | None, all_instances: bool, force: bool, jobs: int | None, dry_run: bool,
          signer_mode: str, tls_verify: bool, cert_dir: str | None, authfile: str | None, passphrase_file: str | None,
-         passphrase_env: str | None, passphrase_stdin: bool, gnupghome: str | None, as_json: bool) -> int:
+         passphrase_env: str | None, passphrase_stdin: bool, gnupghome: str | None, as_json: bool,
+         json_lines: bool) -> int:
     """Sign images (host/repo:tag, host/repo@sha256:…, or host/repo:tag@sha256:…).
 
     \b
     The signature claims the tag when one is given (host/repo:tag@sha256:… signs the tag identity with that
     digest); a tag without digest is resolved by fetching the manifest from the registry and hashing it.
     Signatures go to <sigstore>/<repository path>@sha256=<hex>/signature-N (first free N, never overwritten).
+
+    \b
+    Output: one line per image on stdout as it completes ("signed|exists IDENTITY DIGEST -> LOCATION"; failures
+    as "FAILED INPUT: REASON" on stderr), so an interrupted run leaves a record of what was stored; a summary
+    line on stderr at the end. --json prints one document at the end ({"sigstore", "summary", "results"});
+    --json-lines prints one JSON object per result as it completes. The progress bar appears only when stderr
+    is a terminal and stdout is not (or with --json).
     """
-    from .. import signing
+    from .. import reference, signing
     from ..extension import choose_store
     from ..passphrase import read_cached
 
     install_sigterm_as_interrupt()
+    if as_json and json_lines:
+        raise click.UsageError("use only one of --json, --json-lines")
     refs = list(references) + (read_reference_list(from_file) if from_file else [])
     if not refs:
         raise click.UsageError("give at least one image reference (or --from-file)")
@@ -84,38 +103,162 @@ def sign(references: tuple[str, ...], keys: tuple[str, ...], sigstore: str, regi
         raise click.UsageError("--manifest applies to exactly one reference")
     if passphrase_stdin and from_file == "-":
         raise click.UsageError("--passphrase-stdin and --from-file - cannot both read stdin")
+    for text in dict.fromkeys(refs):
+        warning = reference.implicit_docker_hub_warning(text.strip())
+        if warning:
+            echo_line(warning, err=True)
     store = choose_store(sigstore, registries_dir=registries_dir, tls_verify=tls_verify, cert_dir=cert_dir,
                          authfile=authfile, token_file=sigstore_token_file)
-    resolver = signing.Resolver(tls_verify=tls_verify, cert_dir=cert_dir, authfile=authfile,
-                                all_instances=all_instances, manifest_file=manifest_file)
+    resolver = _ListWarningResolver(tls_verify=tls_verify, cert_dir=cert_dir, authfile=authfile,
+                                    all_instances=all_instances, manifest_file=manifest_file)
     if dry_run:
-        rows = []
-        for r in refs:
-            for t in resolver.resolve(r):
-                rows.append({"identity": t.identity, "digest": t.digest, "note": t.note})
-        if as_json:
-            emit_json({"dry_run": True, "would_sign": rows, "sigstore": store.describe()})
-        else:
-            click.echo(table([[x["identity"], x["digest"], x["note"]] for x in rows], ["IDENTITY", "DIGEST", "NOTE"]))
-        return EXIT_OK
+        return _dry_run(refs, keys, gnupghome, resolver, store, force, as_json, json_lines)
 
     pw = read_cached(passphrase_source(passphrase_file, passphrase_env, passphrase_stdin))
     outcomes: list[signing.Outcome] = []
+    printer = _OutcomePrinter(resolver, "json" if as_json else "json-lines" if json_lines else "text")
     with _signers(keys, gnupghome, pw, signer_mode) as signers:
         for signer in signers:
             _warn_if_subkey(signer)
             total = len(refs)
-            show_bar = sys.stderr.isatty() and not as_json and total > 1
+            show_bar = sys.stderr.isatty() and total > 1 and (as_json or not sys.stdout.isatty())
             if show_bar:
                 with click.progressbar(length=total, label=f"signing with {signer.fingerprint[-16:]}",
                                        file=sys.stderr) as bar:
                     tick = _progress_ticker(bar)
+
+                    def both(o: signing.Outcome, tick: Any = tick) -> None:
+                        printer(o)
+                        tick(o)
                     outcomes += signing.sign_many(refs, resolver=resolver, signer=signer, store=store, force=force,
-                                                  workers=jobs, progress=tick)
+                                                  workers=jobs, progress=both)
             else:
                 outcomes += signing.sign_many(refs, resolver=resolver, signer=signer, store=store, force=force,
-                                              workers=jobs)
+                                              workers=jobs, progress=printer)
     return _report(outcomes, as_json, store.describe())
+
+
+@dataclasses.dataclass
+class _ListWarningResolver(Resolver):
+    """The signing Resolver, noting which references turned out to be a manifest list signed without --all.
+
+    A node evaluates the per-platform instance it pulls, not the list (SPEC §2.2, c/image ``copy`` of a list):
+    signing only the list digest gives an image every node refuses. The list is only visible when the manifest is
+    read anyway (a tag, or --manifest); a reference by digest is signed without asking the registry, as before.
+    The Resolver's own logic is untouched: the probe is a copy of it with ``all_instances`` set, whose extra
+    targets are dropped and remembered for the warning.
+    """
+
+    lists: dict[str, list[Target]] = field(default_factory=dict)
+
+    def resolve(self, text: str) -> list[Target]:
+        if self.all_instances:
+            return super().resolve(text)
+        from .. import reference
+
+        if reference.parse(text.strip()).digest and not self.manifest_file:
+            return super().resolve(text)
+        targets = dataclasses.replace(self, all_instances=True).resolve(text)
+        if len(targets) > 1:
+            with self._lock:
+                self.lists[text] = targets[1:]
+        return targets[:1]
+
+    def list_warning(self, text: str) -> str | None:
+        instances = self.lists.get(text)
+        if not instances:
+            return None
+        platforms = ", ".join(t.note.split(" of ", 1)[0] for t in instances)
+        return (f"warning: {text} is a manifest list ({len(instances)} instances: {platforms}); nodes evaluate the "
+                "per-platform instance they pull and will refuse the image unless the instances are signed too "
+                "(SPEC §2.2): sign with --all")
+
+
+class _OutcomePrinter:
+    """The progress callback that prints one record per outcome as it completes (text, or JSON Lines).
+
+    With --json the records are kept for the final document and nothing is printed per image. Failures go to
+    stderr as "FAILED …" in text mode, as today; a manifest-list warning is printed before its image's line.
+    """
+
+    def __init__(self, resolver: _ListWarningResolver, mode: str) -> None:
+        self.resolver, self.mode = resolver, mode
+        self._warned: set[str] = set()
+
+    def __call__(self, o: Any) -> None:
+        if o.input not in self._warned:
+            self._warned.add(o.input)
+            warning = self.resolver.list_warning(o.input)
+            if warning:
+                echo_line(warning, err=True)
+        if self.mode == "json":
+            return
+        if self.mode == "json-lines":
+            emit_json_line(o.as_dict())
+        elif o.status == "failed":
+            echo_line(f"FAILED  {o.input}: {o.error}", err=True)
+        else:
+            echo_line(_outcome_text(o))
+
+
+def _outcome_text(o: Any) -> str:
+    ident = o.target.identity if o.target else o.input
+    extra = f" ({o.target.note})" if o.target and o.target.note else ""
+    return f"{o.status:7} {ident} {o.target.digest if o.target else ''}{extra} -> {o.location}"
+
+
+def _dry_run(refs: list[str], keys: tuple[str, ...], gnupghome: str | None, resolver: _ListWarningResolver,
+             store: Any, force: bool, as_json: bool, json_lines: bool) -> int:
+    """What ``sign`` would do, with the signing keys resolved too: exit 1 if anything would be signed, else 0.
+
+    The keys are looked up as a real run would (a mistyped --key must fail here, exit 2), but not unlocked: no
+    passphrase is read. A target counts as done when every key already signed it (unless --force).
+    """
+    from .. import signing
+
+    key_fprs = _secret_key_fingerprints(keys, gnupghome)
+    rows = []
+    for r in refs:
+        for t in resolver.resolve(r):
+            missing = key_fprs if force else [k for k in key_fprs if not signing.already_signed_by(store, t, k)]
+            rows.append({"input": r, "identity": t.identity, "digest": t.digest, "note": t.note,
+                         "status": "would-sign" if missing else "exists"})
+        warning = resolver.list_warning(r)
+        if warning:
+            echo_line(warning, err=True)
+    pending = any(x["status"] == "would-sign" for x in rows)
+    if as_json:
+        emit_json({"dry_run": True, "would_sign": [x for x in rows if x["status"] == "would-sign"],
+                   "results": rows, "sigstore": store.describe()})
+    elif json_lines:
+        for x in rows:
+            emit_json_line({"dry_run": True, **x})
+    else:
+        click.echo(table([[x["status"], x["identity"], x["digest"], x["note"]] for x in rows],
+                         ["STATUS", "IDENTITY", "DIGEST", "NOTE"]))
+        n = sum(x["status"] == "would-sign" for x in rows)
+        click.echo(f"dry run: {n} would be signed, {len(rows) - n} already signed", err=True)
+    return EXIT_NEGATIVE if pending else EXIT_OK
+
+
+def _secret_key_fingerprints(keys: tuple[str, ...], gnupghome: str | None) -> list[frozenset[str]]:
+    """Per --key, the primary and subkey fingerprints of its secret key (keyring) or of the key in FILE."""
+    from .. import gpg
+
+    out: list[frozenset[str]] = []
+    keyring = gpg.Keyring(gnupghome)
+    for k in keys:
+        if Path(k).is_file():
+            with gpg.temporary_home() as tmp:
+                fprs = tmp.import_keys(Path(k).read_bytes(), None)
+                secret = [x for x in tmp.list_keys(secret=True) if x.fingerprint in fprs]
+                if not secret:
+                    raise InputError(f"{k} holds no secret key")
+                info = tmp.resolve(secret[0].fingerprint, secret=False)
+        else:
+            info = keyring.resolve(k, secret=True)
+        out.append(frozenset({info.fingerprint.upper(), *(s.upper() for s in info.subkeys)}))
+    return out
 
 
 def _warn_if_subkey(signer: Any) -> None:
@@ -189,18 +332,12 @@ class _signers:
 
 
 def _report(outcomes: list, as_json: bool, where: str) -> int:  # type: ignore[type-arg]
+    """The end of a run: the --json document, or the summary line (per-image lines were printed as they came)."""
     failed = [o for o in outcomes if o.status == "failed"]
     counts = {s: sum(1 for o in outcomes if o.status == s) for s in ("signed", "exists", "failed")}
     if as_json:
         emit_json({"sigstore": where, "summary": counts, "results": [o.as_dict() for o in outcomes]})
     else:
-        for o in outcomes:
-            if o.status == "failed":
-                click.echo(f"FAILED  {o.input}: {o.error}", err=True)
-            elif len(outcomes) <= 20:
-                ident = o.target.identity if o.target else o.input
-                extra = f" ({o.target.note})" if o.target and o.target.note else ""
-                click.echo(f"{o.status:7} {ident} {o.target.digest if o.target else ''}{extra} -> {o.location}")
         click.echo(f"{counts['signed']} signed, {counts['exists']} already signed, {counts['failed']} failed "
                    f"({where})", err=True)
     if not failed:

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import logging
-import re
 import sys
 from pathlib import Path
 
 import click
 
-from ..errors import EXIT_OK, EXIT_UNDECIDED, AtomicsigError, InputError
-from .common import F, emit_json, json_option, table
+from ..errors import EXIT_NEGATIVE, EXIT_OK, EXIT_UNDECIDED, AtomicsigError, InputError
+from .common import F, emit_json, gnupghome_option, json_option, table
 
 DEFAULT_CONFIG = "/etc/atomicsig/sync.yaml"
-_FPR = re.compile(r"^(0x)?([0-9A-Fa-f]{40}|[0-9A-Fa-f]{16})$")
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -136,25 +134,27 @@ def index(sigstore: str, as_json: bool) -> int:
 
 @click.command()
 @click.option("--sigstore", metavar="PATH", required=True, help="The sigstore directory to prune.")
-@click.option("--key", "keys", metavar="FPR", multiple=True, required=True,
-              help="Fingerprint (40 hex) or key ID (16 hex) of the retired key; repeatable.")
-@click.option("--dry-run", is_flag=True, help="List what would be removed; change nothing.")
+@click.option("--key", "keys", metavar="FPR|EMAIL|FILE", multiple=True, required=True,
+              help="The retired key: fingerprint (40 hex) or key ID (16 hex), an e-mail in the keyring, or a "
+                   "public key file; an e-mail or file must name exactly one key. Repeatable.")
+@click.option("--dry-run", is_flag=True, help="List what would be removed; change nothing. Exit 1 if anything "
+                                               "would be removed, 0 if nothing.")
+@gnupghome_option
 @json_option
-def prune(sigstore: str, keys: tuple[str, ...], dry_run: bool, as_json: bool) -> int:
+def prune(sigstore: str, keys: tuple[str, ...], dry_run: bool, gnupghome: str | None, as_json: bool) -> int:
     """Remove every signature claiming to be made by a retired key, renumbering without gaps.
 
     Matches the issuer a signature *claims* (a retired key may no longer verify). Removals are journaled, so
-    followers with propagate-deletes repeat them. A subkey signature is matched only by the subkey's own FPR.
+    followers with propagate-deletes repeat them. A fingerprint matches only that key (a subkey signature only
+    by the subkey's own FPR); an e-mail or key file matches its primary key and all its subkeys.
     """
+    from ..keys import retired_key_fingerprints
     from ..sync.prune import prune_keys
 
-    for k in keys:
-        if not _FPR.match(k):
-            raise InputError(f"--key {k!r}: give a 40-hex fingerprint or 16-hex key ID")
     root = Path(sigstore)
     if not root.is_dir():
         raise InputError(f"{sigstore} is not a directory")
-    res = prune_keys(root, {k.upper().removeprefix("0X") for k in keys}, dry_run=dry_run)
+    res = prune_keys(root, retired_key_fingerprints(keys, gnupghome), dry_run=dry_run)
     if as_json:
         emit_json({"removed": res.removed, "directories": res.directories, "dry_run": dry_run})
     else:
@@ -162,7 +162,7 @@ def prune(sigstore: str, keys: tuple[str, ...], dry_run: bool, as_json: bool) ->
         for r in res.removed:
             click.echo(f"{verb} {r}")
         click.echo(f"{verb} {len(res.removed)} signatures in {res.directories} directories")
-    return EXIT_OK
+    return EXIT_NEGATIVE if dry_run and res.removed else EXIT_OK
 
 
 __all__ = ["index", "prune", "sync"]

@@ -2,34 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
 from ..errors import EXIT_NEGATIVE, EXIT_OK, EXIT_UNDECIDED, AtomicsigError, InputError
 from ..identity import IdentityMatcher
+from ..keys import trusted_key_blobs
 from .common import emit_json, gnupghome_option, json_option, registry_options, sigstore_option, table
-
-
-def trusted_key_blobs(keys: tuple[str, ...], gnupghome: str | None) -> list[bytes]:
-    """Public keyrings from --key values: files as they are, fingerprints/e-mails exported from the keyring."""
-    blobs: list[bytes] = []
-    names: list[str] = []
-    for k in keys:
-        p = Path(k)
-        if p.is_file():
-            blobs.append(p.read_bytes())
-        elif "/" in k or k.endswith((".gpg", ".asc", ".pub")):
-            raise InputError(f"key file {k} does not exist")
-        else:
-            names.append(k)
-    if names:
-        from ..gpg import Keyring
-
-        kr = Keyring(gnupghome)
-        fprs = [kr.resolve(n, secret=False).fingerprint for n in names]
-        blobs.append(kr.export_public(fprs, armor=False))
-    return blobs
 
 
 def identity_matcher(match: str, exact_reference: str | None, exact_repository: str | None,
