@@ -238,3 +238,32 @@ def test_removed_scope_and_keyring_still_go_when_unchanged(cli, node) -> None:  
     import json
 
     assert set(json.loads((root / POLICY).read_text())["transports"]["docker"]) == {"docker.io/library"}
+
+
+# ---- #8: the tree changes between plan and execute --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("existed", [True, False], ids=["dir-swapped-for-link", "link-planted-where-nothing-was"])
+def test_a_link_planted_after_the_plan_does_not_redirect_writes(node, existed: bool) -> None:  # type: ignore[no-untyped-def]
+    """Check-then-write is the race issue 12 #8 found: the plan holds directory descriptors, so a directory
+    swapped for a link afterwards is not followed; a link planted where nothing existed is refused at write."""
+    from atomicsig.errors import PolicyError
+    from atomicsig.policy import apply as policy_apply
+    from atomicsig.policy import keymaterial, schema
+
+    root, yml, outside = node
+    if existed:
+        (root / KEYDIR).mkdir(parents=True)
+    spec = schema.load(yml)
+    p = policy_apply.plan(spec, keymaterial.resolve(spec, None), root)
+    before_out = snapshot(outside)
+    if existed:
+        (root / KEYDIR).rename(root / "etc/pki/moved")
+        _link(root, KEYDIR, outside)
+        policy_apply.execute(p)
+        assert list((root / "etc/pki/moved").glob("atomicsig-prod-*.gpg"))  # where the plan looked
+    else:
+        _link(root, "etc/pki", outside)
+        with pytest.raises(PolicyError, match="outside"):
+            policy_apply.execute(p)
+    assert snapshot(outside) == before_out
