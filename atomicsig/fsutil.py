@@ -78,6 +78,36 @@ def atomic_write(path: str | os.PathLike[str], data: bytes, mode: int = 0o644, *
         raise StorageError(f"cannot write {target}: {exc.strerror or exc}") from exc
 
 
+def atomic_write_at(dir_fd: int, name: str, data: bytes, mode: int = 0o644, *, display: str = "") -> None:
+    """:func:`atomic_write` relative to an open directory: temp file created ``O_EXCL|O_NOFOLLOW`` in ``dir_fd``,
+    fsynced, then ``renameat`` over ``name`` in the same directory. Nothing is resolved by path, so a symlink
+    swapped into the path after the caller opened ``dir_fd`` cannot redirect the write (policy apply, issue 12 #8).
+    The directory fsync is the caller's (one per directory and stage). ``display`` names the file in errors."""
+    import secrets
+
+    tmp = f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(6)}"
+    renamed = False
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
+        try:
+            try:
+                os.fchmod(fd, mode)
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            renamed = True
+        finally:
+            if not renamed:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp, dir_fd=dir_fd)
+    except OSError as exc:
+        raise StorageError(f"cannot write {display or name}: {exc.strerror or exc}") from exc
+
+
 def create_exclusive(path: str | os.PathLike[str], data: bytes, mode: int = 0o644) -> bool:
     """Create ``path`` with ``data`` only if it does not exist. Returns False if the name was taken.
 

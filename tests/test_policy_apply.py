@@ -341,21 +341,21 @@ def test_interrupted_apply_leaves_old_policy_then_completes(cli, setup, monkeypa
     (root / "etc/containers").mkdir(parents=True)
     old = json.dumps({"default": [{"type": "insecureAcceptAnything"}]})
     (root / POLICY).write_text(old)
-    real = fsutil.atomic_write
+    real = fsutil.atomic_write_at
 
-    def failing(path, data, mode=0o644, **kw):  # type: ignore[no-untyped-def]
-        if Path(path).name == "policy.json.atomicsig-next":  # the staged policy.json, before its rename
-            raise StorageError(f"cannot write {path}: simulated crash")
-        return real(path, data, mode, **kw)
+    def failing(dir_fd, name, data, mode=0o644, **kw):  # type: ignore[no-untyped-def]
+        if name == "policy.json.atomicsig-next":  # the staged policy.json, before its rename
+            raise StorageError(f"cannot write {name}: simulated crash")
+        return real(dir_fd, name, data, mode, **kw)
 
-    monkeypatch.setattr(fsutil, "atomic_write", failing)
+    monkeypatch.setattr(fsutil, "atomic_write_at", failing)
     code, _, err = apply(cli, yml, root, signer)
     assert code == 3 and "simulated crash" in err
     assert (root / POLICY).read_text() == old  # nodes still enforce the complete old policy
     kr = keyring(root, "prod")  # written before policy.json
     intent = json.loads((root / STATE).read_text())
     assert f"/etc/pki/containers/{kr.name}" in intent["files"]  # claimed before writing: no orphans
-    monkeypatch.setattr(fsutil, "atomic_write", real)
+    monkeypatch.setattr(fsutil, "atomic_write_at", real)
     code, out, err = apply(cli, yml, root, signer)
     assert code == 0, err
     assert f"update  {root}/etc/containers/policy.json" in out
@@ -367,18 +367,18 @@ def test_files_from_an_interrupted_apply_are_cleaned_up_later(cli, setup, monkey
     from atomicsig.errors import StorageError
 
     root, yml, signer = setup
-    real = fsutil.atomic_write
+    real = fsutil.atomic_write_at
 
-    def failing(path, data, mode=0o644, **kw):  # type: ignore[no-untyped-def]
-        if Path(path).name == "policy.json.atomicsig-next":  # the staged policy.json, before its rename
+    def failing(dir_fd, name, data, mode=0o644, **kw):  # type: ignore[no-untyped-def]
+        if name == "policy.json.atomicsig-next":  # the staged policy.json, before its rename
             raise StorageError("simulated crash")
-        return real(path, data, mode, **kw)
+        return real(dir_fd, name, data, mode, **kw)
 
-    monkeypatch.setattr(fsutil, "atomic_write", failing)
+    monkeypatch.setattr(fsutil, "atomic_write_at", failing)
     assert apply(cli, yml, root, signer)[0] == 3
     assert (root / f"{REGFILE}.atomicsig-next").exists() and not (root / REGFILE).exists()
     assert keyring(root, "prod").exists()
-    monkeypatch.setattr(fsutil, "atomic_write", real)
+    monkeypatch.setattr(fsutil, "atomic_write_at", real)
     small = tmp_path / "small.yaml"
     small.write_text("default: reject\nscopes:\n  docker.io/library: {action: accept}\n")
     code, _, err = apply(cli, small, root, signer)
@@ -415,6 +415,8 @@ def _legacy_layout(root: Path) -> list[str]:
     (root / POLICY).write_text(text)
     state = json.loads((root / STATE).read_text())
     state["files"] = sorted(files)
+    for hashes in ("sha256", "scope_sha256"):  # kept only since issue 12 #9
+        state.pop(hashes, None)
     (root / STATE).write_text(json.dumps(state, indent=2) + "\n")
     for p in root.rglob("*.atomicsig-bak.*"):
         p.unlink()
@@ -469,7 +471,7 @@ def observe_every_step(monkeypatch: pytest.MonkeyPatch, look: Callable[[], None]
     """Run ``look`` after every rename and unlink (the only operations that change what a node reads; writes go
     to temp names), one at a time, from whichever thread made it."""
     lock = threading.Lock()
-    real_replace, real_unlink = os.replace, Path.unlink
+    real_replace, real_unlink, real_os_unlink = os.replace, Path.unlink, os.unlink
 
     def replace(src, dst, **kw):  # type: ignore[no-untyped-def]
         with lock:
@@ -480,8 +482,13 @@ def observe_every_step(monkeypatch: pytest.MonkeyPatch, look: Callable[[], None]
         with lock:
             real_unlink(path, missing_ok=missing_ok)
             look()
+    def os_unlink(path, **kw):  # type: ignore[no-untyped-def]
+        with lock:
+            real_os_unlink(path, **kw)
+            look()
     monkeypatch.setattr(os, "replace", replace)
     monkeypatch.setattr(Path, "unlink", unlink)
+    monkeypatch.setattr(os, "unlink", os_unlink)
 
 
 @pytest.fixture
@@ -580,13 +587,13 @@ def test_changed_key_gets_a_new_name_and_the_old_one_outlives_the_old_policy(a_t
     _converge(root, *a_to_b["a"])
     old_key = keyring(root, "prod")
     old_policy = (root / POLICY).read_bytes()
-    real = fsutil.atomic_write
+    real = fsutil.atomic_write_at
 
-    def failing(path, data, mode=0o644, **kw):  # type: ignore[no-untyped-def]
-        if Path(path).name == "policy.json.atomicsig-next":  # the staged policy.json, before its rename
+    def failing(dir_fd, name, data, mode=0o644, **kw):  # type: ignore[no-untyped-def]
+        if name == "policy.json.atomicsig-next":  # the staged policy.json, before its rename
             raise StorageError("simulated crash")
-        return real(path, data, mode, **kw)
-    monkeypatch.setattr(fsutil, "atomic_write", failing)
+        return real(dir_fd, name, data, mode, **kw)
+    monkeypatch.setattr(fsutil, "atomic_write_at", failing)
     with pytest.raises(StorageError):
         policy_apply.execute(policy_apply.plan(*a_to_b["b"], root))
     monkeypatch.undo()

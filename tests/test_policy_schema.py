@@ -6,9 +6,11 @@ import hashlib
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from atomicsig import registries_d
-from atomicsig.errors import PolicyError
+from atomicsig import registries_d, validate
+from atomicsig.errors import InputError, PolicyError
 from atomicsig.policy import policyjson, render, schema
 from atomicsig.policy.keymaterial import KeyMaterial
 
@@ -172,3 +174,117 @@ def test_shipped_examples_compile_to_valid_policy(example: Path) -> None:
     assert policyjson.problems(doc) == []
     for reqs in doc["transports"]["docker"].values():
         assert sum(r["type"] == "signedBy" for r in reqs) <= 1
+
+
+# ---- atomicsig.validate: one validator per kind of value (issue 12 #13) -----------------------------------------
+
+UNSAFE = ["\x00", "\n", "\r", "\t", "\x1b", "\x7f", "\x85", "\u2028", "\u2029", "\u202e", "\u200b", "\ufeff",
+          "\ud800", "\ue000"]
+_unsafe = st.sampled_from(UNSAFE) | st.characters(whitelist_categories=("Cc", "Cf", "Zl", "Zp"))
+
+
+def _with_unsafe(valid: str) -> st.SearchStrategy[str]:
+    return st.tuples(st.integers(0, len(valid)), _unsafe).map(lambda t: valid[:t[0]] + t[1] + valid[t[0]:])
+
+
+@given(_with_unsafe("prod-key"))
+def test_no_validator_accepts_an_unsafe_character(value: str) -> None:
+    checks = [lambda v: validate.check_name("f", v), lambda v: validate.check_key_name("f", v),
+              lambda v: validate.check_file_name("f", v), lambda v: validate.check_scope("f", "quay.io/" + v),
+              lambda v: validate.check_url("f", "https://s.example.com/" + v),
+              lambda v: validate.check_url("f", "file:///var/" + v), lambda v: validate.check_email("f", v + "@a.b")]
+    for check in checks:
+        with pytest.raises(InputError) as exc:
+            check(value)
+        assert exc.value.message.startswith("f: ") and "\n" not in exc.value.message  # one line, named field
+
+
+@given(st.from_regex(r"[a-z0-9][a-z0-9._-]{0,63}", fullmatch=True))
+def test_every_key_name_of_the_grammar_is_accepted_and_is_a_file_name(name: str) -> None:
+    assert validate.check_key_name("k", name) == name
+    validate.check_file_name("f", f"atomicsig-{name}-{'a' * 12}.gpg")
+
+
+@given(st.text(min_size=1, max_size=80))
+def test_key_name_accepts_exactly_the_grammar(name: str) -> None:
+    import re
+
+    ok = re.fullmatch(r"[a-z0-9][a-z0-9._-]{0,63}", name) is not None
+    try:
+        validate.check_key_name("k", name)
+    except InputError:
+        assert not ok
+    else:
+        assert ok
+
+
+@given(st.sampled_from(["%00", "%0a", "%0D", "%1f", "%7F", "%e2%80%a8"]))
+def test_url_refuses_percent_encoded_controls(enc: str) -> None:
+    for base in ("https://s.example.com/sigs", "file:///var/lib/sigs"):
+        with pytest.raises(InputError, match="encodes a control character"):
+            validate.check_url("u", base + enc)
+
+
+@pytest.mark.parametrize("value", ["prod\n", "prod\r", "Prod", "-prod", "a" * 65, ""])
+def test_key_names_that_used_to_pass_or_never_did(value: str) -> None:
+    with pytest.raises(InputError):
+        validate.check_key_name("k", value)
+
+
+@pytest.mark.parametrize(("value", "ok"), [
+    ("Release Signer", True), ("Équipe sécurité", True), (" padded", False), ("padded ", False), ("a\tb", False),
+    ("x" * 257, False)])
+def test_check_name(value: str, ok: bool) -> None:
+    if ok:
+        assert validate.check_name("name", value) == value
+    else:
+        with pytest.raises(InputError):
+            validate.check_name("name", value)
+    with pytest.raises(InputError, match="must not contain"):
+        validate.check_name("name", "a <b>", forbid="<>")
+
+
+@pytest.mark.parametrize(("value", "ok"), [
+    ("release@example.com", True), ("a.b+c@sub.example.org", True), ("root@localhost", True),
+    ("no-at-sign", False), ("a@b", False), ("a@@b.c", False), ("<a@b.c>", False), ("a b@c.d", False),
+    ("a@b.c\n", False), (".a@b.c", False), ("a@-b.c", False)])
+def test_check_email(value: str, ok: bool) -> None:
+    if ok:
+        assert validate.check_email("email", value) == value
+    else:
+        with pytest.raises(InputError):
+            validate.check_email("email", value)
+
+
+@pytest.mark.parametrize("value", [".", "..", "a/b", "x" * 256, "é" * 128])
+def test_check_file_name_refuses(value: str) -> None:
+    with pytest.raises(InputError):
+        validate.check_file_name("f", value)
+
+
+def test_fingerprint_with_trailing_newline_is_refused() -> None:
+    assert validate.check_fingerprint("k", "0x" + "ab" * 20) == "AB" * 20
+    with pytest.raises(InputError):
+        validate.check_fingerprint("k", "AB" * 20 + "\n")
+
+
+@pytest.mark.parametrize(("text", "line"), [
+    ('default: reject\nkeys:\n  "prod\\n": {fingerprint: ' + FPR + "}\n", 3),
+    ('default: reject\nkeys:\n  k: {fingerprint: "' + FPR + '\\n"}\n', 3),
+    ('default: reject\nscopes:\n  quay.io:\n    action: accept\n    lookaside: "https://s.example.com/a\\0b"\n', 5),
+    ('default: reject\nscopes:\n  quay.io:\n    action: accept\n    lookaside: "https://s.example.com/a\\nb"\n', 5),
+    ('default: reject\nscopes:\n  quay.io:\n    action: accept\n    lookaside: "file:///var/a\\x7fb"\n', 5),
+    ('default: reject\nscopes:\n  quay.io:\n    action: accept\n    lookaside-staging: "file:///s%0a"\n', 5),
+    ('default: reject\nscopes:\n  "quay.io/a\\u202eb": {action: accept}\n', 3),
+])
+def test_unsafe_values_in_policy_yaml_name_the_line(text: str, line: int) -> None:
+    msg = error_of(text)
+    assert msg.startswith(f"p.yaml:{line}:"), msg
+    assert "\n" not in msg
+
+
+def test_render_revalidates_names_and_urls_it_writes() -> None:
+    with pytest.raises(InputError):
+        render.keyring_name(("prod\n",), b"x")
+    with pytest.raises(InputError):
+        render.registries_d_file({"quay.io": {"lookaside": "https://s.example.com/\x00"}})

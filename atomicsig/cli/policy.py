@@ -39,7 +39,7 @@ def validate(policy_file: str, root: str, gnupghome: str | None, as_json: bool) 
     keys = keymaterial.resolve(spec, gnupghome)
     compiled = render.compile_spec(spec, keys)
     plan = apply.plan(spec, keys, root)  # raises on conflicts exactly as apply would
-    warnings = apply.lint(spec, keys, root, compiled)
+    warnings = [*plan.warnings, *apply.lint(spec, keys, root, compiled)]
     if as_json:
         emit_json({"valid": True, "warnings": warnings, "scopes": len(spec.scopes),
                    "keys": {k.name: list(k.fingerprints) for k in keys.values()}, "pending": plan.pending})
@@ -77,7 +77,7 @@ def apply_cmd(policy_file: str, root: str, registries_keys: str, dry_run: bool, 
     spec = schema.load(policy_file)
     keys = keymaterial.resolve(spec, gnupghome)
     plan = apply.plan(spec, keys, root, registries_keys=registries_keys, keypaths_under_root=keypaths_under_root)
-    for w in apply.lint(spec, keys, root, render.compile_spec(spec, keys)):
+    for w in [*plan.warnings, *apply.lint(spec, keys, root, render.compile_spec(spec, keys))]:
         click.echo(f"warning: {w}", err=True)
     for s in plan.adopted:
         click.echo(f"note: taking over existing policy.json scope {s!r}", err=True)

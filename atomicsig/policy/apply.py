@@ -1,8 +1,20 @@
 """Put a compiled policy on a node (or under ``--root``) without breaking it at any moment and without touching
 what atomicsig does not own.
 
-* Ownership: ``<root>/var/lib/atomicsig/policy-state.json`` lists the docker scopes and files atomicsig wrote.
-  Only those are ever replaced or deleted; other scopes, transports, unknown fields and registries.d files stay.
+* Ownership: ``<root>/var/lib/atomicsig/policy-state.json`` lists the docker scopes and files atomicsig wrote,
+  with the sha256 of what it wrote. Only those are ever replaced or deleted; other scopes, transports, unknown
+  fields and registries.d files stay.
+* The state record is not trusted blindly (issue 12 #9): it lives on the node, and whoever edits it must not be
+  able to make apply delete an arbitrary file or drop an arbitrary scope. A recorded file is removed only if it
+  is a regular file directly in a directory apply manages (``/etc/pki/containers``, ``registries.d``) under a
+  name apply generates (``atomicsig-…``) and — when the record has its hash (every record written since) — still
+  holds exactly what apply wrote. A recorded scope is dropped from policy.json only if its requirements are
+  exactly what apply wrote (hash). For a record from before hashes were kept, only a signed scope whose every
+  requirement names keyrings apply may remove is dropped; accept/reject scopes without a hash never are.
+  Anything else is left in place, forgotten by the new record, and reported in one warning; a keyring such a
+  scope still names stays.
+* Every path is reached through :class:`~atomicsig.policy.tree.NodeTree`: directory descriptors, ``O_NOFOLLOW``,
+  links followed only when they stay inside the root (issue 12 #8; the rule is in tree.py).
 * Conflicts are refused before anything is written: an unmanaged registries.d file defining one of our scopes
   would make c/image fail every pull (SPEC §4.4), and an existing policy.json that does not parse is never
   overwritten (the admin has to look at it).
@@ -21,22 +33,23 @@ what atomicsig does not own.
 
 from __future__ import annotations
 
-import contextlib
 import difflib
-import functools
+import hashlib
 import json
-import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import fsutil, reference, registries_d
-from ..errors import PolicyError, StorageError
+from .. import reference, registries_d
+from ..errors import InputError, PolicyError
+from ..validate import check_file_name
 from . import policyjson
 from .keymaterial import KeyMaterial
-from .render import POLICY_PATH, REGISTRIES_D, REGISTRIES_FILE, Compiled, compile_spec, merge
+from .render import KEY_DIR, POLICY_PATH, REGISTRIES_D, REGISTRIES_FILE, Compiled, compile_spec, merge
 from .schema import PolicySpec
+from .tree import NodeTree, split
 
 STATE_PATH = "/var/lib/atomicsig/policy-state.json"
 STATE_VERSION = 1
@@ -45,12 +58,16 @@ STATE_VERSION = 1
 # by its exact path.
 STAGING_SUFFIX = ".atomicsig-next"
 STAGES = ("state-intent", "key", "commit", "removal", "state")
+#: Names apply generates in the directories it manages (render.keyring_name, render.REGISTRIES_FILE, and the
+#: per-scope ``atomicsig-<scope>.yaml`` of earlier versions); nothing else there is ever removed.
+MANAGED_NAMES = {KEY_DIR: re.compile(r"atomicsig-[^/]+\.(gpg|pub)"),
+                 REGISTRIES_D: re.compile(r"atomicsig(-[^/]+)?\.yaml")}
 
 
 @dataclass
 class Change:
     node_path: str
-    path: Path  # where it is written (under root)
+    path: Path  # where it is written (under root), for messages
     old: bytes | None
     new: bytes | None  # None = delete
     kind: str  # state-intent | key | registries.d | policy | state
@@ -67,6 +84,7 @@ class Change:
 @dataclass
 class Plan:
     root: Path
+    tree: NodeTree
     changes: list[Change] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     adopted: list[str] = field(default_factory=list)  # unmanaged policy.json scopes the YAML takes over
@@ -99,164 +117,270 @@ def _text(data: bytes | None) -> list[str]:
     return data.decode("utf-8", "replace").splitlines(keepends=True) if data is not None else []
 
 
-def _under(root: Path, node_path: str) -> Path:
-    """``root``/``node_path``, refusing a path whose directory (e.g. through a symlink) leaves ``root``."""
-    p = root / node_path.lstrip("/")
-    if not _dir_within(root, p.parent):
-        raise PolicyError(f"{node_path} resolves outside {root}")
-    return p
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
-@functools.lru_cache(maxsize=256)
-def _dir_within(root: Path, directory: Path) -> bool:
-    return fsutil.is_within(root, directory if directory.exists() else root)
+def scope_hash(reqs: Any) -> str:
+    """sha256 of a scope's requirement list in canonical JSON: what the state record keeps per scope."""
+    return _sha(json.dumps(reqs, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode())
 
 
-def _read(path: Path) -> bytes | None:
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        return None
-    except NotADirectoryError as exc:
-        raise StorageError(f"cannot read {path}: a parent is not a directory") from exc
-    except OSError as exc:
-        raise StorageError(f"cannot read {path}: {exc.strerror or exc}") from exc
+# ---- the state record -------------------------------------------------------------------------------------------
 
 
-def check_root(root: Path) -> None:
-    if root.exists() and not root.is_dir():
-        raise StorageError(f"--root {root} is not a directory")
+@dataclass
+class State:
+    """What the record claims: path/scope -> hashes of what apply wrote (empty set: a record without hashes)."""
+
+    files: dict[str, set[str]] = field(default_factory=dict)
+    scopes: dict[str, set[str]] = field(default_factory=dict)
+    raw: bytes | None = None
+
+    def to_bytes(self) -> bytes:
+        state = {"version": STATE_VERSION, "default": True, "docker_scopes": sorted(self.scopes),
+                 "files": sorted(self.files),
+                 "sha256": {p: sorted(h) for p, h in sorted(self.files.items()) if h},
+                 "scope_sha256": {s: sorted(h) for s, h in sorted(self.scopes.items()) if h}}
+        return (json.dumps(state, indent=2) + "\n").encode()
+
+    def union(self, other: State) -> State:
+        out = State({p: set(h) for p, h in self.files.items()}, {s: set(h) for s, h in self.scopes.items()})
+        for mine, theirs in ((out.files, other.files), (out.scopes, other.scopes)):
+            for k, h in theirs.items():
+                mine.setdefault(k, set()).update(h)
+        return out
 
 
-def read_state(root: Path) -> dict[str, Any]:
-    raw = _read(_under(root, STATE_PATH))
+def _hashes(table: Any, key: str) -> set[str]:
+    value = table.get(key) if isinstance(table, dict) else None
+    values = [value] if isinstance(value, str) else value if isinstance(value, list) else []
+    return {v for v in values if isinstance(v, str)}
+
+
+def read_state(root: str | Path | NodeTree) -> State:
+    tree = root if isinstance(root, NodeTree) else NodeTree(root)
+    raw = tree.read(STATE_PATH)
     if raw is None:
-        return {"version": STATE_VERSION, "default": False, "docker_scopes": [], "files": []}
+        return State()
     try:
-        state = json.loads(raw)
-        if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
+        doc = json.loads(raw)
+        if not isinstance(doc, dict) or doc.get("version") != STATE_VERSION:
             raise ValueError("unsupported version")
-        state["docker_scopes"] = list(state.get("docker_scopes", []))
-        state["files"] = list(state.get("files", []))
+        files, scopes = doc.get("files", []), doc.get("docker_scopes", [])
+        if not isinstance(files, list) or not isinstance(scopes, list):
+            raise ValueError("files and docker_scopes must be lists")
     except ValueError as exc:
-        raise PolicyError(f"{_under(root, STATE_PATH)} is unreadable ({exc}); fix or remove it") from exc
-    return state
+        raise PolicyError(f"{tree.display(STATE_PATH)} is unreadable ({exc}); fix or remove it") from exc
+    return State({p: _hashes(doc.get("sha256"), p) for p in files if isinstance(p, str)},
+                 {s: _hashes(doc.get("scope_sha256"), s) for s in scopes if isinstance(s, str)}, raw)
 
 
-def unmanaged_registries(root: Path, owned: set[str]) -> registries_d.RegistriesConfig:
+def managed_name(node_path: str) -> bool:
+    """A path apply may replace or remove: directly in a managed directory, under a name apply generates."""
+    d, name = split(node_path)
+    pattern = MANAGED_NAMES.get(d)
+    if pattern is None or not pattern.fullmatch(name) or ".atomicsig-bak." in name or \
+            name.endswith(STAGING_SUFFIX):
+        return False
+    try:
+        check_file_name("file", name)
+    except InputError:
+        return False
+    return True
+
+
+def _removable(tree: NodeTree, node_path: str, hashes: set[str]) -> tuple[bool, bytes | None]:
+    """(apply may remove it, current content). Refused: a name apply never generates, a non-regular file or a
+    link, or content other than what apply recorded writing (issue 12 #9)."""
+    if not managed_name(node_path):
+        return False, None
+    try:
+        data = tree.read(node_path)
+    except PolicyError:  # a symlink, FIFO, directory…: not something apply wrote
+        return False, None
+    if data is None:
+        return True, None
+    return (not hashes or _sha(data) in hashes), data
+
+
+def _names_only(reqs: Any, removable: set[str], root: str) -> bool:
+    """For a recorded scope without a hash (records written before hashes were kept): True if every requirement is
+    signedBy/sigstoreSigned with keys only in keyrings apply may remove — the shape apply generated. An
+    accept/reject scope is never dropped on a record's word alone (dropping a reject loosens the node)."""
+    if not isinstance(reqs, list) or not reqs:
+        return False
+    allowed = {"signedBy": {"type", "keyType", "keyPath", "signedIdentity"},
+               "sigstoreSigned": {"type", "keyPath", "keyPaths", "signedIdentity"}}
+    for r in reqs:
+        if not isinstance(r, dict) or not set(r) <= allowed.get(str(r.get("type")), set()):
+            return False
+        paths = r["keyPaths"] if isinstance(r.get("keyPaths"), list) else [r.get("keyPath")]
+        if not paths or not all(isinstance(p, str) and p.removeprefix(root) in removable for p in paths):
+            return False
+    return True
+
+
+# ---- planning ---------------------------------------------------------------------------------------------------
+
+
+def unmanaged_registries(root: str | Path | NodeTree, owned: set[str]) -> registries_d.RegistriesConfig:
     """Merge every ``*.yaml`` in ``<root>/etc/containers/registries.d`` that atomicsig does not own."""
-    d = _under(root, REGISTRIES_D)
+    tree = root if isinstance(root, NodeTree) else NodeTree(root)
     cfg = registries_d.RegistriesConfig()
-    if not d.is_dir():
-        return cfg
-    for name in sorted(os.listdir(d)):
+    for name in sorted(tree.listdir(REGISTRIES_D)):
         node_path = f"{REGISTRIES_D}/{name}"
         if not name.endswith(".yaml") or node_path in owned:
             continue
-        raw = _read(d / name)
+        raw = tree.read(node_path, follow=True)  # c/image reads through links; we do when they stay in the root
         if raw is not None:
-            registries_d.merge_file(cfg, raw.decode("utf-8", "replace"), str(d / name))
+            registries_d.merge_file(cfg, raw.decode("utf-8", "replace"), str(tree.display(node_path)))
     return cfg
 
 
 def plan(spec: PolicySpec, keys: dict[str, KeyMaterial], root: str | Path, *, registries_keys: str = "lookaside",
          keypaths_under_root: bool = False) -> Plan:
     """Everything ``apply`` would change, computed without writing. Raises on any conflict or bad input."""
-    rootp = Path(root).absolute()
-    check_root(rootp)
-    state = read_state(rootp)
-    owned_files = set(state["files"])
+    tree = NodeTree(root)
+    rootp = tree.root
+    state = read_state(tree)
     compiled = compile_spec(spec, keys, registries_keys=registries_keys,
                             keypath_prefix=str(rootp) if keypaths_under_root else "")
-    result = Plan(rootp)
+    result = Plan(rootp, tree)
+    distrusted: list[str] = []
 
+    # Files the record names: replaced only under names apply generates, removed only if unchanged since.
+    owned_files: set[str] = set()
+    removable: dict[str, bytes | None] = {}
+    for node_path, hashes in sorted(state.files.items()):
+        ok, data = _removable(tree, node_path, hashes)
+        if managed_name(node_path):
+            owned_files.add(node_path)
+        if ok:
+            removable[node_path] = data
+        elif node_path not in compiled.files:
+            distrusted.append(node_path)
     # A file already holding exactly what we would write is ours (e.g. the state record was lost).
-    identical = {n for n, data in compiled.registries_files().items() if _read(_under(rootp, n)) == data}
-    cfg = unmanaged_registries(rootp, owned_files | identical)
+    identical = {n for n, data in compiled.registries_files().items() if tree.read(n) == data}
+    # Recorded registries.d files that apply will not replace nor may remove count as the admin's: a scope in
+    # one of them is a conflict like any other.
+    cfg = unmanaged_registries(tree, set(removable) | (owned_files & set(compiled.files)) | identical)
     for node_path in compiled.registries_files():
-        path = _under(rootp, node_path)
-        if node_path not in owned_files | identical and (path.exists() or path.is_symlink()):
-            raise PolicyError(f"{path} exists but is not managed by atomicsig; move it away or merge it into "
-                              f"{spec.source}")
+        if node_path not in owned_files | identical and tree.lexists(node_path):
+            raise PolicyError(f"{tree.display(node_path)} exists but is not managed by atomicsig; move it away or "
+                              f"merge it into {spec.source}")
     for s in spec.scopes:
         if s.has_registries_d and s.scope in cfg.docker:
-            ours = _under(rootp, REGISTRIES_FILE)
+            ours = tree.display(REGISTRIES_FILE)
             raise PolicyError(f'"docker" namespace "{s.scope}" would be defined both in "{cfg.docker[s.scope].source}"'
                               f' and "{ours}"; c/image refuses such a configuration (SPEC §4.4)')
-    policy_path = _under(rootp, POLICY_PATH)
-    existing, raw_policy = policyjson.read(policy_path)
+    policy_path = tree.display(POLICY_PATH)
+    raw_policy = tree.read(POLICY_PATH, follow=True)
+    existing = policyjson.loads(raw_policy, str(policy_path)) if raw_policy is not None else None
     base = existing if existing is not None else json.loads(json.dumps(policyjson.SHIPPED_DEFAULT))
-    previously = set(state["docker_scopes"])
     transports = base.get("transports", {})
     current_docker = transports.get("docker", {}) if isinstance(transports, dict) else None
     if not isinstance(current_docker, dict):
         raise PolicyError(f"{policy_path}: transports/docker is not an object; refusing to touch it")
+    previously = set(state.scopes)
+    # Scopes the record names and the YAML no longer has: dropped only if still exactly what apply wrote.
+    droppable: set[str] = set()
+    for scope, hashes in sorted(state.scopes.items()):
+        if scope in compiled.docker_scopes or scope not in current_docker:
+            continue
+        reqs = current_docker[scope]
+        if (scope_hash(reqs) in hashes) if hashes else _names_only(reqs, set(removable), str(rootp).rstrip("/")):
+            droppable.add(scope)
+        else:
+            distrusted.append(f"scope {scope}")
     result.adopted = sorted(s for s in compiled.docker_scopes if s in current_docker and s not in previously)
-    new_doc = merge(base, compiled, previously)
+    new_doc = merge(base, compiled, droppable)
     bad = [p for p in policyjson.problems(new_doc) if p not in policyjson.problems(base)] if existing else \
         policyjson.problems(new_doc)
     if bad:
         raise PolicyError(f"generated policy would be invalid: {bad[0]}")
+    if distrusted:
+        shown = ", ".join(repr(x) for x in distrusted[:5]) + \
+            (f" and {len(distrusted) - 5} more" if len(distrusted) > 5 else "")
+        result.warnings.append(f"{tree.display(STATE_PATH)} names {len(distrusted)} item(s) apply did not write or "
+                               f"that changed since ({shown}); left in place and no longer managed")
 
     for node_path, data in sorted(compiled.key_files().items()):
-        _add(result, rootp, node_path, data, "key")
+        _add(result, node_path, data, "key")
     # Commit stage: registries.d files owned but no longer compiled (atomicsig.yaml when no scope has a lookaside
     # any more, the per-scope atomicsig-<scope>.yaml of earlier versions), atomicsig.yaml, staged leftovers and
     # policy.json. Deletions happen *before* the new atomicsig.yaml appears, see _commit.
-    for node_path in sorted(owned_files - set(compiled.files)):
+    # A keyring the new policy.json still names (from a scope left in place above) stays, and stays recorded.
+    named = _key_paths(new_doc)
+    still_named = {n for n in removable if n.startswith(KEY_DIR + "/") and
+                   (n in named or str(rootp) + n in named)}
+    gone = sorted(set(removable) - set(compiled.files) - still_named)
+    for node_path in gone:
         if node_path.startswith(REGISTRIES_D + "/"):
-            _delete(result, rootp, node_path, "registries.d", "commit")
+            _delete(result, node_path, removable[node_path], "registries.d", "commit")
     for node_path, data in sorted(compiled.registries_files().items()):
-        _add(result, rootp, node_path, data, "registries.d")
+        _add(result, node_path, data, "registries.d")
     for staging, kind in ((f"{REGISTRIES_FILE}{STAGING_SUFFIX}", "registries.d"),
                           (f"{POLICY_PATH}{STAGING_SUFFIX}", "policy")):
-        if _read(_under(rootp, staging)) is not None:  # left by a killed apply; ours by its name
-            _delete(result, rootp, staging, kind, "commit")
+        if tree.lexists(staging):  # left by a killed apply; ours by its name (unlink never follows a link)
+            try:
+                old = tree.read(staging)
+            except PolicyError:
+                old = b""
+            _delete(result, staging, old if old is not None else b"", kind, "commit")
     if existing is None or new_doc != existing:
         result.changes.append(Change(POLICY_PATH, policy_path, raw_policy, policyjson.dumps(new_doc), "policy"))
     # Old keyrings go only after policy.json stopped naming them.
-    for node_path in sorted(owned_files - set(compiled.files)):
+    for node_path in gone:
         if not node_path.startswith(REGISTRIES_D + "/"):
-            _delete(result, rootp, node_path, "key", "removal")
-    state_path = _under(rootp, STATE_PATH)
-    old_state = _read(state_path)
-    state_bytes = _state_bytes(compiled.docker_scopes, compiled.files)
-    if old_state != state_bytes:
-        result.changes.append(Change(STATE_PATH, state_path, old_state, state_bytes, "state"))
-    if not (set(compiled.files) <= owned_files and set(compiled.docker_scopes) <= previously):
-        # Intent record: claim the union of old and new ownership *before* writing, so that a crash mid-apply
-        # leaves every file it may have created owned, and the next apply cleans up what the YAML no longer has.
-        intent = _state_bytes(previously | set(compiled.docker_scopes), owned_files | set(compiled.files))
-        result.changes.insert(0, Change(STATE_PATH, state_path, old_state, intent, "state-intent"))
+            _delete(result, node_path, removable[node_path], "key", "removal")
+    final = State({p: {_sha(d)} for p, d in compiled.files.items()},
+                  {s: {scope_hash(r)} for s, r in compiled.docker_scopes.items()})
+    final = final.union(State({p: state.files[p] for p in still_named - set(compiled.files)}))
+    state_bytes = final.to_bytes()
+    if state.raw != state_bytes:
+        result.changes.append(Change(STATE_PATH, tree.display(STATE_PATH), state.raw, state_bytes, "state"))
+    # Intent record: claim the union of old and new ownership *before* writing, so that a crash mid-apply leaves
+    # every file it may have created owned (with both hashes it may hold), and the next apply cleans up what the
+    # YAML no longer has. Distrusted entries are not carried over.
+    kept = State({p: state.files[p] for p in removable}, {s: state.scopes[s] for s in droppable})
+    intent = kept.union(final).to_bytes()
+    if intent != state.raw and result.changes:
+        result.changes.insert(0, Change(STATE_PATH, tree.display(STATE_PATH), state.raw, intent, "state-intent"))
     return result
 
 
-def _add(result: Plan, root: Path, node_path: str, data: bytes, kind: str) -> None:
-    path = _under(root, node_path)
-    old = _read(path)
+def _key_paths(doc: dict[str, Any]) -> set[str]:
+    """Every keyPath/keyPaths value in a policy.json document."""
+    out: set[str] = set()
+    transports = doc.get("transports")
+    for scopes in transports.values() if isinstance(transports, dict) else []:
+        for reqs in scopes.values() if isinstance(scopes, dict) else []:
+            for r in reqs if isinstance(reqs, list) else []:
+                if isinstance(r, dict):
+                    paths = r["keyPaths"] if isinstance(r.get("keyPaths"), list) else [r.get("keyPath")]
+                    out.update(x for x in paths if isinstance(x, str))
+    return out
+
+
+def _add(result: Plan, node_path: str, data: bytes, kind: str) -> None:
+    old = result.tree.read(node_path)
     if old != data:
-        result.changes.append(Change(node_path, path, old, data, kind))
+        result.changes.append(Change(node_path, result.tree.display(node_path), old, data, kind))
 
 
-def _delete(result: Plan, root: Path, node_path: str, kind: str, stage: str) -> None:
-    path = _under(root, node_path)
-    old = _read(path)
+def _delete(result: Plan, node_path: str, old: bytes | None, kind: str, stage: str) -> None:
     if old is not None:
-        result.changes.append(Change(node_path, path, old, None, kind, stage))
+        result.changes.append(Change(node_path, result.tree.display(node_path), old, None, kind, stage))
 
 
-def _state_bytes(scopes: Any, files: Any) -> bytes:
-    state = {"version": STATE_VERSION, "default": True, "docker_scopes": sorted(scopes), "files": sorted(files)}
-    return (json.dumps(state, indent=2) + "\n").encode()
-
-
-def backup_name(path: Path, now: float) -> Path:
+def backup_name(tree: NodeTree, node_path: str, now: float) -> str:
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
-    candidate = path.with_name(f"{path.name}.atomicsig-bak.{stamp}")
+    candidate = f"{node_path}.atomicsig-bak.{stamp}"
     n = 1
-    while candidate.exists():
+    while tree.lexists(candidate):
         n += 1
-        candidate = path.with_name(f"{path.name}.atomicsig-bak.{stamp}.{n}")
+        candidate = f"{node_path}.atomicsig-bak.{stamp}.{n}"
     return candidate
 
 
@@ -266,11 +390,13 @@ def execute(p: Plan, now: float | None = None) -> list[Path]:
 
     Inside a stage the order does not matter, so files are written by a few threads (the kernel batches their
     fsyncs into one journal commit); after each stage its directories are fsynced once, so the stage order stays
-    durable across a power cut.
+    durable across a power cut. Every operation goes through ``p.tree`` (directory descriptors, no link followed
+    out of the root).
     """
     from concurrent.futures import ThreadPoolExecutor
 
     ts = time.time() if now is None else now
+    tree = p.tree
     by_stage: dict[str, list[Change]] = {}
     for c in p.changes:
         by_stage.setdefault(c.stage, []).append(c)
@@ -280,24 +406,24 @@ def execute(p: Plan, now: float | None = None) -> list[Path]:
     # early, and the window between the registries.d and the policy.json rename stays one file write wide.
     olds = [c for c in p.changes if c.old is not None and not c.kind.startswith("state")
             and not c.node_path.endswith(STAGING_SUFFIX)]
-    backups = [backup_name(c.path, ts) for c in olds]
+    backups = [backup_name(tree, c.node_path, ts) for c in olds]
     with ThreadPoolExecutor(max_workers=8) as pool:
         for stage in STAGES:
             changes = by_stage.get(stage, [])
-            for parent in sorted({c.path.parent for c in changes if c.new is not None}):
-                fsutil.makedirs(parent)
+            for parent in sorted({split(c.node_path)[0] for c in changes if c.new is not None}):
+                tree.dir_fd(parent, create=True)
             if stage == "commit":
-                _commit(changes, pool)
+                _commit(tree, changes, pool)
             else:
-                list(pool.map(_write_one, changes))
-                _flush({c.path.parent for c in changes})
+                list(pool.map(lambda c: _write_one(tree, c), changes))
+                _flush(tree, changes)
             if stage == "state-intent":
-                list(pool.map(_write_backup, olds, backups))
-                _flush({c.path.parent for c in olds})
-    return backups
+                list(pool.map(lambda c, b: _write_backup(tree, c, b), olds, backups))
+                _flush(tree, olds)
+    return [tree.display(b) for b in backups]
 
 
-def _commit(changes: list[Change], pool: Any) -> None:
+def _commit(tree: NodeTree, changes: list[Change], pool: Any) -> None:
     """Switch registries.d, then policy.json, with two back-to-back renames and nothing else in between.
 
     1. Stage: the complete new atomicsig.yaml and policy.json (temp + fsync + rename) under their inert
@@ -315,46 +441,31 @@ def _commit(changes: list[Change], pool: Any) -> None:
        read signatures, never whether a signature is trusted).
     """
     writes = sorted((c for c in changes if c.new is not None), key=lambda c: c.kind != "registries.d")
-    staged = [c.path.with_name(c.path.name + STAGING_SUFFIX) for c in writes]
-    list(pool.map(lambda c, tmp: fsutil.atomic_write(tmp, c.new, 0o644, sync_dir=False), writes, staged))
-    drops = [c for c in changes if c.new is None and c.path not in staged]
-    list(pool.map(_write_one, drops))
-    _flush({c.path.parent for c in drops})
+    staged = [c.node_path + STAGING_SUFFIX for c in writes]
+    list(pool.map(lambda c, tmp: tree.write(tmp, c.new), writes, staged))
+    drops = [c for c in changes if c.new is None and c.node_path not in staged]
+    list(pool.map(lambda c: _write_one(tree, c), drops))
+    _flush(tree, drops)
     for c, tmp in zip(writes, staged, strict=True):
-        try:
-            os.replace(tmp, c.path)
-        except OSError as exc:
-            raise StorageError(f"cannot rename {tmp} to {c.path}: {exc.strerror or exc}") from exc
-    _flush({c.path.parent for c in writes})
+        tree.rename(tmp, c.node_path)
+    _flush(tree, writes)
 
 
-def _write_backup(c: Change, backup: Path) -> None:
-    mode = 0o644
-    with contextlib.suppress(OSError):
-        mode = c.path.stat().st_mode & 0o777
+def _write_backup(tree: NodeTree, c: Change, backup: str) -> None:
     assert c.old is not None
-    fsutil.atomic_write(backup, c.old, mode, sync_dir=False)
+    tree.write(backup, c.old, tree.mode(c.node_path) or 0o644)
 
 
-def _write_one(c: Change) -> None:
+def _write_one(tree: NodeTree, c: Change) -> None:
     if c.new is None:
-        try:
-            c.path.unlink()
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            raise StorageError(f"cannot remove {c.path}: {exc.strerror or exc}") from exc
+        tree.unlink(c.node_path)
     else:
-        fsutil.atomic_write(c.path, c.new, 0o644, sync_dir=False)
+        tree.write(c.node_path, c.new)
 
 
-def _flush(dirs: set[Path]) -> None:
-    for d in sorted(dirs):
-        try:
-            fsutil.fsync_dir(d)
-        except OSError as exc:
-            raise StorageError(f"cannot sync {d}: {exc.strerror or exc}") from exc
-    dirs.clear()
+def _flush(tree: NodeTree, changes: list[Change]) -> None:
+    for d in sorted({split(c.node_path)[0] for c in changes}):
+        tree.sync_dir(d)
 
 
 # ---- lint -------------------------------------------------------------------------------------------------------
@@ -372,7 +483,8 @@ def scope_chain(scope: str) -> list[str]:
 
 def lint(spec: PolicySpec, keys: dict[str, KeyMaterial], root: str | Path, compiled: Compiled) -> list[str]:
     """Warnings that do not stop an apply but probably mean a node will not do what the YAML author expects."""
-    rootp = Path(root).absolute()
+    tree = NodeTree(root)
+    rootp = tree.root
     warnings: list[str] = []
     for k in keys.values():
         warnings += k.warnings()
@@ -380,7 +492,8 @@ def lint(spec: PolicySpec, keys: dict[str, KeyMaterial], root: str | Path, compi
     if spec.default == "accept" and signed:
         warnings.append(f"{spec.source}:{spec.default_line}: default is accept: images outside the "
                         f"{len(signed)} signed scope(s) are pulled without any signature check")
-    cfg = unmanaged_registries(rootp, set(read_state(rootp)["files"]) | set(compiled.registries_files()))
+    owned = {p for p in read_state(tree).files if managed_name(p)}
+    cfg = unmanaged_registries(tree, owned | set(compiled.registries_files()))
     readable = {x for x, sec in cfg.docker.items() if sec.url(write=False)} | {x.scope for x in spec.scopes
                                                                                  if x.lookaside}
     for s in signed:

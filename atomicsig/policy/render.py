@@ -25,6 +25,7 @@ from typing import Any
 
 import yaml
 
+from .. import validate
 from .keymaterial import KeyMaterial
 from .schema import PolicySpec, ScopeSpec
 
@@ -55,6 +56,8 @@ class Compiled:
 def keyring_name(names: tuple[str, ...], data: bytes, ext: str = "gpg") -> str:
     """``atomicsig-<sorted names joined by +>-<12 hex of sha256(data)>.<ext>``: readable, and a new name whenever
     the bytes change (48 bits of hash: a collision needs the same key names and ~2^24 different key sets)."""
+    for n in names:  # part of a file name: validated here too, whoever built ``names`` (atomicsig.validate)
+        validate.check_key_name("key name", n)
     joined = "+".join(sorted(names))
     if len(joined) > 100:
         joined = "keys-" + hashlib.sha256(joined.encode()).hexdigest()[:16]
@@ -128,7 +131,16 @@ def registries_d_section(s: ScopeSpec, registries_keys: str) -> dict[str, Any]:
 
 
 def registries_d_file(sections: dict[str, dict[str, Any]]) -> bytes:
-    """``atomicsig.yaml``: every managed scope in YAML order (deterministic, so unchanged input = same bytes)."""
+    """``atomicsig.yaml``: every managed scope in YAML order (deterministic, so unchanged input = same bytes).
+
+    Scopes and URLs are checked again here (atomicsig.validate), whoever built ``sections``: what this file says
+    decides where every node reads signatures, and a control character in it would not survive c/image's parser
+    the way it was meant."""
+    for scope, section in sections.items():
+        validate.check_scope("registries.d scope", scope)
+        for key, value in section.items():
+            if isinstance(value, str):
+                validate.check_url(f"registries.d {scope} {key}", value)
     header = ("# Managed by atomicsig (atomicsig policy apply); local edits are overwritten.\n"
               "# Scopes defined here must not be defined in any other registries.d file (c/image refuses that).\n")
     body = yaml.dump({"docker": sections}, Dumper=_DUMPER, sort_keys=False, default_flow_style=False)

@@ -25,16 +25,14 @@ Shape (full reference in docs/policy.md)::
 from __future__ import annotations
 
 import difflib
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import yaml
 
-from .. import identity, reference
-from ..errors import PolicyError, ReferenceError_
+from .. import identity, validate
+from ..errors import InputError, PolicyError
 from ..identity import IdentityMatcher
 
 TOP_KEYS = ("default", "keys", "scopes")
@@ -42,8 +40,6 @@ KEY_KINDS = ("file", "fingerprint", "cosign")
 SCOPE_KEYS = ("action", "signed-by", "sigstore-signed-by", "identity", "lookaside", "lookaside-staging",
               "use-sigstore-attachments")
 ACTIONS = ("accept", "reject", "signed")
-_KEY_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
-_FPR = re.compile(r"^(0x)?[0-9A-Fa-f]{40}$")
 #: libyaml's composer when present (same nodes and marks, ~10x faster on a 500-scope file).
 _LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
@@ -139,47 +135,20 @@ class _Ctx:
 
 
 def validate_scope(scope: str) -> None:
-    """A docker scope in the forms c/image matches (SPEC §5.3, §5.4); raise PolicyError otherwise.
-
-    c/image accepts any string for the docker transport but silently never matches a malformed one, so we are
-    stricter: the scope must be ``*.domain``, ``host[:port]``, or a fully expanded ``host[:port]/path[:tag|@digest]``.
-    """
-    if scope.startswith("*."):
-        rest = scope[2:]
-        if ":" in rest or "/" in rest or not reference.is_valid_domain(rest):
-            raise PolicyError(f"invalid wildcard scope {scope!r}: want *.domain without port or path")
-        return
-    if "/" not in scope:
-        if not reference.is_valid_domain(scope) or not (any(c in scope for c in ".:") or scope == "localhost"):
-            raise PolicyError(f"invalid scope {scope!r}: a registry host needs a '.' or ':' (or is localhost)")
-        return
-    host, rest = scope.split("/", 1)
-    if not reference.is_valid_domain(host) or not (any(c in host for c in ".:") or host == "localhost"):
-        raise PolicyError(f"invalid scope {scope!r}: must start with the registry host (e.g. docker.io/{scope})")
-    if host == reference.LEGACY_DEFAULT_DOMAIN:
-        raise PolicyError(f"invalid scope {scope!r}: c/image normalizes index.docker.io to docker.io")
-    try:  # path/tag/digest grammar, checked under a neutral host so docker.io's library/ rule does not apply
-        reference.parse(f"example.invalid/{rest}", canonical=True)
-    except ReferenceError_ as exc:
-        raise PolicyError(f"invalid scope {scope!r}: {exc.message.replace('example.invalid/', '')}") from exc
+    """A docker scope c/image matches (SPEC §5.3, §5.4), by :func:`atomicsig.validate.check_scope`."""
+    try:
+        validate.check_scope("scope", scope)
+    except InputError as exc:
+        raise PolicyError(exc.message) from exc
 
 
 def validate_url(url: str, *, staging: bool) -> None:
-    """Lookaside URLs: file/http/https for reading, file only for staging (SPEC §3.2, §3.3); no trailing '/'
-    because c/image concatenates paths and would request ``//repo`` (SPEC §3.1)."""
+    """Lookaside URLs: file/http/https for reading, file only for staging (SPEC §3.2, §3.3), by
+    :func:`atomicsig.validate.check_url` (no trailing '/', no whitespace or control characters)."""
     try:
-        parts = urlsplit(url)
-    except ValueError as exc:  # "http://[x" raised ValueError("Invalid IPv6 URL") out of loads (fuzz finding)
-        raise PolicyError(f"{url!r}: {exc}") from exc
-    allowed = ("file",) if staging else ("file", "http", "https")
-    if parts.scheme not in allowed:
-        raise PolicyError(f"{url!r}: scheme must be {' or '.join(allowed)}")
-    if parts.scheme == "file" and (parts.netloc or not parts.path.startswith("/")):
-        raise PolicyError(f"{url!r}: use file:///absolute/path")
-    if parts.scheme != "file" and not parts.netloc:
-        raise PolicyError(f"{url!r}: missing host")
-    if parts.path.endswith("/"):
-        raise PolicyError(f"{url!r}: remove the trailing '/' (c/image would request '//<repo>')")
+        validate.check_url("url", url, schemes=("file",) if staging else ("file", "http", "https"))
+    except InputError as exc:
+        raise PolicyError(exc.message.removeprefix("url: ")) from exc
 
 
 def loads(text: str, source: str = "<policy>", base_dir: str | Path = ".") -> PolicySpec:
@@ -226,8 +195,10 @@ def load(path: str | Path) -> PolicySpec:
 
 
 def _key(ctx: _Ctx, name: str, kn: yaml.Node, node: yaml.Node, base: Path) -> KeyDecl:
-    if not _KEY_NAME.match(name):
-        raise ctx.error(kn, f"key name {name!r}: use lowercase letters, digits, '.', '_', '-' (max 64)")
+    try:
+        validate.check_key_name("key name", name)
+    except InputError as exc:
+        raise ctx.error(kn, exc.message) from exc
     items = ctx.mapping(node, f"key {name!r}", KEY_KINDS)
     if len(items) != 1:
         raise ctx.error(node, f"key {name!r} needs exactly one of: {', '.join(KEY_KINDS)}")
@@ -237,9 +208,10 @@ def _key(ctx: _Ctx, name: str, kn: yaml.Node, node: yaml.Node, base: Path) -> Ke
     else:
         value = ctx.string(vnode, f"key {name!r} {kind}")
     if kind == "fingerprint":
-        if not _FPR.match(value):
-            raise ctx.error(vnode, f"key {name!r}: fingerprint must be 40 hex digits, not {value!r}")
-        value = value.upper().removeprefix("0X")
+        try:
+            value = validate.check_fingerprint(f"key {name!r}", value)
+        except InputError as exc:
+            raise ctx.error(vnode, exc.message) from exc
     else:
         value = str((base / value).resolve())
     return KeyDecl(name, kind, value, kn.start_mark.line + 1)
@@ -248,8 +220,8 @@ def _key(ctx: _Ctx, name: str, kn: yaml.Node, node: yaml.Node, base: Path) -> Ke
 def _scope(ctx: _Ctx, spec: PolicySpec, scope: str, kn: yaml.Node, node: yaml.Node) -> ScopeSpec:
     where = f"scope {scope!r}"
     try:
-        validate_scope(scope)
-    except PolicyError as exc:
+        validate.check_scope("scope", scope)
+    except InputError as exc:
         raise ctx.error(kn, exc.message) from exc
     values: dict[str, Any] = {}
     nodes: dict[str, yaml.Node] = {}
@@ -272,10 +244,11 @@ def _scope(ctx: _Ctx, spec: PolicySpec, scope: str, kn: yaml.Node, node: yaml.No
         else:
             values[key] = ctx.string(v, f"{where} {key}")
             if key != "action":
+                schemes = ("file",) if key == "lookaside-staging" else ("file", "http", "https")
                 try:
-                    validate_url(values[key], staging=key == "lookaside-staging")
-                except PolicyError as exc:
-                    raise ctx.error(v, f"{where} {key}: {exc.message}") from exc
+                    validate.check_url(f"{where} {key}", values[key], schemes=schemes)
+                except InputError as exc:
+                    raise ctx.error(v, exc.message) from exc
     signed = bool(values.get("signed-by") or values.get("sigstore-signed-by"))
     action = values.get("action", "signed" if signed else None)
     if action is None:
