@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install atomicsig on a node (docs/install.md): a virtualenv with atomicsig and its dependencies under a prefix,
-# /usr/bin/atomicsig, the systemd units, sysusers.d and tmpfiles.d files, sample configs, docs and man pages.
+# /usr/bin/atomicsig, the systemd units, sysusers.d and tmpfiles.d files, sample configs, docs, man pages and
+# bash/zsh/fish completion.
 #
 #   scripts/install.sh [--prefix /opt/atomicsig] [--root DIR] [--wheel FILE] [--python python3]
 #                      [--pip-args "ARGS"] [--systemd-compat 239] [--uninstall]
@@ -75,7 +76,8 @@ if [ "$UNINSTALL" -eq 1 ]; then
   if [ -f "$BIN" ] && grep -qF "$MARK" "$BIN"; then rm -f -- "$BIN"; fi
   rm -f -- "$UNITDIR/atomicsig-serve.service" "$UNITDIR/atomicsig-sync.service" "$DROPIN" \
     "$ROOT/usr/lib/sysusers.d/atomicsig.conf" "$ROOT/usr/lib/tmpfiles.d/atomicsig.conf" \
-    "$MANDIR/atomicsig.1" "$MANDIR"/atomicsig-*.1
+    "$MANDIR/atomicsig.1" "$MANDIR"/atomicsig-*.1 "$ROOT/usr/share/bash-completion/completions/atomicsig" \
+    "$ROOT/usr/share/zsh/site-functions/_atomicsig" "$ROOT/usr/share/fish/vendor_completions.d/atomicsig.fish"
   rmdir -- "$(dirname "$DROPIN")" 2>/dev/null || true
   rm -rf -- "$SHARE" "$DOCDIR"
   if booted; then systemctl daemon-reload; fi
@@ -155,6 +157,13 @@ done
 install -d "$DOCDIR" "$MANDIR"
 install -m 0644 "$SRC/README.md" "$SRC/SECURITY.md" "$SRC"/docs/*.md "$DOCDIR/"
 "$DEST/bin/python" -I "$SRC/scripts/gen-man.py" "$MANDIR"
+# Shell completion: click writes the scripts itself (_ATOMICSIG_COMPLETE=<shell>_source); they call atomicsig.
+for c in bash:bash-completion/completions/atomicsig zsh:zsh/site-functions/_atomicsig \
+         fish:fish/vendor_completions.d/atomicsig.fish; do
+  install -d "$(dirname "$ROOT/usr/share/${c#*:}")"
+  _ATOMICSIG_COMPLETE="${c%%:*}_source" "$BIN" >"$work/completion"
+  install -m 0644 "$work/completion" "$ROOT/usr/share/${c#*:}"
+done
 
 if live && command -v systemd-sysusers >/dev/null; then
   systemd-sysusers atomicsig.conf

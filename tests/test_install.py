@@ -302,6 +302,13 @@ def test_installed_tree_has_everything(root: Path) -> None:
         assert (root / rel).is_file(), rel
     for path in _command_paths():
         assert (root / "usr/share/man/man1" / ("-".join(path) + ".1")).is_file()
+    # Shell completion works through the installed launcher (click's protocol, as bash calls it).
+    assert "_ATOMICSIG_COMPLETE=bash_complete" in (root / "usr/share/bash-completion/completions/atomicsig").read_text()
+    assert (root / "usr/share/zsh/site-functions/_atomicsig").is_file()
+    assert (root / "usr/share/fish/vendor_completions.d/atomicsig.fish").is_file()
+    res = _run([str(root / "usr/bin/atomicsig")], env={**os.environ, "_ATOMICSIG_COMPLETE": "bash_complete",
+                                                     "COMP_WORDS": "atomicsig sign --sig", "COMP_CWORD": "2"})
+    assert "plain,--sigstore" in res.stdout.splitlines(), res.stdout + res.stderr
     # file:// Documentation= targets exist in the tree (verify checks only man: ones).
     for unit in UNITS:
         for doc in re.findall(r"file://(\S+)", (root / "usr/lib/systemd/system" / unit).read_text()):
@@ -387,7 +394,7 @@ def test_rpm_builds_noarch_with_units_and_man_pages(tmp_path: Path) -> None:
               "/usr/lib/systemd/system/atomicsig-sync.service", "/usr/lib/sysusers.d/atomicsig.conf",
               "/usr/lib/tmpfiles.d/atomicsig.conf", "/etc/atomicsig/serve.yaml", "/etc/atomicsig/sync.yaml",
               "/usr/share/doc/atomicsig/serve.md", "/usr/share/doc/atomicsig/sync.md",
-              "/var/lib/atomic/sigstore", "/var/log/atomicsig"):
+              "/var/lib/atomic/sigstore", "/var/log/atomicsig", "/usr/share/bash-completion/completions/atomicsig"):
         assert f in files, f
     for path in _command_paths():
         page = "/usr/share/man/man1/" + "-".join(path) + ".1"
@@ -411,6 +418,7 @@ def test_uninstall_removes_code_keeps_config_and_data(root: Path) -> None:
     res = _run(["bash", str(INSTALL), "--root", str(root), "--uninstall"])
     assert res.returncode == 0, res.stderr
     for rel in ("opt/atomicsig", "usr/bin/atomicsig", "usr/lib/systemd/system/atomicsig-serve.service",
+                "usr/share/bash-completion/completions/atomicsig",
                 "usr/lib/sysusers.d/atomicsig.conf", "usr/share/man/man1/atomicsig.1", "usr/share/doc/atomicsig",
                 "etc/systemd/system/atomicsig-serve.service.d"):
         assert not (root / rel).exists(), rel
