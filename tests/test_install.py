@@ -276,11 +276,12 @@ def test_installed_command_runs_isolated(root: Path, tmp_path: Path) -> None:
     exe = root / "usr/bin/atomicsig"
     res = _run([str(exe), "--version"])
     assert res.returncode == 0 and res.stdout.strip().endswith(atomicsig.__version__)
-    # A PYTHONPATH in the environment must not swap the code a root-run daemon imports (python -I).
-    fake = tmp_path / "atomicsig"
-    fake.mkdir()
-    (fake / "__init__.py").write_text("raise SystemExit('imported from PYTHONPATH')\n")
-    res = _run([str(exe), "--help"], env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    # Neither PYTHONPATH nor the working directory may swap the code a root-run daemon imports (python -I).
+    for where in ("pp", "cwd"):
+        fake = tmp_path / where / "atomicsig"
+        fake.mkdir(parents=True)
+        (fake / "__init__.py").write_text(f"raise SystemExit('atomicsig imported from {where}')\n")
+    res = _run([str(exe), "--help"], env={**os.environ, "PYTHONPATH": str(tmp_path / "pp")}, cwd=tmp_path / "cwd")
     assert res.returncode == 0, res.stderr
     for name in ("sign", "verify", "serve", "sync"):
         assert name in res.stdout
