@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Install everything atomicsig's demo and tests need on a fresh Debian 12 machine (idempotent).
-#   Debian: gnupg, skopeo, podman, docker-registry, nginx-light, apache2-utils (htpasswd), rsync (bench peer)
+#   Debian: gnupg, skopeo, podman, docker-registry, nginx-light, apache2-utils (htpasswd), rsync (bench peer),
+#           systemd (systemd-analyze/-sysusers/-tmpfiles), rpm (rpmbuild), groff-base (man pages): tests/test_install.py
 #   Python: a virtualenv in .venv with atomicsig and its test tools
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
-for pkg in gnupg skopeo podman docker-registry nginx-light apache2-utils uidmap rsync; do
+for pkg in gnupg skopeo podman docker-registry nginx-light apache2-utils uidmap rsync systemd rpm groff-base man-db; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
