@@ -596,3 +596,37 @@ def test_serve_announces_the_bound_port(tmp_path: Path) -> None:
         assert requests.get(f"http://127.0.0.1:{port}/healthz", timeout=10).text == "ok\n"
     finally:
         kill_group(proc)  # type: ignore[arg-type]
+
+
+def test_read_regular_file_rules(tmp_path: Path) -> None:
+    """The one confined-read helper: the root may be a link (an admin's choice), nothing below it may be; names
+    are plain relative paths; a missing file is FileNotFoundError (a gap), not an UnsafeFileError."""
+    from atomicsig import fsutil
+
+    real = tmp_path / "disk" / "sigstore"
+    (real / "ns" / "d").mkdir(parents=True)
+    (real / "ns" / "d" / "signature-1").write_bytes(b"sig")
+    (tmp_path / "root-link").symlink_to(real)
+    assert fsutil.read_regular_file(tmp_path / "root-link", "ns/d/signature-1", 10) == b"sig"
+    (real / "alias").symlink_to(real / "ns")  # a link below the root, even one staying inside, is refused
+    with pytest.raises(fsutil.UnsafeFileError) as exc:
+        fsutil.read_regular_file(real, "alias/d/signature-1", 10)
+    assert exc.value.why == "symlink"
+    for bad in ("../sigstore/ns/d/signature-1", "/etc/passwd", "ns//d/signature-1", "ns/./d/signature-1", ""):
+        with pytest.raises(fsutil.UnsafeFileError) as exc:
+            fsutil.read_regular_file(real, bad, 10)
+        assert exc.value.why == "bad-name", bad
+    with pytest.raises(fsutil.UnsafeFileError) as exc:
+        fsutil.read_regular_file(real, "ns/d/signature-1", 2)
+    assert exc.value.why == "too-large"
+    with pytest.raises(FileNotFoundError):
+        fsutil.read_regular_file(real, "ns/d/signature-2", 10)
+    with pytest.raises(fsutil.UnsafeFileError) as exc:
+        fsutil.read_regular_file(real, "ns/d", 10)
+    assert exc.value.why == "not-regular"
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(50):
+        with contextlib.suppress(fsutil.UnsafeFileError, FileNotFoundError):
+            fsutil.read_regular_file(real, "alias/d/signature-1", 10)
+        fsutil.read_regular_file(real, "ns/d/signature-1", 10)
+    assert len(os.listdir("/proc/self/fd")) <= before + 2  # no descriptor leaks on either path
