@@ -469,3 +469,22 @@ def test_healthz_answers_while_every_worker_is_held(tmp_path: Path) -> None:
         finally:
             for s in held:
                 s.close()
+
+
+def test_silent_body_is_408_after_the_idle_timeout(tmp_path: Path, blob: bytes,
+                                                   capfd: pytest.CaptureFixture[str]) -> None:
+    """A client that stops sending its body is answered 408 after the idle timeout (1 s here, 10 s by default),
+    well before the exchange deadline (30 s): cheroot used to try to drain the unread body from the timed-out
+    socket, log a traceback and answer nothing."""
+    limits = Limits(threads=2, idle_timeout=1, request_timeout=30.0)
+    root = tmp_path / "store"
+    root.mkdir()
+    for port, _ in serve(root, limits):
+        body = put_json(blob)
+        started = time.monotonic()
+        answer = exchange(port, f"PUT {EXT} HTTP/1.1\r\nHost: x\r\n{AUTH}Content-Length: {len(body) + 100}\r\n\r\n"
+                                .encode() + body, wait=20)
+        assert status_of(answer) == 408 and b'"body-timeout"' in answer, answer[:300]
+        assert time.monotonic() - started < 5.0
+        assert nothing_stored(root)
+    assert "Traceback" not in capfd.readouterr().err
