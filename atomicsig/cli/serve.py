@@ -18,7 +18,8 @@ from .common import DEFAULT_SIGSTORE
               help="YAML config file (docs/serve.md); command-line flags override it.")
 @click.option("--sigstore", metavar="DIR", default=None,
               help=f"Sigstore directory to serve [default: {DEFAULT_SIGSTORE}].")
-@click.option("--listen", metavar="HOST:PORT", default=None, help="Bind address [default: 127.0.0.1:8080].")
+@click.option("--listen", metavar="HOST:PORT", default=None,
+              help="Bind address; port 0 picks a free port, printed once bound [default: 127.0.0.1:8080].")
 @click.option("--tls-cert", metavar="FILE", default=None, help="PEM certificate (chain) for HTTPS.")
 @click.option("--tls-key", metavar="FILE", default=None, help="PEM private key for HTTPS.")
 @click.option("--token-file", metavar="FILE", default=None,
@@ -30,7 +31,8 @@ from .common import DEFAULT_SIGSTORE
 @click.option("--access-log", metavar="FILE", default=None, help="Append one line per request ('-': stderr).")
 @click.option("--threads", type=click.IntRange(1, 256), default=None, help="Worker threads [default: 16].")
 @click.option("--max-connections", type=click.IntRange(1, 65536), default=None,
-              help="Open connections beyond this get 503 [default: 512].")
+              help="Connection cap: a new connection then evicts the one waiting longest for its request head, "
+                   "or gets 503 if none is waiting [default: 512].")
 @click.option("--header-timeout", type=click.FloatRange(0.1, 3600), default=None, metavar="SECONDS",
               help="A request head must arrive within this, else 408 [default: 10].")
 @click.option("--request-timeout", type=click.FloatRange(0.1, 3600), default=None, metavar="SECONDS",
