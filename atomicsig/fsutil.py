@@ -227,3 +227,135 @@ def flocked(path: str | os.PathLike[str], flags: int, what: str) -> Iterator[Non
         yield
     finally:
         os.close(fd)
+
+
+# ---- confined reads ---------------------------------------------------------------------------------------------
+
+
+class UnsafeFileError(StorageError):
+    """A name under a store that is not a plain regular file reached through plain directories.
+
+    ``why`` is one of ``symlink`` (a link in the file's name or in a directory under the root), ``not-regular``
+    (FIFO, device, socket, directory), ``too-large`` (over the caller's limit) or ``bad-name``. Readers decide what
+    it means for them (serve: 404, verify: cannot decide), so it is its own class, not a plain StorageError.
+    """
+
+    def __init__(self, message: str, why: str) -> None:
+        super().__init__(message)
+        self.why = why
+
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+
+
+def _components(relative: str) -> list[str]:
+    parts = relative.split("/")
+    if not relative or relative.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise UnsafeFileError(f"refusing to read {relative!r}: not a plain relative path", "bad-name")
+    return parts
+
+
+def _is_link(name: str, dir_fd: int) -> bool:
+    import stat
+
+    try:
+        return stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+    except OSError:
+        return False
+
+
+def _open_beneath(start: int, parts: list[str], flags: int, shown: str) -> int:
+    """Open ``parts`` one component at a time from the directory fd ``start`` (not closed), never following a link.
+
+    Python has no openat2(RESOLVE_BENEATH), so the walk is done by hand: each directory is opened with O_NOFOLLOW
+    relative to the previous one, so a symlink anywhere below the root fails with ELOOP (or ENOTDIR) instead of
+    leading elsewhere, and no path string is re-resolved between a check and the open.
+    """
+    fd = start
+    try:
+        for i, name in enumerate(parts):
+            try:
+                nxt = os.open(name, flags if i == len(parts) - 1 else _DIR_FLAGS, dir_fd=fd)
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR) and _is_link(name, fd):
+                    raise UnsafeFileError(f"refusing to read {shown}: {name} is a symbolic link", "symlink") from None
+                raise
+            if fd != start:
+                os.close(fd)
+            fd = nxt
+        return fd
+    except BaseException:
+        if fd != start:
+            os.close(fd)
+        raise
+
+
+def open_dir_beneath(root: str | os.PathLike[str] | int, relative: str) -> int:
+    """A directory fd for ``root/relative`` reached without following any symlink below ``root`` (caller closes).
+
+    ``root`` itself (a path, or an open directory fd) is trusted as given: an administrator may well make
+    ``/var/lib/atomic/sigstore`` a link to another disk. FileNotFoundError / NotADirectoryError pass through, so a
+    caller can treat an absent directory as "no signatures".
+    """
+    return _dir_beneath(root, [] if relative in ("", ".") else _components(relative), relative)
+
+
+def _dir_beneath(root: str | os.PathLike[str] | int, parts: list[str], shown: str) -> int:
+    if isinstance(root, int):
+        return _open_beneath(root, parts, _DIR_FLAGS, shown) if parts else os.dup(root)
+    base = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        return _open_beneath(base, parts, _DIR_FLAGS, shown) if parts else os.dup(base)
+    finally:
+        os.close(base)
+
+
+def open_regular_file(root: str | os.PathLike[str] | int, relative: str) -> int:
+    """An fd of the regular file ``root/relative``: no symlink in any component below ``root``, O_NONBLOCK so a
+    FIFO never blocks the open, and fstat must say S_ISREG (FIFOs, devices, sockets, directories refused).
+
+    FileNotFoundError and NotADirectoryError pass through (readers treat them as "absent"); other OSErrors too.
+    """
+    import stat
+
+    parts = _components(relative)
+    dir_fd = _dir_beneath(root, parts[:-1], relative)
+    try:
+        fd = _open_beneath(dir_fd, parts[-1:], _FILE_FLAGS, relative)
+    finally:
+        os.close(dir_fd)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise UnsafeFileError(f"refusing to read {relative}: not a regular file", "not-regular")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_regular_file(root: str | os.PathLike[str] | int, relative: str, limit: int) -> bytes:
+    """The bytes of the regular file ``root/relative``, opened as :func:`open_regular_file` does, at most ``limit``.
+
+    Every read of a sigstore goes through here (serve's two routes, verify/sign of a directory store, sync, index):
+    a ``signature-N`` planted as a link to a file outside the store, to ``/dev/zero`` or as a FIFO must neither leak
+    that file, nor exhaust memory, nor pin the reader. ``limit`` is the 4 MiB signature bound of SPEC §8 for
+    signatures; a file over it (or growing past it while read) raises UnsafeFileError("too-large").
+    """
+    fd = open_regular_file(root, relative)
+    try:
+        if os.fstat(fd).st_size > limit:
+            raise UnsafeFileError(f"refusing to read {relative}: larger than {limit} bytes", "too-large")
+        chunks: list[bytes] = []
+        size = 0
+        while size <= limit:
+            chunk = os.read(fd, limit + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > limit:
+            raise UnsafeFileError(f"refusing to read {relative}: larger than {limit} bytes", "too-large")
+        return b"".join(chunks)
+    finally:
+        os.close(fd)

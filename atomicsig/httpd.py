@@ -11,19 +11,25 @@ slowloris connections against stock cheroot left every probe unanswered until th
   A slow client now costs one file descriptor, not a thread. (TLS: the bytes are encrypted, peeking cannot see
   the head, so TLS connections go to workers directly and only the request deadline below protects them.)
 * **A deadline per exchange.** Once a worker holds a connection, body read + handler + response write must end
-  within ``request_timeout``; the guard then shuts the socket down, which wakes the worker's blocked ``recv`` or
-  ``send``. This bounds slow body senders and clients that read responses very slowly.
-* **A connection cap.** More than ``max_connections`` open connections are answered 503 at accept and closed,
-  so descriptors and the guard's work are bounded. Below the cap every connection may stay keep-alive (cheroot
-  keeps only 10 by default and closes the rest after each response, which made 50 clients reconnect per request).
+  within ``request_timeout``; the guard then shuts the socket's read side, which ends a body that never arrives
+  (the worker still answers 400), and both sides a second later, which wakes a worker blocked in ``send``. This
+  bounds slow body senders and clients that read responses very slowly.
+* **A connection cap, with eviction.** At ``max_connections`` open connections, a new one evicts the connection
+  that has waited longest for its head (408); only if none is waiting (all busy or keep-alive) is the new one
+  answered 503 and closed. Without eviction one client holding the cap with partial heads made 12 of 13 health
+  probes fail (issue 12 #5). Below the cap every connection may stay keep-alive (cheroot keeps only 10 by default
+  and closes the rest after each response, which made 50 clients reconnect per request).
+* **A reserved health thread.** A complete bodiless ``GET``/``HEAD /healthz`` head is handled by its own thread,
+  not queued behind the workers, so health answers even while every worker is held.
 * Bodies over ``max_body`` are refused by cheroot (Content-Length) and by the application (chunked), 413; the
-  listen backlog is raised from cheroot's 5 (50 clients connecting at once hit SYN retransmits of 1 s); the
+  listen backlog is raised from cheroot's 5 (50 clients connecting at once hit SYN retransmits of 1 s) to 512; the
   worker queue stays unbounded because the cap already bounds it and a bounded one blocks the accept loop.
 """
 
 from __future__ import annotations
 
 import contextlib
+import queue
 import selectors
 import socket
 import threading
@@ -34,9 +40,24 @@ from typing import Any
 from cheroot import server as cheroot_server
 from cheroot import wsgi
 
+from .errors import InputError
+
 #: Whole request heads arrive in one segment from every real client; 16 KiB is ample for a bearer token.
 MAX_HEADER_BYTES = 16 * 1024
 _TICK = 0.05  # guard wake-up period: re-peeks partial heads, enforces deadlines
+#: After the exchange deadline the read side is shut first, so a worker waiting for a body sees its end and can
+#: still answer (400); if it is still busy this much later (blocked writing to a client that does not read), the
+#: write side goes too.
+_CUT_GRACE = 1.0
+#: Heads answered by the reserved health thread: GET/HEAD /healthz without a body. Anything else, or a head that
+#: announces a body, goes to the shared pool.
+_HEALTH_LINES = (b"GET /healthz HTTP/1.", b"HEAD /healthz HTTP/1.")
+_BODY_HEADERS = (b"\r\ncontent-length:", b"\r\ntransfer-encoding:")
+
+
+class ListenError(InputError):
+    """The listen address cannot be bound (in use, not local, port < 1024 without privilege): the configured
+    ``listen`` value is what must change, so it is an input error (exit 2), reported before anything is announced."""
 
 
 @dataclass(frozen=True)
@@ -50,7 +71,9 @@ class Limits:
     idle_timeout: int = 10  # keep-alive connections idle this long are closed (cheroot ``timeout``)
     max_header_bytes: int = MAX_HEADER_BYTES
     max_body: int = 4 * 1024 * 1024
-    backlog: int = 128
+    #: Holds a whole wave of reconnects: a flood of max_connections heads expiring together reconnects at once,
+    #: and an overflowing accept queue drops SYNs, which costs an honest client (a health probe) a 1 s retransmit.
+    backlog: int = 512
 
 
 def _raw_answer(sock: socket.socket, status: str, extra: str = "") -> None:
@@ -60,8 +83,24 @@ def _raw_answer(sock: socket.socket, status: str, extra: str = "") -> None:
         sock.send(msg, socket.MSG_DONTWAIT)
 
 
+class _Request(cheroot_server.HTTPRequest):  # type: ignore[misc]
+    """cheroot's request, but an application's ``Connection: close`` really closes the connection.
+
+    cheroot otherwise keeps the connection and first *drains* the unread rest of the body — from a client whose
+    body just timed out or was malformed (server.SignatureServer answers those 408/400 with ``Connection:
+    close``), which blocked the worker again and logged a traceback.
+    """
+
+    def send_headers(self) -> None:
+        if any(k.lower() == b"connection" and v.strip().lower() == b"close" for k, v in self.outheaders):
+            self.close_connection = True
+        super().send_headers()
+
+
 class _TrackedConnection(cheroot_server.HTTPConnection):
     """An HTTPConnection that tells the guard when it is closed (by a worker, cheroot's expiry or shutdown)."""
+
+    RequestHandlerClass = _Request
 
     def close(self) -> None:
         try:
@@ -84,6 +123,8 @@ class _Guard:
         self._parked: dict[Any, float] = {}  # conn -> head deadline (waiting for a complete head)
         self._partial: set[Any] = set()  # parked conns with some bytes but no complete head: re-peeked each tick
         self._active: dict[Any, float] = {}  # conn -> exchange deadline (a worker holds it)
+        self._cut: set[Any] = set()  # active conns whose read side was shut at the deadline (grace running)
+        self._evicting: list[Any] = []  # parked conns chosen to make room at the cap; closed by the guard thread
         self._incoming: list[Any] = []  # parked by other threads, registered by the guard thread
         self._sel = selectors.DefaultSelector()
         self._wake_r, self._wake_w = socket.socketpair()
@@ -91,17 +132,39 @@ class _Guard:
         self._sel.register(self._wake_r, selectors.EVENT_READ, None)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="atomicsig-guard", daemon=True)
+        self._started = False
         self.refused = 0  # connections answered 503 at the cap (exposed for tests and metrics)
+        self.evicted = 0  # connections without a complete head closed (408) to make room for a new one
 
     # ---- called from cheroot's threads ----------------------------------------------------------------------
 
     def admit(self, conn: Any) -> bool:
-        """Count a new connection, or answer 503 and close it when the cap is reached."""
+        """Count a new connection; at the cap, make room by evicting the connection that has waited longest for
+        its head, or (when every connection is busy or keep-alive) answer 503 and close the new one.
+
+        Eviction is what keeps /healthz answering under a connection flood (issue 12 #5): one client holding
+        ``max_connections`` partial heads and reconnecting after each 408 used to fill the cap, so every probe
+        got 503. Now a newcomer displaces the oldest head-less connection; a real client's head arrives within
+        microseconds of its connect, so it is never the oldest, while the flood only displaces itself.
+        """
         with self._lock:
-            if len(self._open) < self.limits.max_connections:
+            if len(self._open) >= self.limits.max_connections and self._parked:
+                victim = next(iter(self._parked))  # insertion order: parked longest
+                del self._parked[victim]
+                self._partial.discard(victim)
+                self._open.discard(victim)
+                self._evicting.append(victim)  # the guard thread unregisters and closes it (it owns the selector)
+                self.evicted += 1
+            admitted = len(self._open) < self.limits.max_connections
+            if admitted:
                 self._open.add(conn)
-                return True
-            self.refused += 1
+            else:
+                self.refused += 1
+            wake = bool(self._evicting)
+        if wake:
+            self._wake()
+        if admitted:
+            return True
         _raw_answer(conn.socket, "503 Service Unavailable", "Retry-After: 1\r\n")
         conn.close()
         return False
@@ -110,11 +173,12 @@ class _Guard:
         with self._lock:
             return conn in self._open
 
-    def dispatch(self, conn: Any) -> None:
-        """Give a connection whose head is complete to the worker pool, under the exchange deadline."""
+    def dispatch(self, conn: Any, *, health: bool = False) -> None:
+        """Give a connection whose head is complete to the worker pool (``health``: to the reserved health
+        thread), under the exchange deadline."""
         with self._lock:
             self._active[conn] = time.monotonic() + self.limits.request_timeout
-        self.server.dispatch(conn)
+        self.server.dispatch(conn, health=health)
 
     def park(self, conn: Any) -> None:
         with self._lock:
@@ -126,11 +190,13 @@ class _Guard:
         """A worker finished an exchange and hands the connection back for keep-alive."""
         with self._lock:
             self._active.pop(conn, None)
+            self._cut.discard(conn)
 
     def forget(self, conn: Any) -> None:
         with self._lock:
             self._open.discard(conn)
             self._active.pop(conn, None)
+            self._cut.discard(conn)
             self._parked.pop(conn, None)
             self._partial.discard(conn)
 
@@ -142,7 +208,8 @@ class _Guard:
     # ---- head inspection ------------------------------------------------------------------------------------
 
     def head_state(self, conn: Any) -> str:
-        """``complete``, ``partial``, ``empty`` (nothing yet), ``eof``, ``too-large`` — by peeking, never reading."""
+        """``complete``, ``health`` (a complete bodiless GET/HEAD /healthz), ``partial``, ``empty`` (nothing yet),
+        ``eof``, ``too-large`` — by peeking, never reading."""
         if not self.peek or conn.rfile.has_data():
             return "complete"  # TLS, or a pipelined request already buffered: the worker deadline applies
         sock = conn.socket
@@ -160,7 +227,11 @@ class _Guard:
                 sock.settimeout(self.server.timeout)
         if not data:
             return "eof"
-        if b"\r\n\r\n" in data:
+        end = data.find(b"\r\n\r\n")
+        if end >= 0:
+            head = data[:end + 2].lower()
+            if data.startswith(_HEALTH_LINES) and not any(h in head for h in _BODY_HEADERS):
+                return "health"
             return "complete"
         if len(data) > self.limits.max_header_bytes:
             return "too-large"
@@ -169,8 +240,8 @@ class _Guard:
     def route(self, conn: Any) -> None:
         """Dispatch, park or refuse a connection that has (or may soon have) a request."""
         state = self.head_state(conn)
-        if state == "complete":
-            self.dispatch(conn)
+        if state in ("complete", "health"):
+            self.dispatch(conn, health=state == "health")
         elif state in ("empty", "partial"):
             self.park(conn)
         else:
@@ -179,19 +250,21 @@ class _Guard:
     def _reject(self, conn: Any, state: str) -> None:
         if state == "too-large":
             _raw_answer(conn.socket, "431 Request Header Fields Too Large")
-        elif state == "timeout":
+        elif state in ("timeout", "evicted"):
             _raw_answer(conn.socket, "408 Request Timeout")
         conn.close()
 
     # ---- the guard thread -----------------------------------------------------------------------------------
 
     def start(self) -> None:
+        self._started = True
         self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
         self._wake()
-        self._thread.join(timeout=5)
+        if self._started:  # a server whose bind failed never started its guard
+            self._thread.join(timeout=5)
         with self._lock:
             parked = list(self._parked)
         for conn in parked:
@@ -217,8 +290,13 @@ class _Guard:
                 self._unregister(key.data)
                 self._recheck(key.data)
             with self._lock:
+                evicting, self._evicting = self._evicting, []
                 incoming, self._incoming = self._incoming, []
+                incoming = [c for c in incoming if c in self._parked]  # not evicted or dispatched meanwhile
                 partial = list(self._partial)
+            for conn in evicting:
+                self._unregister(conn)
+                self._reject(conn, "evicted")
             for conn in incoming:
                 self._register(conn)
             for conn in partial:
@@ -255,10 +333,11 @@ class _Guard:
                 self._partial.add(conn)  # bytes are waiting, so the selector would spin: re-peek next tick
             return
         with self._lock:
-            self._parked.pop(conn, None)
+            if self._parked.pop(conn, None) is None:
+                return  # evicted by admit() meanwhile: the eviction closes it
             self._partial.discard(conn)
-        if state == "complete":
-            self.dispatch(conn)
+        if state in ("complete", "health"):
+            self.dispatch(conn, health=state == "health")
         else:
             self._reject(conn, state)
 
@@ -270,15 +349,22 @@ class _Guard:
                 del self._parked[c]
                 self._partial.discard(c)
             late_exchanges = [c for c, t in self._active.items() if t <= now]
+            first_cut = [c for c in late_exchanges if c not in self._cut]
             for c in late_exchanges:
-                del self._active[c]
+                if c in self._cut:
+                    del self._active[c]
+                    self._cut.discard(c)
+                else:
+                    self._active[c] = now + _CUT_GRACE
+                    self._cut.add(c)
         for conn in late_heads:
             self._unregister(conn)
             self._reject(conn, "timeout")
         for conn in late_exchanges:
-            # Wakes the worker blocked in recv/send on this socket; it then closes the connection.
+            # Read side first: a worker blocked reading a body sees its end and still answers (400, Connection:
+            # close). Both sides after the grace: wakes a worker blocked writing to a client that does not read.
             with contextlib.suppress(OSError):
-                conn.socket.shutdown(socket.SHUT_RDWR)
+                conn.socket.shutdown(socket.SHUT_RD if conn in first_cut else socket.SHUT_RDWR)
 
 
 class HardenedServer(wsgi.Server):  # type: ignore[misc]
@@ -294,14 +380,42 @@ class HardenedServer(wsgi.Server):  # type: ignore[misc]
         self.max_request_body_size = limits.max_body
         self.keep_alive_conn_limit = limits.max_connections
         self.guard = _Guard(self, limits, peek=not tls)
+        self._bind_error: OSError | None = None
+        # The reserved health worker: /healthz must answer while every pool worker is held (slow bodies, slow
+        # readers) — the promise docs/serve.md makes. Only bodiless GET/HEAD /healthz heads reach it.
+        self._health_queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._health_thread = threading.Thread(target=self._serve_health, name="atomicsig-health", daemon=True)
+
+    @property
+    def address(self) -> str:
+        """``HOST:PORT`` actually bound (the real port when 0 was asked for), ``[v6]:PORT`` for IPv6."""
+        host, port = self.bind_addr[:2]
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    def bind(self, family: int, type: int, proto: int = 0) -> None:  # cheroot's signature
+        try:
+            super().bind(family, type, proto)
+        except OSError as exc:
+            self._bind_error = exc  # cheroot folds it into a message string; keep the errno for ours
+            raise
 
     def prepare(self) -> None:
-        super().prepare()
+        """Bind and listen, then start the guard and the health worker; a failed bind is a :class:`ListenError`."""
+        try:
+            super().prepare()
+        except OSError as exc:
+            cause = self._bind_error or exc
+            reason = cause.strerror or str(cause)
+            raise ListenError(f"cannot listen on {self.address}: {reason[:1].lower()}{reason[1:]}") from None
         self.guard.start()
+        self._health_thread.start()
 
     def stop(self) -> None:
         super().stop()
         self.guard.stop()
+        if self._health_thread.is_alive():
+            self._health_queue.put(None)
+            self._health_thread.join(timeout=5)
 
     def process_conn(self, conn: Any) -> None:
         """cheroot's hand-off point (new connection, or keep-alive connection readable): go through the guard."""
@@ -309,9 +423,27 @@ class HardenedServer(wsgi.Server):  # type: ignore[misc]
             return
         self.guard.route(conn)
 
-    def dispatch(self, conn: Any) -> None:
-        super().process_conn(conn)
+    def dispatch(self, conn: Any, *, health: bool = False) -> None:
+        if health:
+            self._health_queue.put(conn)
+        else:
+            super().process_conn(conn)
 
     def put_conn(self, conn: Any) -> None:
         self.guard.idle(conn)
         super().put_conn(conn)
+
+    def _serve_health(self) -> None:
+        """One request per hand-off, like a cheroot worker; a keep-alive connection goes back through the guard,
+        so its next request is classified again."""
+        while (conn := self._health_queue.get()) is not None:
+            keep = False
+            try:
+                keep = conn.communicate()
+            except Exception:  # a broken client must not end the health thread
+                keep = False
+            finally:
+                if keep:
+                    self.put_conn(conn)
+                else:
+                    conn.close()

@@ -116,7 +116,7 @@ class DirectoryStore(SignatureStore):
         return d
 
     def read(self, ref: Reference, digest: str) -> list[StoredSignature]:
-        return read_dir(self.digest_dir(ref, digest))
+        return read_dir(self.digest_dir(ref, digest), self.root)
 
     def append(self, ref: Reference, digest: str, blob: bytes) -> AppendResult:
         return self.append_path(ref.path, digest, blob)
@@ -179,22 +179,53 @@ class DirectoryStore(SignatureStore):
                                f"room, or run `atomicsig index {self.root}`") from exc
 
 
-def read_dir(d: Path) -> list[StoredSignature]:
-    """Read ``signature-1 …`` until the first gap, exactly like c/image's file lookaside reader."""
+#: What an :class:`fsutil.UnsafeFileError` means, in the words a reader's error message uses.
+_UNSAFE_WHY = {"symlink": "it is, or lies under, a symbolic link (a sigstore holds plain files and directories)",
+               "not-regular": "it is not a regular file (FIFO, device, socket or directory)",
+               "too-large": f"it is larger than the {MAX_SIGNATURE_SIZE // (1024 * 1024)} MiB signature limit",
+               "bad-name": "its path leaves the sigstore"}
+
+
+def read_dir(d: Path, root: Path | None = None, *, stop_at_unsafe: bool = False) -> list[StoredSignature]:
+    """Read ``signature-1 …`` until the first gap, like c/image's file lookaside reader, but confined and bounded.
+
+    Every file is read with :func:`fsutil.read_regular_file`: no symlink in any component below ``root`` (default:
+    ``d`` itself), regular files only, O_NONBLOCK (a FIFO cannot pin the reader), at most 4 MiB (SPEC §8). c/image
+    would follow a planted link or block on a FIFO; we do neither, so such an entry is an error for the whole read
+    (:class:`fsutil.UnsafeFileError`, "could not decide") — or, with ``stop_at_unsafe``, the end of the list, which
+    is what ``atomicsig serve`` shows: its lookaside GET answers 404 for that file, so a node reading through it
+    stops there too, and the extension listing must agree with it (docs/serve.md).
+    """
+    root = d if root is None else root
+    try:
+        dfd = fsutil.open_dir_beneath(root, os.path.relpath(d, root))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    except fsutil.UnsafeFileError as exc:
+        if stop_at_unsafe:
+            return []
+        raise fsutil.UnsafeFileError(f"refusing to read {d}: {_UNSAFE_WHY[exc.why]}", exc.why) from None
+    except OSError as exc:
+        raise StorageError(f"cannot read {d}: {exc.strerror}") from exc
     out: list[StoredSignature] = []
-    for n in range(1, MAX_LOOKASIDE_SIGNATURES + 1):
-        p = d / f"signature-{n}"
-        try:
-            data = p.read_bytes()
-        except FileNotFoundError:
-            break
-        except NotADirectoryError:
-            break
-        except OSError as exc:
-            raise StorageError(f"cannot read {p}: {exc.strerror}") from exc
-        if n == MAX_LOOKASIDE_SIGNATURES:
-            raise StorageError(f"{d} holds {n} or more signatures; containers/image refuses to read them")
-        out.append(StoredSignature(n, data, str(p)))
+    try:
+        for n in range(1, MAX_LOOKASIDE_SIGNATURES + 1):
+            p = d / f"signature-{n}"
+            try:
+                data = fsutil.read_regular_file(dfd, p.name, MAX_SIGNATURE_SIZE)
+            except (FileNotFoundError, NotADirectoryError):
+                break
+            except fsutil.UnsafeFileError as exc:
+                if stop_at_unsafe:
+                    break
+                raise fsutil.UnsafeFileError(f"refusing to read {p}: {_UNSAFE_WHY[exc.why]}", exc.why) from None
+            except OSError as exc:
+                raise StorageError(f"cannot read {p}: {exc.strerror}") from exc
+            if n == MAX_LOOKASIDE_SIGNATURES:
+                raise StorageError(f"{d} holds {n} or more signatures; containers/image refuses to read them")
+            out.append(StoredSignature(n, data, str(p)))
+    finally:
+        os.close(dfd)
     return out
 
 

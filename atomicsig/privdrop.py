@@ -48,6 +48,15 @@ def _resolve(user: str, group: str | None) -> tuple[int, int, str]:
     return pw.pw_uid, gid, pw.pw_name
 
 
+def check_user(user: str, group: str | None = None) -> None:
+    """Raise :class:`PrivilegeError` now if :func:`drop_privileges` would fail for a reason known in advance (no
+    such user or group, uid/gid 0, not root and not already that user), so a daemon refuses before it binds,
+    announces or serves anything (issue 11 #4: ``serve --user nobody-such`` printed its banner first)."""
+    uid, _, _ = _resolve(user, group)
+    if os.geteuid() != 0 and os.geteuid() != uid:
+        raise PrivilegeError(f"--user {user}: only root can switch users (running as uid {os.geteuid()})")
+
+
 def drop_privileges(user: str, group: str | None = None) -> Dropped:
     """Become ``user`` (and ``group``, default the user's primary group) if running as root.
 

@@ -11,8 +11,9 @@ Three audiences read or write here, and each dictates a rule:
 * sync peers read the append-only journal at ``/.atomicsig/journal`` with Range requests.
 
 Paths come from the network, so a request path is decoded once and must match the reference path grammar plus a
-digest and a ``signature-N`` name before it is joined to the root; the joined path is then checked with
-:func:`fsutil.is_within` (symlinks). There are no listings and no other file under the root is reachable.
+digest and a ``signature-N`` name before it is joined to the root; every read then goes through
+:func:`fsutil.read_regular_file` (no symlink below the root, regular files only, 4 MiB). There are no listings and
+no other file under the root is reachable.
 """
 
 from __future__ import annotations
@@ -58,8 +59,8 @@ _EXTENSION_RE = re.compile(rf"^/extensions/v2/(?P<repo>{_REPO})/signatures/(?P<d
 StartResponse = Callable[[str, list[tuple[str, str]]], Any]
 _REASONS = {200: "OK", 201: "Created", 204: "No Content", 206: "Partial Content", 304: "Not Modified",
             400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
-            405: "Method Not Allowed", 409: "Conflict", 411: "Length Required", 413: "Payload Too Large",
-            416: "Range Not Satisfiable", 500: "Internal Server Error"}
+            405: "Method Not Allowed", 408: "Request Timeout", 409: "Conflict", 411: "Length Required",
+            413: "Payload Too Large", 416: "Range Not Satisfiable", 500: "Internal Server Error"}
 
 
 @dataclass
@@ -137,6 +138,10 @@ class SignatureServer:
             if method == "PUT" and rej.status not in (401, 404):
                 self.metrics.rejects.labels(rej.reason).inc()
             status, headers = rej.status, [("Content-Type", "application/json"), *rej.headers]
+            if method == "PUT" and ("Connection", "close") not in headers:
+                # A refused upload may leave body bytes unread or misframed (cheroot takes a chunk size of "-5"
+                # for the last chunk): close rather than parse the rest as a next request (request smuggling).
+                headers.append(("Connection", "close"))
             body = json.dumps({"errors": [{"code": rej.reason, "message": rej.message}]}).encode()
         except AtomicsigError as exc:
             log.error("request failed: %s", exc.message)
@@ -200,18 +205,17 @@ class SignatureServer:
 
     def _signature(self, environ: dict[str, Any], repo: str, digest: str, n: int,
                    ) -> tuple[int, list[tuple[str, str]], bytes]:
-        p = self._digest_dir(repo, digest) / f"signature-{n}"
-        if not fsutil.is_within(self.root, p):
-            raise _Reject(404, "bad-path", "not found")
+        """One ``signature-N``, read with :func:`fsutil.read_regular_file`: a link (in the name or in any directory
+        below the root), a FIFO, a device or a file over 4 MiB is "not found" — 404, the answer that ends a node's
+        list (SPEC §3.2) without leaking or hanging on what the link points to."""
+        rel = f"{lookaside.digest_dirname(repo, digest)}/signature-{n}"
         try:
-            fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK)
+            data = fsutil.read_regular_file(self.root, rel, blobmod.MAX_SIGNATURE_SIZE)
+        except fsutil.UnsafeFileError as exc:
+            log.warning("refused to serve %s: %s", rel, exc.why)
+            raise _Reject(404, "not-found", "not found") from None
         except OSError:
             raise _Reject(404, "not-found", "not found") from None
-        with os.fdopen(fd, "rb") as fh:
-            st = os.fstat(fh.fileno())
-            if not _is_regular(st.st_mode) or st.st_size > blobmod.MAX_SIGNATURE_SIZE:
-                raise _Reject(404, "not-found", "not found")
-            data = fh.read(blobmod.MAX_SIGNATURE_SIZE + 1)
         etag = f'"{hashlib.sha256(data).hexdigest()[:32]}"'
         headers = [("ETag", etag), ("Cache-Control", "no-cache")]
         if _etag_matches(environ.get("HTTP_IF_NONE_MATCH"), etag):
@@ -220,15 +224,12 @@ class SignatureServer:
 
     def _journal(self, environ: dict[str, Any]) -> tuple[int, list[tuple[str, str]], bytes]:
         """The sync journal, append-only: ETag from inode+size+mtime, single byte ranges (RFC 9110 §14)."""
-        p = self.root / JOURNAL_FILE
         try:
-            fd = os.open(p, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-        except OSError:
+            fd = fsutil.open_regular_file(self.root, JOURNAL_FILE.as_posix())
+        except (OSError, fsutil.UnsafeFileError):  # absent, or refused (a link anywhere below the root, a FIFO)
             raise _Reject(404, "not-found", "not found") from None
         with os.fdopen(fd, "rb") as fh:
             st = os.fstat(fh.fileno())
-            if not _is_regular(st.st_mode):
-                raise _Reject(404, "not-found", "not found")
             size = st.st_size
             etag = f'"{st.st_ino:x}-{size:x}-{st.st_mtime_ns:x}"'
             headers = [("ETag", etag), ("Cache-Control", "no-cache"), ("Accept-Ranges", "bytes"),
@@ -251,7 +252,8 @@ class SignatureServer:
     # ---- extension API ----------------------------------------------------------------------------------------
 
     def _list(self, repo: str, digest: str) -> tuple[int, list[tuple[str, str]], bytes]:
-        sigs = lookaside.read_dir(self._digest_dir(repo, digest))
+        # Up to the first entry the lookaside GET would not serve (404), so both routes show the same list.
+        sigs = lookaside.read_dir(self.root / lookaside.digest_dirname(repo, digest), self.root, stop_at_unsafe=True)
         if not sigs:
             raise _Reject(404, "not-found", "no signatures for this image")
         # Stable names: the same blob is always listed under the same <digest>@<32 hex>.
@@ -296,18 +298,25 @@ class SignatureServer:
         stream = environ["wsgi.input"]
         try:
             data: bytes = stream.read(int(length)) if length else stream.read(limit + 1)
-        except (MaxSizeExceeded, OSError) as exc:
+        except (MaxSizeExceeded, OSError, ValueError) as exc:
             # cheroot's own cap (max_request_body_size) tripped while reading a chunked body; cheroot 11 raises
             # MaxSizeExceeded for the chunk-size lines but a bare OSError for the chunk data.
             if isinstance(exc, MaxSizeExceeded) or exc.args == ("Request Entity Too Large",):
                 raise _Reject(413, "too-large", f"body larger than {limit} bytes") from None
-            raise
+            # The rest of the body is unread, so the connection cannot carry another request (atomicsig.httpd
+            # closes it on "Connection: close" instead of draining the body first, as cheroot would).
+            close = [("Connection", "close")]
+            if isinstance(exc, TimeoutError):  # the client stopped sending for the socket's idle timeout
+                raise _Reject(408, "body-timeout", "the request body stopped arriving", close) from None
+            # A malformed or truncated chunked body (cheroot raises ValueError), or the connection went away
+            # (or was cut at the exchange deadline, atomicsig.httpd): the client's fault, never a 500.
+            raise _Reject(400, "incomplete-body", f"malformed or truncated body: {exc}"[:200], close) from None
         if len(data) > limit:
             raise _Reject(413, "too-large", f"body larger than {limit} bytes")
         if length and len(data) != int(length):
             # The client went away (or was cut by the exchange deadline) mid-body: a prefix can still be valid
             # JSON, and storing it would report failure to the client while keeping the signature.
-            raise _Reject(400, "incomplete-body", "body shorter than Content-Length")
+            raise _Reject(400, "incomplete-body", "body shorter than Content-Length", [("Connection", "close")])
         return data
 
     def _validated_blob(self, body: bytes, digest: str) -> bytes:
@@ -363,12 +372,6 @@ def _digest(text: str) -> str:
         return reference.validate_digest(text)
     except InputError:
         raise _Reject(404, "bad-path", "not found") from None
-
-
-def _is_regular(mode: int) -> bool:
-    import stat
-
-    return stat.S_ISREG(mode)
 
 
 def _etag_matches(header: str | None, etag: str) -> bool:

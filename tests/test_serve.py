@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
 import socket
+import subprocess
 import threading
 import urllib.parse
 from collections.abc import Iterator
@@ -412,3 +414,219 @@ def test_serve_command_bad_input(tmp_path: Path, cli) -> None:  # type: ignore[n
     assert code == 2 and "shorter" in err
     code, _, err = cli("serve", "--sigstore", str(tmp_path), "--listen", "nonsense")
     assert code == 2 and "HOST:PORT" in err
+
+
+# ---- confined store reads (issue 12 #7): links, FIFOs, devices, oversize files ----------------------------------
+
+MANIFEST = b'{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{},"layers":[]}'
+M_DIGEST = "sha256:" + hashlib.sha256(MANIFEST).hexdigest()
+HOSTILE = ["link-outside", "link-dev-zero", "fifo", "oversize", "dir-link"]
+
+
+def _plant(kind: str, root: Path, outside: Path, good: bytes, other_good: bytes) -> Path:
+    """A store for ``ns/app@M_DIGEST`` with a valid ``signature-1`` and a hostile ``signature-2`` (for
+    ``dir-link``: the repository directory ``ns`` itself is a link to a directory outside holding a valid
+    signature). Returns the digest directory."""
+    digest_dir = root / f"ns/app@{M_DIGEST.replace(':', '=')}"
+    outside.mkdir(exist_ok=True)
+    if kind == "dir-link":
+        real = outside / "ns" / digest_dir.name
+        real.mkdir(parents=True)
+        (real / "signature-1").write_bytes(good)
+        root.mkdir(exist_ok=True)
+        (root / "ns").symlink_to(outside / "ns")
+        return digest_dir
+    digest_dir.mkdir(parents=True)
+    (digest_dir / "signature-1").write_bytes(good)
+    hostile = digest_dir / "signature-2"
+    if kind == "link-outside":
+        (outside / "secret-signature").write_bytes(other_good)  # a *valid* signature, so verify would accept it
+        hostile.symlink_to(outside / "secret-signature")
+    elif kind == "link-dev-zero":
+        hostile.symlink_to("/dev/zero")
+    elif kind == "fifo":
+        os.mkfifo(hostile)
+    elif kind == "oversize":
+        hostile.write_bytes(other_good + b"\0" * (4 * 1024 * 1024 + 1 - len(other_good)))
+    return digest_dir
+
+
+def _release_fifo(digest_dir: Path) -> None:
+    """A reader blocked opening the FIFO (the defect) is released, so a failing run ends instead of hanging."""
+    fifo = digest_dir / "signature-2"
+    if fifo.exists() and not fifo.is_file() and not fifo.is_symlink():
+        with contextlib.suppress(OSError):
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+
+
+@pytest.fixture(scope="module")
+def manifest_blobs(signer: GpgHome, other_signer: GpgHome) -> tuple[bytes, bytes]:
+    return (sign_blob(signer, "registry.example/ns/app:1", M_DIGEST),
+            sign_blob(signer, "registry.example/ns/app:2", M_DIGEST))
+
+
+@pytest.mark.parametrize("kind", HOSTILE)
+def test_serve_routes_read_only_regular_files(tmp_path: Path, manifest_blobs: tuple[bytes, bytes],
+                                              kind: str) -> None:
+    """Both routes agree: the hostile entry is 404 on the lookaside GET, and the extension listing ends before it
+    (what a node reading the lookaside sees). Nothing outside the store is served, nothing blocks or explodes."""
+    good, other = manifest_blobs
+    root = tmp_path / "store"
+    digest_dir = _plant(kind, root, tmp_path / "outside", good, other)
+    app = SignatureServer(ServerConfig(sigstore=root))
+    try:
+        with run_wsgi(app) as base:
+            hexpart = M_DIGEST.split(":")[1]
+            sig = f"{base}/ns/app@sha256={hexpart}/signature-"
+            listing = requests.get(ext_url(base, "ns/app", M_DIGEST), timeout=10)
+            if kind == "dir-link":
+                assert requests.get(sig + "1", timeout=10).status_code == 404
+                assert listing.status_code == 404, listing.text[:200]
+            else:
+                assert requests.get(sig + "1", timeout=10).content == good
+                assert requests.get(sig + "2", timeout=10).status_code == 404
+                assert requests.head(sig + "2", timeout=10).status_code == 404
+                assert listing.status_code == 200
+                assert [base64.b64decode(e["content"]) for e in listing.json()["signatures"]] == [good]
+            assert base64.b64encode(other).decode() not in listing.text
+    finally:
+        _release_fifo(digest_dir)
+        app.close()
+
+
+def test_serve_journal_under_a_linked_directory_is_404(tmp_path: Path) -> None:
+    root, outside = tmp_path / "store", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    (outside / "journal").write_text("outside the store\n")
+    (root / ".atomicsig").symlink_to(outside)
+    app = SignatureServer(ServerConfig(sigstore=root))
+    with run_wsgi(app) as base:
+        r = requests.get(f"{base}/.atomicsig/journal", timeout=10)
+        assert r.status_code == 404 and b"outside" not in r.content
+
+
+@pytest.mark.parametrize("kind", HOSTILE)
+def test_verify_directory_sigstore_refuses_hostile_entries(tmp_path: Path, manifest_blobs: tuple[bytes, bytes],
+                                                           signer_pub: Path, cli, kind: str,  # type: ignore[no-untyped-def]
+                                                           ) -> None:
+    """verify --sigstore DIR: c/image would follow the link (or block on the FIFO) and we will not, so we cannot
+    tell what a node decides: exit 3 with the entry named, never ACCEPTED on a planted link, never a hang."""
+    good, other = manifest_blobs
+    root = tmp_path / "store"
+    digest_dir = _plant(kind, root, tmp_path / "outside", good, other)
+    mf = tmp_path / "manifest.json"
+    mf.write_bytes(MANIFEST)
+    try:
+        code, out, err = cli("verify", "--key", str(signer_pub), "--sigstore", str(root), "--manifest", str(mf),
+                             f"registry.example/ns/app@{M_DIGEST}")
+    finally:
+        _release_fifo(digest_dir)
+    assert code == 3, (code, out, err)
+    assert "refusing to read" in out + err or "outside the sigstore" in out + err, out + err
+    # The same store without the hostile entry verifies: the refusal is about that entry, not the store.
+    if kind != "dir-link":
+        (digest_dir / "signature-2").unlink()
+        code, out, err = cli("verify", "--key", str(signer_pub), "--sigstore", str(root), "--manifest", str(mf),
+                             f"registry.example/ns/app@{M_DIGEST}")
+        assert code == 0, out + err
+
+
+@pytest.mark.parametrize("kind", ["link-outside", "fifo", "oversize"])
+def test_index_skips_hostile_entries(tmp_path: Path, manifest_blobs: tuple[bytes, bytes], cli,  # type: ignore[no-untyped-def]
+                                     kind: str) -> None:
+    """`atomicsig index` reads the store like serve does: the journal lists signature-1, not the planted entry."""
+    good, other = manifest_blobs
+    root = tmp_path / "store"
+    digest_dir = _plant(kind, root, tmp_path / "outside", good, other)
+    try:
+        code, out, err = cli("index", str(root))
+    finally:
+        _release_fifo(digest_dir)
+    assert code == 0, out + err
+    journal = (root / ".atomicsig" / "journal").read_text()
+    assert f"{digest_dir.name}/signature-1 {hashlib.sha256(good).hexdigest()}" in journal
+    assert "signature-2" not in journal
+
+
+# ---- start-up: bind first, then announce (issue 11 #4) ----------------------------------------------------------
+
+
+def _serve_proc(*args: str) -> subprocess.CompletedProcess[str]:
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "atomicsig", "serve", *args], capture_output=True, text=True,
+                          timeout=60, check=False)
+
+
+def test_serve_on_a_busy_port_fails_cleanly(tmp_path: Path) -> None:
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    port = busy.getsockname()[1]
+    try:
+        proc = _serve_proc("--sigstore", str(tmp_path), "--listen", f"127.0.0.1:{port}")
+    finally:
+        busy.close()
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr == f"atomicsig: error: cannot listen on 127.0.0.1:{port}: address already in use\n"
+    assert proc.stdout == ""
+
+
+def test_serve_with_unknown_user_fails_before_announcing(tmp_path: Path) -> None:
+    proc = _serve_proc("--sigstore", str(tmp_path), "--listen", "127.0.0.1:0", "--user", "no-such-user-xyz")
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr == "atomicsig: error: --user no-such-user-xyz: no such user\n"
+
+
+def test_serve_announces_the_bound_port(tmp_path: Path) -> None:
+    """Port 0 binds a free port; the banner names the real one (it is printed only once the socket is bound)."""
+    import sys
+
+    from tests.infra import kill_group
+
+    proc = subprocess.Popen([sys.executable, "-m", "atomicsig", "serve", "--sigstore", str(tmp_path), "--listen",
+                             "127.0.0.1:0"], stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert proc.stderr is not None
+        banner = proc.stderr.readline()
+        assert banner.startswith(f"atomicsig serve: {tmp_path} on http://127.0.0.1:"), banner
+        port = int(banner.split("http://127.0.0.1:", 1)[1].split(" ", 1)[0])
+        assert port > 0
+        assert requests.get(f"http://127.0.0.1:{port}/healthz", timeout=10).text == "ok\n"
+    finally:
+        kill_group(proc)  # type: ignore[arg-type]
+
+
+def test_read_regular_file_rules(tmp_path: Path) -> None:
+    """The one confined-read helper: the root may be a link (an admin's choice), nothing below it may be; names
+    are plain relative paths; a missing file is FileNotFoundError (a gap), not an UnsafeFileError."""
+    from atomicsig import fsutil
+
+    real = tmp_path / "disk" / "sigstore"
+    (real / "ns" / "d").mkdir(parents=True)
+    (real / "ns" / "d" / "signature-1").write_bytes(b"sig")
+    (tmp_path / "root-link").symlink_to(real)
+    assert fsutil.read_regular_file(tmp_path / "root-link", "ns/d/signature-1", 10) == b"sig"
+    (real / "alias").symlink_to(real / "ns")  # a link below the root, even one staying inside, is refused
+    with pytest.raises(fsutil.UnsafeFileError) as exc:
+        fsutil.read_regular_file(real, "alias/d/signature-1", 10)
+    assert exc.value.why == "symlink"
+    for bad in ("../sigstore/ns/d/signature-1", "/etc/passwd", "ns//d/signature-1", "ns/./d/signature-1", ""):
+        with pytest.raises(fsutil.UnsafeFileError) as exc:
+            fsutil.read_regular_file(real, bad, 10)
+        assert exc.value.why == "bad-name", bad
+    with pytest.raises(fsutil.UnsafeFileError) as exc:
+        fsutil.read_regular_file(real, "ns/d/signature-1", 2)
+    assert exc.value.why == "too-large"
+    with pytest.raises(FileNotFoundError):
+        fsutil.read_regular_file(real, "ns/d/signature-2", 10)
+    with pytest.raises(fsutil.UnsafeFileError) as exc:
+        fsutil.read_regular_file(real, "ns/d", 10)
+    assert exc.value.why == "not-regular"
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(50):
+        with contextlib.suppress(fsutil.UnsafeFileError, FileNotFoundError):
+            fsutil.read_regular_file(real, "alias/d/signature-1", 10)
+        fsutil.read_regular_file(real, "ns/d/signature-1", 10)
+    assert len(os.listdir("/proc/self/fd")) <= before + 2  # no descriptor leaks on either path

@@ -160,10 +160,18 @@ def test_huge_headers_rejected(small: tuple[int, object, Path]) -> None:
 
 
 def test_connection_cap_refuses_then_recovers(tmp_path: Path) -> None:
+    """Eight keep-alive connections that each completed a request fill the cap: nothing can be evicted (only
+    connections still waiting for their head are), so a ninth gets 503. (Changed with issue 12 #5: the cap used to
+    be filled with eight head-less connections, which are now evicted instead — next test.)"""
     limits = Limits(threads=2, max_connections=8, header_timeout=60.0)
     for port, httpd in serve(tmp_path, limits):
         held = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(8)]
         try:
+            for s in held:
+                s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                answer = b""
+                while not answer.endswith(b"ok\n"):
+                    answer += s.recv(4096)  # kept alive: the server does not close it
             deadline = time.monotonic() + 30
             while httpd.guard.open_connections < 8 and time.monotonic() < deadline:  # type: ignore[attr-defined]
                 time.sleep(0.05)
@@ -184,6 +192,31 @@ def test_connection_cap_refuses_then_recovers(tmp_path: Path) -> None:
             time.sleep(0.1)
         r = requests.get(f"http://127.0.0.1:{port}/healthz", timeout=10)
         assert r.status_code == 200 and r.content == b"ok\n"
+
+
+def test_cap_evicts_the_oldest_headless_connection(tmp_path: Path) -> None:
+    """At the cap, a new connection displaces the one that has waited longest for its head (408), not itself."""
+    limits = Limits(threads=2, max_connections=8, header_timeout=60.0)
+    for port, httpd in serve(tmp_path, limits):
+        held = []
+        for _ in range(8):
+            held.append(socket.create_connection(("127.0.0.1", port), timeout=10))
+            time.sleep(0.02)  # distinct ages
+        try:
+            deadline = time.monotonic() + 30
+            while httpd.guard.open_connections < 8 and time.monotonic() < deadline:  # type: ignore[attr-defined]
+                time.sleep(0.05)
+            answer = exchange(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", wait=10)
+            assert status_of(answer) == 200, answer[:200]
+            assert httpd.guard.evicted == 1 and httpd.guard.refused == 0  # type: ignore[attr-defined]
+            held[0].settimeout(5)
+            assert status_of(held[0].recv(4096)) == 408  # the oldest one
+            held[-1].settimeout(0.5)
+            with pytest.raises(TimeoutError):
+                held[-1].recv(4096)  # the newest is still waiting for its head
+        finally:
+            for s in held:
+                s.close()
 
 
 def _trickle(port: int, stop: threading.Event, outcome: list[bytes]) -> None:
@@ -261,3 +294,197 @@ def test_config_file_accepts_limits(tmp_path: Path) -> None:
     cfg = tmp_path / "serve.yaml"
     cfg.write_text("sigstore: /x\nmax-connections: 100\nheader-timeout: 5\nrequest-timeout: 12.5\nthreads: 4\n")
     assert load_config(str(cfg))["request-timeout"] == 12.5
+
+
+# ---- health under a connection flood (issue 12 #5) --------------------------------------------------------------
+
+
+def _flood(port: int, holding: int, stop: threading.Event, stats: dict[str, int]) -> None:
+    """One client keeping ``holding`` connections open, each with a partial request head, and opening a new one
+    whenever the server answers or closes one (the issue's flood: ~512 partial heads, reconnect after each 408)."""
+    import selectors
+
+    sel = selectors.DefaultSelector()
+    partial = b"GET /healthz HTTP/1.1\r\nHost: flood\r\nX-Never-Ending: "
+
+    def open_one() -> None:
+        try:
+            s = socket.create_connection(("127.0.0.1", port), timeout=2)
+            s.sendall(partial)
+        except OSError:
+            stats["connect_errors"] += 1
+            return
+        s.setblocking(False)
+        sel.register(s, selectors.EVENT_READ)
+        stats["opened"] += 1
+
+    try:
+        for _ in range(holding):
+            open_one()
+        while not stop.is_set():
+            for key, _ in sel.select(timeout=0.1):
+                s = key.fileobj
+                try:
+                    data = s.recv(4096)  # type: ignore[union-attr]
+                except OSError:
+                    data = b""
+                stats["cut_408" if b" 408 " in data[:16] else "cut_503" if b" 503 " in data[:16] else "cut_other"] += 1
+                sel.unregister(s)
+                s.close()  # type: ignore[union-attr]
+                open_one()
+            while len(sel.get_map()) < holding and not stop.is_set():
+                open_one()
+    finally:
+        for key in list(sel.get_map().values()):
+            key.fileobj.close()  # type: ignore[union-attr]
+        sel.close()
+
+
+def _probe(port: int, budget: float) -> tuple[bool, float, str]:
+    """GET /healthz on a new connection; (answered 200 within ``budget`` seconds, seconds taken, what happened)."""
+    started = time.monotonic()
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=budget) as s:
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: probe\r\nConnection: close\r\n\r\n")
+            data = b""
+            while (time.monotonic() - started) < budget and (chunk := s.recv(4096)):
+                data += chunk
+    except OSError as exc:
+        return False, time.monotonic() - started, repr(exc)
+    took = time.monotonic() - started
+    return data.startswith(b"HTTP/1.1 200 ") and data.endswith(b"ok\n") and took < budget, took, data[:40].decode()
+
+
+def test_healthz_answers_under_connection_flood(tmp_path: Path) -> None:
+    """A client holding 512 partial heads (= the default connection cap) and reconnecting after each cut:
+    every one of 20 /healthz probes, 0.5 s apart, must be answered 200 within 2 s (the issue's bar was 13 probes,
+    12 of which failed). The server runs as its own process with the default limits but a 2 s head deadline,
+    so the flood churns (408, reconnect) several times during the ~12 s it lasts."""
+    from tests.infra import serve_sigstore
+
+    with serve_sigstore(tmp_path, "--header-timeout", "2") as base:
+        port = int(base.rsplit(":", 1)[1])
+        stop = threading.Event()
+        stats = {"opened": 0, "connect_errors": 0, "cut_408": 0, "cut_503": 0, "cut_other": 0}
+        flooder = threading.Thread(target=_flood, args=(port, 512, stop, stats), daemon=True)
+        flooder.start()
+        try:
+            deadline = time.monotonic() + 10
+            while stats["opened"] < 512 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert stats["opened"] >= 512, stats
+            results = []
+            for _ in range(20):
+                results.append(_probe(port, 2.0))
+                time.sleep(0.5)
+        finally:
+            stop.set()
+            flooder.join(timeout=10)
+        print("flood", stats, "probes", [(ok, round(t, 3)) for ok, t, _ in results])
+        failed = [r for r in results if not r[0]]
+        assert not failed, (failed, stats)
+        assert stats["cut_408"] > 0, stats  # the flood really churned through head deadlines meanwhile
+
+
+# ---- broken bodies (issue 12 #5, #6) ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("body", [
+    b"zz\r\nabc\r\n0\r\n\r\n",  # chunk size is not hex
+    b"5\r\nabcdeXX3\r\nabc\r\n0\r\n\r\n",  # chunk data longer than its size (no CRLF after it)
+    b"-5\r\nabcde\r\n0\r\n\r\n",  # negative size
+    b"5\r\nab",  # truncated inside a chunk, then the client half-closes
+    b"5\r\nabcde\r\n",  # truncated before the last chunk
+])
+def test_malformed_chunked_put_is_400_without_traceback(small: tuple[int, object, Path], blob: bytes,
+                                                        capfd: pytest.CaptureFixture[str], body: bytes) -> None:
+    """A broken chunked body on an authenticated PUT is the client's error: 400, no traceback, nothing stored."""
+    port, _, root = small
+    head = f"PUT {EXT} HTTP/1.1\r\nHost: x\r\n{AUTH}Transfer-Encoding: chunked\r\n\r\n".encode()
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(head + body)
+        s.shutdown(socket.SHUT_WR)
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+    assert status_of(answer) == 400, answer[:300]
+    assert b'"incomplete-body"' in answer or b'"SIGNATURE_INVALID"' in answer  # "-5" reads as the last chunk
+    assert answer.count(b"HTTP/1.1 ") == 1, answer  # and the rest is never parsed as another request
+    assert time.monotonic() - started < 1.5  # answered at once, not at the 2 s exchange deadline
+    assert nothing_stored(root)
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_lying_content_length_is_answered_and_frees_the_worker(small: tuple[int, object, Path], blob: bytes,
+                                                                capfd: pytest.CaptureFixture[str]) -> None:
+    """A Content-Length larger than the body sent: the exchange deadline (2 s here) ends the body, the client
+    gets 400 (not a silently closed socket), and both workers serve again right after."""
+    port, _, root = small
+    body = put_json(blob)
+    started = time.monotonic()
+    answers: list[bytes] = []
+
+    def lying() -> None:
+        answers.append(exchange(port, f"PUT {EXT} HTTP/1.1\r\nHost: x\r\n{AUTH}Content-Length: {len(body) + 100}"
+                                      "\r\n\r\n".encode() + body, wait=20))
+
+    liars = [threading.Thread(target=lying) for _ in range(2)]  # both workers
+    for t in liars:
+        t.start()
+    for t in liars:
+        t.join(timeout=30)
+    took = time.monotonic() - started
+    assert [status_of(a) for a in answers] == [400, 400], answers
+    assert all(b"Content-Length" in a for a in answers)
+    assert 1.5 < took < 5.0, took  # the deadline (2 s) plus little
+    assert nothing_stored(root)
+    # Both workers are free again: a request that needs a pool worker is served at once.
+    r = requests.get(f"http://127.0.0.1:{port}/lim/app@sha256={'5a' * 32}/signature-1", timeout=2)
+    assert r.status_code == 404
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_healthz_answers_while_every_worker_is_held(tmp_path: Path) -> None:
+    """Two workers held by PUTs whose bodies never arrive: /healthz is still answered at once (the reserved health
+    thread), while an ordinary request has to wait for a worker — which shows the pool really is held."""
+    limits = Limits(threads=2, request_timeout=30.0)
+    root = tmp_path / "store"
+    root.mkdir()
+    for port, _ in serve(root, limits):
+        held = []
+        for _ in range(3):  # two in the workers, one queued
+            s = socket.create_connection(("127.0.0.1", port), timeout=30)
+            s.sendall(f"PUT {EXT} HTTP/1.1\r\nHost: x\r\n{AUTH}Content-Length: 1000\r\n\r\n{{".encode())
+            held.append(s)
+        try:
+            time.sleep(0.5)
+            with pytest.raises(requests.exceptions.Timeout):
+                requests.get(f"http://127.0.0.1:{port}/nope", timeout=1.5)
+            for _ in range(5):
+                started = time.monotonic()
+                r = requests.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
+                assert r.status_code == 200 and r.content == b"ok\n"
+                assert time.monotonic() - started < 1.0
+        finally:
+            for s in held:
+                s.close()
+
+
+def test_silent_body_is_408_after_the_idle_timeout(tmp_path: Path, blob: bytes,
+                                                   capfd: pytest.CaptureFixture[str]) -> None:
+    """A client that stops sending its body is answered 408 after the idle timeout (1 s here, 10 s by default),
+    well before the exchange deadline (30 s): cheroot used to try to drain the unread body from the timed-out
+    socket, log a traceback and answer nothing."""
+    limits = Limits(threads=2, idle_timeout=1, request_timeout=30.0)
+    root = tmp_path / "store"
+    root.mkdir()
+    for port, _ in serve(root, limits):
+        body = put_json(blob)
+        started = time.monotonic()
+        answer = exchange(port, f"PUT {EXT} HTTP/1.1\r\nHost: x\r\n{AUTH}Content-Length: {len(body) + 100}\r\n\r\n"
+                                .encode() + body, wait=20)
+        assert status_of(answer) == 408 and b'"body-timeout"' in answer, answer[:300]
+        assert time.monotonic() - started < 5.0
+        assert nothing_stored(root)
+    assert "Traceback" not in capfd.readouterr().err

@@ -18,7 +18,8 @@ from .common import DEFAULT_SIGSTORE
               help="YAML config file (docs/serve.md); command-line flags override it.")
 @click.option("--sigstore", metavar="DIR", default=None,
               help=f"Sigstore directory to serve [default: {DEFAULT_SIGSTORE}].")
-@click.option("--listen", metavar="HOST:PORT", default=None, help="Bind address [default: 127.0.0.1:8080].")
+@click.option("--listen", metavar="HOST:PORT", default=None,
+              help="Bind address; port 0 picks a free port, printed once bound [default: 127.0.0.1:8080].")
 @click.option("--tls-cert", metavar="FILE", default=None, help="PEM certificate (chain) for HTTPS.")
 @click.option("--tls-key", metavar="FILE", default=None, help="PEM private key for HTTPS.")
 @click.option("--token-file", metavar="FILE", default=None,
@@ -30,7 +31,8 @@ from .common import DEFAULT_SIGSTORE
 @click.option("--access-log", metavar="FILE", default=None, help="Append one line per request ('-': stderr).")
 @click.option("--threads", type=click.IntRange(1, 256), default=None, help="Worker threads [default: 16].")
 @click.option("--max-connections", type=click.IntRange(1, 65536), default=None,
-              help="Open connections beyond this get 503 [default: 512].")
+              help="Connection cap: a new connection then evicts the one waiting longest for its request head, "
+                   "or gets 503 if none is waiting [default: 512].")
 @click.option("--header-timeout", type=click.FloatRange(0.1, 3600), default=None, metavar="SECONDS",
               help="A request head must arrive within this, else 408 [default: 10].")
 @click.option("--request-timeout", type=click.FloatRange(0.1, 3600), default=None, metavar="SECONDS",
@@ -57,6 +59,10 @@ def serve(config_file: str | None, sigstore: str | None, listen: str | None, tls
              "threads": threads, "trusted-keys": list(trusted_keys) or None, "max-connections": max_connections,
              "header-timeout": header_timeout, "request-timeout": request_timeout}
     cfg.update({k: v for k, v in flags.items() if v is not None})
+    if run_as:
+        from ..privdrop import check_user
+
+        check_user(run_as)  # an unknown --user is refused before anything is bound or announced (exit 2)
     root = Path(cfg.get("sigstore", DEFAULT_SIGSTORE))
     if not root.is_dir():
         raise InputError(f"sigstore {root} is not a directory")
@@ -72,8 +78,7 @@ def serve(config_file: str | None, sigstore: str | None, listen: str | None, tls
         read_token=server.read_token_file(cfg["read-token-file"]) if cfg.get("read-token-file") else None,
         trusted_keys=keyrings,
         max_body=int(cfg.get("max-body", server.MAX_PUT_BODY)))
-    _setup_logging(cfg.get("access-log"))
-    app = server.SignatureServer(config)
+    _setup_logging(cfg.get("access-log"))  # opened before privileges are dropped, as the unit expects
     listen_at = cfg.get("listen", "127.0.0.1:8080")
     from ..httpd import Limits
 
@@ -82,28 +87,35 @@ def serve(config_file: str | None, sigstore: str | None, listen: str | None, tls
                     max_connections=int(cfg.get("max-connections", defaults.max_connections)),
                     header_timeout=float(cfg.get("header-timeout", defaults.header_timeout)),
                     request_timeout=float(cfg.get("request-timeout", defaults.request_timeout)))
-    httpd = server.make_server(app, listen_at, tls_cert=cfg.get("tls-cert"), tls_key=cfg.get("tls-key"),
-                               limits=limits)
-    scheme = "https" if cfg.get("tls-cert") else "http"
-    click.echo(f"atomicsig serve: {root} on {scheme}://{listen_at} "
-               f"(PUT {'enabled' if config.write_token else 'disabled'})", err=True)
+    app = server.SignatureServer(config)
+    try:
+        httpd = server.make_server(app, listen_at, tls_cert=cfg.get("tls-cert"), tls_key=cfg.get("tls-key"),
+                                   limits=limits)
+        # Bind before saying anything: a busy port or an address that is not ours is a one-line error, exit 2
+        # (httpd.ListenError), never a banner followed by a traceback (issue 11 #4).
+        httpd.prepare()
+    except BaseException:
+        app.close()
+        raise
     import signal
 
     def _stop(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
     signal.signal(signal.SIGTERM, _stop)
     try:
-        httpd.prepare()
+        who = None
         if run_as:
             from ..privdrop import drop_privileges
 
             who = drop_privileges(run_as)
+        scheme = "https" if cfg.get("tls-cert") else "http"
+        click.echo(f"atomicsig serve: {root} on {scheme}://{httpd.address} "
+                   f"(PUT {'enabled' if config.write_token else 'disabled'})", err=True)
+        if who is not None:
             click.echo(f"atomicsig serve: running as {who.user} (uid {who.uid}, gid {who.gid})", err=True)
         httpd.serve()
     except KeyboardInterrupt:
         pass
-    except OSError as exc:
-        raise InputError(f"cannot listen on {listen_at}: {exc.strerror or exc}") from exc
     finally:
         httpd.stop()
         app.close()
@@ -117,7 +129,10 @@ def _setup_logging(access_log: str | None) -> None:
     logging.getLogger("atomicsig.server").addHandler(err)
     logging.getLogger("atomicsig.server").setLevel(logging.INFO)
     if access_log:
-        handler: logging.Handler = err if access_log == "-" else logging.FileHandler(access_log)
+        try:
+            handler: logging.Handler = err if access_log == "-" else logging.FileHandler(access_log)
+        except OSError as exc:
+            raise InputError(f"cannot open access log {access_log}: {exc.strerror or exc}") from exc
         handler.setFormatter(fmt)
         acc = logging.getLogger("atomicsig.access")
         acc.addHandler(handler)

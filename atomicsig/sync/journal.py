@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import fsutil
+from ..blob import MAX_SIGNATURE_SIZE
 from ..errors import InputError, StorageError
 from ..lookaside import MAX_LOOKASIDE_SIGNATURES, digest_dirname
 from ..reference import parse as parse_reference
@@ -664,10 +665,9 @@ def scan(root: Path) -> Iterator[tuple[str, str]]:
         if any(f.startswith(fsutil.TEMP_PREFIX) for f in files):  # `atomicsig index` cleans up after kills
             fsutil.sweep_stale_temps(dirpath)
         for n in range(1, MAX_LOOKASIDE_SIGNATURES):
-            p = Path(dirpath) / f"signature-{n}"
-            try:
-                data = p.read_bytes()
-            except (FileNotFoundError, NotADirectoryError):
+            try:  # no links, regular files, 4 MiB: what `atomicsig serve` would serve (fsutil.read_regular_file)
+                data = fsutil.read_regular_file(root, f"{rel_dir}/signature-{n}", MAX_SIGNATURE_SIZE)
+            except (FileNotFoundError, NotADirectoryError, fsutil.UnsafeFileError):
                 break
             rel = f"{rel_dir}/signature-{n}"
             try:

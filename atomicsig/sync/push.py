@@ -16,6 +16,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from .. import fsutil
+from ..blob import MAX_SIGNATURE_SIZE
 from ..errors import RegistryError
 from .config import Endpoint
 from .journal import HEADER_LEN, Journal, iter_lines, parse_line
@@ -61,10 +63,13 @@ class Pusher:
         for line, end in iter_lines(data, base):
             rec = parse_line(line, end)
             if rec.op == "add":
-                try:
-                    blob = (self.root / str(rec.path)).read_bytes()
-                except FileNotFoundError:
+                try:  # confined like every store read: a planted link or FIFO is never pushed to a peer
+                    blob = fsutil.read_regular_file(self.root, str(rec.path), MAX_SIGNATURE_SIZE)
+                except (FileNotFoundError, NotADirectoryError):
                     blob = b""  # renumbered or pruned since; a later record names its new place
+                except fsutil.UnsafeFileError as exc:
+                    log.warning("not pushing %s: %s", rec.path, exc.message)
+                    blob = b""
                 if blob and self.put(rec.path.repo, rec.path.digest, blob):
                     pushed += 1
                     self.st.synced += 1
