@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import openpgp
 from .blob import simple_signing_body
 from .errors import GPGError, InputError, KeyNotFound, PassphraseError, SignatureFormatError
 from .passphrase import child_env
@@ -402,7 +403,7 @@ class Keyring:
                 raise PassphraseError(f"key {fingerprint} needs a passphrase (--passphrase-file or --passphrase-env)")
             raise GPGError(f"gpg could not sign with {fingerprint}: {stderr}")
         try:
-            simple_signing_body(blob)
+            openpgp.parse_message(simple_signing_body(blob))
         except SignatureFormatError as exc:  # would only happen if gpg ignored our options
             raise GPGError(f"gpg produced an unusable signature: {exc}") from exc
         return blob
@@ -498,6 +499,9 @@ class TrustedKeys:
         if not self.fingerprints:
             raise SignatureFormatError("no public keys imported")
         body = simple_signing_body(blob)
+        # Exactly one message with one signature packet, nothing after it (SPEC §1.3): gpg prints GOODSIG for a
+        # message followed by garbage and only complains in its exit status, which skopeo treats as a failure.
+        openpgp.parse_message(body)
         g = self._keyring.gpg
         result = g.decrypt(body, extra_args=["--trust-model", "always", "--no-auto-key-retrieve"])
         problems = list(getattr(result, "problems", None) or [])
@@ -511,6 +515,7 @@ class TrustedKeys:
             raise SignatureFormatError(f"signature rejected by gpg: {problems[0].get('status', 'error')}")
         if not result.valid or not result.fingerprint:
             raise SignatureFormatError(f"invalid signature: {result.status or _stderr_tail(result)}")
+        _check_gpg_verdict(result)
         signing = str(result.fingerprint).upper()
         primary = str(getattr(result, "pubkey_fingerprint", "") or signing).upper()
         primary = self._subkey_to_primary.get(signing, primary)
@@ -518,6 +523,28 @@ class TrustedKeys:
             raise SignatureFormatError(f"signed by an untrusted key {primary}")
         data = result.data if isinstance(result.data, bytes) else bytes(result.data or b"")
         return GPGVerification(payload=data, signer=primary, signing_key=signing)
+
+
+#: Status keywords that make a verification fail whatever else gpg printed (gpg's doc/DETAILS): a bad or
+#: unverifiable signature, a signature by an expired/revoked key, missing or unexpected data, a failed operation.
+_FAILING_STATUS = frozenset({"BADSIG", "ERRSIG", "EXPSIG", "EXPKEYSIG", "REVKEYSIG", "NODATA", "UNEXPECTED",
+                             "FAILURE", "ERROR", "DECRYPTION_FAILED", "BADARMOR"})
+
+
+def _check_gpg_verdict(result: Any) -> None:
+    """gpg's whole verdict, not only its GOODSIG: exit status 0, exactly one GOODSIG and one VALIDSIG, and no
+    status line that means failure. GPGME (and so skopeo) fails on any of these; python-gnupg's ``valid`` is
+    set by the GOODSIG alone, even when gpg then reports trailing data and exits 2 (issue 12 #10)."""
+    statuses = [ln.split()[1] for ln in (getattr(result, "stderr", "") or "").splitlines()
+                if ln.startswith("[GNUPG:] ") and len(ln.split()) > 1]
+    bad = sorted(_FAILING_STATUS.intersection(statuses))
+    if bad:
+        raise SignatureFormatError(f"signature rejected by gpg: {bad[0]}")
+    if statuses.count("GOODSIG") != 1 or statuses.count("VALIDSIG") != 1:
+        raise SignatureFormatError(f"unexpected GPG signature count {statuses.count('GOODSIG')}")
+    if getattr(result, "returncode", None) != 0:
+        raise SignatureFormatError(f"gpg exited with status {getattr(result, 'returncode', None)}: "
+                                   f"{_stderr_tail(result)}")
 
 
 @contextlib.contextmanager
