@@ -15,6 +15,7 @@ import re
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -185,6 +186,9 @@ class Keyring:
     #: daemon per ephemeral home that outlives a killed atomicsig. Public-key work never needs the agent.
     autostart: bool = True
     _gpg: Any = field(default=None, init=False, repr=False)
+    #: Keys whose passphrase (or lack of one) gpg-agent has confirmed in this process, see :meth:`sign`.
+    _checked: dict[str, str | None] = field(default_factory=dict, init=False, repr=False)
+    _check_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.home is None:
@@ -386,6 +390,7 @@ class Keyring:
 
     def sign(self, payload: bytes, fingerprint: str, passphrase: str | None) -> bytes:
         """Sign ``payload`` as one binary, inline OpenPGP message with the key ``fingerprint``."""
+        self._check_passphrase(fingerprint, passphrase)
         kwargs: dict[str, Any] = {"keyid": fingerprint, "clearsign": False, "detach": False, "binary": True,
                                   "extra_args": [*SIGN_OPTIONS, "--local-user", fingerprint]}
         if passphrase is not None:
@@ -407,6 +412,20 @@ class Keyring:
         except SignatureFormatError as exc:  # would only happen if gpg ignored our options
             raise GPGError(f"gpg produced an unusable signature: {exc}") from exc
         return blob
+
+
+    def _check_passphrase(self, fingerprint: str, passphrase: str | None) -> None:
+        """Once per key and passphrase: gpg itself signs with a cached passphrase whatever ``--passphrase-fd``
+        says, so the agent checks the given one first (agentsign.check_passphrase, issue 11 #7)."""
+        with self._check_lock:
+            if fingerprint in self._checked and self._checked[fingerprint] == passphrase:
+                return
+            from .agentsign import check_home_passphrase, choose_signing_key  # agentsign imports this module
+
+            key = choose_signing_key(self.secret_key_parts(fingerprint), int(time.time()))
+            if key is not None:  # no usable signing key: gpg's own error says why
+                check_home_passphrase(self.home, key.keygrip, fingerprint, passphrase)
+            self._checked[fingerprint] = passphrase
 
 
 def _redact(text: str, secret: str | None) -> str:

@@ -10,6 +10,7 @@ import click
 
 from ..errors import EXIT_OK, InputError
 from .common import (
+    agent_cache_option,
     emit_json,
     gnupghome_option,
     install_sigterm_as_interrupt,
@@ -58,6 +59,7 @@ def read_reference_list(path: str) -> list[str]:
                    "for the run (fastest for RSA; never written to disk; not for smartcards).")
 @registry_options
 @passphrase_options
+@agent_cache_option
 @gnupghome_option
 @json_option
 def sign(references: tuple[str, ...], keys: tuple[str, ...], sigstore: str, registries_dir: str | None,
