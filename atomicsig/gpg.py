@@ -173,7 +173,8 @@ def _algorithm_name(entry: dict[str, Any]) -> str:
 
 
 def _email_of(uid: str) -> str:
-    m = re.search(r"<([^>]*)>", uid)
+    """The e-mail of a user ID: the last ``<…>`` (keys made elsewhere may have a ``<`` in the name)."""
+    m = re.search(r"<([^<>]*)>\s*$", uid)
     return (m.group(1) if m else uid).lower()
 
 
@@ -281,7 +282,15 @@ class Keyring:
 
     def generate(self, *, name: str, email: str, comment: str | None, algorithm: str, expire: str,
                  passphrase: str | None) -> KeyInfo:
-        """Create a signing-only primary key. The parameter block (with any passphrase) goes to gpg's stdin."""
+        """Create a signing-only primary key.
+
+        The parameter block goes to gpg as a file and holds no secret; the passphrase travels on gpg's stdin
+        (``--passphrase-fd 0``, loopback). Not as a ``Passphrase:`` parameter: gpg's batch parser trims leading
+        and trailing spaces from every value, so the key would be protected by a different passphrase than the
+        one configured, and every later signature would fail (issue 12 #12).
+        """
+        import subprocess
+
         if algorithm not in KEY_ALGORITHMS:
             raise InputError(f"unknown algorithm {algorithm!r}; use one of {', '.join(KEY_ALGORITHMS)}")
         lines = [f"{k}: {v}" for k, v in KEY_ALGORITHMS[algorithm].items()]
@@ -293,14 +302,25 @@ class Keyring:
                 raise InputError("key parameters must not contain newlines")
         if passphrase is None:
             lines.append("%no-protection")
-        else:
-            lines.append(f"Passphrase: {passphrase}")
         lines.append("%commit")
-        result = self.gpg.gen_key("\n".join(lines) + "\n")
-        fpr = getattr(result, "fingerprint", None)
-        if not fpr:
-            raise GPGError(f"gpg could not generate a key for {email}: {_stderr_tail(result)}")
-        return self.resolve(str(fpr), secret=True)
+        cmd = [gpg_binary(), "--batch", "--no-tty", "--status-fd", "1"]
+        if self.home:
+            cmd += ["--homedir", self.home]
+        stdin = b""
+        if passphrase is not None:
+            cmd += ["--pinentry-mode", "loopback", "--passphrase-fd", "0"]
+            stdin = passphrase.encode() + b"\n"
+        with tempfile.TemporaryDirectory(prefix="atomicsig-genkey-") as tmp:
+            params = Path(tmp) / "params"
+            params.write_text("\n".join(lines) + "\n", encoding="utf-8")
+            proc = subprocess.run([*cmd, "--gen-key", str(params)], input=stdin, capture_output=True, check=False,
+                                  timeout=300, env=child_env())
+        created = [ln.split()[3] for ln in proc.stdout.decode(errors="replace").splitlines()
+                   if ln.startswith("[GNUPG:] KEY_CREATED ") and len(ln.split()) > 3]
+        if proc.returncode != 0 or not created:
+            raise GPGError(f"gpg could not generate a key for {email}: "
+                           f"{_redact(_last_line(proc.stderr), passphrase)}")
+        return self.resolve(created[-1], secret=True)
 
     # ---- import / export / delete -------------------------------------------------------------------------
 
