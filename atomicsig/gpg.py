@@ -341,6 +341,8 @@ class Keyring:
 
     def export_secret(self, fingerprints: Iterable[str], *, armor: bool, passphrase: str | None) -> bytes:
         fprs = list(fingerprints)
+        for fpr in fprs:
+            self.check_given_passphrase(fpr, passphrase)
         if passphrase is None:
             data = self.gpg.export_keys(fprs, secret=True, armor=armor, expect_passphrase=False)
         else:
@@ -354,6 +356,7 @@ class Keyring:
         """Delete the secret key (if any) and then the public key."""
         secret_fprs = {k.fingerprint for k in self.list_keys(secret=True)}
         if fingerprint in secret_fprs:
+            self.check_given_passphrase(fingerprint, passphrase)
             if passphrase is None:
                 res = self.gpg.delete_keys(fingerprint, secret=True, expect_passphrase=False)
             else:
@@ -366,11 +369,13 @@ class Keyring:
 
     def set_expiry(self, fingerprint: str, expire: str, *, passphrase: str | None) -> None:
         """Change the primary key's expiry (``--quick-set-expire``); used to retire a key gracefully."""
+        self.check_given_passphrase(fingerprint, passphrase)
         args = ["--quick-set-expire", fingerprint, expire]
         self._run(args, passphrase)
 
     def revoke(self, fingerprint: str, *, passphrase: str | None, reason: str = "key retired") -> bytes:
         """Generate and import a revocation certificate; returns the certificate (armored)."""
+        self.check_given_passphrase(fingerprint, passphrase)
         # gpg --gen-revoke is interactive; --command-fd answers its questions deterministically.
         answers = "y\n0\n" + reason.replace("\n", " ") + "\n\ny\n"
         # gpg refuses --gen-revoke under --batch ("can't do this in batch mode"); --no-tty still keeps it
@@ -446,6 +451,18 @@ class Keyring:
             if key is not None:  # no usable signing key: gpg's own error says why
                 check_home_passphrase(self.home, key.keygrip, fingerprint, passphrase)
             self._checked[fingerprint] = passphrase
+
+
+    def check_given_passphrase(self, fingerprint: str, passphrase: str | None) -> None:
+        """A passphrase given for a key operation (export, delete, expiry, revocation) is checked against the
+        primary key by gpg-agent, which gpg skips while the agent has it cached (issue 11 #7)."""
+        if passphrase is None:
+            return
+        from .agentsign import check_home_passphrase  # agentsign imports this module
+
+        primary = next((p for p in self.secret_key_parts(fingerprint) if p.primary and p.keygrip), None)
+        if primary is not None and "#" not in primary.token:
+            check_home_passphrase(self.home, primary.keygrip, fingerprint, passphrase)
 
 
 def _redact(text: str, secret: str | None) -> str:

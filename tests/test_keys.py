@@ -453,3 +453,31 @@ def test_key_with_angle_bracket_in_name_is_found_by_email(tmp_path: Path) -> Non
         assert current is not None and current.fingerprint == made.fingerprint
     finally:
         kill_agent(home)
+
+
+def test_key_commands_check_a_given_passphrase_despite_the_cache(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """export --secret / retire / delete with a wrong passphrase after the right one was cached: exit 2."""
+    home = tmp_path / "gnupg"
+    right, wrong = tmp_path / "right", tmp_path / "wrong"
+    right.write_text(SECRET_FILE_PW + "\n")
+    wrong.write_text("not-" + SECRET_FILE_PW + "\n")
+    signers = tmp_path / "signers.yaml"
+    signers.write_text(f"keys:\n  - {{name: K, email: k@example.com, passphrase-file: {right}}}\n")
+    base = ("--gnupghome", str(home))
+    try:
+        code, out, err = cli("keys", "generate", "-f", str(signers), "--json", *base)
+        assert code == 0, err
+        fpr = json.loads(out)["keys"][0]["fingerprint"]
+        code, _, err = cli("keys", "export", "--secret", fpr, "--passphrase-file", str(right), "-o",
+                           str(tmp_path / "k.sec"), *base)
+        assert code == 0, err  # the agent now caches the passphrase
+        for args in (("keys", "export", "--secret", fpr, "-o", str(tmp_path / "k2.sec")),
+                     ("keys", "retire", fpr), ("keys", "delete", fpr, "--yes")):
+            code, _, err = cli(*args, "--passphrase-file", str(wrong), *base)
+            assert code == 2 and "wrong passphrase" in err, (args, err)
+        code, out, _ = cli("keys", "list", "--json", *base)
+        (key,) = json.loads(out)["keys"]
+        assert key["expires"] and not key["revoked"]  # not retired: generated with 2y, untouched
+        assert not (tmp_path / "k2.sec").exists()
+    finally:
+        kill_agent(home)
