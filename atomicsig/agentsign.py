@@ -36,6 +36,73 @@ class AgentSignError(GPGError):
     """The agent path failed in a way gpg itself might not (auto mode falls back on this)."""
 
 
+_CACHE_HINT = ("give it with --passphrase-file, --passphrase-env or --passphrase-stdin, or pass --use-agent-cache "
+               "to sign with a passphrase gpg-agent has cached")
+
+
+def check_passphrase(conn: assuan.AssuanClient, keygrip: str, fingerprint: str, passphrase: str | None) -> None:
+    """Make a given passphrase count, whatever gpg-agent has cached (issue 11 #7).
+
+    After one correct use gpg-agent caches a key's passphrase, and from then on signs for anyone asking on its
+    socket without an ``INQUIRE PASSPHRASE``: a wrong ``--passphrase-file`` would sign with exit 0. So:
+
+    * a passphrase given is checked with ``PASSWD --verify <keygrip>``, which unlocks the key with exactly that
+      passphrase and ignores the cache (a wrong one: ``Bad passphrase``). Checking once per run is enough: the
+      agent only ever caches the correct passphrase, so later signatures cannot be made with a wrong one.
+    * no passphrase for a protected key (``KEYINFO`` protection ``P``) is refused, cached or not, unless the user
+      opted into the agent's cache (``--use-agent-cache``, :func:`passphrase.agent_cache_allowed`).
+
+    Smartcard keys (``KEYINFO`` type ``T``) are left to the card, which checks its own PIN. ``conn`` must already
+    be in loopback pinentry mode, so that nothing ever prompts.
+    """
+    from .passphrase import agent_cache_allowed
+
+    try:
+        fields = conn.transact(f"KEYINFO {keygrip}").status
+    except assuan.AssuanError as exc:
+        raise AgentSignError(f"gpg-agent does not hold the secret key of {fingerprint}: {exc.text}") from None
+    info = next((rest.split() for kw, rest in fields if kw == "KEYINFO"), [])
+    kind = info[1].decode() if len(info) > 1 else "-"
+    protection = info[5].decode() if len(info) > 5 else "-"
+    if kind == "T":
+        return
+    if passphrase is None:
+        if protection == "P" and not agent_cache_allowed():
+            raise PassphraseError(f"key {fingerprint} needs a passphrase: it is protected ({_CACHE_HINT})",
+                                  hint=_CACHE_HINT)
+        return
+
+    def inquire(keyword: str, _args: bytes) -> bytes | None:
+        return passphrase.encode() if keyword == "PASSPHRASE" else None
+
+    try:
+        conn.transact(f"PASSWD --verify {keygrip}", inquire)
+    except assuan.AssuanError as exc:
+        if exc.code in _WRONG_PASSPHRASE or exc.code in _NEEDS_PASSPHRASE:
+            raise PassphraseError(f"wrong passphrase for key {fingerprint}") from None
+        raise GPGError(f"gpg-agent could not check the passphrase of key {fingerprint}: {exc.text} "
+                       f"(gpg-error {exc.code})") from None
+
+
+def check_home_passphrase(home: str | None, keygrip: str, fingerprint: str, passphrase: str | None) -> None:
+    """:func:`check_passphrase` on a connection of its own (the gpg-process signer, which has none).
+
+    Without a passphrase an unreachable agent is gpg's to report when it signs; with one, the check must happen,
+    so a connection failure is an error (fail closed).
+    """
+    try:
+        conn = assuan.connect(home)
+    except assuan.AssuanConnectionError:
+        if passphrase is None:
+            return
+        raise
+    try:
+        conn.transact("OPTION pinentry-mode=loopback")
+        check_passphrase(conn, keygrip, fingerprint, passphrase)
+    finally:
+        conn.close()
+
+
 def choose_signing_key(parts: Iterable[SecretKeyPart], now: int) -> SecretKeyPart | None:
     """The (sub)key ``gpg --local-user <primary FPR>`` signs with (gpg 2.2 getkey.c ``finish_lookup``).
 
@@ -86,6 +153,7 @@ class AgentSigner:
             self._connection().transact(f"HAVEKEY {self._keygrip}")
         except assuan.AssuanError as exc:
             raise AgentSignError(f"gpg-agent does not hold the secret key {self.signing_key}: {exc.text}") from exc
+        check_passphrase(self._connection(), self._keygrip, self.fingerprint, self._passphrase)
 
     def sign(self, data: bytes) -> bytes:
         pending = pgpsign.prepare(data, self._issuer, int(self._clock()))
@@ -279,6 +347,8 @@ def make_signer(keyring: Keyring, fingerprint: str, passphrase: str | None, mode
         return gpg_signer
     try:
         agent = agent_signer(keyring, fingerprint, passphrase)
+    except PassphraseError:
+        raise  # gpg would refuse the same passphrase (agentsign.check_passphrase runs for both signers)
     except AtomicsigError:
         return gpg_signer
     return CheckedAgentSigner(agent, gpg_signer,

@@ -15,11 +15,13 @@ import re
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import openpgp
 from .blob import simple_signing_body
 from .errors import GPGError, InputError, KeyNotFound, PassphraseError, SignatureFormatError
 from .passphrase import child_env
@@ -171,7 +173,8 @@ def _algorithm_name(entry: dict[str, Any]) -> str:
 
 
 def _email_of(uid: str) -> str:
-    m = re.search(r"<([^>]*)>", uid)
+    """The e-mail of a user ID: the last ``<…>`` (keys made elsewhere may have a ``<`` in the name)."""
+    m = re.search(r"<([^<>]*)>\s*$", uid)
     return (m.group(1) if m else uid).lower()
 
 
@@ -184,6 +187,9 @@ class Keyring:
     #: daemon per ephemeral home that outlives a killed atomicsig. Public-key work never needs the agent.
     autostart: bool = True
     _gpg: Any = field(default=None, init=False, repr=False)
+    #: Keys whose passphrase (or lack of one) gpg-agent has confirmed in this process, see :meth:`sign`.
+    _checked: dict[str, str | None] = field(default_factory=dict, init=False, repr=False)
+    _check_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.home is None:
@@ -276,7 +282,15 @@ class Keyring:
 
     def generate(self, *, name: str, email: str, comment: str | None, algorithm: str, expire: str,
                  passphrase: str | None) -> KeyInfo:
-        """Create a signing-only primary key. The parameter block (with any passphrase) goes to gpg's stdin."""
+        """Create a signing-only primary key.
+
+        The parameter block goes to gpg as a file and holds no secret; the passphrase travels on gpg's stdin
+        (``--passphrase-fd 0``, loopback). Not as a ``Passphrase:`` parameter: gpg's batch parser trims leading
+        and trailing spaces from every value, so the key would be protected by a different passphrase than the
+        one configured, and every later signature would fail (issue 12 #12).
+        """
+        import subprocess
+
         if algorithm not in KEY_ALGORITHMS:
             raise InputError(f"unknown algorithm {algorithm!r}; use one of {', '.join(KEY_ALGORITHMS)}")
         lines = [f"{k}: {v}" for k, v in KEY_ALGORITHMS[algorithm].items()]
@@ -288,14 +302,25 @@ class Keyring:
                 raise InputError("key parameters must not contain newlines")
         if passphrase is None:
             lines.append("%no-protection")
-        else:
-            lines.append(f"Passphrase: {passphrase}")
         lines.append("%commit")
-        result = self.gpg.gen_key("\n".join(lines) + "\n")
-        fpr = getattr(result, "fingerprint", None)
-        if not fpr:
-            raise GPGError(f"gpg could not generate a key for {email}: {_stderr_tail(result)}")
-        return self.resolve(str(fpr), secret=True)
+        cmd = [gpg_binary(), "--batch", "--no-tty", "--status-fd", "1"]
+        if self.home:
+            cmd += ["--homedir", self.home]
+        stdin = b""
+        if passphrase is not None:
+            cmd += ["--pinentry-mode", "loopback", "--passphrase-fd", "0"]
+            stdin = passphrase.encode() + b"\n"
+        with tempfile.TemporaryDirectory(prefix="atomicsig-genkey-") as tmp:
+            params = Path(tmp) / "params"
+            params.write_text("\n".join(lines) + "\n", encoding="utf-8")
+            proc = subprocess.run([*cmd, "--gen-key", str(params)], input=stdin, capture_output=True, check=False,
+                                  timeout=300, env=child_env())
+        created = [ln.split()[3] for ln in proc.stdout.decode(errors="replace").splitlines()
+                   if ln.startswith("[GNUPG:] KEY_CREATED ") and len(ln.split()) > 3]
+        if proc.returncode != 0 or not created:
+            raise GPGError(f"gpg could not generate a key for {email}: "
+                           f"{_redact(_last_line(proc.stderr), passphrase)}")
+        return self.resolve(created[-1], secret=True)
 
     # ---- import / export / delete -------------------------------------------------------------------------
 
@@ -316,6 +341,8 @@ class Keyring:
 
     def export_secret(self, fingerprints: Iterable[str], *, armor: bool, passphrase: str | None) -> bytes:
         fprs = list(fingerprints)
+        for fpr in fprs:
+            self.check_given_passphrase(fpr, passphrase)
         if passphrase is None:
             data = self.gpg.export_keys(fprs, secret=True, armor=armor, expect_passphrase=False)
         else:
@@ -329,6 +356,7 @@ class Keyring:
         """Delete the secret key (if any) and then the public key."""
         secret_fprs = {k.fingerprint for k in self.list_keys(secret=True)}
         if fingerprint in secret_fprs:
+            self.check_given_passphrase(fingerprint, passphrase)
             if passphrase is None:
                 res = self.gpg.delete_keys(fingerprint, secret=True, expect_passphrase=False)
             else:
@@ -341,11 +369,13 @@ class Keyring:
 
     def set_expiry(self, fingerprint: str, expire: str, *, passphrase: str | None) -> None:
         """Change the primary key's expiry (``--quick-set-expire``); used to retire a key gracefully."""
+        self.check_given_passphrase(fingerprint, passphrase)
         args = ["--quick-set-expire", fingerprint, expire]
         self._run(args, passphrase)
 
     def revoke(self, fingerprint: str, *, passphrase: str | None, reason: str = "key retired") -> bytes:
         """Generate and import a revocation certificate; returns the certificate (armored)."""
+        self.check_given_passphrase(fingerprint, passphrase)
         # gpg --gen-revoke is interactive; --command-fd answers its questions deterministically.
         answers = "y\n0\n" + reason.replace("\n", " ") + "\n\ny\n"
         # gpg refuses --gen-revoke under --batch ("can't do this in batch mode"); --no-tty still keeps it
@@ -385,6 +415,7 @@ class Keyring:
 
     def sign(self, payload: bytes, fingerprint: str, passphrase: str | None) -> bytes:
         """Sign ``payload`` as one binary, inline OpenPGP message with the key ``fingerprint``."""
+        self._check_passphrase(fingerprint, passphrase)
         kwargs: dict[str, Any] = {"keyid": fingerprint, "clearsign": False, "detach": False, "binary": True,
                                   "extra_args": [*SIGN_OPTIONS, "--local-user", fingerprint]}
         if passphrase is not None:
@@ -402,10 +433,36 @@ class Keyring:
                 raise PassphraseError(f"key {fingerprint} needs a passphrase (--passphrase-file or --passphrase-env)")
             raise GPGError(f"gpg could not sign with {fingerprint}: {stderr}")
         try:
-            simple_signing_body(blob)
+            openpgp.parse_message(simple_signing_body(blob))
         except SignatureFormatError as exc:  # would only happen if gpg ignored our options
             raise GPGError(f"gpg produced an unusable signature: {exc}") from exc
         return blob
+
+
+    def _check_passphrase(self, fingerprint: str, passphrase: str | None) -> None:
+        """Once per key and passphrase: gpg itself signs with a cached passphrase whatever ``--passphrase-fd``
+        says, so the agent checks the given one first (agentsign.check_passphrase, issue 11 #7)."""
+        with self._check_lock:
+            if fingerprint in self._checked and self._checked[fingerprint] == passphrase:
+                return
+            from .agentsign import check_home_passphrase, choose_signing_key  # agentsign imports this module
+
+            key = choose_signing_key(self.secret_key_parts(fingerprint), int(time.time()))
+            if key is not None:  # no usable signing key: gpg's own error says why
+                check_home_passphrase(self.home, key.keygrip, fingerprint, passphrase)
+            self._checked[fingerprint] = passphrase
+
+
+    def check_given_passphrase(self, fingerprint: str, passphrase: str | None) -> None:
+        """A passphrase given for a key operation (export, delete, expiry, revocation) is checked against the
+        primary key by gpg-agent, which gpg skips while the agent has it cached (issue 11 #7)."""
+        if passphrase is None:
+            return
+        from .agentsign import check_home_passphrase  # agentsign imports this module
+
+        primary = next((p for p in self.secret_key_parts(fingerprint) if p.primary and p.keygrip), None)
+        if primary is not None and "#" not in primary.token:
+            check_home_passphrase(self.home, primary.keygrip, fingerprint, passphrase)
 
 
 def _redact(text: str, secret: str | None) -> str:
@@ -498,6 +555,9 @@ class TrustedKeys:
         if not self.fingerprints:
             raise SignatureFormatError("no public keys imported")
         body = simple_signing_body(blob)
+        # Exactly one message with one signature packet, nothing after it (SPEC §1.3): gpg prints GOODSIG for a
+        # message followed by garbage and only complains in its exit status, which skopeo treats as a failure.
+        openpgp.parse_message(body)
         g = self._keyring.gpg
         result = g.decrypt(body, extra_args=["--trust-model", "always", "--no-auto-key-retrieve"])
         problems = list(getattr(result, "problems", None) or [])
@@ -511,6 +571,7 @@ class TrustedKeys:
             raise SignatureFormatError(f"signature rejected by gpg: {problems[0].get('status', 'error')}")
         if not result.valid or not result.fingerprint:
             raise SignatureFormatError(f"invalid signature: {result.status or _stderr_tail(result)}")
+        _check_gpg_verdict(result)
         signing = str(result.fingerprint).upper()
         primary = str(getattr(result, "pubkey_fingerprint", "") or signing).upper()
         primary = self._subkey_to_primary.get(signing, primary)
@@ -518,6 +579,28 @@ class TrustedKeys:
             raise SignatureFormatError(f"signed by an untrusted key {primary}")
         data = result.data if isinstance(result.data, bytes) else bytes(result.data or b"")
         return GPGVerification(payload=data, signer=primary, signing_key=signing)
+
+
+#: Status keywords that make a verification fail whatever else gpg printed (gpg's doc/DETAILS): a bad or
+#: unverifiable signature, a signature by an expired/revoked key, missing or unexpected data, a failed operation.
+_FAILING_STATUS = frozenset({"BADSIG", "ERRSIG", "EXPSIG", "EXPKEYSIG", "REVKEYSIG", "NODATA", "UNEXPECTED",
+                             "FAILURE", "ERROR", "DECRYPTION_FAILED", "BADARMOR"})
+
+
+def _check_gpg_verdict(result: Any) -> None:
+    """gpg's whole verdict, not only its GOODSIG: exit status 0, exactly one GOODSIG and one VALIDSIG, and no
+    status line that means failure. GPGME (and so skopeo) fails on any of these; python-gnupg's ``valid`` is
+    set by the GOODSIG alone, even when gpg then reports trailing data and exits 2 (issue 12 #10)."""
+    statuses = [ln.split()[1] for ln in (getattr(result, "stderr", "") or "").splitlines()
+                if ln.startswith("[GNUPG:] ") and len(ln.split()) > 1]
+    bad = sorted(_FAILING_STATUS.intersection(statuses))
+    if bad:
+        raise SignatureFormatError(f"signature rejected by gpg: {bad[0]}")
+    if statuses.count("GOODSIG") != 1 or statuses.count("VALIDSIG") != 1:
+        raise SignatureFormatError(f"unexpected GPG signature count {statuses.count('GOODSIG')}")
+    if getattr(result, "returncode", None) != 0:
+        raise SignatureFormatError(f"gpg exited with status {getattr(result, 'returncode', None)}: "
+                                   f"{_stderr_tail(result)}")
 
 
 @contextlib.contextmanager

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import re
 import time
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,13 @@ from .errors import InputError, KeyNotFound
 from .gpg import KEY_ALGORITHMS, KeyInfo, Keyring
 from .passphrase import PassphraseSource, read_cached
 
-_EMAIL = re.compile(r"^[^@\s<>]+@[^@\s<>]+$")
+_EMAIL = re.compile(r"^[^@\s<>()]+@[^@\s<>()]+$")
+
+#: Lengths that keep gpg's parameter lines (1024 bytes) and the user ID far from any limit.
+MAX_NAME, MAX_COMMENT, MAX_EMAIL = 128, 128, 254
+#: Characters that never belong in a user ID: they end up in listings, file names and terminals (issue 12 #13).
+#: Bidirectional overrides and isolates can make a name display as another.
+_INVISIBLE = frozenset("\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u2028\u2029\ufeff")
 _EXPIRE = re.compile(r"^(0|[1-9][0-9]*[dwmy]?|\d{4}-\d{2}-\d{2}|never)$")
 _FIELDS = {"name", "email", "comment", "algorithm", "expire", "passphrase-file", "passphrase-env"}
 
@@ -44,6 +51,34 @@ class KeySpec:
     expire: str
     passphrase: PassphraseSource
     line: int
+
+
+def check_uid_field(field: str, value: str, where: str) -> str:
+    """One user-ID field (name, comment, e-mail) that gpg stores exactly as given, or InputError saying why.
+
+    Why each rule (issue 12 #12/#13, measured with gpg 2.2): gpg's batch parser trims leading and trailing
+    whitespace, so the stored user ID would differ from the file; a ``<`` or ``>`` in the name or comment
+    breaks finding the key again by e-mail (the ``<e-mail>`` part is what idempotent ``keys generate`` and
+    ``sign --key EMAIL`` look for), so every run would create another key; parentheses in the name, or in the
+    comment, make ``Name (comment) <e-mail>`` ambiguous to read back; control and bidirectional-override
+    characters end up in listings and terminals; over-long values hit gpg's 1024-byte parameter lines.
+    """
+    limit = {"name": MAX_NAME, "comment": MAX_COMMENT, "email": MAX_EMAIL}[field]
+    if value != value.strip():
+        raise InputError(f"{where}: {field} {value!r} begins or ends with whitespace, which gpg would drop")
+    if len(value) > limit:
+        raise InputError(f"{where}: {field} is {len(value)} characters long; at most {limit} are allowed")
+    bad = next((c for c in value if unicodedata.category(c) in ("Cc", "Cs", "Co", "Cn") or c in _INVISIBLE), None)
+    if bad is not None:
+        raise InputError(f"{where}: {field} contains the control or invisible character U+{ord(bad):04X}")
+    if field != "email":
+        odd = next((c for c in value if c in "<>()"), None)
+        if odd is not None:
+            raise InputError(f"{where}: {field} must not contain {odd!r}: gpg's user ID is "
+                             "'name (comment) <e-mail>', and the key could not be found again by its e-mail")
+    elif not _EMAIL.match(value):
+        raise InputError(f"{where}: 'email' must be an e-mail address (no spaces, '<', '>', '(' or ')')")
+    return value
 
 
 def load_specs(text: str, source: str = "<input>") -> list[KeySpec]:
@@ -74,8 +109,10 @@ def load_specs(text: str, source: str = "<input>") -> list[KeySpec]:
         name, email = item.get("name"), item.get("email")
         if not isinstance(name, str) or not name.strip():
             raise InputError(f"{where}: 'name' is required")
-        if not isinstance(email, str) or not _EMAIL.match(email):
+        check_uid_field("name", name, where)
+        if not isinstance(email, str):
             raise InputError(f"{where}: 'email' must be an e-mail address")
+        check_uid_field("email", email, where)
         if email.lower() in seen:
             raise InputError(f"{where}: {email} appears twice")
         seen.add(email.lower())
@@ -90,7 +127,14 @@ def load_specs(text: str, source: str = "<input>") -> list[KeySpec]:
         if item.get("passphrase-file") and item.get("passphrase-env"):
             raise InputError(f"{where}: give passphrase-file or passphrase-env, not both")
         comment = item.get("comment")
-        specs.append(KeySpec(name.strip(), email, str(comment) if comment is not None else None, algorithm, expire,
+        if comment is not None:
+            if not isinstance(comment, str | int | float) or isinstance(comment, bool):
+                raise InputError(f"{where}: 'comment' must be text")
+            comment = check_uid_field("comment", str(comment), where) or None
+        for key in ("passphrase-file", "passphrase-env"):
+            if item.get(key) is not None and (not isinstance(item[key], str) or not item[key]):
+                raise InputError(f"{where}: {key!r} must be a non-empty string")
+        specs.append(KeySpec(name, email, comment, algorithm, expire,
                              PassphraseSource(file=item.get("passphrase-file"), env=item.get("passphrase-env")),
                              line))
     return specs
@@ -147,7 +191,8 @@ def current_key(keyring: Keyring, email: str) -> KeyInfo | None:
 
 
 def _uid_email(uid: str) -> str:
-    m = re.search(r"<([^>]*)>", uid)
+    """The e-mail of a user ID: the *last* ``<…>``, as gpg writes it at the end (a name may contain ``<``)."""
+    m = re.search(r"<([^<>]*)>\s*$", uid)
     return (m.group(1) if m else uid).lower()
 
 

@@ -10,7 +10,9 @@ owner trust is ignored.
 Anything outside the common shape (gpg's own ``--sign`` output: one-pass, binary literal, one v4 binary
 signature with an issuer, SHA-1/SHA-2, RSA/Ed25519/ECDSA) is handed to the gpg process unchanged rather than
 judged here, and counted in :attr:`NativeTrustedKeys.fallbacks`, so the fast path can never be more lenient
-than gpg about inputs it was not written for.
+than gpg about inputs it was not written for. What is not exactly one signed message with one signature packet
+(trailing bytes, a second message, a second signature) is refused before either path runs: gpg accepts some of
+those, skopeo does not (SPEC §1.3, :func:`openpgp.parse_message`).
 """
 
 from __future__ import annotations
@@ -158,7 +160,15 @@ class NativeTrustedKeys:
             raise SignatureFormatError("no public keys imported")
         body = simple_signing_body(blob)
         try:
-            result = self._verify_native(body)
+            # Not one message with one signature (trailing bytes, a second message or signature): refused here,
+            # never handed to gpg, which would accept some of these (SPEC §1.3, openpgp.parse_message).
+            msg = openpgp.parse_message(body)
+        except SignatureFormatError:
+            with self._lock:
+                self.native += 1
+            raise
+        try:
+            result = self._verify_native(msg)
         except (_Delegate, ValueError, IndexError, Unsupported) as why:
             # Anything this path did not expect (ValueError etc. from odd key or signature values) is gpg's
             # to judge, exactly like the shapes it deliberately leaves to gpg.
@@ -177,13 +187,7 @@ class NativeTrustedKeys:
 
     # ---- the in-process path ------------------------------------------------------------------------------
 
-    def _verify_native(self, body: bytes) -> GPGVerification:
-        try:
-            msg = openpgp.parse_message(body)
-        except SignatureFormatError as exc:
-            raise _Delegate("unparsed message") from exc
-        if len(msg.signatures) > 1:
-            raise SignatureFormatError(f"unexpected GPG signature count {len(msg.signatures)}")
+    def _verify_native(self, msg: openpgp.SignedMessage) -> GPGVerification:
         sig = msg.signatures[0]
         self._check_shape(msg, sig)
         created, expires_after, issuer_fpr, issuer_keyid = _signature_subpackets(sig)
@@ -230,8 +234,6 @@ class NativeTrustedKeys:
         from the one-pass packet, and other layouts or mismatches are corner cases gpg should judge."""
         if msg.structure != (openpgp.TAG_ONE_PASS, openpgp.TAG_LITERAL, openpgp.TAG_SIGNATURE):
             raise _Delegate("message layout")
-        if not msg.compression_clean:
-            raise _Delegate("compressed stream")
         if msg.literal_format != ord("b"):
             raise _Delegate("literal format")
         if sig.version != 4:

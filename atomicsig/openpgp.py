@@ -3,6 +3,13 @@
 Used to look inside a signature blob *without* trusting it: which key claims to have signed it, and what the
 payload says. That is enough to skip re-signing an image the same key already signed, to print
 ``untrusted`` dumps, and to give precise reasons for rejects. Cryptographic verification is done elsewhere.
+
+:func:`parse_message` is also the structural gate every verification path passes first (native verifier, gpg
+fallback, serve, sync intake): a simple-signing blob is exactly one signed message with exactly one signature
+packet and nothing after it (SPEC §1.3 and "What changed upstream by 2026"; c-libs
+``docs/containers-signature.5.md``). skopeo 1.9.3 refuses trailing bytes after an uncompressed message ("No
+data"), while gpg — and so a verifier that only reads gpg's GOODSIG — accepts them; refusing every extra byte
+here keeps atomicsig from ever saying yes where a node says no.
 """
 
 from __future__ import annotations
@@ -56,12 +63,10 @@ class SignedMessage:
     literal_format: int
     signatures: list[SignatureInfo] = field(default_factory=list)
     one_pass_count: int = 0
-    #: Packet tags in order (inside the compressed packet if there was one), markers left out: lets a strict
-    #: consumer (nativeverify) accept only the one layout it fully understands.
+    #: Packet tags in order (inside the compressed packet if there was one): one of ``_LAYOUTS``; lets a
+    #: strict consumer (nativeverify) compute only the one layout it fully understands.
     structure: tuple[int, ...] = ()
     one_pass_bodies: list[bytes] = field(default_factory=list)
-    #: False if a compressed stream was truncated or followed by extra bytes, which gpg may treat differently.
-    compression_clean: bool = True
 
 
 def _read_length_new(data: bytes, i: int) -> tuple[int, int, bool]:
@@ -91,6 +96,8 @@ def packets(data: bytes) -> list[Packet]:
         ctb = data[i]
         i += 1
         if not ctb & 0x80:
+            if out:
+                raise SignatureFormatError(f"{n - i + 1} bytes of trailing data after the OpenPGP message")
             raise SignatureFormatError(f"not an OpenPGP packet (byte 0x{ctb:02x})")
         if ctb & 0x40:  # new format
             tag = ctb & 0x3F
@@ -213,27 +220,45 @@ def parse_signature(body: bytes) -> SignatureInfo:
     return info
 
 
+#: The packet layouts of one signed message with one signature (RFC 4880 §11.3, RFC 9580 §10.3): gpg's
+#: one-pass form, and the older signature-first form. Anything else (a second message, a second signature, a
+#: marker or any other packet) is not one simple signature.
+_LAYOUTS = ((TAG_ONE_PASS, TAG_LITERAL, TAG_SIGNATURE), (TAG_SIGNATURE, TAG_LITERAL))
+
+
 def parse_message(blob: bytes) -> SignedMessage:
-    """Parse an inline signed message (optionally compressed). Raises SignatureFormatError if it is not one."""
+    """Parse exactly one inline signed message (optionally compressed); raise SignatureFormatError otherwise.
+
+    Refused, each with its own reason: bytes after the last packet, a second message or any packet besides the
+    one message, more than one signature packet (c/image: "Unexpected GPG signature count"), and a compressed
+    packet whose stream is truncated or followed by data inside the packet. gpg writes its compressed packet
+    with an indeterminate length (CTB 0xA3), so bytes appended to such a blob land *inside* the packet, after
+    the deflate stream: that is the same "trailing data" and refused the same way.
+    """
     pk = packets(blob)
     # Unwrap a single compressed packet (gpg's default), but only one level: nested compression is unusual
     # and a cheap way to amplify decompression work.
-    clean = True
-    if len(pk) == 1 and pk[0].tag == TAG_COMPRESSED:
+    if any(p.tag == TAG_COMPRESSED for p in pk):
+        if len(pk) != 1:
+            raise SignatureFormatError("data after the compressed packet: a signature blob is exactly one "
+                                       "OpenPGP message")
         inner, clean = _decompress_checked(pk[0].body)
+        if not clean:
+            raise SignatureFormatError("truncated compressed data, or trailing data after the compressed stream")
         pk = packets(inner)
+        if any(p.tag == TAG_COMPRESSED for p in pk):
+            raise SignatureFormatError("nested compressed packets in the OpenPGP message")
     literal: bytes | None = None
     fmt = 0
     sigs: list[SignatureInfo] = []
-    one_pass = 0
     one_pass_bodies: list[bytes] = []
     for p in pk:
         if p.tag == TAG_ONE_PASS:
-            one_pass += 1
             one_pass_bodies.append(p.body)
         elif p.tag == TAG_LITERAL:
             if literal is not None:
-                raise SignatureFormatError("more than one literal data packet")
+                raise SignatureFormatError("more than one literal data packet: a signature blob is exactly one "
+                                           "OpenPGP message")
             b = p.body
             if len(b) < 6:
                 raise SignatureFormatError("truncated literal data packet")
@@ -242,16 +267,20 @@ def parse_message(blob: bytes) -> SignedMessage:
             literal = b[2 + nlen + 4 :]
         elif p.tag == TAG_SIGNATURE:
             sigs.append(parse_signature(p.body))
-        elif p.tag == TAG_MARKER:
-            continue
         else:
             raise SignatureFormatError(f"unexpected OpenPGP packet type {p.tag} in a signed message")
     if literal is None:
         raise SignatureFormatError("no signed data in the OpenPGP message")
     if not sigs:
         raise SignatureFormatError("no signature packet in the OpenPGP message")
-    return SignedMessage(literal, fmt, sigs, one_pass, tuple(p.tag for p in pk if p.tag != TAG_MARKER),
-                         one_pass_bodies, clean)
+    if len(sigs) != 1:
+        raise SignatureFormatError(f"unexpected GPG signature count {len(sigs)}: a simple signature has exactly "
+                                   "one signature packet")
+    structure = tuple(p.tag for p in pk)
+    if structure not in _LAYOUTS:
+        raise SignatureFormatError("packets after the signed message: a signature blob is exactly one OpenPGP "
+                                   "message")
+    return SignedMessage(literal, fmt, sigs, len(one_pass_bodies), structure, one_pass_bodies)
 
 
 def untrusted_signer(blob: bytes) -> str | None:

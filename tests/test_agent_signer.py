@@ -253,8 +253,8 @@ def test_passphrase_right_wrong_missing(pw_home: GpgHome, cli, tmp_path: Path, m
         assert "needs a passphrase" in err and "--passphrase-file" in err
         code, out, err = cli(*base, "--passphrase-file", str(wrong))
         assert code == 2
-        failed = [ln for ln in err.splitlines() if ln.startswith("FAILED")]
-        assert len(failed) == 1 and "wrong passphrase" in failed[0]
+        # Checked before any image is signed (agentsign.check_passphrase), so it is one error, not a FAILED line.
+        assert "wrong passphrase" in err
         assert PASSPHRASE not in out + err and "not-the-" not in out + err
         assert not list(store.rglob("signature-*"))
         code, out, err = cli(*base, "--passphrase-file", str(right))
@@ -271,7 +271,12 @@ def test_passphrase_right_wrong_missing(pw_home: GpgHome, cli, tmp_path: Path, m
 def test_passphrase_never_in_repr_or_error(pw_home: GpgHome) -> None:
     pw_home.kill_agent()
     kr = Keyring(str(pw_home.path))
-    s = agentsign.agent_signer(kr, pw_home.fingerprint, "wrong " + PASSPHRASE)
+    with pytest.raises(PassphraseError) as early:
+        agentsign.agent_signer(kr, pw_home.fingerprint, "wrong " + PASSPHRASE)
+    assert PASSPHRASE not in str(early.value) and early.value.__cause__ is None
+    key = agentsign.choose_signing_key(kr.secret_key_parts(pw_home.fingerprint), int(time.time()))
+    assert key is not None
+    s = agentsign.AgentSigner(kr.home, pw_home.fingerprint, key, "wrong " + PASSPHRASE)  # no up-front check
     try:
         assert PASSPHRASE not in repr(s)
         with pytest.raises(PassphraseError) as info:
@@ -282,6 +287,57 @@ def test_passphrase_never_in_repr_or_error(pw_home: GpgHome) -> None:
     finally:
         s.close()
     assert PASSPHRASE not in repr(signing.GPGSigner(kr, pw_home.fingerprint, PASSPHRASE))
+
+
+@pytest.mark.parametrize("mode", ["auto", "agent", "gpg", "memory"])
+def test_cached_passphrase_does_not_sign_for_a_wrong_or_missing_one(pw_home: GpgHome, cli, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                                                    mode: str) -> None:
+    """Issue 11 #7: after one correct use gpg-agent caches the passphrase; a wrong one (or none) must still be
+    refused with exit 2, and only --use-agent-cache may sign from the cache."""
+    pw_home.kill_agent()
+    man = _manifest_file(tmp_path)
+    right, wrong = tmp_path / "right", tmp_path / "wrong"
+    right.write_text(PASSPHRASE + "\n")
+    wrong.write_text("not-the-" + PASSPHRASE + "\n")
+    store = tmp_path / "store"
+
+    def run(ident: str, *extra: str) -> tuple[int, str, str]:
+        return cli("sign", "--signer", mode, "--key", pw_home.fingerprint, "--gnupghome", str(pw_home.path),
+                   "--sigstore", str(store), "--manifest", str(man), f"example.com/pw/{ident}:1", *extra)
+
+    with CmdlineWatch(PASSPHRASE) as watch:
+        code, out, err = run("first", "--passphrase-file", str(right))
+        assert code == 0, err
+        # The agent now holds the passphrase (gpg's own wrong-passphrase check would pass from here on).
+        code, out, err = run("wrong", "--passphrase-file", str(wrong))
+        assert code == 2, (out, err)
+        assert "wrong passphrase" in err
+        code, out, err = run("none")
+        assert code == 2, (out, err)
+        assert "needs a passphrase" in err and "--use-agent-cache" in err
+        assert PASSPHRASE not in out + err and "not-the-" not in out + err
+        if mode != "memory":  # the memory signer decrypts the exported key itself: it always needs the passphrase
+            code, out, err = run("cached", "--use-agent-cache")
+            assert code == 0, err
+        code, out, err = run("again", "--passphrase-file", str(right))
+        assert code == 0, err
+    assert watch.scans > 0 and watch.hits == []
+    # Exactly the accepted runs stored a signature.
+    identities = sorted(payload.parse(openpgp.parse_message(p.read_bytes()).literal).docker_reference
+                        for p in store.rglob("signature-*"))
+    expected = ["first", "again"] + (["cached"] if mode != "memory" else [])
+    assert identities == sorted(f"example.com/pw/{i}:1" for i in expected)
+
+
+def test_gpg_keyring_sign_checks_a_given_passphrase_against_the_agent(pw_home: GpgHome) -> None:
+    """The gpg-process path below the CLI: Keyring.sign with a wrong passphrase after a right one."""
+    pw_home.kill_agent()
+    kr = Keyring(str(pw_home.path))
+    kr.sign(b"{}", pw_home.fingerprint, PASSPHRASE)
+    with pytest.raises(PassphraseError, match="wrong passphrase"):
+        Keyring(str(pw_home.path)).sign(b"{}", pw_home.fingerprint, "not-the-" + PASSPHRASE)
+    with pytest.raises(PassphraseError, match="needs a passphrase"):
+        Keyring(str(pw_home.path)).sign(b"{}", pw_home.fingerprint, None)
 
 
 # ---- concurrency and connection handling ----------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import subprocess
 from pathlib import Path
@@ -258,5 +259,225 @@ def test_rotate_overlap_export_and_sign_with_new_key(cli, tmp_path: Path) -> Non
         assert len(json.loads(out)["keys"]) == 4
         code, _, err = cli("keys", "rotate", "-f", str(signers), "--overlap", "0", *base)
         assert code == 2 and "--overlap" in err
+    finally:
+        kill_agent(home)
+
+
+# ---- passphrases exactly as configured (issue 12 #12) ---------------------------------------------------------
+
+
+def test_passphrase_with_spaces_protects_the_key_with_exactly_that(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """gpg's batch parameter parser trims a ``Passphrase:`` value; generation must not, or the key ends up
+    protected by another passphrase than the file says."""
+    home = tmp_path / "gnupg"
+    spaced = "  two words  "
+    pw = tmp_path / "pw"
+    pw.write_text(spaced + "\n")
+    trimmed = tmp_path / "trimmed"
+    trimmed.write_text(spaced.strip() + "\n")
+    signers = tmp_path / "signers.yaml"
+    signers.write_text(f"keys:\n  - {{name: Spaced, email: sp@example.com, passphrase-file: {pw}}}\n")
+    man = tmp_path / "m.json"
+    man.write_text('{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","layers":[]}')
+    try:
+        code, _, err = cli("keys", "generate", "-f", str(signers), "--gnupghome", str(home))
+        assert code == 0, err
+        for n, (source, want) in enumerate([(trimmed, 2), (pw, 0)]):
+            kill_agent(home)  # nothing cached: the key's own protection decides
+            code, _, err = cli("sign", "--key", "sp@example.com", "--passphrase-file", str(source), "--gnupghome",
+                               str(home), "--sigstore", str(tmp_path / "s"), "--manifest", str(man),
+                               f"example.com/sp/app:{n}")
+            assert code == want, err
+            assert spaced.strip() not in err
+    finally:
+        kill_agent(home)
+
+
+def _read(source) -> str | None:  # type: ignore[no-untyped-def]
+    from atomicsig.passphrase import PassphraseSource
+
+    assert isinstance(source, PassphraseSource)
+    return source.read()
+
+
+def test_passphrase_file_first_line_rules(tmp_path: Path) -> None:
+    from atomicsig.errors import PassphraseError
+    from atomicsig.passphrase import PassphraseSource
+
+    f = tmp_path / "p"
+    ok = {b"pw\n": "pw", b"pw\r\n": "pw", b"pw": "pw", b"  pw  \nsecond line\n": "  pw  ",
+          "pässwörd\n".encode(): "pässwörd"}
+    for raw, want in ok.items():
+        f.write_bytes(raw)
+        assert _read(PassphraseSource(file=str(f))) == want, raw
+    link = tmp_path / "link"  # Kubernetes mounts Secrets as symlinks to regular files
+    link.symlink_to(f)
+    assert _read(PassphraseSource(file=str(link))) == "pässwörd"
+    bad = {b"\n": "empty", b"\r\n": "empty", b"p\x00w\n": "NUL", b"p\rw\n": "carriage return",
+           b"pw\r\r\n": "carriage return", b"\xff\xfe\n": "not UTF-8",
+           b"x" * (64 * 1024 + 1): "longer than"}
+    for raw, reason in bad.items():
+        f.write_bytes(raw)
+        with pytest.raises(PassphraseError, match=reason):
+            _read(PassphraseSource(file=str(f)))
+    # A first line within the bound is enough, however large the rest of the file is.
+    f.write_bytes(b"pw\n" + b"x" * (1024 * 1024))
+    assert _read(PassphraseSource(file=str(f))) == "pw"
+
+
+def test_passphrase_sources_that_are_not_regular_files_are_refused_without_reading(tmp_path: Path) -> None:
+    """A FIFO nobody writes would hang the run, /dev/zero would fill memory: both refused at once (exit 2)."""
+    import threading
+
+    from atomicsig.errors import PassphraseError
+    from atomicsig.passphrase import PassphraseSource
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    cases = {str(fifo): "FIFO", "/dev/zero": "device", str(tmp_path): "directory"}
+    for path, kind in cases.items():
+        result: dict[str, object] = {}
+
+        def read(p: str = path) -> None:
+            try:
+                result["value"] = _read(PassphraseSource(file=p))
+            except PassphraseError as exc:
+                result["error"] = str(exc)
+
+        t = threading.Thread(target=read, daemon=True)
+        t.start()
+        t.join(10)
+        if t.is_alive() and path == str(fifo):
+            with open(fifo, "wb"):  # release the reader the old code left blocked
+                pass
+        assert not t.is_alive(), f"reading {path} blocked"
+        assert kind in str(result.get("error")), (path, result)
+
+
+def test_passphrase_stdin_is_bounded(signer, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """``--passphrase-stdin`` with an endless stream (here /dev/zero) stops at 64 KiB with exit 2."""
+    import sys
+
+    man = tmp_path / "m.json"
+    man.write_text('{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","layers":[]}')
+    with open("/dev/zero", "rb") as zero:
+        proc = subprocess.run([sys.executable, "-m", "atomicsig", "sign", "--key", signer.fingerprint,
+                               "--gnupghome", str(signer.path), "--passphrase-stdin", "--manifest", str(man),
+                               "--sigstore", str(tmp_path / "s"), "example.com/zero/app:1"],
+                              stdin=zero, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "longer than 65536 bytes" in proc.stderr, proc.stderr
+
+
+# ---- signer fields that round-trip (issue 12 #12, #13) ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(("entry", "reason"), [
+    ("{name: 'Na<me', email: a@example.com}", "name must not contain '<'"),
+    ("{name: 'Na>me', email: a@example.com}", "name must not contain '>'"),
+    ("{name: 'Acme (EU)', email: a@example.com}", "name must not contain '('"),
+    ("{name: N, email: a@example.com, comment: 'com)ment'}", "comment must not contain ')'"),
+    ("{name: N, email: a@example.com, comment: '<x>'}", "comment must not contain '<'"),
+    ("{name: '  lead', email: a@example.com}", "begins or ends with whitespace"),
+    ("{name: 'trail ', email: a@example.com}", "begins or ends with whitespace"),
+    ("{name: N, email: a@example.com, comment: ' spaced '}", "begins or ends with whitespace"),
+    ('{name: "Tab\\there", email: a@example.com}', "U+0009"),
+    ('{name: "Bell\\a", email: a@example.com}', "U+0007"),
+    ('{name: "Del\\x7f", email: a@example.com}', "U+007F"),
+    ('{name: "C1\\x85in", email: a@example.com}', "U+0085"),
+    ('{name: "evil\\u202egnp.exe", email: a@example.com}', "U+202E"),
+    ('{name: N, email: a@example.com, comment: "line\\u2028sep"}', "U+2028"),
+    ("{name: " + "x" * 129 + ", email: a@example.com}", "at most 128"),
+    ("{name: N, email: a@example.com, comment: " + "c" * 129 + "}", "at most 128"),
+    ("{name: N, email: " + "e" * 250 + "@example.com}", "at most 254"),
+    ("{name: N, email: 'a(b@example.com'}", "e-mail address"),
+    ("{name: N, email: 'a b@example.com'}", "e-mail address"),
+    ('{name: N, email: "a\\x01b@example.com"}', "U+0001"),
+    ("{name: N, email: a@example.com, passphrase-file: 3}", "'passphrase-file' must be a non-empty string"),
+    ("{name: N, email: a@example.com, comment: [x]}", "'comment' must be text"),
+])
+def test_signer_fields_gpg_would_change_are_refused(entry: str, reason: str) -> None:
+    from atomicsig import keys
+    from atomicsig.errors import InputError
+
+    with pytest.raises(InputError, match=re.escape(reason)) as info:
+        keys.load_specs(f"keys:\n  - {entry}\n", "signers.yaml")
+    assert str(info.value).startswith("signers.yaml:2: ")
+
+
+def test_edge_values_that_are_allowed_round_trip_and_generate_once(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    home = tmp_path / "gnupg"
+    signers = tmp_path / "signers.yaml"
+    entries = [
+        ("Release: prod #1 100%", "colon@example.com", "team: a, b & c"),
+        ("Ünïcødé Ñame — ☃", "unicode@example.com", "ütf-8 ✓"),
+        ("O'Brien-Smith, Jr.", "Mixed.Case+tag@Example.COM", None),
+        ("x" * 128, "long@example.com", "c" * 128),
+        ("1 starts with a digit", "digit@example.com", "2024"),
+    ]
+    lines = ["keys:"]
+    for name, email, comment in entries:
+        lines.append(f"  - name: {json.dumps(name)}\n    email: {json.dumps(email)}\n    algorithm: ed25519")
+        if comment is not None:
+            lines.append(f"    comment: {json.dumps(comment)}")
+    signers.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    try:
+        code, out, err = cli("keys", "generate", "-f", str(signers), "--json", "--gnupghome", str(home))
+        assert code == 0, err
+        first = json.loads(out)["keys"]
+        assert [k["status"] for k in first] == ["created"] * len(entries)
+        for k, (name, email, comment) in zip(first, entries, strict=True):
+            assert k["uids"] == [f"{name}{f' ({comment})' if comment else ''} <{email}>"]
+        code, out, err = cli("keys", "generate", "-f", str(signers), "--json", "--gnupghome", str(home))
+        assert code == 0, err
+        again = json.loads(out)["keys"]
+        assert [k["status"] for k in again] == ["exists"] * len(entries)
+        assert [k["fingerprint"] for k in again] == [k["fingerprint"] for k in first]
+        code, out, _ = cli("keys", "list", "--json", "--gnupghome", str(home))
+        assert len(json.loads(out)["keys"]) == len(entries)
+    finally:
+        kill_agent(home)
+
+
+def test_key_with_angle_bracket_in_name_is_found_by_email(tmp_path: Path) -> None:
+    """Keys made by other tools may have '<' in the name: the e-mail is the last <…> of the user ID."""
+    from atomicsig import keys
+    from atomicsig.gpg import Keyring
+
+    home = tmp_path / "gnupg"
+    kr = Keyring(str(home))
+    try:
+        made = kr.generate(name="Odd <Name", email="odd@example.com", comment=None, algorithm="ed25519",
+                           expire="0", passphrase=None)
+        assert kr.resolve("odd@example.com", secret=True).fingerprint == made.fingerprint
+        current = keys.current_key(kr, "odd@example.com")
+        assert current is not None and current.fingerprint == made.fingerprint
+    finally:
+        kill_agent(home)
+
+
+def test_key_commands_check_a_given_passphrase_despite_the_cache(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """export --secret / retire / delete with a wrong passphrase after the right one was cached: exit 2."""
+    home = tmp_path / "gnupg"
+    right, wrong = tmp_path / "right", tmp_path / "wrong"
+    right.write_text(SECRET_FILE_PW + "\n")
+    wrong.write_text("not-" + SECRET_FILE_PW + "\n")
+    signers = tmp_path / "signers.yaml"
+    signers.write_text(f"keys:\n  - {{name: K, email: k@example.com, passphrase-file: {right}}}\n")
+    base = ("--gnupghome", str(home))
+    try:
+        code, out, err = cli("keys", "generate", "-f", str(signers), "--json", *base)
+        assert code == 0, err
+        fpr = json.loads(out)["keys"][0]["fingerprint"]
+        code, _, err = cli("keys", "export", "--secret", fpr, "--passphrase-file", str(right), "-o",
+                           str(tmp_path / "k.sec"), *base)
+        assert code == 0, err  # the agent now caches the passphrase
+        for args in (("keys", "export", "--secret", fpr, "-o", str(tmp_path / "k2.sec")),
+                     ("keys", "retire", fpr), ("keys", "delete", fpr, "--yes")):
+            code, _, err = cli(*args, "--passphrase-file", str(wrong), *base)
+            assert code == 2 and "wrong passphrase" in err, (args, err)
+        code, out, _ = cli("keys", "list", "--json", *base)
+        (key,) = json.loads(out)["keys"]
+        assert key["expires"] and not key["revoked"]  # not retired: generated with 2y, untouched
+        assert not (tmp_path / "k2.sec").exists()
     finally:
         kill_agent(home)

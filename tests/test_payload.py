@@ -75,7 +75,15 @@ def _mutate(fn) -> bytes:  # type: ignore[no-untyped-def]
     (GOOD.replace('"timestamp":1', '"timestamp":Infinity').encode(), "Infinity"),
     ((GOOD + "{}").encode(), "not valid JSON"),
     (b"[]", "not a JSON object"),
-    (b"\xff\xfe", "UTF-8"),
+    (b"\xff\xfe", "not valid JSON"),  # Go: "invalid character"; invalid UTF-8 is only replaced inside strings
+    (GOOD.replace('"creator":"x"', '"creator":"x","x":1,"x":2').encode(), "duplicate key 'x' in optional"),
+    (GOOD.replace('"docker-reference"', '"docker-reference":"a","docker-reference"').encode(),
+     "duplicate key 'docker-reference' in critical.identity"),
+    (GOOD.replace('"type"', '"type":"t","type"').encode(), "duplicate key 'type' in critical"),
+    # Go decodes every number (even in a member nobody reads) as float64 and fails on overflow.
+    (GOOD.replace('"creator":"x"', '"creator":"x","future":[1e400]').encode(), "out of range"),
+    (GOOD.replace('"creator":"x"', '"creator":"x","future":' + "9" * 400).encode(), "out of range"),
+    (GOOD.replace('"timestamp":1', '"timestamp":9223372036854775807').encode(), "out of range"),
     (b"", "not valid JSON"),
 ])
 def test_parse_strict_rejects(data: bytes, reason: str) -> None:
@@ -95,6 +103,24 @@ def test_parse_lenient_where_cimage_is() -> None:
         "docker-reference", "NOT A REF"))).docker_reference == "NOT A REF"
 
 
+def test_duplicates_inside_optional_values_are_cimages_business() -> None:
+    """c/image walks optional key by key (duplicates refused) but decodes each value with plain Go json, which keeps
+    the last of two equal keys: skopeo 1.9.3 accepts these (issue 12 #10; tests/test_payload.py skopeo test)."""
+    nested = GOOD.replace('"creator":"x"', '"creator":"x","future":{"a":1,"a":2}')
+    deep = GOOD.replace('"creator":"x"', '"creator":"x","future":[{"b":{"c":1,"c":1}}]')
+    assert payload.parse(nested.encode()).creator == "x"
+    assert payload.parse(deep.encode()).timestamp == 1
+
+
+def test_invalid_utf8_and_lone_surrogates_in_strings_are_replaced_like_go() -> None:
+    p = payload.parse(GOOD.replace('"creator":"x"', '"creator":"a\\ud800b"').encode())
+    assert p.creator == "a\ufffdb"
+    p = payload.parse(GOOD.encode().replace(b'"creator":"x"', b'"creator":"\xff\xfe"'))
+    assert p.creator == "\ufffd\ufffd"
+    assert payload.parse(GOOD.replace('"timestamp":1', '"timestamp":9223372036854774784').encode()).timestamp \
+        == 9223372036854774784
+
+
 _refs = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=40)
 
 
@@ -107,3 +133,59 @@ def test_roundtrip_property(ref: str, hexd: str, creator: str, ts: int) -> None:
     assert data == json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
     p = payload.parse(data)
     assert (p.docker_reference, p.manifest_digest, p.creator, p.timestamp) == (ref, "sha256:" + hexd, creator, ts)
+
+
+# ---- agreement with the real skopeo on this machine ---------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_payload_decisions_agree_with_skopeo(signer, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Each edge payload signed with a real key: ``skopeo standalone-verify`` and :func:`payload.parse` agree."""
+    import shutil
+    import subprocess
+
+    from atomicsig import manifest
+    from atomicsig.gpg import Keyring
+    from tests.infra import skopeo
+
+    if shutil.which("skopeo") is None:
+        pytest.skip("needs skopeo")
+    man = tmp_path / "manifest.json"
+    man.write_text(json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                               "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                                          "digest": "sha256:" + "2" * 64, "size": 2}, "layers": []}))
+    digest = manifest.digest(man.read_bytes())
+    good = GOOD.replace("quay.io/a:1", "registry.example.com/ns/app:1").replace(DIG, digest)
+    opt = '"creator":"x"'
+    cases: dict[str, bytes] = {
+        "plain": good.encode(),
+        "dup-in-optional": good.replace(opt, opt + ',"a":1,"a":2').encode(),
+        "dup-creator": good.replace(opt, opt + ',"creator":"y"').encode(),
+        "dup-nested-in-optional": good.replace(opt, opt + ',"x":{"a":1,"a":2}').encode(),
+        "dup-deep-in-optional": good.replace(opt, opt + ',"x":[{"b":{"c":1,"c":1}}]').encode(),
+        "dup-in-identity": good.replace('"docker-reference"', '"docker-reference":"z","docker-reference"').encode(),
+        "invalid-utf8-creator": good.encode().replace(b'"creator":"x"', b'"creator":"\xff\xfe"'),
+        "lone-surrogate": good.replace(opt, '"creator":"\\ud800"').encode(),
+        "overflow-in-unknown": good.replace(opt, opt + ',"x":[1e400]').encode(),
+        "timestamp-2^63-1": good.replace('"timestamp":1', '"timestamp":9223372036854775807').encode(),
+        "timestamp-below-2^63": good.replace('"timestamp":1', '"timestamp":9223372036854774784').encode(),
+        "timestamp-1e9": good.replace('"timestamp":1', '"timestamp":1e9').encode(),
+        "creator-null": good.replace(opt, '"creator":null').encode(),
+        "bom": "\ufeff".encode() + good.encode(),
+    }
+    kr = Keyring(str(signer.path))
+    disagreements = []
+    for name, data in cases.items():
+        blob = tmp_path / name
+        blob.write_bytes(kr.sign(data, signer.fingerprint, None))
+        res = skopeo("standalone-verify", str(man), "registry.example.com/ns/app:1", signer.fingerprint, str(blob),
+                     env={"GNUPGHOME": str(signer.path)}, check=False)
+        try:
+            payload.parse(data)
+            ours = True
+        except SignatureFormatError:
+            ours = False
+        if ours != (res.returncode == 0):
+            disagreements.append(f"{name}: skopeo {res.returncode == 0} ({res.stderr.strip()[-80:]}), "
+                                 f"atomicsig {ours}")
+    assert not disagreements, subprocess.list2cmdline(disagreements)

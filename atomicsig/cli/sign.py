@@ -13,6 +13,7 @@ import click
 from ..errors import EXIT_NEGATIVE, EXIT_OK, InputError
 from ..signing import Resolver, Target
 from .common import (
+    agent_cache_option,
     echo_line,
     emit_json,
     emit_json_line,
@@ -66,6 +67,7 @@ def read_reference_list(path: str) -> list[str]:
                    "for the run (fastest for RSA; never written to disk; not for smartcards).")
 @registry_options
 @passphrase_options
+@agent_cache_option
 @gnupghome_option
 @json_option
 @json_lines_option
