@@ -1,0 +1,63 @@
+"""Which sync source delivered each signature, so that only that source can make us delete it (SECURITY.md).
+
+A peer's ``del`` record names a digest directory and the sha256 of the bytes; anyone can compute both for any
+signature it has seen. With ``propagate-deletes: true`` a hostile or compromised peer could otherwise delete
+signatures it never served (ones signed here, or synced from an honest peer), by hash alone. So when sync stores a
+signature, it records the source's URL (as written in the sync config) for those bytes, and a ``del`` is applied
+only when it comes from that source. Signatures made or uploaded locally have no origin and are never deleted by
+a peer; ``atomicsig prune`` here removes them. If a signature arrives from two sources, the first one to deliver it
+owns it. Renaming a source's URL in the config orphans its signatures (deletes from it are then refused, logged as
+``not-origin``): refusing is the safe side.
+
+Stored per digest directory in ``<sigstore>/.atomicsig/origins/<repo path>@sha256=<hex>.json`` (``{sha256:
+url}``), outside what any reader of the lookaside opens, written by temp + rename under the digest directory's lock
+(atomicsig.lookaside) *before* the signature is linked: a crash in between leaves an entry for bytes that are not
+stored, which nothing acts on, never a stored signature without its origin.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .. import fsutil
+from ..lookaside import digest_dirname
+from .journal import META_DIR
+
+ORIGINS_DIR = "origins"
+#: ≤ 127 entries of 64 hex + a URL each; anything bigger is not ours.
+_MAX_BYTES = 1 << 20
+
+
+def _path(root: Path, dirname: str) -> Path:
+    repo, _, digest = dirname.rpartition("@")
+    digest_dirname(repo, digest.replace("=", ":", 1))  # the lookaside's own checks: no "..", no absolute path
+    return root / META_DIR / ORIGINS_DIR / f"{dirname}.json"
+
+
+def _load(path: Path) -> dict[str, str]:
+    try:
+        with open(path, "rb") as f:
+            data = f.read(_MAX_BYTES + 1)
+        doc = json.loads(data) if len(data) <= _MAX_BYTES else None
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(doc, dict):
+        return {}
+    return {k: v for k, v in doc.items() if isinstance(k, str) and isinstance(v, str)}
+
+
+def recorded(root: Path, dirname: str, sha256: str) -> str | None:
+    """The source that delivered these bytes into ``dirname``, or None (local, unknown, or unreadable: a delete
+    is then refused)."""
+    return _load(_path(root, dirname)).get(sha256)
+
+
+def remember(root: Path, dirname: str, sha256: str, source: str, *, keep: set[str]) -> None:
+    """Record ``source`` for ``sha256`` (the caller holds the directory's lock and is about to link it); entries
+    for bytes no longer in the directory (not in ``keep``) are dropped on the way."""
+    path = _path(root, dirname)
+    doc = {k: v for k, v in _load(path).items() if k in keep}
+    doc[sha256] = source
+    fsutil.makedirs(path.parent, 0o755)
+    fsutil.atomic_write(path, json.dumps(doc, sort_keys=True).encode(), 0o644)
