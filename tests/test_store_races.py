@@ -410,3 +410,100 @@ def test_rewrite_keeps_what_it_did_not_decide_to_drop(tmp_path: Path) -> None:
     kept = {sha256_hex(b) for b in blobs[1::2]} | {sha256_hex(f"\xa3late {k}".encode("latin-1"))
                                                     for k in range(0, 40, 2)}
     assert set(files[rel].values()) == kept and len(files[rel]) == 40
+
+
+# ---- soak: everything at once ----------------------------------------------------------------------------------------
+
+
+def run_cli(*args: str) -> None:
+    done = subprocess.run([*ATOMICSIG, *args], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, f"atomicsig {' '.join(args[:2])}: {done.stderr}"
+
+
+@pytest.mark.slow
+def test_soak_puts_prune_peer_deletes_index_and_reads(tmp_path: Path, signer: GpgHome, signer_pub: Path,
+                                                      other_signer: GpgHome) -> None:
+    """``atomicsig serve`` (token, two trusted keys) takes 100 concurrent PUTs into 5 digest directories while,
+    each in its own loop of real CLI processes: ``prune`` removes a retired third key's signatures (re-planted
+    every round), ``sync --once`` applies a peer's ``del`` records for signatures that peer delivered and then
+    pruned, ``index`` rebuilds the journal, and a reader lists and reads every directory through serve (never
+    a 5xx, never a gap). At the end every upload answered 201 is stored exactly once, every directory is gap-free,
+    and the journal replays to exactly the files. Bounded to about a minute."""
+    retired_home = GpgHome(tmp_path / "gnupg-retired", email="retired@example.com").create()
+    try:
+        _soak(tmp_path, signer, signer_pub, other_signer, retired_home)
+    finally:
+        retired_home.kill_agent()
+
+
+def _soak(tmp_path: Path, signer: GpgHome, signer_pub: Path, other_signer: GpgHome, retired_home: GpgHome) -> None:
+    node, peer = tmp_path / "node", tmp_path / "peer"
+    node.mkdir()
+    peer.mkdir()
+    other_pub = other_signer.export_public(tmp_path / "other.gpg")
+    dirs = 5
+    good = make_sigs(signer, [(f"example.com/{REPO}:a{i}", digest(100 + i % dirs)) for i in range(50)]) + \
+        make_sigs(other_signer, [(f"example.com/{REPO}:b{i}", digest(100 + i % dirs)) for i in range(50)])
+    good.sort(key=lambda g: g[0][-2:])  # interleave the two keys
+    local_retired = make_sigs(retired_home, [(f"example.com/{REPO}:r{i}", digest(100 + i % dirs)) for i in range(10)])
+    # The peer's own signatures (by a key the node trusts), which it delivers and then prunes, round after round.
+    peer_sigs = make_sigs(other_signer, [(f"example.com/{REPO}:p{i}", digest(100 + i % dirs)) for i in range(10)])
+    stats: dict[str, int] = {"reads": 0, "read-errors": 0}
+
+    def prune_round() -> None:
+        store = DirectoryStore(node)
+        for ident, dig, blob in local_retired:
+            store.append(parse_ref(ident), dig, blob)
+        run_cli("prune", "--sigstore", str(node), "--key", retired_home.fingerprint)
+
+    def peer_round() -> None:
+        store = DirectoryStore(peer)
+        for ident, dig, blob in peer_sigs:
+            store.append(parse_ref(ident), dig, blob)
+        run_cli("sync", "--once", "--config", str(cfg))  # the node stores them, delivered by the peer
+        run_cli("prune", "--sigstore", str(peer), "--key", other_signer.fingerprint)
+        run_cli("sync", "--once", "--config", str(cfg))  # ... and applies the peer's del records
+
+    def index_round() -> None:
+        run_cli("index", str(node))
+        time.sleep(0.5)
+
+    def read_round() -> None:
+        for i in range(dirs):
+            dig = digest(100 + i)
+            r = requests.get(f"{url}/extensions/v2/{REPO}/signatures/{dig}", timeout=30)
+            stats["read-errors"] += r.status_code not in (200, 404)
+            for n in range(1, 128):
+                r = requests.get(f"{url}/{REPO}@{dig.replace(':', '=')}/signature-{n}", timeout=30)
+                if r.status_code == 404:
+                    break
+                stats["read-errors"] += r.status_code != 200 or not r.content
+            stats["reads"] += 1
+
+    with serve_sigstore(peer) as peer_url, \
+            serve_sigstore(node, "--token-file", str(token_file(tmp_path)), "--trusted-key", str(signer_pub),
+                           "--trusted-key", str(other_pub)) as url:
+        cfg = sync_config(tmp_path / "sync.yaml", node, [peer_url], [signer_pub, other_pub])
+        t0 = time.monotonic()
+        with looping(prune_round) as prunes, looping(peer_round) as peer_rounds, looping(index_round) as indexes, \
+                looping(read_round) as reads:
+            codes = put_all(url, good, pace=1.2)  # ~100 / 6 threads × 1.2 s ≈ 20–30 s of uploads
+        seconds = time.monotonic() - t0
+        counts = {"prunes": prunes(), "peer rounds": peer_rounds(), "index runs": indexes(), "read rounds": reads()}
+        state = json.loads((node / ".atomicsig" / "sync-state.json").read_text())["sources"][peer_url]
+    print(f"\nsoak: {seconds:.0f} s of uploads, {counts}, peer deletes applied {state['deleted']}, {stats}")
+    assert codes == [201] * len(good)
+    assert stats["read-errors"] == 0
+    assert all(n >= 2 for n in counts.values()), counts
+    assert state["deleted"] > 0
+    files = store_files(node)
+    lost = [ident for ident, dig, blob in good if present(files, ident, dig, blob) != 1]
+    assert lost == [], f"{len(lost)} of {len(good)} uploads answered 201 are gone or doubled"
+    retired_shas = {sha256_hex(b) for _, _, b in local_retired}
+    good_shas = {sha256_hex(b) for _, _, b in good}
+    # Each peer round ends with its deletes applied: what is left besides the uploads is the local retired key's.
+    assert all(s in good_shas | retired_shas for f in files.values() for s in f.values())
+    assert assert_consistent(node) == files
+    run_cli("prune", "--sigstore", str(node), "--key", retired_home.fingerprint)
+    files = assert_consistent(node)
+    assert sorted(s for f in files.values() for s in f.values()) == sorted(good_shas)
