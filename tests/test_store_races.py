@@ -323,34 +323,39 @@ def test_sign_and_store_refuse_other_digest_algorithms(cli: Any, tmp_path: Path,
 @pytest.mark.slow
 def test_a_peer_cannot_delete_what_it_did_not_deliver(cli: Any, tmp_path: Path, signer: GpgHome,
                                                       signer_pub: Path) -> None:
-    """A hostile peer publishes ``del`` records for a signature the follower got from an honest source and for
-    one signed on the follower itself: both refused (``delete-not-origin``). The honest source's own delete
-    still applies. Before the fix both were deleted by hash alone."""
+    """A hostile peer publishes ``del`` records for a signature the follower got from an honest source (x), for
+    one signed on the follower itself (y), and for one it re-served itself after copying it from the honest source
+    (z): x and y are refused (``delete-not-origin``), z stays because the honest source delivered it too. The
+    honest source's own deletes still apply. Before the fix all three were deleted by hash alone."""
     honest, hostile, fol = tmp_path / "honest", tmp_path / "hostile", tmp_path / "fol"
     for d in (honest, hostile, fol):
         d.mkdir()
-    (x_ident, x_dig, x), (y_ident, y_dig, y) = make_sigs(signer, [(f"example.com/{REPO}:x", digest(1)),
-                                                                  (f"example.com/{REPO}:y", digest(1))])
-    DirectoryStore(honest).append(parse_ref(x_ident), x_dig, x)
+    (x_ident, x_dig, x), (y_ident, y_dig, y), (z_ident, z_dig, z) = make_sigs(
+        signer, [(f"example.com/{REPO}:{t}", digest(1)) for t in ("x", "y", "z")])
+    for ident, dig, blob in ((x_ident, x_dig, x), (z_ident, z_dig, z)):
+        DirectoryStore(honest).append(parse_ref(ident), dig, blob)
+    DirectoryStore(hostile).append(parse_ref(z_ident), z_dig, z)  # copied, served as its own
     DirectoryStore(fol).append(parse_ref(y_ident), y_dig, y)  # signed on the follower itself
     rel = digest_dirname(REPO, digest(1))
-    hostile_journal = Journal(hostile)
-    hostile_journal.rebuild()
-    hostile_journal.append([("del", f"{rel}/signature-1", sha256_hex(x)), ("del", f"{rel}/signature-2",
-                                                                              sha256_hex(y))])
-    with serve_sigstore(honest) as honest_url, serve_sigstore(hostile) as hostile_url:
-        cfg = sync_config(tmp_path / "sync.yaml", fol, [honest_url, hostile_url], [signer_pub])
+    with serve_sigstore(hostile) as hostile_url, serve_sigstore(honest) as honest_url:
+        cfg = sync_config(tmp_path / "sync.yaml", fol, [hostile_url, honest_url], [signer_pub])
+        sync_once(cli, cfg)
+        Journal(hostile).append([("del", f"{rel}/signature-{n}", sha256_hex(b)) for n, b in ((1, x), (2, y), (3, z))])
         state = sync_once(cli, cfg)
-        assert present(assert_consistent(fol), x_ident, x_dig, x) == 1
-        assert present(assert_consistent(fol), y_ident, y_dig, y) == 1
+        files = assert_consistent(fol)
+        assert [present(files, i, d, b) for i, d, b in ((x_ident, x_dig, x), (y_ident, y_dig, y),
+                                                        (z_ident, z_dig, z))] == [1, 1, 1]
         assert state["sources"][hostile_url]["rejected"] == {"delete-not-origin": 2}
+        assert state["sources"][hostile_url]["deleted"] == 0
         code, out, err = cli("prune", "--sigstore", str(honest), "--key", signer.fingerprint)
         assert code == 0, out + err
         state = sync_once(cli, cfg)
-        assert state["sources"][honest_url]["deleted"] == 1
+        assert state["sources"][honest_url]["deleted"] == 2
     files = assert_consistent(fol)
-    assert present(files, x_ident, x_dig, x) == 0 and present(files, y_ident, y_dig, y) == 1
-    assert ("del", rel, 2, sha256_hex(x)) in journal_records(fol)  # followers of the follower hear of it
+    assert [present(files, i, d, b) for i, d, b in ((x_ident, x_dig, x), (y_ident, y_dig, y),
+                                                    (z_ident, z_dig, z))] == [0, 1, 0]
+    dels = {sha for op, d, _, sha in journal_records(fol) if op == "del" and d == rel}
+    assert dels == {sha256_hex(x), sha256_hex(z)}  # followers of the follower hear of it
 
 
 def test_a_delete_is_journaled_where_the_store_had_no_journal(tmp_path: Path, signer: GpgHome) -> None:

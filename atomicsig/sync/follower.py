@@ -181,6 +181,9 @@ class Follower:
                 elif done == "not-origin":
                     self._reject(rep, "delete-not-origin", "this source did not deliver these bytes; delete "
                                  "refused", str(rec.path))
+                elif done == "withdrawn":
+                    log.info("kept: other sources delivered it too", extra={"fields": {"source": self.url,
+                                                                                     "path": str(rec.path)}})
         else:
             self._add(rec.path, rec.sha256, rep)
         st.offset, st.seq = end, rec.seq
@@ -188,6 +191,7 @@ class Follower:
     def _add(self, path: SigPath, sha: str, rep: PassReport) -> None:
         rel = str(path)
         if self._have(path, sha):
+            self.intake.also_delivered(path, sha, self.url)
             if self._recovering:
                 self._journal_if_missing(path, sha)
             rep.duplicates += 1

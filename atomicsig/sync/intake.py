@@ -22,9 +22,10 @@ from pathlib import Path
 from .. import fsutil, payload
 from ..blob import MAX_SIGNATURE_SIZE, simple_signing_body
 from ..errors import SignatureFormatError, StorageError
-from ..lookaside import MAX_LOOKASIDE_SIGNATURES, DirectoryStore, read_dir
+from ..lookaside import MAX_LOOKASIDE_SIGNATURES, DirectoryStore, lock_dir, read_dir
 from ..verify import Verifier
 from .journal import SigPath, sha256_hex
+from .origin import also_delivered, recorded
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,20 @@ class Intake:
             return Outcome("rejected", "digest-full", f"{d} already holds {len(present)} signatures")
         # ``origin`` is remembered with the bytes: only this source may later delete them (atomicsig.sync.origin).
         res = self.store.append_path(path.repo, path.digest, blob, origin=origin)
+        if not res.created:
+            self.also_delivered(path, sha256_hex(blob), origin)
         return Outcome("created" if res.created else "duplicate", location=res.location)
+
+    def also_delivered(self, path: SigPath, sha: str, origin: str) -> None:
+        """``origin`` offers bytes we already hold: if another source delivered them, ``origin`` becomes one of
+        their sources too (atomicsig.sync.origin). Read first; the lock and a write only when that changes."""
+        root = self.store.root
+        sources = recorded(root, path.dirname, sha)
+        if not sources or origin in sources:
+            return
+        d = root / path.dirname
+        with lock_dir(d):
+            also_delivered(root, path.dirname, sha, origin)
 
     def _quarantine(self, path: SigPath, blob: bytes, origin: str, outcome: Outcome) -> None:
         """Keep the refused bytes for an operator, outside the sigstore (never read by podman)."""

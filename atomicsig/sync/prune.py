@@ -124,23 +124,29 @@ def prune_keys(root: Path, fingerprints: set[str], *, dry_run: bool = False) -> 
 
 
 def remove_blob(root: Path, dirname: str, sha256: str, origin: str) -> str:
-    """Apply a peer's ``del`` record: drop the blob with this hash from one directory, if ``origin`` (the source
-    the record came from) is the source that delivered it (atomicsig.sync.origin, SECURITY.md).
+    """Apply a peer's ``del`` record from source ``origin``: drop the blob with this hash from one directory, if
+    ``origin`` delivered it and no other source did (atomicsig.sync.origin, SECURITY.md).
 
-    Returns ``"deleted"``, ``"absent"`` (nothing with that hash here) or ``"not-origin"`` (refused). The origin
-    check is made under the directory's lock, together with the decision."""
-    from .origin import recorded
+    Returns ``"deleted"``, ``"absent"`` (nothing with that hash here), ``"not-origin"`` (refused: ``origin`` never
+    delivered it) or ``"withdrawn"`` (kept: other sources delivered it too; ``origin`` is no longer one of them).
+    The origin check is made under the directory's lock, together with the decision."""
+    from .origin import recorded, withdraw
 
-    refused = False
+    outcome = "absent"
 
     def drop(s: StoredSignature) -> bool:
-        nonlocal refused
+        nonlocal outcome
         if sha256_hex(s.blob) != sha256:
             return False
-        if recorded(root, dirname, sha256) != origin:
-            refused = True
+        sources = recorded(root, dirname, sha256)
+        if origin not in sources:
+            outcome = "not-origin"
+            return False
+        if len(sources) > 1:
+            withdraw(root, dirname, sha256, origin)
+            outcome = "withdrawn"
             return False
         return True
     if rewrite_locked(root, dirname, drop):
         return "deleted"
-    return "not-origin" if refused else "absent"
+    return outcome
