@@ -210,11 +210,14 @@ def sweep_stale_temps(directory: str | os.PathLike[str], now: float | None = Non
 
 
 @contextlib.contextmanager
-def flocked(path: str | os.PathLike[str], flags: int, what: str) -> Iterator[None]:
+def flocked(path: str | os.PathLike[str], flags: int, what: str, *, wait: bool = True) -> Iterator[bool]:
     """Hold an exclusive ``flock`` on ``path`` opened with ``flags`` (a directory, or a lock file to create).
 
     flock, not fcntl locks: it belongs to the open file, so threads of one process exclude each other too, and
-    the kernel drops it when a killed holder's descriptor goes away.
+    the kernel drops it when a killed holder's descriptor goes away. ``wait=False`` does not block: the block
+    then runs with ``False`` when someone else holds the lock (and nothing is held) — for a holder of one lock
+    that must not wait for another taken in the opposite order (the journal's reconciler, lock order in
+    atomicsig.lookaside).
     """
     import fcntl
 
@@ -223,8 +226,12 @@ def flocked(path: str | os.PathLike[str], flags: int, what: str) -> Iterator[Non
     except OSError as exc:
         raise StorageError(f"cannot open {what}: {exc.strerror}") from exc
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
     finally:
         os.close(fd)
 

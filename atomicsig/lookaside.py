@@ -8,11 +8,21 @@ lookaside (read only, as in containers/image), and — in :mod:`atomicsig.extens
 extension API. Appending never overwrites: ``signature-N`` is created with :func:`fsutil.create_exclusive`, so
 concurrent signers each get their own index and nobody's file is lost.
 
-Signers that must not store a second signature for the same (key, identity, digest) use
-:meth:`SignatureStore.append_unless`; the directory store makes its re-check and append atomic across processes
-with a ``flock`` on the digest directory, so two ``atomicsig sign`` runs racing on one image sign it once.
-"""
+One lock per digest directory. Every atomicsig writer of a digest directory — append (``sign``, serve's PUT, sync
+intake), ``prune``, a peer's delete, journal repair — holds an exclusive ``flock`` on the directory itself
+(:func:`lock_dir`) while it reads the directory, decides, changes it and writes its journal lines, and only then
+releases it. So a rewrite (renumbering to stay gap-free, atomicsig.sync.prune) never drops a file that was linked
+after it looked, and the journal lines of one directory are in the order of its changes. Lock order: a digest
+directory, then the journal lock (atomicsig.sync.journal); whoever holds the journal lock only ever *tries* a
+directory lock (``wait=False``), so the two orders cannot deadlock. Writers outside atomicsig (skopeo, podman sign)
+take no lock; they only append, and create-exclusive keeps them from overwriting anybody.
 
+Only ``sha256`` digest directories are written (SPEC §2.3, §3.1): go-digest parses sha384/sha512 digests, but
+containers/image looks signatures up under the image's sha256 digest and ``MatchesDigest`` compares with sha256
+only, so a signature stored under another algorithm is never read by a node. Storing one would only make a
+signature nobody can use, and the sync journal (which names sha256 paths only) could not carry it; every path
+(``sign``, serve's PUT, sync intake, the journal, ``prune``) therefore refuses them before anything is stored.
+"""
 from __future__ import annotations
 
 import contextlib
@@ -123,20 +133,35 @@ class DirectoryStore(SignatureStore):
 
     def append_unless(self, ref: Reference, digest: str, blob: bytes,
                       present: Callable[[list[StoredSignature]], str | None]) -> AppendResult:
-        """Re-check and append under an exclusive ``flock`` on the digest directory (all atomicsig signers take
-        it here; sync and serve, which dedup by bytes only, do not need it). Keep the slow signing outside."""
+        """Re-check and append under the digest directory's lock (all writers take it, see the module
+        docstring). Keep the slow signing outside."""
         d = self._writable_dir(ref.path, digest)
-        with _locked_dir(d):
+        with lock_dir(d):
+            seen = journal_epoch(self.root)
             fsutil.sweep_stale_temps(d)
             existing = read_dir(d)
             found = present(existing)
             if found is not None:
                 return AppendResult(found, None, False)
-            return self._append_in(d, blob, existing)
+            return self._append_locked(d, blob, existing, seen)
 
-    def append_path(self, repo_path: str, digest: str, blob: bytes) -> AppendResult:
-        """Append by repository path (what ``atomicsig sync`` gets from a peer), then record it in the journal."""
-        return self._append_in(self._writable_dir(repo_path, digest), blob)
+    def append_path(self, repo_path: str, digest: str, blob: bytes, *, origin: str | None = None) -> AppendResult:
+        """Append by repository path (what ``atomicsig sync`` gets from a peer), then record it in the journal.
+
+        ``origin``: the sync source that delivered ``blob``; remembered (atomicsig.sync.origin) before the file is
+        linked, because only that source may later delete it (SECURITY.md, sync peers).
+        """
+        d = self._writable_dir(repo_path, digest)
+        with lock_dir(d):
+            seen = journal_epoch(self.root)
+            fsutil.sweep_stale_temps(d)
+            existing = read_dir(d)
+            if origin is not None and all(s.blob != blob for s in existing):
+                from .sync.origin import remember
+
+                remember(self.root, os.path.relpath(d, self.root), hashlib.sha256(blob).hexdigest(), origin,
+                         keep={hashlib.sha256(s.blob).hexdigest() for s in existing})
+            return self._append_locked(d, blob, existing, seen)
 
     def recover(self) -> int:
         """Journal what writers killed mid-append left unjournaled (see atomicsig.sync.journal); lines added."""
@@ -145,6 +170,10 @@ class DirectoryStore(SignatureStore):
         return Journal(self.root).reconcile()
 
     def _writable_dir(self, repo_path: str, digest: str) -> Path:
+        if not validate_digest(digest).startswith("sha256:"):
+            raise InputError(f"cannot store a signature for {digest.split(':', 1)[0]} digest {digest[:23]}…: only "
+                             "sha256 digests are stored, because containers/image looks signatures up and matches "
+                             "them by the sha256 digest only (SPEC §2.3, §3.1)")
         if self.root.exists() and not self.root.is_dir():
             raise StorageError(f"sigstore {self.root} is not a directory")
         d = self.path_dir(repo_path, digest)
@@ -153,30 +182,64 @@ class DirectoryStore(SignatureStore):
             raise StorageError(f"{d} resolves outside the sigstore {self.root}")
         return d
 
-    def _append_in(self, d: Path, blob: bytes, existing: list[StoredSignature] | None = None) -> AppendResult:
-        """Store and journal, with a pending record around the two writes so a kill between them loses no
-        journal line: the next journal writer finds the record of a dead owner and appends the line. On an error
-        the record is abandoned, not removed, so a line that failed (disk full) is added by a later writer."""
+    def _append_locked(self, d: Path, blob: bytes, existing: list[StoredSignature],
+                       seen_epoch: str | None) -> AppendResult:
+        """Store and journal; the caller holds ``d``'s lock, read ``existing`` and ``seen_epoch`` under it.
+
+        A pending record is around the two writes so a kill between them loses no journal line: the next journal
+        writer finds the record of a dead owner and journals that directory. On an error the record is abandoned,
+        not removed, so a line that failed (disk full) is added by a later writer."""
         from .sync.journal import begin_pending
 
+        for s in existing:
+            if s.blob == blob:
+                return AppendResult(s.location, s.index, False)
+        rel_dir = os.path.relpath(d, self.root)
         sha = hashlib.sha256(blob).hexdigest()
-        with begin_pending(self.root, os.path.relpath(d, self.root), sha):
+        with begin_pending(self.root, rel_dir, sha):
             result = append_to_dir(d, blob, existing)
             if result.created:
-                self._journal(result, sha)
+                try:
+                    commit_dir(self.root, d, seen_epoch, [("add", f"{rel_dir}/signature-{result.index}", sha)])
+                except StorageError as exc:
+                    raise StorageError(f"signature stored at {result.location} but not recorded in the sync "
+                                       f"journal: {exc.message}", hint="the next write to this sigstore records it "
+                                       f"once there is room, or run `atomicsig index {self.root}`") from exc
         return result
 
-    def _journal(self, result: AppendResult, sha: str) -> None:
-        """Record a new signature in the store's sync journal so followers fetch it (atomicsig.sync.journal)."""
-        from .sync.journal import Journal
 
-        rel = os.path.relpath(result.location, self.root)
-        try:
-            Journal(self.root).append([("add", rel, sha)])
-        except (StorageError, InputError) as exc:
-            raise StorageError(f"signature stored at {result.location} but not recorded in the sync journal: "
-                               f"{exc.message}", hint="the next write to this sigstore records it once there is "
-                               f"room, or run `atomicsig index {self.root}`") from exc
+def lock_dir(d: Path, *, wait: bool = True) -> contextlib.AbstractContextManager[bool]:
+    """The digest directory's lock: an exclusive ``flock`` on the directory itself, so no lock file appears among
+    the signatures readers list. Every atomicsig writer of ``d`` holds it (module docstring)."""
+    return fsutil.flocked(d, os.O_RDONLY | os.O_DIRECTORY, str(d), wait=wait)
+
+
+def journal_epoch(root: Path) -> str | None:
+    """The journal's epoch as a writer sees it before changing a directory (None: no journal; "?" unreadable).
+
+    Read under the digest directory's lock, before the change, and compared again under the journal lock
+    (:func:`commit_dir`): if they differ, ``atomicsig index`` (or the first writer of a store without a journal)
+    rebuilt the journal meanwhile, and its scan may or may not have seen this change."""
+    from .sync.journal import Journal, JournalError
+
+    try:
+        return Journal(root).epoch()
+    except (JournalError, OSError):
+        return "?"
+
+
+def commit_dir(root: Path, d: Path, seen_epoch: str | None, lines: list[tuple[str, str, str]]) -> None:
+    """Journal one change to ``d`` (held locked by the caller): ``lines`` as computed from what the caller read.
+
+    Errors are StorageError (InputError from a bad line is turned into one: it is a bug, not user input)."""
+    from .sync.journal import Journal
+
+    def now() -> dict[int, str]:
+        return {s.index: hashlib.sha256(s.blob).hexdigest() for s in read_dir(d)}
+    try:
+        Journal(root).commit_dir(os.path.relpath(d, root), seen_epoch, lines, now)
+    except InputError as exc:
+        raise StorageError(exc.message) from exc
 
 
 #: What an :class:`fsutil.UnsafeFileError` means, in the words a reader's error message uses.
@@ -227,11 +290,6 @@ def read_dir(d: Path, root: Path | None = None, *, stop_at_unsafe: bool = False)
     finally:
         os.close(dfd)
     return out
-
-
-def _locked_dir(d: Path) -> contextlib.AbstractContextManager[None]:
-    """Exclusive ``flock`` on the directory itself: no lock file appears among the signatures readers list."""
-    return fsutil.flocked(d, os.O_RDONLY | os.O_DIRECTORY, str(d))
 
 
 def append_to_dir(d: Path, blob: bytes, existing: list[StoredSignature] | None = None) -> AppendResult:

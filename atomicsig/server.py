@@ -268,6 +268,11 @@ class SignatureServer:
             self.metrics.rejects.labels("unauthorized").inc()
             raise _Reject(401, "unauthorized", "a valid bearer token is required to store signatures",
                           [("WWW-Authenticate", 'Bearer realm="atomicsig"')])
+        if not digest.startswith("sha256:"):
+            # Refused before anything is stored: nodes look signatures up and match them by sha256 only, and the
+            # sync journal cannot name other digests (atomicsig.lookaside, SPEC §2.3, §3.1).
+            raise _Reject(400, "DIGEST_UNSUPPORTED", f"only sha256 digests can be signed here, not "
+                          f"{digest.split(':', 1)[0]}: nodes look signatures up by the image's sha256 digest")
         sig = self._validated_blob(self._read_body(environ), digest)
         d = self._digest_dir(repo, digest)
         with self._lock_for(str(d)):

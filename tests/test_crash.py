@@ -5,6 +5,10 @@ SIGKILL after a delay drawn uniformly from the measured runtime of an unkilled r
 would see on disk. The checks run in this process and stay cheap: signature files are immutable once named, so
 each one is parsed once and afterwards only its inode and size are compared.
 
+Beyond "none missing": no signature is ever doubled (one file per signed identity, identical bytes once per
+directory) and the journal never holds two lines for one file; after the final unkilled run it holds exactly one
+``add`` line per file and nothing else (``StoreAudit.assert_journal_lines_equal_files``).
+
 Reproduce a failure with the seed printed by the failing test: ``ATOMICSIG_CRASH_SEED=<seed>``.
 ``ATOMICSIG_CRASH_ITERATIONS`` (default 200) sets the number of kills per part.
 
@@ -141,6 +145,7 @@ class StoreAudit:
     unverified: list[str] = field(default_factory=list)
     last_new: list[str] = field(default_factory=list)  # files that appeared in the latest check
     journaled: dict[str, str] = field(default_factory=dict)
+    add_lines: collections.Counter[tuple[str, str]] = field(default_factory=collections.Counter)
     journal_offset: int = 0
     journal_seq: int = 0
     stray_tmp: set[str] = field(default_factory=set)
@@ -210,10 +215,22 @@ class StoreAudit:
             sha = have[2] if have else sha256_hex((self.root / rel).read_bytes())
             assert sha == rec.sha256, f"journal says {rel} is {rec.sha256}, file is {sha}"
             self.journaled[rel] = rec.sha256
+            self.add_lines[(rel, rec.sha256)] += 1
+            # Never two lines for one signature, not even right after a kill (issue 11 #3: a rebuild's scan and
+            # the writer both journaled it; a reconciler re-reads the journal's view of the directory).
+            assert self.add_lines[(rel, rec.sha256)] == 1, f"{rel} journaled twice"
             self.journal_seq = rec.seq
         if end - self.journal_offset < len(data):
             self.torn_journal_tails += 1
         self.journal_offset = end
+
+    def assert_journal_lines_equal_files(self) -> None:
+        """Exactly one ``add`` line per signature file (with its bytes) and no other line: none doubled, none
+        dropped, none journaled that is not stored."""
+        assert self.unjournaled() == []
+        assert sum(self.add_lines.values()) == len(self.files), \
+            f"{sum(self.add_lines.values())} journal lines for {len(self.files)} files"
+        assert set(self.add_lines) == {(rel, f[2]) for rel, f in self.files.items()}
 
     def unjournaled(self) -> list[str]:
         return sorted(set(self.files) - set(self.journaled))
@@ -381,10 +398,12 @@ def test_sign_survives_sigkill(tmp_path: Path, rng: random.Random, signer: GpgHo
                     ".tmp files left at the end (swept once stale)": len(list(store.rglob(".tmp-*"))),
                     "torn journal tails seen": audit.torn_journal_tails,
                     "unjournaled after kills, named by a pending record (sum)": audit.recoverable_seen,
-                    "files missing from journal after the final run": len(unjournaled)})
+                    "files missing from journal after the final run": len(unjournaled),
+                    "journal lines / files": f"{sum(audit.add_lines.values())} / {len(audit.files)}"})
     # The journal may lag the files right after a kill (named by a pending record then, checked after every
-    # kill), but the next run finishes those lines: in the end every file is journaled.
+    # kill), but the next run finishes those lines: in the end every file is journaled, exactly once.
     assert unjournaled == []
+    audit.assert_journal_lines_equal_files()
 
 
 # ---- policy apply -----------------------------------------------------------------------------------------------
@@ -722,8 +741,12 @@ def test_sync_survives_sigkill(tmp_path: Path, rng: random.Random, signer: GpgHo
                     "torn journal tails seen": audit.torn_journal_tails,
                     "unjournaled after kills, named by a pending record (sum)": audit.recoverable_seen,
                     "files missing from the follower's journal after the final run": len(audit.unjournaled()),
+                    "follower journal lines / files": f"{sum(audit.add_lines.values())} / {len(audit.files)}",
                     "leftover ephemeral GnuPG homes": len(os.listdir(child_env["TMPDIR"]))})
     assert audit.unjournaled() == []  # the final pass journaled what kills left to pending records
+    audit.assert_journal_lines_equal_files()
+    for sa in source_audits:
+        sa.assert_journal_lines_equal_files()
 
 
 def _trickle(add: Any, store: Path, items: list[tuple[str, str, bytes]], within: float, skew: float) -> None:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import InputError, StorageError
-from ..lookaside import read_dir
+from ..lookaside import lock_dir, read_dir
 from .intake import Intake
 from .journal import HEADER_LEN, Journal, JournalError, SigPath, iter_lines, parse_header, parse_line, sha256_hex
 from .prune import remove_blob
@@ -171,10 +171,19 @@ class Follower:
             return
         rep.new_records += 1
         if rec.op == "del":
-            if self.propagate_deletes and remove_blob(self.intake.store.root, rec.path.dirname, rec.sha256):
-                rep.deleted += 1
-                st.deleted += 1
-                log.info("deleted", extra={"fields": {"source": self.url, "path": str(rec.path)}})
+            if self.propagate_deletes:
+                # Only the source that delivered these bytes may delete them (atomicsig.sync.origin).
+                done = remove_blob(Path(self.intake.store.root), rec.path.dirname, rec.sha256, self.url)
+                if done == "deleted":
+                    rep.deleted += 1
+                    st.deleted += 1
+                    log.info("deleted", extra={"fields": {"source": self.url, "path": str(rec.path)}})
+                elif done == "not-origin":
+                    self._reject(rep, "delete-not-origin", "this source did not deliver these bytes; delete "
+                                 "refused", str(rec.path))
+                elif done == "withdrawn":
+                    log.info("kept: other sources delivered it too", extra={"fields": {"source": self.url,
+                                                                                     "path": str(rec.path)}})
         else:
             self._add(rec.path, rec.sha256, rep)
         st.offset, st.seq = end, rec.seq
@@ -182,6 +191,7 @@ class Follower:
     def _add(self, path: SigPath, sha: str, rep: PassReport) -> None:
         rel = str(path)
         if self._have(path, sha):
+            self.intake.also_delivered(path, sha, self.url)
             if self._recovering:
                 self._journal_if_missing(path, sha)
             rep.duplicates += 1
@@ -224,15 +234,16 @@ class Follower:
                 self._ahead[key] = self._pool.submit(self.source.signature, str(rec.path))
 
     def _journal_if_missing(self, path: SigPath, sha: str) -> None:
+        """After a failed pass: make the journal's lines for this directory match its files, under the directory's
+        lock like every writer (atomicsig.lookaside), so the line is added once and never twice."""
         root = Path(self.intake.store.root)
         journal = Journal(root)
         if journal.has_recent(sha):
             return
-        for s in read_dir(root / path.dirname):
-            if sha256_hex(s.blob) == sha:
-                journal.append([("add", f"{path.dirname}/signature-{s.index}", sha)])
-                log.info("journaled after failure", extra={"fields": {"path": s.location}})
-                return
+        d = root / path.dirname
+        with lock_dir(d):
+            if journal.resync(path.dirname):
+                log.info("journaled after failure", extra={"fields": {"path": str(d)}})
 
     def _have(self, path: SigPath, sha: str) -> bool:
         """Skip the GET when identical bytes are already stored locally (cheap re-sync after a restart)."""

@@ -4,7 +4,9 @@ Order (SPEC §2.1 steps 3–6, minus identity which is a node-policy question): 
 recognition (§1.3), cryptographic verification against the keys the sync config trusts, strict payload parse
 (§1.2), then the payload digest must equal the digest in the path it arrived under — otherwise a valid signature
 for image X could be planted under image Y. Only then :meth:`DirectoryStore.append_path` stores it at the next
-free index (dedup by bytes, never overwrite, no gaps — SPEC §3.3).
+free index (dedup by bytes, never overwrite, no gaps — SPEC §3.3), under the digest directory's lock, remembering
+which source delivered it (atomicsig.sync.origin). Peers' journals name sha256 paths only
+(:func:`atomicsig.sync.journal.parse_sigpath`), like every other writer of the store (atomicsig.lookaside).
 
 The verifier is the :class:`atomicsig.verify.Verifier` protocol, so an in-process verifier can replace the
 gpg-subprocess one without touching this module.
@@ -20,9 +22,10 @@ from pathlib import Path
 from .. import fsutil, payload
 from ..blob import MAX_SIGNATURE_SIZE, simple_signing_body
 from ..errors import SignatureFormatError, StorageError
-from ..lookaside import MAX_LOOKASIDE_SIGNATURES, DirectoryStore, read_dir
+from ..lookaside import MAX_LOOKASIDE_SIGNATURES, DirectoryStore, lock_dir, read_dir
 from ..verify import Verifier
 from .journal import SigPath, sha256_hex
+from .origin import also_delivered, recorded
 
 
 @dataclass(frozen=True)
@@ -81,8 +84,22 @@ class Intake:
             return Outcome("rejected", "digest-full", exc.message)
         if len(present) >= MAX_LOOKASIDE_SIGNATURES - 1 and all(s.blob != blob for s in present):
             return Outcome("rejected", "digest-full", f"{d} already holds {len(present)} signatures")
-        res = self.store.append_path(path.repo, path.digest, blob)
+        # ``origin`` is remembered with the bytes: only this source may later delete them (atomicsig.sync.origin).
+        res = self.store.append_path(path.repo, path.digest, blob, origin=origin)
+        if not res.created:
+            self.also_delivered(path, sha256_hex(blob), origin)
         return Outcome("created" if res.created else "duplicate", location=res.location)
+
+    def also_delivered(self, path: SigPath, sha: str, origin: str) -> None:
+        """``origin`` offers bytes we already hold: if another source delivered them, ``origin`` becomes one of
+        their sources too (atomicsig.sync.origin). Read first; the lock and a write only when that changes."""
+        root = self.store.root
+        sources = recorded(root, path.dirname, sha)
+        if not sources or origin in sources:
+            return
+        d = root / path.dirname
+        with lock_dir(d):
+            also_delivered(root, path.dirname, sha, origin)
 
     def _quarantine(self, path: SigPath, blob: bytes, origin: str, outcome: Outcome) -> None:
         """Keep the refused bytes for an operator, outside the sigstore (never read by podman)."""

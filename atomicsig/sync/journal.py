@@ -21,11 +21,26 @@ temp + rename: rewriting it per signature would make every write O(store size).
 A signature file and its journal line are two writes, so a crash between them would leave a file no follower ever
 hears of. Writers therefore drop a tiny *pending* record (:func:`begin_pending`) before they link ``signature-N``
 and remove it after the journal line is written; whoever next holds the journal lock finishes the records of
-writers that are gone (:meth:`Journal.reconcile`).
+writers that are gone (:meth:`Journal.reconcile`): it re-reads that digest directory under its lock and appends
+what the journal lacks.
+
+Exactly one line per change. Every writer of a digest directory holds that directory's lock from before it reads
+the directory until its lines are appended (atomicsig.lookaside), so lines for one directory follow its changes in
+order. The one writer that reads directories without their locks is the scan of a rebuild (``atomicsig index``, or
+the first writer of a store without a journal): a writer's change may fall before or after the scan of its
+directory. So a writer notes the epoch before it changes anything and, under the journal lock, compares: same
+epoch — append its own lines; another epoch — the scan may have listed part or all of the change, so it appends
+what the new journal's view of that directory (:meth:`Journal.view`) lacks. Without this, a fresh store signed
+into by 8 threads got a few lines twice (the scan listed a file whose writer then added its own line).
+
+Replaying the journal of one directory — ``add i s`` puts bytes ``s`` at index ``i`` (and nowhere else: a
+directory holds identical bytes once, SPEC §3.3), ``del i s`` removes bytes ``s`` — gives exactly the directory's
+files; tests check that after every race (tests/test_store_races.py).
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import errno
 import fcntl
@@ -35,7 +50,7 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,6 +75,7 @@ OPS = ("add", "del")
 
 _RELPATH = re.compile(r"^(?P<repo>[^@\s]+)@sha256=(?P<hex>[a-f0-9]{64})/signature-(?P<n>[1-9][0-9]{0,2})$")
 _SHA = re.compile(r"^[a-f0-9]{64}$")
+_SIGNAME = re.compile(r"signature-([1-9][0-9]{0,2})")
 
 
 class JournalError(StorageError):
@@ -159,6 +175,13 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def _validate(items: list[tuple[str, str, str]]) -> None:
+    for op, rel, sha in items:
+        if op not in OPS or not _SHA.match(sha):
+            raise JournalError(f"refusing to journal {op} {rel} {sha}")
+        parse_sigpath(rel)
+
+
 class Journal:
     """The journal of one local sigstore directory."""
 
@@ -182,12 +205,12 @@ class Journal:
             return None
 
     def append(self, entries: Iterable[tuple[str, str, str]]) -> None:
-        """Append ``(op, relpath, sha256)`` records; creates the journal by a full scan if there is none yet."""
+        """Append ``(op, relpath, sha256)`` records; creates the journal by a full scan if there is none yet.
+
+        For repairs and tests: a writer that changed a digest directory uses :meth:`commit_dir`, which knows
+        whether a rebuild has already listed the change."""
         items = list(entries)
-        for op, rel, sha in items:
-            if op not in OPS or not _SHA.match(sha):
-                raise JournalError(f"refusing to journal {op} {rel} {sha}")
-            parse_sigpath(rel)
+        _validate(items)
         # Decided before taking the lock: Python work under it is what limits parallel signers (the GIL hands a
         # thread back only every few milliseconds), and a record that appears meanwhile waits for the next append.
         check = _suspect_pending(self.meta / PENDING_NAME)
@@ -198,6 +221,86 @@ class Journal:
                 self._reconcile_locked(covered=True)
                 return
             self._reconcile_locked(covered=False, then=items, check=check)
+
+    def commit_dir(self, dirname: str, seen_epoch: str | None, lines: list[tuple[str, str, str]],
+                   current: Callable[[], dict[int, str]]) -> None:
+        """Journal a change to the digest directory ``dirname``, whose lock the caller holds.
+
+        ``lines``: the change as seen against what the caller read under that lock (``add`` for every index whose
+        bytes are new there, ``del`` for every blob it removed); ``seen_epoch``: :meth:`epoch` read under the lock
+        before the change; ``current``: index → sha256 of the directory now. Without a journal, the rebuild's scan
+        lists the directory as it is now, and only the ``del`` lines are added (so a removal reaches followers even
+        from a store that had no journal yet). With another epoch than seen, a rebuild ran during the change: the
+        lines appended are what :meth:`view` of the directory lacks (module docstring)."""
+        _validate(lines)
+        check = _suspect_pending(self.meta / PENDING_NAME)
+        with self.locked():
+            dels = [x for x in lines if x[0] == "del"]
+            if not self.path.exists():
+                self._rebuild_locked()
+                if dels:
+                    self._append_locked(dels)
+                self._reconcile_locked(covered=True)
+                return
+            if self.epoch() != seen_epoch:
+                view = self.view(dirname)
+                lines = dels + [("add", f"{dirname}/signature-{i}", sha) for i, sha in sorted(current().items())
+                                if view.get(i) != sha]
+            self._reconcile_locked(covered=False, then=lines, check=check, held=dirname)
+
+    def view(self, dirname: str) -> dict[int, str]:
+        """index → sha256 of ``dirname`` as the journal's lines replay (module docstring). Reads the whole journal:
+        only for repairs (a dead writer's record, a rebuild during a change), never per signature."""
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(HEADER_LEN)
+                data = f.read()
+        except FileNotFoundError:
+            return {}
+        data = data[:data.rfind(b"\n") + 1]  # a torn last line is not a record
+        needle = f" {dirname}/signature-".encode()
+        view: dict[int, str] = {}
+        for raw in data.split(b"\n"):
+            if needle not in raw:
+                continue
+            parts = raw.decode("ascii", "replace").split(" ")
+            if len(parts) != 4 or parts[1] not in OPS or not _SHA.match(parts[3]):
+                continue
+            where, _, name = parts[2].rpartition("/")
+            m = _SIGNAME.fullmatch(name)
+            if where != dirname or not m:
+                continue
+            sha = parts[3]
+            for j in [j for j, s in view.items() if s == sha]:
+                del view[j]
+            if parts[1] == "add":
+                view[int(m.group(1))] = sha
+        return view
+
+    def resync(self, dirname: str) -> int:
+        """Append what the journal lacks for ``dirname`` (whose lock the caller holds); returns lines added."""
+        with self.locked():
+            if not self.path.exists():
+                self._rebuild_locked()
+                return 0
+            lines = self._resync_lines(dirname)
+            if lines:
+                self._append_locked(lines)
+            return len(lines)
+
+    def _resync_lines(self, dirname: str) -> list[tuple[str, str, str]]:
+        """Lines that make :meth:`view` of ``dirname`` equal its files (the caller holds its lock)."""
+        from ..lookaside import read_dir
+
+        try:
+            now = {s.index: sha256_hex(s.blob) for s in read_dir(self.root / dirname)}
+        except StorageError:
+            return []
+        view = self.view(dirname)
+        present = set(now.values())
+        lines = [("del", f"{dirname}/signature-{i}", sha) for i, sha in sorted(view.items()) if sha not in present]
+        lines += [("add", f"{dirname}/signature-{i}", sha) for i, sha in sorted(now.items()) if view.get(i) != sha]
+        return lines
 
     def reconcile(self) -> int:
         """Finish what killed writers left: journal lines for their stored signatures, stale temp files in
@@ -211,53 +314,45 @@ class Journal:
             return self._reconcile_locked(covered=not self.path.exists())
 
     def _reconcile_locked(self, *, covered: bool, then: list[tuple[str, str, str]] | None = None,
-                          check: bool = True) -> int:
-        """Append lines for dead writers' pending records (unless ``covered``: a scan just listed every file),
-        followed by ``then``; remove those records only after the lines are durable. Returns lines added.
-        ``check=False`` (an append that found no suspect record) only appends ``then``."""
+                          check: bool = True, held: str | None = None) -> int:
+        """Journal the directories of dead writers' pending records (unless ``covered``: a scan just listed every
+        file), followed by ``then``; remove those records only after the lines are durable. Returns lines added.
+        ``check=False`` (an append that found no suspect record) only appends ``then``.
+
+        A dead writer's directory is re-read under its lock, tried without waiting (lock order: we hold the
+        journal lock); one held by a live writer is left for a later reconcile. ``held``: the directory whose
+        lock our caller holds and whose change ``then`` describes; if a dead writer's record names it too, one
+        resync of that directory covers both."""
+        from ..lookaside import lock_dir
+
         orphans = _dead_pending(self.meta / PENDING_NAME) if check else []
         try:
-            extra: list[tuple[str, str, str]] = []
-            if not covered:
-                extra = self._unjournaled([o for o in orphans if o.sigdir is not None])
-            if extra or then:
-                self._append_locked(extra + (then or []))
+            finished = [o for o in orphans if covered or o.sigdir is None]
+            by_dir: dict[str, list[_Orphan]] = {}
             for o in orphans:
+                if not covered and o.sigdir is not None:
+                    by_dir.setdefault(o.sigdir, []).append(o)
+            extra: list[tuple[str, str, str]] = []
+            with contextlib.ExitStack() as stack:
+                for sigdir, group in sorted(by_dir.items()):
+                    d = self.root / sigdir
+                    if not d.is_dir():  # never created: nothing was linked
+                        finished.extend(group)
+                        continue
+                    if sigdir != held and not stack.enter_context(lock_dir(d, wait=False)):
+                        continue
+                    extra += self._resync_lines(sigdir)
+                    if sigdir == held:
+                        then = None
+                    finished.extend(group)
+                if extra or then:
+                    self._append_locked(extra + (then or []))
+            for o in finished:
                 o.remove()
             return len(extra)
         finally:
             for o in orphans:
                 o.close()
-
-    def _unjournaled(self, orphans: list[_Orphan]) -> list[tuple[str, str, str]]:
-        """For each orphan whose bytes are stored in its directory: the ``add`` line, unless the journal has it."""
-        from ..lookaside import read_dir
-
-        wanted: list[tuple[str, str, str]] = []
-        for o in orphans:
-            assert o.sigdir is not None
-            try:
-                stored = read_dir(self.root / o.sigdir)
-            except StorageError:
-                continue
-            for sig in stored:
-                if sha256_hex(sig.blob) == o.sha256:
-                    wanted.append(("add", f"{o.sigdir}/signature-{sig.index}", o.sha256))
-                    break
-        if not wanted:
-            return []
-        # The owner died after its journal line (before removing the record) only in a tiny window, so the line,
-        # if any, is near the end; the full read is the rare fallback (once per crash, not per signature).
-        with open(self.path, "rb") as f:
-            size = f.seek(0, os.SEEK_END)
-            f.seek(max(HEADER_LEN, size - 256 * 1024))
-            text = f.read()
-            missing = [w for w in wanted if f" add {w[1]} {w[2]}\n".encode() not in text]
-            if missing and size > 256 * 1024:
-                f.seek(HEADER_LEN)
-                text = f.read()
-                missing = [w for w in missing if f" add {w[1]} {w[2]}\n".encode() not in text]
-        return missing
 
     def _append_locked(self, items: list[tuple[str, str, str]]) -> None:
         try:
@@ -419,6 +514,18 @@ class _SlotPool:
         with self.lock:
             self.free.append(slot)
 
+    def close_idle(self) -> None:
+        """Remove this process's idle (blank) slots: at exit, so a clean run leaves nothing in ``pending/``.
+        Unlinked while still locked, so no reconciler can take one for a dead writer's record meanwhile."""
+        with self.lock:
+            idle, self.free = self.free, []
+            for slot in idle:
+                self.names.discard(slot.path.name)
+        for slot in idle:
+            with contextlib.suppress(OSError):
+                os.unlink(slot.path)
+            slot.close()
+
     def drop(self, slot: _Slot) -> None:
         """Unlock a slot for good, leaving its record for a reconciler (which may be this process)."""
         with self.lock:
@@ -439,6 +546,16 @@ def _pool(root: str | os.PathLike[str], *, fresh: bool = False) -> _SlotPool:
             # New store, a forked child (its parent's locks are not ours), or the slots vanished.
             pool = _pools[key] = _SlotPool(pending)
         return pool
+
+
+@atexit.register
+def _close_pools() -> None:
+    """At interpreter exit (after sign's worker threads are joined): drop this process's idle slots. A killed
+    process cannot do this; its slots are removed by the next reconciler instead."""
+    with _pools_lock:
+        pools = [p for p in _pools.values() if p.pid == os.getpid()]
+    for pool in pools:
+        pool.close_idle()
 
 
 def _own_slots(pending: str) -> set[str]:

@@ -1,69 +1,86 @@
 """Removing signatures from a sigstore without leaving a gap (SPEC §3.3: readers stop at the first gap).
 
-A digest directory is rewritten as a whole: the kept blobs go to ``signature-1 … signature-k`` in a fresh
-sibling directory, which is then swapped in. With ``renameat2(RENAME_EXCHANGE)`` the swap is one atomic step;
-without it (old kernels, some filesystems) it is two renames with a short window in which the directory is
-absent, so a pull at that instant sees "no signature" and fails. Either way a reader that has already read
-``signature-1`` of the old directory and then opens ``signature-2`` of the new one may see a mixed set; at worst
-one signature is missed or seen twice for that one read (documented in docs/sync.md).
+Every removal — ``atomicsig prune`` and a peer's ``del`` record applied by sync — is one locked rewrite of one
+digest directory (:func:`rewrite_locked`): take the directory's lock (the one every atomicsig writer takes,
+atomicsig.lookaside), read the directory, decide what goes, renumber in place, journal, release. A signature linked
+by a concurrent ``sign``, PUT or sync is therefore either read by the rewrite (and kept, unless it is one the
+rewrite decided to drop) or linked after the rewrite released the lock, at the next free index; it can no longer
+vanish the way it did when the directory was rebuilt from a snapshot and swapped in.
 
-Changes are recorded in the journal (``del`` for removed blobs, ``add`` for ones that moved to a new index) so
-followers that propagate deletes can repeat them, and followers that don't can still find moved files.
+Renumbering in place, in this order, keeps ``signature-1 … signature-m`` present at every instant:
+
+1. for i = 1 … k (k = number kept), if ``signature-i`` does not already hold the i-th kept blob, write that blob to
+   a temp file and ``rename`` it over ``signature-i`` (atomic replace: a reader opens the old or the new file,
+   both complete);
+2. unlink ``signature-n``, ``signature-n-1``, … ``signature-k+1``, highest first, so no lower index is ever
+   missing while a higher one exists;
+3. fsync the directory, then journal (``del`` per removed blob, ``add`` per kept blob at its new index).
+
+A reader that lists the directory *during* a renumbering may see one kept blob twice or miss one for that single
+read (it read ``signature-i`` before step 1 replaced it and ``signature-j`` after); it never sees a gap or a partial
+file. A kill between the steps can leave one blob at two indices: the directory is still gap-free, every later
+rewrite drops the repeat (identical bytes are stored once, SPEC §3.3), and the writer's pending record makes the
+next journal writer resync the directory's journal lines.
 """
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import ctypes.util
-import os
-import shutil
-import tempfile
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import fsutil, openpgp
 from ..errors import StorageError
-from ..lookaside import read_dir
-from .journal import Journal, scan, sha256_hex
-
-_RENAME_EXCHANGE = 2
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Atomically swap two paths with renameat2; False if the kernel/libc/filesystem cannot."""
-    name = ctypes.util.find_library("c")
-    if not name:
-        return False
-    libc = ctypes.CDLL(name, use_errno=True)
-    fn = getattr(libc, "renameat2", None)
-    if fn is None:
-        return False
-    at_fdcwd = -100
-    rc = fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE)
-    return bool(rc == 0)
+from ..lookaside import StoredSignature, commit_dir, journal_epoch, lock_dir, read_dir
+from .journal import begin_pending, scan, sha256_hex
 
 
 def rewrite_dir(d: Path, keep: list[bytes]) -> None:
-    """Make ``d`` hold exactly ``keep`` as signature-1…k, swapping a complete new directory in."""
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-prune-", dir=d.parent))
+    """Make ``d`` hold exactly ``keep`` as signature-1…k, renumbering in place (module docstring, steps 1–2 and
+    the fsync of 3). The caller holds ``d``'s lock."""
+    current = read_dir(d)
     try:
-        os.chmod(tmp, 0o755)  # noqa: S103 (a sigstore dir must be world-readable, like podman's)
         for i, blob in enumerate(keep, 1):
-            if not fsutil.create_exclusive(tmp / f"signature-{i}", blob, 0o644):
-                raise StorageError(f"unexpected file in {tmp}")
-        fsutil.fsync_dir(tmp)
-        if not _exchange(tmp, d):
-            old = d.parent / f".tmp-old-{tmp.name}"
-            os.rename(d, old)
-            os.rename(tmp, d)
-            tmp = old
-        fsutil.fsync_dir(d.parent)
+            if i > len(current) or current[i - 1].blob != blob:
+                fsutil.atomic_write(d / f"signature-{i}", blob, 0o644, sync_dir=False)
+        for s in reversed(current[len(keep):]):
+            (d / f"signature-{s.index}").unlink()
+        fsutil.fsync_dir(d)
     except OSError as exc:
         raise StorageError(f"cannot rewrite {d}: {exc.strerror or exc}") from exc
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def rewrite_locked(root: Path, rel_dir: str, drop: Callable[[StoredSignature], bool], *,
+                   dry_run: bool = False) -> list[StoredSignature]:
+    """Drop from ``root/rel_dir`` the signatures ``drop`` picks, as one locked read-decide-rewrite-journal step.
+
+    Returns the dropped signatures (with their indices before the rewrite). A repeat of bytes stored at a lower
+    index (left by a killed rewrite) is dropped too, silently: a ``del`` line names bytes, and the bytes stay."""
+    d = root / rel_dir
+    if not d.is_dir() or not fsutil.is_within(root, d):
+        return []
+    if dry_run:
+        return [s for s in read_dir(d) if drop(s)]
+    with lock_dir(d):
+        seen = journal_epoch(root)
+        fsutil.sweep_stale_temps(d)
+        sigs = read_dir(d)
+        dropped = [s for s in sigs if drop(s)]
+        kept: list[StoredSignature] = []
+        for s in sigs:
+            if s not in dropped and all(k.blob != s.blob for k in kept):
+                kept.append(s)
+        if len(kept) == len(sigs):
+            return []
+        lines = [("del", f"{rel_dir}/signature-{s.index}", sha256_hex(s.blob)) for s in dropped]
+        lines += [("add", f"{rel_dir}/signature-{i}", sha256_hex(s.blob)) for i, s in enumerate(kept, 1)
+                  if s.index != i]
+        what = sha256_hex(dropped[0].blob) if dropped else hashlib.sha256(b"").hexdigest()
+        with begin_pending(root, rel_dir, what):  # a kill mid-rewrite: the next journal writer resyncs rel_dir
+            rewrite_dir(d, [s.blob for s in kept])
+            commit_dir(root, d, seen, lines)
+        return dropped
 
 
 @dataclass
@@ -88,33 +105,16 @@ def _claims(fingerprints: set[str]) -> Callable[[bytes], bool]:
 
 
 def remove_matching(root: Path, predicate: Callable[[bytes], bool], *, dry_run: bool = False) -> PruneResult:
-    """Remove every signature for which ``predicate(blob)`` is true, renumbering each touched directory."""
-    journal = Journal(root)
+    """Remove every signature for which ``predicate(blob)`` is true, renumbering each touched directory.
+
+    Directory by directory, each under its own lock (:func:`rewrite_locked`); writers of other directories
+    are never held up, and a directory's signatures are judged as they are when its lock is taken."""
     result = PruneResult()
-    with journal.locked() if not dry_run else contextlib.nullcontext():
-        dirs = sorted({rel.rsplit("/", 1)[0] for rel, _sha in scan(root)})
-        entries: list[tuple[str, str, str]] = []
-        for rel_dir in dirs:
-            d = root / rel_dir
-            sigs = read_dir(d)
-            kept = [s for s in sigs if not predicate(s.blob)]
-            if len(kept) == len(sigs):
-                continue
+    for rel_dir in sorted({rel.rsplit("/", 1)[0] for rel, _sha in scan(root)}):
+        dropped = rewrite_locked(root, rel_dir, lambda s: predicate(s.blob), dry_run=dry_run)
+        if dropped:
             result.directories += 1
-            for s in sigs:
-                if predicate(s.blob):
-                    result.removed.append(f"{rel_dir}/signature-{s.index}")
-                    entries.append(("del", f"{rel_dir}/signature-{s.index}", sha256_hex(s.blob)))
-            for i, s in enumerate(kept, 1):
-                if s.index != i:
-                    entries.append(("add", f"{rel_dir}/signature-{i}", sha256_hex(s.blob)))
-            if not dry_run:
-                rewrite_dir(d, [s.blob for s in kept])
-        if entries and not dry_run:
-            if journal.path.exists():
-                journal._append_locked(entries)
-            else:
-                journal._rebuild_locked()
+            result.removed += [f"{rel_dir}/signature-{s.index}" for s in dropped]
     return result
 
 
@@ -123,19 +123,30 @@ def prune_keys(root: Path, fingerprints: set[str], *, dry_run: bool = False) -> 
     return remove_matching(root, _claims(fingerprints), dry_run=dry_run)
 
 
-def remove_blob(root: Path, dirname: str, sha256: str) -> bool:
-    """Apply a peer's ``del`` record: drop the blob with this hash from one directory (no-op if absent)."""
-    d = root / dirname
-    if not d.is_dir() or not fsutil.is_within(root, d):
-        return False
-    sigs = read_dir(d)
-    kept = [s.blob for s in sigs if sha256_hex(s.blob) != sha256]
-    if len(kept) == len(sigs):
-        return False
-    journal = Journal(root)
-    with journal.locked():
-        rewrite_dir(d, kept)
-        if journal.path.exists():
-            journal._append_locked([("del", f"{dirname}/signature-{s.index}", sha256)
-                                    for s in sigs if sha256_hex(s.blob) == sha256])
-    return True
+def remove_blob(root: Path, dirname: str, sha256: str, origin: str) -> str:
+    """Apply a peer's ``del`` record from source ``origin``: drop the blob with this hash from one directory, if
+    ``origin`` delivered it and no other source did (atomicsig.sync.origin, SECURITY.md).
+
+    Returns ``"deleted"``, ``"absent"`` (nothing with that hash here), ``"not-origin"`` (refused: ``origin`` never
+    delivered it) or ``"withdrawn"`` (kept: other sources delivered it too; ``origin`` is no longer one of them).
+    The origin check is made under the directory's lock, together with the decision."""
+    from .origin import recorded, withdraw
+
+    outcome = "absent"
+
+    def drop(s: StoredSignature) -> bool:
+        nonlocal outcome
+        if sha256_hex(s.blob) != sha256:
+            return False
+        sources = recorded(root, dirname, sha256)
+        if origin not in sources:
+            outcome = "not-origin"
+            return False
+        if len(sources) > 1:
+            withdraw(root, dirname, sha256, origin)
+            outcome = "withdrawn"
+            return False
+        return True
+    if rewrite_locked(root, dirname, drop):
+        return "deleted"
+    return outcome
