@@ -185,3 +185,21 @@ def is_valid_domain(value: str) -> bool:
 def is_valid_path(value: str) -> bool:
     """A repository path (lowercase components separated by ``/``), without host, tag or digest."""
     return bool(_PATH_RE.match(value))
+
+
+def implicit_docker_hub_warning(text: str) -> str | None:
+    """A warning if ``text`` names no registry host and so silently means Docker Hub, else None.
+
+    ``team/app@sha256:…`` is ``docker.io/team/app@sha256:…`` to every containers/image tool (SPEC §7.2), which is
+    rarely what someone signing or verifying a private image meant. One place for sign and verify to call; the
+    caller prints it (this module stays free of I/O). Unparsable text gets None: the parse error says more.
+    """
+    value = text.strip()
+    try:
+        ref = parse(value)
+    except ReferenceError_:
+        return None
+    first, sep, _ = value.partition("/")
+    if sep and (any(c in first for c in ".:") or first == "localhost"):
+        return None
+    return f"{value!r} names no registry host, so it means {str(ref)!r} on Docker Hub; write the host explicitly"
