@@ -171,6 +171,15 @@ def test_outcomes_registry_down_and_unknown_tag(cli, signer: GpgHome, signer_pub
         assert code == 1
         assert [ln.split()[0] for ln in out.splitlines() if not ln.startswith(" ")] == \
             ["ACCEPTED", "REJECTED", "REJECTED"]
+        # a registry failing with HTTP 500 (its storage broken under it) could not answer: error, exit 3
+        push_image(reg.host, "out/broken:1", "outcomes-broken", tmp_path)
+        tags = reg.workdir / "storage/docker/registry/v2/repositories/out/broken/_manifests/tags"
+        shutil.rmtree(tags)
+        tags.write_text("not a directory")
+        code, out, _ = cli(*verify, "--json", refs[0], f"{reg.host}/out/broken:1", env=env)
+        assert code == 3, out
+        imgs = _images(out)
+        assert [i["outcome"] for i in imgs] == ["accepted", "error"] and "HTTP 500" in imgs[1]["reason"], imgs
     finally:
         reg.stop()
     # the registry is down now: every image is "could not check", told apart from "rejected"
