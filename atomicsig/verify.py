@@ -207,7 +207,9 @@ def verify_many(inputs: Sequence[str], *, resolver: Resolver, store: SignatureSt
         for fut in concurrent.futures.as_completed(futures):
             yield from fut.result()
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        # Normally every future is done here. On an exception (Ctrl-C, a closed stdout, an input error) the checks
+        # not started are dropped and the caller is not held up by ones still waiting on the network.
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def exit_code(verdicts: Sequence[ImageVerdict]) -> int:

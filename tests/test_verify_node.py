@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from atomicsig import reference
+from atomicsig import platforms, reference
+from atomicsig.errors import InputError
+from atomicsig.manifest import Instance
 from tests.infra import (
     GpgHome,
     Registry,
@@ -285,3 +287,30 @@ def test_nonexistent_sigstore_and_docker_hub_warning(cli, signer_pub: Path, env,
 def test_implicit_docker_hub_warning(text: str, warned: str | None) -> None:
     msg = reference.implicit_docker_hub_warning(text)
     assert (msg is None) if warned is None else (msg is not None and repr(warned) in msg)
+
+
+# ---- platform selection (pure; c/image WantedPlatforms + ChooseInstance) ----------------------------------------
+
+
+def _inst(platform: str, n: int) -> Instance:
+    return Instance(f"sha256:{n:064x}", "application/vnd.oci.image.manifest.v1+json", platform)
+
+
+def test_platform_choice_follows_containers_image() -> None:
+    lst = [_inst("", 1), _inst("linux/arm/v6", 2), _inst("linux/arm/v7", 3), _inst("linux/arm64/v8", 4),
+           _inst("linux/amd64", 5), _inst("linux/arm64", 6), _inst("windows/amd64", 7)]
+    pick = lambda text: platforms.choose(lst, platforms.parse(text))  # noqa: E731
+    assert pick("linux/amd64") == lst[4]
+    assert pick("windows/amd64") == lst[6]
+    assert pick("linux/arm/v7") == lst[2]  # exact variant first…
+    assert pick("linux/arm/v8") == lst[2]  # …else the most capable compatible one
+    assert pick("linux/arm") == lst[2]  # no variant asked, none variant-less: the most capable known variant
+    assert pick("linux/arm64") == lst[5]  # no variant asked: the variant-less instance wins
+    assert pick("linux/arm64/v8") == lst[3]
+    assert pick("linux/s390x") is None
+    assert platforms.wanted(platforms.Platform("linux", "arm", "v7")) == [
+        platforms.Platform("linux", "arm", v) for v in ("v7", "v6", "v5", "")]
+    assert str(platforms.current()).startswith("linux/")
+    for bad in ("linux", "linux/", "Linux/AMD64", "a/b/c/d"):
+        with pytest.raises(InputError):
+            platforms.parse(bad)
