@@ -188,18 +188,18 @@ def is_valid_path(value: str) -> bool:
 
 
 def implicit_docker_hub_warning(text: str) -> str | None:
-    """A warning when ``text`` names no registry host, so that Docker Hub is implied; else None.
+    """A warning if ``text`` names no registry host and so silently means Docker Hub, else None.
 
-    ``team/app@sha256:…`` silently means ``docker.io/team/app@sha256:…`` (the host split rule of
-    ``ParseNormalizedNamed``, SPEC §7.2): a signature or a verdict for Docker Hub when the user most likely meant
-    their own registry. Text that does not parse gets None here; the parser reports it.
+    ``team/app@sha256:…`` is ``docker.io/team/app@sha256:…`` to every containers/image tool (SPEC §7.2), which is
+    rarely what someone signing or verifying a private image meant. One place for sign and verify to call; the
+    caller prints it (this module stays free of I/O). Unparsable text gets None: the parse error says more.
     """
+    value = text.strip()
     try:
-        ref = parse(text)
+        ref = parse(value)
     except ReferenceError_:
         return None
-    name = text.split("@", 1)[0]
-    first, slash, _ = name.partition("/")
-    if slash and (any(c in first for c in ".:") or first == "localhost"):
+    first, sep, _ = value.partition("/")
+    if sep and (any(c in first for c in ".:") or first == "localhost"):
         return None
-    return f"warning: {text!r} has no registry host; it means {ref!s}"
+    return f"{value!r} names no registry host, so it means {str(ref)!r} on Docker Hub; write the host explicitly"

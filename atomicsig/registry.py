@@ -11,6 +11,7 @@ a token from the realm for ``repository:<name>:<actions>`` (with Basic credentia
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
 import re
@@ -220,7 +221,11 @@ class RegistryClient:
         resp = self.authed("GET", url, ref.path, headers={"Accept": ", ".join(manifest.ACCEPT_TYPES)}, stream=True)
         with resp:
             if resp.status_code == 404:
-                raise NotFound(f"manifest {ref.name}:{which} not found on {self.host}", status=404)
+                # A decided "no such image" (the node's pull fails the same way), not an outage: verify reports it
+                # as rejected, never as "could not check". The registry's error code says which part is unknown.
+                what = "repository" if _error_code(resp) == "NAME_UNKNOWN" else "manifest"
+                raise NotFound(f"manifest unknown: {what} {ref.name}{'@' if ':' in which else ':'}{which} "
+                               f"not found on {self.host}", status=404)
             if resp.status_code == 403:
                 raise RegistryAuthError(f"registry {self.host} denied access to {ref.path} (HTTP 403)", status=403)
             if resp.status_code != 200:
@@ -240,6 +245,17 @@ class RegistryClient:
             raise RegistryError(f"registry {self.host}: Docker-Content-Digest {header_digest} does not match "
                                 f"the manifest bytes ({digest})")
         return FetchedManifest(data, media_type or manifest.guess_media_type(data), digest)
+
+
+def _error_code(resp: requests.Response) -> str | None:
+    """The first ``errors[].code`` of a registry error body (distribution spec), or None; reads at most 64 KiB."""
+    try:
+        body = read_at_most(resp, 65536, "registry error")
+        errors = json.loads(body).get("errors")
+        code = errors[0].get("code") if isinstance(errors, list) and errors else None
+    except (ValueError, AttributeError, RegistryError, requests.RequestException):
+        return None
+    return code if isinstance(code, str) else None
 
 
 def _short(exc: Exception) -> str:

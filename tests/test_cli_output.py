@@ -170,9 +170,9 @@ def test_reference_without_host_warns(cli, signer: GpgHome, tmp_path: Path) -> N
                          "team/app@sha256:" + "a" * 64, "quay.io/x/y@sha256:" + "b" * 64,
                          env={"GNUPGHOME": str(signer.path)})
     assert code == 0, err
-    warnings = [ln for ln in err.splitlines() if ln.startswith("warning:")]
-    assert warnings == [f"warning: 'team/app@sha256:{'a' * 64}' has no registry host; it means "
-                        f"docker.io/team/app@sha256:{'a' * 64}"]
+    warnings = [ln for ln in err.splitlines() if ln.startswith("atomicsig: warning:")]
+    assert warnings == [f"atomicsig: warning: 'team/app@sha256:{'a' * 64}' names no registry host, so it means "
+                        f"'docker.io/team/app@sha256:{'a' * 64}' on Docker Hub; write the host explicitly"]
 
 
 # ---- 4 and 5. prune: --dry-run exit 1, --key FPR|EMAIL|FILE ----------------------------------------------------

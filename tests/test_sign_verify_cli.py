@@ -139,7 +139,8 @@ def test_verify_rejects_bad_blobs(cli, signer: GpgHome, signer_pub: Path, env, t
         import re
 
         assert re.search(reason, img["signatures"][0]["reason"]), (name, img)
-    # no signatures at all
+    # no signatures at all (an existing store: a --sigstore that does not exist is an input error, exit 2)
+    (tmp_path / "empty").mkdir()
     code, out, _ = cli("verify", "--key", str(signer_pub), "--sigstore", str(tmp_path / "empty"),
                        f"quay.io/ns/app:1@{DIG}", env=env)
     assert code == 1 and "no signature exists" in out

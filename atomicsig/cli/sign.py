@@ -108,7 +108,7 @@ def sign(references: tuple[str, ...], keys: tuple[str, ...], sigstore: str, regi
     for text in dict.fromkeys(refs):
         warning = reference.implicit_docker_hub_warning(text.strip())
         if warning:
-            echo_line(warning, err=True)
+            echo_line(f"atomicsig: warning: {warning}", err=True)
     store = choose_store(sigstore, registries_dir=registries_dir, tls_verify=tls_verify, cert_dir=cert_dir,
                          authfile=authfile, token_file=sigstore_token_file)
     resolver = _ListWarningResolver(tls_verify=tls_verify, cert_dir=cert_dir, authfile=authfile,

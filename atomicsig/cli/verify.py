@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
-import click
+import json
+import os
+import sys
 
-from ..errors import EXIT_NEGATIVE, EXIT_OK, EXIT_UNDECIDED, AtomicsigError, InputError
+import click
+from click.core import ParameterSource
+
+from ..errors import InputError
 from ..identity import IdentityMatcher
 from ..keys import trusted_key_blobs
-from .common import emit_json, gnupghome_option, json_option, registry_options, sigstore_option, table
+from .common import (
+    emit_json,
+    gnupghome_option,
+    install_sigterm_as_interrupt,
+    json_option,
+    registry_options,
+    sigstore_option,
+    table,
+)
+from .sign import read_reference_list
 
 
 def identity_matcher(match: str, exact_reference: str | None, exact_repository: str | None,
@@ -31,7 +45,7 @@ def identity_matcher(match: str, exact_reference: str | None, exact_repository: 
 
 
 @click.command()
-@click.argument("references", nargs=-1, required=True)
+@click.argument("references", nargs=-1)
 @click.option("--key", "keys", multiple=True, required=True, metavar="FPR|EMAIL|FILE",
               help="Trusted public key(s): key files (binary or armored) or fingerprints/e-mails from the "
                    "keyring. Repeat: any one of them may sign.")
@@ -47,55 +61,108 @@ def identity_matcher(match: str, exact_reference: str | None, exact_repository: 
 @click.option("--remap", metavar="PREFIX=SIGNED", help="signedIdentity remapIdentity (mirrors).")
 @click.option("--manifest", "manifest_file", metavar="FILE", type=click.Path(dir_okay=False),
               help="Take the digest from this manifest file instead of the reference or the registry.")
+@click.option("--from-file", "from_file", metavar="FILE",
+              help="Also read references from FILE, one per line, # comments ('-': stdin).")
+@click.option("--platform", "platform_text", metavar="OS/ARCH[/VARIANT]",
+              help="For a manifest list, check the instance a node of this platform pulls (default: this "
+                   "machine's, linux/<arch>, as containers/image).")
+@click.option("--all", "all_instances", is_flag=True,
+              help="For a manifest list, check every instance (one result each), as nodes of every platform would.")
+@click.option("-j", "--jobs", type=click.IntRange(1, 64), default=None,
+              help="Images checked in parallel (default: 2 x cores, at most 8). Results print as they complete.")
+@click.option("--json-lines", "json_lines", is_flag=True,
+              help="One JSON object per image on stdout as each completes (instead of --json's final document).")
 @registry_options
 @gnupghome_option
 @json_option
-def verify(references: tuple[str, ...], keys: tuple[str, ...], sigstore: str, registries_dir: str | None,
-           match: str,
-           exact_reference: str | None, exact_repository: str | None, remap: str | None,
-           manifest_file: str | None, tls_verify: bool, cert_dir: str | None, authfile: str | None,
-           gnupghome: str | None, as_json: bool) -> int:
+@click.pass_context
+def verify(ctx: click.Context, references: tuple[str, ...], keys: tuple[str, ...], sigstore: str,
+           registries_dir: str | None, match: str, exact_reference: str | None, exact_repository: str | None,
+           remap: str | None, manifest_file: str | None, from_file: str | None, platform_text: str | None,
+           all_instances: bool, jobs: int | None, json_lines: bool, tls_verify: bool, cert_dir: str | None,
+           authfile: str | None, gnupghome: str | None, as_json: bool) -> int:
     """Verify images against trusted keys, exactly as a signedBy policy would on a node.
+
+    \b
+    References are judged as `sign` writes them and a node checks them:
+      host/repo:tag          the manifest the tag points to now, identity host/repo:tag
+      host/repo@sha256:…     that digest; a signature claiming any tag of host/repo fits
+      host/repo:tag@sha256:… that digest, identity host/repo:tag: "will a node pulling the tag accept it
+                             once the tag points to this digest?" (the pair `sign` writes for this form)
+    A digest is taken as the image's own, offline; give --platform or --all to have a manifest list's
+    instances looked up. A tag naming a manifest list is judged by the instance a node pulls (this
+    machine's platform, --platform, or every instance with --all), never by the list's own signature.
+
+    \b
+    Each image gets one line as soon as its check completes: ACCEPTED, REJECTED (a decided no: no
+    acceptable signature, manifest unknown to the registry, no instance for the platform) or ERROR
+    (could not check: registry or store unreachable, HTTP 5xx, credentials refused). --json prints
+    {"images": [...]} at the end, in input order, each with "outcome" (accepted|rejected|error),
+    "reason" and "accepted"; --json-lines prints the same objects one per line as they complete.
 
     Exit 0 if every image is accepted, 1 if any is rejected, 3 if any could not be checked.
     """
-    from .. import reference, signing
+    from .. import platforms, reference, signing
     from .. import verify as v
     from ..extension import choose_store
+    from ..lookaside import DirectoryStore
     from ..nativeverify import trusted_keys
 
+    install_sigterm_as_interrupt()
+    refs = list(references) + (read_reference_list(from_file) if from_file else [])
+    if not refs:
+        raise click.UsageError("give at least one image reference (or --from-file)")
+    if as_json and json_lines:
+        raise click.UsageError("use only one of --json, --json-lines")
+    if all_instances and platform_text:
+        raise click.UsageError("use only one of --all, --platform")
+    if manifest_file and len(refs) > 1:
+        raise click.UsageError("--manifest applies to exactly one reference")
+    for text in refs:  # every input error before the first result, so a typo never leaves a half-done batch
+        reference.parse(text.strip())
+        warning = reference.implicit_docker_hub_warning(text)
+        if warning:
+            click.echo(f"atomicsig: warning: {warning}", err=True)
     matcher = identity_matcher(match, exact_reference, exact_repository, remap)
     store = choose_store(sigstore, registries_dir=registries_dir, tls_verify=tls_verify, cert_dir=cert_dir,
                          authfile=authfile)
+    if isinstance(store, DirectoryStore) and not store.root.is_dir():
+        if ctx.get_parameter_source("sigstore") != ParameterSource.DEFAULT:
+            raise InputError(f"sigstore {store.root} does not exist (or is not a directory)",
+                             hint="check the --sigstore path; nothing was verified")
+        click.echo(f"atomicsig: warning: the default sigstore {store.root} does not exist; no image can have a "
+                   "signature there", err=True)
     resolver = signing.Resolver(tls_verify=tls_verify, cert_dir=cert_dir, authfile=authfile,
-                                manifest_file=manifest_file)
+                                manifest_file=manifest_file, all_instances=all_instances,
+                                platform=platforms.parse(platform_text) if platform_text else None)
+    workers = jobs or min(8, (os.cpu_count() or 2) * 2)
     verdicts: list[v.ImageVerdict] = []
-    codes: list[int] = []
     with trusted_keys(trusted_key_blobs(keys, gnupghome)) as trusted:
         if not trusted.fingerprints:
             raise InputError("no public keys found in the given --key values")
-        for text in references:
-            intended = reference.parse(text)
-            intended = intended.with_tag_default() if intended.name_only else intended
-            try:
-                target = resolver.resolve(text)[0]
-                verdict = v.verify_image(intended, target.digest, store, trusted, matcher)
-                codes.append(EXIT_OK if verdict.accepted else EXIT_NEGATIVE)
-            except AtomicsigError as exc:
-                if exc.exit_code == 2:
-                    raise
-                verdict = v.verify_error_verdict(intended, intended.digest or "", store.describe(), exc)
-                codes.append(EXIT_UNDECIDED)
-            verdicts.append(verdict)
+        for vd in v.verify_many(refs, resolver=resolver, store=store, verifier=trusted, matcher=matcher,
+                                workers=min(workers, len(refs))):
+            verdicts.append(vd)
+            if json_lines:
+                click.echo(json.dumps(vd.as_dict(), sort_keys=False))
+            elif not as_json:
+                _print_verdict(vd)
     if as_json:
-        emit_json({"images": [x.as_dict() for x in verdicts]})
-    else:
-        for vd in verdicts:
-            click.echo(f"{'ACCEPTED' if vd.accepted else 'REJECTED'}  {vd.reference}  {vd.digest}")
-            if vd.signatures:
-                rows = [[f"signature-{s.index}", "ok" if s.accepted else "no", s.signer or "-", s.identity or "-",
-                         s.reason] for s in vd.signatures]
-                click.echo(table(rows, ["  SIGNATURE", "OK", "SIGNER", "IDENTITY", "REASON"]).replace("\n", "\n  "))
-            if not vd.accepted:
-                click.echo(f"  reason: {vd.reason}")
-    return max(codes) if EXIT_UNDECIDED in codes else (EXIT_NEGATIVE if EXIT_NEGATIVE in codes else EXIT_OK)
+        emit_json({"images": [x.as_dict() for x in sorted(verdicts, key=lambda x: x.position)]})
+    return v.exit_code(verdicts)
+
+
+def _print_verdict(vd: object) -> None:
+    """The human record of one image: an outcome line, its signatures, and why if not accepted."""
+    from ..verify import ImageVerdict
+
+    assert isinstance(vd, ImageVerdict)
+    note = f"  ({vd.note})" if vd.note else ""
+    click.echo(f"{vd.outcome.upper():8}  {vd.reference}  {vd.digest or '-'}{note}")
+    if vd.signatures:
+        rows = [[f"signature-{s.index}", "ok" if s.accepted else "no", s.signer or "-", s.identity or "-",
+                 s.reason] for s in vd.signatures]
+        click.echo(table(rows, ["  SIGNATURE", "OK", "SIGNER", "IDENTITY", "REASON"]).replace("\n", "\n  "))
+    if not vd.accepted:
+        click.echo(f"  reason: {vd.reason}")
+    sys.stdout.flush()
