@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import re
 import time
-import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from . import validate
 from .errors import InputError, KeyNotFound
 from .gpg import KEY_ALGORITHMS, KeyInfo, Keyring
 from .passphrase import PassphraseSource, read_cached
@@ -37,7 +37,6 @@ _EMAIL = re.compile(r"^[^@\s<>()]+@[^@\s<>()]+$")
 MAX_NAME, MAX_COMMENT, MAX_EMAIL = 128, 128, 254
 #: Characters that never belong in a user ID: they end up in listings, file names and terminals (issue 12 #13).
 #: Bidirectional overrides and isolates can make a name display as another.
-_INVISIBLE = frozenset("\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u2028\u2029\ufeff")
 _EXPIRE = re.compile(r"^(0|[1-9][0-9]*[dwmy]?|\d{4}-\d{2}-\d{2}|never)$")
 _FIELDS = {"name", "email", "comment", "algorithm", "expire", "passphrase-file", "passphrase-env"}
 
@@ -68,7 +67,7 @@ def check_uid_field(field: str, value: str, where: str) -> str:
         raise InputError(f"{where}: {field} {value!r} begins or ends with whitespace, which gpg would drop")
     if len(value) > limit:
         raise InputError(f"{where}: {field} is {len(value)} characters long; at most {limit} are allowed")
-    bad = next((c for c in value if unicodedata.category(c) in ("Cc", "Cs", "Co", "Cn") or c in _INVISIBLE), None)
+    bad = validate.unsafe_char(value)  # the one definition of "unsafe character" (atomicsig/validate.py)
     if bad is not None:
         raise InputError(f"{where}: {field} contains the control or invisible character U+{ord(bad):04X}")
     if field != "email":
