@@ -4,16 +4,26 @@ One small class behind which all network access sits (as python-tuf's fetcher), 
 care whether the peer is ``atomicsig serve`` or nginx. Every body is read with a hard cap: a hostile or broken
 peer cannot make us buffer more than :data:`JOURNAL_CHUNK` or 4 MiB per signature (SPEC §8). Redirects are not
 followed: a source is one origin.
+
+Every request is also bounded in *time*, because a peer that sends ``Content-Length: 1000`` and then 10 bytes, or
+one byte every few seconds, would otherwise hold the reader for the whole read timeout per read, on every pass:
+connect and each read wait at most ``timeout`` seconds, and once the pass's hard ``deadline`` (set by the daemon)
+is reached the body is read with ever shorter socket timeouts and then abandoned (SourceError: the pass fails,
+is reported and backed off). Bodies are read with ``read1`` (one ``recv`` per call) so the deadline is checked
+between reads, not after a full 64 KiB buffer that a trickling peer fills at leisure.
 """
 
 from __future__ import annotations
 
 import re
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import requests
+import urllib3
 
 from ..blob import MAX_SIGNATURE_SIZE
 from ..errors import RegistryError
@@ -22,7 +32,8 @@ from .journal import HEADER_LEN, JOURNAL_NAME, META_DIR
 
 #: At most this many journal bytes per request (≈ 60,000 records); a pass loops until caught up.
 JOURNAL_CHUNK = 8 * 1024 * 1024
-TIMEOUT = (10, 60)
+#: Default seconds for connect and for each read (config ``timeout:``).
+TIMEOUT = 30.0
 # ASCII digits, at most 18 (int() refuses > 4300 digits with ValueError: fuzz finding), and \Z not $.
 _CONTENT_RANGE = re.compile(r"^bytes (?:([0-9]{1,18})-([0-9]{1,18})|\*)/([0-9]{1,18}|\*)\Z")
 
@@ -52,10 +63,27 @@ class JournalChunk:
 
 
 class HTTPSource:
-    def __init__(self, endpoint: Endpoint) -> None:
+    def __init__(self, endpoint: Endpoint, timeout: float = TIMEOUT,
+                 on_data: Callable[[], None] = lambda: None) -> None:
         self.endpoint = endpoint
+        self.timeout = timeout
+        #: time.monotonic() after which requests are cut (None: only ``timeout`` applies); set per pass.
+        self.deadline: float | None = None
+        #: Body bytes received so far (all threads); the daemon's per-pass byte budget reads it.
+        self.bytes_read = 0
+        #: Called whenever a response or a piece of body arrives: the daemon's "this source is alive" signal.
+        self.on_data = on_data
         self._local = threading.local()  # one keep-alive Session per thread (the follower prefetches)
         self.requests_made = 0
+
+    def _wait(self, url: str) -> float:
+        """Seconds the next connect/read may block: ``timeout``, less once the pass deadline is near."""
+        if self.deadline is None:
+            return self.timeout
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise SourceError(f"{url}: no complete answer within this pass's time limit (slow or stalled peer)")
+        return min(self.timeout, max(0.05, left))
 
     @property
     def session(self) -> requests.Session:
@@ -75,24 +103,38 @@ class HTTPSource:
         if token:
             headers = {**headers, "Authorization": f"Bearer {token}"}
         self.requests_made += 1
+        wait = self._wait(url)
         try:
-            resp = self.session.get(url, headers=headers, stream=True, timeout=TIMEOUT,
+            resp = self.session.get(url, headers=headers, stream=True, timeout=(wait, wait),
                                     verify=self.endpoint.tls_verify, allow_redirects=False)
+        except requests.Timeout as exc:
+            raise SourceError(f"cannot reach {url}: no answer within {wait:g}s") from exc
         except requests.RequestException as exc:
             raise SourceError(f"cannot reach {url}: {exc.__class__.__name__}") from exc
+        self.on_data()
         with resp:
             if resp.status_code not in (200, 206):
                 return resp, b""
             buf = bytearray()
             try:
-                for chunk in resp.iter_content(65536):
+                while True:
+                    _set_read_timeout(resp, self._wait(url))
+                    chunk = resp.raw.read1(65536, decode_content=True)
+                    if not chunk:
+                        break
                     buf += chunk
+                    self.bytes_read += len(chunk)
+                    self.on_data()
                     if len(buf) > limit:
                         if truncate:
                             return resp, bytes(buf[:limit])
                         raise TooLarge(f"{url}: body exceeds the {limit}-byte limit")
-            except requests.RequestException as exc:
-                raise SourceError(f"{url}: transfer failed ({exc.__class__.__name__})") from exc
+            except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+                declared = resp.headers.get("Content-Length")
+                got = f"{len(buf)} of {declared} bytes (Content-Length)" if declared else f"{len(buf)} bytes"
+                if isinstance(exc, TimeoutError | urllib3.exceptions.TimeoutError):
+                    raise SourceError(f"{url}: the peer stopped sending after {got}") from exc
+                raise SourceError(f"{url}: transfer failed after {got} ({exc.__class__.__name__})") from exc
             declared = resp.headers.get("Content-Length")
             if declared is not None and declared.isdigit() and int(declared) != len(buf) \
                     and "gzip" not in resp.headers.get("Content-Encoding", ""):
@@ -139,6 +181,14 @@ class HTTPSource:
         if resp.status_code == 404:
             raise Gone(f"{url}: 404", status=404)
         raise _status_error(url, resp)
+
+
+def _set_read_timeout(resp: requests.Response, seconds: float) -> None:
+    """Shorten the socket timeout of a streaming response as the pass deadline nears (urllib3 keeps the connection
+    on the response while the body is read). Without it the bound is one more ``timeout`` per request."""
+    sock = getattr(getattr(resp.raw, "_connection", None), "sock", None)
+    if sock is not None:
+        sock.settimeout(seconds)
 
 
 def _status_error(url: str, resp: Any) -> SourceError:
