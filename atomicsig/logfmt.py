@@ -3,7 +3,7 @@
 ``json``: one JSON object per line, ``{"ts": <unix seconds, ms precision>, "level": "info", "msg": "...", ...}``
 followed by the record's structured fields (``logging`` ``extra={"fields": {...}}``) at the top level, so
 ``jq 'select(.source == "...")'`` works; a field that would shadow ``ts``/``level``/``msg`` is renamed
-``field_<name>``. ``text``: ``<local time> <LEVEL> <msg> key=value ...`` for a human at a terminal; values with
+``field_<name>``. ``text``: ``<local time> [LEVEL] <msg> key=value ...`` (level unless INFO); values with
 spaces are JSON-quoted so a line still splits unambiguously. Secrets never reach either: callers log none.
 """
 
@@ -36,13 +36,18 @@ class JSONFormatter(logging.Formatter):
 
 
 class TextFormatter(logging.Formatter):
-    """``2026-01-02 03:04:05,678 INFO msg key=value``: the time stamp serve always printed, plus level and fields."""
+    """``2026-01-02 03:04:05,678 msg key=value``: the line serve always printed, plus the fields; the level is
+    named only when it is not INFO (``... WARNING msg``), so access-log lines keep their old shape."""
 
     def __init__(self) -> None:
-        super().__init__("%(asctime)s %(levelname)s %(message)s")
+        super().__init__("%(asctime)s %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
+        if record.levelno != logging.INFO:
+            stamp, _, rest = line.partition(" ")
+            time_part, _, msg = rest.partition(" ")
+            line = f"{stamp} {time_part} {record.levelname} {msg}"
         parts = []
         for k, v in _fields(record).items():
             text = v if isinstance(v, str) else json.dumps(v, default=str)
