@@ -64,7 +64,7 @@ def line(seq: int, rel: str, blob: bytes) -> bytes:
 class Hostile:
     """What a scripted peer does; ``hits`` records (time, path, Range) of every request."""
 
-    kind: str  # endless | liar | garbage | not-a-journal
+    kind: str  # endless | liar | slow-headers | garbage | not-a-journal
     sigs: dict[str, bytes]
     hits: list[tuple[float, str, str]] = field(default_factory=list)
     release: threading.Event = field(default_factory=threading.Event)
@@ -104,6 +104,17 @@ def _handler(peer: Hostile) -> type[http.server.BaseHTTPRequestHandler]:
         def do_GET(self) -> None:
             rng = self.headers.get("Range", "")
             peer.hits.append((time.monotonic(), self.path, rng))
+            if peer.kind == "slow-headers":
+                # A status line, then one header byte every 0.2 s: every read returns something, none completes.
+                self.wfile.write(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+                while not peer.release.wait(0.2):
+                    try:
+                        self.wfile.write(b"a")
+                        self.wfile.flush()
+                    except OSError:
+                        break
+                self.close_connection = True
+                return
             if peer.kind == "liar":
                 # Promise 1000 bytes more than we send, then hold the connection open.
                 body = HEADER
@@ -284,10 +295,13 @@ def test_once_endless_journal_is_bounded_per_pass(node: Node, honest: str, sigs:
 
 # ---- a lying or broken source costs bounded time and is reported (issue 12 #6) ----------------------------------
 
-def test_once_lying_content_length_is_bounded_and_reported(node: Node, honest: str,
-                                                           sigs: dict[str, bytes]) -> None:
-    with hostile("liar", sigs) as (bad, _):
-        node.configure([bad, honest], timeout="1s")
+@pytest.mark.parametrize("kind", ["liar", "slow-headers"])
+def test_once_lying_or_trickling_peer_is_bounded_and_reported(node: Node, honest: str, sigs: dict[str, bytes],
+                                                              kind: str) -> None:
+    """A Content-Length larger than the body, or headers trickled a byte at a time (each read succeeds, so no
+    read timeout fires): the pass is cut at its hard bound (pass-limit time + timeout), reported, exit 3."""
+    with hostile(kind, sigs) as (bad, _):
+        node.configure([bad, honest], timeout="1s", **{"pass-limit": {"time": "2s"}})
         t0 = time.monotonic()
         proc = subprocess.run([*ATOMICSIG, "sync", "--config", str(node.config), "--once"], capture_output=True,
                               timeout=60)
@@ -298,9 +312,10 @@ def test_once_lying_content_length_is_bounded_and_reported(node: Node, honest: s
     assert honest_arrived(node, sigs)
     failed = [e for e in logs_of(proc.stdout.decode()) if e.get("msg") == "pass failed"]
     assert len(failed) == 1 and failed[0]["source"] == bad, failed
-    assert "Content-Length" in failed[0]["error"]
+    reason = "Content-Length" if kind == "liar" else "cut at this pass's time limit"
+    assert reason in failed[0]["error"]
     st = node.state()["sources"][bad]
-    assert st["errors"] == 1 and "Content-Length" in st["last_error"]
+    assert st["errors"] == 1 and reason in st["last_error"]
     status = subprocess.run([*ATOMICSIG, "sync", "status", "--config", str(node.config), "--json"],
                             capture_output=True, timeout=60)
     assert status.returncode == 3
@@ -362,9 +377,10 @@ def test_garbage_at_an_offset_is_skipped_and_reported_once(node: Node, sigs: dic
 
 def test_watchdog_not_fed_while_a_source_hangs(node: Node, honest: str, sigs: dict[str, bytes],
                                                tmp_path: Path) -> None:
-    """A pass stuck past every bound (here: the store's journal lock never comes) must stop WATCHDOG=1, so that
-    systemd restarts the daemon; before, it was fed for another ``interval`` + WatchdogSec whatever happened."""
-    node.configure([honest], interval=30, timeout="1s")
+    """A pass stuck past its hard bound (here: the store's journal lock never comes) must stop WATCHDOG=1, so that
+    systemd restarts the daemon; before, it was fed for another ``interval`` + WatchdogSec whatever happened.
+    Bound: pass-limit time 1 s + timeout 1 s, then WatchdogSec (1 s) of slack: no keep-alive after ~3 s."""
+    node.configure([honest], interval=30, timeout="1s", **{"pass-limit": {"time": "1s"}})
     meta = node.sigstore / ".atomicsig"
     meta.mkdir(parents=True)
     lock_fd = os.open(meta / "journal.lock", os.O_RDWR | os.O_CREAT, 0o644)
@@ -384,8 +400,8 @@ def test_watchdog_not_fed_while_a_source_hangs(node: Node, honest: str, sigs: di
             while time.monotonic() - t0 < 7:
                 with contextlib.suppress(TimeoutError):
                     msgs.append((time.monotonic() - t0, sock.recv(4096).decode()))
-            late = [t for t, m in msgs if m == "WATCHDOG=1" and t > 3.5]
-            assert not late, msgs  # stalled after timeout (1 s) + WatchdogSec (1 s): no keep-alive
+            late = [t for t, m in msgs if m == "WATCHDOG=1" and t > 4]
+            assert not late, msgs
             fcntl.flock(lock_fd, fcntl.LOCK_UN)
             released = True
             assert wait_for(lambda: honest_arrived(node, sigs), 20) is not None

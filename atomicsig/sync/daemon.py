@@ -7,14 +7,15 @@ JSON lines or text, :mod:`atomicsig.logfmt`).
 
 Isolation (issue 12 #4/#6): one peer must never stop a node from syncing with the others. So every source has
 its own worker thread, and every pass over a source is bounded (``pass-limit:`` records, bytes, time; each
-network wait by ``timeout:``): a peer whose journal never ends, that lies about Content-Length or that trickles
-bytes costs its own thread a bounded pass, then yields (budget reached: next pass continues at the saved cursor)
-or fails (reported, backed off). Threads share the store, whose writes serialise on its own locks
-(``flock`` on the digest directory and the journal, as ``sign -j N`` relies on), and the state file, saved under
-:attr:`SyncDaemon._state_lock`. The systemd watchdog is fed only while *every* source is handled: idle between
-passes, backing off after a reported failure, or in a pass that keeps making progress (a byte or a record at
-least every ``timeout`` + WatchdogSec). A source stuck beyond its bounds — a lock that never comes, a wedged
-verifier — stops the feeding, and systemd restarts the daemon.
+network wait by ``timeout:``; requests still in flight one ``timeout`` after the time limit are cut): a peer
+whose journal never ends, that lies about Content-Length or that trickles bytes costs its own thread a bounded
+pass, then yields (budget reached: next pass continues at the saved cursor) or fails (reported, backed off).
+Threads share the store, whose writes serialise on its own locks (``flock`` on the digest directory and the
+journal, as ``sign -j N`` relies on), and the state file, saved under :attr:`SyncDaemon._state_lock`. The
+systemd watchdog is fed only while *every* source is handled: idle between passes, backing off after a reported
+failure, or in a pass within its hard bound (pass-limit time + timeout). A pass past that bound by WatchdogSec is
+stuck in something not bounded — a lock that never comes, a wedged verifier — and stops the feeding, so systemd
+restarts the daemon.
 """
 
 from __future__ import annotations
@@ -110,9 +111,10 @@ class _SourceRun:
     #: Set to end this worker (SIGTERM, or SIGHUP replacing the followers); checked between records.
     stop: threading.Event = field(default_factory=threading.Event)
     thread: threading.Thread | None = None
-    #: time.monotonic() when the pass in progress started (None between passes) and of its last progress.
+    #: time.monotonic() when the pass in progress started (None between passes).
     busy_since: float | None = None
-    beat: float = field(default_factory=time.monotonic)
+    #: Fires at the pass's hard deadline: shuts down the source's requests still in flight.
+    reaper: threading.Timer | None = None
     records: int = 0
     bytes_at_start: int = 0
     limit_hit: str | None = None
@@ -121,26 +123,27 @@ class _SourceRun:
 
     def begin(self, timeout: float) -> None:
         now = time.monotonic()
-        self.busy_since = self.beat = now
+        self.busy_since = now
         self.records, self.limit_hit = 0, None
         src = self.follower.source
         self.bytes_at_start = src.bytes_read
         # Requests are cut one ``timeout`` after the soft limit: the record in hand may finish, none may hang.
-        src.deadline = now + self.limits.seconds + timeout
+        hard = self.limits.seconds + timeout
+        src.deadline = now + hard
+        self.reaper = threading.Timer(hard, src.abort_requests)
+        self.reaper.daemon = True
+        self.reaper.start()
 
     def end(self) -> None:
+        if self.reaper is not None:
+            self.reaper.cancel()
+            self.reaper = None
         self.busy_since = None
-        self.beat = time.monotonic()
         self.follower.source.deadline = None
 
     def progress(self) -> None:
         """A record was handled (the follower's on_progress)."""
         self.records += 1
-        self.beat = time.monotonic()
-
-    def alive(self) -> None:
-        """Bytes or a response arrived (the source's on_data)."""
-        self.beat = time.monotonic()
 
     def should_stop(self) -> bool:
         """The follower's stop check, between chunks and records: stop requested, or this pass's budget spent."""
@@ -157,8 +160,9 @@ class _SourceRun:
             self.limit_hit = "time"
         return self.limit_hit is not None
 
-    def hung(self, now: float, after: float) -> bool:
-        return self.busy_since is not None and now - self.beat > after
+    def hung(self, now: float, slack: float, timeout: float) -> bool:
+        """In a pass longer than its hard bound (pass-limit time + timeout) plus ``slack``: nothing we bound."""
+        return self.busy_since is not None and now - self.busy_since > self.limits.seconds + timeout + slack
 
 
 @dataclass
@@ -206,7 +210,6 @@ class SyncDaemon:
             run = _SourceRun(f, cfg.limits, prev.failures if prev else 0, prev.next_at if prev else 0.0)
             f.should_stop = lambda r=run: self._stop.is_set() or r.should_stop()  # type: ignore[misc]
             f.on_progress = run.progress
-            f.source.on_data = run.alive
             runs[ep.url] = run
         self._runs = runs
         if self._pusher is not None:
@@ -370,11 +373,15 @@ class SyncDaemon:
                 run.thread = None
 
     def stalled(self, now: float | None = None) -> list[str]:
-        """Sources inside a pass that made no progress (a byte, a record) for ``timeout`` + the watchdog period."""
-        interval = watchdog_interval() or 0.0
-        after = (self.cfg.timeout if self.cfg else config_mod.DEFAULT_TIMEOUT) + 2 * interval
+        """Sources whose pass outlived its hard bound (pass-limit time + timeout) by the watchdog period.
+
+        Every network wait of a pass is cut at that bound (HTTPSource.abort_requests), so a pass still running
+        after it is stuck in something we do not bound: a store lock that never comes, a wedged verifier.
+        """
+        slack = 2 * (watchdog_interval() or 0.0)
+        timeout = self.cfg.timeout if self.cfg else config_mod.DEFAULT_TIMEOUT
         now = time.monotonic() if now is None else now
-        return [u for u, r in list(self._runs.items()) if r.hung(now, after)]
+        return [u for u, r in list(self._runs.items()) if r.hung(now, slack, timeout)]
 
     def _watchdog_thread(self) -> None:
         interval = watchdog_interval()

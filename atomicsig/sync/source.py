@@ -6,16 +6,19 @@ peer cannot make us buffer more than :data:`JOURNAL_CHUNK` or 4 MiB per signatur
 followed: a source is one origin.
 
 Every request is also bounded in *time*, because a peer that sends ``Content-Length: 1000`` and then 10 bytes, or
-one byte every few seconds, would otherwise hold the reader for the whole read timeout per read, on every pass:
-connect and each read wait at most ``timeout`` seconds, and once the pass's hard ``deadline`` (set by the daemon)
-is reached the body is read with ever shorter socket timeouts and then abandoned (SourceError: the pass fails,
-is reported and backed off). Bodies are read with ``read1`` (one ``recv`` per call) so the deadline is checked
-between reads, not after a full 64 KiB buffer that a trickling peer fills at leisure.
+one byte every few seconds (of the body or of the headers), would otherwise hold the reader for the whole read
+timeout per read, on every pass: connect and each read wait at most ``timeout`` seconds; bodies are read with
+``read1`` (one ``recv`` per call) under socket timeouts that shrink as the pass's hard ``deadline`` (set by the
+daemon) nears; and at that deadline :meth:`HTTPSource.abort_requests` shuts down the sockets of every request
+still in flight, header phase included (the pools' connection classes register their socket before reading a
+response). Such a pass fails (SourceError), is reported and backed off.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -36,6 +39,45 @@ JOURNAL_CHUNK = 8 * 1024 * 1024
 TIMEOUT = 30.0
 # ASCII digits, at most 18 (int() refuses > 4300 digits with ValueError: fuzz finding), and \Z not $.
 _CONTENT_RANGE = re.compile(r"^bytes (?:([0-9]{1,18})-([0-9]{1,18})|\*)/([0-9]{1,18}|\*)\Z")
+
+
+_current = threading.local()  # .source: the HTTPSource this thread's request is for; .sock: its socket
+
+
+def _track(conn: urllib3.connection.HTTPConnection) -> None:
+    src: HTTPSource | None = getattr(_current, "source", None)
+    if src is not None and conn.sock is not None:
+        with src._inflight_lock:
+            src._inflight.add(conn.sock)
+        _current.sock = conn.sock
+
+
+class _HTTPConnection(urllib3.connection.HTTPConnection):
+    def getresponse(self) -> urllib3.response.HTTPResponse:  # type: ignore[override]
+        _track(self)  # before the status line and headers are read: a dripping peer can be cut there too
+        return super().getresponse()
+
+
+class _HTTPSConnection(urllib3.connection.HTTPSConnection):
+    def getresponse(self) -> urllib3.response.HTTPResponse:  # type: ignore[override]
+        _track(self)
+        return super().getresponse()
+
+
+class _HTTPPool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _HTTPConnection
+
+
+class _HTTPSPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _HTTPSConnection
+
+
+class _Adapter(requests.adapters.HTTPAdapter):
+    """requests' adapter with pools whose connections register their socket (see :func:`_track`)."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
 
 
 class SourceError(RegistryError):
@@ -75,6 +117,21 @@ class HTTPSource:
         self.on_data = on_data
         self._local = threading.local()  # one keep-alive Session per thread (the follower prefetches)
         self.requests_made = 0
+        self._inflight: set[socket.socket] = set()
+        self._inflight_lock = threading.Lock()
+
+    def abort_requests(self) -> int:
+        """Shut down the socket of every request of this source still in flight (the pass's hard deadline);
+        their readers wake at once with an error. Returns how many there were."""
+        with self._inflight_lock:
+            socks = list(self._inflight)
+        for sock in socks:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        return len(socks)
+
+    def _overdue(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
 
     def _wait(self, url: str) -> float:
         """Seconds the next connect/read may block: ``timeout``, less once the pass deadline is near."""
@@ -82,7 +139,7 @@ class HTTPSource:
             return self.timeout
         left = self.deadline - time.monotonic()
         if left <= 0:
-            raise SourceError(f"{url}: no complete answer within this pass's time limit (slow or stalled peer)")
+            raise SourceError(f"{url}: cut at this pass's time limit (a slow or stalled peer)")
         return min(self.timeout, max(0.05, left))
 
     @property
@@ -90,6 +147,8 @@ class HTTPSource:
         s: requests.Session | None = getattr(self._local, "session", None)
         if s is None:
             s = self._local.session = requests.Session()
+            s.mount("http://", _Adapter())
+            s.mount("https://", _Adapter())
         return s
 
     @property
@@ -104,12 +163,24 @@ class HTTPSource:
             headers = {**headers, "Authorization": f"Bearer {token}"}
         self.requests_made += 1
         wait = self._wait(url)
+        _current.source, _current.sock = self, None
+        try:
+            return self._get_tracked(url, headers, limit, truncate, wait)
+        finally:
+            with self._inflight_lock:
+                self._inflight.discard(_current.sock)
+            _current.source = _current.sock = None
+
+    def _get_tracked(self, url: str, headers: dict[str, str], limit: int, truncate: bool,
+                     wait: float) -> tuple[requests.Response, bytes]:
         try:
             resp = self.session.get(url, headers=headers, stream=True, timeout=(wait, wait),
                                     verify=self.endpoint.tls_verify, allow_redirects=False)
-        except requests.Timeout as exc:
-            raise SourceError(f"cannot reach {url}: no answer within {wait:g}s") from exc
         except requests.RequestException as exc:
+            if self._overdue():
+                raise SourceError(f"{url}: cut at this pass's time limit before a complete answer") from exc
+            if isinstance(exc, requests.Timeout):
+                raise SourceError(f"cannot reach {url}: no answer within {wait:g}s") from exc
             raise SourceError(f"cannot reach {url}: {exc.__class__.__name__}") from exc
         self.on_data()
         with resp:
@@ -132,6 +203,8 @@ class HTTPSource:
             except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
                 declared = resp.headers.get("Content-Length")
                 got = f"{len(buf)} of {declared} bytes (Content-Length)" if declared else f"{len(buf)} bytes"
+                if self._overdue():
+                    raise SourceError(f"{url}: cut at this pass's time limit after {got}") from exc
                 if isinstance(exc, TimeoutError | urllib3.exceptions.TimeoutError):
                     raise SourceError(f"{url}: the peer stopped sending after {got}") from exc
                 raise SourceError(f"{url}: transfer failed after {got} ({exc.__class__.__name__})") from exc
