@@ -36,7 +36,8 @@ def _config_option(f: F) -> F:
 
 @click.group(invoke_without_command=True)
 @_config_option
-@click.option("--once", is_flag=True, help="One pass over every source, then exit (3 if any source failed).")
+@click.option("--once", is_flag=True, help="Sync every source until caught up (at most --passes bounded passes "
+              "each), then exit (3 if any source failed).")
 @click.option("--from", "only", metavar="URL", multiple=True,
               help="Only these configured sources (repeatable); for --once.")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
