@@ -363,13 +363,17 @@ class SyncDaemon:
                                           daemon=True)
             run.thread.start()
 
-    def _stop_workers(self) -> None:
-        """Ask every worker to stop after the record in hand, and wait: each is inside a bounded pass."""
+    def _stop_workers(self, wait: float | None = None) -> None:
+        """Ask every worker to stop after the record in hand, and wait (each is inside a bounded pass); with
+        ``wait`` (exit) give up after that many seconds on a stuck one: its thread dies with the process."""
         for run in self._runs.values():
             run.stop.set()
-        for run in self._runs.values():
+        end = None if wait is None else time.monotonic() + wait
+        for url, run in self._runs.items():
             if run.thread is not None:
-                run.thread.join()
+                run.thread.join(None if end is None else max(0.0, end - time.monotonic()))
+                if run.thread.is_alive():
+                    log.error("source did not stop", extra={"fields": {"source": url}})
                 run.thread = None
 
     def stalled(self, now: float | None = None) -> list[str]:
@@ -446,7 +450,8 @@ class SyncDaemon:
         finally:
             self._stop.set()
             notify("STOPPING=1")
-            self._stop_workers()
+            assert self.cfg is not None
+            self._stop_workers(wait=self.cfg.limits.seconds + self.cfg.timeout + 1)
             if self.state is not None:
                 with contextlib.suppress(AtomicsigError):
                     self.save_state()
