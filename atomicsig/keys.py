@@ -7,7 +7,7 @@ Schema (also in README "Signers file")::
         email: security@example.com     # required, the identity used to find the key again
         comment: production             # optional
         algorithm: ed25519              # rsa2048 | rsa3072 | rsa4096 | ed25519 (default ed25519)
-        expire: 2y                      # gpg expiry: 0 (never), 365, 52w, 2y, 2027-01-01 (default 2y)
+        expire: 2y                      # 0 (never), 365 (days), 52w, 6m (months), 2y, 36h, 2027-01-01 (default 2y)
         passphrase-file: /run/secrets/p # or passphrase-env: VAR; neither = no passphrase
 
 Re-running with the same file reports existing identities instead of creating duplicates.
@@ -24,9 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from . import validate
+from . import durations, validate, yamlstrict
 from .errors import InputError, KeyNotFound
 from .gpg import KEY_ALGORITHMS, KeyInfo, Keyring
 from .passphrase import PassphraseSource, read_cached
@@ -35,9 +33,6 @@ _EMAIL = re.compile(r"^[^@\s<>()]+@[^@\s<>()]+$")
 
 #: Lengths that keep gpg's parameter lines (1024 bytes) and the user ID far from any limit.
 MAX_NAME, MAX_COMMENT, MAX_EMAIL = 128, 128, 254
-#: Characters that never belong in a user ID: they end up in listings, file names and terminals (issue 12 #13).
-#: Bidirectional overrides and isolates can make a name display as another.
-_EXPIRE = re.compile(r"^(0|[1-9][0-9]*[dwmy]?|\d{4}-\d{2}-\d{2}|never)$")
 _FIELDS = {"name", "email", "comment", "algorithm", "expire", "passphrase-file", "passphrase-env"}
 
 
@@ -82,15 +77,12 @@ def check_uid_field(field: str, value: str, where: str) -> str:
 
 def load_specs(text: str, source: str = "<input>") -> list[KeySpec]:
     """Parse and validate a signers file; errors name the file and line."""
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise InputError(f"{source}: invalid YAML: {str(exc).splitlines()[0]}") from exc
+    data, node = yamlstrict.load(text, source)  # duplicate keys refused with file:line
     items_node = node
     if isinstance(data, dict):
         if set(data) - {"keys"}:
-            raise InputError(f"{source}: unknown top-level key {sorted(set(data) - {'keys'})[0]!r} (expected 'keys')")
+            bad = sorted(set(data) - {"keys"})[0]
+            raise InputError(f"{source}: unknown top-level key {bad!r}{yamlstrict.did_you_mean(bad, ['keys'])}")
         data = data.get("keys")
         items_node = next((v for k, v in node.value if k.value == "keys"), None) if node is not None else None
     if not isinstance(data, list) or not data:
@@ -104,7 +96,8 @@ def load_specs(text: str, source: str = "<input>") -> list[KeySpec]:
             raise InputError(f"{where}: each key must be a mapping")
         unknown = set(item) - _FIELDS
         if unknown:
-            raise InputError(f"{where}: unknown field {sorted(unknown)[0]!r}")
+            bad = sorted(unknown)[0]
+            raise InputError(f"{where}: unknown field {bad!r}{yamlstrict.did_you_mean(bad, sorted(_FIELDS))}")
         name, email = item.get("name"), item.get("email")
         if not isinstance(name, str) or not name.strip():
             raise InputError(f"{where}: 'name' is required")
@@ -118,11 +111,7 @@ def load_specs(text: str, source: str = "<input>") -> list[KeySpec]:
         algorithm = str(item.get("algorithm", "ed25519"))
         if algorithm not in KEY_ALGORITHMS:
             raise InputError(f"{where}: algorithm {algorithm!r} is not one of {', '.join(KEY_ALGORITHMS)}")
-        expire = str(item.get("expire", "2y"))
-        if not _EXPIRE.match(expire):
-            raise InputError(f"{where}: expire {expire!r} is not 0, N[dwmy] or YYYY-MM-DD")
-        if expire == "never":
-            expire = "0"
+        expire = durations.gpg_expire(str(item.get("expire", "2y")), f"{where}: expire")
         if item.get("passphrase-file") and item.get("passphrase-env"):
             raise InputError(f"{where}: give passphrase-file or passphrase-env, not both")
         comment = item.get("comment")

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import datetime
-import re
 import sys
 from pathlib import Path
 
 import click
 
+from .. import durations
 from ..errors import InputError, KeyNotFound
 from .common import (
     creatable_gnupghome_option,
@@ -60,9 +60,9 @@ def generate_cmd(path: str, gnupghome: str | None, as_json: bool) -> None:
 @keys.command("rotate")
 @click.option("-f", "--file", "path", required=True, type=click.Path(dir_okay=False, allow_dash=True),
               help="Signers YAML (the same file as keys generate); '-' for stdin.")
-@click.option("--overlap", default="30d", show_default=True, metavar="N[dwmy]",
+@click.option("--overlap", default="30d", show_default=True, metavar="DURATION",
               help="How long the previous key stays valid after the new one exists.")
-@click.option("--min-age", default="1d", show_default=True, metavar="N[dwmy]",
+@click.option("--min-age", default="1d", show_default=True, metavar="DURATION",
               help="Leave keys younger than this alone (re-running a rotation changes nothing).")
 @click.option("--export-dir", type=click.Path(file_okay=False),
               help="Write <email>.gpg with the new and the old public key (the policy's 'any of these keys' file).")
@@ -80,8 +80,7 @@ def rotate_cmd(path: str, overlap: str, min_age: str, export_dir: str | None, dr
     from .. import keys as keylib
     from ..fsutil import atomic_write, makedirs
 
-    if not re.fullmatch(r"[1-9][0-9]*[dwmy]?", overlap):
-        raise InputError(f"--overlap {overlap!r} must be N[dwmy] and not 0 (the old key must expire)")
+    overlap = durations.gpg_expire(overlap, "--overlap", allow_never=False)  # the old key must expire
     specs = keylib.load_specs(*_read_yaml(path))
     kr = _keyring(gnupghome)
     results = keylib.rotate(kr, specs, overlap=overlap, min_age_seconds=_seconds(min_age, "--min-age"),
@@ -101,11 +100,7 @@ def rotate_cmd(path: str, overlap: str, min_age: str, export_dir: str | None, dr
 
 
 def _seconds(text: str, option: str) -> int:
-    m = re.fullmatch(r"([0-9]+)([dwmy]?)", text)
-    if not m:
-        raise InputError(f"{option} {text!r} must be N[dwmy]")
-    unit = {"": 1, "d": 86400, "w": 7 * 86400, "m": 30 * 86400, "y": 365 * 86400}[m.group(2)]
-    return int(m.group(1)) * unit
+    return round(durations.parse_duration(text, option))  # the one duration grammar (atomicsig/durations.py)
 
 
 def _read_yaml(path: str) -> tuple[str, str]:

@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from ..errors import EXIT_OK, InputError
+from ..logfmt import use as use_log_format
 from .common import DEFAULT_SIGSTORE
 
 
@@ -39,10 +40,12 @@ from .common import DEFAULT_SIGSTORE
               help="Body, handling and response must finish within this [default: 30].")
 @click.option("--user", "run_as", metavar="NAME", default=None,
               help="When started as root: become this user once the socket is bound and keys/tokens are read.")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="Log and access-log lines: text, or JSON lines (ts, level, msg, fields) as sync writes.")
 def serve(config_file: str | None, sigstore: str | None, listen: str | None, tls_cert: str | None,
           tls_key: str | None, token_file: str | None, read_token_file: str | None, trusted_keys: tuple[str, ...],
           access_log: str | None, threads: int | None, max_connections: int | None, header_timeout: float | None,
-          request_timeout: float | None, run_as: str | None = None) -> int:
+          request_timeout: float | None, run_as: str | None = None, log_format: str = "text") -> int:
     """Serve SIGSTORE over HTTP(S) until SIGTERM/Ctrl-C.
 
     \b
@@ -79,6 +82,7 @@ def serve(config_file: str | None, sigstore: str | None, listen: str | None, tls
         trusted_keys=keyrings,
         max_body=int(cfg.get("max-body", server.MAX_PUT_BODY)))
     _setup_logging(cfg.get("access-log"))  # opened before privileges are dropped, as the unit expects
+    use_log_format(log_format, "atomicsig.server", "atomicsig.access")
     listen_at = cfg.get("listen", "127.0.0.1:8080")
     from ..httpd import Limits
 

@@ -14,14 +14,14 @@ from .common import F, emit_json, gnupghome_option, json_option, table
 DEFAULT_CONFIG = "/etc/atomicsig/sync.yaml"
 
 
-def _setup_logging(verbose: bool) -> None:
-    from ..sync.daemon import JSONFormatter
+def _setup_logging(verbose: bool, log_format: str) -> None:
+    from ..logfmt import formatter
 
     logger = logging.getLogger("atomicsig.sync")
     for h in list(logger.handlers):
         logger.removeHandler(h)
     handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(JSONFormatter())
+    handler.setFormatter(formatter(log_format))
     logger.addHandler(handler)
     logger.setLevel(logging.DEBUG if verbose else logging.INFO)
     logger.propagate = False
@@ -34,25 +34,37 @@ def _config_option(f: F) -> F:
 
 @click.group(invoke_without_command=True)
 @_config_option
-@click.option("--once", is_flag=True, help="One pass over every source, then exit (3 if any source failed).")
+@click.option("--once", is_flag=True, help="Sync every source until caught up (at most --passes bounded passes "
+              "each), then exit (3 if any source failed).")
 @click.option("--from", "only", metavar="URL", multiple=True,
               help="Only these configured sources (repeatable); for --once.")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default=None,
+              help="Log lines on stdout: JSON lines (ts, level, msg, fields) or text [default: the config's "
+                   "log-format, else json].")
+@click.option("--passes", type=click.IntRange(1, 1_000_000), default=None, metavar="N",
+              help="With --once: at most N bounded passes per source (each within pass-limit) [default: 10].")
 @click.option("--user", "run_as", metavar="NAME", default=None,
               help="When started as root: become this user after the config and keys are read and the metrics "
                    "port is bound.")
 @click.pass_context
 def sync(ctx: click.Context, config_path: str, once: bool, only: tuple[str, ...], verbose: bool,
-         run_as: str | None = None) -> int:
+         log_format: str | None = None, passes: int | None = None, run_as: str | None = None) -> int:
     """Keep a local sigstore identical to upstream sigstores (follow their journals, verify, append).
 
-    Without a subcommand this runs the daemon (SIGHUP reloads, SIGTERM stops). Logs are JSON lines on stdout.
+    Without a subcommand this runs the daemon (SIGHUP reloads, SIGTERM stops). Every source has its own worker
+    and every pass is bounded (pass-limit, timeout), so one slow or hostile peer cannot stall the others.
+    Logs are JSON lines (or text) on stdout.
     """
     if ctx.invoked_subcommand is not None:
         return EXIT_OK
-    from ..sync.daemon import SyncDaemon
+    from ..sync import config as config_mod
+    from ..sync.daemon import ONCE_PASSES, SyncDaemon
 
-    _setup_logging(verbose)
+    if passes is not None and not once:
+        raise InputError("--passes is for --once")
+    # The config's log-format applies from the first line (the flag wins); the daemon reads the file again.
+    _setup_logging(verbose, log_format or config_mod.load(config_path).log_format)
     daemon = SyncDaemon(config_path)
     daemon.load()
     assert daemon.cfg is not None
@@ -72,7 +84,7 @@ def sync(ctx: click.Context, config_path: str, once: bool, only: tuple[str, ...]
     if once:
         _drop()
         try:
-            results = daemon.run_once()
+            results = daemon.run_once(passes or ONCE_PASSES)
         finally:
             if daemon._verifier is not None:
                 daemon._verifier.close()
@@ -91,9 +103,10 @@ def sync_status(config_path: str, as_json: bool) -> int:
     from ..sync.daemon import status
 
     st = status(config_path)
+    bad = any(s.get("last_error") for s in st["sources"])
     if as_json:
         emit_json(st)
-        return EXIT_OK
+        return EXIT_UNDECIDED if bad else EXIT_OK  # the same answer as the table's
     rows = []
     for s in st["sources"]:
         if s.get("never_synced"):
@@ -105,7 +118,6 @@ def sync_status(config_path: str, as_json: bool) -> int:
                      str(s["synced"]), str(rej), s["last_error"] or f"ok ({ago})"])
     click.echo(f"sigstore {st['sigstore']}  state {st['state']}")
     click.echo(table(rows, ["SOURCE", "SEQ", "LAG(bytes)", "SYNCED", "REJECTED", "STATUS"]))
-    bad = any(s.get("last_error") for s in st["sources"])
     return EXIT_UNDECIDED if bad else EXIT_OK
 
 

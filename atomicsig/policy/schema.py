@@ -24,14 +24,13 @@ Shape (full reference in docs/policy.md)::
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from .. import identity, validate
+from .. import identity, validate, yamlstrict
 from ..errors import InputError, PolicyError
 from ..identity import IdentityMatcher
 
@@ -40,8 +39,7 @@ KEY_KINDS = ("file", "fingerprint", "cosign")
 SCOPE_KEYS = ("action", "signed-by", "sigstore-signed-by", "identity", "lookaside", "lookaside-staging",
               "use-sigstore-attachments")
 ACTIONS = ("accept", "reject", "signed")
-#: libyaml's composer when present (same nodes and marks, ~10x faster on a 500-scope file).
-_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_LOADER: Any = yamlstrict.LOADER
 
 
 @dataclass(frozen=True)
@@ -86,52 +84,10 @@ class PolicySpec:
     scopes: list[ScopeSpec] = field(default_factory=list)
 
 
-class _Ctx:
-    """Error formatting bound to one file: every message starts with ``file:line:``."""
+class _Ctx(yamlstrict.Ctx):
+    """Error formatting bound to one file: every message starts with ``file:line:`` (the shared strict reader)."""
 
-    def __init__(self, source: str) -> None:
-        self.source = source
-
-    def error(self, node: yaml.Node | None, message: str) -> PolicyError:
-        line = node.start_mark.line + 1 if node is not None else 0
-        return PolicyError(f"{self.source}:{line}: {message}")
-
-    def mapping(self, node: yaml.Node, what: str, allowed: tuple[str, ...] | None) -> list[tuple[str, yaml.Node,
-                                                                                              yaml.Node]]:
-        if not isinstance(node, yaml.MappingNode):
-            raise self.error(node, f"{what} must be a mapping")
-        seen: dict[str, int] = {}
-        out: list[tuple[str, yaml.Node, yaml.Node]] = []
-        for k, v in node.value:
-            if not isinstance(k, yaml.ScalarNode):
-                raise self.error(k, f"{what}: keys must be strings")
-            key = str(k.value)
-            if key in seen:
-                raise self.error(k, f"{what}: duplicate key {key!r} (first defined at line {seen[key]})")
-            seen[key] = k.start_mark.line + 1
-            if allowed is not None and key not in allowed:
-                close = difflib.get_close_matches(key, allowed, n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else f" (allowed: {', '.join(allowed)})"
-                raise self.error(k, f"unknown key {key!r} in {what}{hint}")
-            out.append((key, k, v))
-        return out
-
-    def string(self, node: yaml.Node, what: str) -> str:
-        if not isinstance(node, yaml.ScalarNode) or node.tag != "tag:yaml.org,2002:str" or not node.value:
-            raise self.error(node, f"{what} must be a non-empty string")
-        return str(node.value)
-
-    def boolean(self, node: yaml.Node, what: str) -> bool:
-        if not isinstance(node, yaml.ScalarNode) or node.tag != "tag:yaml.org,2002:bool":
-            raise self.error(node, f"{what} must be true or false")
-        return str(node.value).lower() in ("true", "yes", "on")
-
-    def string_list(self, node: yaml.Node, what: str) -> list[tuple[str, yaml.Node]]:
-        if isinstance(node, yaml.ScalarNode):
-            return [(self.string(node, what), node)]
-        if not isinstance(node, yaml.SequenceNode) or not node.value:
-            raise self.error(node, f"{what} must be a key name or a non-empty list of key names")
-        return [(self.string(n, f"{what} entry"), n) for n in node.value]
+    error_type = PolicyError
 
 
 def validate_scope(scope: str) -> None:

@@ -1,11 +1,14 @@
 """``/etc/atomicsig/sync.yaml``: what to follow, whom to trust, where to write (documented in docs/sync.md).
 
 Validated on load so a typo fails ``atomicsig sync`` at start (exit 2) instead of silently syncing nothing;
-unknown keys are refused for the same reason.
+unknown and duplicate keys are refused for the same reason, with ``file:line`` and a did-you-mean (the shared
+strict reader, :mod:`atomicsig.yamlstrict`, as for the policy YAML). Durations use the one grammar of
+:mod:`atomicsig.durations` (``interval: 30s``; a bare number is seconds, as it always was).
 """
 
 from __future__ import annotations
 
+import re
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,15 +16,21 @@ from typing import Any
 
 import yaml
 
+from .. import yamlstrict
+from ..durations import parse_duration
 from ..errors import InputError
 from .journal import META_DIR
 
 DEFAULT_CONFIG = "/etc/atomicsig/sync.yaml"
 SOURCE_KINDS = ("static", "serve")
-_TOP = {"sigstore", "sources", "trusted-keys", "interval", "quarantine", "propagate-deletes", "push", "metrics",
-        "state"}
-_SOURCE = {"url", "kind", "token-file", "tls-verify"}
-_PUSH = {"url", "token-file", "tls-verify"}
+_TOP = ("sigstore", "sources", "trusted-keys", "interval", "timeout", "pass-limit", "quarantine", "propagate-deletes",
+        "push", "metrics", "state", "log-format")
+_SOURCE = ("url", "kind", "token-file", "tls-verify")
+_PUSH = ("url", "token-file", "tls-verify")
+_PASS = ("records", "bytes", "time")
+LOG_FORMATS = ("json", "text")
+#: Seconds a connect or a single network read may wait for the peer (``timeout:``).
+DEFAULT_TIMEOUT = 30.0
 
 
 @dataclass(frozen=True)
@@ -42,6 +51,16 @@ class Endpoint:
 
 
 @dataclass(frozen=True)
+class PassLimits:
+    """What one pass over one source may take before it yields (``pass-limit:``): the next pass continues at the
+    saved cursor, so a peer with an endless or huge journal gets its share and no more (docs/sync.md)."""
+
+    records: int = 10_000
+    bytes: int = 64 * 1024 * 1024
+    seconds: float = 60.0
+
+
+@dataclass(frozen=True)
 class SyncConfig:
     sigstore: Path
     sources: tuple[Endpoint, ...]
@@ -52,6 +71,9 @@ class SyncConfig:
     push: Endpoint | None = None
     metrics: tuple[str, int] | None = None
     state: Path = field(default=Path("/"))
+    timeout: float = DEFAULT_TIMEOUT
+    limits: PassLimits = field(default_factory=PassLimits)
+    log_format: str = "json"
 
     def key_blobs(self) -> list[bytes]:
         out = []
@@ -63,85 +85,138 @@ class SyncConfig:
         return out
 
 
-def _url(value: Any, where: str) -> str:
+class _Ctx(yamlstrict.Ctx):
+    error_type = InputError
+
+
+def _url(ctx: _Ctx, node: yaml.Node, where: str) -> str:
+    value = ctx.scalar(node, f"{where}: url")
     if not isinstance(value, str):
-        raise InputError(f"{where}: url must be a string")
+        raise ctx.error(node, f"{where}: url must be a string")
     u = urllib.parse.urlsplit(value)
     if u.scheme not in ("http", "https") or not u.netloc or u.query or u.fragment or u.username:
-        raise InputError(f"{where}: {value!r} must be an http(s) URL without query, fragment or credentials")
+        raise ctx.error(node, f"{where}: {value!r} must be an http(s) URL without query, fragment or credentials")
     return value.rstrip("/")
 
 
-def _tls(value: Any, where: str) -> bool | str:
+def _tls(ctx: _Ctx, node: yaml.Node, where: str) -> bool | str:
+    value = ctx.scalar(node, f"{where}: tls-verify")
     if isinstance(value, bool):
         return value
     if isinstance(value, str) and Path(value).exists():
         return value  # a CA bundle
-    raise InputError(f"{where}: tls-verify must be true, false or a CA bundle path")
+    raise ctx.error(node, f"{where}: tls-verify must be true, false or a CA bundle path")
 
 
-def _endpoint(raw: Any, where: str, allowed: set[str]) -> Endpoint:
-    if not isinstance(raw, dict):
-        raise InputError(f"{where} must be a mapping")
-    unknown = set(raw) - allowed
-    if unknown:
-        raise InputError(f"{where}: unknown keys {sorted(unknown)}")
-    kind = raw.get("kind", "static")
-    if "kind" in allowed and kind not in SOURCE_KINDS:
-        raise InputError(f"{where}: kind must be one of {SOURCE_KINDS}")
-    tf = raw.get("token-file")
-    if tf is not None and not isinstance(tf, str):
-        raise InputError(f"{where}: token-file must be a path")
-    return Endpoint(_url(raw.get("url"), where), kind, tf, _tls(raw.get("tls-verify", True), where))
+def _endpoint(ctx: _Ctx, node: yaml.Node, where: str, allowed: tuple[str, ...]) -> Endpoint:
+    entries = {k: v for k, _, v in ctx.mapping(node, where, allowed)}
+    if "url" not in entries:
+        raise ctx.error(node, f"{where}: url is required")
+    kind = "static"
+    if "kind" in entries:
+        kind = ctx.scalar(entries["kind"], f"{where}: kind")
+        if kind not in SOURCE_KINDS:
+            raise ctx.error(entries["kind"], f"{where}: kind must be one of {', '.join(SOURCE_KINDS)}")
+    tf = ctx.string(entries["token-file"], f"{where}: token-file") if "token-file" in entries else None
+    tls = _tls(ctx, entries["tls-verify"], where) if "tls-verify" in entries else True
+    return Endpoint(_url(ctx, entries["url"], where), kind, tf, tls)
+
+
+def _duration(ctx: _Ctx, node: yaml.Node, what: str, low: float, high: float) -> float:
+    try:
+        return parse_duration(ctx.scalar(node, what), what, minimum=low, maximum=high)
+    except InputError as exc:
+        raise ctx.error(node, exc.message) from exc
+
+
+def _count(ctx: _Ctx, node: yaml.Node, what: str, *, sizes: bool = False) -> int:
+    """A positive integer; with ``sizes`` also ``64MiB``-style byte sizes (KiB, MiB, GiB)."""
+    value = ctx.scalar(node, what)
+    if isinstance(value, str) and sizes:
+        m = re.fullmatch(r"([1-9][0-9]{0,9})\s*(KiB|MiB|GiB)", value.strip())
+        if m:
+            return int(m.group(1)) * {"KiB": 1024, "MiB": 1024 ** 2, "GiB": 1024 ** 3}[m.group(2)]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ctx.error(node, f"{what} must be a positive whole number" + (" or a size such as 64MiB"
+                                                                           if sizes else ""))
+    return value
+
+
+def _path(ctx: _Ctx, node: yaml.Node, what: str) -> Path | None:
+    return None if ctx.is_null(node) else Path(ctx.string(node, what))
+
+
+def loads(text: str, source: str = "sync config") -> SyncConfig:
+    """Parse sync YAML; every error starts with ``source:line:`` (strict reader: duplicates refused)."""
+    ctx = _Ctx(source)
+    root = yamlstrict.compose(text, source)
+    if root is None:
+        raise InputError(f"{source}: empty; sigstore (a directory) is required")
+    ctx.no_duplicates(root)
+    e = {k: v for k, _, v in ctx.mapping(root, "the sync config", _TOP)}
+    if "sigstore" not in e:
+        raise ctx.error(root, "sigstore (a directory) is required")
+    sigstore = Path(ctx.string(e["sigstore"], "sigstore"))
+    sources: list[Endpoint] = []
+    if "sources" in e and not ctx.is_null(e["sources"]):
+        snode = e["sources"]
+        if not isinstance(snode, yaml.SequenceNode):
+            raise ctx.error(snode, "sources must be a list")
+        for i, item in enumerate(snode.value):
+            ep = _endpoint(ctx, item, f"sources[{i}]", _SOURCE)
+            if any(s.url == ep.url for s in sources):
+                raise ctx.error(item, f"sources[{i}]: {ep.url} is listed twice")
+            sources.append(ep)
+    keys: list[str] = []
+    if "trusted-keys" in e and not ctx.is_null(e["trusted-keys"]):
+        knode = e["trusted-keys"]
+        if not isinstance(knode, yaml.SequenceNode):
+            raise ctx.error(knode, "trusted-keys must be a list of key file paths")
+        keys = [ctx.string(k, "trusted-keys entry") for k in knode.value]
+    if sources and not keys:
+        raise ctx.error(e.get("trusted-keys", root), "trusted-keys is required: every incoming signature is "
+                                                     "verified before it is written")
+    interval = _duration(ctx, e["interval"], "interval", 0.05, 86400) if "interval" in e else 30.0
+    timeout = _duration(ctx, e["timeout"], "timeout", 0.1, 3600) if "timeout" in e else DEFAULT_TIMEOUT
+    limits = PassLimits()
+    if "pass-limit" in e:
+        pl = {k: v for k, _, v in ctx.mapping(e["pass-limit"], "pass-limit", _PASS)}
+        limits = PassLimits(
+            records=_count(ctx, pl["records"], "pass-limit records") if "records" in pl else limits.records,
+            bytes=_count(ctx, pl["bytes"], "pass-limit bytes", sizes=True) if "bytes" in pl else limits.bytes,
+            seconds=_duration(ctx, pl["time"], "pass-limit time", 0.1, 86400) if "time" in pl else limits.seconds)
+    pd = ctx.boolean(e["propagate-deletes"], "propagate-deletes") if "propagate-deletes" in e else False
+    push = None
+    if "push" in e and not ctx.is_null(e["push"]):
+        push = _endpoint(ctx, e["push"], "push", _PUSH)
+    metrics = None
+    if "metrics" in e and not ctx.is_null(e["metrics"]):
+        host, _, port = str(ctx.scalar(e["metrics"], "metrics")).rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ctx.error(e["metrics"], "metrics must be HOST:PORT, e.g. 127.0.0.1:9464")
+        metrics = (host, int(port))
+    log_format = "json"
+    if "log-format" in e:
+        log_format = str(ctx.scalar(e["log-format"], "log-format"))
+        if log_format not in LOG_FORMATS:
+            raise ctx.error(e["log-format"], f"log-format must be {' or '.join(LOG_FORMATS)}"
+                                             f"{yamlstrict.did_you_mean(log_format, LOG_FORMATS)}")
+    quarantine = _path(ctx, e["quarantine"], "quarantine") if "quarantine" in e else None
+    state = (_path(ctx, e["state"], "state") if "state" in e else None) or sigstore / META_DIR / "sync-state.json"
+    return SyncConfig(sigstore, tuple(sources), tuple(Path(k) for k in keys), interval, quarantine, pd, push,
+                      metrics, state, timeout, limits, log_format)
 
 
 def parse(doc: Any, origin: str = "sync config") -> SyncConfig:
-    if not isinstance(doc, dict):
-        raise InputError(f"{origin}: expected a YAML mapping")
-    unknown = set(doc) - _TOP
-    if unknown:
-        raise InputError(f"{origin}: unknown keys {sorted(unknown)}")
-    if not isinstance(doc.get("sigstore"), str):
-        raise InputError(f"{origin}: sigstore (a directory) is required")
-    sigstore = Path(doc["sigstore"])
-    raw_sources = doc.get("sources") or []
-    if not isinstance(raw_sources, list):
-        raise InputError(f"{origin}: sources must be a list")
-    sources = tuple(_endpoint(s, f"{origin}: sources[{i}]", _SOURCE) for i, s in enumerate(raw_sources))
-    if len({s.url for s in sources}) != len(sources):
-        raise InputError(f"{origin}: a source is listed twice")
-    keys = doc.get("trusted-keys") or []
-    if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
-        raise InputError(f"{origin}: trusted-keys must be a list of key file paths")
-    if sources and not keys:
-        raise InputError(f"{origin}: trusted-keys is required: every incoming signature is verified before it is "
-                         "written")
-    interval = doc.get("interval", 30)
-    if isinstance(interval, bool) or not isinstance(interval, int | float) or not 0.05 <= interval <= 86400:
-        raise InputError(f"{origin}: interval must be seconds between 0.05 and 86400")
-    pd = doc.get("propagate-deletes", False)
-    if not isinstance(pd, bool):
-        raise InputError(f"{origin}: propagate-deletes must be true or false")
-    push = _endpoint(doc["push"], f"{origin}: push", _PUSH) if doc.get("push") else None
-    metrics = None
-    if doc.get("metrics"):
-        host, _, port = str(doc["metrics"]).rpartition(":")
-        if not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise InputError(f"{origin}: metrics must be HOST:PORT, e.g. 127.0.0.1:9464")
-        metrics = (host, int(port))
-    quarantine = Path(doc["quarantine"]) if doc.get("quarantine") else None
-    state = Path(doc["state"]) if doc.get("state") else sigstore / META_DIR / "sync-state.json"
-    return SyncConfig(sigstore, sources, tuple(Path(k) for k in keys), float(interval), quarantine, pd, push,
-                      metrics, state)
+    """The same checks for an already-loaded mapping (line numbers then refer to its YAML dump)."""
+    return loads(yaml.safe_dump(doc, sort_keys=False), origin)
 
 
 def load(path: str | Path) -> SyncConfig:
     try:
-        text = Path(path).read_text()
+        text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise InputError(f"cannot read sync config {path}: {exc.strerror}") from exc
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise InputError(f"sync config {path} is not valid YAML: {exc}") from exc
-    return parse(doc, str(path))
+    except UnicodeDecodeError as exc:
+        raise InputError(f"sync config {path} is not UTF-8 text") from exc
+    return loads(text, str(path))

@@ -2,14 +2,25 @@
 
 Operational contract (docs/sync.md): SIGHUP reloads the config and trusted keys without dropping the persisted
 cursors; SIGTERM finishes the record in hand (writes are atomic anyway), saves the cursor and exits 0; network
-and disk errors back off exponentially with jitter per source, so one dead peer never stalls the others.
-Logs are JSON lines on stdout (configured by the CLI); the library only uses :mod:`logging`.
+and disk errors back off exponentially with jitter per source. Logs go through :mod:`logging` (the CLI picks
+JSON lines or text, :mod:`atomicsig.logfmt`).
+
+Isolation (issue 12 #4/#6): one peer must never stop a node from syncing with the others. So every source has
+its own worker thread, and every pass over a source is bounded (``pass-limit:`` records, bytes, time; each
+network wait by ``timeout:``; requests still in flight one ``timeout`` after the time limit are cut): a peer
+whose journal never ends, that lies about Content-Length or that trickles bytes costs its own thread a bounded
+pass, then yields (budget reached: next pass continues at the saved cursor) or fails (reported, backed off).
+Threads share the store, whose writes serialise on its own locks (``flock`` on the digest directory and the
+journal, as ``sign -j N`` relies on), and the state file, saved under :attr:`SyncDaemon._state_lock`. The
+systemd watchdog is fed only while *every* source is handled: idle between passes, backing off after a reported
+failure, or in a pass within its hard bound (pass-limit time + timeout). A pass past that bound by WatchdogSec is
+stuck in something not bounded — a lock that never comes, a wedged verifier — and stops the feeding, so systemd
+restarts the daemon.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import random
 import signal
@@ -31,16 +42,8 @@ from .state import SyncState
 
 log = logging.getLogger("atomicsig.sync")
 MAX_BACKOFF = 300.0
-
-
-class JSONFormatter(logging.Formatter):
-    """One JSON object per line: time, level, msg and the record's ``fields`` (never secrets)."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        out: dict[str, Any] = {"time": round(record.created, 3), "level": record.levelname.lower(),
-                               "msg": record.getMessage()}
-        out.update(getattr(record, "fields", {}) or {})
-        return json.dumps(out, sort_keys=False, default=str)
+#: ``sync --once``: at most this many bounded passes per source (``--passes``).
+ONCE_PASSES = 10
 
 
 def backoff(failures: int, base: float = 1.0) -> float:
@@ -66,6 +69,12 @@ class Metrics:
         self.last_success = Gauge("atomicsig_sync_last_success_timestamp_seconds",
                                   "Time of the last complete pass", ["source"], registry=self.registry)
         self.pushed = Counter("atomicsig_sync_pushed", "Signatures uploaded upstream", registry=self.registry)
+        self.limited = Counter("atomicsig_sync_pass_limited", "Passes that stopped at a pass-limit (more to read)",
+                               ["source", "limit"], registry=self.registry)
+        self.backoff = Gauge("atomicsig_sync_backoff_seconds", "Delay before the next pass after a failure "
+                             "(0 when the last pass succeeded)", ["source"], registry=self.registry)
+        self.failing = Gauge("atomicsig_sync_consecutive_failures", "Failed passes in a row", ["source"],
+                             registry=self.registry)
         self._server: Any = None
 
     def serve(self, host: str, port: int) -> None:
@@ -93,9 +102,67 @@ class Metrics:
 
 @dataclass
 class _SourceRun:
+    """One source's worker: its follower, backoff, pass budget and liveness (read by the watchdog thread)."""
+
     follower: Follower
+    limits: config_mod.PassLimits
     failures: int = 0
     next_at: float = 0.0
+    #: Set to end this worker (SIGTERM, or SIGHUP replacing the followers); checked between records.
+    stop: threading.Event = field(default_factory=threading.Event)
+    thread: threading.Thread | None = None
+    #: time.monotonic() when the pass in progress started (None between passes).
+    busy_since: float | None = None
+    #: Fires at the pass's hard deadline: shuts down the source's requests still in flight.
+    reaper: threading.Timer | None = None
+    records: int = 0
+    bytes_at_start: int = 0
+    limit_hit: str | None = None
+    #: The last pass stopped at this pass-limit with more to read (None: caught up, or it failed).
+    limited: str | None = None
+
+    def begin(self, timeout: float) -> None:
+        now = time.monotonic()
+        self.busy_since = now
+        self.records, self.limit_hit = 0, None
+        src = self.follower.source
+        self.bytes_at_start = src.bytes_read
+        # Requests are cut one ``timeout`` after the soft limit: the record in hand may finish, none may hang.
+        hard = self.limits.seconds + timeout
+        src.deadline = now + hard
+        self.reaper = threading.Timer(hard, src.abort_requests)
+        self.reaper.daemon = True
+        self.reaper.start()
+
+    def end(self) -> None:
+        if self.reaper is not None:
+            self.reaper.cancel()
+            self.reaper = None
+        self.busy_since = None
+        self.follower.source.deadline = None
+
+    def progress(self) -> None:
+        """A record was handled (the follower's on_progress)."""
+        self.records += 1
+
+    def should_stop(self) -> bool:
+        """The follower's stop check, between chunks and records: stop requested, or this pass's budget spent."""
+        if self.stop.is_set():
+            return True
+        if self.busy_since is None:
+            return False
+        lim = self.limits
+        if self.records >= lim.records:
+            self.limit_hit = "records"
+        elif self.follower.source.bytes_read - self.bytes_at_start >= lim.bytes:
+            self.limit_hit = "bytes"
+        elif time.monotonic() - self.busy_since >= lim.seconds:
+            self.limit_hit = "time"
+        return self.limit_hit is not None
+
+    def hung(self, now: float, slack: float, timeout: float) -> bool:
+        """In a pass longer than its hard bound (pass-limit time + timeout) plus ``slack``: nothing we bound."""
+        return self.busy_since is not None and now - self.busy_since > self.limits.seconds + timeout + slack
 
 
 @dataclass
@@ -110,7 +177,7 @@ class SyncDaemon:
     _runs: dict[str, _SourceRun] = field(default_factory=dict)
     _verifier: Any = None
     _pusher: Pusher | None = None
-    _last_progress: float = field(default_factory=time.monotonic)
+    _state_lock: threading.Lock = field(default_factory=threading.Lock)
     #: Called once in :meth:`run` after the metrics socket is bound, before READY=1 (privilege drop, --user).
     after_bind: Any = None
 
@@ -137,10 +204,13 @@ class SyncDaemon:
         runs: dict[str, _SourceRun] = {}
         for ep in cfg.sources:
             st = self.state.source(ep.url)
-            f = Follower(HTTPSource(ep), intake, st, propagate_deletes=cfg.propagate_deletes,
-                         save=self.state.save, should_stop=self._stop.is_set, on_progress=self._progress)
+            f = Follower(HTTPSource(ep, cfg.timeout), intake, st, propagate_deletes=cfg.propagate_deletes,
+                         save=self.save_state)
             prev = self._runs.get(ep.url)
-            runs[ep.url] = _SourceRun(f, prev.failures if prev else 0, prev.next_at if prev else 0.0)
+            run = _SourceRun(f, cfg.limits, prev.failures if prev else 0, prev.next_at if prev else 0.0)
+            f.should_stop = lambda r=run: self._stop.is_set() or r.should_stop()  # type: ignore[misc]
+            f.on_progress = run.progress
+            runs[ep.url] = run
         self._runs = runs
         if self._pusher is not None:
             self._pusher.stop()
@@ -152,38 +222,66 @@ class SyncDaemon:
                                                     "trusted": sorted(verifier.fingerprints),
                                                     "sigstore": str(cfg.sigstore)}})
 
-    def _progress(self) -> None:
-        self._last_progress = time.monotonic()
+    def save_state(self) -> None:
+        """Persist every source's cursor; source threads call this, so one at a time."""
+        assert self.state is not None
+        with self._state_lock:
+            for attempt in range(3):
+                try:
+                    self.state.save()
+                    return
+                except RuntimeError:  # another source's thread grew its counters dict mid-copy: copy again
+                    if attempt == 2:
+                        raise
 
     # ---- one pass -------------------------------------------------------------------------------------------
 
     def run_source(self, url: str) -> PassReport | AtomicsigError:
+        """One bounded pass over one source; failures are reported and backed off, never raised."""
         run = self._runs[url]
         st = run.follower.st
+        assert self.cfg is not None
+        run.begin(self.cfg.timeout)
         try:
             rep = run.follower.run_pass()
         except AtomicsigError as exc:
+            run.limited = None
             run.failures += 1
             delay = backoff(run.failures)
             run.next_at = time.monotonic() + delay
             st.errors += 1
+            repeated = exc.message == st.last_error
             st.last_error, st.last_error_time = exc.message, time.time()
             with contextlib.suppress(AtomicsigError):
-                assert self.state is not None
-                self.state.save()
+                self.save_state()
             self.metrics.errors.labels(url).inc()
-            log.error("pass failed", extra={"fields": {"source": url, "error": exc.message,
-                                                       "retry_in": round(delay, 2), "failures": run.failures}})
+            self.metrics.backoff.labels(url).set(round(delay, 2))
+            self.metrics.failing.labels(url).set(run.failures)
+            # Reported once per distinct error: a peer failing the same way every retry does not flood the log
+            # (the counters, metrics and ``sync status`` still count every failure).
+            log.log(logging.DEBUG if repeated else logging.ERROR, "pass failed",
+                    extra={"fields": {"source": url, "error": exc.message, "retry_in": round(delay, 2),
+                                      "failures": run.failures}})
             return exc
+        finally:
+            run.end()
+        if run.failures:
+            log.info("source recovered", extra={"fields": {"source": url, "after_failures": run.failures}})
         run.failures = 0
-        assert self.cfg is not None
-        run.next_at = time.monotonic() + self.cfg.interval
+        self.metrics.backoff.labels(url).set(0)
+        self.metrics.failing.labels(url).set(0)
+        run.limited = limited = run.limit_hit if not rep.caught_up and not run.stop.is_set() \
+            and not self._stop.is_set() else None
+        # A pass that stopped at its budget continues right away (its own thread: nobody else waits for it).
+        run.next_at = time.monotonic() + (0.0 if limited else self.cfg.interval)
         self.metrics.record(url, rep, st.lag_bytes, st.last_success)
-        if rep.new_records or rep.restarted:
+        if limited:
+            self.metrics.limited.labels(url, limited).inc()
+        if rep.new_records or rep.restarted or limited:
             log.info("pass done", extra={"fields": {"source": url, "records": rep.new_records,
                                                     "created": rep.created, "duplicates": rep.duplicates,
                                                     "deleted": rep.deleted, "rejected": rep.rejected,
-                                                    "lag_bytes": st.lag_bytes}})
+                                                    "lag_bytes": st.lag_bytes, "limit": limited}})
         return rep
 
     def push_pass(self) -> int | AtomicsigError:
@@ -198,18 +296,38 @@ class SyncDaemon:
                                                        "error": exc.message}})
             return exc
         finally:
-            assert self.state is not None
             with contextlib.suppress(AtomicsigError):
-                self.state.save()
+                self.save_state()
         if n:
             self.metrics.pushed.inc(n)
             log.info("pushed", extra={"fields": {"upstream": self._pusher.upstream.url, "count": n}})
         return n
 
-    def run_once(self) -> dict[str, PassReport | AtomicsigError]:
-        out = {url: self.run_source(url) for url in list(self._runs)}
+    def run_once(self, max_passes: int = ONCE_PASSES) -> dict[str, PassReport | AtomicsigError]:
+        """Every source at once (one thread each) until caught up, failed, or ``max_passes`` bounded passes were
+        made (a peer whose journal never ends cannot keep ``--once`` running for ever); then the push pass."""
+        out: dict[str, PassReport | AtomicsigError] = {}
+        crashed: list[BaseException] = []
+
+        def one(url: str) -> None:
+            try:
+                for _ in range(max_passes):
+                    out[url] = res = self.run_source(url)
+                    if isinstance(res, AtomicsigError) or not self._runs[url].limited or self._stop.is_set():
+                        break
+            except BaseException as exc:  # re-raised below, in the caller's thread, as before
+                crashed.append(exc)
+
+        threads = [threading.Thread(target=one, args=(u,), name=f"sync-once-{i}", daemon=True)
+                   for i, u in enumerate(self._runs)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if crashed:
+            raise crashed[0]
         self.push_pass()
-        return out
+        return {u: out[u] for u in self._runs}
 
     # ---- forever --------------------------------------------------------------------------------------------
 
@@ -221,17 +339,71 @@ class SyncDaemon:
     def stop(self) -> None:
         self._stop.set()
 
+    # ---- workers --------------------------------------------------------------------------------------------
+
+    def _worker(self, url: str, run: _SourceRun) -> None:
+        while not (run.stop.is_set() or self._stop.is_set()):
+            delay = run.next_at - time.monotonic()
+            if delay > 0 and run.stop.wait(delay):
+                break
+            if self._stop.is_set():
+                break
+            try:
+                self.run_source(url)
+            except Exception:  # a bug must not end this source's syncing silently: report, back off, retry
+                run.failures += 1
+                run.next_at = time.monotonic() + backoff(run.failures)
+                self.metrics.errors.labels(url).inc()
+                log.exception("pass crashed", extra={"fields": {"source": url, "failures": run.failures}})
+
+    def _start_workers(self) -> None:
+        for i, (url, run) in enumerate(self._runs.items()):
+            run.stop = threading.Event()
+            run.thread = threading.Thread(target=self._worker, args=(url, run), name=f"sync-source-{i}",
+                                          daemon=True)
+            run.thread.start()
+
+    def _stop_workers(self, wait: float | None = None) -> None:
+        """Ask every worker to stop after the record in hand, and wait (each is inside a bounded pass); with
+        ``wait`` (exit) give up after that many seconds on a stuck one: its thread dies with the process."""
+        for run in self._runs.values():
+            run.stop.set()
+        end = None if wait is None else time.monotonic() + wait
+        for url, run in self._runs.items():
+            if run.thread is not None:
+                run.thread.join(None if end is None else max(0.0, end - time.monotonic()))
+                if run.thread.is_alive():
+                    log.error("source did not stop", extra={"fields": {"source": url}})
+                run.thread = None
+
+    def stalled(self, now: float | None = None) -> list[str]:
+        """Sources whose pass outlived its hard bound (pass-limit time + timeout) by the watchdog period.
+
+        Every network wait of a pass is cut at that bound (HTTPSource.abort_requests), so a pass still running
+        after it is stuck in something we do not bound: a store lock that never comes, a wedged verifier.
+        """
+        slack = 2 * (watchdog_interval() or 0.0)
+        timeout = self.cfg.timeout if self.cfg else config_mod.DEFAULT_TIMEOUT
+        now = time.monotonic() if now is None else now
+        return [u for u, r in list(self._runs.items()) if r.hung(now, slack, timeout)]
+
     def _watchdog_thread(self) -> None:
         interval = watchdog_interval()
         if not interval:
             return
-        limit = interval * 2
 
         def loop() -> None:
+            reported: set[str] = set()
             while not self._stop.wait(interval):
-                # Only claim liveness while the loop moves; a hung pass lets systemd restart us.
-                if time.monotonic() - self._last_progress < limit + (self.cfg.interval if self.cfg else 0):
+                # Claim liveness only while every source is handled: idle, backing off after a reported failure,
+                # or making progress. One stuck source withholds WATCHDOG=1 and systemd restarts us.
+                stuck = self.stalled()
+                if not stuck:
                     notify("WATCHDOG=1")
+                    reported.clear()
+                elif set(stuck) != reported:
+                    reported = set(stuck)
+                    log.error("source stalled, watchdog not fed", extra={"fields": {"sources": stuck}})
         threading.Thread(target=loop, name="sd-watchdog", daemon=True).start()
 
     def run(self) -> int:
@@ -243,12 +415,16 @@ class SyncDaemon:
         if self._pusher is not None:
             self._pusher.watch()
         notify("READY=1")
+        self._start_workers()
         self._watchdog_thread()
+        push_next = 0.0
         try:
             while not self._stop.is_set():
                 if self._reload.is_set():
                     self._reload.clear()
                     notify("RELOADING=1")
+                    # The old followers finish the record in hand before the new ones (same cursors) start.
+                    self._stop_workers()
                     try:
                         self.load()
                         if self._pusher is not None:
@@ -256,29 +432,29 @@ class SyncDaemon:
                     except AtomicsigError as exc:
                         log.error("reload failed, keeping the old config",
                                   extra={"fields": {"error": exc.message}})
+                    self._start_workers()
                     notify("READY=1")
-                now = time.monotonic()
-                for url, run in list(self._runs.items()):
-                    if self._stop.is_set():
-                        break
-                    if run.next_at <= now:
-                        self.run_source(url)
-                self.push_pass()
-                self._progress()
-                waits = [r.next_at - time.monotonic() for r in self._runs.values()]
                 assert self.cfg is not None
-                timeout = max(0.05, min(waits, default=self.cfg.interval))
+                if self._pusher is not None and time.monotonic() >= push_next:
+                    self.push_pass()
+                    push_next = time.monotonic() + self.cfg.interval
+                # Short waits: SIGTERM and SIGHUP are noticed within a second whatever the interval.
+                timeout = max(0.05, min(1.0, push_next - time.monotonic()))
                 wake = self._pusher.wake if self._pusher is not None else None
                 if wake is not None:
-                    wake.wait(timeout)
+                    if wake.wait(timeout):
+                        push_next = 0.0
                     wake.clear()
                 else:
                     self._stop.wait(timeout)
         finally:
+            self._stop.set()
             notify("STOPPING=1")
+            assert self.cfg is not None
+            self._stop_workers(wait=self.cfg.limits.seconds + self.cfg.timeout + 1)
             if self.state is not None:
                 with contextlib.suppress(AtomicsigError):
-                    self.state.save()
+                    self.save_state()
             if self._pusher is not None:
                 self._pusher.stop()
             self.metrics.stop()

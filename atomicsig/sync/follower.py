@@ -149,11 +149,30 @@ class Follower:
             self.on_progress()
             if handled % SAVE_EVERY == 0:
                 self.save()
-        if broken is not None and not self.should_stop():
-            self.save()
-            raise broken
+        if broken is not None and not self.should_stop() and handled == len(lines):
+            self._skip_overlong(data, base, consumed, broken, rep)
+            return True
         st.etag = chunk.etag if chunk.total is not None and consumed >= chunk.total else None
         return bool(chunk.total is not None and consumed < chunk.total and handled > 0)
+
+    def _skip_overlong(self, data: bytes, base: int, start: int, why: JournalError, rep: PassReport) -> None:
+        """Resynchronise after a run of more than MAX_LINE bytes without a newline (garbage from a broken or
+        hostile peer): continue after its next newline, reporting it once with its offset.
+
+        Safe because of the journal format: every record is one line of at most MAX_LINE bytes, and a torn
+        tail (a writer killed mid-append) is a *prefix* of one record, so never longer than MAX_LINE: such a run
+        is neither a record nor the start of one. Stopping there instead (as before) failed the source at the
+        same offset on every pass, forever. Skipped records are not lost by our choice — they never existed in a
+        readable form; the rest of the journal is checked record by record as usual.
+        """
+        rel = start - base
+        nl = data.find(b"\n", rel)
+        resume = base + (nl + 1 if nl != -1 else len(data))
+        self._reject(rep, "journal-line", f"{why.message}; skipped {resume - start} bytes to offset {resume}",
+                     f"offset {start}")
+        self.st.offset = resume
+        self.st.seq = 0  # the skipped records' seqs are unknown; accept whatever follows
+        self.save()
 
     def _handle_line(self, line: bytes, end: int, rep: PassReport) -> None:
         st = self.st

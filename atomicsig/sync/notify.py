@@ -1,7 +1,8 @@
 """systemd ``sd_notify`` without libsystemd: one datagram per state change to ``$NOTIFY_SOCKET``.
 
 Used by ``atomicsig-sync.service`` (``Type=notify``): READY=1 after config and keys load, WATCHDOG=1 keep-alives
-while the loop makes progress, STOPPING=1 on SIGTERM. Outside systemd (no ``$NOTIFY_SOCKET``) it does nothing.
+while every source is handled (daemon.py: idle, backing off, or progressing), STOPPING=1 on SIGTERM. Outside
+systemd (no ``$NOTIFY_SOCKET``) it does nothing.
 """
 
 from __future__ import annotations
