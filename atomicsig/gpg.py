@@ -303,13 +303,7 @@ class Keyring:
         if passphrase is None:
             lines.append("%no-protection")
         lines.append("%commit")
-        cmd = [gpg_binary(), "--batch", "--no-tty", "--status-fd", "1"]
-        if self.home:
-            cmd += ["--homedir", self.home]
-        stdin = b""
-        if passphrase is not None:
-            cmd += ["--pinentry-mode", "loopback", "--passphrase-fd", "0"]
-            stdin = passphrase.encode() + b"\n"
+        cmd, stdin = self._command(passphrase, status_fd=1)
         with tempfile.TemporaryDirectory(prefix="atomicsig-genkey-") as tmp:
             params = Path(tmp) / "params"
             params.write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -391,11 +385,9 @@ class Keyring:
             raise GPGError(f"gpg did not apply the revocation of {fingerprint}: {_stderr_tail(res)}")
         return out
 
-    def _run(self, args: list[str], passphrase: str | None, stdin_prefix: str = "", *, batch: bool = True) -> bytes:
-        """Run gpg for operations python-gnupg does not wrap; passphrase on fd 0 after any scripted answers."""
-        import subprocess
-
-        cmd = [gpg_binary(), *(["--batch"] if batch else []), "--no-tty", "--status-fd", "2"]
+    def _command(self, passphrase: str | None, *, status_fd: int, batch: bool = True) -> tuple[list[str], bytes]:
+        """The gpg argv for this home and the stdin that carries the passphrase (never argv, never env)."""
+        cmd = [gpg_binary(), *(["--batch"] if batch else []), "--no-tty", "--status-fd", str(status_fd)]
         if not self.autostart:
             cmd.append("--no-autostart")
         if self.home:
@@ -404,6 +396,13 @@ class Keyring:
         if passphrase is not None:
             cmd += ["--pinentry-mode", "loopback", "--passphrase-fd", "0"]
             stdin = passphrase.encode() + b"\n"
+        return cmd, stdin
+
+    def _run(self, args: list[str], passphrase: str | None, stdin_prefix: str = "", *, batch: bool = True) -> bytes:
+        """Run gpg for operations python-gnupg does not wrap; passphrase on fd 0 after any scripted answers."""
+        import subprocess
+
+        cmd, stdin = self._command(passphrase, status_fd=2, batch=batch)
         stdin += stdin_prefix.encode()
         proc = subprocess.run(cmd + args, input=stdin, capture_output=True, check=False, timeout=120,
                               env=child_env())

@@ -309,3 +309,38 @@ def serve_sigstore(root: Path, *extra: str) -> Iterator[str]:
         yield f"http://127.0.0.1:{port}"
     finally:
         kill_group(proc)
+
+
+@dataclass
+class SyncNode:
+    """One node of a sync test: a sigstore and an ``atomicsig sync`` config trusting ``pub``."""
+
+    dir: Path
+    pub: Path
+    name: str = ""
+
+    @property
+    def sigstore(self) -> Path:
+        return self.dir / "sigstore"
+
+    @property
+    def config(self) -> Path:
+        return self.dir / "sync.yaml"
+
+    def configure(self, sources: list[str], **extra: Any) -> Path:
+        import yaml
+
+        self.sigstore.mkdir(parents=True, exist_ok=True)
+        doc = {"sigstore": str(self.sigstore), "sources": [{"url": u} for u in sources],
+               "trusted-keys": [str(self.pub)], "interval": 0.2, **extra}
+        self.config.write_text(yaml.safe_dump(doc))
+        return self.config
+
+    def blobs(self, digest_hex: str, repo: str) -> list[bytes]:
+        from atomicsig.lookaside import read_dir
+
+        d = self.sigstore / f"{repo}@sha256={digest_hex}"
+        return [s.blob for s in read_dir(d)] if d.is_dir() else []
+
+    def state(self) -> dict[str, Any]:
+        return json.loads((self.sigstore / ".atomicsig" / "sync-state.json").read_text())

@@ -16,13 +16,11 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
-import yaml
 
 from atomicsig import payload
 from atomicsig.gpg import Keyring
@@ -32,6 +30,7 @@ from atomicsig.sync.journal import Journal, sha256_hex
 from tests.conftest import needs_registry
 from tests.infra import (
     GpgHome,
+    SyncNode,
     free_port,
     kill_group,
     push_image,
@@ -77,27 +76,7 @@ def as_sets(c: dict[str, list[bytes]]) -> dict[str, set[bytes]]:
     return {k: set(v) for k, v in c.items()}
 
 
-@dataclass
-class Node:
-    name: str
-    dir: Path
-    pub: Path
-
-    @property
-    def sigstore(self) -> Path:
-        return self.dir / "sigstore"
-
-    @property
-    def config(self) -> Path:
-        return self.dir / "sync.yaml"
-
-    def configure(self, sources: list[str], **extra: Any) -> Path:
-        self.sigstore.mkdir(parents=True, exist_ok=True)
-        doc = {"sigstore": str(self.sigstore), "sources": [{"url": u} for u in sources],
-               "trusted-keys": [str(self.pub)], "interval": 0.2, **extra}
-        self.config.write_text(yaml.safe_dump(doc))
-        return self.config
-
+class Node(SyncNode):
     def add(self, blob: bytes, digest: str = D1, repo: str = "example.com/ns/app") -> None:
         DirectoryStore(self.sigstore).append(parse(repo), digest, blob)
 
@@ -108,7 +87,7 @@ class Node:
 @pytest.fixture
 def node(tmp_path: Path, signer_pub: Path) -> Callable[[str], Node]:
     def make(name: str) -> Node:
-        n = Node(name, tmp_path / name, signer_pub)
+        n = Node(tmp_path / name, signer_pub, name)
         n.sigstore.mkdir(parents=True, exist_ok=True)
         return n
     return make
@@ -529,7 +508,7 @@ def test_disk_full_and_read_only_sigstore(cli: Any, node: Callable[[str], Node],
         a.add(kr.sign(payload.build(f"example.com/ns/app:v{i}", digest), signer.fingerprint, None), digest)
     want = as_sets(contents(a.sigstore))
     with serve(a.sigstore) as url, tmpfs(tmp_path / "small", "96k") as mnt:
-        n = Node("small", mnt, a.pub)
+        n = Node(mnt, a.pub, "small")
         n.config.parent.mkdir(parents=True, exist_ok=True)
         n.configure([url], state=str(tmp_path / "state.json"))
         code, logs = sync_once(cli, n)

@@ -26,15 +26,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from atomicsig import payload
 from atomicsig.errors import InputError
 from atomicsig.gpg import Keyring
-from atomicsig.lookaside import DirectoryStore, read_dir
+from atomicsig.lookaside import DirectoryStore
 from atomicsig.reference import parse
 from atomicsig.sync.journal import sha256_hex
-from tests.infra import GpgHome, free_port, kill_group, serve_sigstore
+from tests.infra import GpgHome, SyncNode, free_port, kill_group, serve_sigstore
 
 ATOMICSIG = [sys.executable, "-m", "atomicsig"]
 HEX1, HEX2, HEX3 = "1" * 64, "2" * 64, "3" * 64
@@ -172,32 +171,9 @@ def hostile(kind: str, sigs: dict[str, bytes]) -> Iterator[tuple[str, Hostile]]:
 
 # ---- nodes ----------------------------------------------------------------------------------------------------
 
-@dataclass
-class Node:
-    dir: Path
-    pub: Path
-
-    @property
-    def sigstore(self) -> Path:
-        return self.dir / "sigstore"
-
-    @property
-    def config(self) -> Path:
-        return self.dir / "sync.yaml"
-
-    def configure(self, sources: list[str], **extra: Any) -> Path:
-        self.sigstore.mkdir(parents=True, exist_ok=True)
-        doc = {"sigstore": str(self.sigstore), "sources": [{"url": u} for u in sources],
-               "trusted-keys": [str(self.pub)], "interval": 0.2, **extra}
-        self.config.write_text(yaml.safe_dump(doc))
-        return self.config
-
+class Node(SyncNode):
     def blobs(self, digest_hex: str, repo: str = "ns/honest") -> list[bytes]:
-        d = self.sigstore / f"{repo}@sha256={digest_hex}"
-        return [s.blob for s in read_dir(d)] if d.is_dir() else []
-
-    def state(self) -> dict[str, Any]:
-        return json.loads((self.sigstore / ".atomicsig" / "sync-state.json").read_text())
+        return super().blobs(digest_hex, repo)
 
 
 @pytest.fixture
