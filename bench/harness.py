@@ -229,6 +229,18 @@ def check(rows: list[Row], section: dict[str, Any]) -> dict[str, str]:
     return status
 
 
+def incomplete(rows: list[Row], section: dict[str, Any]) -> list[str]:
+    """What makes a run unusable as a gate, whatever the ratios: a baseline row not measured, a rate of zero, an
+    atomicsig command without its peak memory (issue #6 bounds it). The gate (``--quick`` in CI) is the only run
+    of this runner in CI, so it checks its own shape instead of a separate test running it a second time.
+    """
+    measured = {r.key for r in rows}
+    out = [f"{k}: not measured" for k in sorted((section.get("ratios") or {}).keys() - measured)]
+    out += [f"{r.key}: a rate of zero" for r in rows if not (r.ours > 0 and r.other > 0 and r.ratio > 0)]
+    out += [f"{r.key}: no peak memory" for r in rows if not r.key.startswith("startup.") and not r.peak_mib]
+    return out
+
+
 def render(rows: list[Row], section: dict[str, Any], status: dict[str, str]) -> str:
     floors = section.get("ratios") or {}
     body = []

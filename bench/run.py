@@ -104,6 +104,10 @@ def main(argv: list[str] | None = None) -> int:
         harness.write_json(baseline_path, baseline)
         print(f"wrote {mode} baseline to {baseline_path}", file=sys.stderr)
         return 0
+    broken = harness.incomplete(rows, section) if not args.only else []
+    if broken:
+        print(f"bench: incomplete run: {'; '.join(broken)}", file=sys.stderr)
+        return 3
     regressed = [k for k, v in status.items() if v == "REGRESSED"]
     if regressed and not args.no_check:
         print(f"bench: ratio below its floor for {', '.join(regressed)}", file=sys.stderr)

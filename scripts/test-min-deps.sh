@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Prove the lower bounds in setup.cfg: install the oldest allowed runtime dependencies (constraints/minimum.txt)
-# into a separate virtualenv and run the fast tests (everything not marked slow) against them.
+# into a separate virtualenv and run the fast tests (everything not marked slow) against them. The test tools
+# that fast tests import (atheris, pip-audit) are installed too, so no fast test is skipped here: CI runs the
+# fast tier only in this environment (scripts/test.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=${ATOMICSIG_MIN_VENV:-.venv-min}
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 log=$(mktemp)
 if ! "$venv/bin/python" -m pip install -q -c constraints/minimum.txt -r constraints/minimum.txt \
-      "pytest>=7.4" "hypothesis>=6.80" >"$log" 2>&1 \
+      "pytest>=7.4" "hypothesis>=6.80" "atheris>=2.3,<3" "pip-audit>=2.6" >"$log" 2>&1 \
    || ! "$venv/bin/python" -m pip install -q --no-deps -e . >>"$log" 2>&1; then
   cat "$log" >&2; rm -f "$log"; echo "min-deps: pip install failed" >&2; exit 1
 fi

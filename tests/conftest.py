@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 from collections.abc import Iterator
@@ -23,6 +24,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     # In CI a missing tool is a failure, not a skip: a green run must mean the interop tests ran.
     if os.environ.get("CI") and not (HAVE_SKOPEO and HAVE_REGISTRY and HAVE_PODMAN):
         raise pytest.UsageError("CI=true but skopeo/podman/docker-registry are missing; .ci/run must install them")
+    # Likewise the test extras some fast tests import: a skipped fuzz replay would pass CI without replaying.
+    missing = [m for m in ("atheris", "pip_audit") if importlib.util.find_spec(m) is None]
+    if os.environ.get("CI") and missing:
+        raise pytest.UsageError(f"CI=true but {', '.join(missing)} cannot be imported; scripts/ must install it")
 
 
 @pytest.fixture(scope="session")

@@ -60,7 +60,7 @@ def test_skipped_packages_are_reported_not_clean(monkeypatch: pytest.MonkeyPatch
 
 def test_real_pip_audit_output_is_understood() -> None:
     """Whatever the network allows here, the real pip-audit's JSON parses and one of the three outcomes comes out."""
-    pytest.importorskip("pip_audit")  # not in the minimum-versions environment (scripts/test-min-deps.sh)
+    pytest.importorskip("pip_audit")  # a test extra; scripts/test-min-deps.sh installs it too
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "audit.py"), "--timeout", "240"],
                           capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode in (0, 1), proc.stderr

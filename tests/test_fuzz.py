@@ -343,7 +343,7 @@ def test_atheris_targets_run_clean(tmp_path: Path) -> None:
 @pytest.mark.parametrize("target", sorted(p.name for p in (FUZZ / "regressions").iterdir()))
 def test_fuzz_findings_replay_clean_through_their_target(target: str, tmp_path: Path) -> None:
     """libFuzzer given files instead of a corpus runs each once: exit 0 means none of them crashes any more."""
-    pytest.importorskip("atheris")  # not in the minimum-versions environment
+    pytest.importorskip("atheris")  # a test extra (CI has it in both environments: tests/conftest.py)
     files = sorted(str(p) for p in (FUZZ / "regressions" / target).iterdir())
     # TMPDIR: libFuzzer exits without Python's exit handlers, so the serve target's temp store is left behind.
     proc = subprocess.run([sys.executable, str(FUZZ / f"fuzz_{target}.py"), "-timeout=10", *files],
