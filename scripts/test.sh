@@ -28,4 +28,4 @@ echo "== fast tier on the minimum dependency versions"; bash scripts/test-min-de
 echo "== benchmark regression gate (ratios vs skopeo/gpg/podman/rsync, floors in bench/baseline.json)"
 # A real 2x regression persists; a noisy neighbour rarely strikes twice: fail only if a second run agrees.
 python bench/run.py --quick || { echo "bench: re-running once to rule out noise"; python bench/run.py --quick; }
-echo "== slow tier (real tools)"; python -m pytest -q -p no:cacheprovider -m slow "$@"
+echo "== slow tier (real tools)"; python -m pytest -q -p no:cacheprovider -m slow --durations=15 "$@"
