@@ -67,6 +67,9 @@ class Target:
     digest: str
     identity: str
     note: str = ""  # e.g. "linux/arm64 instance of …"
+    #: For a manifest list resolved without ``all_instances``: the platforms of the instances left unsigned. Nodes
+    #: evaluate the instance they pull, not the list (SPEC §2.2), so ``sign`` warns when this is not empty.
+    unsigned_instances: tuple[str, ...] = ()
 
 
 @dataclass
@@ -161,8 +164,9 @@ class Resolver:
         return fetched.digest, fetched.data
 
     def _with_instances(self, ref: Reference, identity: str, digest: str, data: bytes) -> list[Target]:
-        targets = [Target(ref, digest, identity)]
         instances = manifest.list_instances(data)
+        unsigned = () if self.all_instances else tuple(i.platform or "instance" for i in instances)
+        targets = [Target(ref, digest, identity, unsigned_instances=unsigned)]
         if instances and self.all_instances:
             for inst in instances:
                 note = f"{inst.platform or 'instance'} of {digest[:19]}"

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
 import sys
-from dataclasses import field
 from pathlib import Path
 from typing import Any
 
@@ -111,14 +109,14 @@ def sign(references: tuple[str, ...], keys: tuple[str, ...], sigstore: str, regi
             echo_line(f"atomicsig: warning: {warning}", err=True)
     store = choose_store(sigstore, registries_dir=registries_dir, tls_verify=tls_verify, cert_dir=cert_dir,
                          authfile=authfile, token_file=sigstore_token_file)
-    resolver = _ListWarningResolver(tls_verify=tls_verify, cert_dir=cert_dir, authfile=authfile,
-                                    all_instances=all_instances, manifest_file=manifest_file)
+    resolver = Resolver(tls_verify=tls_verify, cert_dir=cert_dir, authfile=authfile,
+                        all_instances=all_instances, manifest_file=manifest_file)
     if dry_run:
         return _dry_run(refs, keys, gnupghome, resolver, store, force, as_json, json_lines)
 
     pw = read_cached(passphrase_source(passphrase_file, passphrase_env, passphrase_stdin))
     outcomes: list[signing.Outcome] = []
-    printer = _OutcomePrinter(resolver, "json" if as_json else "json-lines" if json_lines else "text")
+    printer = _OutcomePrinter("json" if as_json else "json-lines" if json_lines else "text")
     with _signers(keys, gnupghome, pw, signer_mode) as signers:
         for signer in signers:
             _warn_if_subkey(signer)
@@ -140,40 +138,19 @@ def sign(references: tuple[str, ...], keys: tuple[str, ...], sigstore: str, regi
     return _report(outcomes, as_json, store.describe())
 
 
-@dataclasses.dataclass
-class _ListWarningResolver(Resolver):
-    """The signing Resolver, noting which references turned out to be a manifest list signed without --all.
+def _list_warning(text: str, target: Target | None) -> str | None:
+    """The warning for a manifest list signed without --all (the Resolver names its unsigned instances).
 
     A node evaluates the per-platform instance it pulls, not the list (SPEC §2.2, c/image ``copy`` of a list):
     signing only the list digest gives an image every node refuses. The list is only visible when the manifest is
     read anyway (a tag, or --manifest); a reference by digest is signed without asking the registry, as before.
-    The Resolver's own logic is untouched: the probe is a copy of it with ``all_instances`` set, whose extra
-    targets are dropped and remembered for the warning.
     """
-
-    lists: dict[str, list[Target]] = field(default_factory=dict)
-
-    def resolve(self, text: str) -> list[Target]:
-        if self.all_instances:
-            return super().resolve(text)
-        from .. import reference
-
-        if reference.parse(text.strip()).digest and not self.manifest_file:
-            return super().resolve(text)
-        targets = dataclasses.replace(self, all_instances=True).resolve(text)
-        if len(targets) > 1:
-            with self._lock:
-                self.lists[text] = targets[1:]
-        return targets[:1]
-
-    def list_warning(self, text: str) -> str | None:
-        instances = self.lists.get(text)
-        if not instances:
-            return None
-        platforms = ", ".join(t.note.split(" of ", 1)[0] for t in instances)
-        return (f"warning: {text} is a manifest list ({len(instances)} instances: {platforms}); nodes evaluate the "
-                "per-platform instance they pull and will refuse the image unless the instances are signed too "
-                "(SPEC §2.2): sign with --all")
+    if target is None or not target.unsigned_instances:
+        return None
+    platforms = ", ".join(target.unsigned_instances)
+    return (f"warning: {text} is a manifest list ({len(target.unsigned_instances)} instances: {platforms}); nodes "
+            "evaluate the per-platform instance they pull and will refuse the image unless the instances are "
+            "signed too (SPEC §2.2): sign with --all")
 
 
 class _OutcomePrinter:
@@ -183,14 +160,14 @@ class _OutcomePrinter:
     stderr as "FAILED …" in text mode, as today; a manifest-list warning is printed before its image's line.
     """
 
-    def __init__(self, resolver: _ListWarningResolver, mode: str) -> None:
-        self.resolver, self.mode = resolver, mode
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
         self._warned: set[str] = set()
 
     def __call__(self, o: Any) -> None:
         if o.input not in self._warned:
             self._warned.add(o.input)
-            warning = self.resolver.list_warning(o.input)
+            warning = _list_warning(o.input, o.target)
             if warning:
                 echo_line(warning, err=True)
         if self.mode == "json":
@@ -209,7 +186,7 @@ def _outcome_text(o: Any) -> str:
     return f"{o.status:7} {ident} {o.target.digest if o.target else ''}{extra} -> {o.location}"
 
 
-def _dry_run(refs: list[str], keys: tuple[str, ...], gnupghome: str | None, resolver: _ListWarningResolver,
+def _dry_run(refs: list[str], keys: tuple[str, ...], gnupghome: str | None, resolver: Resolver,
              store: Any, force: bool, as_json: bool, json_lines: bool) -> int:
     """What ``sign`` would do, with the signing keys resolved too: exit 1 if anything would be signed, else 0.
 
@@ -221,11 +198,12 @@ def _dry_run(refs: list[str], keys: tuple[str, ...], gnupghome: str | None, reso
     key_fprs = _secret_key_fingerprints(keys, gnupghome)
     rows = []
     for r in refs:
-        for t in resolver.resolve(r):
+        targets = resolver.resolve(r)
+        for t in targets:
             missing = key_fprs if force else [k for k in key_fprs if not signing.already_signed_by(store, t, k)]
             rows.append({"input": r, "identity": t.identity, "digest": t.digest, "note": t.note,
                          "status": "would-sign" if missing else "exists"})
-        warning = resolver.list_warning(r)
+        warning = _list_warning(r, targets[0] if targets else None)
         if warning:
             echo_line(warning, err=True)
     pending = any(x["status"] == "would-sign" for x in rows)
