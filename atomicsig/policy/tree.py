@@ -201,35 +201,23 @@ class NodeTree:
         if fd is None:
             return None
         try:
-            f = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=fd)
+            return fsutil.read_regular_file(fd, name, MAX_FILE_BYTES)  # O_NOFOLLOW, O_NONBLOCK, S_ISREG, bounded
         except FileNotFoundError:
             return None
-        except OSError as exc:
-            if exc.errno != errno.ELOOP:
-                raise StorageError(f"cannot read {self.display(node_path)}: {exc.strerror or exc}") from exc
+        except fsutil.UnsafeFileError as exc:
+            if exc.why == "too-large":
+                raise PolicyError(f"{self.display(node_path)} is larger than {MAX_FILE_BYTES} bytes") from None
+            if exc.why != "symlink":
+                raise PolicyError(f"{self.display(node_path)} is not a regular file; refusing to use it") from None
             if not follow:
                 raise PolicyError(f"{self.display(node_path)} is a symlink; apply replaces or removes only regular "
-                                  f"files it wrote itself") from exc
+                                  f"files it wrote itself") from None
             with self._lock:
                 key = "/".join(x for x in (self._real_dir(fd), name) if x)
             target = self._inside(key)
             return self.read("/" + target, follow=False) if target else None
-        try:
-            st = os.fstat(f)
-            if not stat.S_ISREG(st.st_mode):
-                raise PolicyError(f"{self.display(node_path)} is not a regular file; refusing to use it")
-            chunks: list[bytes] = []
-            size = 0
-            while chunk := os.read(f, 1 << 20):
-                size += len(chunk)
-                if size > MAX_FILE_BYTES:
-                    raise PolicyError(f"{self.display(node_path)} is larger than {MAX_FILE_BYTES} bytes")
-                chunks.append(chunk)
-            return b"".join(chunks)
         except OSError as exc:
             raise StorageError(f"cannot read {self.display(node_path)}: {exc.strerror or exc}") from exc
-        finally:
-            os.close(f)
 
     def lexists(self, node_path: str) -> bool:
         d, name = split(node_path)
