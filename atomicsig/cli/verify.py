@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
@@ -14,6 +13,7 @@ from ..identity import IdentityMatcher
 from ..keys import trusted_key_blobs
 from .common import (
     emit_json,
+    emit_json_line,
     gnupghome_option,
     install_sigterm_as_interrupt,
     json_option,
@@ -144,7 +144,7 @@ def verify(ctx: click.Context, references: tuple[str, ...], keys: tuple[str, ...
                                 workers=min(workers, len(refs))):
             verdicts.append(vd)
             if json_lines:
-                click.echo(json.dumps(vd.as_dict(), sort_keys=False))
+                emit_json_line(vd.as_dict())
             elif not as_json:
                 _print_verdict(vd)
     if as_json:
