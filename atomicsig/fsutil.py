@@ -22,7 +22,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from .errors import StorageError
+from atomicsig.errors import StorageError
 
 TEMP_PREFIX = ".tmp-"
 #: A leftover of a writer whose pid is gone is removed after this long; the delay covers a writer in another pid

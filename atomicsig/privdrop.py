@@ -15,7 +15,7 @@ import os
 import pwd
 from dataclasses import dataclass
 
-from .errors import InputError
+from atomicsig.errors import InputError
 
 
 class PrivilegeError(InputError):

@@ -22,8 +22,8 @@ from pathlib import Path
 
 from harness import KEY_TYPES, TARGET_N, BenchError, Context, Row, compare, make_row, run_checked, run_measured, timed
 
-from atomicsig import manifest, payload
-from atomicsig.lookaside import digest_dirname
+from atomicsig.format import manifest, payload
+from atomicsig.format.sigpath import digest_dirname
 
 REPO = "registry.example.com/bench/app"
 IDENTITY = f"{REPO}:1.0"

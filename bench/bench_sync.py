@@ -33,11 +33,12 @@ from typing import Any
 
 import yaml
 
-from atomicsig import payload
-from atomicsig.gpg import Keyring, TrustedKeys
-from atomicsig.lookaside import DirectoryStore, digest_dirname
-from atomicsig.reference import parse
-from atomicsig.sync.journal import Journal
+from atomicsig.format import payload
+from atomicsig.format.reference import parse
+from atomicsig.format.sigpath import digest_dirname
+from atomicsig.gnupg.keyring import Keyring, TrustedKeys
+from atomicsig.store.directory import DirectoryStore
+from atomicsig.store.journal import Journal
 
 ATOMICSIG = [sys.executable, "-m", "atomicsig"]
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from harness import KEY_TYPES, TARGET_N, BenchError, Context, Row, compare, make_row, run_checked, run_measured, timed
 
-from atomicsig.lookaside import digest_dirname
+from atomicsig.format.sigpath import digest_dirname
 
 IDENTITY = "registry.example.com/bench/app:1.0"  # what the signatures claim (skopeo wants it exactly)
 #: atomicsig verifies digest references, as a node pulling by digest would: matchRepoDigestOrExact then accepts

@@ -107,7 +107,7 @@ class Context:
 
 def make_keys(ctx: Context) -> None:
     """One passphrase-less signing key per type in ``ctx.gnupghome``, made with atomicsig's own Keyring."""
-    from atomicsig.gpg import Keyring
+    from atomicsig.gnupg.keyring import Keyring
 
     ctx.gnupghome.mkdir(mode=0o700, parents=True, exist_ok=True)
     kr = Keyring(str(ctx.gnupghome))

@@ -59,8 +59,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from atomicsig.lookaside import digest_dirname  # noqa: E402
-from atomicsig.sync.journal import Journal  # noqa: E402
+from atomicsig.format.sigpath import digest_dirname  # noqa: E402
+from atomicsig.store.journal import Journal  # noqa: E402
 
 REPO = "bench/app"
 IDENTITY = f"registry.example.com/{REPO}:v1"
@@ -82,7 +82,7 @@ def make_signatures(cache: Path, count: int) -> dict[str, bytes]:
     digests = _digests(count, "load-serve")
     if all((store / digest_dirname(REPO, d) / "signature-1").is_file() for d in digests):
         return {d: (store / digest_dirname(REPO, d) / "signature-1").read_bytes() for d in digests}
-    from atomicsig.gpg import Keyring
+    from atomicsig.gnupg.keyring import Keyring
 
     home = cache / "gnupg"
     if home.exists():

@@ -11,8 +11,9 @@ import atheris
 from _harness import main
 
 with atheris.instrument_imports(include=["atomicsig"]):
-    from atomicsig import blob, openpgp
     from atomicsig.errors import SignatureFormatError
+    from atomicsig.format import blob
+    from atomicsig.openpgp import packets as openpgp
 
 
 def check_blob(data: bytes) -> None:

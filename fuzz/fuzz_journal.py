@@ -16,18 +16,20 @@ from _harness import main, uninstrument
 
 with atheris.instrument_imports(include=["atomicsig"]):
     from atomicsig.errors import InputError
-    from atomicsig.sync import journal, source
+    from atomicsig.format import sigpath
+    from atomicsig.store import journal
+    from atomicsig.sync import source
 uninstrument(journal, "iter_lines")  # atheris 2.3 miscompiles it (see _harness.uninstrument)
 
 ROOT = "/srv/sigstore"
 
 
-def check_sigpath(sp: journal.SigPath) -> None:
+def check_sigpath(sp: sigpath.SigPath) -> None:
     rel = str(sp)
     assert not rel.startswith("/") and ".." not in rel.split("/") and os.path.normpath(rel) == rel, rel
     joined = os.path.normpath(os.path.join(ROOT, rel))
     assert joined.startswith(ROOT + "/"), (rel, joined)
-    assert journal.parse_sigpath(rel) == sp
+    assert sigpath.parse_sigpath(rel) == sp
 
 
 def check_journal(data: bytes) -> None:
@@ -50,7 +52,7 @@ def check_journal(data: bytes) -> None:
     value = data[:200].decode("latin-1")
     for candidate in (value, value.strip()):
         with contextlib.suppress(InputError):
-            check_sigpath(journal.parse_sigpath(candidate))
+            check_sigpath(sigpath.parse_sigpath(candidate))
         try:
             start, total = source._range(candidate, 10)
             assert start >= 0 and (total is None or total >= 0)

@@ -15,8 +15,9 @@ import atheris
 from _harness import main
 
 with atheris.instrument_imports(include=["atomicsig"]):
-    from atomicsig import gpg, nativeverify
     from atomicsig.errors import SignatureFormatError
+    from atomicsig.gnupg import keyring as gpg
+    from atomicsig.gnupg import trusted as nativeverify
 
 _KEY = (Path(__file__).resolve().parent / "corpus" / "blob" / "pubkey.gpg").read_bytes()
 _NATIVE = nativeverify.NativeTrustedKeys([_KEY])

@@ -10,8 +10,8 @@ import atheris
 from _harness import main
 
 with atheris.instrument_imports(include=["atomicsig"]):
-    from atomicsig import payload, reference
     from atomicsig.errors import SignatureFormatError
+    from atomicsig.format import payload, reference
 
 
 def check_payload(data: bytes) -> None:

@@ -11,8 +11,8 @@ import atheris
 from _harness import main, text
 
 with atheris.instrument_imports(include=["atomicsig"]):
-    from atomicsig import identity
     from atomicsig.errors import InputError
+    from atomicsig.format import identity
     from atomicsig.policy import schema
 
 BASE = "/nonexistent-atomicsig-fuzz"

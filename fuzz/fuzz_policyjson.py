@@ -12,9 +12,10 @@ import atheris
 from _harness import main, text
 
 with atheris.instrument_imports(include=["atomicsig"]):
-    from atomicsig import identity, reference, registries_d
     from atomicsig.errors import PolicyError
+    from atomicsig.format import identity, reference
     from atomicsig.policy import policyjson
+    from atomicsig.store import registries_d
 
 REFS = [reference.parse(r) for r in ("busybox", "registry.example.com/app/web:1.0",
                                      "quay.io/a/b@sha256:" + "0" * 64, "localhost:5000/x")]

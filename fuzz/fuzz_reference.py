@@ -11,8 +11,8 @@ import atheris
 from _harness import main, text
 
 with atheris.instrument_imports(include=["atomicsig"]):
-    from atomicsig import reference
     from atomicsig.errors import ReferenceError_
+    from atomicsig.format import reference
 
 
 def check_reference(value: str) -> None:

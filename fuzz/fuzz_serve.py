@@ -34,10 +34,11 @@ import atheris
 from _harness import main
 
 with atheris.instrument_imports(include=["atomicsig"]):
-    from atomicsig import fsutil, payload
-    from atomicsig.lookaside import DirectoryStore
-    from atomicsig.server import ServerConfig, SignatureServer
-    from atomicsig.sync.journal import Journal
+    from atomicsig import fsutil
+    from atomicsig.format import payload
+    from atomicsig.serve.server import ServerConfig, SignatureServer
+    from atomicsig.store.directory import DirectoryStore
+    from atomicsig.store.journal import Journal
 
 WRITE_TOKEN = "fuzz-write-token-0123456789"  # noqa: S105 - test token of the temp server
 READ_TOKEN = "fuzz-read-token-0123456789"  # noqa: S105
@@ -56,7 +57,7 @@ class Fixture:
         self.root = self.top / "store"
         self.outside = self.top / "outside"
         self.sig = SEED_SIG.read_bytes()
-        from atomicsig import openpgp
+        from atomicsig.openpgp import packets as openpgp
 
         self.digest = payload.parse(openpgp.parse_message(self.sig).literal).manifest_digest
         hexpart = self.digest.split(":", 1)[1]

@@ -187,7 +187,7 @@ class GpgHome:
     fingerprint: str = ""
 
     def create(self) -> GpgHome:
-        from atomicsig.gpg import Keyring
+        from atomicsig.gnupg.keyring import Keyring
 
         self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
         kr = Keyring(str(self.path))
@@ -197,7 +197,7 @@ class GpgHome:
         return self
 
     def export_public(self, dest: Path, armor: bool = False) -> Path:
-        from atomicsig.gpg import Keyring
+        from atomicsig.gnupg.keyring import Keyring
 
         dest.write_bytes(Keyring(str(self.path)).export_public([self.fingerprint], armor=armor))
         return dest
@@ -337,7 +337,7 @@ class SyncNode:
         return self.config
 
     def blobs(self, digest_hex: str, repo: str) -> list[bytes]:
-        from atomicsig.lookaside import read_dir
+        from atomicsig.store.sigdir import read_dir
 
         d = self.sigstore / f"{repo}@sha256={digest_hex}"
         return [s.blob for s in read_dir(d)] if d.is_dir() else []

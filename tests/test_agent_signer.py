@@ -14,11 +14,20 @@ from pathlib import Path
 
 import pytest
 
-from atomicsig import agentsign, assuan, csexp, manifest, openpgp, payload, pgpsign, signing
-from atomicsig.blob import simple_signing_body
 from atomicsig.errors import InputError, PassphraseError
-from atomicsig.gpg import Keyring, SecretKeyPart, TrustedKeys
-from atomicsig.lookaside import DirectoryStore
+from atomicsig.format import manifest, payload
+from atomicsig.format.blob import simple_signing_body
+from atomicsig.gnupg import agent as gnupg_agent
+from atomicsig.gnupg import assuan, csexp
+from atomicsig.gnupg.keyring import Keyring, SecretKeyPart, TrustedKeys
+from atomicsig.openpgp import build as pgpsign
+from atomicsig.openpgp import packets as openpgp
+from atomicsig.ops import resolve
+from atomicsig.ops import sign as signing
+from atomicsig.signers import agent as agentsign
+from atomicsig.signers import factory
+from atomicsig.signers import gpg as signers_gpg
+from atomicsig.store.directory import DirectoryStore
 from tests.conftest import needs_registry
 from tests.infra import GpgHome, Registry, push_image, registries_d, signed_by_policy, skopeo, skopeo_pull
 
@@ -128,7 +137,7 @@ def test_agent_message_verifies_with_gpg_and_matches_gpg_key_choice(homes: dict[
         res = keys.verify(blob)
     assert res.payload == data and res.signer == h.fpr and res.signing_key == h.signing_key
     # differential: gpg --local-user FPR picks the same (sub)key
-    gpg_blob = signing.GPGSigner(h.keyring, h.fpr).sign(data)
+    gpg_blob = signers_gpg.GPGSigner(h.keyring, h.fpr).sign(data)
     assert openpgp.parse_message(gpg_blob).signatures[0].issuer_fingerprint == h.signing_key
 
 
@@ -136,7 +145,7 @@ def test_expired_newer_subkey_is_skipped(homes: dict[str, Home]) -> None:
     h = homes["subkey"]
     parts = h.keyring.secret_key_parts(h.fpr)
     assert {p.fingerprint for p in parts} == {h.fpr, h.signing_key, h.expired_subkey}  # type: ignore[attr-defined]
-    chosen = agentsign.choose_signing_key(parts, int(time.time()))
+    chosen = gnupg_agent.choose_signing_key(parts, int(time.time()))
     assert chosen is not None and chosen.fingerprint == h.signing_key
 
 
@@ -253,7 +262,7 @@ def test_passphrase_right_wrong_missing(pw_home: GpgHome, cli, tmp_path: Path, m
         assert "needs a passphrase" in err and "--passphrase-file" in err
         code, out, err = cli(*base, "--passphrase-file", str(wrong))
         assert code == 2
-        # Checked before any image is signed (agentsign.check_passphrase), so it is one error, not a FAILED line.
+        # Checked before any image is signed (gnupg_agent.check_passphrase), so it is one error, not a FAILED line.
         assert "wrong passphrase" in err
         assert PASSPHRASE not in out + err and "not-the-" not in out + err
         assert not list(store.rglob("signature-*"))
@@ -274,7 +283,7 @@ def test_passphrase_never_in_repr_or_error(pw_home: GpgHome) -> None:
     with pytest.raises(PassphraseError) as early:
         agentsign.agent_signer(kr, pw_home.fingerprint, "wrong " + PASSPHRASE)
     assert PASSPHRASE not in str(early.value) and early.value.__cause__ is None
-    key = agentsign.choose_signing_key(kr.secret_key_parts(pw_home.fingerprint), int(time.time()))
+    key = gnupg_agent.choose_signing_key(kr.secret_key_parts(pw_home.fingerprint), int(time.time()))
     assert key is not None
     s = agentsign.AgentSigner(kr.home, pw_home.fingerprint, key, "wrong " + PASSPHRASE)  # no up-front check
     try:
@@ -286,7 +295,7 @@ def test_passphrase_never_in_repr_or_error(pw_home: GpgHome) -> None:
         assert PASSPHRASE not in str(info.value.__context__)
     finally:
         s.close()
-    assert PASSPHRASE not in repr(signing.GPGSigner(kr, pw_home.fingerprint, PASSPHRASE))
+    assert PASSPHRASE not in repr(signers_gpg.GPGSigner(kr, pw_home.fingerprint, PASSPHRASE))
 
 
 @pytest.mark.parametrize("mode", ["auto", "agent", "gpg", "memory"])
@@ -351,7 +360,7 @@ def test_eight_threads_two_hundred_payloads_one_store(homes: dict[str, Home], tm
             for i in range(200)]
     store = DirectoryStore(tmp_path / "store")
     try:
-        outcomes = signing.sign_many(refs, resolver=signing.Resolver(), signer=signer, store=store, workers=8)
+        outcomes = signing.sign_many(refs, resolver=resolve.Resolver(), signer=signer, store=store, workers=8)
         assert len(signer._open) <= 9  # the probe's, then one per worker thread — not one per signature
     finally:
         signer.close()
@@ -449,7 +458,7 @@ def test_unsupported_key_agent_fails_cleanly_auto_falls_back(dsa_home: Home, cli
     with TrustedKeys([dsa_home.public()]) as keys:
         assert keys.verify(blob).signer == dsa_home.fpr
     with pytest.raises(InputError):
-        agentsign.make_signer(dsa_home.keyring, dsa_home.fpr, None, "agent")
+        factory.make_signer(dsa_home.keyring, dsa_home.fpr, None, "agent")
 
 
 def test_auto_falls_back_when_the_agent_signature_does_not_verify(homes: dict[str, Home]) -> None:
@@ -457,12 +466,12 @@ def test_auto_falls_back_when_the_agent_signature_does_not_verify(homes: dict[st
     h = homes["ed25519"]
     agent = agentsign.agent_signer(h.keyring, h.fpr, None)
     other = homes["rsa2048"]
-    checked = agentsign.CheckedAgentSigner(agent, signing.GPGSigner(h.keyring, h.fpr), other.public)
+    checked = agentsign.CheckedAgentSigner(agent, signers_gpg.GPGSigner(h.keyring, h.fpr), other.public)
     blob = checked.sign(b"payload")
     assert blob[0] == 0xA3 and checked.agent is None  # switched to gpg for good
     assert checked.sign(b"again")[0] == 0xA3
     good = agentsign.CheckedAgentSigner(agentsign.agent_signer(h.keyring, h.fpr, None),
-                                        signing.GPGSigner(h.keyring, h.fpr), h.public)
+                                        signers_gpg.GPGSigner(h.keyring, h.fpr), h.public)
     try:
         assert good.sign(b"payload")[0] == 0x90 and good.sign(b"again")[0] == 0x90
     finally:
@@ -480,19 +489,19 @@ def _part(fpr: str, *, primary: bool = False, usage: str = "s", created: int = 1
 def test_choose_signing_key_rules() -> None:
     now = 1000
     prim = _part("A", primary=True, usage="sc")
-    assert agentsign.choose_signing_key([prim], now) == prim
-    assert agentsign.choose_signing_key([_part("A", primary=True, usage="c")], now) is None
+    assert gnupg_agent.choose_signing_key([prim], now) == prim
+    assert gnupg_agent.choose_signing_key([_part("A", primary=True, usage="c")], now) is None
     newer, older = _part("B", created=200), _part("C", created=150)
-    assert agentsign.choose_signing_key([prim, older, newer], now) == newer
-    assert agentsign.choose_signing_key([prim, _part("B", created=150), _part("C", created=150)],
+    assert gnupg_agent.choose_signing_key([prim, older, newer], now) == newer
+    assert gnupg_agent.choose_signing_key([prim, _part("B", created=150), _part("C", created=150)],
                                         now).fingerprint == "B" * 40  # tie: first listed
     for bad in (_part("D", created=300, validity="r"), _part("D", created=300, validity="e"),
                 _part("D", created=300, expires=now - 1), _part("D", created=now + 5),
                 _part("D", created=300, token="#"), _part("D", created=300, usage="e")):
-        assert agentsign.choose_signing_key([prim, older, bad], now) == older
-    assert agentsign.choose_signing_key([prim, _part("F", created=300, expires=now)], now).fingerprint == "F" * 40
+        assert gnupg_agent.choose_signing_key([prim, older, bad], now) == older
+    assert gnupg_agent.choose_signing_key([prim, _part("F", created=300, expires=now)], now).fingerprint == "F" * 40
     card = _part("E", created=300, token="D2760001240103040006123456780000")
-    assert agentsign.choose_signing_key([prim, older, card], now) == card
+    assert gnupg_agent.choose_signing_key([prim, older, card], now) == card
 
 
 def test_assuan_escaping_and_line_splitting() -> None:

@@ -29,9 +29,9 @@ from typing import Any
 
 import pytest
 
-from atomicsig import payload, reference
-from atomicsig.gpg import Keyring
-from atomicsig.lookaside import DirectoryStore
+from atomicsig.format import payload, reference
+from atomicsig.gnupg.keyring import Keyring
+from atomicsig.store.directory import DirectoryStore
 from tests.infra import GpgHome, Registry, push_image
 
 pytestmark = pytest.mark.slow

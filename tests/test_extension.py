@@ -16,13 +16,15 @@ from typing import Any
 import pytest
 import requests
 
-from atomicsig import registry as registry_mod
 from atomicsig.errors import RegistryError
-from atomicsig.extension import AutoStore, ExtensionStore, decode_list, encode_entry, new_signature_name
-from atomicsig.lookaside import read_dir
-from atomicsig.reference import parse
-from atomicsig.registry import RegistryClient
-from atomicsig.server import ServerConfig, SignatureServer
+from atomicsig.format.extension_wire import decode_list, encode_entry, new_signature_name
+from atomicsig.format.reference import parse
+from atomicsig.net import registry as registry_mod
+from atomicsig.net.registry import RegistryClient
+from atomicsig.serve.server import ServerConfig, SignatureServer
+from atomicsig.store.extension import ExtensionStore
+from atomicsig.store.select import AutoStore
+from atomicsig.store.sigdir import read_dir
 from tests.conftest import needs_registry
 from tests.infra import free_port, push_image, registries_d, signed_by_policy, skopeo_pull
 from tests.tokenserver import run_wsgi
@@ -54,7 +56,7 @@ def test_entry_roundtrip_and_filtering() -> None:
 
 
 class RegistryFront:
-    """Proxy /v2/ to a real registry; extension endpoints from atomicsig.server; /token hands out TOKEN."""
+    """Proxy /v2/ to a real registry; extension endpoints from atomicsig.serve.server; /token hands out TOKEN."""
 
     HOP = frozenset({"connection", "transfer-encoding", "keep-alive", "content-encoding"})
 
@@ -118,8 +120,8 @@ def _fresh_clients() -> None:
 @pytest.mark.slow
 @needs_registry
 def test_extension_store_put_skip_read(front: tuple[RegistryFront, str], signer, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    from atomicsig import payload
-    from atomicsig.gpg import Keyring
+    from atomicsig.format import payload
+    from atomicsig.gnupg.keyring import Keyring
 
     app, host = front
     client = RegistryClient(host, tls_verify=False)

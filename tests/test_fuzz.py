@@ -22,11 +22,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from atomicsig import blob, identity, openpgp, payload, reference, registries_d
 from atomicsig.errors import InputError, PolicyError, ReferenceError_, SignatureFormatError
+from atomicsig.format import blob, identity, payload, reference
+from atomicsig.openpgp import packets as openpgp
 from atomicsig.policy import policyjson, schema
-from atomicsig.server import ServerConfig, SignatureServer, _parse_range
-from atomicsig.sync import journal, source
+from atomicsig.serve.server import ServerConfig, SignatureServer, _parse_range
+from atomicsig.store import journal, registries_d
+from atomicsig.sync import source
 
 FUZZ = Path(__file__).resolve().parent.parent / "fuzz"
 SEED_SIG = (FUZZ / "corpus" / "blob" / "uncompressed.sig").read_bytes()
@@ -266,7 +268,7 @@ WRITE = "hypothesis-write-token-0123456789"
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> tuple[SignatureServer, Path, Path]:
-    from atomicsig.lookaside import DirectoryStore
+    from atomicsig.store.directory import DirectoryStore
 
     top = tmp_path_factory.mktemp("fuzzserve")
     root, outside = top / "store", top / "outside"

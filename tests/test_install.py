@@ -151,7 +151,7 @@ def test_units_point_at_installed_things() -> None:
 
 
 def test_sample_configs_parse_with_the_daemons_own_parsers() -> None:
-    from atomicsig import server
+    from atomicsig.serve import server
     from atomicsig.sync import config as sync_config
 
     cfg = sync_config.parse(yaml.safe_load((REPO / "packaging/config/sync.yaml").read_text()), "sync.yaml")

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from atomicsig import payload, reference
 from atomicsig.cli import cli as group
 from atomicsig.cli.common import run_main
-from atomicsig.gpg import Keyring
-from atomicsig.lookaside import DirectoryStore
+from atomicsig.format import payload, reference
+from atomicsig.gnupg.keyring import Keyring
+from atomicsig.store.directory import DirectoryStore
 from tests.conftest import HAVE_PODMAN
 from tests.infra import GpgHome, Registry, podman_pull, push_image, registries_d, signed_by_policy, skopeo, skopeo_pull
 

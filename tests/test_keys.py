@@ -206,7 +206,8 @@ def test_rotate_overlap_export_and_sign_with_new_key(cli, tmp_path: Path) -> Non
     """A rotation makes a new key, lets the old one expire after the overlap, and is harmless to re-run."""
     import time
 
-    from atomicsig import manifest, openpgp
+    from atomicsig.format import manifest
+    from atomicsig.openpgp import packets as openpgp
 
     home = tmp_path / "gnupg"
     pw = tmp_path / "pw"
@@ -294,7 +295,7 @@ def test_passphrase_with_spaces_protects_the_key_with_exactly_that(cli, tmp_path
 
 
 def _read(source) -> str | None:  # type: ignore[no-untyped-def]
-    from atomicsig.passphrase import PassphraseSource
+    from atomicsig.gnupg.passphrase import PassphraseSource
 
     assert isinstance(source, PassphraseSource)
     return source.read()
@@ -302,7 +303,7 @@ def _read(source) -> str | None:  # type: ignore[no-untyped-def]
 
 def test_passphrase_file_first_line_rules(tmp_path: Path) -> None:
     from atomicsig.errors import PassphraseError
-    from atomicsig.passphrase import PassphraseSource
+    from atomicsig.gnupg.passphrase import PassphraseSource
 
     f = tmp_path / "p"
     ok = {b"pw\n": "pw", b"pw\r\n": "pw", b"pw": "pw", b"  pw  \nsecond line\n": "  pw  ",
@@ -330,7 +331,7 @@ def test_passphrase_sources_that_are_not_regular_files_are_refused_without_readi
     import threading
 
     from atomicsig.errors import PassphraseError
-    from atomicsig.passphrase import PassphraseSource
+    from atomicsig.gnupg.passphrase import PassphraseSource
 
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
@@ -396,8 +397,8 @@ def test_passphrase_stdin_is_bounded(signer, tmp_path: Path) -> None:  # type: i
     ("{name: N, email: a@example.com, comment: [x]}", "'comment' must be text"),
 ])
 def test_signer_fields_gpg_would_change_are_refused(entry: str, reason: str) -> None:
-    from atomicsig import keys
     from atomicsig.errors import InputError
+    from atomicsig.ops import keys
 
     with pytest.raises(InputError, match=re.escape(reason)) as info:
         keys.load_specs(f"keys:\n  - {entry}\n", "signers.yaml")
@@ -440,8 +441,8 @@ def test_edge_values_that_are_allowed_round_trip_and_generate_once(cli, tmp_path
 
 def test_key_with_angle_bracket_in_name_is_found_by_email(tmp_path: Path) -> None:
     """Keys made by other tools may have '<' in the name: the e-mail is the last <…> of the user ID."""
-    from atomicsig import keys
-    from atomicsig.gpg import Keyring
+    from atomicsig.gnupg.keyring import Keyring
+    from atomicsig.ops import keys
 
     home = tmp_path / "gnupg"
     kr = Keyring(str(home))

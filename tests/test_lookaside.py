@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from atomicsig import lookaside, reference
 from atomicsig.errors import InputError, StorageError
+from atomicsig.format import reference, sigpath
+from atomicsig.store import directory as lookaside
+from atomicsig.store import http, select, sigdir
 
 HEX = "c" * 64
 DIG = "sha256:" + HEX
@@ -97,24 +99,24 @@ def test_store_is_a_file_or_under_a_file(tmp_path: Path) -> None:
 
 
 def test_digest_dirname_validation() -> None:
-    assert lookaside.digest_dirname("a/b", DIG) == f"a/b@sha256={HEX}"
+    assert sigpath.digest_dirname("a/b", DIG) == f"a/b@sha256={HEX}"
     for path in ("../x", "/abs", "a//b", "a/./b", ""):
         with pytest.raises(InputError):
-            lookaside.digest_dirname(path, DIG)
+            sigpath.digest_dirname(path, DIG)
     with pytest.raises(reference.ReferenceError_):
-        lookaside.digest_dirname("a", "sha256:../../etc")
+        sigpath.digest_dirname("a", "sha256:../../etc")
 
 
 def test_open_store_and_http_url() -> None:
-    assert isinstance(lookaside.open_store("/x"), lookaside.DirectoryStore)
-    s = lookaside.open_store("file:///var/lib/x%20y")
+    assert isinstance(select.open_store("/x"), lookaside.DirectoryStore)
+    s = select.open_store("file:///var/lib/x%20y")
     assert isinstance(s, lookaside.DirectoryStore) and str(s.root) == "/var/lib/x y"
-    h = lookaside.open_store("https://sigs.example.com/base/")
-    assert isinstance(h, lookaside.HTTPLookaside)
+    h = select.open_store("https://sigs.example.com/base/")
+    assert isinstance(h, http.HTTPLookaside)
     assert h.url(reference.parse("busybox"), DIG, 3) == \
         f"https://sigs.example.com/base/library/busybox@sha256={HEX}/signature-3"
     with pytest.raises(InputError):
-        lookaside.open_store("s3://bucket")
+        select.open_store("s3://bucket")
     with pytest.raises(InputError):
         h.append(reference.parse("busybox"), DIG, b"\xa3")
 
@@ -122,10 +124,10 @@ def test_open_store_and_http_url() -> None:
 def test_max_signatures(tmp_path: Path) -> None:
     d = tmp_path / "d"
     d.mkdir()
-    for i in range(1, lookaside.MAX_LOOKASIDE_SIGNATURES):
+    for i in range(1, sigpath.MAX_LOOKASIDE_SIGNATURES):
         (d / f"signature-{i}").write_bytes(b"\xa3%d" % i)
     with pytest.raises(StorageError, match="127"):
-        lookaside.append_to_dir(d, b"\xa3new")
+        sigdir.append_to_dir(d, b"\xa3new")
     (d / "signature-128").write_bytes(b"\xa3")
     with pytest.raises(StorageError, match="refuses"):
-        lookaside.read_dir(d)
+        sigdir.read_dir(d)

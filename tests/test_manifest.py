@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from atomicsig import manifest
 from atomicsig.errors import InputError
+from atomicsig.format import manifest
 
 
 def _sha(b: bytes) -> str:

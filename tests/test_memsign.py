@@ -11,10 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from atomicsig import agentsign, manifest, memsign, openpgp, payload, pgpsign
-from atomicsig.blob import simple_signing_body
 from atomicsig.errors import PassphraseError, SignatureFormatError
-from atomicsig.gpg import Keyring, TrustedKeys
+from atomicsig.format import manifest, payload
+from atomicsig.format.blob import simple_signing_body
+from atomicsig.gnupg.keyring import Keyring, TrustedKeys
+from atomicsig.openpgp import build as pgpsign
+from atomicsig.openpgp import packets as openpgp
+from atomicsig.openpgp import secret as openpgp_secret
+from atomicsig.signers import agent as agentsign
+from atomicsig.signers import factory
+from atomicsig.signers import memory as memsign
 from tests.infra import GpgHome, skopeo
 from tests.test_agent_signer import (
     PASSPHRASE,
@@ -107,7 +113,7 @@ def test_skopeo_standalone_verify_accepts_memory_signature(homes: dict[str, Home
 def test_protected_export_is_decrypted_and_a_wrong_passphrase_is_detected(pw_home: GpgHome) -> None:
     kr = Keyring(str(pw_home.path))
     exported = kr.export_secret([pw_home.fingerprint], armor=False, passphrase=PASSPHRASE)
-    packets = memsign.secret_key_packets(exported)
+    packets = openpgp_secret.secret_key_packets(exported)
     primary = packets[pw_home.fingerprint]
     assert primary.secret[0] == 254 and primary.secret[2] == 3  # really protected: SHA-1 check, iterated+salted
     parts = kr.secret_key_parts(pw_home.fingerprint)
@@ -167,17 +173,17 @@ def test_cli_memory_signer_from_file_200_refs(homes: dict[str, Home], cli, tmp_p
 
 
 def test_memory_is_explicit_only_and_refuses_stub_keys(homes: dict[str, Home]) -> None:
-    assert "memory" in agentsign.SIGNER_MODES
+    assert "memory" in factory.SIGNER_MODES
     h = homes["nistp256"]
-    auto = agentsign.make_signer(h.keyring, h.fpr, None, "auto")
+    auto = factory.make_signer(h.keyring, h.fpr, None, "auto")
     try:
         assert not isinstance(auto, memsign.MemorySigner)
     finally:
-        agentsign.close_signer(auto)
+        factory.close_signer(auto)
     # a key whose secret is not present (gpg exports a gnu-dummy stub) cannot be used in memory
     exported = subprocess.run(["gpg", "--homedir", str(h.path), "--batch", "--export-secret-keys",
                                "--export-options", "export-minimal", h.fpr], capture_output=True, check=True).stdout
-    packets = memsign.secret_key_packets(exported)
-    stub = memsign.SecretKeyPacket(packets[h.fpr].public, bytes([254, 7, 101, 2]) + b"GNU\x01")
+    packets = openpgp_secret.secret_key_packets(exported)
+    stub = openpgp_secret.SecretKeyPacket(packets[h.fpr].public, bytes([254, 7, 101, 2]) + b"GNU\x01")
     with pytest.raises(pgpsign.UnsupportedKey):
-        memsign.private_key(stub, None)
+        openpgp_secret.private_key(stub, None)

@@ -23,9 +23,12 @@ from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from atomicsig import nativeverify, openpgp, payload, pgpkeys
 from atomicsig.errors import SignatureFormatError
-from atomicsig.gpg import GPGVerification, Keyring, TrustedKeys
+from atomicsig.format import payload
+from atomicsig.gnupg import trusted as nativeverify
+from atomicsig.gnupg.keyring import GPGVerification, Keyring, TrustedKeys
+from atomicsig.openpgp import keys as pgpkeys
+from atomicsig.openpgp import packets as openpgp
 
 DIG = "sha256:" + "b" * 64
 PAYLOAD = payload.build("quay.io/ns/app:1", DIG, timestamp=1700000000)

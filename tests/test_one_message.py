@@ -23,14 +23,15 @@ from pathlib import Path
 
 import pytest
 
-from atomicsig import manifest, openpgp, payload
 from atomicsig.errors import SignatureFormatError
-from atomicsig.gpg import TrustedKeys
-from atomicsig.lookaside import DirectoryStore
-from atomicsig.nativeverify import NativeTrustedKeys
-from atomicsig.server import ServerConfig, SignatureServer
+from atomicsig.format import manifest, payload
+from atomicsig.format.sigpath import SigPath
+from atomicsig.gnupg.keyring import TrustedKeys
+from atomicsig.gnupg.trusted import NativeTrustedKeys
+from atomicsig.openpgp import packets as openpgp
+from atomicsig.serve.server import ServerConfig, SignatureServer
+from atomicsig.store.directory import DirectoryStore
 from atomicsig.sync.intake import Intake
-from atomicsig.sync.journal import SigPath
 from tests.conftest import HAVE_SKOPEO
 from tests.infra import GpgHome, skopeo
 
@@ -181,7 +182,7 @@ def test_parser_and_both_verifiers_refuse(variants: Variants, signer_pub: Path, 
 def test_gpg_verdict_needs_exit_status_and_one_goodsig(variants: Variants, signer_pub: Path) -> None:
     """The gpg path reads gpg's whole verdict: for trailing data gpg prints GOODSIG yet exits 2 (python-gnupg's
     ``valid`` is True); that result alone must already be a rejection, whatever the structural gate does."""
-    from atomicsig.gpg import _check_gpg_verdict
+    from atomicsig.gnupg.keyring import _check_gpg_verdict
 
     with TrustedKeys([signer_pub.read_bytes()]) as keys:
         g = keys._keyring.gpg

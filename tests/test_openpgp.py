@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from atomicsig import blob, openpgp, payload
 from atomicsig.errors import SignatureFormatError
-from atomicsig.gpg import TrustedKeys
+from atomicsig.format import blob, payload
+from atomicsig.gnupg.keyring import TrustedKeys
+from atomicsig.openpgp import packets as openpgp
 from tests.infra import GpgHome
 
 DIG = "sha256:" + "a" * 64
@@ -46,7 +47,7 @@ def test_parse_gpg_output(signer: GpgHome, extra: tuple[str, ...]) -> None:
 
 
 def test_atomicsig_sign_output(signer: GpgHome) -> None:
-    from atomicsig.gpg import Keyring
+    from atomicsig.gnupg.keyring import Keyring
 
     # A gpg.conf asking for armor/textmode must not leak into simple signatures.
     conf = signer.path / "gpg.conf"

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from atomicsig import payload
 from atomicsig.errors import ReferenceError_, SignatureFormatError
+from atomicsig.format import payload
 
 DIG = "sha256:" + "20bf21ed457b390829cdbeec8795a7bea1626991fda603e0d01b4e7f60427e55"
 GOOD = (f'{{"critical":{{"identity":{{"docker-reference":"quay.io/a:1"}},"image":{{"docker-manifest-digest":"{DIG}"}},'
@@ -144,8 +144,8 @@ def test_payload_decisions_agree_with_skopeo(signer, tmp_path) -> None:  # type:
     import shutil
     import subprocess
 
-    from atomicsig import manifest
-    from atomicsig.gpg import Keyring
+    from atomicsig.format import manifest
+    from atomicsig.gnupg.keyring import Keyring
     from tests.infra import skopeo
 
     if shutil.which("skopeo") is None:

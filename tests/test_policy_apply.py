@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from atomicsig import registries_d
 from atomicsig.policy import apply as policy_apply
 from atomicsig.policy import keymaterial, policyjson, schema
+from atomicsig.store import registries_d
 from tests.infra import GpgHome
 
 POLICY = "etc/containers/policy.json"
@@ -237,7 +237,7 @@ def test_validate_warnings(cli, setup, tmp_path: Path) -> None:  # type: ignore[
 
 
 def test_validate_warns_about_a_key_expiring_soon(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    from atomicsig.gpg import Keyring
+    from atomicsig.gnupg.keyring import Keyring
 
     home = tmp_path / "gh"
     kr = Keyring(str(home))

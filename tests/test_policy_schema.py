@@ -9,10 +9,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from atomicsig import registries_d, validate
 from atomicsig.errors import InputError, PolicyError
+from atomicsig.format import validate
 from atomicsig.policy import policyjson, render, schema
 from atomicsig.policy.keymaterial import KeyMaterial
+from atomicsig.store import registries_d
 
 FPR = "A" * 40
 

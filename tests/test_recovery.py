@@ -20,9 +20,11 @@ from pathlib import Path
 import pytest
 
 from atomicsig import fsutil
-from atomicsig.lookaside import DirectoryStore, StoredSignature, append_to_dir, digest_dirname, read_dir
-from atomicsig.reference import parse as parse_ref
-from atomicsig.sync.journal import (
+from atomicsig.format.reference import parse as parse_ref
+from atomicsig.format.sigpath import digest_dirname
+from atomicsig.store.base import StoredSignature
+from atomicsig.store.directory import DirectoryStore
+from atomicsig.store.journal import (
     HEADER_LEN,
     PENDING_NAME,
     PENDING_TORN_SECONDS,
@@ -31,6 +33,7 @@ from atomicsig.sync.journal import (
     iter_lines,
     parse_line,
 )
+from atomicsig.store.sigdir import append_to_dir, read_dir
 from tests.infra import GpgHome
 
 REPO = "ns/app"
@@ -64,8 +67,9 @@ def crash_child(root: Path, body: str) -> int:
     prelude = textwrap.dedent(f"""
         import os, signal
         from pathlib import Path
-        from atomicsig.lookaside import DirectoryStore, append_to_dir
-        from atomicsig.sync import journal
+        from atomicsig.store.directory import DirectoryStore
+        from atomicsig.store.sigdir import append_to_dir
+        from atomicsig.store import journal
         root = Path({str(root)!r})
         def die():
             os.kill(os.getpid(), signal.SIGKILL)
@@ -345,15 +349,15 @@ def test_writer_seen_alive_then_killed_is_reconciled_by_a_later_append(tmp_path:
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """Appends skip slots they recently found alive (QUICK_RECHECK_SECONDS); a writer that dies after such a
     check is picked up by the first append after the re-check interval (0 here, 1 s in life)."""
-    from atomicsig.sync import journal as journal_mod
+    from atomicsig.store import journal as journal_mod
 
     root, store = seeded_store(tmp_path)
     dirname = digest_dirname(REPO, D2)
     code = textwrap.dedent(f"""
         import sys
         from pathlib import Path
-        from atomicsig.lookaside import append_to_dir
-        from atomicsig.sync import journal
+        from atomicsig.store.sigdir import append_to_dir
+        from atomicsig.store import journal
         root = Path({str(root)!r})
         (root / {dirname!r}).mkdir(parents=True)
         journal.begin_pending(root, {dirname!r}, {sha(b"late")!r})

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from atomicsig import reference
 from atomicsig.errors import ReferenceError_
+from atomicsig.format import reference
 
 HEX = "a" * 64
 DIG = f"sha256:{HEX}"
@@ -131,8 +131,8 @@ def test_roundtrip_property(host: str, comps: list[str], tag: str | None, hexd: 
 
 # ---- signedIdentity matchers (SPEC §2.4) --------------------------------------------------------------------
 
-from atomicsig import identity  # noqa: E402
 from atomicsig.errors import PolicyError  # noqa: E402
+from atomicsig.format import identity  # noqa: E402
 
 D2 = "sha256:" + "b" * 64
 

@@ -13,11 +13,12 @@ from typing import Any
 
 import pytest
 
-from atomicsig import auth, manifest
-from atomicsig import registry as registry_mod
 from atomicsig.errors import InputError, RegistryAuthError, RegistryError
-from atomicsig.reference import parse
-from atomicsig.registry import RegistryClient
+from atomicsig.format import manifest
+from atomicsig.format.reference import parse
+from atomicsig.net import auth
+from atomicsig.net import registry as registry_mod
+from atomicsig.net.registry import RegistryClient
 from tests.conftest import HAVE_REGISTRY, HAVE_SKOPEO, needs_registry
 from tests.infra import (
     Registry,

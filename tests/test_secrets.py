@@ -304,7 +304,7 @@ def test_key_lifecycle_never_leaks_passphrase(tmp_path: Path, how: str) -> None:
 
 def test_passphrase_env_is_scrubbed_for_children(monkeypatch: pytest.MonkeyPatch) -> None:
     """Unit level: once a source names a variable, child_env() drops it and reading takes it out of os.environ."""
-    from atomicsig import passphrase
+    from atomicsig.gnupg import passphrase
 
     monkeypatch.setenv("ATOMICSIG_UNIT_PASS", PASS)
     src = passphrase.PassphraseSource(env="ATOMICSIG_UNIT_PASS")

@@ -17,11 +17,13 @@ from pathlib import Path
 import pytest
 import requests
 
-from atomicsig import payload
-from atomicsig.gpg import Keyring
-from atomicsig.lookaside import DirectoryStore, read_dir
-from atomicsig.reference import parse
-from atomicsig.server import ServerConfig, SignatureServer, load_config, read_token_file
+from atomicsig.format import payload
+from atomicsig.format.reference import parse
+from atomicsig.gnupg.keyring import Keyring
+from atomicsig.net.tokens import read_token_file
+from atomicsig.serve.server import ServerConfig, SignatureServer, load_config
+from atomicsig.store.directory import DirectoryStore
+from atomicsig.store.sigdir import read_dir
 from tests.conftest import needs_registry
 from tests.infra import GpgHome, push_image, registries_d, signed_by_policy, skopeo_pull
 from tests.tokenserver import run_wsgi

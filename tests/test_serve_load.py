@@ -22,10 +22,10 @@ from pathlib import Path
 import pytest
 import requests
 
-from atomicsig import payload
-from atomicsig.gpg import Keyring
-from atomicsig.httpd import Limits
-from atomicsig.server import ServerConfig, SignatureServer, make_server
+from atomicsig.format import payload
+from atomicsig.gnupg.keyring import Keyring
+from atomicsig.net.httpd import Limits
+from atomicsig.serve.server import ServerConfig, SignatureServer, make_server
 from tests.infra import GpgHome, free_port, wait_http
 
 pytestmark = pytest.mark.slow
@@ -289,7 +289,7 @@ def test_slow_body_sender_cut_by_exchange_deadline(small: tuple[int, object, Pat
 
 
 def test_config_file_accepts_limits(tmp_path: Path) -> None:
-    from atomicsig.server import load_config
+    from atomicsig.serve.server import load_config
 
     cfg = tmp_path / "serve.yaml"
     cfg.write_text("sigstore: /x\nmax-connections: 100\nheader-timeout: 5\nrequest-timeout: 12.5\nthreads: 4\n")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from atomicsig import payload
+from atomicsig.format import payload
 from tests.infra import GpgHome, Registry, free_port, push_image
 
 HEX = "9" * 64

@@ -27,13 +27,15 @@ import pytest
 import requests
 import yaml
 
-from atomicsig import payload
-from atomicsig.extension import encode_entry
-from atomicsig.gpg import Keyring
-from atomicsig.lookaside import DirectoryStore, digest_dirname, read_dir
-from atomicsig.reference import parse as parse_ref
-from atomicsig.sync.journal import HEADER_LEN, PENDING_NAME, Journal, iter_lines, parse_header, parse_line, sha256_hex
-from atomicsig.sync.prune import prune_keys, remove_matching
+from atomicsig.format import payload
+from atomicsig.format.extension_wire import encode_entry
+from atomicsig.format.reference import parse as parse_ref
+from atomicsig.format.sigpath import digest_dirname
+from atomicsig.gnupg.keyring import Keyring
+from atomicsig.store.directory import DirectoryStore
+from atomicsig.store.journal import HEADER_LEN, PENDING_NAME, Journal, iter_lines, parse_header, parse_line, sha256_hex
+from atomicsig.store.prune import prune_keys, remove_matching
+from atomicsig.store.sigdir import read_dir
 from tests.infra import GpgHome, serve_sigstore
 
 ATOMICSIG = [sys.executable, "-m", "atomicsig"]
@@ -362,7 +364,7 @@ def test_a_delete_is_journaled_where_the_store_had_no_journal(tmp_path: Path, si
     """prune (and a peer's delete) in a store without a journal: the rebuilt journal lists what is left *and*
     the ``del`` lines, so followers that already hold the removed signatures hear of the removal. Before: the
     journal was only rebuilt (prune), or not written at all (a peer's delete)."""
-    from atomicsig.sync.prune import remove_blob
+    from atomicsig.store.prune import remove_blob
 
     root = tmp_path / "store"
     (_, dig, x), (_, _, y) = make_sigs(signer, [(f"example.com/{REPO}:x", digest(2)),
@@ -383,7 +385,7 @@ def test_a_delete_is_journaled_where_the_store_had_no_journal(tmp_path: Path, si
 def test_rewrite_keeps_what_it_did_not_decide_to_drop(tmp_path: Path) -> None:
     """The rewrite reads the directory under the lock: a file linked by another writer just before is kept, and
     the renumbering never leaves a gap (checked by a reader thread polling throughout)."""
-    from atomicsig.sync.prune import rewrite_locked
+    from atomicsig.store.prune import rewrite_locked
 
     root = tmp_path / "store"
     store = DirectoryStore(root)

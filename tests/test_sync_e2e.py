@@ -22,11 +22,12 @@ from typing import Any
 import pytest
 import requests
 
-from atomicsig import payload
-from atomicsig.gpg import Keyring
-from atomicsig.lookaside import DirectoryStore, read_dir
-from atomicsig.reference import parse
-from atomicsig.sync.journal import Journal, sha256_hex
+from atomicsig.format import payload
+from atomicsig.format.reference import parse
+from atomicsig.gnupg.keyring import Keyring
+from atomicsig.store.directory import DirectoryStore
+from atomicsig.store.journal import Journal, sha256_hex
+from atomicsig.store.sigdir import read_dir
 from tests.conftest import needs_registry
 from tests.infra import (
     GpgHome,

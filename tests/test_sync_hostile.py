@@ -27,12 +27,12 @@ from typing import Any
 
 import pytest
 
-from atomicsig import payload
 from atomicsig.errors import InputError
-from atomicsig.gpg import Keyring
-from atomicsig.lookaside import DirectoryStore
-from atomicsig.reference import parse
-from atomicsig.sync.journal import sha256_hex
+from atomicsig.format import payload
+from atomicsig.format.reference import parse
+from atomicsig.gnupg.keyring import Keyring
+from atomicsig.store.directory import DirectoryStore
+from atomicsig.store.journal import sha256_hex
 from tests.infra import GpgHome, SyncNode, free_port, kill_group, serve_sigstore
 
 ATOMICSIG = [sys.executable, "-m", "atomicsig"]
@@ -400,7 +400,7 @@ def test_watchdog_not_fed_while_a_source_hangs(node: Node, honest: str, sigs: di
 # ---- config: one duration grammar, file:line, duplicates refused (issue 11 "Consistency") ----------------------
 
 def test_durations_one_grammar() -> None:
-    from atomicsig.durations import format_duration, gpg_expire, parse_duration
+    from atomicsig.format.durations import format_duration, gpg_expire, parse_duration
 
     assert [parse_duration(t) for t in ("30", "30s", "0.2", "1.5s", "5min", "2h", "1d", "2w", "6m", "1y")] == \
         [30, 30, 0.2, 1.5, 300, 7200, 86400, 14 * 86400, 180 * 86400, 365 * 86400]
@@ -463,7 +463,7 @@ def test_cli_sync_config_error_exit_2(cli: Any, tmp_path: Path) -> None:
 
 
 def test_signers_file_strict(tmp_path: Path) -> None:
-    from atomicsig.keys import load_specs
+    from atomicsig.ops.keys import load_specs
 
     ok = load_specs("keys:\n  - name: A\n    email: a@example.com\n    expire: 36h\n", "s.yaml")
     assert ok[0].expire == "seconds=129600"

@@ -9,15 +9,18 @@ from pathlib import Path
 
 import pytest
 
-from atomicsig import fsutil, payload
+from atomicsig import fsutil
 from atomicsig.errors import InputError, StorageError
-from atomicsig.gpg import Keyring, TrustedKeys
-from atomicsig.lookaside import DirectoryStore, read_dir
-from atomicsig.reference import parse
+from atomicsig.format import payload
+from atomicsig.format.reference import parse
+from atomicsig.format.sigpath import parse_sigpath
+from atomicsig.gnupg.keyring import Keyring, TrustedKeys
+from atomicsig.store.directory import DirectoryStore
+from atomicsig.store.journal import HEADER_LEN, Journal, JournalError, iter_lines, parse_line
+from atomicsig.store.prune import prune_keys, rewrite_dir
+from atomicsig.store.sigdir import read_dir
 from atomicsig.sync import config as sync_config
 from atomicsig.sync.intake import Intake
-from atomicsig.sync.journal import HEADER_LEN, Journal, JournalError, iter_lines, parse_line, parse_sigpath
-from atomicsig.sync.prune import prune_keys, rewrite_dir
 from atomicsig.sync.state import SyncState
 from tests.infra import GpgHome
 

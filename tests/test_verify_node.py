@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from atomicsig import platforms, reference
 from atomicsig.errors import InputError
-from atomicsig.manifest import Instance
+from atomicsig.format import platforms, reference
+from atomicsig.format.manifest import Instance
 from tests.infra import (
     GpgHome,
     Registry,

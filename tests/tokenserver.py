@@ -33,7 +33,7 @@ from tests.infra import free_port, wait_http
 def run_wsgi(app: Callable[..., Iterable[bytes]], *, port: int | None = None, tls: tuple[str, str] | None = None,
              threads: int = 8) -> Iterator[str]:
     """Run ``app`` on cheroot at 127.0.0.1 in a thread; yields the base URL; stops the server afterwards."""
-    from atomicsig.server import make_server
+    from atomicsig.serve.server import make_server
 
     port = port or free_port()
     server = make_server(app, f"127.0.0.1:{port}", tls_cert=tls[0] if tls else None,

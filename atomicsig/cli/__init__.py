@@ -11,8 +11,8 @@ from typing import Any
 
 import click
 
-from .. import __version__
-from .common import run_main
+from atomicsig.cli.common import run_main
+from atomicsig.version import __version__
 
 #: command name -> (module under atomicsig.cli, attribute, one-line help shown in `atomicsig --help`)
 COMMANDS: dict[str, tuple[str, str, str]] = {

@@ -13,8 +13,8 @@ from typing import Any, TypeVar
 
 import click
 
-from ..errors import EXIT_UNDECIDED, EXIT_USAGE, AtomicsigError, InputError
-from ..passphrase import PassphraseSource
+from atomicsig.errors import EXIT_UNDECIDED, EXIT_USAGE, AtomicsigError, InputError
+from atomicsig.gnupg.passphrase import PassphraseSource
 
 F = TypeVar("F", bound=Callable[..., Any])
 DEFAULT_SIGSTORE = "/var/lib/atomic/sigstore"
@@ -151,7 +151,7 @@ def agent_cache_option(f: F) -> F:
 
 
 def _use_agent_cache(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
-    from ..passphrase import use_agent_cache
+    from atomicsig.gnupg.passphrase import use_agent_cache
 
     use_agent_cache(bool(value))
     return value
@@ -160,7 +160,7 @@ def _use_agent_cache(ctx: click.Context, param: click.Parameter, value: bool) ->
 def _mark_secret_env(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     # At parse time, before any gpg (and the agent it starts) could inherit the variable.
     if value:
-        from ..passphrase import mark_secret_env
+        from atomicsig.gnupg.passphrase import mark_secret_env
 
         mark_secret_env(value)
     return value

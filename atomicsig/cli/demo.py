@@ -10,8 +10,8 @@ from typing import Any
 
 import click
 
-from ..errors import EXIT_NEGATIVE, EXIT_OK, Undecided
-from .common import emit_json, json_option
+from atomicsig.cli.common import emit_json, json_option
+from atomicsig.errors import EXIT_NEGATIVE, EXIT_OK, Undecided
 
 _quiet = False  # --json: the steps' prose stays off stdout, which carries only the final document
 
@@ -48,8 +48,13 @@ def demo(keep: bool, signer_mode: str, as_json: bool) -> int:
     global _quiet
     _quiet = as_json
     report: dict[str, Any] = {"ok": False, "key": None, "signed": [], "pulls": [], "kept": None}
-    from .. import _demo_env as env
-    from .. import agentsign, fsutil, gpg, lookaside, signing
+    from atomicsig import fsutil
+    from atomicsig.demo import env
+    from atomicsig.gnupg import keyring as gpg
+    from atomicsig.ops import resolve
+    from atomicsig.ops import sign as signing
+    from atomicsig.signers import factory as agentsign
+    from atomicsig.store import directory as lookaside
 
     env.find_tool("skopeo")
     env.find_tool(*env.DOCKER_REGISTRY_CANDIDATES)
@@ -84,7 +89,7 @@ def demo(keep: bool, signer_mode: str, as_json: bool) -> int:
         sigstore = work / "sigstore"
         signer = agentsign.make_signer(keyring, key.fingerprint, None, signer_mode)
         try:
-            outcomes = signing.sign_many([images["signed"]], resolver=signing.Resolver(tls_verify=False),
+            outcomes = signing.sign_many([images["signed"]], resolver=resolve.Resolver(tls_verify=False),
                                          signer=signer, store=lookaside.DirectoryStore(sigstore))
         finally:
             agentsign.close_signer(signer)

@@ -8,9 +8,7 @@ from pathlib import Path
 
 import click
 
-from .. import durations
-from ..errors import InputError, KeyNotFound
-from .common import (
+from atomicsig.cli.common import (
     creatable_gnupghome_option,
     emit_json,
     gnupghome_option,
@@ -19,10 +17,12 @@ from .common import (
     passphrase_source,
     table,
 )
+from atomicsig.errors import InputError, KeyNotFound
+from atomicsig.format import durations
 
 
 def _keyring(gnupghome: str | None):  # type: ignore[no-untyped-def]
-    from ..gpg import Keyring
+    from atomicsig.gnupg.keyring import Keyring
 
     return Keyring(gnupghome)
 
@@ -45,7 +45,7 @@ def keys() -> None:
 @json_option
 def generate_cmd(path: str, gnupghome: str | None, as_json: bool) -> None:
     """Generate every key listed in a signers YAML file; existing identities are reported, not duplicated."""
-    from .. import keys as keylib
+    from atomicsig.ops import keys as keylib
 
     specs = keylib.load_specs(*_read_yaml(path))
     results = keylib.generate(_keyring(gnupghome), specs)
@@ -77,8 +77,8 @@ def rotate_cmd(path: str, overlap: str, min_age: str, export_dir: str | None, dr
     what must outlive the overlap, and let the old key expire. `sign --key EMAIL` uses the new key meanwhile.
     Exit 1 with --dry-run when a rotation is due.
     """
-    from .. import keys as keylib
-    from ..fsutil import atomic_write, makedirs
+    from atomicsig.fsutil import atomic_write, makedirs
+    from atomicsig.ops import keys as keylib
 
     overlap = durations.gpg_expire(overlap, "--overlap", allow_never=False)  # the old key must expire
     specs = keylib.load_specs(*_read_yaml(path))
@@ -140,8 +140,8 @@ def list_cmd(secret: bool, gnupghome: str | None, as_json: bool) -> None:
 def export_cmd(key: tuple[str, ...], output: str | None, armor: bool, secret: bool, passphrase_file: str | None,
                passphrase_env: str | None, passphrase_stdin: bool, gnupghome: str | None) -> None:
     """Export public (or --secret) keys named by fingerprint or e-mail."""
-    from ..fsutil import atomic_write
-    from ..passphrase import read_cached
+    from atomicsig.fsutil import atomic_write
+    from atomicsig.gnupg.passphrase import read_cached
 
     kr = _keyring(gnupghome)
     fprs = [kr.resolve(k, secret=secret).fingerprint for k in key]
@@ -168,7 +168,7 @@ def export_cmd(key: tuple[str, ...], output: str | None, armor: bool, secret: bo
 def import_cmd(files: tuple[str, ...], passphrase_file: str | None, passphrase_env: str | None,
                passphrase_stdin: bool, gnupghome: str | None, as_json: bool) -> None:
     """Import public or secret keys (binary or armored) from files ('-' for stdin)."""
-    from ..passphrase import read_cached
+    from atomicsig.gnupg.passphrase import read_cached
 
     kr = _keyring(gnupghome)
     pw = read_cached(passphrase_source(passphrase_file, passphrase_env, passphrase_stdin))
@@ -198,8 +198,8 @@ def import_cmd(files: tuple[str, ...], passphrase_file: str | None, passphrase_e
 def delete_cmd(key: tuple[str, ...], yes: bool, passphrase_file: str | None, passphrase_env: str | None,
                passphrase_stdin: bool, gnupghome: str | None, as_json: bool) -> None:
     """Delete keys (secret and public part) by fingerprint. E-mails are refused: too easy to hit the wrong key."""
-    from ..gpg import _FPR_RE
-    from ..passphrase import read_cached
+    from atomicsig.gnupg.keyring import _FPR_RE
+    from atomicsig.gnupg.passphrase import read_cached
 
     kr = _keyring(gnupghome)
     for k in key:
@@ -244,8 +244,8 @@ def retire_cmd(key: tuple[str, ...], revoke: bool, output: str | None, passphras
     Export the public key again afterwards and redistribute it (policy apply) so nodes learn of the change;
     containers/image rejects signatures by expired or revoked keys.
     """
-    from ..fsutil import atomic_write
-    from ..passphrase import read_cached
+    from atomicsig.fsutil import atomic_write
+    from atomicsig.gnupg.passphrase import read_cached
 
     kr = _keyring(gnupghome)
     pw = read_cached(passphrase_source(passphrase_file, passphrase_env, passphrase_stdin))

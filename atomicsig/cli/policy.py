@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from ..errors import EXIT_NEGATIVE, EXIT_OK
-from .common import emit_json, gnupghome_option, json_option, table
+from atomicsig.cli.common import emit_json, gnupghome_option, json_option, table
+from atomicsig.errors import EXIT_NEGATIVE, EXIT_OK
 
 _FILE = click.option("-f", "--file", "policy_file", required=True, metavar="FILE", type=click.Path(dir_okay=False),
                      help="Policy YAML (see docs/policy.md).")
@@ -33,7 +33,7 @@ def policy() -> None:
 @json_option
 def validate(policy_file: str, root: str, gnupghome: str | None, as_json: bool) -> int:
     """Check the YAML, its keys, and conflicts with the registries.d files under --root; print warnings."""
-    from ..policy import apply, keymaterial, render, schema
+    from atomicsig.policy import apply, keymaterial, render, schema
 
     spec = schema.load(policy_file)
     keys = keymaterial.resolve(spec, gnupghome)
@@ -72,7 +72,7 @@ def apply_cmd(policy_file: str, root: str, registries_keys: str, dry_run: bool, 
     Only scopes and files recorded in <root>/var/lib/atomicsig/policy-state.json are ever replaced or removed;
     replaced files are kept as <file>.atomicsig-bak.<UTC timestamp>.
     """
-    from ..policy import apply, keymaterial, render, schema
+    from atomicsig.policy import apply, keymaterial, render, schema
 
     spec = schema.load(policy_file)
     keys = keymaterial.resolve(spec, gnupghome)
@@ -123,7 +123,7 @@ def _with_files(changes: list[dict[str, str]], root: str) -> list[dict[str, str]
 @json_option
 def show(root: str, policy_path: str | None, registries_dir: str | None, noheading: bool, as_json: bool) -> int:
     """Print the node's trust policy as TRANSPORT NAME TYPE ID STORE (like podman image trust show)."""
-    from ..policy import explain
+    from atomicsig.policy import explain
 
     node = explain.load_node(root, policy_path, registries_dir)
     rows = explain.show(node)
@@ -144,7 +144,7 @@ def show(root: str, policy_path: str | None, registries_dir: str | None, noheadi
 @json_option
 def explain_cmd(ref: str, root: str, policy_path: str | None, registries_dir: str | None, as_json: bool) -> int:
     """Which scope of the node's policy applies to REF, its requirements, and the lookaside a pull reads."""
-    from ..policy import explain
+    from atomicsig.policy import explain
 
     node = explain.load_node(root, policy_path, registries_dir)
     info = explain.explain(node, ref)
@@ -171,8 +171,8 @@ def render(policy_file: str, registries_keys: str, fmt: str, name: str, role: st
     """
     import json
 
-    from ..policy import keymaterial, policyjson, schema
-    from ..policy import render as r
+    from atomicsig.policy import keymaterial, policyjson, schema
+    from atomicsig.policy import render as r
 
     spec = schema.load(policy_file)
     keys = keymaterial.resolve(spec, gnupghome)

@@ -9,9 +9,9 @@ from typing import Any
 
 import click
 
-from ..errors import EXIT_OK, InputError
-from ..logfmt import use as use_log_format
-from .common import DEFAULT_SIGSTORE
+from atomicsig.cli.common import DEFAULT_SIGSTORE
+from atomicsig.errors import EXIT_OK, InputError
+from atomicsig.logfmt import use as use_log_format
 
 
 @click.command()
@@ -54,7 +54,8 @@ def serve(config_file: str | None, sigstore: str | None, listen: str | None, tls
     GET/HEAD /.atomicsig/journal                        sync journal (Range, ETag)
     GET      /healthz, /metrics                         health and Prometheus metrics
     """
-    from .. import server
+    from atomicsig.net import tokens as net_tokens
+    from atomicsig.serve import server
 
     cfg: dict[str, Any] = server.load_config(config_file) if config_file else {}
     flags = {"sigstore": sigstore, "listen": listen, "tls-cert": tls_cert, "tls-key": tls_key,
@@ -63,7 +64,7 @@ def serve(config_file: str | None, sigstore: str | None, listen: str | None, tls
              "header-timeout": header_timeout, "request-timeout": request_timeout}
     cfg.update({k: v for k, v in flags.items() if v is not None})
     if run_as:
-        from ..privdrop import check_user
+        from atomicsig.privdrop import check_user
 
         check_user(run_as)  # an unknown --user is refused before anything is bound or announced (exit 2)
     root = Path(cfg.get("sigstore", DEFAULT_SIGSTORE))
@@ -77,14 +78,14 @@ def serve(config_file: str | None, sigstore: str | None, listen: str | None, tls
             raise InputError(f"cannot read trusted key {k}: {exc.strerror}") from exc
     config = server.ServerConfig(
         sigstore=root,
-        write_token=server.read_token_file(cfg["token-file"]) if cfg.get("token-file") else None,
-        read_token=server.read_token_file(cfg["read-token-file"]) if cfg.get("read-token-file") else None,
+        write_token=net_tokens.read_token_file(cfg["token-file"]) if cfg.get("token-file") else None,
+        read_token=net_tokens.read_token_file(cfg["read-token-file"]) if cfg.get("read-token-file") else None,
         trusted_keys=keyrings,
         max_body=int(cfg.get("max-body", server.MAX_PUT_BODY)))
     _setup_logging(cfg.get("access-log"))  # opened before privileges are dropped, as the unit expects
     use_log_format(log_format, "atomicsig.server", "atomicsig.access")
     listen_at = cfg.get("listen", "127.0.0.1:8080")
-    from ..httpd import Limits
+    from atomicsig.net.httpd import Limits
 
     defaults = Limits()
     limits = Limits(threads=int(cfg.get("threads", defaults.threads)), max_body=config.max_body,
@@ -109,7 +110,7 @@ def serve(config_file: str | None, sigstore: str | None, listen: str | None, tls
     try:
         who = None
         if run_as:
-            from ..privdrop import drop_privileges
+            from atomicsig.privdrop import drop_privileges
 
             who = drop_privileges(run_as)
         scheme = "https" if cfg.get("tls-cert") else "http"

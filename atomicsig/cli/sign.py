@@ -8,9 +8,7 @@ from typing import Any
 
 import click
 
-from ..errors import EXIT_NEGATIVE, EXIT_OK, InputError
-from ..signing import Resolver, Target
-from .common import (
+from atomicsig.cli.common import (
     agent_cache_option,
     echo_line,
     emit_json,
@@ -25,6 +23,8 @@ from .common import (
     sigstore_option,
     table,
 )
+from atomicsig.errors import EXIT_NEGATIVE, EXIT_OK, InputError
+from atomicsig.ops.resolve import Resolver, Target
 
 
 def read_reference_list(path: str) -> list[str]:
@@ -89,9 +89,10 @@ def sign(references: tuple[str, ...], keys: tuple[str, ...], sigstore: str, regi
     --json-lines prints one JSON object per result as it completes. The progress bar appears only when stderr
     is a terminal and stdout is not (or with --json).
     """
-    from .. import reference, signing
-    from ..extension import choose_store
-    from ..passphrase import read_cached
+    from atomicsig.format import reference
+    from atomicsig.gnupg.passphrase import read_cached
+    from atomicsig.ops import sign as signing
+    from atomicsig.store.select import choose_store
 
     install_sigterm_as_interrupt()
     if as_json and json_lines:
@@ -193,7 +194,7 @@ def _dry_run(refs: list[str], keys: tuple[str, ...], gnupghome: str | None, reso
     The keys are looked up as a real run would (a mistyped --key must fail here, exit 2), but not unlocked: no
     passphrase is read. A target counts as done when every key already signed it (unless --force).
     """
-    from .. import signing
+    from atomicsig.ops import sign as signing
 
     key_fprs = _secret_key_fingerprints(keys, gnupghome)
     rows = []
@@ -223,7 +224,7 @@ def _dry_run(refs: list[str], keys: tuple[str, ...], gnupghome: str | None, reso
 
 def _secret_key_fingerprints(keys: tuple[str, ...], gnupghome: str | None) -> list[frozenset[str]]:
     """Per --key, the primary and subkey fingerprints of its secret key (keyring) or of the key in FILE."""
-    from .. import gpg
+    from atomicsig.gnupg import keyring as gpg
 
     out: list[frozenset[str]] = []
     keyring = gpg.Keyring(gnupghome)
@@ -276,7 +277,8 @@ class _signers:
         self._made: list[object] = []
 
     def __enter__(self) -> list:  # type: ignore[type-arg]
-        from .. import agentsign, gpg
+        from atomicsig.gnupg import keyring as gpg
+        from atomicsig.signers import factory as agentsign
 
         try:
             return self._open(agentsign, gpg)
@@ -303,7 +305,7 @@ class _signers:
         return out
 
     def __exit__(self, *exc: object) -> None:
-        from ..agentsign import close_signer
+        from atomicsig.signers.factory import close_signer
 
         for s in self._made:
             close_signer(s)

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import click
 
-from ..errors import EXIT_NEGATIVE, EXIT_OK, EXIT_UNDECIDED, AtomicsigError, InputError
-from .common import F, emit_json, gnupghome_option, json_option, table
+from atomicsig.cli.common import F, emit_json, gnupghome_option, json_option, table
+from atomicsig.errors import EXIT_NEGATIVE, EXIT_OK, EXIT_UNDECIDED, AtomicsigError, InputError
 
 DEFAULT_CONFIG = "/etc/atomicsig/sync.yaml"
 
 
 def _setup_logging(verbose: bool, log_format: str) -> None:
-    from ..logfmt import formatter
+    from atomicsig.logfmt import formatter
 
     logger = logging.getLogger("atomicsig.sync")
     for h in list(logger.handlers):
@@ -58,8 +58,8 @@ def sync(ctx: click.Context, config_path: str, once: bool, only: tuple[str, ...]
     """
     if ctx.invoked_subcommand is not None:
         return EXIT_OK
-    from ..sync import config as config_mod
-    from ..sync.daemon import ONCE_PASSES, SyncDaemon
+    from atomicsig.sync import config as config_mod
+    from atomicsig.sync.daemon import ONCE_PASSES, SyncDaemon
 
     if passes is not None and not once:
         raise InputError("--passes is for --once")
@@ -75,7 +75,7 @@ def sync(ctx: click.Context, config_path: str, once: bool, only: tuple[str, ...]
         daemon._runs = {u: r for u, r in daemon._runs.items() if u in only}
     def _drop() -> None:
         if run_as:
-            from ..privdrop import drop_privileges
+            from atomicsig.privdrop import drop_privileges
 
             who = drop_privileges(run_as)
             logging.getLogger("atomicsig.sync").info("privileges dropped", extra={"fields": {
@@ -100,7 +100,7 @@ def sync(ctx: click.Context, config_path: str, once: bool, only: tuple[str, ...]
 @json_option
 def sync_status(config_path: str, as_json: bool) -> int:
     """Show each source's persisted cursor, lag, counts and last error (reads the state file only)."""
-    from ..sync.daemon import status
+    from atomicsig.sync.daemon import status
 
     st = status(config_path)
     bad = any(s.get("last_error") for s in st["sources"])
@@ -129,7 +129,7 @@ def index(sigstore: str, as_json: bool) -> int:
 
     Run it after skopeo, podman or anything else wrote into the sigstore without going through atomicsig.
     """
-    from ..sync.journal import Journal
+    from atomicsig.store.journal import Journal
 
     root = Path(sigstore)
     if not root.is_dir():
@@ -160,8 +160,8 @@ def prune(sigstore: str, keys: tuple[str, ...], dry_run: bool, gnupghome: str | 
     followers with propagate-deletes repeat them. A fingerprint matches only that key (a subkey signature only
     by the subkey's own FPR); an e-mail or key file matches its primary key and all its subkeys.
     """
-    from ..keys import retired_key_fingerprints
-    from ..sync.prune import prune_keys
+    from atomicsig.ops.keys import retired_key_fingerprints
+    from atomicsig.store.prune import prune_keys
 
     root = Path(sigstore)
     if not root.is_dir():

@@ -8,10 +8,7 @@ import sys
 import click
 from click.core import ParameterSource
 
-from ..errors import InputError
-from ..identity import IdentityMatcher
-from ..keys import trusted_key_blobs
-from .common import (
+from atomicsig.cli.common import (
     emit_json,
     emit_json_line,
     gnupghome_option,
@@ -21,12 +18,15 @@ from .common import (
     sigstore_option,
     table,
 )
-from .sign import read_reference_list
+from atomicsig.cli.sign import read_reference_list
+from atomicsig.errors import InputError
+from atomicsig.format.identity import IdentityMatcher
+from atomicsig.ops.keys import trusted_key_blobs
 
 
 def identity_matcher(match: str, exact_reference: str | None, exact_repository: str | None,
                      remap: str | None) -> IdentityMatcher:
-    from .. import identity
+    from atomicsig.format import identity
 
     chosen = sum(x is not None for x in (exact_reference, exact_repository, remap))
     if chosen > 1:
@@ -102,11 +102,12 @@ def verify(ctx: click.Context, references: tuple[str, ...], keys: tuple[str, ...
 
     Exit 0 if every image is accepted, 1 if any is rejected, 3 if any could not be checked.
     """
-    from .. import platforms, reference, signing
-    from .. import verify as v
-    from ..extension import choose_store
-    from ..lookaside import DirectoryStore
-    from ..nativeverify import trusted_keys
+    from atomicsig.format import platforms, reference
+    from atomicsig.gnupg.trusted import trusted_keys
+    from atomicsig.ops import resolve as signing
+    from atomicsig.ops import verify as v
+    from atomicsig.store.directory import DirectoryStore
+    from atomicsig.store.select import choose_store
 
     install_sigterm_as_interrupt()
     refs = list(references) + (read_reference_list(from_file) if from_file else [])
@@ -154,7 +155,7 @@ def verify(ctx: click.Context, references: tuple[str, ...], keys: tuple[str, ...
 
 def _print_verdict(vd: object) -> None:
     """The human record of one image: an outcome line, its signatures, and why if not accepted."""
-    from ..verify import ImageVerdict
+    from atomicsig.ops.verify import ImageVerdict
 
     assert isinstance(vd, ImageVerdict)
     note = f"  ({vd.note})" if vd.note else ""

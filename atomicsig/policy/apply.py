@@ -42,14 +42,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import reference, registries_d
-from ..errors import InputError, PolicyError
-from ..validate import check_file_name
-from . import policyjson
-from .keymaterial import KeyMaterial
-from .render import KEY_DIR, POLICY_PATH, REGISTRIES_D, REGISTRIES_FILE, Compiled, compile_spec, merge
-from .schema import PolicySpec
-from .tree import NodeTree, split
+from atomicsig.errors import InputError, PolicyError
+from atomicsig.format import reference
+from atomicsig.format.validate import check_file_name
+from atomicsig.policy import policyjson
+from atomicsig.policy.keymaterial import KeyMaterial
+from atomicsig.policy.render import KEY_DIR, POLICY_PATH, REGISTRIES_D, REGISTRIES_FILE, Compiled, compile_spec, merge
+from atomicsig.policy.schema import PolicySpec
+from atomicsig.policy.tree import NodeTree, split
+from atomicsig.store import registries_d
 
 STATE_PATH = "/var/lib/atomicsig/policy-state.json"
 STATE_VERSION = 1

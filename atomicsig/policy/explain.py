@@ -13,10 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import gpg, reference, registries_d
-from ..errors import AtomicsigError, PolicyError, ReferenceError_
-from . import policyjson
-from .apply import scope_chain
+from atomicsig.errors import AtomicsigError, PolicyError, ReferenceError_
+from atomicsig.format import reference
+from atomicsig.gnupg import keyring as gpg
+from atomicsig.policy import policyjson
+from atomicsig.policy.apply import scope_chain
+from atomicsig.store import registries_d
 
 _TYPE_NAMES = {"insecureAcceptAnything": "accept", "signedBy": "signed", "sigstoreSigned": "sigstoreSigned",
                "reject": "reject"}

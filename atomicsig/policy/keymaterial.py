@@ -13,9 +13,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import gpg
-from ..errors import AtomicsigError, PolicyError
-from .schema import KeyDecl, PolicySpec
+from atomicsig.errors import AtomicsigError, PolicyError
+from atomicsig.gnupg import keyring as gpg
+from atomicsig.policy.schema import KeyDecl, PolicySpec
 
 EXPIRY_WARNING_SECONDS = 30 * 86400
 

@@ -12,9 +12,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .. import identity, reference
-from ..errors import PolicyError, ReferenceError_, StorageError
-from ..jsonstrict import no_duplicate_keys
+from atomicsig.errors import PolicyError, ReferenceError_, StorageError
+from atomicsig.format import identity, reference
+from atomicsig.format.jsonstrict import no_duplicate_keys
 
 #: c-libs image/default-policy.json (SPEC §5.1): the starting point when a node has no policy.json yet.
 SHIPPED_DEFAULT: dict[str, Any] = {"default": [{"type": "insecureAcceptAnything"}],

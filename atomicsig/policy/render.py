@@ -25,9 +25,9 @@ from typing import Any
 
 import yaml
 
-from .. import validate
-from .keymaterial import KeyMaterial
-from .schema import PolicySpec, ScopeSpec
+from atomicsig.format import validate
+from atomicsig.policy.keymaterial import KeyMaterial
+from atomicsig.policy.schema import PolicySpec, ScopeSpec
 
 KEY_DIR = "/etc/pki/containers"
 POLICY_PATH = "/etc/containers/policy.json"
@@ -67,7 +67,7 @@ def keyring_name(names: tuple[str, ...], data: bytes, ext: str = "gpg") -> str:
 def compile_spec(spec: PolicySpec, keys: dict[str, KeyMaterial], *, registries_keys: str = "lookaside",
                  keypath_prefix: str = "") -> Compiled:
     """``keypath_prefix`` is prepended to keyPath values (empty on real nodes; the --root for in-place tests)."""
-    from ..errors import PolicyError
+    from atomicsig.errors import PolicyError
 
     if registries_keys not in REGISTRIES_KEYS:
         raise PolicyError(f"--registries-keys must be one of {', '.join(REGISTRIES_KEYS)}")

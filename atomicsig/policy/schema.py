@@ -30,9 +30,9 @@ from typing import Any
 
 import yaml
 
-from .. import identity, validate, yamlstrict
-from ..errors import InputError, PolicyError
-from ..identity import IdentityMatcher
+from atomicsig.errors import InputError, PolicyError
+from atomicsig.format import identity, validate, yamlstrict
+from atomicsig.format.identity import IdentityMatcher
 
 TOP_KEYS = ("default", "keys", "scopes")
 KEY_KINDS = ("file", "fingerprint", "cosign")

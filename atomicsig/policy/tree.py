@@ -35,8 +35,8 @@ import threading
 import weakref
 from pathlib import Path
 
-from .. import fsutil
-from ..errors import PolicyError, StorageError
+from atomicsig import fsutil
+from atomicsig.errors import PolicyError, StorageError
 
 #: Larger than any policy.json, keyring or registries.d file a node needs (a 500-scope policy.json is ~100 KiB).
 MAX_FILE_BYTES = 16 * 1024 * 1024

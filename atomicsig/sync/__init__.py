@@ -1,7 +1,7 @@
-"""Keep a local sigstore identical to upstream sigstores (issue #5; SPEC §3.3 merge rules).
+"""``atomicsig sync``: followers that keep a sigstore identical to its sources, verifying all they receive.
 
 Modules, top down: :mod:`.daemon` (loop, signals, sd_notify, metrics) → :mod:`.follower` (one pass over one
 source's journal) → :mod:`.source` (HTTP: Range/ETag journal reads, bounded signature GETs) and :mod:`.intake`
-(trust check, then append) → :mod:`.journal` (the per-store change log) and :mod:`.prune` (key removal with
-gap-free renumbering). :mod:`.config` and :mod:`.state` are the YAML config and the persisted cursors.
+(trust check, then append) → the store layer (:mod:`atomicsig.store.journal`, the per-store change log sync follows and
+:mod:`atomicsig.store.prune`). :mod:`.config` and :mod:`.state` are the YAML config and the persisted cursors.
 """

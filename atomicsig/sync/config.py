@@ -16,10 +16,10 @@ from typing import Any
 
 import yaml
 
-from .. import yamlstrict
-from ..durations import parse_duration
-from ..errors import InputError
-from .journal import META_DIR
+from atomicsig.errors import InputError
+from atomicsig.format import yamlstrict
+from atomicsig.format.durations import parse_duration
+from atomicsig.store.journal import META_DIR
 
 DEFAULT_CONFIG = "/etc/atomicsig/sync.yaml"
 SOURCE_KINDS = ("static", "serve")

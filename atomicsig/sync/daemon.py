@@ -29,16 +29,16 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import AtomicsigError, InputError
-from ..lookaside import DirectoryStore
-from ..verify import Verifier
-from . import config as config_mod
-from .follower import Follower, PassReport
-from .intake import Intake
-from .notify import notify, watchdog_interval
-from .push import Pusher
-from .source import HTTPSource
-from .state import SyncState
+from atomicsig.errors import AtomicsigError, InputError
+from atomicsig.ops.verify import Verifier
+from atomicsig.store.directory import DirectoryStore
+from atomicsig.sync import config as config_mod
+from atomicsig.sync.follower import Follower, PassReport
+from atomicsig.sync.intake import Intake
+from atomicsig.sync.notify import notify, watchdog_interval
+from atomicsig.sync.push import Pusher
+from atomicsig.sync.source import HTTPSource
+from atomicsig.sync.state import SyncState
 
 log = logging.getLogger("atomicsig.sync")
 MAX_BACKOFF = 300.0
@@ -465,7 +465,7 @@ class SyncDaemon:
 
 
 def _gpg_verifier(blobs: list[bytes]) -> Verifier:
-    from ..nativeverify import trusted_keys
+    from atomicsig.gnupg.trusted import trusted_keys
 
     return trusted_keys(blobs)
 

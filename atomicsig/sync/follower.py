@@ -18,13 +18,14 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import InputError, StorageError
-from ..lookaside import lock_dir, read_dir
-from .intake import Intake
-from .journal import HEADER_LEN, Journal, JournalError, SigPath, iter_lines, parse_header, parse_line, sha256_hex
-from .prune import remove_blob
-from .source import Gone, HTTPSource, TooLarge
-from .state import SourceState
+from atomicsig.errors import InputError, StorageError
+from atomicsig.format.sigpath import SigPath
+from atomicsig.store.journal import HEADER_LEN, Journal, JournalError, iter_lines, parse_header, parse_line, sha256_hex
+from atomicsig.store.prune import remove_blob
+from atomicsig.store.sigdir import lock_dir, read_dir
+from atomicsig.sync.intake import Intake
+from atomicsig.sync.source import Gone, HTTPSource, TooLarge
+from atomicsig.sync.state import SourceState
 
 log = logging.getLogger("atomicsig.sync")
 #: Persist the cursor at least this often during a long initial sync.

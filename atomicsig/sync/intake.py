@@ -19,13 +19,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import fsutil, payload
-from ..blob import MAX_SIGNATURE_SIZE, simple_signing_body
-from ..errors import SignatureFormatError, StorageError
-from ..lookaside import MAX_LOOKASIDE_SIGNATURES, DirectoryStore, lock_dir, read_dir
-from ..verify import Verifier
-from .journal import SigPath, sha256_hex
-from .origin import also_delivered, recorded
+from atomicsig import fsutil
+from atomicsig.errors import SignatureFormatError, StorageError
+from atomicsig.format import payload
+from atomicsig.format.blob import MAX_SIGNATURE_SIZE, simple_signing_body
+from atomicsig.format.sigpath import MAX_LOOKASIDE_SIGNATURES, SigPath
+from atomicsig.ops.verify import Verifier
+from atomicsig.store.directory import DirectoryStore
+from atomicsig.store.journal import sha256_hex
+from atomicsig.store.origin import also_delivered, recorded
+from atomicsig.store.sigdir import lock_dir, read_dir
 
 
 @dataclass(frozen=True)

@@ -16,12 +16,12 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from .. import fsutil
-from ..blob import MAX_SIGNATURE_SIZE
-from ..errors import RegistryError
-from .config import Endpoint
-from .journal import HEADER_LEN, Journal, iter_lines, parse_line
-from .state import SourceState
+from atomicsig import fsutil
+from atomicsig.errors import RegistryError
+from atomicsig.format.blob import MAX_SIGNATURE_SIZE
+from atomicsig.store.journal import HEADER_LEN, Journal, iter_lines, parse_line
+from atomicsig.sync.config import Endpoint
+from atomicsig.sync.state import SourceState
 
 log = logging.getLogger("atomicsig.sync")
 
@@ -37,8 +37,8 @@ class Pusher:
 
     def put(self, repo: str, digest: str, blob: bytes) -> bool:
         """Upload one signature; True if created, False if the upstream already had it (dedup or 409)."""
-        from ..extension import ExtensionStore, StaticTokenClient
-        from ..reference import Reference
+        from atomicsig.format.reference import Reference
+        from atomicsig.store.extension import ExtensionStore, StaticTokenClient
 
         client = StaticTokenClient(self.upstream.url, self.upstream.token(), verify=self.upstream.tls_verify)
         store = ExtensionStore(client)

@@ -28,10 +28,10 @@ from typing import Any
 import requests
 import urllib3
 
-from ..blob import MAX_SIGNATURE_SIZE
-from ..errors import RegistryError
-from .config import Endpoint
-from .journal import HEADER_LEN, JOURNAL_NAME, META_DIR
+from atomicsig.errors import RegistryError
+from atomicsig.format.blob import MAX_SIGNATURE_SIZE
+from atomicsig.store.journal import HEADER_LEN, JOURNAL_NAME, META_DIR
+from atomicsig.sync.config import Endpoint
 
 #: At most this many journal bytes per request (≈ 60,000 records); a pass loops until caught up.
 JOURNAL_CHUNK = 8 * 1024 * 1024

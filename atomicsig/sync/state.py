@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import fsutil
-from ..errors import StorageError
+from atomicsig import fsutil
+from atomicsig.errors import StorageError
 
 STATE_VERSION = 1
 

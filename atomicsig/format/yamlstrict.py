@@ -1,0 +1,141 @@
+"""The one strict YAML reader for every YAML input (policy YAML, sync config, signers file).
+
+PyYAML's ``safe_load`` keeps the last of two duplicate keys without a word (``sigstore: /a`` then
+``sigstore: /b`` silently syncs into ``/b``) and its dicts forget line numbers. So YAML is *composed* into a
+node tree (``yaml.compose``, safe tags only) and walked: every error names ``file:line``, duplicate keys are
+refused at any depth, and unknown keys get a did-you-mean. Pure: callers read the file.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+from typing import Any
+
+import yaml
+
+from atomicsig.errors import AtomicsigError, InputError
+
+#: libyaml's composer when present (same nodes and marks, ~10x faster on a 500-scope file).
+LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+STR = "tag:yaml.org,2002:str"
+BOOL = "tag:yaml.org,2002:bool"
+INT = "tag:yaml.org,2002:int"
+FLOAT = "tag:yaml.org,2002:float"
+NULL = "tag:yaml.org,2002:null"
+
+
+def compose(text: str, source: str, error: type[AtomicsigError] = InputError) -> yaml.Node | None:
+    """Parse ``text`` into a node tree (None for an empty document); syntax errors carry ``source:line``."""
+    try:
+        return yaml.compose(text, Loader=LOADER)
+    except yaml.MarkedYAMLError as exc:
+        line = exc.problem_mark.line + 1 if exc.problem_mark else 0
+        raise error(f"{source}:{line}: invalid YAML: {exc.problem}") from exc
+    except yaml.YAMLError as exc:
+        raise error(f"{source}: invalid YAML: {str(exc).splitlines()[0] if str(exc) else exc}") from exc
+
+
+def did_you_mean(key: str, allowed: Iterable[str]) -> str:
+    """``"; did you mean 'interval'?"`` or the list of allowed keys."""
+    allowed = list(allowed)
+    close = difflib.get_close_matches(key, allowed, n=1)
+    return f"; did you mean {close[0]!r}?" if close else f" (allowed: {', '.join(allowed)})"
+
+
+class Ctx:
+    """Error formatting bound to one file: every message starts with ``file:line:``."""
+
+    #: The exception raised for errors in this kind of file (PolicyError for the policy YAML, ...).
+    error_type: type[AtomicsigError] = InputError
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def error(self, node: yaml.Node | None, message: str) -> AtomicsigError:
+        line = node.start_mark.line + 1 if node is not None else 0
+        return self.error_type(f"{self.source}:{line}: {message}")
+
+    def mapping(self, node: yaml.Node, what: str, allowed: tuple[str, ...] | None) -> list[tuple[str, yaml.Node,
+                                                                                              yaml.Node]]:
+        """The ``(key, key node, value node)`` entries of a mapping; duplicate and unknown keys refused."""
+        if not isinstance(node, yaml.MappingNode):
+            raise self.error(node, f"{what} must be a mapping")
+        seen: dict[str, int] = {}
+        out: list[tuple[str, yaml.Node, yaml.Node]] = []
+        for k, v in node.value:
+            if not isinstance(k, yaml.ScalarNode):
+                raise self.error(k, f"{what}: keys must be strings")
+            key = str(k.value)
+            if key in seen:
+                raise self.error(k, f"{what}: duplicate key {key!r} (first defined at line {seen[key]})")
+            seen[key] = k.start_mark.line + 1
+            if allowed is not None and key not in allowed:
+                raise self.error(k, f"unknown key {key!r} in {what}{did_you_mean(key, allowed)}")
+            out.append((key, k, v))
+        return out
+
+    def string(self, node: yaml.Node, what: str) -> str:
+        if not isinstance(node, yaml.ScalarNode) or node.tag != STR or not node.value:
+            raise self.error(node, f"{what} must be a non-empty string")
+        return str(node.value)
+
+    def boolean(self, node: yaml.Node, what: str) -> bool:
+        if not isinstance(node, yaml.ScalarNode) or node.tag != BOOL:
+            raise self.error(node, f"{what} must be true or false")
+        return str(node.value).lower() in ("true", "yes", "on")
+
+    def string_list(self, node: yaml.Node, what: str) -> list[tuple[str, yaml.Node]]:
+        if isinstance(node, yaml.ScalarNode):
+            return [(self.string(node, what), node)]
+        if not isinstance(node, yaml.SequenceNode) or not node.value:
+            raise self.error(node, f"{what} must be a key name or a non-empty list of key names")
+        return [(self.string(n, f"{what} entry"), n) for n in node.value]
+
+    def is_null(self, node: yaml.Node) -> bool:
+        return isinstance(node, yaml.ScalarNode) and node.tag == NULL
+
+    def scalar(self, node: yaml.Node, what: str) -> Any:
+        """A scalar's Python value (str, int, float, bool, None) as YAML 1.1 safe loading gives it."""
+        if not isinstance(node, yaml.ScalarNode):
+            raise self.error(node, f"{what} must be a single value")
+        return yaml.SafeLoader("").construct_object(node)
+
+    def no_duplicates(self, node: yaml.Node | None) -> None:
+        """Refuse a duplicate key anywhere below ``node`` (aliases are visited once)."""
+        seen: set[int] = set()
+        todo = [node] if node is not None else []
+        while todo:
+            n = todo.pop()
+            if id(n) in seen:
+                continue
+            seen.add(id(n))
+            if isinstance(n, yaml.MappingNode):
+                first: dict[Any, int] = {}
+                for k, v in n.value:
+                    if isinstance(k, yaml.ScalarNode):
+                        if k.value in first:
+                            raise self.error(k, f"duplicate key {k.value!r} (first defined at line "
+                                                f"{first[k.value]})")
+                        first[k.value] = k.start_mark.line + 1
+                    todo.extend((k, v))
+            elif isinstance(n, yaml.SequenceNode):
+                todo.extend(n.value)
+
+    def construct(self, node: yaml.Node | None) -> Any:
+        """Plain Python data (dicts, lists, scalars) for ``node``, after refusing duplicate keys."""
+        if node is None:
+            return None
+        self.no_duplicates(node)
+        return yaml.SafeLoader("").construct_document(node)
+
+
+def load(text: str, source: str, error: type[AtomicsigError] = InputError) -> tuple[Any, yaml.Node | None]:
+    """Strictly load one YAML document: (plain data, its node tree for line numbers); duplicates refused."""
+    ctx = Ctx(source)
+    ctx.error_type = error
+    node = compose(text, source, error)
+    return ctx.construct(node), node
+
+
+__all__ = ["LOADER", "Ctx", "compose", "did_you_mean", "load"]

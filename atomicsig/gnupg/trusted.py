@@ -1,0 +1,320 @@
+"""In-process verification of simple-signing blobs, with gpg as the authority on keys and on anything unusual.
+
+One gpg process per signature caps a verifier at ~150 signatures/s (issue #6). Here the trusted keys are still
+imported by gpg into an ephemeral home (:class:`gpg.TrustedKeys`), and gpg's listing supplies each key's
+validity, capabilities and expiry; only the per-signature work — hash, compare, one public-key operation — runs
+in process. The checks are GPGME's as containers/image applies them (SPEC §2.1): one signature per message,
+subkeys map to their primary, revoked or expired keys and expired signatures fail, wrong key usage fails,
+owner trust is ignored.
+
+Anything outside the common shape (gpg's own ``--sign`` output: one-pass, binary literal, one v4 binary
+signature with an issuer, SHA-1/SHA-2, RSA/Ed25519/ECDSA) is handed to the gpg process unchanged rather than
+judged here, and counted in :attr:`NativeTrustedKeys.fallbacks`, so the fast path can never be more lenient
+than gpg about inputs it was not written for. What is not exactly one signed message with one signature packet
+(trailing bytes, a second message, a second signature) is refused before either path runs: gpg accepts some of
+those, skopeo does not (SPEC §1.3, :func:`openpgp.parse_message`).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from atomicsig.errors import SignatureFormatError
+from atomicsig.format.blob import simple_signing_body
+from atomicsig.gnupg.keyring import GPGVerification, TrustedKeys
+from atomicsig.openpgp import keys as pgpkeys
+from atomicsig.openpgp import packets as openpgp
+from atomicsig.openpgp.keys import PublicKey, Unsupported
+
+SIG_BINARY = 0x00
+SUBPACKET_CREATED, SUBPACKET_SIG_EXPIRES = 2, 3
+SUBPACKET_ISSUER, SUBPACKET_ISSUER_FPR = 16, 33
+#: Subpackets whose meaning for a data signature we implement; a critical one of any other type goes to gpg.
+_UNDERSTOOD_SUBPACKETS = {SUBPACKET_CREATED, SUBPACKET_SIG_EXPIRES, SUBPACKET_ISSUER, SUBPACKET_ISSUER_FPR}
+#: gpg listing validity letters that say nothing about revocation/expiry (owner trust is ignored, as GPGME does).
+_NEUTRAL_VALIDITY = frozenset("-oqmfu")
+
+
+class _Delegate(Exception):
+    """Not for us to decide: run the gpg process. The message names the reason (for the fallback counter)."""
+
+
+@dataclass(frozen=True)
+class _SigningKey:
+    """One (sub)key as gpg lists it, joined with its packet material."""
+
+    material: PublicKey | None
+    primary: str  # fingerprint of the primary key: the identity c/image compares
+    validity: str
+    can_sign: bool
+    expires: int | None
+    primary_validity: str
+    primary_expires: int | None
+    is_primary: bool
+    cross_certified: bool | None
+    has_revoker: bool
+
+
+@dataclass
+class _Listed:
+    kind: str
+    validity: str
+    keyid: str
+    created: int
+    expires: int | None
+    caps: str
+    fingerprint: str = ""
+    has_revoker: bool = False
+
+
+def _parse_listing(listing: str) -> list[list[_Listed]]:
+    """``gpg --with-colons --fixed-list-mode --list-keys``: one list per primary key, primary first."""
+    out: list[list[_Listed]] = []
+    last: _Listed | None = None
+    for line in listing.splitlines():
+        f = line.split(":")
+        if f[0] in ("pub", "sub") and len(f) > 11:
+            last = _Listed(f[0], f[1] or "-", f[4].upper(), int(f[5] or 0), int(f[6]) if f[6] else None, f[11])
+            if f[0] == "pub":
+                out.append([last])
+            elif out:
+                out[-1].append(last)
+        elif f[0] == "fpr" and len(f) > 9 and last is not None and not last.fingerprint:
+            last.fingerprint = f[9].upper()
+        elif f[0] == "rvk" and out:
+            out[-1][0].has_revoker = True
+    return out
+
+
+def _key_table(listing: str, exported: bytes) -> tuple[dict[str, _SigningKey], frozenset[str]]:
+    """Signing keys by fingerprint, and every key ID gpg knows (so an issuer gpg knows is never "untrusted")."""
+    material: dict[str, PublicKey] = {}
+    cross: dict[str, bool | None] = {}
+    try:
+        for cert in pgpkeys.certificates(exported):
+            material[cert.primary.fingerprint] = cert.primary
+            for sub in cert.subkeys:
+                material[sub.key.fingerprint] = sub.key
+                cross[sub.key.fingerprint] = sub.cross_certified
+    except SignatureFormatError:
+        material, cross = {}, {}  # unreadable export: every signature goes to gpg
+    table: dict[str, _SigningKey] = {}
+    keyids: set[str] = set()
+    for group in _parse_listing(listing):
+        pub = group[0]
+        for entry in group:
+            keyids.add(entry.keyid)
+            m = material.get(entry.fingerprint)
+            # Use the packet only if it is the key gpg listed (same fingerprint and creation time).
+            if m is not None and m.created != entry.created:
+                m = None
+            table[entry.fingerprint] = _SigningKey(
+                material=m, primary=pub.fingerprint, validity=entry.validity, can_sign="s" in entry.caps,
+                expires=entry.expires, primary_validity=pub.validity, primary_expires=pub.expires,
+                is_primary=entry is pub, cross_certified=True if entry is pub else cross.get(entry.fingerprint),
+                has_revoker=pub.has_revoker)
+    return table, frozenset(keyids)
+
+
+class NativeTrustedKeys:
+    """Drop-in for :class:`gpg.TrustedKeys` that verifies common signatures in process (see module docstring)."""
+
+    def __init__(self, keyring_blobs: Iterable[bytes], *, clock: Callable[[], float] = time.time) -> None:
+        self._gpg = TrustedKeys(keyring_blobs)
+        self.fingerprints: frozenset[str] = self._gpg.fingerprints
+        self._clock = clock
+        self._lock = threading.Lock()
+        self.fallbacks = 0
+        self.fallback_reasons: Counter[str] = Counter()
+        self.native = 0
+        try:
+            listing, exported = self._gpg.listing_and_export()
+            self._keys, self._keyids = _key_table(listing, exported)
+        except BaseException:
+            self._gpg.close()
+            raise
+        self._by_keyid: dict[str, list[str]] = {}
+        for fpr in self._keys:
+            self._by_keyid.setdefault(fpr[-16:], []).append(fpr)
+
+    @property
+    def digest(self) -> str:
+        return self._gpg.digest
+
+    def close(self) -> None:
+        self._gpg.close()
+
+    def __enter__(self) -> NativeTrustedKeys:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def verify(self, blob: bytes) -> GPGVerification:
+        """Same contract as :meth:`gpg.TrustedKeys.verify`: the verified payload and signer, or SignatureFormatError."""
+        if not self.fingerprints:
+            raise SignatureFormatError("no public keys imported")
+        body = simple_signing_body(blob)
+        try:
+            # Not one message with one signature (trailing bytes, a second message or signature): refused here,
+            # never handed to gpg, which would accept some of these (SPEC §1.3, openpgp.parse_message).
+            msg = openpgp.parse_message(body)
+        except SignatureFormatError:
+            with self._lock:
+                self.native += 1
+            raise
+        try:
+            result = self._verify_native(msg)
+        except (_Delegate, ValueError, IndexError, Unsupported) as why:
+            # Anything this path did not expect (ValueError etc. from odd key or signature values) is gpg's
+            # to judge, exactly like the shapes it deliberately leaves to gpg.
+            reason = str(why) if isinstance(why, _Delegate) else f"unexpected {type(why).__name__}"
+            with self._lock:
+                self.fallbacks += 1
+                self.fallback_reasons[reason] += 1
+            return self._gpg.verify(blob)
+        except SignatureFormatError:
+            with self._lock:
+                self.native += 1
+            raise
+        with self._lock:
+            self.native += 1
+        return result
+
+    # ---- the in-process path ------------------------------------------------------------------------------
+
+    def _verify_native(self, msg: openpgp.SignedMessage) -> GPGVerification:
+        sig = msg.signatures[0]
+        self._check_shape(msg, sig)
+        created, expires_after, issuer_fpr, issuer_keyid = _signature_subpackets(sig)
+        key = self._signing_key(issuer_fpr, issuer_keyid)
+        m = key.material
+        if m is None or m.key is None or m.algorithm != sig.pubkey_algo:
+            raise _Delegate("key algorithm")
+        _check_hash_strength(m, sig.hash_algo)
+        if key.has_revoker:
+            raise _Delegate("designated revoker")
+        if key.validity not in _NEUTRAL_VALIDITY | {"r", "e"} or \
+                key.primary_validity not in _NEUTRAL_VALIDITY | {"r", "e"}:
+            raise _Delegate("key validity")
+        if not key.can_sign:
+            # gpg checks usage before the signature itself: ERRSIG "Wrong key usage" (GPGME wrong_key_usage).
+            raise SignatureFormatError(f"signature rejected by gpg: key {m.fingerprint} is not a signing key "
+                                       "(wrong key usage)")
+        if not key.is_primary and key.cross_certified is not True:
+            raise _Delegate("cross-certification")
+        now = int(self._clock())
+        if created > now:
+            raise _Delegate("signature from the future")
+        trailer_src = sig.raw_header
+        digest = pgpkeys.hash_data(sig.hash_algo, msg.literal, trailer_src, b"\x04\xff",
+                                   len(trailer_src).to_bytes(4, "big"))
+        # gpg reports BADSIG before any key-state problem, so the cryptographic check comes first.
+        if digest[:2] != sig.hash_prefix or not pgpkeys.verify_digest(m, sig.hash_algo, digest, sig.mpis):
+            raise SignatureFormatError(f"signature rejected by gpg: bad signature (key {m.fingerprint})")
+        if m.created > created:
+            raise SignatureFormatError(f"signature rejected by gpg: key {m.fingerprint} is {m.created - created} "
+                                       "seconds newer than the signature")
+        if key.primary_validity == "r" or key.validity == "r":
+            raise SignatureFormatError(f"signature rejected by gpg: key {m.fingerprint} is revoked")
+        if _expired(key.primary_validity, key.primary_expires, now) or _expired(key.validity, key.expires, now):
+            raise SignatureFormatError(f"signature rejected by gpg: key {m.fingerprint} has expired")
+        if expires_after and created + expires_after <= now:
+            raise SignatureFormatError("signature rejected by gpg: signature expired")
+        if key.primary not in self.fingerprints:
+            raise SignatureFormatError(f"signed by an untrusted key {key.primary}")
+        return GPGVerification(payload=msg.literal, signer=key.primary, signing_key=m.fingerprint)
+
+    def _check_shape(self, msg: openpgp.SignedMessage, sig: openpgp.SignatureInfo) -> None:
+        """Only gpg's standard layout ``one-pass, literal 'b', signature`` is hashed here: gpg chooses the hash
+        from the one-pass packet, and other layouts or mismatches are corner cases gpg should judge."""
+        if msg.structure != (openpgp.TAG_ONE_PASS, openpgp.TAG_LITERAL, openpgp.TAG_SIGNATURE):
+            raise _Delegate("message layout")
+        if msg.literal_format != ord("b"):
+            raise _Delegate("literal format")
+        if sig.version != 4:
+            raise _Delegate("signature version")
+        if sig.sig_type != SIG_BINARY:
+            raise _Delegate("signature type")
+        if sig.hash_algo not in pgpkeys.HASHES:
+            raise _Delegate("hash algorithm")
+        op = msg.one_pass_bodies[0]
+        if len(op) != 13 or op[0] != 3 or op[1] != sig.sig_type or op[2] != sig.hash_algo or \
+                op[3] != sig.pubkey_algo or op[12] != 1:
+            raise _Delegate("one-pass packet")
+
+    def _signing_key(self, issuer_fpr: str | None, issuer_keyid: str | None) -> _SigningKey:
+        """gpg looks the key up by issuer fingerprint, else by issuer key ID."""
+        if issuer_fpr is None and issuer_keyid is None:
+            raise _Delegate("no issuer")
+        if issuer_fpr is not None and issuer_keyid is not None and issuer_fpr[-16:] != issuer_keyid:
+            raise _Delegate("issuer mismatch")
+        if issuer_fpr is not None and issuer_fpr in self._keys:
+            return self._keys[issuer_fpr]
+        keyid = issuer_keyid or (issuer_fpr or "")[-16:]
+        if keyid in self._keyids:
+            # gpg knows a key with this ID: by key ID alone that is the key (if unambiguous); an issuer
+            # fingerprint that is not one of ours but whose key ID is would make gpg retry by key ID.
+            candidates = self._by_keyid.get(keyid, [])
+            if issuer_fpr is None and len(candidates) == 1:
+                return self._keys[candidates[0]]
+            raise _Delegate("issuer lookup")
+        raise SignatureFormatError(f"signed by an untrusted key (key ID {keyid})")
+
+
+def _signature_subpackets(sig: openpgp.SignatureInfo) -> tuple[int, int, str | None, str | None]:
+    """Creation time, expiry, issuer fingerprint and key ID as gpg reads them: time fields and the issuer
+    fingerprint only from the hashed area, the key ID from either. Duplicates or unknown critical ones: gpg."""
+    seen: Counter[int] = Counter()
+    created = expires_after = None
+    issuer_fpr = issuer_keyid = None
+    try:
+        for hashed, area in ((True, sig.hashed), (False, sig.unhashed)):
+            for stype, critical, data in pgpkeys.subpackets(area):
+                if critical and (stype not in _UNDERSTOOD_SUBPACKETS or not hashed):
+                    raise _Delegate("critical subpacket")
+                if stype in _UNDERSTOOD_SUBPACKETS:
+                    seen[stype] += 1
+                if hashed and stype == SUBPACKET_CREATED and len(data) == 4:
+                    created = int.from_bytes(data, "big")
+                elif hashed and stype == SUBPACKET_SIG_EXPIRES and len(data) == 4:
+                    expires_after = int.from_bytes(data, "big")
+                elif hashed and stype == SUBPACKET_ISSUER_FPR and len(data) == 21 and data[0] == 4:
+                    issuer_fpr = data[1:].hex().upper()
+                elif stype == SUBPACKET_ISSUER and len(data) == 8:
+                    issuer_keyid = data.hex().upper()
+                elif stype in _UNDERSTOOD_SUBPACKETS:
+                    raise _Delegate("unusual subpacket")
+    except Unsupported as exc:
+        raise _Delegate("malformed subpackets") from exc
+    if any(n > 1 for n in seen.values()):
+        raise _Delegate("repeated subpacket")
+    if created is None:
+        raise _Delegate("no creation time")
+    return created, expires_after or 0, issuer_fpr, issuer_keyid
+
+
+def _check_hash_strength(key: PublicKey, hash_algo: int) -> None:
+    """(EC)DSA-style keys with a digest shorter than the curve are unusual; gpg's rules there decide."""
+    bits = pgpkeys.HASHES[hash_algo][2]
+    if key.algorithm == pgpkeys.ALGO_EDDSA and bits < 256:
+        raise _Delegate("short hash for EdDSA")
+    if key.algorithm == pgpkeys.ALGO_ECDSA and bits < min(key.bits, 512):
+        raise _Delegate("short hash for ECDSA")
+
+
+def _expired(validity: str, expires: int | None, now: int) -> bool:
+    """By gpg's listing *and* by the clock, so a long-running verifier notices keys that expire later."""
+    return validity == "e" or (expires is not None and expires <= now)
+
+
+def trusted_keys(keyring_blobs: Iterable[bytes]) -> NativeTrustedKeys | TrustedKeys:
+    """The verifier for trusted keys: in process, unless ``ATOMICSIG_VERIFIER=gpg`` asks for one gpg per signature."""
+    if os.environ.get("ATOMICSIG_VERIFIER", "").strip().lower() == "gpg":
+        return TrustedKeys(keyring_blobs)
+    return NativeTrustedKeys(keyring_blobs)

@@ -1,0 +1,449 @@
+"""The cheroot server under ``atomicsig serve``, with the limits a shared sigstore needs (docs/serve.md, "Limits").
+
+cheroot hands a connection to a worker thread as soon as *one byte* is readable, and a worker then waits for the
+rest of the request with a per-``recv`` timeout. A client sending one header byte per second therefore holds a
+worker forever, and 16 such clients stop the server — /healthz included. Measured with bench/load_serve.py, 20
+slowloris connections against stock cheroot left every probe unanswered until the load ended. So:
+
+* **Complete heads only reach workers.** New and keep-alive connections are parked in a :class:`_Guard` thread
+  (one selector) until ``MSG_PEEK`` shows the whole request head (``CRLF CRLF``). Heads that do not complete
+  within ``header_timeout`` get 408, heads over ``max_header_bytes`` get 431, both without costing a worker.
+  A slow client now costs one file descriptor, not a thread. (TLS: the bytes are encrypted, peeking cannot see
+  the head, so TLS connections go to workers directly and only the request deadline below protects them.)
+* **A deadline per exchange.** Once a worker holds a connection, body read + handler + response write must end
+  within ``request_timeout``; the guard then shuts the socket's read side, which ends a body that never arrives
+  (the worker still answers 400), and both sides a second later, which wakes a worker blocked in ``send``. This
+  bounds slow body senders and clients that read responses very slowly.
+* **A connection cap, with eviction.** At ``max_connections`` open connections, a new one evicts the connection
+  that has waited longest for its head (408); only if none is waiting (all busy or keep-alive) is the new one
+  answered 503 and closed. Without eviction one client holding the cap with partial heads made 12 of 13 health
+  probes fail (issue 12 #5). Below the cap every connection may stay keep-alive (cheroot keeps only 10 by default
+  and closes the rest after each response, which made 50 clients reconnect per request).
+* **A reserved health thread.** A complete bodiless ``GET``/``HEAD /healthz`` head is handled by its own thread,
+  not queued behind the workers, so health answers even while every worker is held.
+* Bodies over ``max_body`` are refused by cheroot (Content-Length) and by the application (chunked), 413; the
+  listen backlog is raised from cheroot's 5 (50 clients connecting at once hit SYN retransmits of 1 s) to 512; the
+  worker queue stays unbounded because the cap already bounds it and a bounded one blocks the accept loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import selectors
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from cheroot import server as cheroot_server
+from cheroot import wsgi
+
+from atomicsig.errors import InputError
+
+#: Whole request heads arrive in one segment from every real client; 16 KiB is ample for a bearer token.
+MAX_HEADER_BYTES = 16 * 1024
+_TICK = 0.05  # guard wake-up period: re-peeks partial heads, enforces deadlines
+#: After the exchange deadline the read side is shut first, so a worker waiting for a body sees its end and can
+#: still answer (400); if it is still busy this much later (blocked writing to a client that does not read), the
+#: write side goes too.
+_CUT_GRACE = 1.0
+#: Heads answered by the reserved health thread: GET/HEAD /healthz without a body. Anything else, or a head that
+#: announces a body, goes to the shared pool.
+_HEALTH_LINES = (b"GET /healthz HTTP/1.", b"HEAD /healthz HTTP/1.")
+_BODY_HEADERS = (b"\r\ncontent-length:", b"\r\ntransfer-encoding:")
+
+
+class ListenError(InputError):
+    """The listen address cannot be bound (in use, not local, port < 1024 without privilege): the configured
+    ``listen`` value is what must change, so it is an input error (exit 2), reported before anything is announced."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Resource limits of one server; the defaults are what docs/serve.md documents."""
+
+    threads: int = 16
+    max_connections: int = 512
+    header_timeout: float = 10.0  # request head complete within this (from connect / keep-alive wake-up)
+    request_timeout: float = 30.0  # body + handler + response, once a worker holds the connection
+    idle_timeout: int = 10  # keep-alive connections idle this long are closed (cheroot ``timeout``)
+    max_header_bytes: int = MAX_HEADER_BYTES
+    max_body: int = 4 * 1024 * 1024
+    #: Holds a whole wave of reconnects: a flood of max_connections heads expiring together reconnects at once,
+    #: and an overflowing accept queue drops SYNs, which costs an honest client (a health probe) a 1 s retransmit.
+    backlog: int = 512
+
+
+def _raw_answer(sock: socket.socket, status: str, extra: str = "") -> None:
+    """A minimal response written without blocking (best effort), for connections no worker will see."""
+    msg = (f"HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n{extra}\r\n").encode()
+    with contextlib.suppress(OSError):
+        sock.send(msg, socket.MSG_DONTWAIT)
+
+
+class _Request(cheroot_server.HTTPRequest):  # type: ignore[misc]
+    """cheroot's request, but an application's ``Connection: close`` really closes the connection.
+
+    cheroot otherwise keeps the connection and first *drains* the unread rest of the body — from a client whose
+    body just timed out or was malformed (server.SignatureServer answers those 408/400 with ``Connection:
+    close``), which blocked the worker again and logged a traceback.
+    """
+
+    def send_headers(self) -> None:
+        if any(k.lower() == b"connection" and v.strip().lower() == b"close" for k, v in self.outheaders):
+            self.close_connection = True
+        super().send_headers()
+
+
+class _TrackedConnection(cheroot_server.HTTPConnection):
+    """An HTTPConnection that tells the guard when it is closed (by a worker, cheroot's expiry or shutdown)."""
+
+    RequestHandlerClass = _Request
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            guard = getattr(self.server, "guard", None)
+            if guard is not None:
+                guard.forget(self)
+
+
+class _Guard:
+    """Connection admission, head gating and exchange deadlines, in one thread with one selector."""
+
+    def __init__(self, server: HardenedServer, limits: Limits, *, peek: bool) -> None:
+        self.server = server
+        self.limits = limits
+        self.peek = peek
+        self._lock = threading.Lock()
+        self._open: set[Any] = set()  # every admitted, not yet closed connection
+        self._parked: dict[Any, float] = {}  # conn -> head deadline (waiting for a complete head)
+        self._partial: set[Any] = set()  # parked conns with some bytes but no complete head: re-peeked each tick
+        self._active: dict[Any, float] = {}  # conn -> exchange deadline (a worker holds it)
+        self._cut: set[Any] = set()  # active conns whose read side was shut at the deadline (grace running)
+        self._evicting: list[Any] = []  # parked conns chosen to make room at the cap; closed by the guard thread
+        self._incoming: list[Any] = []  # parked by other threads, registered by the guard thread
+        self._sel = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._sel.register(self._wake_r, selectors.EVENT_READ, None)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="atomicsig-guard", daemon=True)
+        self._started = False
+        self.refused = 0  # connections answered 503 at the cap (exposed for tests and metrics)
+        self.evicted = 0  # connections without a complete head closed (408) to make room for a new one
+
+    # ---- called from cheroot's threads ----------------------------------------------------------------------
+
+    def admit(self, conn: Any) -> bool:
+        """Count a new connection; at the cap, make room by evicting the connection that has waited longest for
+        its head, or (when every connection is busy or keep-alive) answer 503 and close the new one.
+
+        Eviction is what keeps /healthz answering under a connection flood (issue 12 #5): one client holding
+        ``max_connections`` partial heads and reconnecting after each 408 used to fill the cap, so every probe
+        got 503. Now a newcomer displaces the oldest head-less connection; a real client's head arrives within
+        microseconds of its connect, so it is never the oldest, while the flood only displaces itself.
+        """
+        with self._lock:
+            if len(self._open) >= self.limits.max_connections and self._parked:
+                victim = next(iter(self._parked))  # insertion order: parked longest
+                del self._parked[victim]
+                self._partial.discard(victim)
+                self._open.discard(victim)
+                self._evicting.append(victim)  # the guard thread unregisters and closes it (it owns the selector)
+                self.evicted += 1
+            admitted = len(self._open) < self.limits.max_connections
+            if admitted:
+                self._open.add(conn)
+            else:
+                self.refused += 1
+            wake = bool(self._evicting)
+        if wake:
+            self._wake()
+        if admitted:
+            return True
+        _raw_answer(conn.socket, "503 Service Unavailable", "Retry-After: 1\r\n")
+        conn.close()
+        return False
+
+    def known(self, conn: Any) -> bool:
+        with self._lock:
+            return conn in self._open
+
+    def dispatch(self, conn: Any, *, health: bool = False) -> None:
+        """Give a connection whose head is complete to the worker pool (``health``: to the reserved health
+        thread), under the exchange deadline."""
+        with self._lock:
+            self._active[conn] = time.monotonic() + self.limits.request_timeout
+        self.server.dispatch(conn, health=health)
+
+    def park(self, conn: Any) -> None:
+        with self._lock:
+            self._parked[conn] = time.monotonic() + self.limits.header_timeout
+            self._incoming.append(conn)
+        self._wake()
+
+    def idle(self, conn: Any) -> None:
+        """A worker finished an exchange and hands the connection back for keep-alive."""
+        with self._lock:
+            self._active.pop(conn, None)
+            self._cut.discard(conn)
+
+    def forget(self, conn: Any) -> None:
+        with self._lock:
+            self._open.discard(conn)
+            self._active.pop(conn, None)
+            self._cut.discard(conn)
+            self._parked.pop(conn, None)
+            self._partial.discard(conn)
+
+    @property
+    def open_connections(self) -> int:
+        with self._lock:
+            return len(self._open)
+
+    # ---- head inspection ------------------------------------------------------------------------------------
+
+    def head_state(self, conn: Any) -> str:
+        """``complete``, ``health`` (a complete bodiless GET/HEAD /healthz), ``partial``, ``empty`` (nothing yet),
+        ``eof``, ``too-large`` — by peeking, never reading."""
+        if not self.peek or conn.rfile.has_data():
+            return "complete"  # TLS, or a pipelined request already buffered: the worker deadline applies
+        sock = conn.socket
+        # A Python socket with a timeout polls for that long before recv, MSG_DONTWAIT or not; this runs in
+        # cheroot's accept thread and in the guard, which must never wait.
+        sock.settimeout(0.0)
+        try:
+            data = sock.recv(self.limits.max_header_bytes + 4, socket.MSG_PEEK)
+        except (BlockingIOError, InterruptedError):
+            return "empty"
+        except OSError:
+            return "eof"
+        finally:
+            with contextlib.suppress(OSError):  # closed meanwhile
+                sock.settimeout(self.server.timeout)
+        if not data:
+            return "eof"
+        end = data.find(b"\r\n\r\n")
+        if end >= 0:
+            head = data[:end + 2].lower()
+            if data.startswith(_HEALTH_LINES) and not any(h in head for h in _BODY_HEADERS):
+                return "health"
+            return "complete"
+        if len(data) > self.limits.max_header_bytes:
+            return "too-large"
+        return "partial"
+
+    def route(self, conn: Any) -> None:
+        """Dispatch, park or refuse a connection that has (or may soon have) a request."""
+        state = self.head_state(conn)
+        if state in ("complete", "health"):
+            self.dispatch(conn, health=state == "health")
+        elif state in ("empty", "partial"):
+            self.park(conn)
+        else:
+            self._reject(conn, state)
+
+    def _reject(self, conn: Any, state: str) -> None:
+        if state == "too-large":
+            _raw_answer(conn.socket, "431 Request Header Fields Too Large")
+        elif state in ("timeout", "evicted"):
+            _raw_answer(conn.socket, "408 Request Timeout")
+        conn.close()
+
+    # ---- the guard thread -----------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._started = True
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake()
+        if self._started:  # a server whose bind failed never started its guard
+            self._thread.join(timeout=5)
+        with self._lock:
+            parked = list(self._parked)
+        for conn in parked:
+            conn.close()
+        self._sel.close()
+        self._wake_r.close()
+        self._wake_w.close()
+
+    def _wake(self) -> None:
+        with contextlib.suppress(OSError):  # already awake (buffer full) or stopping
+            self._wake_w.send(b"x", socket.MSG_DONTWAIT)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for key, _ in self._sel.select(timeout=_TICK):
+                if key.data is None:
+                    try:
+                        while self._wake_r.recv(4096):
+                            pass
+                    except OSError:
+                        pass
+                    continue
+                self._unregister(key.data)
+                self._recheck(key.data)
+            with self._lock:
+                evicting, self._evicting = self._evicting, []
+                incoming, self._incoming = self._incoming, []
+                incoming = [c for c in incoming if c in self._parked]  # not evicted or dispatched meanwhile
+                partial = list(self._partial)
+            for conn in evicting:
+                self._unregister(conn)
+                self._reject(conn, "evicted")
+            for conn in incoming:
+                self._register(conn)
+            for conn in partial:
+                self._recheck(conn)
+            self._enforce_deadlines()
+
+    def _register(self, conn: Any) -> None:
+        try:
+            self._sel.register(conn.socket.fileno(), selectors.EVENT_READ, conn)
+        except KeyError:
+            pass  # already waiting in the selector
+        except (ValueError, OSError):
+            with self._lock:
+                self._parked.pop(conn, None)
+            conn.close()  # its socket is gone; nothing to wait for
+
+    def _unregister(self, conn: Any) -> None:
+        with contextlib.suppress(KeyError, ValueError, OSError):
+            self._sel.unregister(conn.socket.fileno())
+
+    def _recheck(self, conn: Any) -> None:
+        """Peek a parked connection again: dispatch it, keep waiting, or close it."""
+        with self._lock:
+            if conn not in self._parked:
+                return
+        state = self.head_state(conn)
+        if state == "empty":
+            with self._lock:
+                self._partial.discard(conn)
+            self._register(conn)  # level-triggered: wait for bytes in the selector
+            return
+        if state == "partial":
+            with self._lock:
+                self._partial.add(conn)  # bytes are waiting, so the selector would spin: re-peek next tick
+            return
+        with self._lock:
+            if self._parked.pop(conn, None) is None:
+                return  # evicted by admit() meanwhile: the eviction closes it
+            self._partial.discard(conn)
+        if state in ("complete", "health"):
+            self.dispatch(conn, health=state == "health")
+        else:
+            self._reject(conn, state)
+
+    def _enforce_deadlines(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            late_heads = [c for c, t in self._parked.items() if t <= now]
+            for c in late_heads:
+                del self._parked[c]
+                self._partial.discard(c)
+            late_exchanges = [c for c, t in self._active.items() if t <= now]
+            first_cut = [c for c in late_exchanges if c not in self._cut]
+            for c in late_exchanges:
+                if c in self._cut:
+                    del self._active[c]
+                    self._cut.discard(c)
+                else:
+                    self._active[c] = now + _CUT_GRACE
+                    self._cut.add(c)
+        for conn in late_heads:
+            self._unregister(conn)
+            self._reject(conn, "timeout")
+        for conn in late_exchanges:
+            # Read side first: a worker blocked reading a body sees its end and still answers (400, Connection:
+            # close). Both sides after the grace: wakes a worker blocked writing to a client that does not read.
+            with contextlib.suppress(OSError):
+                conn.socket.shutdown(socket.SHUT_RD if conn in first_cut else socket.SHUT_RDWR)
+
+
+class HardenedServer(wsgi.Server):  # type: ignore[misc]
+    """cheroot's WSGI server with :class:`Limits` enforced by a :class:`_Guard` (see the module docstring)."""
+
+    ConnectionClass = _TrackedConnection
+
+    def __init__(self, bind_addr: tuple[str, int], app: Any, limits: Limits, *, tls: bool) -> None:
+        super().__init__(bind_addr, app, numthreads=limits.threads, server_name="atomicsig",
+                         request_queue_size=limits.backlog, timeout=int(limits.idle_timeout), accepted_queue_size=-1)
+        self.limits = limits
+        self.max_request_header_size = limits.max_header_bytes
+        self.max_request_body_size = limits.max_body
+        self.keep_alive_conn_limit = limits.max_connections
+        self.guard = _Guard(self, limits, peek=not tls)
+        self._bind_error: OSError | None = None
+        # The reserved health worker: /healthz must answer while every pool worker is held (slow bodies, slow
+        # readers) — the promise docs/serve.md makes. Only bodiless GET/HEAD /healthz heads reach it.
+        self._health_queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._health_thread = threading.Thread(target=self._serve_health, name="atomicsig-health", daemon=True)
+
+    @property
+    def address(self) -> str:
+        """``HOST:PORT`` actually bound (the real port when 0 was asked for), ``[v6]:PORT`` for IPv6."""
+        host, port = self.bind_addr[:2]
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    def bind(self, family: int, type: int, proto: int = 0) -> None:  # cheroot's signature
+        try:
+            super().bind(family, type, proto)
+        except OSError as exc:
+            self._bind_error = exc  # cheroot folds it into a message string; keep the errno for ours
+            raise
+
+    def prepare(self) -> None:
+        """Bind and listen, then start the guard and the health worker; a failed bind is a :class:`ListenError`."""
+        try:
+            super().prepare()
+        except OSError as exc:
+            cause = self._bind_error or exc
+            reason = cause.strerror or str(cause)
+            raise ListenError(f"cannot listen on {self.address}: {reason[:1].lower()}{reason[1:]}") from None
+        self.guard.start()
+        self._health_thread.start()
+
+    def stop(self) -> None:
+        super().stop()
+        self.guard.stop()
+        if self._health_thread.is_alive():
+            self._health_queue.put(None)
+            self._health_thread.join(timeout=5)
+
+    def process_conn(self, conn: Any) -> None:
+        """cheroot's hand-off point (new connection, or keep-alive connection readable): go through the guard."""
+        if not self.guard.known(conn) and not self.guard.admit(conn):
+            return
+        self.guard.route(conn)
+
+    def dispatch(self, conn: Any, *, health: bool = False) -> None:
+        if health:
+            self._health_queue.put(conn)
+        else:
+            super().process_conn(conn)
+
+    def put_conn(self, conn: Any) -> None:
+        self.guard.idle(conn)
+        super().put_conn(conn)
+
+    def _serve_health(self) -> None:
+        """One request per hand-off, like a cheroot worker; a keep-alive connection goes back through the guard,
+        so its next request is classified again."""
+        while (conn := self._health_queue.get()) is not None:
+            keep = False
+            try:
+                keep = conn.communicate()
+            except Exception:  # a broken client must not end the health thread
+                keep = False
+            finally:
+                if keep:
+                    self.put_conn(conn)
+                else:
+                    conn.close()

@@ -1,0 +1,218 @@
+"""Decide whether an image passes a ``signedBy`` requirement, signature by signature (SPEC §2.1–2.4).
+
+Order of checks for each signature is c/image's: recognize the blob, verify it cryptographically against the
+trusted keys (subkeys map to their primary; expired/revoked keys and expired signatures fail), parse the payload
+strictly, compare the digest, then the identity. One accepted signature is enough for the image.
+
+Every image gets one of three outcomes, never two at once: ``accepted``, ``rejected`` (a decided negative answer:
+no acceptable signature, or no image to pull — the registry answered 404, or a manifest list has no instance for
+the platform) or ``error`` (the answer could not be computed: registry or store unreachable, 5xx, auth refused).
+A pipeline must be able to tell "rejected" from "couldn't check" (exit 1 vs 3).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from atomicsig.errors import EXIT_NEGATIVE, EXIT_OK, EXIT_UNDECIDED, AtomicsigError, NotFound, SignatureFormatError
+from atomicsig.format import payload, reference
+from atomicsig.format.blob import SIGSTORE_FORMAT, simple_signing_body
+from atomicsig.format.identity import DEFAULT, IdentityMatcher
+from atomicsig.format.reference import Reference
+from atomicsig.store.base import SignatureStore, StoredSignature
+
+if TYPE_CHECKING:
+    from atomicsig.ops.resolve import Resolver
+
+ACCEPTED, REJECTED, ERROR = "accepted", "rejected", "error"
+_EXIT = {ACCEPTED: EXIT_OK, REJECTED: EXIT_NEGATIVE, ERROR: EXIT_UNDECIDED}
+
+
+class Verifier(Protocol):
+    """Cryptographic verification against a fixed set of trusted keys."""
+
+    fingerprints: frozenset[str]
+
+    def verify(self, blob: bytes) -> Any:
+        """Return an object with ``payload`` (bytes) and ``signer`` (primary fpr); raise SignatureFormatError."""
+        ...
+
+
+@dataclass
+class SignatureResult:
+    index: int
+    location: str
+    accepted: bool
+    reason: str
+    signer: str | None = None
+    identity: str | None = None
+    digest: str | None = None
+    timestamp: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class ImageVerdict:
+    """The answer for one image a node would pull. ``accepted`` is kept for callers that predate ``outcome``."""
+
+    reference: str  # the reference checked, normalized (tag and digest as given)
+    digest: str  # the manifest digest whose signatures were judged ("" if it could not be learned)
+    store: str
+    accepted: bool
+    signatures: list[SignatureResult] = field(default_factory=list)
+    reason: str = ""
+    outcome: str = REJECTED  # accepted | rejected | error
+    intended: str = ""  # the identity a signature must fit (the tag when one is given)
+    note: str = ""  # e.g. "linux/arm64 of list sha256:…" for an instance of a manifest list
+    position: int = 0  # index of the input this verdict answers, for printing in input order
+
+    @property
+    def exit_code(self) -> int:
+        return _EXIT[self.outcome]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"reference": self.reference, "digest": self.digest, "store": self.store, "accepted": self.accepted,
+                "outcome": self.outcome, "reason": self.reason, "intended": self.intended or self.reference,
+                "note": self.note or None, "signatures": [s.as_dict() for s in self.signatures]}
+
+
+def check_signature(sig: StoredSignature, verifier: Verifier, intended: Reference, digest: str,
+                    matcher: IdentityMatcher = DEFAULT) -> SignatureResult:
+    """Apply every check to one stored signature and say why it is accepted or not."""
+    res = SignatureResult(sig.index, sig.location, False, "")
+    try:
+        verified = verifier.verify(sig.blob)
+        res.signer = verified.signer
+        claimed = payload.parse(verified.payload)
+    except SignatureFormatError as exc:
+        res.reason = exc.message
+        return res
+    res.identity, res.digest, res.timestamp = claimed.docker_reference, claimed.manifest_digest, claimed.timestamp
+    if claimed.manifest_digest != digest:
+        res.reason = f"signature is for digest {claimed.manifest_digest}, not {digest}"
+        return res
+    if not matcher.matches(intended, claimed.docker_reference):
+        res.reason = f"signature claims identity {claimed.docker_reference!r}, which does not match " \
+                     f"{intended} ({matcher.describe()})"
+        return res
+    res.accepted, res.reason = True, "accepted"
+    return res
+
+
+def unrecognized_blob(sigs: list[StoredSignature]) -> str | None:
+    """Why the first blob c/image's ``FromBlob`` would not recognize is unusable, or None.
+
+    Such a blob (armor, HTML, empty file, unknown framing) makes c/image fail the *whole* read, so one good
+    signature after it does not rescue the image (SPEC §1.3, §3.2; found by tests/test_differential.py). A framed
+    sigstore blob is recognized there and only skipped by ``signedBy``, and the extension API does not sniff at
+    all (SPEC §1.3), so neither is a reason here.
+    """
+    for sig in sigs:
+        if not sig.sniffed or sig.blob.startswith(b"\x00" + SIGSTORE_FORMAT + b"\n"):
+            continue
+        try:
+            simple_signing_body(sig.blob)
+        except SignatureFormatError as exc:
+            return f"signature-{sig.index} is unreadable: {exc.message}"
+    return None
+
+
+def verify_image(intended: Reference, digest: str, store: SignatureStore, verifier: Verifier,
+                 matcher: IdentityMatcher = DEFAULT) -> ImageVerdict:
+    """Read all signatures of ``digest`` and decide. Store/network errors propagate (exit 3), as in c/image."""
+    sigs = store.read(intended, digest)
+    verdict = ImageVerdict(str(intended), digest, store.describe(), False, intended=str(intended))
+    if not sigs:
+        verdict.reason = "a signature was required, but no signature exists"
+        return verdict
+    for sig in sigs:
+        verdict.signatures.append(check_signature(sig, verifier, intended, digest, matcher))
+    unreadable = unrecognized_blob(sigs)
+    if unreadable:
+        verdict.reason = f"{unreadable}; containers/image fails the whole signature read, so nodes reject the image"
+        return verdict
+    verdict.accepted = any(s.accepted for s in verdict.signatures)
+    verdict.outcome = ACCEPTED if verdict.accepted else REJECTED
+    verdict.reason = "accepted" if verdict.accepted else "no signature was accepted: " + \
+        "; ".join(f"signature-{s.index}: {s.reason}" for s in verdict.signatures)
+    return verdict
+
+
+def verify_error_verdict(intended: Reference, digest: str, store: str, exc: AtomicsigError) -> ImageVerdict:
+    """The verdict for an image whose check raised ``exc``.
+
+    A 404 for the manifest (:class:`NotFound`) and a list without an instance for the platform (exit code 1) are
+    decided negative answers about that image — a node pulling it fails too — so they are ``rejected``; anything
+    else (unreachable, 5xx, auth, store unreadable) is ``error``.
+    """
+    negative = isinstance(exc, NotFound) or exc.exit_code == EXIT_NEGATIVE
+    reason = exc.message
+    if isinstance(exc, NotFound) and not reason.startswith("manifest unknown"):
+        reason = f"manifest unknown: {reason}"
+    return ImageVerdict(str(intended), digest, store, False, reason=reason, outcome=REJECTED if negative else ERROR,
+                        intended=str(intended))
+
+
+def verify_one(text: str, *, resolver: Resolver, store: SignatureStore, verifier: Verifier,
+               matcher: IdentityMatcher = DEFAULT, position: int = 0) -> list[ImageVerdict]:
+    """Every verdict for one user reference: one image, or each instance of a list a node would pull.
+
+    Input errors (exit 2) propagate: a wrong flag or reference is the caller's to fix, not a property of the image.
+    """
+    given = reference.parse(text.strip())
+    given = given.with_tag_default() if given.name_only else given
+    try:
+        targets = resolver.resolve_pulled(text)
+    except AtomicsigError as exc:
+        if exc.exit_code == 2:
+            raise
+        verdict = verify_error_verdict(given, given.digest or "", store.describe(), exc)
+        verdict.intended, verdict.position = given.identity(), position
+        return [verdict]
+    out: list[ImageVerdict] = []
+    for t in targets:
+        intended = reference.parse(t.identity)
+        try:
+            verdict = verify_image(intended, t.digest, store, verifier, matcher)
+        except AtomicsigError as exc:
+            if exc.exit_code == 2:
+                raise
+            verdict = verify_error_verdict(intended, t.digest, store.describe(), exc)
+        verdict.reference, verdict.intended, verdict.note, verdict.position = str(given), t.identity, t.note, position
+        out.append(verdict)
+    return out
+
+
+def verify_many(inputs: Sequence[str], *, resolver: Resolver, store: SignatureStore, verifier: Verifier,
+                matcher: IdentityMatcher = DEFAULT, workers: int = 1) -> Iterator[ImageVerdict]:
+    """Verdicts for every input, yielded as each input's check completes (so a caller can record each at once).
+
+    With ``workers`` > 1 the order is completion order; ``ImageVerdict.position`` gives the input order back.
+    Stopping the iteration early cancels the checks not yet started.
+    """
+    if workers <= 1:
+        for i, text in enumerate(inputs):
+            yield from verify_one(text, resolver=resolver, store=store, verifier=verifier, matcher=matcher,
+                                  position=i)
+        return
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers)
+    try:
+        futures = [pool.submit(verify_one, text, resolver=resolver, store=store, verifier=verifier,
+                               matcher=matcher, position=i) for i, text in enumerate(inputs)]
+        for fut in concurrent.futures.as_completed(futures):
+            yield from fut.result()
+    finally:
+        # Normally every future is done here. On an exception (Ctrl-C, a closed stdout, an input error) the checks
+        # not started are dropped and the caller is not held up by ones still waiting on the network.
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def exit_code(verdicts: Sequence[ImageVerdict]) -> int:
+    """3 if any image could not be checked, else 1 if any was rejected, else 0."""
+    codes = {v.exit_code for v in verdicts}
+    return EXIT_UNDECIDED if EXIT_UNDECIDED in codes else EXIT_NEGATIVE if EXIT_NEGATIVE in codes else EXIT_OK

@@ -1,0 +1,60 @@
+"""The one place that picks a Signer for ``--signer auto|agent|gpg|memory``, and releases it."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+from atomicsig.errors import AtomicsigError, InputError, PassphraseError
+from atomicsig.gnupg.keyring import Keyring
+from atomicsig.openpgp import build as pgpsign
+from atomicsig.signers.agent import CheckedAgentSigner, agent_signer
+from atomicsig.signers.base import Signer
+from atomicsig.signers.gpg import GPGSigner
+
+SIGNER_MODES = ("auto", "agent", "gpg", "memory")
+
+
+def make_signer(keyring: Keyring, fingerprint: str, passphrase: str | None, mode: str = "auto") -> Signer:
+    """The Signer for ``--signer MODE``: ``gpg`` (one gpg per signature), ``agent``, ``memory`` or ``auto``.
+
+    ``auto`` uses the agent when the key's algorithm is supported and the agent answers, unless
+    ``$ATOMICSIG_GPG`` names a specific gpg (then that gpg is what the user wants to run).
+    """
+    if mode not in SIGNER_MODES:
+        raise InputError(f"unknown signer {mode!r}; use one of {', '.join(SIGNER_MODES)}")
+    gpg_signer = GPGSigner(keyring, fingerprint, passphrase)
+    if mode == "gpg":
+        return gpg_signer
+    if mode == "memory":  # explicit only: it moves the secret key into this process, auto never chooses that
+        from atomicsig.signers.memory import memory_signer
+
+        try:
+            return memory_signer(keyring, fingerprint, passphrase)
+        except pgpsign.UnsupportedKey as exc:
+            raise InputError(f"--signer memory cannot use key {fingerprint}: {exc.message}",
+                             hint="use --signer agent (or auto) for this key") from exc
+    if mode == "agent":
+        try:
+            return agent_signer(keyring, fingerprint, passphrase)
+        except pgpsign.UnsupportedKey as exc:
+            raise InputError(f"--signer agent cannot use key {fingerprint}: {exc.message}",
+                             hint="use --signer gpg (or auto) for this key") from exc
+    if os.environ.get("ATOMICSIG_GPG"):
+        return gpg_signer
+    try:
+        agent = agent_signer(keyring, fingerprint, passphrase)
+    except PassphraseError:
+        raise  # gpg would refuse the same passphrase (agentsign.check_passphrase runs for both signers)
+    except AtomicsigError:
+        return gpg_signer
+    return CheckedAgentSigner(agent, gpg_signer,
+                              lambda: keyring.export_public([fingerprint], armor=False))
+
+
+def close_signer(signer: object) -> None:
+    """Release an agent signer's connections (a no-op for other signers)."""
+    close = getattr(signer, "close", None)
+    if callable(close):
+        with contextlib.suppress(OSError, AtomicsigError):
+            close()

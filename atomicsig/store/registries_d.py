@@ -1,0 +1,160 @@
+"""Read ``registries.d`` exactly as containers/image does, and answer "which lookaside for this image?" (SPEC §4).
+
+Pure reading and lookup; writing generated files is the policy compiler's job. Rules reproduced here:
+
+* every ``*.yaml`` in the directory (not ``.yml``), in any order; unknown keys ignored; duplicate keys an error;
+* ``default-docker`` in at most one file, each ``docker`` scope in at most one file (error names both files);
+* lookup walks the same scope list as policy.json (identity, namespaces, host, ``*.`` wildcards), then
+  ``default-docker``, then the built-in default; a section whose chosen URL is empty does not stop the walk;
+* write mode prefers ``lookaside-staging`` > ``sigstore-staging`` > ``lookaside`` > ``sigstore``; read mode
+  ``lookaside`` > ``sigstore``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from atomicsig.errors import PolicyError
+from atomicsig.format.reference import Reference
+
+SYSTEM_DIR = "/etc/containers/registries.d"
+BUILTIN_ROOT_DEFAULT = "file:///var/lib/containers/sigstore"
+READ_KEYS = ("lookaside", "sigstore")
+WRITE_KEYS = ("lookaside-staging", "sigstore-staging", "lookaside", "sigstore")
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.v3 refuses duplicate mapping keys; PyYAML silently keeps the last one. Match yaml.v3."""
+
+
+def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if not isinstance(key, Hashable):  # "? [a]: b" raised TypeError from ``key in seen`` (fuzz finding)
+            raise yaml.constructor.ConstructorError(None, None, "found unhashable mapping key", key_node.start_mark)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"mapping key {key!r} already defined at line {seen[key] + 1}", key_node.start_mark)
+        seen[key] = key_node.start_mark.line
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def load_yaml_strict(text: str, source: str) -> Any:
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - SafeLoader subclass
+    except yaml.YAMLError as exc:
+        raise PolicyError(f"parsing {source}: {' '.join(str(exc).split())}") from exc
+    except RecursionError as exc:  # PyYAML's pure-Python composer recurses per nesting level (fuzz finding)
+        raise PolicyError(f"parsing {source}: nested too deeply") from exc
+
+
+@dataclass
+class Section:
+    """One configuration section (``default-docker`` or a ``docker`` scope)."""
+
+    values: dict[str, Any]
+    source: str
+
+    def url(self, write: bool) -> str:
+        for key in WRITE_KEYS if write else READ_KEYS:
+            v = self.values.get(key)
+            if isinstance(v, str) and v:
+                return v
+        return ""
+
+
+@dataclass
+class RegistriesConfig:
+    default_docker: Section | None = None
+    docker: dict[str, Section] = field(default_factory=dict)
+    files: list[str] = field(default_factory=list)
+
+    def lookaside_for(self, ref: Reference, *, write: bool = False, euid: int | None = None) -> tuple[str, str]:
+        """(URL, where it came from: a scope, ``default-docker`` or ``built-in default``)."""
+        for scope in ref.scopes():
+            sec = self.docker.get(scope)
+            if sec is not None and sec.url(write):
+                return sec.url(write), scope
+        if self.default_docker is not None and self.default_docker.url(write):
+            return self.default_docker.url(write), "default-docker"
+        uid = os.geteuid() if euid is None else euid
+        if uid == 0:
+            return BUILTIN_ROOT_DEFAULT, "built-in default"
+        return f"file://{Path.home()}/.local/share/containers/sigstore", "built-in default"
+
+    def use_sigstore_attachments(self, ref: Reference) -> bool:
+        for scope in ref.scopes():
+            sec = self.docker.get(scope)
+            if sec is not None and "use-sigstore-attachments" in sec.values:
+                return bool(sec.values["use-sigstore-attachments"])
+        if self.default_docker is not None and "use-sigstore-attachments" in self.default_docker.values:
+            return bool(self.default_docker.values["use-sigstore-attachments"])
+        return False
+
+
+def effective_dir(root: str = "/", home: str | None = None) -> Path:
+    """The directory c/image would read: ``~/.config/containers/registries.d`` if it exists, else /etc."""
+    home = home if home is not None else os.path.expanduser("~")
+    user = Path(home) / ".config" / "containers" / "registries.d"
+    if root == "/" and user.is_dir():
+        return user
+    return Path(root) / SYSTEM_DIR.lstrip("/")
+
+
+def load_dir(directory: str | os.PathLike[str]) -> RegistriesConfig:
+    """Load and merge every ``*.yaml`` in ``directory``; conflicts raise PolicyError naming both files."""
+    d = Path(directory)
+    cfg = RegistriesConfig()
+    if not d.exists():
+        return cfg
+    try:
+        names = sorted(n for n in os.listdir(d) if n.endswith(".yaml"))
+    except OSError as exc:
+        raise PolicyError(f"cannot read {d}: {exc.strerror}") from exc
+    for name in names:
+        path = d / name
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise PolicyError(f"cannot read {path}: {exc.strerror}") from exc
+        merge_file(cfg, text, str(path))
+    return cfg
+
+
+def merge_file(cfg: RegistriesConfig, text: str, source: str) -> None:
+    data = load_yaml_strict(text, source)
+    cfg.files.append(source)
+    if data is None:
+        return
+    if not isinstance(data, dict):
+        raise PolicyError(f"parsing {source}: top level is not a mapping")
+    dd = data.get("default-docker")
+    if dd is not None:
+        if cfg.default_docker is not None:
+            raise PolicyError(f'"default-docker" defined both in "{cfg.default_docker.source}" and "{source}"')
+        if not isinstance(dd, dict):
+            raise PolicyError(f"parsing {source}: default-docker is not a mapping")
+        cfg.default_docker = Section(dd, source)
+    docker = data.get("docker")
+    if docker is None:
+        return
+    if not isinstance(docker, dict):
+        raise PolicyError(f"parsing {source}: docker is not a mapping")
+    for raw_scope, sec in docker.items():
+        scope = str(raw_scope)
+        if scope in cfg.docker:
+            raise PolicyError(f'"docker" namespace "{scope}" defined both in "{cfg.docker[scope].source}" '
+                              f'and "{source}"')
+        cfg.docker[scope] = Section(sec if isinstance(sec, dict) else {}, source)
