@@ -145,9 +145,8 @@ def walk(path: list[str], cmd: click.Command, parent: click.Context | None, vers
 
 def generate() -> dict[str, str]:
     """All pages, by file name. Imported by tests/test_install.py to check that every command has one."""
-    from atomicsig.version import __version__
-
     from atomicsig.cli import cli
+    from atomicsig.version import __version__
 
     epoch = os.environ.get("SOURCE_DATE_EPOCH")
     date = (datetime.datetime.fromtimestamp(int(epoch), tz=datetime.UTC).strftime("%Y-%m-%d") if epoch else "")

@@ -1,1 +1,1 @@
-"""``atomicsig serve``: publish a sigstore over HTTP (lookaside GET, extension API, journal), with metrics and limits."""
+"""``atomicsig serve``: publish a sigstore over HTTP (lookaside GET, extension API, journal), metrics, limits."""
