@@ -90,3 +90,24 @@ def test_signing_subkey_looks_through_auto_wrapper() -> None:
     assert signing_subkey(Wrapper()) is None
     Inner.signing_key = "aa" * 20
     assert signing_subkey(Inner()) is None
+
+
+def test_compile_policy_one_pipeline(tmp_path: Path) -> None:
+    """validate, apply and render share compile_policy: the same spec, keys and compiled files (issue 13 #4)."""
+    import json
+
+    from atomicsig.policy import render
+    from atomicsig.policy.compile import compile_policy
+
+    src = tmp_path / "policy.yaml"
+    src.write_text("default: reject\nscopes:\n  registry.example.com/open: {action: accept}\n"
+                   "  registry.example.com/mirror:\n    action: reject\n    lookaside: https://sigs.example.com\n")
+    policy = compile_policy(src, None)
+    doc = json.loads(policy.node_files()[render.POLICY_PATH])
+    assert doc["default"] == [{"type": "reject"}]
+    assert doc["transports"]["docker"]["registry.example.com/open"] == [{"type": "insecureAcceptAnything"}]
+    assert render.REGISTRIES_FILE in policy.node_files()
+    root = tmp_path / "node"
+    plan = policy.plan(root)
+    assert plan.pending and {c["path"] for c in plan.summary()} >= {render.POLICY_PATH}
+    assert not (root / "etc").exists()  # planning writes nothing
