@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -94,8 +95,6 @@ def test_signing_subkey_looks_through_auto_wrapper() -> None:
 
 def test_compile_policy_one_pipeline(tmp_path: Path) -> None:
     """validate, apply and render share compile_policy: the same spec, keys and compiled files (issue 13 #4)."""
-    import json
-
     from atomicsig.policy import render
     from atomicsig.policy.compile import compile_policy
 
@@ -111,3 +110,24 @@ def test_compile_policy_one_pipeline(tmp_path: Path) -> None:
     plan = policy.plan(root)
     assert plan.pending and {c["path"] for c in plan.summary()} >= {render.POLICY_PATH}
     assert not (root / "etc").exists()  # planning writes nothing
+
+
+def test_demo_node_policy_comes_from_the_compiler(tmp_path: Path, signer_pub: Path) -> None:
+    """The demo writes its node files through policy.compile + apply (issue 13 #4), not by hand: signedBy with the
+    demo key's keyring under the demo root, and the lookaside in registries.d."""
+    import yaml
+
+    from atomicsig.demo.run import write_node_policy
+
+    pub = tmp_path / "demo-pubkey.gpg"
+    pub.write_bytes(signer_pub.read_bytes())
+    sigstore = tmp_path / "sigstore"
+    policy, regd = write_node_policy(tmp_path / "node", "127.0.0.1:5000", pub, sigstore)
+    doc = json.loads(policy.read_text())
+    assert doc["default"] == [{"type": "reject"}]
+    (req,) = doc["transports"]["docker"]["127.0.0.1:5000"]
+    assert req["type"] == "signedBy" and req["keyType"] == "GPGKeys"
+    keyring = Path(req["keyPath"])
+    assert keyring.is_relative_to(tmp_path / "node") and keyring.read_bytes()
+    regs = yaml.safe_load((regd / "atomicsig.yaml").read_text())
+    assert regs["docker"]["127.0.0.1:5000"]["lookaside"] == sigstore.as_uri()

@@ -1,1 +1,1 @@
-"""``atomicsig demo``: a throwaway registry, image and keys to show the whole flow on a fresh machine (tests reuse it)."""
+"""``atomicsig demo``: a throwaway registry, images and keys showing the whole flow on a fresh machine."""
