@@ -131,3 +131,18 @@ def test_demo_node_policy_comes_from_the_compiler(tmp_path: Path, signer_pub: Pa
     assert keyring.is_relative_to(tmp_path / "node") and keyring.read_bytes()
     regs = yaml.safe_load((regd / "atomicsig.yaml").read_text())
     assert regs["docker"]["127.0.0.1:5000"]["lookaside"] == sigstore.as_uri()
+
+
+def test_deletion_targets_checks_before_anything(tmp_path: Path) -> None:
+    from atomicsig.errors import KeyNotFound
+    from atomicsig.gnupg.keyring import Keyring
+    from atomicsig.ops.keys import deletion_targets
+
+    home = tmp_path / "gnupg"
+    home.mkdir(mode=0o700)
+    kr = Keyring(str(home))
+    with pytest.raises(InputError, match="full 40-hex fingerprint"):
+        deletion_targets(kr, ["A" * 40, "alice@example.com"])
+    with pytest.raises(KeyNotFound, match="no key " + "A" * 40):
+        deletion_targets(kr, ["0x" + "a" * 40])
+    assert deletion_targets(kr, []) == []

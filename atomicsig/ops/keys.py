@@ -361,3 +361,70 @@ def trusted_verifier(keys: Sequence[str], gnupghome: str | None) -> Iterator[Nat
         if not trusted.fingerprints:
             raise InputError("no public keys found in the given --key values")
         yield trusted
+
+
+# ---- the rest of `keys`: signers files, rotation export, deletion and retirement -------------------------------
+
+
+def load_specs_file(path: str) -> list[KeySpec]:
+    """:func:`load_specs` of the signers file at ``path`` (``-``: standard input); errors name the file."""
+    import sys
+
+    if path == "-":
+        return load_specs(sys.stdin.read(), "<stdin>")
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror}") from exc
+    return load_specs(text, path)
+
+
+def export_rotated(keyring: Keyring, results: list[RotateResult], export_dir: str | Path) -> list[Path]:
+    """Write ``<email>.gpg`` per signer holding its new *and* old public key: what nodes must trust during the
+    overlap (``keys rotate --export-dir``, then ``policy apply``)."""
+    from atomicsig.fsutil import atomic_write, makedirs
+
+    makedirs(export_dir)
+    written = []
+    for r in results:
+        fprs = [k.fingerprint for k in (r.new, r.old) if k is not None]
+        path = Path(export_dir) / f"{r.spec.email}.gpg"
+        atomic_write(path, keyring.export_public(fprs, armor=False), 0o644)
+        written.append(path)
+    return written
+
+
+def deletion_targets(keyring: Keyring, keys: Sequence[str]) -> list[KeyInfo]:
+    """The keys ``keys delete`` removes: full 40-hex fingerprints only (an e-mail is too easy to get wrong), each
+    present in the keyring, expired and revoked keys included (a retired key is what one usually deletes;
+    ``resolve`` skips unusable keys). Every check runs before anything is deleted or confirmed."""
+    for k in keys:
+        if not re.fullmatch(r"(0x)?[0-9A-Fa-f]{40}", k):
+            raise InputError(f"delete needs a full 40-hex fingerprint, not {k!r}")
+    listed = {k.fingerprint.upper(): k for k in keyring.list_keys()}
+    targets = []
+    for k in keys:
+        fpr = k.upper().removeprefix("0X")
+        if fpr not in listed:
+            raise KeyNotFound(f"no key {fpr} in {keyring.describe()}")
+        targets.append(listed[fpr])
+    return targets
+
+
+def retire(keyring: Keyring, key: str, *, revoke: bool, passphrase: str | None,
+           certificate: str | None = None) -> dict[str, Any]:
+    """Stop ``key`` (FPR|EMAIL of a secret key) from being used: revoke it (the certificate written to
+    ``certificate`` if given), or make it expire in one day. containers/image rejects signatures by expired or
+    revoked keys once nodes have the re-exported public key."""
+    from atomicsig.fsutil import atomic_write
+
+    info = keyring.resolve(key, secret=True)
+    if revoke:
+        cert = keyring.revoke(info.fingerprint, passphrase=passphrase)
+        if certificate:
+            atomic_write(certificate, cert, 0o644)
+        return {"fingerprint": info.fingerprint, "action": "revoked", "expires": None,
+                "revocation_certificate": certificate}
+    keyring.set_expiry(info.fingerprint, "1d", passphrase=passphrase)
+    expires = keyring.resolve(info.fingerprint, secret=False).expires
+    return {"fingerprint": info.fingerprint, "action": "expires", "expires": expires, "revocation_certificate": None}
