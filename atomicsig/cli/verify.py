@@ -19,6 +19,7 @@ from atomicsig.cli.common import (
     sigstore_option,
     table,
 )
+from atomicsig.errors import InputError
 from atomicsig.ops.resolve import read_reference_list
 
 if TYPE_CHECKING:
@@ -106,8 +107,11 @@ def verify(ctx: click.Context, references: tuple[str, ...], keys: tuple[str, ...
         warning = reference.implicit_docker_hub_warning(text)
         if warning:
             click.echo(f"atomicsig: warning: {warning}", err=True)
-    matcher = v.identity_matcher(match, exact_reference=exact_reference, exact_repository=exact_repository,
-                                 remap=remap)
+    try:
+        matcher = v.identity_matcher(match, exact_reference=exact_reference, exact_repository=exact_repository,
+                                     remap=remap)
+    except InputError as exc:  # a malformed flag value: shown with the usage line, as click shows its own errors
+        raise click.UsageError(exc.message) from exc
     store = choose_store(sigstore, registries_dir=registries_dir, tls_verify=tls_verify, cert_dir=cert_dir,
                          authfile=authfile)
     warning = v.missing_store_warning(store, explicit=ctx.get_parameter_source("sigstore") != ParameterSource.DEFAULT)
