@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -24,6 +24,10 @@ from atomicsig.cli.common import (
 )
 from atomicsig.errors import EXIT_NEGATIVE, EXIT_OK
 from atomicsig.ops.resolve import Resolver, Target, read_reference_list
+
+if TYPE_CHECKING:
+    from atomicsig.ops.sign import Outcome
+    from atomicsig.signers.base import Signer
 
 
 @click.command()
@@ -156,7 +160,7 @@ class _OutcomePrinter:
         self.mode = mode
         self._warned: set[str] = set()
 
-    def __call__(self, o: Any) -> None:
+    def __call__(self, o: Outcome) -> None:
         if o.input not in self._warned:
             self._warned.add(o.input)
             warning = _list_warning(o.input, o.target)
@@ -172,7 +176,7 @@ class _OutcomePrinter:
             echo_line(_outcome_text(o))
 
 
-def _outcome_text(o: Any) -> str:
+def _outcome_text(o: Outcome) -> str:
     ident = o.target.identity if o.target else o.input
     extra = f" ({o.target.note})" if o.target and o.target.note else ""
     return f"{o.status:7} {ident} {o.target.digest if o.target else ''}{extra} -> {o.location}"
@@ -210,7 +214,7 @@ def _dry_run(refs: list[str], keys: tuple[str, ...], gnupghome: str | None, reso
     return EXIT_NEGATIVE if pending else EXIT_OK
 
 
-def _warn_if_subkey(signer: Any) -> None:
+def _warn_if_subkey(signer: Signer) -> None:
     """Say before signing that older containers/image releases reject this key's subkey signatures."""
     from atomicsig.signers.factory import signing_subkey
 
@@ -232,7 +236,7 @@ def _progress_ticker(bar: Any) -> Any:
     return tick
 
 
-def _report(outcomes: list, as_json: bool, where: str) -> int:  # type: ignore[type-arg]
+def _report(outcomes: list[Outcome], as_json: bool, where: str) -> int:
     """The end of a run: the --json document, or the summary line (per-image lines were printed as they came)."""
     from atomicsig.ops.sign import exit_code as signing_exit_code
 
