@@ -349,6 +349,22 @@ def test_gpg_keyring_sign_checks_a_given_passphrase_against_the_agent(pw_home: G
         Keyring(str(pw_home.path)).sign(b"{}", pw_home.fingerprint, None)
 
 
+@pytest.mark.parametrize("mode", ["auto", "agent", "gpg"])
+def test_agent_cache_is_a_parameter_not_a_process_switch(pw_home: GpgHome, mode: str) -> None:
+    """``--use-agent-cache`` is passed down explicitly (issue 13 #4): one caller allowing the agent's cache does not
+    let a later caller in the same process sign from it. (It was a module-level switch set by a click callback.)"""
+    from atomicsig.ops.keys import open_signers
+
+    pw_home.kill_agent()
+    with open_signers([pw_home.fingerprint], str(pw_home.path), PASSPHRASE, mode) as (signer,):
+        signer.sign(b"{}")  # the agent now caches the passphrase
+    with open_signers([pw_home.fingerprint], str(pw_home.path), None, mode, agent_cache=True) as (signer,):
+        assert signer.sign(b"{}")
+    with pytest.raises(PassphraseError, match="needs a passphrase"), \
+            open_signers([pw_home.fingerprint], str(pw_home.path), None, mode) as (signer,):
+        signer.sign(b"{}")
+
+
 # ---- concurrency and connection handling ----------------------------------------------------------------------
 
 

@@ -151,12 +151,12 @@ def test_units_point_at_installed_things() -> None:
 
 
 def test_sample_configs_parse_with_the_daemons_own_parsers() -> None:
-    from atomicsig.serve import server
+    from atomicsig.serve import config as serve_config
     from atomicsig.sync import config as sync_config
 
     cfg = sync_config.parse(yaml.safe_load((REPO / "packaging/config/sync.yaml").read_text()), "sync.yaml")
     assert str(cfg.sigstore) == "/var/lib/atomic/sigstore"
-    serve = server.load_config(str(REPO / "packaging/config/serve.yaml"))
+    serve = serve_config.load_file(str(REPO / "packaging/config/serve.yaml"))
     assert serve["sigstore"] == "/var/lib/atomic/sigstore"
 
 

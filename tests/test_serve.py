@@ -17,11 +17,14 @@ from pathlib import Path
 import pytest
 import requests
 
+from atomicsig.errors import InputError
 from atomicsig.format import payload
 from atomicsig.format.reference import parse
 from atomicsig.gnupg.keyring import Keyring
 from atomicsig.net.tokens import read_token_file
-from atomicsig.serve.server import ServerConfig, SignatureServer, load_config
+from atomicsig.serve.config import load as load_serve_config
+from atomicsig.serve.config import load_file as load_config
+from atomicsig.serve.server import ServerConfig, SignatureServer
 from atomicsig.store.directory import DirectoryStore
 from atomicsig.store.sigdir import read_dir
 from tests.conftest import needs_registry
@@ -318,6 +321,45 @@ def test_config_file_and_token_file(tmp_path: Path) -> None:
         read_token_file(str(tok))
     tok.write_text(TOKEN + "\n")
     assert read_token_file(str(tok)) == TOKEN
+
+
+def test_serve_config_merge_flags_over_file_over_defaults(tmp_path: Path) -> None:
+    """The core owns the merge (issue 13 #4): a given flag wins, an absent one (None, no --trusted-key) keeps
+    the file's value, and what neither sets gets the documented default."""
+    cfg = tmp_path / "serve.yaml"
+    cfg.write_text("sigstore: /srv/sigs\nlisten: 0.0.0.0:8443\nthreads: 4\ntrusted-keys: [/etc/k.gpg]\n"
+                   "max-body: 1000\n")
+    merged = load_serve_config(str(cfg), {"listen": "127.0.0.1:0", "threads": None, "trusted-keys": [],
+                                          "header-timeout": 2.5})
+    assert merged.listen == "127.0.0.1:0" and merged.sigstore == Path("/srv/sigs")
+    assert merged.limits.threads == 4 and merged.limits.header_timeout == 2.5
+    assert merged.limits.request_timeout == 30.0 and merged.limits.max_body == merged.max_body == 1000
+    assert merged.trusted_keys == ("/etc/k.gpg",) and not merged.tls
+    plain = load_serve_config(None)
+    assert plain.sigstore == Path("/var/lib/atomic/sigstore") and plain.listen == "127.0.0.1:8080"
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("sigstore: /a\nsigstore: /b\n", r"serve.yaml:2: .*duplicate key 'sigstore'"),
+    ("sigstore: /a\nthreads: many\n", r"serve.yaml:2: threads has the wrong type"),
+    ("sigstore: /a\nlisen: x\n", r"serve.yaml:2: unknown key 'lisen'.*did you mean 'listen'"),
+    ("- sigstore\n", r"serve.yaml:1: top level must be a mapping"),
+])
+def test_serve_config_file_refused_with_line(tmp_path: Path, text: str, message: str) -> None:
+    cfg = tmp_path / "serve.yaml"
+    cfg.write_text(text)
+    with pytest.raises(InputError, match=message):
+        load_config(str(cfg))
+
+
+def test_serve_config_checks_files_only_when_asked(tmp_path: Path) -> None:
+    """Loading never touches the sigstore, keys or tokens (``--user`` is checked first); server_config() does."""
+    merged = load_serve_config(None, {"sigstore": str(tmp_path / "absent"), "trusted-keys": ["/nonexistent.gpg"]})
+    with pytest.raises(InputError, match="is not a directory"):
+        merged.server_config()
+    merged = load_serve_config(None, {"sigstore": str(tmp_path), "trusted-keys": [str(tmp_path / "k.gpg")]})
+    with pytest.raises(InputError, match="cannot read trusted key"):
+        merged.server_config()
 
 
 # ---- real clients -----------------------------------------------------------------------------------------------

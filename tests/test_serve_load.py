@@ -289,7 +289,7 @@ def test_slow_body_sender_cut_by_exchange_deadline(small: tuple[int, object, Pat
 
 
 def test_config_file_accepts_limits(tmp_path: Path) -> None:
-    from atomicsig.serve.server import load_config
+    from atomicsig.serve.config import load_file as load_config
 
     cfg = tmp_path / "serve.yaml"
     cfg.write_text("sigstore: /x\nmax-connections: 100\nheader-timeout: 5\nrequest-timeout: 12.5\nthreads: 4\n")

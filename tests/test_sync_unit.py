@@ -280,6 +280,26 @@ def test_cli_usage_errors_and_status(cli, tmp_path: Path, signer_pub: Path) -> N
     assert st["errors"] == 1 and st["offset"] == 0 and st["synced"] == 0
 
 
+def test_daemon_public_surface_restrict_and_close(tmp_path: Path, signer_pub: Path) -> None:
+    """What ``sync --once --from`` needs, as public methods instead of the daemon's private attributes."""
+    from atomicsig.sync.daemon import SyncDaemon
+
+    cfg = tmp_path / "sync.yaml"
+    cfg.write_text(f"sigstore: {tmp_path / 'store'}\nsources: [{{url: 'http://127.0.0.1:9/a'}}, "
+                   f"{{url: 'http://127.0.0.1:9/b'}}]\ntrusted-keys: [{signer_pub}]\n")
+    daemon = SyncDaemon(str(cfg))
+    daemon.load()
+    try:
+        assert daemon.sources == ["http://127.0.0.1:9/a", "http://127.0.0.1:9/b"]
+        with pytest.raises(InputError, match="http://elsewhere is not a source"):
+            daemon.restrict_to(["http://elsewhere"])
+        daemon.restrict_to(["http://127.0.0.1:9/b"])
+        assert daemon.sources == ["http://127.0.0.1:9/b"]
+    finally:
+        daemon.close()
+    daemon.close()  # twice is harmless
+
+
 def test_backoff_grows_with_jitter_and_is_capped() -> None:
     from atomicsig.sync.daemon import MAX_BACKOFF, backoff
 

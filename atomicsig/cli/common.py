@@ -145,16 +145,9 @@ def passphrase_options(f: F) -> F:
 
 def agent_cache_option(f: F) -> F:
     """``--use-agent-cache``: without it a protected key needs its passphrase given, cached or not (issue 11 #7)."""
-    return click.option("--use-agent-cache", is_flag=True, expose_value=False, callback=_use_agent_cache,
+    return click.option("--use-agent-cache", "agent_cache", is_flag=True,
                         help="Sign with a protected key without giving its passphrase, using the one gpg-agent "
                              "has cached (default: refused; a given passphrase is always checked).")(f)
-
-
-def _use_agent_cache(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
-    from atomicsig.gnupg.passphrase import use_agent_cache
-
-    use_agent_cache(bool(value))
-    return value
 
 
 def _mark_secret_env(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:

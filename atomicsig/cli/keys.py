@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime
 import sys
-from pathlib import Path
 
 import click
 
@@ -17,7 +16,7 @@ from atomicsig.cli.common import (
     passphrase_source,
     table,
 )
-from atomicsig.errors import InputError, KeyNotFound
+from atomicsig.errors import InputError
 from atomicsig.format import durations
 
 
@@ -47,7 +46,7 @@ def generate_cmd(path: str, gnupghome: str | None, as_json: bool) -> None:
     """Generate every key listed in a signers YAML file; existing identities are reported, not duplicated."""
     from atomicsig.ops import keys as keylib
 
-    specs = keylib.load_specs(*_read_yaml(path))
+    specs = keylib.load_specs_file(path)
     results = keylib.generate(_keyring(gnupghome), specs)
     if as_json:
         emit_json({"keys": [r.as_dict() for r in results]})
@@ -77,19 +76,15 @@ def rotate_cmd(path: str, overlap: str, min_age: str, export_dir: str | None, dr
     what must outlive the overlap, and let the old key expire. `sign --key EMAIL` uses the new key meanwhile.
     Exit 1 with --dry-run when a rotation is due.
     """
-    from atomicsig.fsutil import atomic_write, makedirs
     from atomicsig.ops import keys as keylib
 
     overlap = durations.gpg_expire(overlap, "--overlap", allow_never=False)  # the old key must expire
-    specs = keylib.load_specs(*_read_yaml(path))
+    specs = keylib.load_specs_file(path)
     kr = _keyring(gnupghome)
     results = keylib.rotate(kr, specs, overlap=overlap, min_age_seconds=_seconds(min_age, "--min-age"),
                             dry_run=dry_run)
     if export_dir and not dry_run:
-        makedirs(export_dir)
-        for r in results:
-            fprs = [k.fingerprint for k in (r.new, r.old) if k is not None]
-            atomic_write(Path(export_dir) / f"{r.spec.email}.gpg", kr.export_public(fprs, armor=False), 0o644)
+        keylib.export_rotated(kr, results, export_dir)
     if as_json:
         emit_json({"dry_run": dry_run, "keys": [r.as_dict() for r in results]})
     else:
@@ -101,16 +96,6 @@ def rotate_cmd(path: str, overlap: str, min_age: str, export_dir: str | None, dr
 
 def _seconds(text: str, option: str) -> int:
     return round(durations.parse_duration(text, option))  # the one duration grammar (atomicsig/durations.py)
-
-
-def _read_yaml(path: str) -> tuple[str, str]:
-    if path == "-":
-        return sys.stdin.read(), "<stdin>"
-    try:
-        with open(path, encoding="utf-8") as fh:
-            return fh.read(), path
-    except OSError as exc:
-        raise InputError(f"cannot read {path}: {exc.strerror}") from exc
 
 
 @keys.command("list")
@@ -198,22 +183,11 @@ def import_cmd(files: tuple[str, ...], passphrase_file: str | None, passphrase_e
 def delete_cmd(key: tuple[str, ...], yes: bool, passphrase_file: str | None, passphrase_env: str | None,
                passphrase_stdin: bool, gnupghome: str | None, as_json: bool) -> None:
     """Delete keys (secret and public part) by fingerprint. E-mails are refused: too easy to hit the wrong key."""
-    from atomicsig.gnupg.keyring import _FPR_RE
     from atomicsig.gnupg.passphrase import read_cached
+    from atomicsig.ops.keys import deletion_targets
 
     kr = _keyring(gnupghome)
-    for k in key:
-        if not _FPR_RE.match(k) or len(k.removeprefix("0x")) != 40:
-            raise InputError(f"delete needs a full 40-hex fingerprint, not {k!r}")
-    # By exact fingerprint, expired and revoked keys included: a retired key is what one usually deletes
-    # (resolve() skips unusable keys, which made `keys delete` refuse a key `keys retire --revoke` had revoked).
-    listed = {k.fingerprint.upper(): k for k in kr.list_keys()}
-    targets = []
-    for k in key:
-        fpr = k.upper().removeprefix("0X")
-        if fpr not in listed:
-            raise KeyNotFound(f"no key {fpr} in {kr.describe()}")
-        targets.append(listed[fpr])
+    targets = deletion_targets(kr, key)
     if not yes:
         if not sys.stdin.isatty():
             raise InputError("refusing to delete keys without --yes when not on a terminal")
@@ -244,28 +218,16 @@ def retire_cmd(key: tuple[str, ...], revoke: bool, output: str | None, passphras
     Export the public key again afterwards and redistribute it (policy apply) so nodes learn of the change;
     containers/image rejects signatures by expired or revoked keys.
     """
-    from atomicsig.fsutil import atomic_write
     from atomicsig.gnupg.passphrase import read_cached
+    from atomicsig.ops.keys import retire
 
     kr = _keyring(gnupghome)
     pw = read_cached(passphrase_source(passphrase_file, passphrase_env, passphrase_stdin))
     results: list[dict[str, object]] = []
     for k in key:
-        info = kr.resolve(k, secret=True)
-        if revoke:
-            cert = kr.revoke(info.fingerprint, passphrase=pw)
-            if output:
-                atomic_write(output, cert, 0o644)
-            results.append({"fingerprint": info.fingerprint, "action": "revoked", "expires": None,
-                            "revocation_certificate": output})
-            if not as_json:
-                click.echo(f"revoked {info.fingerprint}")
-        else:
-            kr.set_expiry(info.fingerprint, "1d", passphrase=pw)
-            expires = kr.resolve(info.fingerprint, secret=False).expires
-            results.append({"fingerprint": info.fingerprint, "action": "expires", "expires": expires,
-                            "revocation_certificate": None})
-            if not as_json:
-                click.echo(f"{info.fingerprint} now expires in one day")
+        done = retire(kr, k, revoke=revoke, passphrase=pw, certificate=output)
+        results.append(done)
+        if not as_json:
+            click.echo(f"revoked {done['fingerprint']}" if revoke else f"{done['fingerprint']} now expires in one day")
     if as_json:
         emit_json({"keys": results})

@@ -33,13 +33,12 @@ def policy() -> None:
 @json_option
 def validate(policy_file: str, root: str, gnupghome: str | None, as_json: bool) -> int:
     """Check the YAML, its keys, and conflicts with the registries.d files under --root; print warnings."""
-    from atomicsig.policy import apply, keymaterial, render, schema
+    from atomicsig.policy.compile import compile_policy
 
-    spec = schema.load(policy_file)
-    keys = keymaterial.resolve(spec, gnupghome)
-    compiled = render.compile_spec(spec, keys)
-    plan = apply.plan(spec, keys, root)  # raises on conflicts exactly as apply would
-    warnings = [*plan.warnings, *apply.lint(spec, keys, root, compiled)]
+    policy = compile_policy(policy_file, gnupghome)
+    plan = policy.plan(root)  # raises on conflicts exactly as apply would
+    warnings = [*plan.warnings, *policy.lint(root)]
+    spec, keys = policy.spec, policy.keys
     if as_json:
         emit_json({"valid": True, "warnings": warnings, "scopes": len(spec.scopes),
                    "keys": {k.name: list(k.fingerprints) for k in keys.values()}, "pending": plan.pending})
@@ -72,12 +71,12 @@ def apply_cmd(policy_file: str, root: str, registries_keys: str, dry_run: bool, 
     Only scopes and files recorded in <root>/var/lib/atomicsig/policy-state.json are ever replaced or removed;
     replaced files are kept as <file>.atomicsig-bak.<UTC timestamp>.
     """
-    from atomicsig.policy import apply, keymaterial, render, schema
+    from atomicsig.policy import apply
+    from atomicsig.policy.compile import compile_policy
 
-    spec = schema.load(policy_file)
-    keys = keymaterial.resolve(spec, gnupghome)
-    plan = apply.plan(spec, keys, root, registries_keys=registries_keys, keypaths_under_root=keypaths_under_root)
-    for w in [*plan.warnings, *apply.lint(spec, keys, root, render.compile_spec(spec, keys))]:
+    policy = compile_policy(policy_file, gnupghome, registries_keys=registries_keys)
+    plan = policy.plan(root, keypaths_under_root=keypaths_under_root)
+    for w in [*plan.warnings, *policy.lint(root)]:
         click.echo(f"warning: {w}", err=True)
     for s in plan.adopted:
         click.echo(f"note: taking over existing policy.json scope {s!r}", err=True)
@@ -169,19 +168,13 @@ def render(policy_file: str, registries_keys: str, fmt: str, name: str, role: st
     Every file gets mode 0644 (420) and a data: URL; the MachineConfig replaces the node's policy.json, so
     scopes not in the YAML (except the shipped docker-daemon entry) are not kept.
     """
-    import json
-
-    from atomicsig.policy import keymaterial, policyjson, schema
     from atomicsig.policy import render as r
+    from atomicsig.policy.compile import compile_policy
 
-    spec = schema.load(policy_file)
-    keys = keymaterial.resolve(spec, gnupghome)
-    compiled = r.compile_spec(spec, keys, registries_keys=registries_keys)
-    doc = r.merge(json.loads(json.dumps(policyjson.SHIPPED_DEFAULT)), compiled, set())
+    files = compile_policy(policy_file, gnupghome, registries_keys=registries_keys).node_files()
     if fmt == "json":
-        click.echo(policyjson.dumps(doc).decode(), nl=False)
+        click.echo(files[r.POLICY_PATH].decode(), nl=False)
         return EXIT_OK
-    files = {**compiled.files, r.POLICY_PATH: policyjson.dumps(doc)}
     emit = r.machineconfig if fmt == "machineconfig" else r.butane
     click.echo(emit(files, name=name, role=role), nl=False)
     return EXIT_OK

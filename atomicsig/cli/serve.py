@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import logging
 import sys
-from pathlib import Path
-from typing import Any
 
 import click
 
@@ -54,48 +52,24 @@ def serve(config_file: str | None, sigstore: str | None, listen: str | None, tls
     GET/HEAD /.atomicsig/journal                        sync journal (Range, ETag)
     GET      /healthz, /metrics                         health and Prometheus metrics
     """
-    from atomicsig.net import tokens as net_tokens
+    from atomicsig.serve import config as serve_config
     from atomicsig.serve import server
 
-    cfg: dict[str, Any] = server.load_config(config_file) if config_file else {}
-    flags = {"sigstore": sigstore, "listen": listen, "tls-cert": tls_cert, "tls-key": tls_key,
-             "token-file": token_file, "read-token-file": read_token_file, "access-log": access_log,
-             "threads": threads, "trusted-keys": list(trusted_keys) or None, "max-connections": max_connections,
-             "header-timeout": header_timeout, "request-timeout": request_timeout}
-    cfg.update({k: v for k, v in flags.items() if v is not None})
+    cfg = serve_config.load(config_file, {
+        "sigstore": sigstore, "listen": listen, "tls-cert": tls_cert, "tls-key": tls_key, "token-file": token_file,
+        "read-token-file": read_token_file, "access-log": access_log, "threads": threads,
+        "trusted-keys": list(trusted_keys), "max-connections": max_connections, "header-timeout": header_timeout,
+        "request-timeout": request_timeout})
     if run_as:
         from atomicsig.privdrop import check_user
 
         check_user(run_as)  # an unknown --user is refused before anything is bound or announced (exit 2)
-    root = Path(cfg.get("sigstore", DEFAULT_SIGSTORE))
-    if not root.is_dir():
-        raise InputError(f"sigstore {root} is not a directory")
-    keyrings = []
-    for k in cfg.get("trusted-keys", []):
-        try:
-            keyrings.append(Path(k).read_bytes())
-        except OSError as exc:
-            raise InputError(f"cannot read trusted key {k}: {exc.strerror}") from exc
-    config = server.ServerConfig(
-        sigstore=root,
-        write_token=net_tokens.read_token_file(cfg["token-file"]) if cfg.get("token-file") else None,
-        read_token=net_tokens.read_token_file(cfg["read-token-file"]) if cfg.get("read-token-file") else None,
-        trusted_keys=keyrings,
-        max_body=int(cfg.get("max-body", server.MAX_PUT_BODY)))
-    _setup_logging(cfg.get("access-log"))  # opened before privileges are dropped, as the unit expects
+    config = cfg.server_config()
+    _setup_logging(cfg.access_log)  # opened before privileges are dropped, as the unit expects
     use_log_format(log_format, "atomicsig.server", "atomicsig.access")
-    listen_at = cfg.get("listen", "127.0.0.1:8080")
-    from atomicsig.net.httpd import Limits
-
-    defaults = Limits()
-    limits = Limits(threads=int(cfg.get("threads", defaults.threads)), max_body=config.max_body,
-                    max_connections=int(cfg.get("max-connections", defaults.max_connections)),
-                    header_timeout=float(cfg.get("header-timeout", defaults.header_timeout)),
-                    request_timeout=float(cfg.get("request-timeout", defaults.request_timeout)))
     app = server.SignatureServer(config)
     try:
-        httpd = server.make_server(app, listen_at, tls_cert=cfg.get("tls-cert"), tls_key=cfg.get("tls-key"),
-                                   limits=limits)
+        httpd = server.make_server(app, cfg.listen, tls_cert=cfg.tls_cert, tls_key=cfg.tls_key, limits=cfg.limits)
         # Bind before saying anything: a busy port or an address that is not ours is a one-line error, exit 2
         # (httpd.ListenError), never a banner followed by a traceback (issue 11 #4).
         httpd.prepare()
@@ -113,8 +87,8 @@ def serve(config_file: str | None, sigstore: str | None, listen: str | None, tls
             from atomicsig.privdrop import drop_privileges
 
             who = drop_privileges(run_as)
-        scheme = "https" if cfg.get("tls-cert") else "http"
-        click.echo(f"atomicsig serve: {root} on {scheme}://{httpd.address} "
+        scheme = "https" if cfg.tls else "http"
+        click.echo(f"atomicsig serve: {cfg.sigstore} on {scheme}://{httpd.address} "
                    f"(PUT {'enabled' if config.write_token else 'disabled'})", err=True)
         if who is not None:
             click.echo(f"atomicsig serve: running as {who.user} (uid {who.uid}, gid {who.gid})", err=True)

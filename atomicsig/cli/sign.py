@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -23,17 +22,12 @@ from atomicsig.cli.common import (
     sigstore_option,
     table,
 )
-from atomicsig.errors import EXIT_NEGATIVE, EXIT_OK, InputError
-from atomicsig.ops.resolve import Resolver, Target
+from atomicsig.errors import EXIT_NEGATIVE, EXIT_OK
+from atomicsig.ops.resolve import Resolver, Target, read_reference_list
 
-
-def read_reference_list(path: str) -> list[str]:
-    """One reference per line; blank lines and # comments ignored; '-' reads stdin."""
-    try:
-        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise InputError(f"cannot read {path}: {exc.strerror}") from exc
-    return [ln.split("#", 1)[0].strip() for ln in text.splitlines() if ln.split("#", 1)[0].strip()]
+if TYPE_CHECKING:
+    from atomicsig.ops.sign import Outcome
+    from atomicsig.signers.base import Signer
 
 
 @click.command()
@@ -73,8 +67,8 @@ def sign(references: tuple[str, ...], keys: tuple[str, ...], sigstore: str, regi
          sigstore_token_file: str | None, from_file: str | None,
          manifest_file: str | None, all_instances: bool, force: bool, jobs: int | None, dry_run: bool,
          signer_mode: str, tls_verify: bool, cert_dir: str | None, authfile: str | None, passphrase_file: str | None,
-         passphrase_env: str | None, passphrase_stdin: bool, gnupghome: str | None, as_json: bool,
-         json_lines: bool) -> int:
+         passphrase_env: str | None, passphrase_stdin: bool, agent_cache: bool, gnupghome: str | None,
+         as_json: bool, json_lines: bool) -> int:
     """Sign images (host/repo:tag, host/repo@sha256:…, or host/repo:tag@sha256:…).
 
     \b
@@ -92,6 +86,7 @@ def sign(references: tuple[str, ...], keys: tuple[str, ...], sigstore: str, regi
     from atomicsig.format import reference
     from atomicsig.gnupg.passphrase import read_cached
     from atomicsig.ops import sign as signing
+    from atomicsig.ops.keys import open_signers
     from atomicsig.store.select import choose_store
 
     install_sigterm_as_interrupt()
@@ -118,7 +113,7 @@ def sign(references: tuple[str, ...], keys: tuple[str, ...], sigstore: str, regi
     pw = read_cached(passphrase_source(passphrase_file, passphrase_env, passphrase_stdin))
     outcomes: list[signing.Outcome] = []
     printer = _OutcomePrinter("json" if as_json else "json-lines" if json_lines else "text")
-    with _signers(keys, gnupghome, pw, signer_mode) as signers:
+    with open_signers(keys, gnupghome, pw, signer_mode, agent_cache=agent_cache) as signers:
         for signer in signers:
             _warn_if_subkey(signer)
             total = len(refs)
@@ -165,7 +160,7 @@ class _OutcomePrinter:
         self.mode = mode
         self._warned: set[str] = set()
 
-    def __call__(self, o: Any) -> None:
+    def __call__(self, o: Outcome) -> None:
         if o.input not in self._warned:
             self._warned.add(o.input)
             warning = _list_warning(o.input, o.target)
@@ -181,7 +176,7 @@ class _OutcomePrinter:
             echo_line(_outcome_text(o))
 
 
-def _outcome_text(o: Any) -> str:
+def _outcome_text(o: Outcome) -> str:
     ident = o.target.identity if o.target else o.input
     extra = f" ({o.target.note})" if o.target and o.target.note else ""
     return f"{o.status:7} {ident} {o.target.digest if o.target else ''}{extra} -> {o.location}"
@@ -189,22 +184,19 @@ def _outcome_text(o: Any) -> str:
 
 def _dry_run(refs: list[str], keys: tuple[str, ...], gnupghome: str | None, resolver: Resolver,
              store: Any, force: bool, as_json: bool, json_lines: bool) -> int:
-    """What ``sign`` would do, with the signing keys resolved too: exit 1 if anything would be signed, else 0.
+    """Render :func:`atomicsig.ops.sign.plan`: exit 1 if anything would be signed, else 0.
 
     The keys are looked up as a real run would (a mistyped --key must fail here, exit 2), but not unlocked: no
-    passphrase is read. A target counts as done when every key already signed it (unless --force).
+    passphrase is read.
     """
     from atomicsig.ops import sign as signing
+    from atomicsig.ops.keys import secret_key_fingerprints
 
-    key_fprs = _secret_key_fingerprints(keys, gnupghome)
+    key_fprs = secret_key_fingerprints(keys, gnupghome)
     rows = []
-    for r in refs:
-        targets = resolver.resolve(r)
-        for t in targets:
-            missing = key_fprs if force else [k for k in key_fprs if not signing.already_signed_by(store, t, k)]
-            rows.append({"input": r, "identity": t.identity, "digest": t.digest, "note": t.note,
-                         "status": "would-sign" if missing else "exists"})
-        warning = _list_warning(r, targets[0] if targets else None)
+    for r, planned in signing.plan(refs, resolver=resolver, store=store, keys=key_fprs, force=force):
+        rows += [p.as_dict() for p in planned]
+        warning = _list_warning(r, planned[0].target if planned else None)
         if warning:
             echo_line(warning, err=True)
     pending = any(x["status"] == "would-sign" for x in rows)
@@ -222,35 +214,12 @@ def _dry_run(refs: list[str], keys: tuple[str, ...], gnupghome: str | None, reso
     return EXIT_NEGATIVE if pending else EXIT_OK
 
 
-def _secret_key_fingerprints(keys: tuple[str, ...], gnupghome: str | None) -> list[frozenset[str]]:
-    """Per --key, the primary and subkey fingerprints of its secret key (keyring) or of the key in FILE."""
-    from atomicsig.gnupg import keyring as gpg
+def _warn_if_subkey(signer: Signer) -> None:
+    """Say before signing that older containers/image releases reject this key's subkey signatures."""
+    from atomicsig.signers.factory import signing_subkey
 
-    out: list[frozenset[str]] = []
-    keyring = gpg.Keyring(gnupghome)
-    for k in keys:
-        if Path(k).is_file():
-            with gpg.temporary_home() as tmp:
-                fprs = tmp.import_keys(Path(k).read_bytes(), None)
-                secret = [x for x in tmp.list_keys(secret=True) if x.fingerprint in fprs]
-                if not secret:
-                    raise InputError(f"{k} holds no secret key")
-                info = tmp.resolve(secret[0].fingerprint, secret=False)
-        else:
-            info = keyring.resolve(k, secret=True)
-        out.append(frozenset({info.fingerprint.upper(), *(s.upper() for s in info.subkeys)}))
-    return out
-
-
-def _warn_if_subkey(signer: Any) -> None:
-    """Subkey signatures are accepted only by containers/image releases that map a subkey to its primary.
-
-    Older releases still in distributions (skopeo 1.9.3 in Debian 12, tested here) compare the signing subkey's
-    fingerprint with the policy keyring's primary fingerprints and reject the image, so say so before signing.
-    """
-    agent = getattr(signer, "agent", signer)
-    sub = getattr(agent, "signing_key", None)
-    if sub and sub.upper() != signer.fingerprint.upper():
+    sub = signing_subkey(signer)
+    if sub:
         click.echo(f"warning: key {signer.fingerprint} signs with its subkey {sub}; older containers/image "
                    "releases (e.g. skopeo 1.9 in Debian 12) reject subkey signatures — use a signing primary key "
                    "if such nodes must accept these images", err=True)
@@ -267,63 +236,14 @@ def _progress_ticker(bar: Any) -> Any:
     return tick
 
 
-class _signers:
-    """Context manager yielding one Signer per --key; key files are imported into a throwaway GnuPG home."""
-
-    def __init__(self, keys: tuple[str, ...], gnupghome: str | None, passphrase: str | None,
-                 mode: str = "auto") -> None:
-        self.keys, self.gnupghome, self.passphrase, self.mode = keys, gnupghome, passphrase, mode
-        self._cms: list[object] = []
-        self._made: list[object] = []
-
-    def __enter__(self) -> list:  # type: ignore[type-arg]
-        from atomicsig.gnupg import keyring as gpg
-        from atomicsig.signers import factory as agentsign
-
-        try:
-            return self._open(agentsign, gpg)
-        except BaseException:
-            self.__exit__(None, None, None)  # a failed --key must not leave a temporary home behind
-            raise
-
-    def _open(self, agentsign: Any, gpg: Any) -> list:  # type: ignore[type-arg]
-        out = self._made
-        keyring = gpg.Keyring(self.gnupghome)
-        for k in self.keys:
-            if Path(k).is_file():
-                cm = gpg.temporary_home()
-                tmp = cm.__enter__()
-                self._cms.append(cm)
-                fprs = tmp.import_keys(Path(k).read_bytes(), self.passphrase)
-                secret = [x for x in tmp.list_keys(secret=True) if x.fingerprint in fprs]
-                if not secret:
-                    raise InputError(f"{k} holds no secret key")
-                out.append(agentsign.make_signer(tmp, secret[0].fingerprint, self.passphrase, self.mode))
-            else:
-                info = keyring.resolve(k, secret=True)
-                out.append(agentsign.make_signer(keyring, info.fingerprint, self.passphrase, self.mode))
-        return out
-
-    def __exit__(self, *exc: object) -> None:
-        from atomicsig.signers.factory import close_signer
-
-        for s in self._made:
-            close_signer(s)
-        for cm in reversed(self._cms):
-            cm.__exit__(None, None, None)  # type: ignore[attr-defined]
-
-
-def _report(outcomes: list, as_json: bool, where: str) -> int:  # type: ignore[type-arg]
+def _report(outcomes: list[Outcome], as_json: bool, where: str) -> int:
     """The end of a run: the --json document, or the summary line (per-image lines were printed as they came)."""
-    failed = [o for o in outcomes if o.status == "failed"]
+    from atomicsig.ops.sign import exit_code as signing_exit_code
+
     counts = {s: sum(1 for o in outcomes if o.status == s) for s in ("signed", "exists", "failed")}
     if as_json:
         emit_json({"sigstore": where, "summary": counts, "results": [o.as_dict() for o in outcomes]})
     else:
         click.echo(f"{counts['signed']} signed, {counts['exists']} already signed, {counts['failed']} failed "
                    f"({where})", err=True)
-    if not failed:
-        return EXIT_OK
-    # Input errors (2) dominate, then undecided (3): the caller fixes the input first.
-    return min(o.exit_code for o in failed) if any(o.exit_code == 2 for o in failed) else max(
-        o.exit_code for o in failed)
+    return signing_exit_code(outcomes)

@@ -67,12 +67,9 @@ def sync(ctx: click.Context, config_path: str, once: bool, only: tuple[str, ...]
     _setup_logging(verbose, log_format or config_mod.load(config_path).log_format)
     daemon = SyncDaemon(config_path)
     daemon.load()
-    assert daemon.cfg is not None
     if only:
-        unknown = set(only) - {s.url for s in daemon.cfg.sources}
-        if unknown:
-            raise InputError(f"--from {sorted(unknown)[0]} is not a source in {config_path}")
-        daemon._runs = {u: r for u, r in daemon._runs.items() if u in only}
+        daemon.restrict_to(only)
+
     def _drop() -> None:
         if run_as:
             from atomicsig.privdrop import drop_privileges
@@ -86,8 +83,7 @@ def sync(ctx: click.Context, config_path: str, once: bool, only: tuple[str, ...]
         try:
             results = daemon.run_once(passes or ONCE_PASSES)
         finally:
-            if daemon._verifier is not None:
-                daemon._verifier.close()
+            daemon.close()
         failed = [u for u, r in results.items() if isinstance(r, AtomicsigError)]
         return EXIT_UNDECIDED if failed else EXIT_OK
     daemon.install_signals()

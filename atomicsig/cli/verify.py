@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import TYPE_CHECKING
 
 import click
 from click.core import ParameterSource
@@ -18,30 +19,11 @@ from atomicsig.cli.common import (
     sigstore_option,
     table,
 )
-from atomicsig.cli.sign import read_reference_list
 from atomicsig.errors import InputError
-from atomicsig.format.identity import IdentityMatcher
-from atomicsig.ops.keys import trusted_key_blobs
+from atomicsig.ops.resolve import read_reference_list
 
-
-def identity_matcher(match: str, exact_reference: str | None, exact_repository: str | None,
-                     remap: str | None) -> IdentityMatcher:
-    from atomicsig.format import identity
-
-    chosen = sum(x is not None for x in (exact_reference, exact_repository, remap))
-    if chosen > 1:
-        raise click.UsageError("use only one of --exact-reference, --exact-repository, --remap")
-    if exact_reference:
-        return identity.ExactReference(exact_reference)
-    if exact_repository:
-        return identity.ExactRepository(exact_repository)
-    if remap:
-        prefix, sep, signed = remap.partition("=")
-        if not sep:
-            raise click.UsageError("--remap takes PREFIX=SIGNED_PREFIX")
-        return identity.RemapIdentity(prefix, signed)
-    return {"repo-digest-or-exact": identity.MatchRepoDigestOrExact(), "exact": identity.MatchExact(),
-            "repository": identity.MatchRepository()}[match]
+if TYPE_CHECKING:
+    from atomicsig.ops.verify import ImageVerdict
 
 
 @click.command()
@@ -103,10 +85,9 @@ def verify(ctx: click.Context, references: tuple[str, ...], keys: tuple[str, ...
     Exit 0 if every image is accepted, 1 if any is rejected, 3 if any could not be checked.
     """
     from atomicsig.format import platforms, reference
-    from atomicsig.gnupg.trusted import trusted_keys
     from atomicsig.ops import resolve as signing
     from atomicsig.ops import verify as v
-    from atomicsig.store.directory import DirectoryStore
+    from atomicsig.ops.keys import trusted_verifier
     from atomicsig.store.select import choose_store
 
     install_sigterm_as_interrupt()
@@ -119,28 +100,29 @@ def verify(ctx: click.Context, references: tuple[str, ...], keys: tuple[str, ...
         raise click.UsageError("use only one of --all, --platform")
     if manifest_file and len(refs) > 1:
         raise click.UsageError("--manifest applies to exactly one reference")
+    if sum(x is not None for x in (exact_reference, exact_repository, remap)) > 1:
+        raise click.UsageError("use only one of --exact-reference, --exact-repository, --remap")
     for text in refs:  # every input error before the first result, so a typo never leaves a half-done batch
         reference.parse(text.strip())
         warning = reference.implicit_docker_hub_warning(text)
         if warning:
             click.echo(f"atomicsig: warning: {warning}", err=True)
-    matcher = identity_matcher(match, exact_reference, exact_repository, remap)
+    try:
+        matcher = v.identity_matcher(match, exact_reference=exact_reference, exact_repository=exact_repository,
+                                     remap=remap)
+    except InputError as exc:  # a malformed flag value: shown with the usage line, as click shows its own errors
+        raise click.UsageError(exc.message) from exc
     store = choose_store(sigstore, registries_dir=registries_dir, tls_verify=tls_verify, cert_dir=cert_dir,
                          authfile=authfile)
-    if isinstance(store, DirectoryStore) and not store.root.is_dir():
-        if ctx.get_parameter_source("sigstore") != ParameterSource.DEFAULT:
-            raise InputError(f"sigstore {store.root} does not exist (or is not a directory)",
-                             hint="check the --sigstore path; nothing was verified")
-        click.echo(f"atomicsig: warning: the default sigstore {store.root} does not exist; no image can have a "
-                   "signature there", err=True)
+    warning = v.missing_store_warning(store, explicit=ctx.get_parameter_source("sigstore") != ParameterSource.DEFAULT)
+    if warning:
+        click.echo(f"atomicsig: warning: {warning}", err=True)
     resolver = signing.Resolver(tls_verify=tls_verify, cert_dir=cert_dir, authfile=authfile,
                                 manifest_file=manifest_file, all_instances=all_instances,
                                 platform=platforms.parse(platform_text) if platform_text else None)
     workers = jobs or min(8, (os.cpu_count() or 2) * 2)
     verdicts: list[v.ImageVerdict] = []
-    with trusted_keys(trusted_key_blobs(keys, gnupghome)) as trusted:
-        if not trusted.fingerprints:
-            raise InputError("no public keys found in the given --key values")
+    with trusted_verifier(keys, gnupghome) as trusted:
         for vd in v.verify_many(refs, resolver=resolver, store=store, verifier=trusted, matcher=matcher,
                                 workers=min(workers, len(refs))):
             verdicts.append(vd)
@@ -153,11 +135,8 @@ def verify(ctx: click.Context, references: tuple[str, ...], keys: tuple[str, ...
     return v.exit_code(verdicts)
 
 
-def _print_verdict(vd: object) -> None:
+def _print_verdict(vd: ImageVerdict) -> None:
     """The human record of one image: an outcome line, its signatures, and why if not accepted."""
-    from atomicsig.ops.verify import ImageVerdict
-
-    assert isinstance(vd, ImageVerdict)
     note = f"  ({vd.note})" if vd.note else ""
     click.echo(f"{vd.outcome.upper():8}  {vd.reference}  {vd.digest or '-'}{note}")
     if vd.signatures:

@@ -1,4 +1,4 @@
-"""``atomicsig demo``: a throwaway registry, image and keys to show the whole flow on a fresh machine.
+"""``atomicsig demo``: a throwaway registry, images and keys showing the whole flow on a fresh machine.
 
-The tests reuse its registry and image helpers (:mod:`atomicsig.demo.env`).
+The flow is :mod:`atomicsig.demo.run`; the tests reuse its registry and image helpers (:mod:`atomicsig.demo.env`).
 """

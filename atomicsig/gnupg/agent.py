@@ -28,7 +28,8 @@ _CACHE_HINT = ("give it with --passphrase-file, --passphrase-env or --passphrase
                "to sign with a passphrase gpg-agent has cached")
 
 
-def check_passphrase(conn: assuan.AssuanClient, keygrip: str, fingerprint: str, passphrase: str | None) -> None:
+def check_passphrase(conn: assuan.AssuanClient, keygrip: str, fingerprint: str, passphrase: str | None, *,
+                     agent_cache: bool = False) -> None:
     """Make a given passphrase count, whatever gpg-agent has cached (issue 11 #7).
 
     After one correct use gpg-agent caches a key's passphrase, and from then on signs for anyone asking on its
@@ -38,13 +39,12 @@ def check_passphrase(conn: assuan.AssuanClient, keygrip: str, fingerprint: str, 
       passphrase and ignores the cache (a wrong one: ``Bad passphrase``). Checking once per run is enough: the
       agent only ever caches the correct passphrase, so later signatures cannot be made with a wrong one.
     * no passphrase for a protected key (``KEYINFO`` protection ``P``) is refused, cached or not, unless the user
-      opted into the agent's cache (``--use-agent-cache``, :func:`passphrase.agent_cache_allowed`).
+      opted into the agent's cache (``agent_cache``: ``--use-agent-cache``, passed down by the caller; off by
+      default, so a pipeline that gives no passphrase cannot sign because someone else unlocked the key).
 
     Smartcard keys (``KEYINFO`` type ``T``) are left to the card, which checks its own PIN. ``conn`` must already
     be in loopback pinentry mode, so that nothing ever prompts.
     """
-    from atomicsig.gnupg.passphrase import agent_cache_allowed
-
     try:
         fields = conn.transact(f"KEYINFO {keygrip}").status
     except assuan.AssuanError as exc:
@@ -55,7 +55,7 @@ def check_passphrase(conn: assuan.AssuanClient, keygrip: str, fingerprint: str, 
     if kind == "T":
         return
     if passphrase is None:
-        if protection == "P" and not agent_cache_allowed():
+        if protection == "P" and not agent_cache:
             raise PassphraseError(f"key {fingerprint} needs a passphrase: it is protected ({_CACHE_HINT})",
                                   hint=_CACHE_HINT)
         return
@@ -72,7 +72,8 @@ def check_passphrase(conn: assuan.AssuanClient, keygrip: str, fingerprint: str, 
                        f"(gpg-error {exc.code})") from None
 
 
-def check_home_passphrase(home: str | None, keygrip: str, fingerprint: str, passphrase: str | None) -> None:
+def check_home_passphrase(home: str | None, keygrip: str, fingerprint: str, passphrase: str | None, *,
+                          agent_cache: bool = False) -> None:
     """:func:`check_passphrase` on a connection of its own (the gpg-process signer, which has none).
 
     Without a passphrase an unreachable agent is gpg's to report when it signs; with one, the check must happen,
@@ -86,7 +87,7 @@ def check_home_passphrase(home: str | None, keygrip: str, fingerprint: str, pass
         raise
     try:
         conn.transact("OPTION pinentry-mode=loopback")
-        check_passphrase(conn, keygrip, fingerprint, passphrase)
+        check_passphrase(conn, keygrip, fingerprint, passphrase, agent_cache=agent_cache)
     finally:
         conn.close()
 

@@ -188,7 +188,7 @@ class Keyring:
     autostart: bool = True
     _gpg: Any = field(default=None, init=False, repr=False)
     #: Keys whose passphrase (or lack of one) gpg-agent has confirmed in this process, see :meth:`sign`.
-    _checked: dict[str, str | None] = field(default_factory=dict, init=False, repr=False)
+    _checked: dict[tuple[str, bool], str | None] = field(default_factory=dict, init=False, repr=False)
     _check_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -412,9 +412,12 @@ class Keyring:
 
     # ---- signing ------------------------------------------------------------------------------------------
 
-    def sign(self, payload: bytes, fingerprint: str, passphrase: str | None) -> bytes:
-        """Sign ``payload`` as one binary, inline OpenPGP message with the key ``fingerprint``."""
-        self._check_passphrase(fingerprint, passphrase)
+    def sign(self, payload: bytes, fingerprint: str, passphrase: str | None, *, agent_cache: bool = False) -> bytes:
+        """Sign ``payload`` as one binary, inline OpenPGP message with the key ``fingerprint``.
+
+        ``agent_cache`` (``--use-agent-cache``) lets a protected key sign with no passphrase given (gnupg.agent).
+        """
+        self._check_passphrase(fingerprint, passphrase, agent_cache)
         kwargs: dict[str, Any] = {"keyid": fingerprint, "clearsign": False, "detach": False, "binary": True,
                                   "extra_args": [*SIGN_OPTIONS, "--local-user", fingerprint]}
         if passphrase is not None:
@@ -438,18 +441,18 @@ class Keyring:
         return blob
 
 
-    def _check_passphrase(self, fingerprint: str, passphrase: str | None) -> None:
+    def _check_passphrase(self, fingerprint: str, passphrase: str | None, agent_cache: bool = False) -> None:
         """Once per key and passphrase: gpg itself signs with a cached passphrase whatever ``--passphrase-fd``
         says, so the agent checks the given one first (agentsign.check_passphrase, issue 11 #7)."""
         with self._check_lock:
-            if fingerprint in self._checked and self._checked[fingerprint] == passphrase:
+            if (fingerprint, agent_cache) in self._checked and self._checked[fingerprint, agent_cache] == passphrase:
                 return
             from atomicsig.gnupg.agent import check_home_passphrase, choose_signing_key  # agentsign imports this module
 
             key = choose_signing_key(self.secret_key_parts(fingerprint), int(time.time()))
             if key is not None:  # no usable signing key: gpg's own error says why
-                check_home_passphrase(self.home, key.keygrip, fingerprint, passphrase)
-            self._checked[fingerprint] = passphrase
+                check_home_passphrase(self.home, key.keygrip, fingerprint, passphrase, agent_cache=agent_cache)
+            self._checked[fingerprint, agent_cache] = passphrase
 
 
     def check_given_passphrase(self, fingerprint: str, passphrase: str | None) -> None:

@@ -129,22 +129,6 @@ def _first_line(raw: bytes, where: str) -> str:
 
 _cache: dict[PassphraseSource, str | None] = {}
 
-#: ``--use-agent-cache``: sign with a protected key without giving its passphrase, relying on gpg-agent's cache.
-#: Off by default, so that a pipeline that gives no passphrase cannot sign just because someone else unlocked the
-#: key earlier (issue 11 #7; agentsign.check_passphrase).
-_agent_cache = False
-
-
-def use_agent_cache(on: bool = True) -> None:
-    """Allow (or forbid again) signing with a passphrase gpg-agent has cached, when none is given."""
-    global _agent_cache
-    _agent_cache = on
-
-
-def agent_cache_allowed() -> bool:
-    return _agent_cache
-
-
 def read_cached(source: PassphraseSource) -> str | None:
     """Read a source once per process: stdin can only be read once, and batch signing asks many times."""
     if source not in _cache:

@@ -18,16 +18,21 @@ period (then expires) so that nodes can trust both while signatures are re-made;
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from atomicsig.errors import InputError, KeyNotFound
 from atomicsig.format import durations, validate, yamlstrict
-from atomicsig.gnupg.keyring import KEY_ALGORITHMS, KeyInfo, Keyring
+from atomicsig.gnupg.keyring import KEY_ALGORITHMS, KeyInfo, Keyring, TrustedKeys
 from atomicsig.gnupg.passphrase import PassphraseSource, read_cached
+from atomicsig.gnupg.trusted import NativeTrustedKeys, trusted_keys
+from atomicsig.signers.base import Signer
+from atomicsig.signers.factory import close_signer, make_signer
 
 _EMAIL = re.compile(r"^[^@\s<>()]+@[^@\s<>()]+$")
 
@@ -224,8 +229,13 @@ def _is_fingerprint(spec: str) -> bool:
     return bool(re.fullmatch(r"(0[xX])?([0-9A-Fa-f]{40}|[0-9A-Fa-f]{16})", spec))
 
 
-def _key_file(spec: str) -> Path | None:
-    """``spec`` as a key file, None if it names a key in the keyring; a path-looking spec must exist."""
+def key_file(spec: str) -> Path | None:
+    """``spec`` as a key file, None if it names a key in the keyring; a path-looking spec must exist.
+
+    The one reading of ``--key FPR|EMAIL|FILE`` for sign, verify and prune (issue 11, issue 13 #4): an existing
+    file is a key file; something that looks like a path (a ``/`` or a key-file suffix) but is missing is an
+    input error rather than a keyring search that would report a confusing "no key".
+    """
     p = Path(spec)
     if p.is_file():
         return p
@@ -234,7 +244,7 @@ def _key_file(spec: str) -> Path | None:
     return None
 
 
-def trusted_key_blobs(keys: tuple[str, ...] | list[str], gnupghome: str | None) -> list[bytes]:
+def trusted_key_blobs(keys: Sequence[str], gnupghome: str | None) -> list[bytes]:
     """Public keyrings from --key values: files as they are, fingerprints/e-mails exported from the keyring.
 
     Shared by ``verify`` and ``prune`` so that ``--key`` means the same everywhere (issue 11).
@@ -242,7 +252,7 @@ def trusted_key_blobs(keys: tuple[str, ...] | list[str], gnupghome: str | None) 
     blobs: list[bytes] = []
     names: list[str] = []
     for k in keys:
-        p = _key_file(k)
+        p = key_file(k)
         if p is not None:
             blobs.append(p.read_bytes())
         else:
@@ -254,7 +264,7 @@ def trusted_key_blobs(keys: tuple[str, ...] | list[str], gnupghome: str | None) 
     return blobs
 
 
-def retired_key_fingerprints(keys: tuple[str, ...] | list[str], gnupghome: str | None) -> set[str]:
+def retired_key_fingerprints(keys: Sequence[str], gnupghome: str | None) -> set[str]:
     """Fingerprints whose signatures ``prune`` removes, from --key FPR|EMAIL|FILE.
 
     A fingerprint or key ID is taken as given (the key may be gone from every keyring). An e-mail or a file stands
@@ -269,7 +279,7 @@ def retired_key_fingerprints(keys: tuple[str, ...] | list[str], gnupghome: str |
         if _is_fingerprint(k):
             out.add(k.upper().removeprefix("0X"))
             continue
-        p = _key_file(k)
+        p = key_file(k)
         if p is not None:
             with temporary_home() as tmp:
                 tmp.import_keys(p.read_bytes())
@@ -287,3 +297,134 @@ def retired_key_fingerprints(keys: tuple[str, ...] | list[str], gnupghome: str |
             raise InputError(f"--key {k} names {len(found)} keys ({fprs}); give the retired key's fingerprint")
         out |= {found[0].fingerprint.upper(), *(s.upper() for s in found[0].subkeys)}
     return out
+
+
+def _secret_key(stack: contextlib.ExitStack[Any], spec: str, gnupghome: str | None,
+                passphrase: str | None) -> tuple[Keyring, str]:
+    """The keyring holding ``spec``'s secret key and its primary fingerprint.
+
+    A key FILE is imported into a throwaway GnuPG home that ``stack`` removes again (the user's keyring is never
+    changed by ``sign --key FILE``); FPR|EMAIL must name a secret key in ``gnupghome``.
+    """
+    from atomicsig.gnupg.keyring import temporary_home
+
+    p = key_file(spec)
+    if p is None:
+        keyring = Keyring(gnupghome)
+        return keyring, keyring.resolve(spec, secret=True).fingerprint
+    tmp = stack.enter_context(temporary_home())
+    fprs = tmp.import_keys(p.read_bytes(), passphrase)
+    secret = [x for x in tmp.list_keys(secret=True) if x.fingerprint in fprs]
+    if not secret:
+        raise InputError(f"{spec} holds no secret key")
+    return tmp, secret[0].fingerprint
+
+
+def secret_key_fingerprints(keys: Sequence[str], gnupghome: str | None) -> list[frozenset[str]]:
+    """Per ``--key``, the primary and subkey fingerprints of its secret key, without unlocking it.
+
+    What ``sign --dry-run`` compares stored signatures with: a signature by a signing subkey names the subkey.
+    """
+    out: list[frozenset[str]] = []
+    for k in keys:
+        with contextlib.ExitStack() as stack:
+            home, fpr = _secret_key(stack, k, gnupghome, None)
+            info = home.resolve(fpr, secret=False)
+        out.append(frozenset({info.fingerprint.upper(), *(s.upper() for s in info.subkeys)}))
+    return out
+
+
+@contextlib.contextmanager
+def open_signers(keys: Sequence[str], gnupghome: str | None, passphrase: str | None, mode: str = "auto", *,
+                 agent_cache: bool = False) -> Iterator[list[Signer]]:
+    """One :class:`Signer` per ``--key FPR|EMAIL|FILE``, released (and throwaway homes removed) on exit.
+
+    ``mode`` is ``--signer`` (:func:`atomicsig.signers.factory.make_signer`); ``agent_cache`` is
+    ``--use-agent-cache``: allow a protected key without a given passphrase to sign with the one gpg-agent has
+    cached (issue 11 #7). A failing ``--key`` releases what was opened before it.
+    """
+    with contextlib.ExitStack() as stack:
+        signers: list[Signer] = []
+        for k in keys:
+            home, fpr = _secret_key(stack, k, gnupghome, passphrase)
+            signer = make_signer(home, fpr, passphrase, mode, agent_cache=agent_cache)
+            stack.callback(close_signer, signer)
+            signers.append(signer)
+        yield signers
+
+
+@contextlib.contextmanager
+def trusted_verifier(keys: Sequence[str], gnupghome: str | None) -> Iterator[NativeTrustedKeys | TrustedKeys]:
+    """A verifier trusting the public keys ``--key FPR|EMAIL|FILE`` names (``verify``); at least one is required,
+    since a verifier trusting nothing would report every image "rejected" instead of the mistake."""
+    with trusted_keys(trusted_key_blobs(keys, gnupghome)) as trusted:
+        if not trusted.fingerprints:
+            raise InputError("no public keys found in the given --key values")
+        yield trusted
+
+
+# ---- the rest of `keys`: signers files, rotation export, deletion and retirement -------------------------------
+
+
+def load_specs_file(path: str) -> list[KeySpec]:
+    """:func:`load_specs` of the signers file at ``path`` (``-``: standard input); errors name the file."""
+    import sys
+
+    if path == "-":
+        return load_specs(sys.stdin.read(), "<stdin>")
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror}") from exc
+    return load_specs(text, path)
+
+
+def export_rotated(keyring: Keyring, results: list[RotateResult], export_dir: str | Path) -> list[Path]:
+    """Write ``<email>.gpg`` per signer holding its new *and* old public key: what nodes must trust during the
+    overlap (``keys rotate --export-dir``, then ``policy apply``)."""
+    from atomicsig.fsutil import atomic_write, makedirs
+
+    makedirs(export_dir)
+    written = []
+    for r in results:
+        fprs = [k.fingerprint for k in (r.new, r.old) if k is not None]
+        path = Path(export_dir) / f"{r.spec.email}.gpg"
+        atomic_write(path, keyring.export_public(fprs, armor=False), 0o644)
+        written.append(path)
+    return written
+
+
+def deletion_targets(keyring: Keyring, keys: Sequence[str]) -> list[KeyInfo]:
+    """The keys ``keys delete`` removes: full 40-hex fingerprints only (an e-mail is too easy to get wrong), each
+    present in the keyring, expired and revoked keys included (a retired key is what one usually deletes;
+    ``resolve`` skips unusable keys). Every check runs before anything is deleted or confirmed."""
+    for k in keys:
+        if not re.fullmatch(r"(0x)?[0-9A-Fa-f]{40}", k):
+            raise InputError(f"delete needs a full 40-hex fingerprint, not {k!r}")
+    listed = {k.fingerprint.upper(): k for k in keyring.list_keys()}
+    targets = []
+    for k in keys:
+        fpr = k.upper().removeprefix("0X")
+        if fpr not in listed:
+            raise KeyNotFound(f"no key {fpr} in {keyring.describe()}")
+        targets.append(listed[fpr])
+    return targets
+
+
+def retire(keyring: Keyring, key: str, *, revoke: bool, passphrase: str | None,
+           certificate: str | None = None) -> dict[str, Any]:
+    """Stop ``key`` (FPR|EMAIL of a secret key) from being used: revoke it (the certificate written to
+    ``certificate`` if given), or make it expire in one day. containers/image rejects signatures by expired or
+    revoked keys once nodes have the re-exported public key."""
+    from atomicsig.fsutil import atomic_write
+
+    info = keyring.resolve(key, secret=True)
+    if revoke:
+        cert = keyring.revoke(info.fingerprint, passphrase=passphrase)
+        if certificate:
+            atomic_write(certificate, cert, 0o644)
+        return {"fingerprint": info.fingerprint, "action": "revoked", "expires": None,
+                "revocation_certificate": certificate}
+    keyring.set_expiry(info.fingerprint, "1d", passphrase=passphrase)
+    expires = keyring.resolve(info.fingerprint, secret=False).expires
+    return {"fingerprint": info.fingerprint, "action": "expires", "expires": expires, "revocation_certificate": None}

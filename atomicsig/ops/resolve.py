@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -9,6 +10,20 @@ from pathlib import Path
 from atomicsig.errors import InputError, Rejected
 from atomicsig.format import manifest, platforms, reference
 from atomicsig.format.reference import Reference
+
+
+def parse_reference_list(text: str) -> list[str]:
+    """The references of a ``--from-file`` list: one per line, blank lines and ``#`` comments ignored."""
+    return [ln.split("#", 1)[0].strip() for ln in text.splitlines() if ln.split("#", 1)[0].strip()]
+
+
+def read_reference_list(path: str) -> list[str]:
+    """:func:`parse_reference_list` of file ``path``; ``-`` reads standard input (``sign/verify --from-file -``)."""
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror}") from exc
+    return parse_reference_list(text)
 
 
 @dataclass(frozen=True)
@@ -61,17 +76,15 @@ class Resolver:
         instances = manifest.list_instances(data)
         if not instances:
             return [Target(ref, digest, identity)]
-        of_list = f"of list {digest[:19]}…"
         if self.all_instances:
-            return [Target(ref, reference.validate_digest(i.digest), identity, f"{i.platform or 'instance'} {of_list}")
-                    for i in instances]
+            return [_instance(ref, identity, digest, i) for i in instances]
         chosen = platforms.choose(instances, self.platform)
         if chosen is None:
             want = self.platform or platforms.current()
             have = ", ".join(i.platform or "(no platform)" for i in instances)
             raise Rejected(f"manifest list {digest} has no instance for {want} (it has {have}); "
                            "a node on that platform cannot pull it")
-        return [Target(ref, reference.validate_digest(chosen.digest), identity, f"{chosen.platform} {of_list}")]
+        return [_instance(ref, identity, digest, chosen)]
 
     @staticmethod
     def _parse(text: str) -> tuple[Reference, str]:
@@ -102,7 +115,12 @@ class Resolver:
         unsigned = () if self.all_instances else tuple(i.platform or "instance" for i in instances)
         targets = [Target(ref, digest, identity, unsigned_instances=unsigned)]
         if instances and self.all_instances:
-            for inst in instances:
-                note = f"{inst.platform or 'instance'} of {digest[:19]}"
-                targets.append(Target(ref, reference.validate_digest(inst.digest), identity, note))
+            targets += [_instance(ref, identity, digest, i) for i in instances]
         return targets
+
+
+def _instance(ref: Reference, identity: str, list_digest: str, inst: manifest.Instance) -> Target:
+    """The target for one instance of a manifest list, claiming the list's identity (what a node pulling the tag
+    evaluates, SPEC §2.2); the note names the platform and the list, the same for ``sign`` and ``verify``."""
+    return Target(ref, reference.validate_digest(inst.digest), identity,
+                  f"{inst.platform or 'instance'} of list {list_digest[:19]}…")

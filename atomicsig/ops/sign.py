@@ -141,3 +141,42 @@ def sign_many(inputs: Iterable[str], *, resolver: Resolver, signer: Signer, stor
         raise
     pool.shutdown(wait=True)
     return [o for batch in batches if batch for o in batch]
+
+
+@dataclass(frozen=True)
+class Planned:
+    """What ``sign --dry-run`` reports for one target: would it be signed, or is it signed already."""
+
+    input: str
+    target: Target
+    status: str  # would-sign | exists
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"input": self.input, "identity": self.target.identity, "digest": self.target.digest,
+                "note": self.target.note, "status": self.status}
+
+
+def plan(inputs: Iterable[str], *, resolver: Resolver, store: SignatureStore, keys: list[frozenset[str]],
+         force: bool = False) -> list[tuple[str, list[Planned]]]:
+    """Per input, its targets and whether each would be signed: a target is done when every key in ``keys``
+    (each a key's primary and subkey fingerprints, :func:`atomicsig.ops.keys.secret_key_fingerprints`) already
+    signed it, unless ``force``. Nothing is written and no key is unlocked. Resolution errors propagate: a dry
+    run answers for the whole batch or not at all.
+    """
+    out: list[tuple[str, list[Planned]]] = []
+    for text in inputs:
+        rows = []
+        for t in resolver.resolve(text):
+            missing = keys if force else [k for k in keys if not already_signed_by(store, t, k)]
+            rows.append(Planned(text, t, "would-sign" if missing else "exists"))
+        out.append((text, rows))
+    return out
+
+
+def exit_code(outcomes: Iterable[Outcome]) -> int:
+    """The exit code of a signing batch: 0 if nothing failed; else 2 if any input was wrong (the caller fixes
+    the input first), else the highest failure code (3: could not sign)."""
+    failed = [o.exit_code for o in outcomes if o.status == "failed"]
+    if not failed:
+        return 0
+    return min(failed) if 2 in failed else max(failed)

@@ -17,18 +17,67 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from atomicsig.errors import EXIT_NEGATIVE, EXIT_OK, EXIT_UNDECIDED, AtomicsigError, NotFound, SignatureFormatError
-from atomicsig.format import payload, reference
+from atomicsig.errors import (
+    EXIT_NEGATIVE,
+    EXIT_OK,
+    EXIT_UNDECIDED,
+    AtomicsigError,
+    InputError,
+    NotFound,
+    SignatureFormatError,
+)
+from atomicsig.format import identity, payload, reference
 from atomicsig.format.blob import SIGSTORE_FORMAT, simple_signing_body
 from atomicsig.format.identity import DEFAULT, IdentityMatcher
 from atomicsig.format.reference import Reference
 from atomicsig.store.base import SignatureStore, StoredSignature
+from atomicsig.store.directory import DirectoryStore
 
 if TYPE_CHECKING:
     from atomicsig.ops.resolve import Resolver
 
 ACCEPTED, REJECTED, ERROR = "accepted", "rejected", "error"
 _EXIT = {ACCEPTED: EXIT_OK, REJECTED: EXIT_NEGATIVE, ERROR: EXIT_UNDECIDED}
+
+#: ``verify --match``: the signedIdentity rules that need no argument (SPEC §2.3), by their CLI names.
+MATCH_RULES: dict[str, type[IdentityMatcher]] = {
+    "repo-digest-or-exact": identity.MatchRepoDigestOrExact, "exact": identity.MatchExact,
+    "repository": identity.MatchRepository}
+
+
+def identity_matcher(match: str = "repo-digest-or-exact", *, exact_reference: str | None = None,
+                     exact_repository: str | None = None, remap: str | None = None) -> IdentityMatcher:
+    """The signedIdentity rule ``verify`` applies, as a node's ``signedBy`` would (SPEC §2.3).
+
+    ``exact_reference``, ``exact_repository`` or ``remap`` (``PREFIX=SIGNED_PREFIX``) name a rule with its
+    argument and replace ``match``; at most one of them may be given (InputError, exit 2).
+    """
+    chosen = sum(x is not None for x in (exact_reference, exact_repository, remap))
+    if chosen > 1:
+        raise InputError("use only one of --exact-reference, --exact-repository, --remap")
+    if exact_reference:
+        return identity.ExactReference(exact_reference)
+    if exact_repository:
+        return identity.ExactRepository(exact_repository)
+    if remap:
+        prefix, sep, signed = remap.partition("=")
+        if not sep:
+            raise InputError("--remap takes PREFIX=SIGNED_PREFIX")
+        return identity.RemapIdentity(prefix, signed)
+    if match not in MATCH_RULES:
+        raise InputError(f"unknown identity rule {match!r}; use one of {', '.join(MATCH_RULES)}")
+    return MATCH_RULES[match]()
+
+
+def missing_store_warning(store: SignatureStore, *, explicit: bool) -> str | None:
+    """A directory sigstore that does not exist: an input error when the user named it (a typo would otherwise
+    report every image "rejected"), a warning for the built-in default (no image can have a signature there)."""
+    if not isinstance(store, DirectoryStore) or store.root.is_dir():
+        return None
+    if explicit:
+        raise InputError(f"sigstore {store.root} does not exist (or is not a directory)",
+                         hint="check the --sigstore path; nothing was verified")
+    return f"the default sigstore {store.root} does not exist; no image can have a signature there"
 
 
 class Verifier(Protocol):
@@ -58,18 +107,22 @@ class SignatureResult:
 
 @dataclass
 class ImageVerdict:
-    """The answer for one image a node would pull. ``accepted`` is kept for callers that predate ``outcome``."""
+    """The answer for one image a node would pull: one ``outcome``; ``accepted`` is derived from it (kept in the
+    JSON for callers that predate ``outcome``), so the two can never disagree."""
 
     reference: str  # the reference checked, normalized (tag and digest as given)
     digest: str  # the manifest digest whose signatures were judged ("" if it could not be learned)
     store: str
-    accepted: bool
+    outcome: str = REJECTED  # accepted | rejected | error
     signatures: list[SignatureResult] = field(default_factory=list)
     reason: str = ""
-    outcome: str = REJECTED  # accepted | rejected | error
     intended: str = ""  # the identity a signature must fit (the tag when one is given)
     note: str = ""  # e.g. "linux/arm64 of list sha256:…" for an instance of a manifest list
     position: int = 0  # index of the input this verdict answers, for printing in input order
+
+    @property
+    def accepted(self) -> bool:
+        return self.outcome == ACCEPTED
 
     @property
     def exit_code(self) -> int:
@@ -126,7 +179,7 @@ def verify_image(intended: Reference, digest: str, store: SignatureStore, verifi
                  matcher: IdentityMatcher = DEFAULT) -> ImageVerdict:
     """Read all signatures of ``digest`` and decide. Store/network errors propagate (exit 3), as in c/image."""
     sigs = store.read(intended, digest)
-    verdict = ImageVerdict(str(intended), digest, store.describe(), False, intended=str(intended))
+    verdict = ImageVerdict(str(intended), digest, store.describe(), REJECTED, intended=str(intended))
     if not sigs:
         verdict.reason = "a signature was required, but no signature exists"
         return verdict
@@ -136,8 +189,7 @@ def verify_image(intended: Reference, digest: str, store: SignatureStore, verifi
     if unreadable:
         verdict.reason = f"{unreadable}; containers/image fails the whole signature read, so nodes reject the image"
         return verdict
-    verdict.accepted = any(s.accepted for s in verdict.signatures)
-    verdict.outcome = ACCEPTED if verdict.accepted else REJECTED
+    verdict.outcome = ACCEPTED if any(s.accepted for s in verdict.signatures) else REJECTED
     verdict.reason = "accepted" if verdict.accepted else "no signature was accepted: " + \
         "; ".join(f"signature-{s.index}: {s.reason}" for s in verdict.signatures)
     return verdict
@@ -154,7 +206,7 @@ def verify_error_verdict(intended: Reference, digest: str, store: str, exc: Atom
     reason = exc.message
     if isinstance(exc, NotFound) and not reason.startswith("manifest unknown"):
         reason = f"manifest unknown: {reason}"
-    return ImageVerdict(str(intended), digest, store, False, reason=reason, outcome=REJECTED if negative else ERROR,
+    return ImageVerdict(str(intended), digest, store, REJECTED if negative else ERROR, reason=reason,
                         intended=str(intended))
 
 
@@ -164,8 +216,7 @@ def verify_one(text: str, *, resolver: Resolver, store: SignatureStore, verifier
 
     Input errors (exit 2) propagate: a wrong flag or reference is the caller's to fix, not a property of the image.
     """
-    given = reference.parse(text.strip())
-    given = given.with_tag_default() if given.name_only else given
+    given = reference.parse(text.strip()).with_tag_default()  # the name a node pulls (":latest" if none)
     try:
         targets = resolver.resolve_pulled(text)
     except AtomicsigError as exc:

@@ -455,26 +455,3 @@ def make_server(app: Callable[..., Iterable[bytes]], listen: str, *, tls_cert: s
                 raise InputError(f"TLS file {f} does not exist")
         server.ssl_adapter = BuiltinSSLAdapter(tls_cert, tls_key)
     return server
-
-
-def load_config(path: str) -> dict[str, Any]:
-    """The YAML config file of docs/serve.md, validated for known keys and types."""
-    from atomicsig.store.registries_d import load_yaml_strict
-
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise InputError(f"cannot read {path}: {exc.strerror}") from exc
-    data = load_yaml_strict(text, path) or {}
-    if not isinstance(data, dict):
-        raise InputError(f"{path}: top level must be a mapping")
-    types: dict[str, type | tuple[type, ...]] = {
-        "sigstore": str, "listen": str, "tls-cert": str, "tls-key": str, "token-file": str,
-        "read-token-file": str, "trusted-keys": list, "access-log": str, "threads": int, "max-body": int,
-        "max-connections": int, "header-timeout": (int, float), "request-timeout": (int, float)}
-    for key, value in data.items():
-        if key not in types:
-            raise InputError(f"{path}: unknown key {key!r} (known: {', '.join(sorted(types))})")
-        if not isinstance(value, types[key]):
-            raise InputError(f"{path}: {key} has the wrong type")
-    return data

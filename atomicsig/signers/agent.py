@@ -39,7 +39,8 @@ class AgentSigner:
     """Signs with one (sub)key held by a gpg-agent; thread-safe (one Assuan connection per thread)."""
 
     def __init__(self, home: str | None, primary_fingerprint: str, key: SecretKeyPart,
-                 passphrase: str | None = None, *, clock: Callable[[], float] = time.time) -> None:
+                 passphrase: str | None = None, *, clock: Callable[[], float] = time.time,
+                 agent_cache: bool = False) -> None:
         self.fingerprint = primary_fingerprint
         self.signing_key = key.fingerprint
         self.key_fingerprints = frozenset({primary_fingerprint.upper(), key.fingerprint.upper()})
@@ -48,6 +49,7 @@ class AgentSigner:
                                       pgpsign.hash_for(key.pubkey_algo, key.curve))
         self._keygrip = key.keygrip
         self._passphrase = passphrase
+        self._agent_cache = agent_cache
         self._clock = clock
         self._local = threading.local()
         self._lock = threading.Lock()
@@ -63,7 +65,8 @@ class AgentSigner:
             self._connection().transact(f"HAVEKEY {self._keygrip}")
         except assuan.AssuanError as exc:
             raise AgentSignError(f"gpg-agent does not hold the secret key {self.signing_key}: {exc.text}") from exc
-        check_passphrase(self._connection(), self._keygrip, self.fingerprint, self._passphrase)
+        check_passphrase(self._connection(), self._keygrip, self.fingerprint, self._passphrase,
+                         agent_cache=self._agent_cache)
 
     def sign(self, data: bytes) -> bytes:
         pending = pgpsign.prepare(data, self._issuer, int(self._clock()))
@@ -149,13 +152,14 @@ class AgentSigner:
         return [v for v in values if v is not None]
 
 
-def agent_signer(keyring: Keyring, fingerprint: str, passphrase: str | None) -> AgentSigner:
+def agent_signer(keyring: Keyring, fingerprint: str, passphrase: str | None, *,
+                 agent_cache: bool = False) -> AgentSigner:
     """An AgentSigner for the key ``gpg --local-user fingerprint`` would use; connects to the agent once."""
     parts = keyring.secret_key_parts(fingerprint)
     key = choose_signing_key(parts, int(time.time()))
     if key is None:
         raise InputError(f"secret key {fingerprint} has no usable signing (sub)key in {keyring.describe()}")
-    signer = AgentSigner(keyring.home, fingerprint, key, passphrase)
+    signer = AgentSigner(keyring.home, fingerprint, key, passphrase, agent_cache=agent_cache)
     try:
         signer.probe()
     except BaseException:

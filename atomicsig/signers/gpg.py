@@ -15,9 +15,10 @@ class GPGSigner:
     keyring: Any
     fingerprint: str
     passphrase: str | None = field(default=None, repr=False)  # never in a repr or traceback
+    agent_cache: bool = False  # --use-agent-cache: a protected key may sign with the agent's cached passphrase
 
     def sign(self, data: bytes) -> bytes:
-        blob: bytes = self.keyring.sign(data, self.fingerprint, self.passphrase)
+        blob: bytes = self.keyring.sign(data, self.fingerprint, self.passphrase, agent_cache=self.agent_cache)
         return blob
 
     @property

@@ -74,14 +74,15 @@ def build_signer(exported: bytes, primary_fingerprint: str, parts: list[SecretKe
     return MemorySigner(primary_fingerprint, part, private_key(packet, passphrase))
 
 
-def memory_signer(keyring: Keyring, fingerprint: str, passphrase: str | None) -> MemorySigner:
+def memory_signer(keyring: Keyring, fingerprint: str, passphrase: str | None, *,
+                  agent_cache: bool = False) -> MemorySigner:
     """Export ``fingerprint``'s secret key from gpg into memory (passphrase via loopback on stdin) and build."""
     from atomicsig.gnupg.agent import check_home_passphrase, choose_signing_key
 
     parts = keyring.secret_key_parts(fingerprint)
     part = choose_signing_key(parts, int(time.time()))
     if part is not None:  # the same up-front check as the other signers, with the same messages (issue 11 #7)
-        check_home_passphrase(keyring.home, part.keygrip, fingerprint, passphrase)
+        check_home_passphrase(keyring.home, part.keygrip, fingerprint, passphrase, agent_cache=agent_cache)
     exported = keyring.export_secret([fingerprint], armor=False, passphrase=passphrase)
     try:
         return build_signer(exported, fingerprint, parts, passphrase, int(time.time()))

@@ -26,6 +26,7 @@ import random
 import signal
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -221,6 +222,27 @@ class SyncDaemon:
         log.info("config loaded", extra={"fields": {"config": self.config_path, "sources": len(cfg.sources),
                                                     "trusted": sorted(verifier.fingerprints),
                                                     "sigstore": str(cfg.sigstore)}})
+
+    @property
+    def sources(self) -> list[str]:
+        """The URLs of the sources this daemon follows (after :meth:`restrict_to`), in config order."""
+        return list(self._runs)
+
+    def restrict_to(self, urls: Iterable[str]) -> None:
+        """Follow only these configured sources (``sync --once --from URL``); an URL that is not a configured
+        source is an input error, so a typo never reads as "synced nothing, exit 0". Lasts until the next load."""
+        wanted = set(urls)
+        unknown = wanted - set(self._runs)
+        if unknown:
+            raise InputError(f"--from {sorted(unknown)[0]} is not a source in {self.config_path}")
+        self._runs = {u: r for u, r in self._runs.items() if u in wanted}
+
+    def close(self) -> None:
+        """Release the verifier (a temporary GnuPG home for the gpg fallback); :meth:`run` does this on exit,
+        a caller of :meth:`run_once` calls it when done."""
+        verifier, self._verifier = self._verifier, None
+        if verifier is not None and hasattr(verifier, "close"):
+            verifier.close()
 
     def save_state(self) -> None:
         """Persist every source's cursor; source threads call this, so one at a time."""
@@ -458,8 +480,7 @@ class SyncDaemon:
             if self._pusher is not None:
                 self._pusher.stop()
             self.metrics.stop()
-            if self._verifier is not None and hasattr(self._verifier, "close"):
-                self._verifier.close()
+            self.close()
             log.info("stopped", extra={"fields": {}})
         return 0
 
