@@ -34,6 +34,27 @@ from atomicsig.gnupg.trusted import NativeTrustedKeys, trusted_keys
 from atomicsig.signers.base import Signer
 from atomicsig.signers.factory import close_signer, make_signer
 
+__all__ = [
+    "GenerateResult",
+    "KeySpec",
+    "RotateResult",
+    "check_uid_field",
+    "current_key",
+    "deletion_targets",
+    "export_rotated",
+    "generate",
+    "key_file",
+    "load_specs",
+    "load_specs_file",
+    "open_signers",
+    "retire",
+    "retired_key_fingerprints",
+    "rotate",
+    "secret_key_fingerprints",
+    "trusted_key_blobs",
+    "trusted_verifier",
+]
+
 _EMAIL = re.compile(r"^[^@\s<>()]+@[^@\s<>()]+$")
 
 #: Lengths that keep gpg's parameter lines (1024 bytes) and the user ID far from any limit.

@@ -11,6 +11,8 @@ from atomicsig.errors import InputError, Rejected
 from atomicsig.format import manifest, platforms, reference
 from atomicsig.format.reference import Reference
 
+__all__ = ["Resolver", "Target", "parse_reference_list", "read_reference_list"]
+
 
 def parse_reference_list(text: str) -> list[str]:
     """The references of a ``--from-file`` list: one per line, blank lines and ``#`` comments ignored."""

@@ -24,6 +24,8 @@ from atomicsig.signers.base import Signer, signer_fingerprints
 from atomicsig.store.base import SignatureStore, StoredSignature
 from atomicsig.store.directory import DirectoryStore
 
+__all__ = ["Outcome", "Planned", "already_signed_by", "exit_code", "plan", "sign_many", "signed_among"]
+
 
 @dataclass
 class Outcome:

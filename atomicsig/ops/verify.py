@@ -33,6 +33,25 @@ from atomicsig.format.reference import Reference
 from atomicsig.store.base import SignatureStore, StoredSignature
 from atomicsig.store.directory import DirectoryStore
 
+__all__ = [
+    "ACCEPTED",
+    "ERROR",
+    "MATCH_RULES",
+    "REJECTED",
+    "ImageVerdict",
+    "SignatureResult",
+    "Verifier",
+    "check_signature",
+    "exit_code",
+    "identity_matcher",
+    "missing_store_warning",
+    "unrecognized_blob",
+    "verify_error_verdict",
+    "verify_image",
+    "verify_many",
+    "verify_one",
+]
+
 if TYPE_CHECKING:
     from atomicsig.ops.resolve import Resolver
 

@@ -16,6 +16,8 @@ from atomicsig.policy.keymaterial import KeyMaterial
 from atomicsig.policy.render import Compiled
 from atomicsig.policy.schema import PolicySpec
 
+__all__ = ["CompiledPolicy", "compile_policy", "compiled_from"]
+
 
 @dataclass(frozen=True)
 class CompiledPolicy:
