@@ -30,7 +30,9 @@ from atomicsig.store.images import (
 from tests.conftest import HAVE_PODMAN
 from tests.infra import _tar_layer, insecure_policy, skopeo
 
-H1 = "sha256:" + "1" * 64
+MANI = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                   "config": {}, "layers": []}).encode()
+H1 = "sha256:" + hashlib.sha256(MANI).hexdigest()
 H2 = "sha256:" + "2" * 64
 IMG_ID = "a" * 64
 
@@ -251,8 +253,6 @@ def _store(tmp_path: Path, records: list[dict[str, Any]] | bytes, manifests: dic
     return StorageLocation(str(tmp_path), "vfs", str(tmp_path), False)
 
 
-MANI = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                   "config": {}, "layers": []}).encode()
 REC = {"id": IMG_ID, "names": ["example.com/a:1"], "big-data-names": ["manifest-" + H1, "manifest"],
        "big-data-digests": {"manifest-" + H1: H1, "manifest": H1}}
 
@@ -281,7 +281,7 @@ def test_empty_and_absent_store(tmp_path: Path) -> None:
     assert read_images(StorageLocation(str(tmp_path), None, str(tmp_path), False)) == []
 
 
-@pytest.mark.parametrize("data", [json.dumps([REC])[:-7].encode(), b"{}", b'[{"names": []}]',
+@pytest.mark.parametrize("data", [json.dumps([REC])[:-7].encode(), b"{}", b'[{"names": []}]', b"[" * 100_000,
                                   json.dumps([{**REC, "digest": "sha256:xyz"}]).encode(), b"\xff\xfe"])
 def test_broken_images_json_is_input_error(tmp_path: Path, data: bytes) -> None:
     with pytest.raises(InputError, match=r"images\.json"):
@@ -317,6 +317,11 @@ def test_planted_manifest_symlink_is_a_problem_not_a_leak(tmp_path: Path) -> Non
     (img,) = read_images(loc)
     assert img.manifest_digest == H1  # the one regular manifest is used
     assert any("symbolic link" in p for p in img.problems)
+    # bytes changed behind podman's back, or a nesting bomb, are problems of that image, not a crash
+    loc = _store(tmp_path / "t", [REC], {"manifest-" + H1: MANI + b" ", "manifest": b"[" * 100_000})
+    (img,) = read_images(loc)
+    assert img.manifests == () and img.manifest_digest is None
+    assert any("does not match" in p for p in img.problems) and any("nested" in p for p in img.problems)
     # an id that would walk out of the store is never used as a path
     (bad,) = read_images(_store(tmp_path / "b", [{**REC, "id": "../../etc"}]))
     assert bad.manifests == () and bad.problems

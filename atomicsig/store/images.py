@@ -49,6 +49,7 @@ from typing import Any
 from atomicsig.errors import InputError, StorageError
 from atomicsig.format import containers_paths as cpaths
 from atomicsig.format.manifest import LIST_TYPES, MAX_MANIFEST_SIZE, guess_media_type
+from atomicsig.format.manifest import digest as manifest_digest
 from atomicsig.format.reference import Reference, parse, validate_digest
 from atomicsig.fsutil import UnsafeFileError, open_dir_beneath, read_regular_file
 
@@ -307,8 +308,8 @@ def parse_images_json(data: bytes, shown: str) -> list[dict[str, Any]]:
         return []
     try:
         doc = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InputError(f"{shown}: not valid JSON ({exc}); the image store is damaged") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise InputError(f"{shown}: not valid JSON ({type(exc).__name__}); the image store is damaged") from None
     if not isinstance(doc, list):
         raise InputError(f"{shown}: expected a JSON array of images")
     out: list[dict[str, Any]] = []
@@ -383,9 +384,17 @@ def _read_manifests(images_fd: int, rec: dict[str, Any], shown: str) -> tuple[li
         except InputError as exc:
             problems.append(f"{key}: {exc.message}")
             continue
+        except RecursionError:
+            problems.append(f"{key}: manifest nested too deeply")
+            continue
         recorded = bdd.get(key)
         if recorded is None:
             problems.append(f"{key}: no digest recorded in images.json")
+            continue
+        # c/storage records the c/image manifest digest of the bytes (SetImageBigData with manifest.Digest): bytes
+        # that no longer match were changed behind podman's back, and the recorded digest would misdescribe them.
+        if recorded.startswith("sha256:") and manifest_digest(data) != recorded:
+            problems.append(f"{key}: stored manifest does not match its recorded digest {recorded}")
             continue
         manifests.append(StoredManifest(key=key, digest=recorded, media_type=media_type))
     return manifests, problems
