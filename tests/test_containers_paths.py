@@ -23,10 +23,12 @@ from atomicsig.format.containers_paths import (
     UserEnv,
     first_existing,
     generation_for_c_image,
+    hidden_dropins,
     merge_dropins,
     policy_json_candidates,
     registries_d_candidates,
     registries_d_files,
+    shadowed,
     storage_conf_candidates,
 )
 from tests.infra import make_oci_layout, push_image
@@ -99,6 +101,18 @@ def test_registries_d_merge_by_name() -> None:
         "/etc/containers/registries.d/a.yaml"]
     cands = registries_d_candidates(ROOTLESS, "new")
     assert merge_dropins([(cands[0], ["z.yaml"]), (cands[3], ["z.yaml"])]) == ["/xdg/containers/registries.d/z.yaml"]
+
+
+def test_shadowed_and_hidden_files_for_warnings() -> None:
+    cands = policy_json_candidates(ROOTLESS, "new")
+    everything = shadowed(cands, lambda p: True)
+    assert [c.role for c in everything] == ["admin", "vendor"]
+    assert shadowed(cands, lambda p: p.startswith("/usr")) == []
+    regd = registries_d_candidates(ROOTLESS, "new")
+    listing = [(regd[0], ["a.yaml", "b.yaml"]), (regd[3], ["a.yaml", "c.yaml"]), (regd[6], ["a.yaml"])]
+    assert hidden_dropins(listing) == [
+        ("/etc/containers/registries.d/a.yaml", "/xdg/containers/registries.d/a.yaml"),
+        ("/usr/share/containers/registries.d/a.yaml", "/xdg/containers/registries.d/a.yaml")]
 
 
 def test_storage_conf_order() -> None:

@@ -233,6 +233,33 @@ def first_existing(candidates: Iterable[Candidate], exists: Callable[[str], bool
     return None
 
 
+def shadowed(candidates: Iterable[Candidate], exists: Callable[[str], bool]) -> list[Candidate]:
+    """Candidates that exist but are not read because an earlier one won (for ``show``/``explain`` to warn, e.g.
+    "~/.config/containers/policy.json hides /etc/containers/policy.json"). Only for exclusive lookups."""
+    cands = list(candidates)
+    chosen = first_existing(cands, exists)
+    if chosen is None:
+        return []
+    after = cands[cands.index(chosen) + 1:]
+    return [c for c in after if c.exclusive and exists(c.path)]
+
+
+def hidden_dropins(listing: Iterable[tuple[Candidate, Iterable[str]]], suffix: str = ".yaml") -> list[tuple[str, str]]:
+    """(hidden file, file that hides it) for every drop-in overridden by a same-named file of higher priority."""
+    winner: dict[str, str] = {}
+    hidden: list[tuple[str, str]] = []
+    for cand, names in listing:
+        for name in sorted(names):
+            if not name.endswith(suffix) or "/" in name:
+                continue
+            path = posixpath.join(cand.path, name)
+            if name in winner:
+                hidden.append((path, winner[name]))
+            else:
+                winner[name] = path
+    return hidden
+
+
 def merge_dropins(listing: Iterable[tuple[Candidate, Iterable[str]]], suffix: str = ".yaml") -> list[str]:
     """``readDropInsFromPaths``: given (directory, its entry names) highest priority first, the files read, in order.
 
