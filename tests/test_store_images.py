@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from atomicsig.errors import InputError, StorageError
 from atomicsig.store.images import (
@@ -282,6 +284,9 @@ def test_empty_and_absent_store(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("data", [json.dumps([REC])[:-7].encode(), b"{}", b'[{"names": []}]', b"[" * 100_000,
+                                  json.dumps([{**REC, "big-data-names": ["manifest", [1]]}]).encode(),
+                                  json.dumps([{**REC, "big-data-digests": {"manifest": H1, "x": 3}}]).encode(),
+                                  json.dumps([{**REC, "digest": 7}]).encode(),
                                   json.dumps([{**REC, "digest": "sha256:xyz"}]).encode(), b"\xff\xfe"])
 def test_broken_images_json_is_input_error(tmp_path: Path, data: bytes) -> None:
     with pytest.raises(InputError, match=r"images\.json"):
@@ -350,3 +355,27 @@ def test_rootless_inherits_only_rootless_settings(tmp_path: Path) -> None:
     assert loc.graphroot == "/home/u/st-1000" and loc.driver == "overlay"
     rootful = locate_storage({"HOME": "/root"}, uid=0, root=str(sysroot))
     assert rootful.graphroot == str(sysroot / "var/lib/containers/storage")
+
+
+_json = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+                     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner,
+                                                                                  max_size=4), max_leaves=20)
+_field_values = st.one_of(_json, st.just(H1), st.just(["example.com/a:1", 3]), st.just({"manifest": H1}),
+                          st.just(["manifest", "manifest-" + H1]), st.just(["manifest", [1]]),
+                          st.just({"manifest": H1, "x": 3}))
+_record = st.dictionaries(st.sampled_from(["id", "digest", "names", "big-data-names", "big-data-digests",
+                                           "created", "layer"]), _field_values, max_size=7)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(records=st.lists(st.one_of(_record, _json), max_size=4), manifest=st.binary(max_size=64) | st.just(MANI))
+def test_any_images_json_is_read_or_refused_never_a_crash(tmp_path: Path, records: list[Any],
+                                                          manifest: bytes) -> None:
+    loc = _store(tmp_path, json.dumps(records).encode(), {"manifest": manifest, "manifest-" + H1: manifest})
+    try:
+        images = read_images(loc)
+    except (InputError, StorageError) as exc:
+        assert str(exc)
+        return
+    for img in images:
+        assert img.id and all(isinstance(n, str) for n in img.names)

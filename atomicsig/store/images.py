@@ -316,11 +316,16 @@ def parse_images_json(data: bytes, shown: str) -> list[dict[str, Any]]:
     for i, rec in enumerate(doc):
         if not isinstance(rec, dict) or not isinstance(rec.get("id"), str) or not rec["id"]:
             raise InputError(f"{shown}: image #{i} has no id")
-        for key, kind in (("names", list), ("big-data-names", list), ("big-data-digests", dict)):
+        for key, kind in (("names", list), ("big-data-names", list), ("big-data-digests", dict),
+                          ("names-history", list)):
             if rec.get(key) is not None and not isinstance(rec[key], kind):
                 raise InputError(f"{shown}: image {rec['id']}: {key!r} has the wrong type")
-        if not all(isinstance(n, str) for n in rec.get("names") or ()):
-            raise InputError(f"{shown}: image {rec['id']}: names must be strings")
+        # Go decodes these into []string / map[string]digest.Digest: any other element type fails the whole load
+        for key in ("names", "big-data-names", "names-history"):
+            if not all(isinstance(n, str) for n in rec.get(key) or ()):
+                raise InputError(f"{shown}: image {rec['id']}: {key!r} must hold strings")
+        if not all(isinstance(v, str) for v in (rec.get("big-data-digests") or {}).values()):
+            raise InputError(f"{shown}: image {rec['id']}: 'big-data-digests' must map names to digests")
         digest = rec.get("digest")
         if digest not in (None, "") and _digest_or_none(digest) is None:
             raise InputError(f"{shown}: image {rec['id']}: invalid digest {digest!r}")
