@@ -379,3 +379,28 @@ def test_any_images_json_is_read_or_refused_never_a_crash(tmp_path: Path, record
         return
     for img in images:
         assert img.id and all(isinstance(n, str) for n in img.names)
+
+
+def test_root_conf_order_etc_then_usr_share(tmp_path: Path) -> None:
+    """Root: /etc/containers/storage.conf if present, else /usr/share/containers/storage.conf, else built-ins."""
+    sysroot = tmp_path / "sys"
+    (sysroot / "usr/share/containers").mkdir(parents=True)
+    (sysroot / "usr/share/containers/storage.conf").write_text('[storage]\ndriver = "vfs"\ngraphroot = "/vendor"\n')
+    loc = locate_storage({"HOME": "/root"}, uid=0, root=str(sysroot))
+    assert loc.graphroot == str(sysroot / "vendor") and loc.config_file == str(
+        sysroot / "usr/share/containers/storage.conf")
+    (sysroot / "etc/containers").mkdir(parents=True)
+    (sysroot / "etc/containers/storage.conf").write_text('[storage]\ndriver = "overlay"\n')
+    loc = locate_storage({"HOME": "/root"}, uid=0, root=str(sysroot))
+    assert loc.graphroot == str(sysroot / "var/lib/containers/storage") and loc.driver == "overlay"
+    # STORAGE_DRIVER beats the file; overlay2 is overlay (ReloadConfigurationFile)
+    loc = locate_storage({"HOME": "/root", "STORAGE_DRIVER": "overlay2"}, uid=0, root=str(sysroot))
+    assert loc.driver == "overlay" and loc.driver_source == "STORAGE_DRIVER"
+    # nothing configured: the driver whose store exists, non-vfs first (drivers.New prior-driver scan)
+    (sysroot / "etc/containers/storage.conf").unlink()
+    (sysroot / "usr/share/containers/storage.conf").unlink()
+    store = sysroot / "var/lib/containers/storage"
+    (store / "vfs-images").mkdir(parents=True)
+    assert locate_storage({"HOME": "/root"}, uid=0, root=str(sysroot)).driver == "vfs"
+    (store / "btrfs-images").mkdir()
+    assert locate_storage({"HOME": "/root"}, uid=0, root=str(sysroot)).driver == "btrfs"
