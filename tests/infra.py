@@ -8,150 +8,53 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import gzip
 import hashlib
-import io
 import json
 import os
 import shutil
-import signal
-import socket
+import ssl
 import subprocess
-import tarfile
 import tempfile
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import requests
+from atomicsig.demo import env as demo_env
 
 DOCKER_REGISTRY = shutil.which("docker-registry") or "/usr/bin/docker-registry"
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+# One implementation of the registry launcher, the OCI image builder, the free-port helper, the process-group
+# stop and the gpg-agent stop: the demo's (atomicsig/demo/env.py), which must ship in the wheel. Re-exported here
+# under the names the tests use.
+free_port = demo_env.free_port
+kill_group = demo_env.stop_process
+make_oci_layout = demo_env.oci_layout
 
 
 def wait_http(url: str, timeout: float = 15.0, ok: tuple[int, ...] = (200, 401)) -> None:
-    deadline = time.monotonic() + timeout
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            r = requests.get(url, timeout=1, verify=False)
-            if r.status_code in ok:
-                return
-        except requests.RequestException as exc:
-            last = exc
-        time.sleep(0.05)
-    raise TimeoutError(f"{url} did not come up: {last}")
-
-
-def kill_group(proc: subprocess.Popen[bytes]) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=5)
+    """:func:`atomicsig.demo.env.wait_http`; an https URL is probed without certificate checks (the tests' own
+    self-signed servers on 127.0.0.1)."""
+    context = None
+    if url.startswith("https:"):
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    demo_env.wait_http(url, timeout, ok, context=context)
 
 
 @dataclass
-class Registry:
-    """A real docker-registry (distribution 2.8) on 127.0.0.1, optionally with htpasswd or token auth."""
+class Registry(demo_env.LocalRegistry):
+    """A real docker-registry (distribution 2.8) on 127.0.0.1, optionally with htpasswd or token auth (the demo's
+    launcher, with deletes enabled)."""
 
-    workdir: Path
-    htpasswd: tuple[str, str] | None = None
-    token: dict[str, str] | None = None  # {"realm","service","issuer","rootcertbundle"}
-    port: int = field(default_factory=free_port)
-    proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def host(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def start(self) -> Registry:
-        storage = self.workdir / "storage"
-        storage.mkdir(parents=True, exist_ok=True)
-        auth = ""
-        if self.htpasswd:
-            user, pw = self.htpasswd
-            hpath = self.workdir / "htpasswd"
-            out = subprocess.run(["htpasswd", "-Bbn", user, pw], capture_output=True, check=True).stdout
-            hpath.write_bytes(out)
-            auth = f"auth:\n  htpasswd:\n    realm: test\n    path: {hpath}\n"
-        elif self.token:
-            t = self.token
-            auth = (f"auth:\n  token:\n    realm: {t['realm']}\n    service: {t['service']}\n"
-                    f"    issuer: {t['issuer']}\n    rootcertbundle: {t['rootcertbundle']}\n")
-        cfg = self.workdir / "config.yml"
-        cfg.write_text(
-            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\n"
-            f"storage:\n  filesystem:\n    rootdirectory: {storage}\n  delete:\n    enabled: true\n"
-            f"http:\n  addr: 127.0.0.1:{self.port}\n{auth}"
-        )
-        log = open(self.workdir / "registry.log", "wb")  # noqa: SIM115
-        self.proc = subprocess.Popen([DOCKER_REGISTRY, "serve", str(cfg)], stdout=log, stderr=log,
-                                     start_new_session=True)
-        wait_http(f"http://{self.host}/v2/")
-        return self
-
-    def stop(self) -> None:
-        if self.proc:
-            kill_group(self.proc)
-            self.proc = None
-
-
-def _tar_layer(seed: str) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        data = f"atomicsig test layer {seed}\n".encode()
-        info = tarfile.TarInfo(f"etc/atomicsig-{hashlib.sha256(seed.encode()).hexdigest()[:8]}")
-        info.size = len(data)
-        info.mtime = 0
-        tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
-
-
-def make_oci_layout(dest: Path, seed: str, tag: str = "latest", arch: str = "amd64") -> Path:
-    """A minimal, valid single-layer OCI image layout; ``seed`` makes the digest unique."""
-    blobs = dest / "blobs" / "sha256"
-    blobs.mkdir(parents=True, exist_ok=True)
-
-    def put(data: bytes) -> str:
-        h = hashlib.sha256(data).hexdigest()
-        (blobs / h).write_bytes(data)
-        return h
-
-    raw = _tar_layer(seed)
-    layer = gzip.compress(raw, mtime=0)
-    layer_h = put(layer)
-    config = json.dumps({"architecture": arch, "os": "linux", "config": {},
-                         "rootfs": {"type": "layers", "diff_ids": ["sha256:" + hashlib.sha256(raw).hexdigest()]}},
-                        sort_keys=True).encode()
-    config_h = put(config)
-    mani = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                       "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                                  "digest": "sha256:" + config_h, "size": len(config)},
-                       "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                                   "digest": "sha256:" + layer_h, "size": len(layer)}]}).encode()
-    mani_h = put(mani)
-    (dest / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
-    (dest / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [
-        {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": "sha256:" + mani_h,
-         "size": len(mani), "annotations": {"org.opencontainers.image.ref.name": tag}}]}))
-    return dest
+    delete: bool = True
 
 
 def skopeo(*args: str, check: bool = True, env: dict[str, str] | None = None,
            timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(["skopeo", *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
+    """:func:`atomicsig.demo.env.skopeo`; ``check`` turns a non-zero exit into a test failure."""
+    proc = demo_env.skopeo(list(args), env=env, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"skopeo {' '.join(args)} failed: {proc.stderr.strip()}")
     return proc
@@ -203,7 +106,7 @@ class GpgHome:
         return dest
 
     def kill_agent(self) -> None:
-        subprocess.run(["gpgconf", "--homedir", str(self.path), "--kill", "all"], capture_output=True, check=False)
+        demo_env.kill_gpg_agent(self.path)
 
 
 def signed_by_policy(path: Path, keyfile: Path, scope: str | None = None, identity: dict | None = None,
