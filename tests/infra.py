@@ -15,12 +15,17 @@ import shutil
 import ssl
 import subprocess
 import tempfile
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from atomicsig.demo import env as demo_env
+from atomicsig.gnupg.keyring import Keyring
+from atomicsig.openpgp import build as pgpsign
 
 DOCKER_REGISTRY = shutil.which("docker-registry") or "/usr/bin/docker-registry"
 
@@ -90,8 +95,6 @@ class GpgHome:
     fingerprint: str = ""
 
     def create(self) -> GpgHome:
-        from atomicsig.gnupg.keyring import Keyring
-
         self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
         kr = Keyring(str(self.path))
         key = kr.generate(name="Test Signer", email=self.email, comment=None, algorithm=self.algorithm,
@@ -100,8 +103,6 @@ class GpgHome:
         return self
 
     def export_public(self, dest: Path, armor: bool = False) -> Path:
-        from atomicsig.gnupg.keyring import Keyring
-
         dest.write_bytes(Keyring(str(self.path)).export_public([self.fingerprint], armor=armor))
         return dest
 
@@ -127,8 +128,6 @@ def registries_d(dirpath: Path, lookaside: str, scope: str | None = None) -> Pat
     dirpath.mkdir(parents=True, exist_ok=True)
     section = {"lookaside": lookaside}
     doc = {"docker": {scope: section}} if scope else {"default-docker": section}
-    import yaml
-
     (dirpath / "test.yaml").write_text(yaml.safe_dump(doc))
     return dirpath
 
@@ -231,8 +230,6 @@ class SyncNode:
         return self.dir / "sync.yaml"
 
     def configure(self, sources: list[str], **extra: Any) -> Path:
-        import yaml
-
         self.sigstore.mkdir(parents=True, exist_ok=True)
         doc = {"sigstore": str(self.sigstore), "sources": [{"url": u} for u in sources],
                "trusted-keys": [str(self.pub)], "interval": 0.2, **extra}
@@ -247,3 +244,134 @@ class SyncNode:
 
     def state(self) -> dict[str, Any]:
         return json.loads((self.sigstore / ".atomicsig" / "sync-state.json").read_text())
+
+
+# ---- GnuPG homes made with gpg itself (test_agent_signer, test_memsign) --------------------------------------------
+
+PASSPHRASE = "pw 7c1e%41 x\\y'q"  # a space, a '%' that looks like an escape, quotes: exercises D-line escaping
+
+
+def gpg_batch(home: Path, *args: str) -> str:
+    """Run gpg on a throwaway home for key setup only (empty passphrase; never a real secret in argv)."""
+    proc = subprocess.run(["gpg", "--homedir", str(home), "--batch", "--pinentry-mode", "loopback",
+                           "--passphrase", "", *args], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def primary_fpr(home: Path, uid: str) -> str:
+    out = gpg_batch(home, "--with-colons", "--list-secret-keys", uid)
+    return next(ln.split(":")[9] for ln in out.splitlines() if ln.startswith("fpr:"))
+
+
+def subkey_fprs(home: Path, fpr: str) -> list[str]:
+    out = gpg_batch(home, "--with-colons", "--list-secret-keys", fpr).splitlines()
+    return [out[i + 1].split(":")[9] for i, ln in enumerate(out) if ln.startswith("ssb:")]
+
+
+class Home:
+    """A GnuPG home with one secret key: its primary fingerprint and the (sub)key expected to sign."""
+
+    def __init__(self, path: Path, fpr: str, signing_key: str, pubkey_algo: int) -> None:
+        self.path, self.fpr, self.signing_key, self.pubkey_algo = path, fpr, signing_key, pubkey_algo
+
+    @property
+    def keyring(self) -> Keyring:
+        return Keyring(str(self.path))
+
+    def public(self) -> bytes:
+        return self.keyring.export_public([self.fpr], armor=False)
+
+    def kill_agent(self) -> None:
+        demo_env.kill_gpg_agent(self.path)
+
+
+def quick_home(base: Path, name: str, algo: str) -> Home:
+    path = base / name
+    path.mkdir(mode=0o700)
+    uid = f"{name} <{name}@example.com>"
+    gpg_batch(path, "--quick-gen-key", uid, algo, "sign", "0")
+    fpr = primary_fpr(path, uid)
+    algo_id = int(gpg_batch(path, "--with-colons", "--list-secret-keys", fpr).split("sec:")[1].split(":")[2])
+    return Home(path, fpr, fpr, algo_id)
+
+
+def primary_key_homes(base: Path, signer: GpgHome) -> dict[str, Home]:
+    """One home per key type whose primary key signs (the session's Ed25519 signer, RSA-2048, NIST P-256)."""
+    return {
+        "ed25519": Home(signer.path, signer.fingerprint, signer.fingerprint, pgpsign.PUBKEY_EDDSA),
+        "rsa2048": quick_home(base, "rsa", "rsa2048"),
+        "nistp256": quick_home(base, "ecdsa", "nistp256"),
+    }
+
+
+class CmdlineWatch:
+    """Scan every process's /proc/PID/cmdline in the background for a secret while the test runs."""
+
+    def __init__(self, secret: str) -> None:
+        self.secret = secret.encode()
+        self.hits: list[str] = []
+        self.scans = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for pid in os.listdir("/proc"):
+                if not pid.isdigit():
+                    continue
+                try:
+                    with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                        if self.secret in fh.read():
+                            self.hits.append(pid)
+                except OSError:
+                    continue
+            self.scans += 1
+
+    def __enter__(self) -> CmdlineWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+# ---- a node's policy tree as ``policy apply --root`` writes it (test_policy_apply, test_policy_e2e) ---------------
+
+POLICY = "etc/containers/policy.json"
+REGD = "etc/containers/registries.d"
+REGFILE = f"{REGD}/atomicsig.yaml"
+KEYDIR = "etc/pki/containers"
+STATE = "var/lib/atomicsig/policy-state.json"
+
+LEGACY_HEADER = "# Managed by atomicsig (atomicsig policy apply); local edits are overwritten.\n"
+
+
+def legacy_layout(root: Path) -> list[str]:
+    """Rewrite a node applied by this version into what atomicsig wrote before content-addressed keyrings and the
+    single registries.d file: one ``atomicsig-<scope>.yaml`` per scope, ``atomicsig-<names>.gpg`` keyrings,
+    policy.json naming those, and a state record owning them. Returns the per-scope file names."""
+    sections = yaml.safe_load((root / REGFILE).read_text())["docker"]
+    files, names = [], []
+    for scope, section in sections.items():
+        name = "atomicsig-" + scope.replace("/", "-").replace(":", "_").replace("@", "_").replace("*", "_") + ".yaml"
+        (root / REGD / name).write_text(LEGACY_HEADER + yaml.safe_dump({"docker": {scope: section}}))
+        files.append(f"/{REGD}/{name}")
+        names.append(name)
+    (root / REGFILE).unlink()
+    text = (root / POLICY).read_text()
+    for kr in (root / KEYDIR).glob("atomicsig-*.gpg"):
+        legacy = kr.name.rsplit("-", 1)[0] + ".gpg"
+        kr.rename(kr.with_name(legacy))
+        text = text.replace(kr.name, legacy)
+        files.append(f"/{KEYDIR}/{legacy}")
+    (root / POLICY).write_text(text)
+    state = json.loads((root / STATE).read_text())
+    state["files"] = sorted(files)
+    for hashes in ("sha256", "scope_sha256"):  # kept only since issue 12 #9
+        state.pop(hashes, None)
+    (root / STATE).write_text(json.dumps(state, indent=2) + "\n")
+    for p in root.rglob("*.atomicsig-bak.*"):
+        p.unlink()
+    return names

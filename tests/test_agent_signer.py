@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,63 +26,23 @@ from atomicsig.signers import factory
 from atomicsig.signers import gpg as signers_gpg
 from atomicsig.store.directory import DirectoryStore
 from tests.conftest import needs_registry
-from tests.infra import GpgHome, Registry, push_image, registries_d, signed_by_policy, skopeo, skopeo_pull
-
-PASSPHRASE = "pw 7c1e%41 x\\y'q"  # a space, a '%' that looks like an escape, quotes: exercises D-line escaping
-
-
-def _gpg(home: Path, *args: str) -> str:
-    """Run gpg on a throwaway home for key setup only (empty passphrase; never a real secret in argv)."""
-    proc = subprocess.run(["gpg", "--homedir", str(home), "--batch", "--pinentry-mode", "loopback",
-                           "--passphrase", "", *args], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout
-
-
-def _primary_fpr(home: Path, uid: str) -> str:
-    out = _gpg(home, "--with-colons", "--list-secret-keys", uid)
-    return next(ln.split(":")[9] for ln in out.splitlines() if ln.startswith("fpr:"))
-
-
-def _subkey_fprs(home: Path, fpr: str) -> list[str]:
-    out = _gpg(home, "--with-colons", "--list-secret-keys", fpr).splitlines()
-    return [out[i + 1].split(":")[9] for i, ln in enumerate(out) if ln.startswith("ssb:")]
-
-
-class Home:
-    """A GnuPG home with one secret key: its primary fingerprint and the (sub)key expected to sign."""
-
-    def __init__(self, path: Path, fpr: str, signing_key: str, pubkey_algo: int) -> None:
-        self.path, self.fpr, self.signing_key, self.pubkey_algo = path, fpr, signing_key, pubkey_algo
-
-    @property
-    def keyring(self) -> Keyring:
-        return Keyring(str(self.path))
-
-    def public(self) -> bytes:
-        return self.keyring.export_public([self.fpr], armor=False)
-
-    def kill_agent(self) -> None:
-        subprocess.run(["gpgconf", "--homedir", str(self.path), "--kill", "all"], capture_output=True, check=False)
-
-
-def _quick_home(base: Path, name: str, algo: str) -> Home:
-    path = base / name
-    path.mkdir(mode=0o700)
-    uid = f"{name} <{name}@example.com>"
-    _gpg(path, "--quick-gen-key", uid, algo, "sign", "0")
-    fpr = _primary_fpr(path, uid)
-    algo_id = int(_gpg(path, "--with-colons", "--list-secret-keys", fpr).split("sec:")[1].split(":")[2])
-    return Home(path, fpr, fpr, algo_id)
-
-
-def primary_key_homes(base: Path, signer: GpgHome) -> dict[str, Home]:
-    """One home per key type whose primary key signs (the session's Ed25519 signer, RSA-2048, NIST P-256)."""
-    return {
-        "ed25519": Home(signer.path, signer.fingerprint, signer.fingerprint, pgpsign.PUBKEY_EDDSA),
-        "rsa2048": _quick_home(base, "rsa", "rsa2048"),
-        "nistp256": _quick_home(base, "ecdsa", "nistp256"),
-    }
+from tests.infra import (
+    PASSPHRASE,
+    CmdlineWatch,
+    GpgHome,
+    Home,
+    Registry,
+    gpg_batch,
+    primary_fpr,
+    primary_key_homes,
+    push_image,
+    quick_home,
+    registries_d,
+    signed_by_policy,
+    skopeo,
+    skopeo_pull,
+    subkey_fprs,
+)
 
 
 @pytest.fixture(scope="module")
@@ -96,12 +53,12 @@ def homes(tmp_path_factory: pytest.TempPathFactory, signer: GpgHome) -> Iterator
     # --local-user skips the expired one and signs with the older valid one.
     path = base / "sub"
     path.mkdir(mode=0o700)
-    _gpg(path, "--quick-gen-key", "Sub <sub@example.com>", "ed25519", "cert", "0")
-    fpr = _primary_fpr(path, "sub@example.com")
-    _gpg(path, "--quick-add-key", fpr, "nistp256/ecdsa", "sign", "0")
+    gpg_batch(path, "--quick-gen-key", "Sub <sub@example.com>", "ed25519", "cert", "0")
+    fpr = primary_fpr(path, "sub@example.com")
+    gpg_batch(path, "--quick-add-key", fpr, "nistp256/ecdsa", "sign", "0")
     time.sleep(1.1)  # creation times have one-second resolution; the expired subkey must be strictly newer
-    _gpg(path, "--quick-add-key", fpr, "ed25519", "sign", "seconds=1")
-    valid, expired = _subkey_fprs(path, fpr)
+    gpg_batch(path, "--quick-add-key", fpr, "ed25519", "sign", "seconds=1")
+    valid, expired = subkey_fprs(path, fpr)
     out["subkey"] = Home(path, fpr, valid, pgpsign.PUBKEY_ECDSA)
     out["subkey"].expired_subkey = expired  # type: ignore[attr-defined]
     time.sleep(2.1)  # let the newer subkey expire (gpg: expired once its expiry is before now)
@@ -198,38 +155,6 @@ def test_skopeo_copy_accepts_image_signed_through_agent(homes: dict[str, Home], 
 
 
 # ---- passphrases ----------------------------------------------------------------------------------------------
-
-
-class CmdlineWatch:
-    """Scan every process's /proc/PID/cmdline in the background for a secret while the test runs."""
-
-    def __init__(self, secret: str) -> None:
-        self.secret = secret.encode()
-        self.hits: list[str] = []
-        self.scans = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            for pid in os.listdir("/proc"):
-                if not pid.isdigit():
-                    continue
-                try:
-                    with open(f"/proc/{pid}/cmdline", "rb") as fh:
-                        if self.secret in fh.read():
-                            self.hits.append(pid)
-                except OSError:
-                    continue
-            self.scans += 1
-
-    def __enter__(self) -> CmdlineWatch:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 @pytest.fixture(scope="module")
@@ -421,7 +346,7 @@ def test_agent_error_codes_are_parsed(homes: dict[str, Home]) -> None:
 
 @pytest.fixture(scope="module")
 def dsa_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Home]:
-    h = _quick_home(tmp_path_factory.mktemp("agent-dsa"), "dsa", "dsa2048")
+    h = quick_home(tmp_path_factory.mktemp("agent-dsa"), "dsa", "dsa2048")
     yield h
     h.kill_agent()
 

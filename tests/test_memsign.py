@@ -21,15 +21,16 @@ from atomicsig.openpgp import secret as openpgp_secret
 from atomicsig.signers import agent as agentsign
 from atomicsig.signers import factory
 from atomicsig.signers import memory as memsign
-from tests.infra import GpgHome, skopeo
-from tests.test_agent_signer import (
+from tests.infra import (
     PASSPHRASE,
     CmdlineWatch,
+    GpgHome,
     Home,
-    _gpg,
-    _primary_fpr,
-    _subkey_fprs,
+    gpg_batch,
+    primary_fpr,
     primary_key_homes,
+    skopeo,
+    subkey_fprs,
 )
 
 DIGEST = "sha256:" + "cd" * 32
@@ -44,11 +45,11 @@ def homes(tmp_path_factory: pytest.TempPathFactory, signer: GpgHome) -> Iterator
     # signer must skip, not refuse).
     path = base / "sub"
     path.mkdir(mode=0o700)
-    _gpg(path, "--quick-gen-key", "Sub <sub@example.com>", "ed25519", "cert", "0")
-    fpr = _primary_fpr(path, "sub@example.com")
-    _gpg(path, "--quick-add-key", fpr, "cv25519", "encr", "0")
-    _gpg(path, "--quick-add-key", fpr, "rsa2048", "sign", "0")
-    _encr, signing = _subkey_fprs(path, fpr)
+    gpg_batch(path, "--quick-gen-key", "Sub <sub@example.com>", "ed25519", "cert", "0")
+    fpr = primary_fpr(path, "sub@example.com")
+    gpg_batch(path, "--quick-add-key", fpr, "cv25519", "encr", "0")
+    gpg_batch(path, "--quick-add-key", fpr, "rsa2048", "sign", "0")
+    _encr, signing = subkey_fprs(path, fpr)
     out["subkey"] = Home(path, fpr, signing, pgpsign.PUBKEY_RSA)
     yield out
     for name, h in out.items():
