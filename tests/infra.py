@@ -9,17 +9,23 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import http.server
+import io
 import json
 import os
 import shutil
+import socket
 import ssl
 import subprocess
+import sys
 import tempfile
 import threading
-from collections.abc import Iterator
+import time
+import urllib.parse
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import yaml
 
@@ -375,3 +381,235 @@ def legacy_layout(root: Path) -> list[str]:
     for p in root.rglob("*.atomicsig-bak.*"):
         p.unlink()
     return names
+
+
+# ---- small real HTTP servers on 127.0.0.1: the one fake-server helper, and a runner for atomicsig's own WSGI apps ---
+
+
+@dataclass
+class Reply:
+    """One scripted HTTP answer. A body without a Content-Length header gets one, unless ``chunked`` (then it is
+    sent with ``Transfer-Encoding: chunked``, i.e. without a length). A declared Content-Length that the body
+    does not match is sent as is, and the connection is closed after it (a truncated or lying answer)."""
+
+    status: int = 200
+    body: bytes | Iterable[bytes] = b""
+    headers: Mapping[str, str] | Sequence[tuple[str, str]] = ()
+    chunked: bool = False
+
+
+@dataclass
+class Hit:
+    """One request a fake server received (before it answered)."""
+
+    at: float
+    method: str
+    path: str
+    range: str
+
+
+class FakeRequest(http.server.BaseHTTPRequestHandler):
+    """The request as a fake's :meth:`FakeServer.handle` sees it: ``command``, ``route`` (the decoded path without
+    the query), ``query``, ``headers``, :meth:`body`; ``wfile`` for a handler that writes a raw answer itself."""
+
+    protocol_version = "HTTP/1.1"
+    server: _FakeHTTPServer
+    route: str
+    query: str
+    _body: bytes | None = None
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def handle(self) -> None:
+        # A TLS ClientHello (0x16) to a plain-HTTP fake has no newline to end a request line: close, as a real
+        # plain-HTTP server's client sees it, instead of waiting for one.
+        if self.server.fake.tls is None:
+            with contextlib.suppress(OSError):
+                if self.request.recv(1, socket.MSG_PEEK) == b"\x16":
+                    return
+        super().handle()
+
+    def joined_headers(self) -> dict[str, str]:
+        """The request headers, a repeated one (skopeo sends several ``Accept``) joined with ", " as WSGI does."""
+        out: dict[str, str] = {}
+        for k, v in self.headers.items():
+            out[k] = f"{out[k]}, {v}" if k in out else v
+        return out
+
+    def body(self) -> bytes:
+        """The request body (Content-Length or chunked), read once."""
+        if self._body is None:
+            if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+                parts = []
+                while size := int(self.rfile.readline().split(b";")[0], 16):
+                    parts.append(self.rfile.read(size))
+                    self.rfile.readline()
+                while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                    pass
+                self._body = b"".join(parts)
+            else:
+                self._body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        return self._body
+
+    def _serve(self) -> None:
+        path, _, self.query = self.path.partition("?")
+        self.route = urllib.parse.unquote(path)
+        fake = self.server.fake
+        fake.hits.append(Hit(time.monotonic(), self.command, self.route, self.headers.get("Range", "")))
+        script = fake.routes.get(self.route)
+        if script:
+            reply: Reply | None = script[min(fake.count(self.route) - 1, len(script) - 1)]
+        else:
+            reply = fake.handle(self)
+        if reply is not None:
+            self.reply(reply)
+
+    do_GET = do_HEAD = do_PUT = do_POST = do_PATCH = do_DELETE = _serve
+
+    def reply(self, reply: Reply) -> None:
+        """Send ``reply`` (see :class:`Reply`); the body is not sent to a HEAD request."""
+        headers = list(reply.headers.items() if isinstance(reply.headers, Mapping) else reply.headers)
+        declared = next((int(v) for k, v in headers if k.lower() == "content-length"), None)
+        chunks: Iterable[bytes] = [reply.body] if isinstance(reply.body, bytes) else reply.body
+        if declared is None and not reply.chunked:
+            chunks = [b"".join(chunks)]
+            headers.append(("Content-Length", str(len(chunks[0]))))
+        if reply.chunked:
+            headers.append(("Transfer-Encoding", "chunked"))
+        self.send_response(reply.status)
+        for k, v in headers:
+            self.send_header(k, v)
+        self.end_headers()
+        if self.command == "HEAD":
+            return
+        sent = 0
+        for chunk in chunks:
+            if chunk:
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if reply.chunked else chunk)
+                sent += len(chunk)
+        if reply.chunked:
+            self.wfile.write(b"0\r\n\r\n")
+        elif declared is not None and sent != declared:
+            self.close_connection = True
+
+
+class _FakeHTTPServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, fake: FakeServer) -> None:
+        self.fake = fake
+        super().__init__(("127.0.0.1", 0), FakeRequest)
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        if self.fake.tls is not None:  # the handshake in the connection's thread, not the accept loop
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(str(self.fake.tls[0]), str(self.fake.tls[1]))
+            try:
+                request = context.wrap_socket(request, server_side=True)
+            except (OSError, ssl.SSLError):
+                return
+        super().finish_request(request, client_address)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # a client that hangs up mid-answer is what several fakes provoke
+
+
+class FakeServer:
+    """A scripted peer, registry or token service for tests: real HTTP/1.1 (optionally TLS) on a free 127.0.0.1
+    port, one thread per connection, started and stopped by ``with``.
+
+    ``script(path, *replies)`` answers requests for ``path`` in turn (the last reply repeats); other paths go to
+    :meth:`handle`, which a fake overrides (the default is 404). A handler returns a :class:`Reply`, or writes a
+    raw answer to ``req.wfile`` itself and returns None (a trickled header, a connection held open until
+    ``release`` is set, which happens when the server stops). ``hits`` records every request."""
+
+    def __init__(self, *, tls: tuple[Path, Path] | None = None) -> None:
+        self.tls = tls
+        self.routes: dict[str, list[Reply]] = {}
+        self.hits: list[Hit] = []
+        self.release = threading.Event()
+        self.url = ""
+        self._httpd: _FakeHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    def script(self, path: str, *replies: Reply) -> None:
+        self.routes[path] = list(replies)
+
+    def count(self, path: str) -> int:
+        """How many requests for ``path`` arrived."""
+        return sum(1 for h in self.hits if h.path == path)
+
+    def handle(self, req: FakeRequest) -> Reply | None:
+        return Reply(404, b"not found")
+
+    def __enter__(self) -> Self:
+        self._httpd = _FakeHTTPServer(self)
+        self.url = f"{'https' if self.tls else 'http'}://127.0.0.1:{self._httpd.server_address[1]}"
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                                        daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release.set()
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            self._httpd = None
+
+    @property
+    def host(self) -> str:
+        """``127.0.0.1:<port>``, as a registry reference names it."""
+        return self.url.split("://", 1)[1]
+
+
+def call_wsgi(app: Callable[..., Iterable[bytes]], req: FakeRequest) -> Reply:
+    """Answer ``req`` with a WSGI ``app`` (e.g. atomicsig's own SignatureServer inside a fake registry)."""
+    body = req.body() if req.command not in ("GET", "HEAD") else b""
+    environ: dict[str, Any] = {
+        "REQUEST_METHOD": req.command, "PATH_INFO": req.route, "QUERY_STRING": req.query, "REQUEST_URI": req.path,
+        "SERVER_NAME": "127.0.0.1", "SERVER_PORT": str(req.server.server_address[1]),
+        "SERVER_PROTOCOL": "HTTP/1.1", "REMOTE_ADDR": req.client_address[0], "CONTENT_LENGTH": str(len(body)),
+        "CONTENT_TYPE": req.headers.get("Content-Type", ""), "wsgi.input": io.BytesIO(body),
+        "wsgi.url_scheme": "https" if req.server.fake.tls else "http", "wsgi.errors": sys.stderr,
+        "wsgi.version": (1, 0), "wsgi.multithread": True, "wsgi.multiprocess": False, "wsgi.run_once": False}
+    for k, v in req.joined_headers().items():
+        if k.lower() not in ("content-type", "content-length"):
+            environ["HTTP_" + k.upper().replace("-", "_")] = v
+    answer: dict[str, Any] = {}
+
+    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Callable[..., Any]:
+        answer["status"], answer["headers"] = int(status.split(" ", 1)[0]), headers
+        return lambda data: None
+
+    result = app(environ, start_response)
+    try:
+        data = b"".join(result)
+    finally:
+        close = getattr(result, "close", None)
+        if close is not None:
+            close()
+    return Reply(answer["status"], data, answer["headers"])
+
+
+@contextlib.contextmanager
+def run_wsgi(app: Callable[..., Iterable[bytes]], *, port: int | None = None, tls: tuple[str, str] | None = None,
+             threads: int = 8) -> Iterator[str]:
+    """Run one of atomicsig's own WSGI apps on its production server (cheroot, ``serve.server.make_server``) at
+    127.0.0.1 in a thread; yields the base URL; stops the server afterwards. Fakes use :class:`FakeServer`."""
+    from atomicsig.serve.server import make_server
+
+    port = port or free_port()
+    server = make_server(app, f"127.0.0.1:{port}", tls_cert=tls[0] if tls else None,
+                         tls_key=tls[1] if tls else None, threads=threads)
+    server.prepare()
+    t = threading.Thread(target=server.serve, daemon=True)
+    t.start()
+    base = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
+    try:
+        wait_http(base + "/healthz", ok=(200, 401, 404))
+        yield base
+    finally:
+        server.stop()
+        t.join(timeout=10)

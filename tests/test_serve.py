@@ -25,8 +25,7 @@ from atomicsig.serve.server import ServerConfig, SignatureServer, load_config
 from atomicsig.store.directory import DirectoryStore
 from atomicsig.store.sigdir import read_dir
 from tests.conftest import needs_registry
-from tests.infra import GpgHome, push_image, registries_d, signed_by_policy, skopeo_pull
-from tests.tokenserver import run_wsgi
+from tests.infra import GpgHome, push_image, registries_d, run_wsgi, signed_by_policy, skopeo_pull
 
 pytestmark = pytest.mark.slow
 
