@@ -30,6 +30,7 @@ from typing import Any, Self
 import yaml
 
 from atomicsig.demo import env as demo_env
+from atomicsig.format import payload
 from atomicsig.gnupg.keyring import Keyring
 from atomicsig.openpgp import build as pgpsign
 
@@ -107,6 +108,11 @@ class GpgHome:
                           expire="0", passphrase=self.passphrase)
         self.fingerprint = key.fingerprint
         return self
+
+    def sign_image(self, identity: str, digest: str, *, timestamp: int | None = None) -> bytes:
+        """A real gpg signature by this home's key over the simple-signing payload for ``identity`` at ``digest``."""
+        return Keyring(str(self.path)).sign(payload.build(identity, digest, timestamp=timestamp), self.fingerprint,
+                                            None)
 
     def export_public(self, dest: Path, armor: bool = False) -> Path:
         dest.write_bytes(Keyring(str(self.path)).export_public([self.fingerprint], armor=armor))
@@ -300,6 +306,19 @@ def quick_home(base: Path, name: str, algo: str) -> Home:
     fpr = primary_fpr(path, uid)
     algo_id = int(gpg_batch(path, "--with-colons", "--list-secret-keys", fpr).split("sec:")[1].split(":")[2])
     return Home(path, fpr, fpr, algo_id)
+
+
+def certify_only_home(path: Path, *subkeys: tuple[str, str, str], apart: float = 0.0) -> tuple[str, list[str]]:
+    """A GnuPG home at ``path`` whose ed25519 primary key only certifies, with ``subkeys`` (algorithm, usage,
+    expiry) added in order, ``apart`` seconds apart; returns the primary's fingerprint and the subkeys'."""
+    path.mkdir(mode=0o700)
+    gpg_batch(path, "--quick-gen-key", "Sub <sub@example.com>", "ed25519", "cert", "0")
+    fpr = primary_fpr(path, "sub@example.com")
+    for i, (algo, usage, expire) in enumerate(subkeys):
+        if i:
+            time.sleep(apart)
+        gpg_batch(path, "--quick-add-key", fpr, algo, usage, expire)
+    return fpr, subkey_fprs(path, fpr)
 
 
 def primary_key_homes(base: Path, signer: GpgHome) -> dict[str, Home]:

@@ -32,8 +32,7 @@ from tests.infra import (
     GpgHome,
     Home,
     Registry,
-    gpg_batch,
-    primary_fpr,
+    certify_only_home,
     primary_key_homes,
     push_image,
     quick_home,
@@ -41,7 +40,6 @@ from tests.infra import (
     signed_by_policy,
     skopeo,
     skopeo_pull,
-    subkey_fprs,
 )
 
 
@@ -51,15 +49,10 @@ def homes(tmp_path_factory: pytest.TempPathFactory, signer: GpgHome) -> Iterator
     out = primary_key_homes(base, signer)
     # A certify-only primary, a valid signing subkey, then a *newer* signing subkey that has expired: gpg
     # --local-user skips the expired one and signs with the older valid one.
-    path = base / "sub"
-    path.mkdir(mode=0o700)
-    gpg_batch(path, "--quick-gen-key", "Sub <sub@example.com>", "ed25519", "cert", "0")
-    fpr = primary_fpr(path, "sub@example.com")
-    gpg_batch(path, "--quick-add-key", fpr, "nistp256/ecdsa", "sign", "0")
-    time.sleep(1.1)  # creation times have one-second resolution; the expired subkey must be strictly newer
-    gpg_batch(path, "--quick-add-key", fpr, "ed25519", "sign", "seconds=1")
-    valid, expired = subkey_fprs(path, fpr)
-    out["subkey"] = Home(path, fpr, valid, pgpsign.PUBKEY_ECDSA)
+    # Creation times have one-second resolution; the expired subkey must be strictly newer.
+    fpr, (valid, expired) = certify_only_home(base / "sub", ("nistp256/ecdsa", "sign", "0"),
+                                              ("ed25519", "sign", "seconds=1"), apart=1.1)
+    out["subkey"] = Home(base / "sub", fpr, valid, pgpsign.PUBKEY_ECDSA)
     out["subkey"].expired_subkey = expired  # type: ignore[attr-defined]
     time.sleep(2.1)  # let the newer subkey expire (gpg: expired once its expiry is before now)
     yield out

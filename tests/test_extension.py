@@ -111,16 +111,13 @@ def _fresh_clients() -> None:
 @pytest.mark.slow
 @needs_registry
 def test_extension_store_put_skip_read(front: tuple[RegistryFront, str], signer, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    from atomicsig.format import payload
-    from atomicsig.gnupg.keyring import Keyring
-
     app, host = front
     client = RegistryClient(host, tls_verify=False)
     assert client.supports_signatures
     store = ExtensionStore(client)
     ref = parse(f"{host}/ext/unit:1")
     assert store.read(ref, DIGEST) == []
-    blob = Keyring(str(signer.path)).sign(payload.build(str(ref), DIGEST), signer.fingerprint, None)
+    blob = signer.sign_image(str(ref), DIGEST)
     res = store.append(ref, DIGEST, blob)
     assert res.created
     again = store.append(ref, DIGEST, blob)

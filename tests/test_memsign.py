@@ -26,11 +26,9 @@ from tests.infra import (
     CmdlineWatch,
     GpgHome,
     Home,
-    gpg_batch,
-    primary_fpr,
+    certify_only_home,
     primary_key_homes,
     skopeo,
-    subkey_fprs,
 )
 
 DIGEST = "sha256:" + "cd" * 32
@@ -43,14 +41,8 @@ def homes(tmp_path_factory: pytest.TempPathFactory, signer: GpgHome) -> Iterator
     out = primary_key_homes(base, signer)
     # A certify-only primary with an RSA signing subkey and an ECDH encryption subkey (a packet the memory
     # signer must skip, not refuse).
-    path = base / "sub"
-    path.mkdir(mode=0o700)
-    gpg_batch(path, "--quick-gen-key", "Sub <sub@example.com>", "ed25519", "cert", "0")
-    fpr = primary_fpr(path, "sub@example.com")
-    gpg_batch(path, "--quick-add-key", fpr, "cv25519", "encr", "0")
-    gpg_batch(path, "--quick-add-key", fpr, "rsa2048", "sign", "0")
-    _encr, signing = subkey_fprs(path, fpr)
-    out["subkey"] = Home(path, fpr, signing, pgpsign.PUBKEY_RSA)
+    fpr, (_encr, signing) = certify_only_home(base / "sub", ("cv25519", "encr", "0"), ("rsa2048", "sign", "0"))
+    out["subkey"] = Home(base / "sub", fpr, signing, pgpsign.PUBKEY_RSA)
     yield out
     for name, h in out.items():
         if name != "ed25519":  # the session fixture owns that agent

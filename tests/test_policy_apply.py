@@ -327,29 +327,35 @@ def test_500_scopes_apply_and_reapply(cli, tmp_path: Path, signer: GpgHome, sign
     assert (code, out.strip()) == (0, "unchanged")
 
 
-def test_interrupted_apply_leaves_old_policy_then_completes(cli, setup, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def fail_staged_policy_write(monkeypatch: pytest.MonkeyPatch) -> Callable[[], None]:
+    """Make writing the staged policy.json (before its rename) fail, as a crash there would; returns the undo."""
     from atomicsig import fsutil
     from atomicsig.errors import StorageError
 
-    root, yml, signer = setup
-    (root / "etc/containers").mkdir(parents=True)
-    old = json.dumps({"default": [{"type": "insecureAcceptAnything"}]})
-    (root / POLICY).write_text(old)
     real = fsutil.atomic_write_at
 
     def failing(dir_fd, name, data, mode=0o644, **kw):  # type: ignore[no-untyped-def]
-        if name == "policy.json.atomicsig-next":  # the staged policy.json, before its rename
+        if name == "policy.json.atomicsig-next":
             raise StorageError(f"cannot write {name}: simulated crash")
         return real(dir_fd, name, data, mode, **kw)
 
     monkeypatch.setattr(fsutil, "atomic_write_at", failing)
+    return lambda: monkeypatch.setattr(fsutil, "atomic_write_at", real)
+
+
+def test_interrupted_apply_leaves_old_policy_then_completes(cli, setup, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    root, yml, signer = setup
+    (root / "etc/containers").mkdir(parents=True)
+    old = json.dumps({"default": [{"type": "insecureAcceptAnything"}]})
+    (root / POLICY).write_text(old)
+    restore = fail_staged_policy_write(monkeypatch)
     code, _, err = apply(cli, yml, root, signer)
     assert code == 3 and "simulated crash" in err
     assert (root / POLICY).read_text() == old  # nodes still enforce the complete old policy
     kr = keyring(root, "prod")  # written before policy.json
     intent = json.loads((root / STATE).read_text())
     assert f"/etc/pki/containers/{kr.name}" in intent["files"]  # claimed before writing: no orphans
-    monkeypatch.setattr(fsutil, "atomic_write_at", real)
+    restore()
     code, out, err = apply(cli, yml, root, signer)
     assert code == 0, err
     assert f"update  {root}/etc/containers/policy.json" in out
@@ -357,22 +363,12 @@ def test_interrupted_apply_leaves_old_policy_then_completes(cli, setup, monkeypa
 
 
 def test_files_from_an_interrupted_apply_are_cleaned_up_later(cli, setup, monkeypatch, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    from atomicsig import fsutil
-    from atomicsig.errors import StorageError
-
     root, yml, signer = setup
-    real = fsutil.atomic_write_at
-
-    def failing(dir_fd, name, data, mode=0o644, **kw):  # type: ignore[no-untyped-def]
-        if name == "policy.json.atomicsig-next":  # the staged policy.json, before its rename
-            raise StorageError("simulated crash")
-        return real(dir_fd, name, data, mode, **kw)
-
-    monkeypatch.setattr(fsutil, "atomic_write_at", failing)
+    restore = fail_staged_policy_write(monkeypatch)
     assert apply(cli, yml, root, signer)[0] == 3
     assert (root / f"{REGFILE}.atomicsig-next").exists() and not (root / REGFILE).exists()
     assert keyring(root, "prod").exists()
-    monkeypatch.setattr(fsutil, "atomic_write_at", real)
+    restore()
     small = tmp_path / "small.yaml"
     small.write_text("default: reject\nscopes:\n  docker.io/library: {action: accept}\n")
     code, _, err = apply(cli, small, root, signer)
@@ -544,20 +540,13 @@ def test_migration_killed_before_the_rename_rolls_forward(a_to_b, tmp_path: Path
 
 def test_changed_key_gets_a_new_name_and_the_old_one_outlives_the_old_policy(a_to_b, tmp_path: Path,
                                                                           monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    from atomicsig import fsutil
     from atomicsig.errors import StorageError
 
     root = tmp_path / "node"
     _converge(root, *a_to_b["a"])
     old_key = keyring(root, "prod")
     old_policy = (root / POLICY).read_bytes()
-    real = fsutil.atomic_write_at
-
-    def failing(dir_fd, name, data, mode=0o644, **kw):  # type: ignore[no-untyped-def]
-        if name == "policy.json.atomicsig-next":  # the staged policy.json, before its rename
-            raise StorageError("simulated crash")
-        return real(dir_fd, name, data, mode, **kw)
-    monkeypatch.setattr(fsutil, "atomic_write_at", failing)
+    fail_staged_policy_write(monkeypatch)
     with pytest.raises(StorageError):
         policy_apply.execute(policy_apply.plan(*a_to_b["b"], root))
     monkeypatch.undo()

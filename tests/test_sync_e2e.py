@@ -52,10 +52,6 @@ HEX1 = "1" * 64
 ATOMICSIG = [sys.executable, "-m", "atomicsig"]
 
 
-def sign(home: GpgHome, identity: str, digest: str) -> bytes:
-    return Keyring(str(home.path)).sign(payload.build(identity, digest), home.fingerprint, None)
-
-
 def contents(root: Path) -> dict[str, list[bytes]]:
     """digest dir → blobs, read as c/image reads (stops at the first gap); asserts there is no gap."""
     out: dict[str, list[bytes]] = {}
@@ -98,10 +94,10 @@ def node(tmp_path: Path, signer_pub: Path) -> Callable[[str], Node]:
 @pytest.fixture(scope="module")
 def sigs(signer: GpgHome, other_signer: GpgHome) -> dict[str, bytes]:
     return {
-        "x": sign(signer, "example.com/ns/app:x", D1), "y": sign(signer, "example.com/ns/app:y", D1),
-        "z": sign(signer, "example.com/ns/app:z", D2), "w": sign(signer, "example.com/ns/app:w", D1),
-        "other": sign(other_signer, "example.com/ns/app:x", D1),
-        "wrongdigest": sign(signer, "example.com/ns/app:x", D2),
+        "x": signer.sign_image("example.com/ns/app:x", D1), "y": signer.sign_image("example.com/ns/app:y", D1),
+        "z": signer.sign_image("example.com/ns/app:z", D2), "w": signer.sign_image("example.com/ns/app:w", D1),
+        "other": other_signer.sign_image("example.com/ns/app:x", D1),
+        "wrongdigest": signer.sign_image("example.com/ns/app:x", D2),
     }
 
 
@@ -362,7 +358,7 @@ def test_skopeo_accepts_image_signed_on_a(cli: Any, node: Callable[[str], Node],
     policy = signed_by_policy(tmp_path / "policy.json", signer_pub)
     regd = registries_d(tmp_path / "registries.d", f"file://{c.sigstore}")
     assert skopeo_pull(ref, policy, regd, tmp_path).returncode != 0  # nothing on C yet
-    a.add(sign(signer, ref, digest), digest, ref)
+    a.add(signer.sign_image(ref, digest), digest, ref)
     with serve(a.sigstore) as url:
         c.configure([url])
         assert sync_once(cli, c)[0] == 0

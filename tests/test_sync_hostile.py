@@ -25,9 +25,7 @@ from typing import Any
 import pytest
 
 from atomicsig.errors import InputError
-from atomicsig.format import payload
 from atomicsig.format.reference import parse
-from atomicsig.gnupg.keyring import Keyring
 from atomicsig.store.directory import DirectoryStore
 from atomicsig.store.journal import sha256_hex
 from tests.infra import FakeRequest, FakeServer, GpgHome, Reply, SyncNode, free_port, kill_group, serve_sigstore
@@ -39,15 +37,11 @@ EPOCH = "e" * 32
 HEADER = f"atomicsig-journal 1 {EPOCH}\n".encode()
 
 
-def sign(home: GpgHome, identity: str, digest: str) -> bytes:
-    return Keyring(str(home.path)).sign(payload.build(identity, digest), home.fingerprint, None)
-
-
 @pytest.fixture(scope="module")
 def sigs(signer: GpgHome) -> dict[str, bytes]:
-    return {"x": sign(signer, "example.com/ns/app:x", D1), "y": sign(signer, "example.com/ns/app:y", D1),
-            "honest1": sign(signer, "example.com/ns/honest:1", D2),
-            "honest2": sign(signer, "example.com/ns/honest:2", D3)}
+    return {"x": signer.sign_image("example.com/ns/app:x", D1), "y": signer.sign_image("example.com/ns/app:y", D1),
+            "honest1": signer.sign_image("example.com/ns/honest:1", D2),
+            "honest2": signer.sign_image("example.com/ns/honest:2", D3)}
 
 
 def line(seq: int, rel: str, blob: bytes) -> bytes:
