@@ -1,7 +1,10 @@
-"""Real test parts: a docker-registry on 127.0.0.1, OCI images pushed with skopeo, throwaway GnuPG homes.
+"""Real test parts: a docker-registry on 127.0.0.1, OCI images pushed with skopeo, throwaway GnuPG homes, and the
+one fake-server helper (FakeServer) every scripted peer, registry front and token service is built on.
 
-No mocks: every helper here starts or drives the real program a user's node would run. Processes are started
-in their own process group and killed by PID on teardown.
+No mocks: every helper here starts or drives the real program a user's node would run, and fakes speak real HTTP
+on 127.0.0.1. Processes are started in their own process group and killed by PID on teardown. The registry
+launcher, image builder, free port, skopeo runner and gpg-agent stop are atomicsig.demo.env's (one copy, shipped
+for ``atomicsig demo``). Test files import shared helpers from here, never from each other.
 """
 
 from __future__ import annotations
@@ -33,8 +36,6 @@ from atomicsig.demo import env as demo_env
 from atomicsig.format import payload
 from atomicsig.gnupg.keyring import Keyring
 from atomicsig.openpgp import build as pgpsign
-
-DOCKER_REGISTRY = shutil.which("docker-registry") or "/usr/bin/docker-registry"
 
 # One implementation of the registry launcher, the OCI image builder, the free-port helper, the process-group
 # stop and the gpg-agent stop: the demo's (atomicsig/demo/env.py), which must ship in the wheel. Re-exported here
