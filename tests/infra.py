@@ -322,6 +322,29 @@ def certify_only_home(path: Path, *subkeys: tuple[str, str, str], apart: float =
     return fpr, subkey_fprs(path, fpr)
 
 
+def assert_skopeo_standalone_verify(home: Home, workdir: Path, sign: Callable[[bytes], bytes],
+                                    **manifest_extra: Any) -> None:
+    """Sign a small OCI manifest's payload with ``sign``; real ``skopeo standalone-verify`` must accept it for its
+    identity and refuse it for another. skopeo 1.9 compares the fingerprint it is given with the signing
+    (sub)key's, so ``home.signing_key`` is the one passed."""
+    from atomicsig.format import manifest
+
+    man = workdir / "manifest.json"
+    man.write_text(json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                               "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                                          "digest": "sha256:" + "ab" * 32, "size": 2}, "layers": [],
+                               **manifest_extra}))
+    digest = manifest.digest(man.read_bytes())
+    sig = workdir / "sig"
+    sig.write_bytes(sign(payload.build("registry.example.com/ns/app:1", digest)))
+    env = {"GNUPGHOME": str(home.path)}
+    res = skopeo("standalone-verify", str(man), "registry.example.com/ns/app:1", home.signing_key, str(sig), env=env)
+    assert res.stdout.startswith("Signature verified") and digest in res.stdout
+    bad = skopeo("standalone-verify", str(man), "registry.example.com/ns/app:2", home.signing_key, str(sig),
+                 env=env, check=False)
+    assert bad.returncode != 0
+
+
 def primary_key_homes(base: Path, signer: GpgHome) -> dict[str, Home]:
     """One home per key type whose primary key signs (the session's Ed25519 signer, RSA-2048, NIST P-256)."""
     return {

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from atomicsig.errors import InputError, PassphraseError
-from atomicsig.format import manifest, payload
+from atomicsig.format import payload
 from atomicsig.format.blob import simple_signing_body
 from atomicsig.gnupg import agent as gnupg_agent
 from atomicsig.gnupg import assuan, csexp
@@ -32,13 +32,13 @@ from tests.infra import (
     GpgHome,
     Home,
     Registry,
+    assert_skopeo_standalone_verify,
     certify_only_home,
     primary_key_homes,
     push_image,
     quick_home,
     registries_d,
     signed_by_policy,
-    skopeo,
     skopeo_pull,
 )
 
@@ -103,23 +103,11 @@ def test_expired_newer_subkey_is_skipped(homes: dict[str, Home]) -> None:
 @pytest.mark.parametrize("name", KEYS)
 def test_skopeo_standalone_verify_accepts_agent_signature(homes: dict[str, Home], name: str,
                                                           tmp_path: Path) -> None:
-    h = homes[name]
-    man = tmp_path / "manifest.json"
-    man.write_text(json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                               "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                                          "digest": DIGEST, "size": 2}, "layers": [], "n": name}))
-    digest = manifest.digest(man.read_bytes())
-    signer = agentsign.agent_signer(h.keyring, h.fpr, None)
-    sig = tmp_path / "sig"
-    sig.write_bytes(signer.sign(payload.build("registry.example.com/ns/app:1", digest)))
-    signer.close()
-    env = {"GNUPGHOME": str(h.path)}
-    # skopeo 1.9 compares the fingerprint it is given with the signing (sub)key's.
-    res = skopeo("standalone-verify", str(man), "registry.example.com/ns/app:1", h.signing_key, str(sig), env=env)
-    assert res.stdout.startswith("Signature verified") and digest in res.stdout
-    bad = skopeo("standalone-verify", str(man), "registry.example.com/ns/app:2", h.signing_key, str(sig),
-                 env=env, check=False)
-    assert bad.returncode != 0
+    signer = agentsign.agent_signer(homes[name].keyring, homes[name].fpr, None)
+    try:
+        assert_skopeo_standalone_verify(homes[name], tmp_path, signer.sign, n=name)
+    finally:
+        signer.close()
 
 
 @pytest.mark.slow
