@@ -1,157 +1,73 @@
-"""Real test parts: a docker-registry on 127.0.0.1, OCI images pushed with skopeo, throwaway GnuPG homes.
+"""Real test parts: a docker-registry on 127.0.0.1, OCI images pushed with skopeo, throwaway GnuPG homes, and the
+one fake-server helper (FakeServer) every scripted peer, registry front and token service is built on.
 
-No mocks: every helper here starts or drives the real program a user's node would run. Processes are started
-in their own process group and killed by PID on teardown.
+No mocks: every helper here starts or drives the real program a user's node would run, and fakes speak real HTTP
+on 127.0.0.1. Processes are started in their own process group and killed by PID on teardown. The registry
+launcher, image builder, free port, skopeo runner and gpg-agent stop are atomicsig.demo.env's (one copy, shipped
+for ``atomicsig demo``). Test files import shared helpers from here, never from each other.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
-import gzip
 import hashlib
+import http.server
 import io
 import json
 import os
 import shutil
-import signal
 import socket
+import ssl
 import subprocess
-import tarfile
+import sys
 import tempfile
+import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+import urllib.parse
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
-import requests
+import yaml
 
-DOCKER_REGISTRY = shutil.which("docker-registry") or "/usr/bin/docker-registry"
+from atomicsig.demo import env as demo_env
+from atomicsig.format import payload
+from atomicsig.gnupg.keyring import Keyring
+from atomicsig.openpgp import build as pgpsign
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+# One implementation of the registry launcher, the OCI image builder, the free-port helper, the process-group
+# stop and the gpg-agent stop: the demo's (atomicsig/demo/env.py), which must ship in the wheel. Re-exported here
+# under the names the tests use.
+free_port = demo_env.free_port
+kill_group = demo_env.stop_process
+make_oci_layout = demo_env.oci_layout
 
 
 def wait_http(url: str, timeout: float = 15.0, ok: tuple[int, ...] = (200, 401)) -> None:
-    deadline = time.monotonic() + timeout
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            r = requests.get(url, timeout=1, verify=False)
-            if r.status_code in ok:
-                return
-        except requests.RequestException as exc:
-            last = exc
-        time.sleep(0.05)
-    raise TimeoutError(f"{url} did not come up: {last}")
-
-
-def kill_group(proc: subprocess.Popen[bytes]) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=5)
+    """:func:`atomicsig.demo.env.wait_http`; an https URL is probed without certificate checks (the tests' own
+    self-signed servers on 127.0.0.1)."""
+    context = None
+    if url.startswith("https:"):
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    demo_env.wait_http(url, timeout, ok, context=context)
 
 
 @dataclass
-class Registry:
-    """A real docker-registry (distribution 2.8) on 127.0.0.1, optionally with htpasswd or token auth."""
+class Registry(demo_env.LocalRegistry):
+    """A real docker-registry (distribution 2.8) on 127.0.0.1, optionally with htpasswd or token auth (the demo's
+    launcher, with deletes enabled)."""
 
-    workdir: Path
-    htpasswd: tuple[str, str] | None = None
-    token: dict[str, str] | None = None  # {"realm","service","issuer","rootcertbundle"}
-    port: int = field(default_factory=free_port)
-    proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def host(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def start(self) -> Registry:
-        storage = self.workdir / "storage"
-        storage.mkdir(parents=True, exist_ok=True)
-        auth = ""
-        if self.htpasswd:
-            user, pw = self.htpasswd
-            hpath = self.workdir / "htpasswd"
-            out = subprocess.run(["htpasswd", "-Bbn", user, pw], capture_output=True, check=True).stdout
-            hpath.write_bytes(out)
-            auth = f"auth:\n  htpasswd:\n    realm: test\n    path: {hpath}\n"
-        elif self.token:
-            t = self.token
-            auth = (f"auth:\n  token:\n    realm: {t['realm']}\n    service: {t['service']}\n"
-                    f"    issuer: {t['issuer']}\n    rootcertbundle: {t['rootcertbundle']}\n")
-        cfg = self.workdir / "config.yml"
-        cfg.write_text(
-            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\n"
-            f"storage:\n  filesystem:\n    rootdirectory: {storage}\n  delete:\n    enabled: true\n"
-            f"http:\n  addr: 127.0.0.1:{self.port}\n{auth}"
-        )
-        log = open(self.workdir / "registry.log", "wb")  # noqa: SIM115
-        self.proc = subprocess.Popen([DOCKER_REGISTRY, "serve", str(cfg)], stdout=log, stderr=log,
-                                     start_new_session=True)
-        wait_http(f"http://{self.host}/v2/")
-        return self
-
-    def stop(self) -> None:
-        if self.proc:
-            kill_group(self.proc)
-            self.proc = None
-
-
-def _tar_layer(seed: str) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        data = f"atomicsig test layer {seed}\n".encode()
-        info = tarfile.TarInfo(f"etc/atomicsig-{hashlib.sha256(seed.encode()).hexdigest()[:8]}")
-        info.size = len(data)
-        info.mtime = 0
-        tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
-
-
-def make_oci_layout(dest: Path, seed: str, tag: str = "latest", arch: str = "amd64") -> Path:
-    """A minimal, valid single-layer OCI image layout; ``seed`` makes the digest unique."""
-    blobs = dest / "blobs" / "sha256"
-    blobs.mkdir(parents=True, exist_ok=True)
-
-    def put(data: bytes) -> str:
-        h = hashlib.sha256(data).hexdigest()
-        (blobs / h).write_bytes(data)
-        return h
-
-    raw = _tar_layer(seed)
-    layer = gzip.compress(raw, mtime=0)
-    layer_h = put(layer)
-    config = json.dumps({"architecture": arch, "os": "linux", "config": {},
-                         "rootfs": {"type": "layers", "diff_ids": ["sha256:" + hashlib.sha256(raw).hexdigest()]}},
-                        sort_keys=True).encode()
-    config_h = put(config)
-    mani = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                       "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                                  "digest": "sha256:" + config_h, "size": len(config)},
-                       "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                                   "digest": "sha256:" + layer_h, "size": len(layer)}]}).encode()
-    mani_h = put(mani)
-    (dest / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
-    (dest / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [
-        {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": "sha256:" + mani_h,
-         "size": len(mani), "annotations": {"org.opencontainers.image.ref.name": tag}}]}))
-    return dest
+    delete: bool = True
 
 
 def skopeo(*args: str, check: bool = True, env: dict[str, str] | None = None,
            timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(["skopeo", *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
+    """:func:`atomicsig.demo.env.skopeo`; ``check`` turns a non-zero exit into a test failure."""
+    proc = demo_env.skopeo(list(args), env=env, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"skopeo {' '.join(args)} failed: {proc.stderr.strip()}")
     return proc
@@ -187,8 +103,6 @@ class GpgHome:
     fingerprint: str = ""
 
     def create(self) -> GpgHome:
-        from atomicsig.gnupg.keyring import Keyring
-
         self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
         kr = Keyring(str(self.path))
         key = kr.generate(name="Test Signer", email=self.email, comment=None, algorithm=self.algorithm,
@@ -196,14 +110,17 @@ class GpgHome:
         self.fingerprint = key.fingerprint
         return self
 
-    def export_public(self, dest: Path, armor: bool = False) -> Path:
-        from atomicsig.gnupg.keyring import Keyring
+    def sign_image(self, identity: str, digest: str, *, timestamp: int | None = None) -> bytes:
+        """A real gpg signature by this home's key over the simple-signing payload for ``identity`` at ``digest``."""
+        return Keyring(str(self.path)).sign(payload.build(identity, digest, timestamp=timestamp), self.fingerprint,
+                                            None)
 
+    def export_public(self, dest: Path, armor: bool = False) -> Path:
         dest.write_bytes(Keyring(str(self.path)).export_public([self.fingerprint], armor=armor))
         return dest
 
     def kill_agent(self) -> None:
-        subprocess.run(["gpgconf", "--homedir", str(self.path), "--kill", "all"], capture_output=True, check=False)
+        demo_env.kill_gpg_agent(self.path)
 
 
 def signed_by_policy(path: Path, keyfile: Path, scope: str | None = None, identity: dict | None = None,
@@ -224,8 +141,6 @@ def registries_d(dirpath: Path, lookaside: str, scope: str | None = None) -> Pat
     dirpath.mkdir(parents=True, exist_ok=True)
     section = {"lookaside": lookaside}
     doc = {"docker": {scope: section}} if scope else {"default-docker": section}
-    import yaml
-
     (dirpath / "test.yaml").write_text(yaml.safe_dump(doc))
     return dirpath
 
@@ -328,8 +243,6 @@ class SyncNode:
         return self.dir / "sync.yaml"
 
     def configure(self, sources: list[str], **extra: Any) -> Path:
-        import yaml
-
         self.sigstore.mkdir(parents=True, exist_ok=True)
         doc = {"sigstore": str(self.sigstore), "sources": [{"url": u} for u in sources],
                "trusted-keys": [str(self.pub)], "interval": 0.2, **extra}
@@ -344,3 +257,402 @@ class SyncNode:
 
     def state(self) -> dict[str, Any]:
         return json.loads((self.sigstore / ".atomicsig" / "sync-state.json").read_text())
+
+
+# ---- GnuPG homes made with gpg itself (test_agent_signer, test_memsign) --------------------------------------------
+
+PASSPHRASE = "pw 7c1e%41 x\\y'q"  # a space, a '%' that looks like an escape, quotes: exercises D-line escaping
+
+
+def gpg_batch(home: Path, *args: str) -> str:
+    """Run gpg on a throwaway home for key setup only (empty passphrase; never a real secret in argv)."""
+    proc = subprocess.run(["gpg", "--homedir", str(home), "--batch", "--pinentry-mode", "loopback",
+                           "--passphrase", "", *args], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def primary_fpr(home: Path, uid: str) -> str:
+    out = gpg_batch(home, "--with-colons", "--list-secret-keys", uid)
+    return next(ln.split(":")[9] for ln in out.splitlines() if ln.startswith("fpr:"))
+
+
+def subkey_fprs(home: Path, fpr: str) -> list[str]:
+    out = gpg_batch(home, "--with-colons", "--list-secret-keys", fpr).splitlines()
+    return [out[i + 1].split(":")[9] for i, ln in enumerate(out) if ln.startswith("ssb:")]
+
+
+class Home:
+    """A GnuPG home with one secret key: its primary fingerprint and the (sub)key expected to sign."""
+
+    def __init__(self, path: Path, fpr: str, signing_key: str, pubkey_algo: int) -> None:
+        self.path, self.fpr, self.signing_key, self.pubkey_algo = path, fpr, signing_key, pubkey_algo
+
+    @property
+    def keyring(self) -> Keyring:
+        return Keyring(str(self.path))
+
+    def public(self) -> bytes:
+        return self.keyring.export_public([self.fpr], armor=False)
+
+    def kill_agent(self) -> None:
+        demo_env.kill_gpg_agent(self.path)
+
+
+def quick_home(base: Path, name: str, algo: str) -> Home:
+    path = base / name
+    path.mkdir(mode=0o700)
+    uid = f"{name} <{name}@example.com>"
+    gpg_batch(path, "--quick-gen-key", uid, algo, "sign", "0")
+    fpr = primary_fpr(path, uid)
+    algo_id = int(gpg_batch(path, "--with-colons", "--list-secret-keys", fpr).split("sec:")[1].split(":")[2])
+    return Home(path, fpr, fpr, algo_id)
+
+
+def certify_only_home(path: Path, *subkeys: tuple[str, str, str], apart: float = 0.0) -> tuple[str, list[str]]:
+    """A GnuPG home at ``path`` whose ed25519 primary key only certifies, with ``subkeys`` (algorithm, usage,
+    expiry) added in order, ``apart`` seconds apart; returns the primary's fingerprint and the subkeys'."""
+    path.mkdir(mode=0o700)
+    gpg_batch(path, "--quick-gen-key", "Sub <sub@example.com>", "ed25519", "cert", "0")
+    fpr = primary_fpr(path, "sub@example.com")
+    for i, (algo, usage, expire) in enumerate(subkeys):
+        if i:
+            time.sleep(apart)
+        gpg_batch(path, "--quick-add-key", fpr, algo, usage, expire)
+    return fpr, subkey_fprs(path, fpr)
+
+
+def assert_skopeo_standalone_verify(home: Home, workdir: Path, sign: Callable[[bytes], bytes],
+                                    **manifest_extra: Any) -> None:
+    """Sign a small OCI manifest's payload with ``sign``; real ``skopeo standalone-verify`` must accept it for its
+    identity and refuse it for another. skopeo 1.9 compares the fingerprint it is given with the signing
+    (sub)key's, so ``home.signing_key`` is the one passed."""
+    from atomicsig.format import manifest
+
+    man = workdir / "manifest.json"
+    man.write_text(json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                               "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                                          "digest": "sha256:" + "ab" * 32, "size": 2}, "layers": [],
+                               **manifest_extra}))
+    digest = manifest.digest(man.read_bytes())
+    sig = workdir / "sig"
+    sig.write_bytes(sign(payload.build("registry.example.com/ns/app:1", digest)))
+    env = {"GNUPGHOME": str(home.path)}
+    res = skopeo("standalone-verify", str(man), "registry.example.com/ns/app:1", home.signing_key, str(sig), env=env)
+    assert res.stdout.startswith("Signature verified") and digest in res.stdout
+    bad = skopeo("standalone-verify", str(man), "registry.example.com/ns/app:2", home.signing_key, str(sig),
+                 env=env, check=False)
+    assert bad.returncode != 0
+
+
+def primary_key_homes(base: Path, signer: GpgHome) -> dict[str, Home]:
+    """One home per key type whose primary key signs (the session's Ed25519 signer, RSA-2048, NIST P-256)."""
+    return {
+        "ed25519": Home(signer.path, signer.fingerprint, signer.fingerprint, pgpsign.PUBKEY_EDDSA),
+        "rsa2048": quick_home(base, "rsa", "rsa2048"),
+        "nistp256": quick_home(base, "ecdsa", "nistp256"),
+    }
+
+
+class CmdlineWatch:
+    """Scan every process's /proc/PID/cmdline in the background for a secret while the test runs."""
+
+    def __init__(self, secret: str) -> None:
+        self.secret = secret.encode()
+        self.hits: list[str] = []
+        self.scans = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for pid in os.listdir("/proc"):
+                if not pid.isdigit():
+                    continue
+                try:
+                    with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                        if self.secret in fh.read():
+                            self.hits.append(pid)
+                except OSError:
+                    continue
+            self.scans += 1
+
+    def __enter__(self) -> CmdlineWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+# ---- a node's policy tree as ``policy apply --root`` writes it (test_policy_apply, test_policy_e2e) ---------------
+
+POLICY = "etc/containers/policy.json"
+REGD = "etc/containers/registries.d"
+REGFILE = f"{REGD}/atomicsig.yaml"
+KEYDIR = "etc/pki/containers"
+STATE = "var/lib/atomicsig/policy-state.json"
+
+LEGACY_HEADER = "# Managed by atomicsig (atomicsig policy apply); local edits are overwritten.\n"
+
+
+def legacy_layout(root: Path) -> list[str]:
+    """Rewrite a node applied by this version into what atomicsig wrote before content-addressed keyrings and the
+    single registries.d file: one ``atomicsig-<scope>.yaml`` per scope, ``atomicsig-<names>.gpg`` keyrings,
+    policy.json naming those, and a state record owning them. Returns the per-scope file names."""
+    sections = yaml.safe_load((root / REGFILE).read_text())["docker"]
+    files, names = [], []
+    for scope, section in sections.items():
+        name = "atomicsig-" + scope.replace("/", "-").replace(":", "_").replace("@", "_").replace("*", "_") + ".yaml"
+        (root / REGD / name).write_text(LEGACY_HEADER + yaml.safe_dump({"docker": {scope: section}}))
+        files.append(f"/{REGD}/{name}")
+        names.append(name)
+    (root / REGFILE).unlink()
+    text = (root / POLICY).read_text()
+    for kr in (root / KEYDIR).glob("atomicsig-*.gpg"):
+        legacy = kr.name.rsplit("-", 1)[0] + ".gpg"
+        kr.rename(kr.with_name(legacy))
+        text = text.replace(kr.name, legacy)
+        files.append(f"/{KEYDIR}/{legacy}")
+    (root / POLICY).write_text(text)
+    state = json.loads((root / STATE).read_text())
+    state["files"] = sorted(files)
+    for hashes in ("sha256", "scope_sha256"):  # kept only since issue 12 #9
+        state.pop(hashes, None)
+    (root / STATE).write_text(json.dumps(state, indent=2) + "\n")
+    for p in root.rglob("*.atomicsig-bak.*"):
+        p.unlink()
+    return names
+
+
+# ---- small real HTTP servers on 127.0.0.1: the one fake-server helper, and a runner for atomicsig's own WSGI apps ---
+
+
+@dataclass
+class Reply:
+    """One scripted HTTP answer. A body without a Content-Length header gets one, unless ``chunked`` (then it is
+    sent with ``Transfer-Encoding: chunked``, i.e. without a length). A declared Content-Length that the body
+    does not match is sent as is, and the connection is closed after it (a truncated or lying answer)."""
+
+    status: int = 200
+    body: bytes | Iterable[bytes] = b""
+    headers: Mapping[str, str] | Sequence[tuple[str, str]] = ()
+    chunked: bool = False
+
+
+@dataclass
+class Hit:
+    """One request a fake server received (before it answered)."""
+
+    at: float
+    method: str
+    path: str
+    range: str
+
+
+class FakeRequest(http.server.BaseHTTPRequestHandler):
+    """The request as a fake's :meth:`FakeServer.handle` sees it: ``command``, ``route`` (the decoded path without
+    the query), ``query``, ``headers``, :meth:`body`; ``wfile`` for a handler that writes a raw answer itself."""
+
+    protocol_version = "HTTP/1.1"
+    server: _FakeHTTPServer
+    route: str
+    query: str
+    _body: bytes | None = None
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def handle(self) -> None:
+        # A TLS ClientHello (0x16) to a plain-HTTP fake has no newline to end a request line: close, as a real
+        # plain-HTTP server's client sees it, instead of waiting for one.
+        if self.server.fake.tls is None:
+            with contextlib.suppress(OSError):
+                if self.request.recv(1, socket.MSG_PEEK) == b"\x16":
+                    return
+        super().handle()
+
+    def joined_headers(self) -> dict[str, str]:
+        """The request headers, a repeated one (skopeo sends several ``Accept``) joined with ", " as WSGI does."""
+        out: dict[str, str] = {}
+        for k, v in self.headers.items():
+            out[k] = f"{out[k]}, {v}" if k in out else v
+        return out
+
+    def body(self) -> bytes:
+        """The request body (Content-Length or chunked), read once."""
+        if self._body is None:
+            if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+                parts = []
+                while size := int(self.rfile.readline().split(b";")[0], 16):
+                    parts.append(self.rfile.read(size))
+                    self.rfile.readline()
+                while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                    pass
+                self._body = b"".join(parts)
+            else:
+                self._body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        return self._body
+
+    def _serve(self) -> None:
+        path, _, self.query = self.path.partition("?")
+        self.route = urllib.parse.unquote(path)
+        fake = self.server.fake
+        fake.hits.append(Hit(time.monotonic(), self.command, self.route, self.headers.get("Range", "")))
+        script = fake.routes.get(self.route)
+        if script:
+            reply: Reply | None = script[min(fake.count(self.route) - 1, len(script) - 1)]
+        else:
+            reply = fake.handle(self)
+        if reply is not None:
+            self.reply(reply)
+
+    do_GET = do_HEAD = do_PUT = do_POST = do_PATCH = do_DELETE = _serve
+
+    def reply(self, reply: Reply) -> None:
+        """Send ``reply`` (see :class:`Reply`); the body is not sent to a HEAD request."""
+        headers = list(reply.headers.items() if isinstance(reply.headers, Mapping) else reply.headers)
+        declared = next((int(v) for k, v in headers if k.lower() == "content-length"), None)
+        chunks: Iterable[bytes] = [reply.body] if isinstance(reply.body, bytes) else reply.body
+        if declared is None and not reply.chunked:
+            chunks = [b"".join(chunks)]
+            headers.append(("Content-Length", str(len(chunks[0]))))
+        if reply.chunked:
+            headers.append(("Transfer-Encoding", "chunked"))
+        self.send_response(reply.status)
+        for k, v in headers:
+            self.send_header(k, v)
+        self.end_headers()
+        if self.command == "HEAD":
+            return
+        sent = 0
+        for chunk in chunks:
+            if chunk:
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if reply.chunked else chunk)
+                sent += len(chunk)
+        if reply.chunked:
+            self.wfile.write(b"0\r\n\r\n")
+        elif declared is not None and sent != declared:
+            self.close_connection = True
+
+
+class _FakeHTTPServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, fake: FakeServer) -> None:
+        self.fake = fake
+        super().__init__(("127.0.0.1", 0), FakeRequest)
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        if self.fake.tls is not None:  # the handshake in the connection's thread, not the accept loop
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(str(self.fake.tls[0]), str(self.fake.tls[1]))
+            try:
+                request = context.wrap_socket(request, server_side=True)
+            except (OSError, ssl.SSLError):
+                return
+        super().finish_request(request, client_address)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # a client that hangs up mid-answer is what several fakes provoke
+
+
+class FakeServer:
+    """A scripted peer, registry or token service for tests: real HTTP/1.1 (optionally TLS) on a free 127.0.0.1
+    port, one thread per connection, started and stopped by ``with``.
+
+    ``script(path, *replies)`` answers requests for ``path`` in turn (the last reply repeats); other paths go to
+    :meth:`handle`, which a fake overrides (the default is 404). A handler returns a :class:`Reply`, or writes a
+    raw answer to ``req.wfile`` itself and returns None (a trickled header, a connection held open until
+    ``release`` is set, which happens when the server stops). ``hits`` records every request."""
+
+    def __init__(self, *, tls: tuple[Path, Path] | None = None) -> None:
+        self.tls = tls
+        self.routes: dict[str, list[Reply]] = {}
+        self.hits: list[Hit] = []
+        self.release = threading.Event()
+        self.url = ""
+        self._httpd: _FakeHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    def script(self, path: str, *replies: Reply) -> None:
+        self.routes[path] = list(replies)
+
+    def count(self, path: str) -> int:
+        """How many requests for ``path`` arrived."""
+        return sum(1 for h in self.hits if h.path == path)
+
+    def handle(self, req: FakeRequest) -> Reply | None:
+        return Reply(404, b"not found")
+
+    def __enter__(self) -> Self:
+        self._httpd = _FakeHTTPServer(self)
+        self.url = f"{'https' if self.tls else 'http'}://127.0.0.1:{self._httpd.server_address[1]}"
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                                        daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release.set()
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            self._httpd = None
+
+    @property
+    def host(self) -> str:
+        """``127.0.0.1:<port>``, as a registry reference names it."""
+        return self.url.split("://", 1)[1]
+
+
+def call_wsgi(app: Callable[..., Iterable[bytes]], req: FakeRequest) -> Reply:
+    """Answer ``req`` with a WSGI ``app`` (e.g. atomicsig's own SignatureServer inside a fake registry)."""
+    body = req.body() if req.command not in ("GET", "HEAD") else b""
+    environ: dict[str, Any] = {
+        "REQUEST_METHOD": req.command, "PATH_INFO": req.route, "QUERY_STRING": req.query, "REQUEST_URI": req.path,
+        "SERVER_NAME": "127.0.0.1", "SERVER_PORT": str(req.server.server_address[1]),
+        "SERVER_PROTOCOL": "HTTP/1.1", "REMOTE_ADDR": req.client_address[0], "CONTENT_LENGTH": str(len(body)),
+        "CONTENT_TYPE": req.headers.get("Content-Type", ""), "wsgi.input": io.BytesIO(body),
+        "wsgi.url_scheme": "https" if req.server.fake.tls else "http", "wsgi.errors": sys.stderr,
+        "wsgi.version": (1, 0), "wsgi.multithread": True, "wsgi.multiprocess": False, "wsgi.run_once": False}
+    for k, v in req.joined_headers().items():
+        if k.lower() not in ("content-type", "content-length"):
+            environ["HTTP_" + k.upper().replace("-", "_")] = v
+    answer: dict[str, Any] = {}
+
+    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Callable[..., Any]:
+        answer["status"], answer["headers"] = int(status.split(" ", 1)[0]), headers
+        return lambda data: None
+
+    result = app(environ, start_response)
+    try:
+        data = b"".join(result)
+    finally:
+        close = getattr(result, "close", None)
+        if close is not None:
+            close()
+    return Reply(answer["status"], data, answer["headers"])
+
+
+@contextlib.contextmanager
+def run_wsgi(app: Callable[..., Iterable[bytes]], *, port: int | None = None, tls: tuple[str, str] | None = None,
+             threads: int = 8) -> Iterator[str]:
+    """Run one of atomicsig's own WSGI apps on its production server (cheroot, ``serve.server.make_server``) at
+    127.0.0.1 in a thread; yields the base URL; stops the server afterwards. Fakes use :class:`FakeServer`."""
+    from atomicsig.serve.server import make_server
+
+    port = port or free_port()
+    server = make_server(app, f"127.0.0.1:{port}", tls_cert=tls[0] if tls else None,
+                         tls_key=tls[1] if tls else None, threads=threads)
+    server.prepare()
+    t = threading.Thread(target=server.serve, daemon=True)
+    t.start()
+    base = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
+    try:
+        wait_http(base + "/healthz", ok=(200, 401, 404))
+        yield base
+    finally:
+        server.stop()
+        t.join(timeout=10)

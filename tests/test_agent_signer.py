@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from atomicsig.errors import InputError, PassphraseError
-from atomicsig.format import manifest, payload
+from atomicsig.format import payload
 from atomicsig.format.blob import simple_signing_body
 from atomicsig.gnupg import agent as gnupg_agent
 from atomicsig.gnupg import assuan, csexp
@@ -29,63 +26,21 @@ from atomicsig.signers import factory
 from atomicsig.signers import gpg as signers_gpg
 from atomicsig.store.directory import DirectoryStore
 from tests.conftest import needs_registry
-from tests.infra import GpgHome, Registry, push_image, registries_d, signed_by_policy, skopeo, skopeo_pull
-
-PASSPHRASE = "pw 7c1e%41 x\\y'q"  # a space, a '%' that looks like an escape, quotes: exercises D-line escaping
-
-
-def _gpg(home: Path, *args: str) -> str:
-    """Run gpg on a throwaway home for key setup only (empty passphrase; never a real secret in argv)."""
-    proc = subprocess.run(["gpg", "--homedir", str(home), "--batch", "--pinentry-mode", "loopback",
-                           "--passphrase", "", *args], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout
-
-
-def _primary_fpr(home: Path, uid: str) -> str:
-    out = _gpg(home, "--with-colons", "--list-secret-keys", uid)
-    return next(ln.split(":")[9] for ln in out.splitlines() if ln.startswith("fpr:"))
-
-
-def _subkey_fprs(home: Path, fpr: str) -> list[str]:
-    out = _gpg(home, "--with-colons", "--list-secret-keys", fpr).splitlines()
-    return [out[i + 1].split(":")[9] for i, ln in enumerate(out) if ln.startswith("ssb:")]
-
-
-class Home:
-    """A GnuPG home with one secret key: its primary fingerprint and the (sub)key expected to sign."""
-
-    def __init__(self, path: Path, fpr: str, signing_key: str, pubkey_algo: int) -> None:
-        self.path, self.fpr, self.signing_key, self.pubkey_algo = path, fpr, signing_key, pubkey_algo
-
-    @property
-    def keyring(self) -> Keyring:
-        return Keyring(str(self.path))
-
-    def public(self) -> bytes:
-        return self.keyring.export_public([self.fpr], armor=False)
-
-    def kill_agent(self) -> None:
-        subprocess.run(["gpgconf", "--homedir", str(self.path), "--kill", "all"], capture_output=True, check=False)
-
-
-def _quick_home(base: Path, name: str, algo: str) -> Home:
-    path = base / name
-    path.mkdir(mode=0o700)
-    uid = f"{name} <{name}@example.com>"
-    _gpg(path, "--quick-gen-key", uid, algo, "sign", "0")
-    fpr = _primary_fpr(path, uid)
-    algo_id = int(_gpg(path, "--with-colons", "--list-secret-keys", fpr).split("sec:")[1].split(":")[2])
-    return Home(path, fpr, fpr, algo_id)
-
-
-def primary_key_homes(base: Path, signer: GpgHome) -> dict[str, Home]:
-    """One home per key type whose primary key signs (the session's Ed25519 signer, RSA-2048, NIST P-256)."""
-    return {
-        "ed25519": Home(signer.path, signer.fingerprint, signer.fingerprint, pgpsign.PUBKEY_EDDSA),
-        "rsa2048": _quick_home(base, "rsa", "rsa2048"),
-        "nistp256": _quick_home(base, "ecdsa", "nistp256"),
-    }
+from tests.infra import (
+    PASSPHRASE,
+    CmdlineWatch,
+    GpgHome,
+    Home,
+    Registry,
+    assert_skopeo_standalone_verify,
+    certify_only_home,
+    primary_key_homes,
+    push_image,
+    quick_home,
+    registries_d,
+    signed_by_policy,
+    skopeo_pull,
+)
 
 
 @pytest.fixture(scope="module")
@@ -94,15 +49,10 @@ def homes(tmp_path_factory: pytest.TempPathFactory, signer: GpgHome) -> Iterator
     out = primary_key_homes(base, signer)
     # A certify-only primary, a valid signing subkey, then a *newer* signing subkey that has expired: gpg
     # --local-user skips the expired one and signs with the older valid one.
-    path = base / "sub"
-    path.mkdir(mode=0o700)
-    _gpg(path, "--quick-gen-key", "Sub <sub@example.com>", "ed25519", "cert", "0")
-    fpr = _primary_fpr(path, "sub@example.com")
-    _gpg(path, "--quick-add-key", fpr, "nistp256/ecdsa", "sign", "0")
-    time.sleep(1.1)  # creation times have one-second resolution; the expired subkey must be strictly newer
-    _gpg(path, "--quick-add-key", fpr, "ed25519", "sign", "seconds=1")
-    valid, expired = _subkey_fprs(path, fpr)
-    out["subkey"] = Home(path, fpr, valid, pgpsign.PUBKEY_ECDSA)
+    # Creation times have one-second resolution; the expired subkey must be strictly newer.
+    fpr, (valid, expired) = certify_only_home(base / "sub", ("nistp256/ecdsa", "sign", "0"),
+                                              ("ed25519", "sign", "seconds=1"), apart=1.1)
+    out["subkey"] = Home(base / "sub", fpr, valid, pgpsign.PUBKEY_ECDSA)
     out["subkey"].expired_subkey = expired  # type: ignore[attr-defined]
     time.sleep(2.1)  # let the newer subkey expire (gpg: expired once its expiry is before now)
     yield out
@@ -153,23 +103,11 @@ def test_expired_newer_subkey_is_skipped(homes: dict[str, Home]) -> None:
 @pytest.mark.parametrize("name", KEYS)
 def test_skopeo_standalone_verify_accepts_agent_signature(homes: dict[str, Home], name: str,
                                                           tmp_path: Path) -> None:
-    h = homes[name]
-    man = tmp_path / "manifest.json"
-    man.write_text(json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                               "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                                          "digest": DIGEST, "size": 2}, "layers": [], "n": name}))
-    digest = manifest.digest(man.read_bytes())
-    signer = agentsign.agent_signer(h.keyring, h.fpr, None)
-    sig = tmp_path / "sig"
-    sig.write_bytes(signer.sign(payload.build("registry.example.com/ns/app:1", digest)))
-    signer.close()
-    env = {"GNUPGHOME": str(h.path)}
-    # skopeo 1.9 compares the fingerprint it is given with the signing (sub)key's.
-    res = skopeo("standalone-verify", str(man), "registry.example.com/ns/app:1", h.signing_key, str(sig), env=env)
-    assert res.stdout.startswith("Signature verified") and digest in res.stdout
-    bad = skopeo("standalone-verify", str(man), "registry.example.com/ns/app:2", h.signing_key, str(sig),
-                 env=env, check=False)
-    assert bad.returncode != 0
+    signer = agentsign.agent_signer(homes[name].keyring, homes[name].fpr, None)
+    try:
+        assert_skopeo_standalone_verify(homes[name], tmp_path, signer.sign, n=name)
+    finally:
+        signer.close()
 
 
 @pytest.mark.slow
@@ -198,38 +136,6 @@ def test_skopeo_copy_accepts_image_signed_through_agent(homes: dict[str, Home], 
 
 
 # ---- passphrases ----------------------------------------------------------------------------------------------
-
-
-class CmdlineWatch:
-    """Scan every process's /proc/PID/cmdline in the background for a secret while the test runs."""
-
-    def __init__(self, secret: str) -> None:
-        self.secret = secret.encode()
-        self.hits: list[str] = []
-        self.scans = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            for pid in os.listdir("/proc"):
-                if not pid.isdigit():
-                    continue
-                try:
-                    with open(f"/proc/{pid}/cmdline", "rb") as fh:
-                        if self.secret in fh.read():
-                            self.hits.append(pid)
-                except OSError:
-                    continue
-            self.scans += 1
-
-    def __enter__(self) -> CmdlineWatch:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 @pytest.fixture(scope="module")
@@ -437,7 +343,7 @@ def test_agent_error_codes_are_parsed(homes: dict[str, Home]) -> None:
 
 @pytest.fixture(scope="module")
 def dsa_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Home]:
-    h = _quick_home(tmp_path_factory.mktemp("agent-dsa"), "dsa", "dsa2048")
+    h = quick_home(tmp_path_factory.mktemp("agent-dsa"), "dsa", "dsa2048")
     yield h
     h.kill_agent()
 

@@ -1,7 +1,7 @@
 """The signature extension API client, and store choice (extension API over registries.d) with real clients.
 
-The "registry with the extension" is a spec-faithful front (SPEC §6): a WSGI app on cheroot that proxies /v2/ to
-the real docker-registry, answers ``X-Registry-Supports-Signatures: 1``, serves the extension endpoints with
+The "registry with the extension" is a spec-faithful front (SPEC §6): a FakeServer (tests/infra.py) that proxies
+/v2/ to the real docker-registry, answers ``X-Registry-Supports-Signatures: 1``, serves the extension endpoints with
 atomicsig's own server handler, and hands out the write token through a Bearer challenge's realm.
 """
 
@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import requests
@@ -26,8 +25,16 @@ from atomicsig.store.extension import ExtensionStore
 from atomicsig.store.select import AutoStore
 from atomicsig.store.sigdir import read_dir
 from tests.conftest import needs_registry
-from tests.infra import free_port, push_image, registries_d, signed_by_policy, skopeo_pull
-from tests.tokenserver import run_wsgi
+from tests.infra import (
+    FakeRequest,
+    FakeServer,
+    Reply,
+    call_wsgi,
+    push_image,
+    registries_d,
+    signed_by_policy,
+    skopeo_pull,
+)
 
 TOKEN = "front-write-token-" + "z" * 16
 DIGEST = "sha256:" + "ab" * 32
@@ -55,58 +62,42 @@ def test_entry_roundtrip_and_filtering() -> None:
 # ---- the fake registry front -------------------------------------------------------------------------------------
 
 
-class RegistryFront:
+class RegistryFront(FakeServer):
     """Proxy /v2/ to a real registry; extension endpoints from atomicsig.serve.server; /token hands out TOKEN."""
 
     HOP = frozenset({"connection", "transfer-encoding", "keep-alive", "content-encoding"})
+    SIG_HEADER = ("X-Registry-Supports-Signatures", "1")
 
     def __init__(self, upstream: str, sigstore: Path) -> None:
+        super().__init__()
         self.upstream = upstream
         self.sigs = SignatureServer(ServerConfig(sigstore=sigstore, write_token=TOKEN))
-        self.base = ""
         self.extension_calls: list[str] = []
+        self.script("/token", Reply(200, json.dumps({"token": TOKEN}).encode(), {"Content-Type": "application/json"}))
 
-    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        path = environ.get("PATH_INFO", "")
-        sig_header = ("X-Registry-Supports-Signatures", "1")
-        if path == "/token":
-            body = json.dumps({"token": TOKEN}).encode()
-            start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
-            return [body]
-        if path.startswith("/extensions/"):
-            authed = "authed" if environ.get("HTTP_AUTHORIZATION") else "anonymous"
-            self.extension_calls.append(f"{environ['REQUEST_METHOD']} {path} {authed}")
-
-            def sr(status: str, headers: list[tuple[str, str]]) -> Any:
-                headers = [(k, v) if k != "WWW-Authenticate" else
-                           (k, f'Bearer realm="{self.base}/token",service="front"') for k, v in headers]
-                return start_response(status, [*headers, sig_header])
-            return self.sigs(environ, sr)
-        if path == "/healthz":
-            start_response("200 OK", [("Content-Length", "0")])
-            return [b""]
-        headers = {k[5:].replace("_", "-").title(): v for k, v in environ.items() if k.startswith("HTTP_")
-                   and k not in ("HTTP_HOST", "HTTP_CONNECTION")}
-        if environ.get("CONTENT_TYPE"):
-            headers["Content-Type"] = environ["CONTENT_TYPE"]
-        length = int(environ.get("CONTENT_LENGTH") or 0)
-        data = environ["wsgi.input"].read(length) if length else None
-        qs = environ.get("QUERY_STRING")
-        url = f"{self.upstream}{path}" + (f"?{qs}" if qs else "")
-        resp = requests.request(environ["REQUEST_METHOD"], url, headers=headers, data=data, stream=True,
+    def handle(self, req: FakeRequest) -> Reply:
+        if req.route.startswith("/extensions/"):
+            authed = "authed" if req.headers.get("Authorization") else "anonymous"
+            self.extension_calls.append(f"{req.command} {req.route} {authed}")
+            reply = call_wsgi(self.sigs, req)
+            challenge = f'Bearer realm="{self.url}/token",service="front"'
+            reply.headers = [*((k, challenge if k == "WWW-Authenticate" else v) for k, v in reply.headers),
+                             self.SIG_HEADER]
+            return reply
+        headers = {k: v for k, v in req.joined_headers().items()
+                   if k.lower() not in ("host", "connection", "content-length")}
+        data = req.body() if req.command not in ("GET", "HEAD") else None
+        url = f"{self.upstream}{req.route}" + (f"?{req.query}" if req.query else "")
+        resp = requests.request(req.command, url, headers=headers, data=data or None, stream=True,
                                 allow_redirects=False, timeout=60)
         out = [(k, v) for k, v in resp.headers.items() if k.lower() not in self.HOP]
-        start_response(f"{resp.status_code} {resp.reason}", [*out, sig_header])
-        return resp.raw.stream(65536, decode_content=False)
+        return Reply(resp.status_code, resp.raw.stream(65536, decode_content=False), [*out, self.SIG_HEADER])
 
 
 @pytest.fixture(scope="module")
 def front(registry, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RegistryFront, str]]:  # type: ignore[no-untyped-def]
-    app = RegistryFront(f"http://{registry.host}", tmp_path_factory.mktemp("front-sigs"))
-    port = free_port()
-    app.base = f"http://127.0.0.1:{port}"
-    with run_wsgi(app, port=port):
-        yield app, f"127.0.0.1:{port}"
+    with RegistryFront(f"http://{registry.host}", tmp_path_factory.mktemp("front-sigs")) as app:
+        yield app, app.host
 
 
 @pytest.fixture(autouse=True)
@@ -120,16 +111,13 @@ def _fresh_clients() -> None:
 @pytest.mark.slow
 @needs_registry
 def test_extension_store_put_skip_read(front: tuple[RegistryFront, str], signer, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    from atomicsig.format import payload
-    from atomicsig.gnupg.keyring import Keyring
-
     app, host = front
     client = RegistryClient(host, tls_verify=False)
     assert client.supports_signatures
     store = ExtensionStore(client)
     ref = parse(f"{host}/ext/unit:1")
     assert store.read(ref, DIGEST) == []
-    blob = Keyring(str(signer.path)).sign(payload.build(str(ref), DIGEST), signer.fingerprint, None)
+    blob = signer.sign_image(str(ref), DIGEST)
     res = store.append(ref, DIGEST, blob)
     assert res.created
     again = store.append(ref, DIGEST, blob)

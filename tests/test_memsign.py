@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from atomicsig.errors import PassphraseError, SignatureFormatError
-from atomicsig.format import manifest, payload
+from atomicsig.format import payload
 from atomicsig.format.blob import simple_signing_body
 from atomicsig.gnupg.keyring import Keyring, TrustedKeys
 from atomicsig.openpgp import build as pgpsign
@@ -21,14 +21,13 @@ from atomicsig.openpgp import secret as openpgp_secret
 from atomicsig.signers import agent as agentsign
 from atomicsig.signers import factory
 from atomicsig.signers import memory as memsign
-from tests.infra import GpgHome, skopeo
-from tests.test_agent_signer import (
+from tests.infra import (
     PASSPHRASE,
     CmdlineWatch,
+    GpgHome,
     Home,
-    _gpg,
-    _primary_fpr,
-    _subkey_fprs,
+    assert_skopeo_standalone_verify,
+    certify_only_home,
     primary_key_homes,
 )
 
@@ -42,14 +41,8 @@ def homes(tmp_path_factory: pytest.TempPathFactory, signer: GpgHome) -> Iterator
     out = primary_key_homes(base, signer)
     # A certify-only primary with an RSA signing subkey and an ECDH encryption subkey (a packet the memory
     # signer must skip, not refuse).
-    path = base / "sub"
-    path.mkdir(mode=0o700)
-    _gpg(path, "--quick-gen-key", "Sub <sub@example.com>", "ed25519", "cert", "0")
-    fpr = _primary_fpr(path, "sub@example.com")
-    _gpg(path, "--quick-add-key", fpr, "cv25519", "encr", "0")
-    _gpg(path, "--quick-add-key", fpr, "rsa2048", "sign", "0")
-    _encr, signing = _subkey_fprs(path, fpr)
-    out["subkey"] = Home(path, fpr, signing, pgpsign.PUBKEY_RSA)
+    fpr, (_encr, signing) = certify_only_home(base / "sub", ("cv25519", "encr", "0"), ("rsa2048", "sign", "0"))
+    out["subkey"] = Home(base / "sub", fpr, signing, pgpsign.PUBKEY_RSA)
     yield out
     for name, h in out.items():
         if name != "ed25519":  # the session fixture owns that agent
@@ -94,20 +87,7 @@ def test_memory_message_verifies_with_gpg_by_the_key_gpg_would_choose(homes: dic
 @pytest.mark.slow
 def test_skopeo_standalone_verify_accepts_memory_signature(homes: dict[str, Home], tmp_path: Path) -> None:
     h = homes["rsa2048"]
-    man = tmp_path / "manifest.json"
-    man.write_text(json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                               "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                                          "digest": DIGEST, "size": 2}, "layers": []}))
-    digest = manifest.digest(man.read_bytes())
-    sig = tmp_path / "sig"
-    sig.write_bytes(memsign.memory_signer(h.keyring, h.fpr, None).sign(
-        payload.build("registry.example.com/ns/app:1", digest)))
-    env = {"GNUPGHOME": str(h.path)}
-    res = skopeo("standalone-verify", str(man), "registry.example.com/ns/app:1", h.signing_key, str(sig), env=env)
-    assert res.stdout.startswith("Signature verified") and digest in res.stdout
-    bad = skopeo("standalone-verify", str(man), "registry.example.com/ns/app:2", h.signing_key, str(sig),
-                 env=env, check=False)
-    assert bad.returncode != 0
+    assert_skopeo_standalone_verify(h, tmp_path, memsign.memory_signer(h.keyring, h.fpr, None).sign)
 
 
 def test_protected_export_is_decrypted_and_a_wrong_passphrase_is_detected(pw_home: GpgHome) -> None:

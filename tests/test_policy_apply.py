@@ -17,13 +17,7 @@ import yaml
 from atomicsig.policy import apply as policy_apply
 from atomicsig.policy import keymaterial, policyjson, schema
 from atomicsig.store import registries_d
-from tests.infra import GpgHome
-
-POLICY = "etc/containers/policy.json"
-REGD = "etc/containers/registries.d"
-REGFILE = f"{REGD}/atomicsig.yaml"
-KEYDIR = "etc/pki/containers"
-STATE = "var/lib/atomicsig/policy-state.json"
+from tests.infra import KEYDIR, POLICY, REGD, REGFILE, STATE, GpgHome, legacy_layout
 
 
 def keyring(root: Path, names: str, ext: str = "gpg") -> Path:
@@ -333,29 +327,35 @@ def test_500_scopes_apply_and_reapply(cli, tmp_path: Path, signer: GpgHome, sign
     assert (code, out.strip()) == (0, "unchanged")
 
 
-def test_interrupted_apply_leaves_old_policy_then_completes(cli, setup, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def fail_staged_policy_write(monkeypatch: pytest.MonkeyPatch) -> Callable[[], None]:
+    """Make writing the staged policy.json (before its rename) fail, as a crash there would; returns the undo."""
     from atomicsig import fsutil
     from atomicsig.errors import StorageError
 
-    root, yml, signer = setup
-    (root / "etc/containers").mkdir(parents=True)
-    old = json.dumps({"default": [{"type": "insecureAcceptAnything"}]})
-    (root / POLICY).write_text(old)
     real = fsutil.atomic_write_at
 
     def failing(dir_fd, name, data, mode=0o644, **kw):  # type: ignore[no-untyped-def]
-        if name == "policy.json.atomicsig-next":  # the staged policy.json, before its rename
+        if name == "policy.json.atomicsig-next":
             raise StorageError(f"cannot write {name}: simulated crash")
         return real(dir_fd, name, data, mode, **kw)
 
     monkeypatch.setattr(fsutil, "atomic_write_at", failing)
+    return lambda: monkeypatch.setattr(fsutil, "atomic_write_at", real)
+
+
+def test_interrupted_apply_leaves_old_policy_then_completes(cli, setup, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    root, yml, signer = setup
+    (root / "etc/containers").mkdir(parents=True)
+    old = json.dumps({"default": [{"type": "insecureAcceptAnything"}]})
+    (root / POLICY).write_text(old)
+    restore = fail_staged_policy_write(monkeypatch)
     code, _, err = apply(cli, yml, root, signer)
     assert code == 3 and "simulated crash" in err
     assert (root / POLICY).read_text() == old  # nodes still enforce the complete old policy
     kr = keyring(root, "prod")  # written before policy.json
     intent = json.loads((root / STATE).read_text())
     assert f"/etc/pki/containers/{kr.name}" in intent["files"]  # claimed before writing: no orphans
-    monkeypatch.setattr(fsutil, "atomic_write_at", real)
+    restore()
     code, out, err = apply(cli, yml, root, signer)
     assert code == 0, err
     assert f"update  {root}/etc/containers/policy.json" in out
@@ -363,22 +363,12 @@ def test_interrupted_apply_leaves_old_policy_then_completes(cli, setup, monkeypa
 
 
 def test_files_from_an_interrupted_apply_are_cleaned_up_later(cli, setup, monkeypatch, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    from atomicsig import fsutil
-    from atomicsig.errors import StorageError
-
     root, yml, signer = setup
-    real = fsutil.atomic_write_at
-
-    def failing(dir_fd, name, data, mode=0o644, **kw):  # type: ignore[no-untyped-def]
-        if name == "policy.json.atomicsig-next":  # the staged policy.json, before its rename
-            raise StorageError("simulated crash")
-        return real(dir_fd, name, data, mode, **kw)
-
-    monkeypatch.setattr(fsutil, "atomic_write_at", failing)
+    restore = fail_staged_policy_write(monkeypatch)
     assert apply(cli, yml, root, signer)[0] == 3
     assert (root / f"{REGFILE}.atomicsig-next").exists() and not (root / REGFILE).exists()
     assert keyring(root, "prod").exists()
-    monkeypatch.setattr(fsutil, "atomic_write_at", real)
+    restore()
     small = tmp_path / "small.yaml"
     small.write_text("default: reject\nscopes:\n  docker.io/library: {action: accept}\n")
     code, _, err = apply(cli, small, root, signer)
@@ -391,36 +381,6 @@ def test_files_from_an_interrupted_apply_are_cleaned_up_later(cli, setup, monkey
 # ---- one commit point: what a node reads after every single rename/unlink of an apply ---------------------------
 
 
-LEGACY_HEADER = "# Managed by atomicsig (atomicsig policy apply); local edits are overwritten.\n"
-
-
-def _legacy_layout(root: Path) -> list[str]:
-    """Rewrite a node applied by this version into what atomicsig wrote before content-addressed keyrings and the
-    single registries.d file: one ``atomicsig-<scope>.yaml`` per scope, ``atomicsig-<names>.gpg`` keyrings,
-    policy.json naming those, and a state record owning them. Returns the per-scope file names."""
-    sections = yaml.safe_load((root / REGFILE).read_text())["docker"]
-    files, names = [], []
-    for scope, section in sections.items():
-        name = "atomicsig-" + scope.replace("/", "-").replace(":", "_").replace("@", "_").replace("*", "_") + ".yaml"
-        (root / REGD / name).write_text(LEGACY_HEADER + yaml.safe_dump({"docker": {scope: section}}))
-        files.append(f"/{REGD}/{name}")
-        names.append(name)
-    (root / REGFILE).unlink()
-    text = (root / POLICY).read_text()
-    for kr in (root / KEYDIR).glob("atomicsig-*.gpg"):
-        legacy = kr.name.rsplit("-", 1)[0] + ".gpg"
-        kr.rename(kr.with_name(legacy))
-        text = text.replace(kr.name, legacy)
-        files.append(f"/{KEYDIR}/{legacy}")
-    (root / POLICY).write_text(text)
-    state = json.loads((root / STATE).read_text())
-    state["files"] = sorted(files)
-    for hashes in ("sha256", "scope_sha256"):  # kept only since issue 12 #9
-        state.pop(hashes, None)
-    (root / STATE).write_text(json.dumps(state, indent=2) + "\n")
-    for p in root.rglob("*.atomicsig-bak.*"):
-        p.unlink()
-    return names
 
 
 def _lookasides(regd: Path) -> dict[str, str | None]:
@@ -524,7 +484,7 @@ def test_every_step_of_an_apply_is_all_old_or_all_new(a_to_b, tmp_path: Path, mo
     root, expected = tmp_path / "node", tmp_path / "expected"
     _converge(root, *a_to_b["a"])
     if legacy:
-        assert len(_legacy_layout(root)) == 2
+        assert len(legacy_layout(root)) == 2
     shutil.copytree(root, expected)
     _converge(expected, *a_to_b["b"])
     old_copy = tmp_path / "old"
@@ -552,7 +512,7 @@ def test_every_step_of_an_apply_is_all_old_or_all_new(a_to_b, tmp_path: Path, mo
 def test_migration_killed_before_the_rename_rolls_forward(a_to_b, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     root = tmp_path / "node"
     _converge(root, *a_to_b["a"])
-    legacy = _legacy_layout(root)
+    legacy = legacy_layout(root)
     real_replace = os.replace
 
     def crash(src, dst, **kw):  # type: ignore[no-untyped-def]
@@ -580,20 +540,13 @@ def test_migration_killed_before_the_rename_rolls_forward(a_to_b, tmp_path: Path
 
 def test_changed_key_gets_a_new_name_and_the_old_one_outlives_the_old_policy(a_to_b, tmp_path: Path,
                                                                           monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    from atomicsig import fsutil
     from atomicsig.errors import StorageError
 
     root = tmp_path / "node"
     _converge(root, *a_to_b["a"])
     old_key = keyring(root, "prod")
     old_policy = (root / POLICY).read_bytes()
-    real = fsutil.atomic_write_at
-
-    def failing(dir_fd, name, data, mode=0o644, **kw):  # type: ignore[no-untyped-def]
-        if name == "policy.json.atomicsig-next":  # the staged policy.json, before its rename
-            raise StorageError("simulated crash")
-        return real(dir_fd, name, data, mode, **kw)
-    monkeypatch.setattr(fsutil, "atomic_write_at", failing)
+    fail_staged_policy_write(monkeypatch)
     with pytest.raises(StorageError):
         policy_apply.execute(policy_apply.plan(*a_to_b["b"], root))
     monkeypatch.undo()

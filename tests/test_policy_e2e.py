@@ -22,7 +22,7 @@ import pytest
 from atomicsig.cli import cli as group
 from atomicsig.cli.common import run_main
 from tests.conftest import HAVE_PODMAN
-from tests.infra import GpgHome, Registry, podman_pull, push_image, skopeo_pull
+from tests.infra import GpgHome, Registry, legacy_layout, podman_pull, push_image, skopeo_pull
 
 pytestmark = pytest.mark.slow
 
@@ -164,13 +164,11 @@ def test_node_migrated_from_per_scope_files_and_rotated_still_enforces(world: Wo
     """A tree as an earlier atomicsig wrote it (one registries.d file per scope, keyrings named without a hash),
     then ``apply`` of a YAML that drops the old key: skopeo reads both trees, and the result enforces the new
     key set (content-addressed keyring, one atomicsig.yaml)."""
-    from tests.test_policy_apply import _legacy_layout
-
     root = tmp_path / "root"
     shutil.copytree(world.root, root)
     text = world.policy.read_text().replace(str(world.root), str(root))
     (root / "etc/containers/policy.json").write_text(text)
-    legacy = _legacy_layout(root)
+    legacy = legacy_layout(root)
     assert len(legacy) == 3
     policy, regd = root / "etc/containers/policy.json", root / "etc/containers/registries.d"
     assert skopeo_pull(f"{world.host}/rot/old:1", policy, regd, tmp_path).returncode == 0  # legacy tree is live

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.infra import KEYDIR, POLICY, REGD, STATE
+
 
 def snapshot(top: Path) -> dict[str, tuple[str, bytes | str]]:
     """Every entry under ``top`` without following links: files by content, links by target, dirs by name."""
@@ -49,10 +51,6 @@ def test_unsafe_names_and_urls_exit_2_with_file_line(cli, tmp_path: Path, signer
 
 # ---- #8: symlinks under --root ----------------------------------------------------------------------------------
 
-POLICY = "etc/containers/policy.json"
-REGD = "etc/containers/registries.d"
-KEYDIR = "etc/pki/containers"
-STATE = "var/lib/atomicsig/policy-state.json"
 YAML = ("default: reject\nkeys:\n  prod: {file: k.gpg}\nscopes:\n"
         "  registry.example.com/prod:\n    signed-by: [prod]\n    lookaside: https://sigs.example.com/sigs\n"
         "  docker.io/library: {action: accept}\n")

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -21,7 +21,9 @@ from atomicsig.net import registry as registry_mod
 from atomicsig.net.registry import RegistryClient
 from tests.conftest import HAVE_REGISTRY, HAVE_SKOPEO, needs_registry
 from tests.infra import (
+    FakeServer,
     Registry,
+    Reply,
     free_port,
     insecure_policy,
     make_oci_layout,
@@ -31,7 +33,7 @@ from tests.infra import (
     skopeo,
     skopeo_pull,
 )
-from tests.tokenserver import TokenServer, run_wsgi, self_signed
+from tests.tokenserver import TokenServer, self_signed
 
 USER, PASSWORD = "alice", "s3cret-pw"
 
@@ -76,60 +78,35 @@ def test_auth_file_lookup_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 # ---- misbehaving servers ------------------------------------------------------------------------------------------
 
 
-class Scripted:
-    """A registry-shaped WSGI app answering from a script: (status, headers, body) per request path."""
-
-    def __init__(self, routes: dict[str, list[tuple[int, dict[str, str], bytes]]]) -> None:
-        self.routes = routes
-        self.hits: dict[str, int] = {}
-
-    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        path = environ.get("PATH_INFO", "")
-        if path == "/healthz":
-            start_response("200 OK", [("Content-Length", "0")])
-            return [b""]
-        n = self.hits.get(path, 0)
-        self.hits[path] = n + 1
-        script = self.routes.get(path) or [(404, {}, b"")]
-        status, headers, body = script[min(n, len(script) - 1)]
-        hdrs = list(headers.items())
-        if "Content-Length" not in headers and "X-No-Length" not in headers:
-            hdrs.append(("Content-Length", str(len(body))))
-        start_response(f"{status} X", [h for h in hdrs if h[0] != "X-No-Length"])
-        return [body]
-
-
 @pytest.fixture
-def scripted() -> Iterator[Callable[[dict[str, list[tuple[int, dict[str, str], bytes]]]], tuple[Scripted, str]]]:
-    stack: list[Any] = []
+def scripted() -> Iterator[Callable[[dict[str, list[Reply]]], tuple[FakeServer, str]]]:
+    """Start a registry-shaped fake answering from a script (replies per request path, the last one repeats)."""
+    with contextlib.ExitStack() as stack:
 
-    def start(routes: dict[str, list[tuple[int, dict[str, str], bytes]]]) -> tuple[Scripted, str]:
-        app = Scripted(routes)
-        cm = run_wsgi(app)
-        base = cm.__enter__()
-        stack.append(cm)
-        return app, base.removeprefix("http://")
-    yield start
-    for cm in stack:
-        cm.__exit__(None, None, None)
+        def start(routes: dict[str, list[Reply]]) -> tuple[FakeServer, str]:
+            fake = stack.enter_context(FakeServer())
+            for path, replies in routes.items():
+                fake.script(path, *replies)
+            return fake, fake.host
+        yield start
 
 
 @pytest.mark.slow
 def test_retries_5xx_then_succeeds(scripted) -> None:  # type: ignore[no-untyped-def]
-    app, host = scripted({"/v2/": [(503, {}, b""), (502, {}, b""), (200, {}, b"{}")]})
+    app, host = scripted({"/v2/": [Reply(503), Reply(502), Reply(200, b"{}")]})
     client = RegistryClient(host, tls_verify=False, retries=3)
     client.ping()
-    assert app.hits["/v2/"] == 3  # https fails (plain server), then http is retried twice
+    assert app.count("/v2/") == 3  # https fails (plain server), then http is retried twice
 
 
 @pytest.mark.slow
 def test_persistent_5xx_and_401(scripted) -> None:  # type: ignore[no-untyped-def]
-    app, host = scripted({"/v2/": [(500, {}, b"")]})
+    app, host = scripted({"/v2/": [Reply(500)]})
     with pytest.raises(RegistryError, match="HTTP 500"):
         RegistryClient(host, tls_verify=False, retries=2).ping()
-    assert app.hits["/v2/"] == 3
-    app, host = scripted({"/v2/": [(200, {}, b"")],
-                          "/v2/a/manifests/1": [(401, {"WWW-Authenticate": 'Basic realm="x"'}, b"")]})
+    assert app.count("/v2/") == 3
+    app, host = scripted({"/v2/": [Reply(200)],
+                          "/v2/a/manifests/1": [Reply(401, headers={"WWW-Authenticate": 'Basic realm="x"'})]})
     with pytest.raises(RegistryAuthError, match="credentials"):
         RegistryClient(host, tls_verify=False).get_manifest(parse(f"{host}/a:1"))
     with pytest.raises(RegistryAuthError, match="refused"):
@@ -151,12 +128,12 @@ def test_manifest_too_big_and_digest_mismatch(scripted) -> None:  # type: ignore
     other_digest = "sha256:" + "0" * 64
     ct = {"Content-Type": manifest.OCI_MANIFEST}
     _, host = scripted({
-        "/v2/": [(200, {}, b"")],
-        "/v2/a/manifests/big": [(200, ct, big)],
-        "/v2/a/manifests/chunked": [(200, {**ct, "X-No-Length": "1"}, big)],
-        f"/v2/a/manifests/{other_digest}": [(200, ct, good)],
-        "/v2/a/manifests/lying": [(200, {**ct, "Docker-Content-Digest": other_digest}, good)],
-        "/v2/a/manifests/ok": [(200, {**ct, "Docker-Content-Digest": good_digest}, good)],
+        "/v2/": [Reply(200)],
+        "/v2/a/manifests/big": [Reply(200, big, ct)],
+        "/v2/a/manifests/chunked": [Reply(200, big, ct, chunked=True)],
+        f"/v2/a/manifests/{other_digest}": [Reply(200, good, ct)],
+        "/v2/a/manifests/lying": [Reply(200, good, {**ct, "Docker-Content-Digest": other_digest})],
+        "/v2/a/manifests/ok": [Reply(200, good, {**ct, "Docker-Content-Digest": good_digest})],
     })
     c = RegistryClient(host, tls_verify=False)
     ref = parse(f"{host}/a:1")
@@ -174,14 +151,14 @@ def test_manifest_too_big_and_digest_mismatch(scripted) -> None:  # type: ignore
 @pytest.mark.slow
 def test_tls_failures_and_cert_dir(tmp_path: Path, scripted) -> None:  # type: ignore[no-untyped-def]
     # https to a plain-http port
-    _, plain = scripted({"/v2/": [(200, {}, b"")]})
+    _, plain = scripted({"/v2/": [Reply(200)]})
     with pytest.raises(RegistryError):
         RegistryClient(plain, tls_verify=True, retries=0).ping()
     # a self-signed TLS server: refused, unless its CA is in --cert-dir or verification is off
     cert, key, _ = self_signed(tmp_path / "tls")
-    app = Scripted({"/v2/": [(200, {"X-Registry-Supports-Signatures": "1"}, b"")]})
-    with run_wsgi(app, tls=(str(cert), str(key))) as base:
-        host = base.removeprefix("https://")
+    with FakeServer(tls=(cert, key)) as tls_fake:
+        tls_fake.script("/v2/", Reply(200, headers={"X-Registry-Supports-Signatures": "1"}))
+        host = tls_fake.host
         with pytest.raises(RegistryError, match="TLS") as err:
             RegistryClient(host, retries=0).ping()
         assert "--cert-dir" in err.value.diagnostics()
@@ -230,8 +207,8 @@ def test_htpasswd_basic_auth_tag_signing(tmp_path: Path, signer, signer_pub: Pat
 @pytest.mark.slow
 @needs_registry
 def test_token_auth_real_registry(tmp_path: Path, signer, cli) -> None:  # type: ignore[no-untyped-def]
-    tokens = TokenServer(tmp_path / "token", USER, PASSWORD)
-    with run_wsgi(tokens) as realm_base:
+    with TokenServer(tmp_path / "token", USER, PASSWORD) as tokens:
+        realm_base = tokens.url
         reg = Registry(tmp_path / "reg", token={"realm": f"{realm_base}/token", "service": tokens.service,
                                                 "issuer": tokens.issuer, "rootcertbundle": str(tokens.cert)}).start()
         try:

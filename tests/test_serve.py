@@ -28,8 +28,7 @@ from atomicsig.serve.server import ServerConfig, SignatureServer
 from atomicsig.store.directory import DirectoryStore
 from atomicsig.store.sigdir import read_dir
 from tests.conftest import needs_registry
-from tests.infra import GpgHome, push_image, registries_d, signed_by_policy, skopeo_pull
-from tests.tokenserver import run_wsgi
+from tests.infra import GpgHome, push_image, registries_d, run_wsgi, signed_by_policy, skopeo_pull
 
 pytestmark = pytest.mark.slow
 
@@ -39,14 +38,10 @@ OTHER_DIGEST = "sha256:" + "cd" * 32
 REPO = "ns/app"
 
 
-def sign_blob(home: GpgHome, identity: str, digest: str) -> bytes:
-    return Keyring(str(home.path)).sign(payload.build(identity, digest), home.fingerprint, None)
-
-
 @pytest.fixture(scope="module")
 def blobs(signer: GpgHome) -> list[bytes]:
     """Ten distinct real signatures for DIGEST (distinct identities)."""
-    return [sign_blob(signer, f"registry.example/ns/app:v{i}", DIGEST) for i in range(10)]
+    return [signer.sign_image(f"registry.example/ns/app:v{i}", DIGEST) for i in range(10)]
 
 
 @pytest.fixture(scope="module")
@@ -189,7 +184,7 @@ def _armored(home: GpgHome) -> bytes:
 def test_put_rejects_bad_input(server: tuple[str, Path, SignatureServer], signer: GpgHome, blobs: list[bytes],
                                case: str) -> None:
     base, root, app = server
-    other = sign_blob(signer, "registry.example/ns/app:v1", OTHER_DIGEST)
+    other = signer.sign_image("registry.example/ns/app:v1", OTHER_DIGEST)
     garbage_payload = Keyring(str(signer.path)).sign(b'{"critical":{}}', signer.fingerprint, None)
     body = {
         "not-json": b"{not json",
@@ -252,8 +247,8 @@ def test_trusted_key_restriction(tmp_path: Path, signer: GpgHome, signer_pub: Pa
     app = SignatureServer(ServerConfig(sigstore=tmp_path, write_token=TOKEN, trusted_keys=[signer_pub.read_bytes()]))
     try:
         with run_wsgi(app) as base:
-            ok = sign_blob(signer, "registry.example/ns/app:t", DIGEST)
-            bad = sign_blob(other_signer, "registry.example/ns/app:t", DIGEST)
+            ok = signer.sign_image("registry.example/ns/app:t", DIGEST)
+            bad = other_signer.sign_image("registry.example/ns/app:t", DIGEST)
             r = requests.put(ext_url(base), data=put_body(bad), headers=AUTH, timeout=30)
             assert r.status_code == 403 and r.json()["errors"][0]["code"] == "untrusted-signer"
             assert requests.put(ext_url(base), data=put_body(ok), headers=AUTH, timeout=30).status_code == 201
@@ -505,8 +500,8 @@ def _release_fifo(digest_dir: Path) -> None:
 
 @pytest.fixture(scope="module")
 def manifest_blobs(signer: GpgHome, other_signer: GpgHome) -> tuple[bytes, bytes]:
-    return (sign_blob(signer, "registry.example/ns/app:1", M_DIGEST),
-            sign_blob(signer, "registry.example/ns/app:2", M_DIGEST))
+    return (signer.sign_image("registry.example/ns/app:1", M_DIGEST),
+            signer.sign_image("registry.example/ns/app:2", M_DIGEST))
 
 
 @pytest.mark.parametrize("kind", HOSTILE)

@@ -22,8 +22,6 @@ from pathlib import Path
 import pytest
 import requests
 
-from atomicsig.format import payload
-from atomicsig.gnupg.keyring import Keyring
 from atomicsig.net.httpd import Limits
 from atomicsig.serve.server import ServerConfig, SignatureServer, make_server
 from tests.infra import GpgHome, free_port, wait_http
@@ -67,8 +65,7 @@ def test_load_no_errors_no_lost_puts_healthz_answered(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def blob(signer: GpgHome) -> bytes:
-    return Keyring(str(signer.path)).sign(payload.build("registry.example/lim/app:v1", DIGEST), signer.fingerprint,
-                                          None)
+    return signer.sign_image("registry.example/lim/app:v1", DIGEST)
 
 
 def serve(root: Path, limits: Limits) -> Iterator[tuple[int, object]]:

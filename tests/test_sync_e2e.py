@@ -30,7 +30,9 @@ from atomicsig.store.journal import Journal, sha256_hex
 from atomicsig.store.sigdir import read_dir
 from tests.conftest import needs_registry
 from tests.infra import (
+    FakeServer,
     GpgHome,
+    Reply,
     SyncNode,
     free_port,
     kill_group,
@@ -41,7 +43,6 @@ from tests.infra import (
     skopeo_pull,
     wait_http,
 )
-from tests.tokenserver import run_wsgi
 
 pytestmark = pytest.mark.slow
 
@@ -49,10 +50,6 @@ D1 = "sha256:" + "1" * 64
 D2 = "sha256:" + "2" * 64
 HEX1 = "1" * 64
 ATOMICSIG = [sys.executable, "-m", "atomicsig"]
-
-
-def sign(home: GpgHome, identity: str, digest: str) -> bytes:
-    return Keyring(str(home.path)).sign(payload.build(identity, digest), home.fingerprint, None)
 
 
 def contents(root: Path) -> dict[str, list[bytes]]:
@@ -97,10 +94,10 @@ def node(tmp_path: Path, signer_pub: Path) -> Callable[[str], Node]:
 @pytest.fixture(scope="module")
 def sigs(signer: GpgHome, other_signer: GpgHome) -> dict[str, bytes]:
     return {
-        "x": sign(signer, "example.com/ns/app:x", D1), "y": sign(signer, "example.com/ns/app:y", D1),
-        "z": sign(signer, "example.com/ns/app:z", D2), "w": sign(signer, "example.com/ns/app:w", D1),
-        "other": sign(other_signer, "example.com/ns/app:x", D1),
-        "wrongdigest": sign(signer, "example.com/ns/app:x", D2),
+        "x": signer.sign_image("example.com/ns/app:x", D1), "y": signer.sign_image("example.com/ns/app:y", D1),
+        "z": signer.sign_image("example.com/ns/app:z", D2), "w": signer.sign_image("example.com/ns/app:w", D1),
+        "other": other_signer.sign_image("example.com/ns/app:x", D1),
+        "wrongdigest": signer.sign_image("example.com/ns/app:x", D2),
     }
 
 
@@ -228,29 +225,16 @@ def test_static_nginx_source_range_etag_and_reindex(cli: Any, node: Callable[[st
 
 # ---- hostile and broken peers -------------------------------------------------------------------------------
 
-class Peer:
-    """A tiny WSGI peer whose answers the test scripts: path → (status, headers, body)."""
-
-    def __init__(self) -> None:
-        self.routes: dict[str, tuple[int, list[tuple[str, str]], bytes]] = {}
-        self.hits: list[str] = []
+class Peer(FakeServer):
+    """A peer whose answers the test scripts: path → one reply (404 for any other path)."""
 
     def journal(self, lines: Iterable[str], epoch: str = "e" * 32) -> bytes:
         data = f"atomicsig-journal 1 {epoch}\n".encode() + "".join(f"{ln}\n" for ln in lines).encode()
-        self.routes["/.atomicsig/journal"] = (200, [], data)  # ignores Range, like a dumb server
+        self.script("/.atomicsig/journal", Reply(200, data))  # ignores Range, like a dumb server
         return data
 
     def file(self, rel: str, body: bytes, status: int = 200, headers: list[tuple[str, str]] | None = None) -> None:
-        self.routes["/" + rel] = (status, headers or [], body)
-
-    def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
-        path = environ["PATH_INFO"]
-        self.hits.append(path)
-        status, headers, body = self.routes.get(path, (404, [], b"not found"))
-        if not any(h[0].lower() == "content-length" for h in headers):
-            headers = [*headers, ("Content-Length", str(len(body)))]
-        start_response(f"{status} X", headers)
-        return [body]
+        self.script("/" + rel, Reply(status, body, headers or []))
 
 
 def rel(n: int, digest_hex: str = HEX1, repo: str = "ns/app") -> str:
@@ -277,7 +261,8 @@ def test_hostile_peer_is_refused(cli: Any, node: Callable[[str], Node], sigs: di
         if r:
             peer.file(r, body)
     n = node("victim")
-    with run_wsgi(peer) as url:
+    with peer:
+        url = peer.url
         n.configure([url], quarantine=str(tmp_path / "quarantine"))
         code, logs = sync_once(cli, n)
     assert code == 0
@@ -301,16 +286,16 @@ def test_broken_upstreams_retry_without_loss(cli: Any, node: Callable[[str], Nod
     peer.file(rel(1), sigs["x"])
     peer.file(rel(2), sigs["y"])
     n = node("n")
-    with run_wsgi(peer) as url:
-        target = url
+    with peer:
+        url = target = peer.url
         if case == "unreachable":
             target = f"http://127.0.0.1:{free_port()}"
         elif case in ("500", "403"):
-            peer.routes["/.atomicsig/journal"] = (int(case), [], b"nope")
+            peer.script("/.atomicsig/journal", Reply(int(case), b"nope"))
         elif case == "html-journal":
-            peer.routes["/.atomicsig/journal"] = (200, [("Content-Type", "text/html")], b"<html>hi</html>\n" * 10)
+            peer.script("/.atomicsig/journal", Reply(200, b"<html>hi</html>\n" * 10, {"Content-Type": "text/html"}))
         elif case == "truncated":
-            peer.routes["/.atomicsig/journal"] = (200, [("Content-Length", str(len(healthy) + 50))], healthy)
+            peer.script("/.atomicsig/journal", Reply(200, healthy, {"Content-Length": str(len(healthy) + 50)}))
         elif case == "truncated-sig":
             peer.file(rel(2), sigs["y"][:-10], headers=[("Content-Length", str(len(sigs["y"])))])
         elif case == "sig-500":
@@ -373,7 +358,7 @@ def test_skopeo_accepts_image_signed_on_a(cli: Any, node: Callable[[str], Node],
     policy = signed_by_policy(tmp_path / "policy.json", signer_pub)
     regd = registries_d(tmp_path / "registries.d", f"file://{c.sigstore}")
     assert skopeo_pull(ref, policy, regd, tmp_path).returncode != 0  # nothing on C yet
-    a.add(sign(signer, ref, digest), digest, ref)
+    a.add(signer.sign_image(ref, digest), digest, ref)
     with serve(a.sigstore) as url:
         c.configure([url])
         assert sync_once(cli, c)[0] == 0

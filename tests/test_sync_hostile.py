@@ -1,6 +1,6 @@
 """Sync availability against hostile or broken peers (issue 12 #4, #6), and the sync config's strictness.
 
-Hostile peers are small threaded ``http.server`` instances in this file (an endless journal, a lying
+Hostile peers are FakeServers (tests/infra.py) scripted in this file (an endless journal, a lying
 Content-Length, garbage at an offset, a journal that is not one); the honest peer is a real ``atomicsig serve``
 of a store holding real gpg signatures. The daemon and ``sync --once`` run as real processes; the systemd
 watchdog is a unix datagram socket the test reads (``NOTIFY_SOCKET``).
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import http.server
 import json
 import os
 import re
@@ -18,22 +17,18 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from atomicsig.errors import InputError
-from atomicsig.format import payload
 from atomicsig.format.reference import parse
-from atomicsig.gnupg.keyring import Keyring
 from atomicsig.store.directory import DirectoryStore
 from atomicsig.store.journal import sha256_hex
-from tests.infra import GpgHome, SyncNode, free_port, kill_group, serve_sigstore
+from tests.infra import FakeRequest, FakeServer, GpgHome, Reply, SyncNode, free_port, kill_group, serve_sigstore
 
 ATOMICSIG = [sys.executable, "-m", "atomicsig"]
 HEX1, HEX2, HEX3 = "1" * 64, "2" * 64, "3" * 64
@@ -42,15 +37,11 @@ EPOCH = "e" * 32
 HEADER = f"atomicsig-journal 1 {EPOCH}\n".encode()
 
 
-def sign(home: GpgHome, identity: str, digest: str) -> bytes:
-    return Keyring(str(home.path)).sign(payload.build(identity, digest), home.fingerprint, None)
-
-
 @pytest.fixture(scope="module")
 def sigs(signer: GpgHome) -> dict[str, bytes]:
-    return {"x": sign(signer, "example.com/ns/app:x", D1), "y": sign(signer, "example.com/ns/app:y", D1),
-            "honest1": sign(signer, "example.com/ns/honest:1", D2),
-            "honest2": sign(signer, "example.com/ns/honest:2", D3)}
+    return {"x": signer.sign_image("example.com/ns/app:x", D1), "y": signer.sign_image("example.com/ns/app:y", D1),
+            "honest1": signer.sign_image("example.com/ns/honest:1", D2),
+            "honest2": signer.sign_image("example.com/ns/honest:2", D3)}
 
 
 def line(seq: int, rel: str, blob: bytes) -> bytes:
@@ -59,15 +50,14 @@ def line(seq: int, rel: str, blob: bytes) -> bytes:
 
 # ---- the hostile peer ---------------------------------------------------------------------------------------
 
-@dataclass
-class Hostile:
-    """What a scripted peer does; ``hits`` records (time, path, Range) of every request."""
+class Hostile(FakeServer):
+    """A scripted peer of one ``kind``; ``hits`` records every request (with its Range)."""
 
-    kind: str  # endless | liar | slow-headers | garbage | not-a-journal
-    sigs: dict[str, bytes]
-    hits: list[tuple[float, str, str]] = field(default_factory=list)
-    release: threading.Event = field(default_factory=threading.Event)
-    garbage_at: int = 0
+    def __init__(self, kind: str, sigs: dict[str, bytes]) -> None:
+        super().__init__()
+        self.kind = kind  # endless | liar | slow-headers | garbage | not-a-journal
+        self.sigs = sigs
+        self.garbage_at = 0
 
     # endless: fixed-length records, all naming the same (valid) signature, and always "more" past any offset
     def endless_line(self, seq: int) -> bytes:
@@ -83,90 +73,56 @@ class Hostile:
                 f"/ns/app@sha256={HEX1}/signature-1": self.sigs["x"],
                 f"/ns/app@sha256={HEX1}/signature-2": self.sigs["y"]}
 
-
-def _handler(peer: Hostile) -> type[http.server.BaseHTTPRequestHandler]:
-    class Handler(http.server.BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-        def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
-            self.send_response(status)
-            for k, v in (headers or {}).items():
-                self.send_header(k, v)
-            if "Content-Length" not in (headers or {}):
-                self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def do_GET(self) -> None:
-            rng = self.headers.get("Range", "")
-            peer.hits.append((time.monotonic(), self.path, rng))
-            if peer.kind == "slow-headers":
-                # A status line, then one header byte every 0.2 s: every read returns something, none completes.
-                self.wfile.write(b"HTTP/1.1 200 OK\r\nX-Slow: ")
-                while not peer.release.wait(0.2):
-                    try:
-                        self.wfile.write(b"a")
-                        self.wfile.flush()
-                    except OSError:
-                        break
-                self.close_connection = True
-                return
-            if peer.kind == "liar":
-                # Promise 1000 bytes more than we send, then hold the connection open.
-                body = HEADER
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body) + 1000))
-                self.end_headers()
-                self.wfile.write(body)
-                self.wfile.flush()
-                peer.release.wait(120)
-                self.close_connection = True
-                return
-            if self.path != "/.atomicsig/journal":
-                blob = peer.files().get(self.path)
-                self._send(200, blob) if blob is not None else self._send(404, b"no")
-                return
-            if peer.kind == "not-a-journal":
-                self._send(200, b"<html>maintenance</html>\n" * 3)
-                return
-            if peer.kind == "garbage":
-                self._send(200, peer.garbage_journal())  # ignores Range, like a dumb server
-                return
-            # endless: answer any range with 200 more records and claim 1000 more after them
-            m = re.fullmatch(r"bytes=([0-9]+)-([0-9]*)", rng)
-            start = int(m.group(1)) if m else 0
-            size = len(peer.endless_line(1))
-            if start < len(HEADER):
-                first, data = 1, HEADER
-            else:
-                first, data = (start - len(HEADER)) // size + 1, b""
-            data += b"".join(peer.endless_line(first + i) for i in range(200))
-            if m and m.group(2) and int(m.group(2)) == len(HEADER) - 1:
-                data = HEADER
-            base = 0 if start < len(HEADER) else start
-            total = base + len(data) + 1000 * size
-            self._send(206, data, {"Content-Range": f"bytes {base}-{base + len(data) - 1}/{total}",
-                                   "Content-Length": str(len(data))})
-
-    return Handler
+    def handle(self, req: FakeRequest) -> Reply | None:
+        if self.kind == "slow-headers":
+            # A status line, then one header byte every 0.2 s: every read returns something, none completes.
+            req.wfile.write(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+            while not self.release.wait(0.2):
+                try:
+                    req.wfile.write(b"a")
+                    req.wfile.flush()
+                except OSError:
+                    break
+            req.close_connection = True
+            return None
+        if self.kind == "liar":
+            # Promise 1000 bytes more than we send, then hold the connection open.
+            req.send_response(200)
+            req.send_header("Content-Length", str(len(HEADER) + 1000))
+            req.end_headers()
+            req.wfile.write(HEADER)
+            req.wfile.flush()
+            self.release.wait(120)
+            req.close_connection = True
+            return None
+        if req.route != "/.atomicsig/journal":
+            blob = self.files().get(req.route)
+            return Reply(200, blob) if blob is not None else Reply(404, b"no")
+        if self.kind == "not-a-journal":
+            return Reply(200, b"<html>maintenance</html>\n" * 3)
+        if self.kind == "garbage":
+            return Reply(200, self.garbage_journal())  # ignores Range, like a dumb server
+        # endless: answer any range with 200 more records and claim 1000 more after them
+        rng = req.headers.get("Range", "")
+        m = re.fullmatch(r"bytes=([0-9]+)-([0-9]*)", rng)
+        start = int(m.group(1)) if m else 0
+        size = len(self.endless_line(1))
+        if start < len(HEADER):
+            first, data = 1, HEADER
+        else:
+            first, data = (start - len(HEADER)) // size + 1, b""
+        data += b"".join(self.endless_line(first + i) for i in range(200))
+        if m and m.group(2) and int(m.group(2)) == len(HEADER) - 1:
+            data = HEADER
+        base = 0 if start < len(HEADER) else start
+        total = base + len(data) + 1000 * size
+        return Reply(206, data, {"Content-Range": f"bytes {base}-{base + len(data) - 1}/{total}"})
 
 
 @contextlib.contextmanager
 def hostile(kind: str, sigs: dict[str, bytes]) -> Iterator[tuple[str, Hostile]]:
-    peer = Hostile(kind, sigs)
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), _handler(peer))
-    server.daemon_threads = True
-    t = threading.Thread(target=server.serve_forever, daemon=True)
-    t.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", peer
-    finally:
-        peer.release.set()
-        server.shutdown()
-        server.server_close()
+    with Hostile(kind, sigs) as peer:
+        yield peer.url, peer
 
 
 # ---- nodes ----------------------------------------------------------------------------------------------------

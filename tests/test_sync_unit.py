@@ -11,10 +11,9 @@ import pytest
 
 from atomicsig import fsutil
 from atomicsig.errors import InputError, StorageError
-from atomicsig.format import payload
 from atomicsig.format.reference import parse
 from atomicsig.format.sigpath import parse_sigpath
-from atomicsig.gnupg.keyring import Keyring, TrustedKeys
+from atomicsig.gnupg.keyring import TrustedKeys
 from atomicsig.store.directory import DirectoryStore
 from atomicsig.store.journal import HEADER_LEN, Journal, JournalError, iter_lines, parse_line
 from atomicsig.store.prune import prune_keys, rewrite_dir
@@ -28,14 +27,15 @@ D1 = "sha256:" + "1" * 64
 D2 = "sha256:" + "2" * 64
 
 
-def sign(home: GpgHome, ref: str, digest: str, ts: int = 1700000000) -> bytes:
-    return Keyring(str(home.path)).sign(payload.build(ref, digest, timestamp=ts), home.fingerprint, None)
+TS = 1700000000  # fixed, so that equal inputs give equal payloads
 
 
 @pytest.fixture(scope="module")
 def blobs(signer: GpgHome, other_signer: GpgHome) -> dict[str, bytes]:
-    return {"a1": sign(signer, "example.com/ns/app:1", D1), "a1b": sign(signer, "example.com/ns/app:2", D1),
-            "a2": sign(signer, "example.com/ns/app:1", D2), "o1": sign(other_signer, "example.com/ns/app:1", D1)}
+    return {"a1": signer.sign_image("example.com/ns/app:1", D1, timestamp=TS),
+            "a1b": signer.sign_image("example.com/ns/app:2", D1, timestamp=TS),
+            "a2": signer.sign_image("example.com/ns/app:1", D2, timestamp=TS),
+            "o1": other_signer.sign_image("example.com/ns/app:1", D1, timestamp=TS)}
 
 
 @pytest.fixture(scope="module")

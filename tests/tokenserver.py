@@ -1,4 +1,4 @@
-"""Small real HTTP servers for tests: a cheroot runner, and a Docker token server that distribution 2.8 trusts.
+"""A Docker token server that distribution 2.8 trusts (a :class:`~tests.infra.FakeServer`), and self-signed TLS.
 
 The token server issues RS256 JWTs (docker/distribution ``registry/auth/token``). distribution finds the
 verification key through the JWS header ``kid``: it must equal the libtrust key ID of a public key in
@@ -9,15 +9,12 @@ padding, in ':'-separated groups of four characters.
 from __future__ import annotations
 
 import base64
-import contextlib
 import datetime
 import hashlib
 import json
 import secrets
-import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,28 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID
 
-from tests.infra import free_port, wait_http
-
-
-@contextlib.contextmanager
-def run_wsgi(app: Callable[..., Iterable[bytes]], *, port: int | None = None, tls: tuple[str, str] | None = None,
-             threads: int = 8) -> Iterator[str]:
-    """Run ``app`` on cheroot at 127.0.0.1 in a thread; yields the base URL; stops the server afterwards."""
-    from atomicsig.serve.server import make_server
-
-    port = port or free_port()
-    server = make_server(app, f"127.0.0.1:{port}", tls_cert=tls[0] if tls else None,
-                         tls_key=tls[1] if tls else None, threads=threads)
-    server.prepare()
-    t = threading.Thread(target=server.serve, daemon=True)
-    t.start()
-    base = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
-    try:
-        wait_http(base + "/healthz", ok=(200, 401, 404))
-        yield base
-    finally:
-        server.stop()
-        t.join(timeout=10)
+from tests.infra import FakeRequest, FakeServer, Reply
 
 
 def self_signed(workdir: Path, cn: str = "127.0.0.1") -> tuple[Path, Path, rsa.RSAPrivateKey]:
@@ -82,13 +58,14 @@ def _b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).decode().rstrip("=")
 
 
-class TokenServer:
+class TokenServer(FakeServer):
     """``GET /token?service=…&scope=repository:<name>:<actions>`` with Basic auth → a signed JWT."""
 
     issuer = "atomicsig-test-issuer"
     service = "atomicsig-test-registry"
 
     def __init__(self, workdir: Path, user: str, password: str) -> None:
+        super().__init__()
         self.cert, _, self.key = self_signed(workdir / "token-ca")
         self.user, self.password = user, password
         self.issued = 0
@@ -102,23 +79,17 @@ class TokenServer:
         sig = self.key.sign(signing_input.encode(), padding.PKCS1v15(), hashes.SHA256())
         return f"{signing_input}.{_b64url(sig)}"
 
-    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        if environ.get("PATH_INFO") == "/healthz":
-            start_response("200 OK", [("Content-Length", "0")])
-            return [b""]
-        q = urllib.parse.parse_qs(environ.get("QUERY_STRING", ""))
-        authz = environ.get("HTTP_AUTHORIZATION", "")
+    def handle(self, req: FakeRequest) -> Reply:
+        q = urllib.parse.parse_qs(req.query)
+        authz = req.headers.get("Authorization", "")
         access: list[dict[str, Any]] = []
         if authz:
             scheme, _, value = authz.partition(" ")
             user, _, pw = base64.b64decode(value).decode().partition(":") if scheme.lower() == "basic" else ("", "", "")
             if (user, pw) != (self.user, self.password):
-                start_response("401 Unauthorized", [("Content-Length", "0")])
-                return [b""]
+                return Reply(401)
             for scope in q.get("scope", []):
                 kind, name, actions = scope.split(":", 2)
                 access.append({"type": kind, "name": name, "actions": actions.split(",")})
-        body = json.dumps({"token": self.jwt(access)}).encode()
         self.issued += 1
-        start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
-        return [body]
+        return Reply(200, json.dumps({"token": self.jwt(access)}).encode(), {"Content-Type": "application/json"})
