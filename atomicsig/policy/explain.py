@@ -14,9 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from atomicsig.errors import AtomicsigError, PolicyError, ReferenceError_
-from atomicsig.format import reference
+from atomicsig.format import policyjson, reference
 from atomicsig.gnupg import keyring as gpg
-from atomicsig.policy import policyjson
 from atomicsig.policy.apply import scope_chain
 from atomicsig.store import registries_d
 
