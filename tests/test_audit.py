@@ -1,0 +1,153 @@
+"""``atomicsig audit`` (issue 14 item 1) decides as containers/image does: every answer is compared with what real
+skopeo does under the same policy.json and registries.d (accept ⇔ ``skopeo copy`` succeeds), for images in a
+real docker-registry that are signed, unsigned, signed for another repository, signed by an untrusted key, and in
+scopes that accept or reject everything. ``-f policy.yaml`` before ``policy apply`` answers as after it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.infra import GpgHome, Registry, push_image, skopeo_pull
+from tests.test_openreports import SCHEMA
+from tests.test_openreports import validate as _validate
+
+
+def validate_report(doc: Any) -> None:
+    _validate(doc, SCHEMA)
+
+pytestmark = pytest.mark.slow
+
+
+def _audit(cli: Any, *args: str) -> tuple[int, dict[str, Any], str]:
+    code, out, err = cli("audit", "--tls-verify=false", "--json", *args)
+    return code, (json.loads(out) if out.strip().startswith("{") else {}), err
+
+
+@pytest.fixture(scope="module")
+def world(registry: Registry, signer: GpgHome, other_signer: GpgHome, signer_pub: Path,
+          tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The registry's images, their signatures in a lookaside directory, and the policy YAML over them."""
+    from atomicsig.cli import cli as group
+    from atomicsig.cli.common import run_main
+
+    work = tmp_path_factory.mktemp("audit")
+    store = work / "sigstore"
+    host = registry.host
+    refs = {name: f"{host}/{name}" for name in (
+        "app/signed:1", "app/unsigned:1", "app/wrongrepo:1", "app/untrusted:1", "open/any:1", "other/x:1")}
+    for name, ref in refs.items():
+        push_image(host, name, "audit-" + name.split("/")[1].split(":")[0], work)
+    push_image(host, "app/decoy:1", "audit-wrongrepo", work)  # same content as app/wrongrepo:1 (same digest)
+
+    def sign(home: GpgHome, ref: str) -> None:
+        import os
+
+        old = os.environ.get("GNUPGHOME")
+        os.environ["GNUPGHOME"] = str(home.path)
+        try:
+            assert run_main(group, ["sign", "--key", home.fingerprint, "--sigstore", str(store),
+                                    "--tls-verify=false", ref]) == 0
+        finally:
+            if old is None:
+                os.environ.pop("GNUPGHOME", None)
+            else:
+                os.environ["GNUPGHOME"] = old
+
+    sign(signer, refs["app/signed:1"])
+    sign(signer, refs["other/x:1"])  # signed, but its scope is the default: reject
+    sign(other_signer, refs["app/untrusted:1"])
+    sign(signer, f"{host}/app/decoy:1")  # then moved to app/wrongrepo: a signature claiming another repository
+    decoy = next((store / "app").glob("decoy@*"))
+    shutil.copytree(decoy, store / "app" / decoy.name.replace("decoy", "wrongrepo"))
+    shutil.copy(signer_pub, work / "trusted.gpg")
+    policy = work / "policy.yaml"
+    policy.write_text(yaml.safe_dump({
+        "default": "reject",
+        "keys": {"trusted": {"file": "trusted.gpg"}},
+        "scopes": {f"{host}/app": {"signed-by": "trusted", "lookaside": f"file://{store}"},
+                   f"{host}/open": {"action": "accept"}}}))
+    return {"refs": refs, "policy": policy, "work": work, "store": store, "host": host}
+
+
+def _skopeo_accepts(ref: str, root: Path, work: Path) -> bool:
+    proc = skopeo_pull(ref, root / "etc/containers/policy.json", root / "etc/containers/registries.d", work)
+    return proc.returncode == 0
+
+
+def test_audit_agrees_with_skopeo_before_and_after_apply(cli, world: dict[str, Any], tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    refs, policy = world["refs"], str(world["policy"])
+    root = tmp_path / "node"
+    root.mkdir()
+    code, before, err = _audit(cli, "--root", str(root), "-f", policy, *refs.values())
+    assert code == 1, err
+    assert not (root / "etc").exists()  # -f stages the applied files elsewhere: nothing written under --root
+    code, _, err = cli("policy", "apply", "-f", policy, "--root", str(root), "--keypaths-under-root")
+    assert code == 0, err
+    code, after, err = _audit(cli, "--root", str(root), *refs.values())
+    assert code == 1, err
+    decided = {img["reference"]: img["decision"] for img in after["images"]}
+    assert decided == {img["reference"]: img["decision"] for img in before["images"]}
+    expected = {"app/signed:1": "accepted", "open/any:1": "accepted", "app/unsigned:1": "rejected",
+                "app/wrongrepo:1": "rejected", "app/untrusted:1": "rejected", "other/x:1": "rejected"}
+    assert decided == {refs[k]: v for k, v in expected.items()}
+    for ref, decision in decided.items():  # the node's own answer, case by case
+        assert _skopeo_accepts(ref, root, tmp_path) == (decision == "accepted"), ref
+    by_ref = {img["reference"]: img for img in after["images"]}
+    host = world["host"]
+    assert by_ref[refs["other/x:1"]]["scope"] == "default"
+    assert by_ref[refs["open/any:1"]]["scope"] == f"transports.docker['{host}/open']"
+    assert "no signature exists" in by_ref[refs["app/unsigned:1"]]["reason"]
+    assert "does not match" in by_ref[refs["app/wrongrepo:1"]]["reason"]
+    assert by_ref[refs["app/wrongrepo:1"]]["requirements"][0]["signatures"][0]["identity"] == f"{host}/app/decoy:1"
+    signed = by_ref[refs["app/signed:1"]]["requirements"][0]
+    assert signed["outcome"] == "pass" and signed["signatures"][0]["accepted"]
+    assert signed["signatures"][0]["index"] == 1 and len(signed["signatures"][0]["signer"]) == 40
+
+
+def test_report_and_table(cli, world: dict[str, Any], tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    refs = world["refs"]
+    report = tmp_path / "report.yaml"
+    code, out, err = cli("audit", "--tls-verify=false", "-f", str(world["policy"]), "--root", str(tmp_path),
+                         "--report", str(report), *refs.values())
+    assert code == 1, err
+    assert out.splitlines()[0].split() == ["IMAGE", "DECISION", "SCOPE", "REQUIREMENTS", "REASON"]
+    assert any(line.startswith(refs["app/signed:1"]) and "ACCEPTED" in line for line in out.splitlines())
+    doc = yaml.safe_load(report.read_text())
+    validate_report(doc)
+    assert doc["summary"]["pass"] == 2 and doc["summary"]["fail"] == 4
+    untrusted = next(r for r in doc["results"] if r["properties"]["image"] == refs["app/untrusted:1"])
+    assert untrusted["rule"] == "signedBy[0]" and untrusted["result"] == "fail"
+    assert untrusted["properties"]["signatureIndex"] == "1" and "keyFingerprint" not in untrusted["properties"]
+    code, _, _ = cli("audit", "--tls-verify=false", "-f", str(world["policy"]), "--root", str(tmp_path),
+                     "--report", str(tmp_path / "r.json"), refs["app/signed:1"])
+    assert code == 0
+    validate_report(json.loads((tmp_path / "r.json").read_text()))
+
+
+def test_exit_codes(cli, world: dict[str, Any], tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """0 all accepted; 1 some refused; 3 some undecided (wins over 1): a sigstoreSigned requirement is "not
+    evaluated", never a pass; 2 a broken policy.json, with the file named."""
+    refs, host = world["refs"], world["host"]
+    root = tmp_path / "node"
+    (root / "etc/containers").mkdir(parents=True)
+    pol = root / "etc/containers/policy.json"
+    pol.write_text(json.dumps({"default": [{"type": "reject"}], "transports": {"docker": {
+        f"{host}/open": [{"type": "insecureAcceptAnything"}],
+        f"{host}/app": [{"type": "sigstoreSigned", "keyPath": "/nonexistent.pub"}]}}}))
+    code, doc, _ = _audit(cli, "--root", str(root), refs["open/any:1"])
+    assert code == 0 and doc["images"][0]["decision"] == "accepted"
+    code, doc, _ = _audit(cli, "--root", str(root), refs["open/any:1"], refs["other/x:1"])
+    assert code == 1
+    code, doc, _ = _audit(cli, "--root", str(root), refs["other/x:1"], refs["app/signed:1"])
+    assert code == 3
+    req = doc["images"][1]["requirements"][0]
+    assert doc["images"][1]["decision"] == "error" and req["outcome"] == "not evaluated"
+    pol.write_text('{"default": [{"type": "reject"}], "transports": {"docker": {"x": []}}}')
+    code, _, err = cli("audit", "--root", str(root), refs["open/any:1"])
+    assert code == 2 and str(pol) in err and len(err.strip().splitlines()) == 1
