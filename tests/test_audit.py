@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.infra import GpgHome, Registry, push_image, skopeo_pull
+from tests.infra import GpgHome, Registry, free_port, push_image, skopeo_pull
 from tests.test_openreports import SCHEMA
 from tests.test_openreports import validate as _validate
 
@@ -148,6 +148,52 @@ def test_exit_codes(cli, world: dict[str, Any], tmp_path: Path) -> None:  # type
     assert code == 3
     req = doc["images"][1]["requirements"][0]
     assert doc["images"][1]["decision"] == "error" and req["outcome"] == "not evaluated"
+    code, doc, _ = _audit(cli, "--root", str(root), refs["other/x:1"], f"127.0.0.1:{free_port()}/down/x:1")
+    assert code == 3 and doc["images"][1]["decision"] == "error"  # registry unreachable: could not check
     pol.write_text('{"default": [{"type": "reject"}], "transports": {"docker": {"x": []}}}')
     code, _, err = cli("audit", "--root", str(root), refs["open/any:1"])
     assert code == 2 and str(pol) in err and len(err.strip().splitlines()) == 1
+
+
+def test_storage_images_pulled_with_podman(cli, world: dict[str, Any], tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """``--storage``: the images podman holds (vfs, isolated root) get the answers their references get."""
+    from tests.conftest import HAVE_PODMAN
+    from tests.infra import insecure_policy
+    from tests.test_store_images import Podman
+
+    if not HAVE_PODMAN:
+        pytest.skip("needs podman")
+    refs = world["refs"]
+    graphroot = tmp_path / "storage"
+    pm = Podman(tmp_path, graphroot, insecure_policy(tmp_path / "insecure.json"))
+    pulled = [refs[k] for k in ("app/signed:1", "app/unsigned:1", "app/untrusted:1", "open/any:1")]
+    for ref in pulled:
+        pm.pull(ref)
+    node = tmp_path / "node"
+    node.mkdir()
+    assert cli("policy", "apply", "-f", str(world["policy"]), "--root", str(node))[0] == 0
+    code, doc, err = _audit(cli, "--root", str(node), "--storage", "--storage-root", str(graphroot))
+    assert code == 1, err
+    got = {img["reference"]: img["decision"] for img in doc["images"]}
+    code, by_ref, err = _audit(cli, "--root", str(node), *pulled)
+    assert got == {img["reference"]: img["decision"] for img in by_ref["images"]}
+    assert got[refs["app/signed:1"]] == "accepted" and got[refs["app/unsigned:1"]] == "rejected"
+    assert all(img["source"].startswith("containers-storage ") for img in doc["images"])
+
+
+def test_bad_input_exit_2(cli, world: dict[str, Any], tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Not JSON, a broken YAML, an unreadable storage configuration: one line naming the file, exit 2."""
+    ref = world["refs"]["open/any:1"]
+    root = tmp_path / "node"
+    (root / "etc/containers").mkdir(parents=True)
+    (root / "etc/containers/policy.json").write_text('{"default": [')
+    code, _, err = cli("audit", "--root", str(root), ref)
+    assert code == 2 and "policy.json" in err and len(err.strip().splitlines()) == 1
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("default: reject\nscopes:\n  x.example.com: {lookside: file:///x}\n")
+    code, _, err = cli("audit", "-f", str(bad), "--root", str(tmp_path / "fresh"), ref)
+    assert code == 2 and "bad.yaml:3" in err
+    (root / "etc/containers/policy.json").write_text('{"default": [{"type": "insecureAcceptAnything"}]}')
+    (root / "etc/containers/storage.conf").write_text('[storage\ndriver = "vfs"\n')
+    code, _, err = cli("audit", "--root", str(root), "--storage")
+    assert code == 2 and "storage.conf" in err and len(err.strip().splitlines()) == 1
