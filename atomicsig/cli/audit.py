@@ -62,6 +62,10 @@ def audit(references: tuple[str, ...], root: str, policy_file: str | None, from_
         from atomicsig.store.images import node_images
 
         _, stored = node_images(root=None if root == "/" else root, graphroot=storage_root)
+        nameless = sum(1 for image in stored if not image.references)
+        if nameless:
+            click.echo(f"atomicsig: note: {nameless} stored image(s) without a name were not audited (no policy "
+                       "scope can match them)", err=True)
     with tempfile.TemporaryDirectory(prefix="atomicsig-audit-") as scratch:
         roots = [root]
         if policy_file:

@@ -272,14 +272,11 @@ def evaluate_reference(text: str, *, resolver: Resolver, evaluator: Evaluator) -
 
 def evaluate_stored(image: StoredImage, evaluator: Evaluator) -> list[Evaluation]:
     """The evaluations for one image in containers-storage: one per name it carries (a pull of that name is what
-    the node's policy judged), against the manifest digest of the instance the node runs (SPEC §2.2)."""
+    the node's policy judged), against the manifest digest of the instance the node runs (SPEC §2.2). An image
+    without a name (untagged by a later pull of its tag) has nothing a policy scope could match: no evaluation."""
     source = f"containers-storage {image.id[:12]}"
-    names = image.references
-    if not names:
-        return [Evaluation(image.id, image.manifest_digest or "", decision=ERROR, source=source,
-                           reason="not evaluated: the image has no name a pull could have used")]
     out = []
-    for ref in names:
+    for ref in image.references:
         if not image.manifest_digest:
             scope, _ = evaluator.scope_for(ref)
             out.append(Evaluation(str(ref), "", scope, decision=ERROR, source=source,
