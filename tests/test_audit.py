@@ -203,12 +203,14 @@ def test_bad_input_exit_2(cli, world: dict[str, Any], tmp_path: Path) -> None:  
 
 def test_requirement_kinds_agree_with_skopeo(cli, world: dict[str, Any], other_signer: GpgHome, signer_pub: Path,  # type: ignore[no-untyped-def]
                                              tmp_path: Path) -> None:
-    """keyData, keyPaths, two signedBy requirements (c/image ANDs them), a keyPath that does not exist, an
-    exactRepository identity, accept + reject in one list: each decision equals skopeo's."""
+    """keyData, keyPaths, two signedBy requirements (c/image ANDs them), a keyPath that does not exist or holds no
+    key, an exactRepository identity, accept + reject in one list: each decision equals skopeo's."""
     import base64
 
     refs, host, store = world["refs"], world["host"], world["store"]
     other_pub = other_signer.export_public(tmp_path / "other.gpg")
+    garbage = tmp_path / "garbage.gpg"
+    garbage.write_text("not an OpenPGP keyring\n")
 
     def signed_by(**fields: Any) -> dict[str, Any]:
         return {"type": "signedBy", "keyType": "GPGKeys", **fields}
@@ -223,18 +225,20 @@ def test_requirement_kinds_agree_with_skopeo(cli, world: dict[str, Any], other_s
             refs["other/x:1"]: [signed_by(keyPath=str(signer_pub)), signed_by(keyPath=str(other_pub))],
             refs["app/untrusted:1"]: [signed_by(keyPaths=[str(signer_pub), str(other_pub)])],
             f"{host}/app/decoy:1": [signed_by(keyPath=str(tmp_path / "missing.gpg"))],
+            refs["open/any:1"]: [signed_by(keyPath=str(garbage))],
             refs["app/unsigned:1"]: [{"type": "insecureAcceptAnything"}, {"type": "reject"}],
             refs["app/wrongrepo:1"]: [signed_by(keyPath=str(signer_pub), signedIdentity={
                 "type": "exactRepository", "dockerRepository": f"{host}/app/decoy"})]}}}))
     images = [refs[k] for k in ("app/signed:1", "other/x:1", "app/untrusted:1", "app/unsigned:1",
-                                "app/wrongrepo:1")] + [f"{host}/app/decoy:1"]
+                                "app/wrongrepo:1")] + [f"{host}/app/decoy:1", refs["open/any:1"]]
     code, doc, err = _audit(cli, "--root", str(root), *images)
     assert code == 1, err
     decided = {img["reference"]: img for img in doc["images"]}
     for ref in images:
         assert _skopeo_accepts(ref, root, tmp_path) == (decided[ref]["decision"] == "accepted"), ref
     assert [decided[r]["decision"] for r in images] == ["accepted", "rejected", "accepted", "rejected", "accepted",
-                                                        "rejected"]
+                                                        "rejected", "rejected"]
+    assert "no public keys" in decided[refs["open/any:1"]]["reason"]
     both = decided[refs["other/x:1"]]["requirements"]
     assert [q["outcome"] for q in both] == ["pass", "fail"]  # every requirement evaluated, the second refuses
     assert [q["outcome"] for q in decided[refs["app/unsigned:1"]]["requirements"]] == ["pass", "fail"]
