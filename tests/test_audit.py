@@ -148,7 +148,11 @@ def test_exit_codes(cli, world: dict[str, Any], tmp_path: Path) -> None:  # type
     assert code == 3
     req = doc["images"][1]["requirements"][0]
     assert doc["images"][1]["decision"] == "error" and req["outcome"] == "not evaluated"
-    code, doc, _ = _audit(cli, "--root", str(root), refs["other/x:1"], f"127.0.0.1:{free_port()}/down/x:1")
+    down = f"127.0.0.1:{free_port()}/down/x:1"
+    code, doc, _ = _audit(cli, "--root", str(root), refs["other/x:1"], down)
+    assert code == 1 and doc["images"][1]["decision"] == "rejected"  # unreachable, but its scope rejects all
+    pol.write_text(json.dumps({"default": [{"type": "insecureAcceptAnything"}]}))
+    code, doc, _ = _audit(cli, "--root", str(root), refs["other/x:1"], down)
     assert code == 3 and doc["images"][1]["decision"] == "error"  # registry unreachable: could not check
     pol.write_text('{"default": [{"type": "reject"}], "transports": {"docker": {"x": []}}}')
     code, _, err = cli("audit", "--root", str(root), refs["open/any:1"])

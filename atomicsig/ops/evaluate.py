@@ -258,8 +258,10 @@ def evaluate_reference(text: str, *, resolver: Resolver, evaluator: Evaluator) -
     except AtomicsigError as exc:
         if exc.exit_code == EXIT_USAGE:
             raise
-        negative = isinstance(exc, NotFound) or exc.exit_code == EXIT_NEGATIVE
-        scope, _ = evaluator.scope_for(given)
+        scope, reqs = evaluator.scope_for(given)
+        # A scope that rejects every image refuses this one whatever its digest: still a decided answer.
+        negative = isinstance(exc, NotFound) or exc.exit_code == EXIT_NEGATIVE or \
+            any(isinstance(r, dict) and r.get("type") == "reject" for r in reqs)
         return [Evaluation(str(given), given.digest or "", scope, decision=REJECTED if negative else ERROR,
                            reason=exc.message, source="argument")]
     out = []
