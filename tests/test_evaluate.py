@@ -7,6 +7,7 @@ verifier serves every image of a key set."""
 from __future__ import annotations
 
 import base64
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,8 @@ def test_outcomes_per_requirement_kind(store: DirectoryStore, signer_pub: Path) 
         ({"type": "signedBy", "keyType": "GPGKeys", "keyData": base64.b64encode(signer_pub.read_bytes()).decode()},
          True),
         ({"type": "signedBy", "keyType": "GPGKeys", "keyData": "!!not base64"}, False),
+        ({"type": "signedBy", "keyType": "GPGKeys",  # wrapped: Go's base64 decoder skips CR and LF
+          "keyData": "\r\n".join(textwrap.wrap(base64.b64encode(signer_pub.read_bytes()).decode(), 64))}, True),
         ({"type": "signedBy", "keyType": "X509Certificates", "keyPath": str(signer_pub)}, False),
         ({"type": "signedBaseLayer", "baseLayerIdentity": {"type": "matchRepository"}}, False),
         ({"type": "sigstoreSigned", "keyPath": "/x.pub"}, None),

@@ -223,7 +223,9 @@ class Evaluator:
     def _key_blobs(self, req: dict[str, Any]) -> tuple[bytes, ...]:
         if "keyData" in req:
             try:
-                return (base64.b64decode(str(req["keyData"]), validate=True),)
+                # Go's StdEncoding (how encoding/json reads []byte) skips \r and \n, and nothing else.
+                text = str(req["keyData"]).replace("\r", "").replace("\n", "")
+                return (base64.b64decode(text, validate=True),)
             except (binascii.Error, ValueError) as exc:
                 raise SignatureFormatError("keyData is not valid base64; containers/image refuses the image") \
                     from exc
