@@ -95,3 +95,35 @@ def test_policy_c_image_refuses_is_an_input_error(doc: dict[str, Any], tmp_path:
     with pytest.raises(PolicyError) as info:
         Evaluator(doc, DirectoryStore(tmp_path), policy_source="/etc/containers/policy.json")
     assert info.value.exit_code == 2 and info.value.message.startswith("/etc/containers/policy.json: ")
+
+
+def test_staged_files_equal_the_applied_ones(cli, signer_pub: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """``audit -f`` judges the files ``apply`` would leave: the node's own scopes and registries.d files kept,
+    the YAML's laid over them, byte for byte what ``policy apply`` then writes; nothing under the root changes."""
+    import json
+    import shutil
+
+    from atomicsig.policy.compile import compile_policy
+    from atomicsig.policy.preview import stage_applied
+
+    root = tmp_path / "node"
+    (root / "etc/containers/registries.d").mkdir(parents=True)
+    (root / "etc/containers/policy.json").write_text(json.dumps({"default": [{"type": "insecureAcceptAnything"}],
+        "transports": {"docker": {"quay.io/theirs": [{"type": "reject"}]}}}))
+    (root / "etc/containers/registries.d/theirs.yaml").write_text("docker:\n  quay.io/theirs:\n"
+                                                                  "    lookaside: https://sigs.example.com\n")
+    shutil.copy(signer_pub, tmp_path / "k.gpg")
+    (tmp_path / "p.yaml").write_text("default: reject\nkeys:\n  k: {file: k.gpg}\nscopes:\n"
+                                     "  registry.example.com/team: {signed-by: k, lookaside: file:///srv/sigs}\n")
+    before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    staged = stage_applied(compile_policy(tmp_path / "p.yaml", None), root, tmp_path / "scratch")
+    assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} == before
+    code, _, err = cli("policy", "apply", "-f", str(tmp_path / "p.yaml"), "--root", str(root))
+    assert code == 0, err
+    for rel in ("etc/containers/policy.json", "etc/containers/registries.d/theirs.yaml",
+                "etc/containers/registries.d/atomicsig.yaml"):
+        assert (staged / rel).read_bytes() == (root / rel).read_bytes(), rel
+    keyring = json.loads((root / "etc/containers/policy.json").read_text())[
+        "transports"]["docker"]["registry.example.com/team"][0]["keyPath"]
+    assert (staged / keyring.lstrip("/")).read_bytes() == (root / keyring.lstrip("/")).read_bytes()
+    assert "quay.io/theirs" in json.loads((staged / "etc/containers/policy.json").read_text())["transports"]["docker"]
