@@ -185,6 +185,17 @@ def test_storage_images_pulled_with_podman(cli, world: dict[str, Any], tmp_path:
     assert got == {img["reference"]: img["decision"] for img in by_ref["images"]}
     assert got[refs["app/signed:1"]] == "accepted" and got[refs["app/unsigned:1"]] == "rejected"
     assert all(img["source"].startswith("containers-storage ") for img in doc["images"])
+    # the same answer from `policy apply --dry-run --audit` on a node where the policy is not applied yet
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    code, out, err = cli("policy", "apply", "-f", str(world["policy"]), "--root", str(fresh), "--dry-run", "--audit",
+                         "--storage-root", str(graphroot), "--tls-verify=false", "--json")
+    assert code == 1, err
+    applied = json.loads(out)
+    assert applied["pending"] and {a["reference"]: a["decision"] for a in applied["audit"]} == got
+    assert not (fresh / "etc").exists()
+    code, _, err = cli("policy", "apply", "-f", str(world["policy"]), "--root", str(fresh), "--audit")
+    assert code == 2 and "--dry-run" in err and not (fresh / "etc").exists()
 
 
 def test_bad_input_exit_2(cli, world: dict[str, Any], tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

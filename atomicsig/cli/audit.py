@@ -15,6 +15,7 @@ from atomicsig.ops.resolve import read_reference_list
 
 if TYPE_CHECKING:
     from atomicsig.ops.evaluate import Evaluation
+    from atomicsig.policy.compile import CompiledPolicy
     from atomicsig.store.images import StoredImage
 
 
@@ -48,15 +49,39 @@ def audit(references: tuple[str, ...], root: str, policy_file: str | None, from_
     2 bad input (broken policy.json or YAML, unreadable storage configuration).
     """
     from atomicsig.ops import evaluate as e
-    from atomicsig.ops.resolve import Resolver
-    from atomicsig.policy.explain import load_node
-    from atomicsig.store.select import AutoStore
 
     refs = list(references) + (read_reference_list(from_file) if from_file else [])
     if not refs and not storage:
         raise click.UsageError("give image references, --from-file or --storage")
     if storage_root and not storage:
         raise click.UsageError("--storage-root needs --storage")
+    compiled = None
+    if policy_file:
+        from atomicsig.policy.compile import compile_policy
+
+        compiled = compile_policy(policy_file, gnupghome)
+    source, results = evaluate_node(root, compiled, refs, storage=storage, storage_root=storage_root,
+                                    tls_verify=tls_verify, cert_dir=cert_dir, authfile=authfile)
+    if report_file:
+        _write_report(report_file, results)
+    if as_json:
+        emit_json({"policy": policy_file or source, "images": [r.as_dict() for r in results]})
+    else:
+        print_table(results)
+    return e.exit_code(results)
+
+
+def evaluate_node(root: str, compiled: CompiledPolicy | None, refs: list[str], *, storage: bool,
+                  storage_root: str | None, tls_verify: bool, cert_dir: str | None,
+                  authfile: str | None) -> tuple[str, list[Evaluation]]:
+    """(policy.json judged, one evaluation per image): the node's files under ``root``, or with ``compiled`` the
+    files applying it would leave (staged in a scratch directory). Shared by ``audit`` and ``policy apply
+    --dry-run --audit``, so the two cannot answer differently."""
+    from atomicsig.ops import evaluate as e
+    from atomicsig.ops.resolve import Resolver
+    from atomicsig.policy.explain import load_node
+    from atomicsig.store.select import AutoStore
+
     stored: list[StoredImage] = []
     if storage:
         from atomicsig.store.images import node_images
@@ -66,34 +91,27 @@ def audit(references: tuple[str, ...], root: str, policy_file: str | None, from_
         if nameless:
             click.echo(f"atomicsig: note: {nameless} stored image(s) without a name were not audited (no policy "
                        "scope can match them)", err=True)
+    results: list[Evaluation] = []
     with tempfile.TemporaryDirectory(prefix="atomicsig-audit-") as scratch:
         roots = [root]
-        if policy_file:
-            from atomicsig.policy.compile import compile_policy
+        if compiled is not None:
             from atomicsig.policy.preview import stage_applied
 
-            stage_applied(compile_policy(policy_file, gnupghome), root, scratch)
+            stage_applied(compiled, root, scratch)
             roots = [scratch, root]
         node = load_node(roots[0])
         store = AutoStore(registries_dir=str(node.registries_dir), tls_verify=tls_verify, cert_dir=cert_dir,
                           authfile=authfile)
         resolver = Resolver(tls_verify=tls_verify, cert_dir=cert_dir, authfile=authfile)
-        results: list[Evaluation] = []
         with e.Evaluator(node.policy, store, roots=roots, policy_source=str(node.policy_path)) as evaluator:
             for text in refs:
                 results += e.evaluate_reference(text, resolver=resolver, evaluator=evaluator)
             for image in stored:
                 results += e.evaluate_stored(image, evaluator)
-    if report_file:
-        _write_report(report_file, results)
-    if as_json:
-        emit_json({"policy": policy_file or str(node.policy_path), "images": [r.as_dict() for r in results]})
-    else:
-        _print_table(results)
-    return e.exit_code(results)
+    return str(node.policy_path), results
 
 
-def _print_table(results: list[Evaluation]) -> None:
+def print_table(results: list[Evaluation]) -> None:
     rows = []
     for r in results:
         reqs = ", ".join(f"{q.label}={q.outcome}" for q in r.requirements) or "-"
