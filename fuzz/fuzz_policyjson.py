@@ -1,6 +1,6 @@
 """Fuzz target: reading policy.json, registries.d YAML and signedIdentity objects.
 
-Surfaces: atomicsig.policy.policyjson (loads, problems, requirements_for, dumps), atomicsig.registries_d
+Surfaces: atomicsig.format.policyjson (loads, problems, requirements_for, dumps), atomicsig.registries_d
 (load_yaml_strict, merge_file, lookaside_for, use_sigstore_attachments) and atomicsig.identity.from_json.
 Invariants: only PolicyError escapes the loaders; validation and lookup never raise on any loaded document;
 dumps → loads round-trips; a lookaside lookup always yields a string URL.
@@ -13,8 +13,7 @@ from _harness import main, text
 
 with atheris.instrument_imports(include=["atomicsig"]):
     from atomicsig.errors import PolicyError
-    from atomicsig.format import identity, reference
-    from atomicsig.policy import policyjson
+    from atomicsig.format import identity, policyjson, reference
     from atomicsig.store import registries_d
 
 REFS = [reference.parse(r) for r in ("busybox", "registry.example.com/app/web:1.0",

@@ -48,14 +48,14 @@ from typing import Any
 import pytest
 import yaml
 
-from atomicsig.format import payload
+from atomicsig.format import payload, policyjson
 from atomicsig.format.blob import simple_signing_body
 from atomicsig.format.reference import parse as parse_ref
 from atomicsig.format.sigpath import digest_dirname
 from atomicsig.gnupg.keyring import Keyring, TrustedKeys
 from atomicsig.openpgp import packets as openpgp
 from atomicsig.policy import apply as policy_apply
-from atomicsig.policy import keymaterial, policyjson, schema
+from atomicsig.policy import keymaterial, schema
 from atomicsig.store import registries_d
 from atomicsig.store.directory import DirectoryStore
 from atomicsig.store.journal import HEADER_LEN, Journal, iter_lines, parse_header, parse_line, sha256_hex

@@ -23,9 +23,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from atomicsig.errors import InputError, PolicyError, ReferenceError_, SignatureFormatError
-from atomicsig.format import blob, identity, payload, reference
+from atomicsig.format import blob, identity, payload, policyjson, reference
 from atomicsig.openpgp import packets as openpgp
-from atomicsig.policy import policyjson, schema
+from atomicsig.policy import schema
 from atomicsig.serve.server import ServerConfig, SignatureServer, _parse_range
 from atomicsig.store import journal, registries_d
 from atomicsig.sync import source

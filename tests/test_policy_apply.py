@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from atomicsig.format import policyjson
 from atomicsig.policy import apply as policy_apply
-from atomicsig.policy import keymaterial, policyjson, schema
+from atomicsig.policy import keymaterial, schema
 from atomicsig.store import registries_d
 from tests.infra import KEYDIR, POLICY, REGD, REGFILE, STATE, GpgHome, legacy_layout
 

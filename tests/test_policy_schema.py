@@ -10,8 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from atomicsig.errors import InputError, PolicyError
-from atomicsig.format import validate
-from atomicsig.policy import policyjson, render, schema
+from atomicsig.format import policyjson, validate
+from atomicsig.policy import render, schema
 from atomicsig.policy.keymaterial import KeyMaterial
 from atomicsig.store import registries_d
 

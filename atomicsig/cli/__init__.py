@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "sign": ("sign", "sign", "Sign images by digest into a sigstore (lookaside dir, registry extension)."),
     "verify": ("verify", "verify", "Check whether images carry an accepted signature."),
     "policy": ("policy", "policy", "Compile, apply, show and explain node trust policy."),
+    "audit": ("audit", "audit", "Report which images a node's policy (or an unapplied one) would refuse."),
     "serve": ("serve", "serve", "Serve a sigstore over HTTP: lookaside GETs and the signature extension API."),
     "sync": ("sync", "sync", "Keep a local sigstore identical to upstream sigstores."),
     "index": ("sync", "index", "Rebuild the static sync index of a sigstore directory."),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from atomicsig.cli.common import emit_json, gnupghome_option, json_option, table
+from atomicsig.cli.common import emit_json, gnupghome_option, json_option, registry_options, table
 from atomicsig.errors import EXIT_NEGATIVE, EXIT_OK
 
 _FILE = click.option("-f", "--file", "policy_file", required=True, metavar="FILE", type=click.Path(dir_okay=False),
@@ -58,13 +58,20 @@ def validate(policy_file: str, root: str, gnupghome: str | None, as_json: bool) 
 @click.option("--dry-run", is_flag=True, help="Print a unified diff of what would change; change nothing. "
                                                "Exit 1 if changes are pending, 0 if none.")
 @click.option("--check", is_flag=True, help="Like --dry-run but print only the list of files.")
+@click.option("--audit", is_flag=True,
+              help="With --dry-run/--check: also audit the images in the node's containers-storage against the "
+                   "result (as `atomicsig audit -f FILE --storage`); the exit code is then the audit's: 0 all "
+                   "accepted, 1 some would be refused, 3 some could not be checked.")
+@click.option("--storage-root", metavar="DIR", help="containers-storage graphroot for --audit.")
 @click.option("--keypaths-under-root", is_flag=True,
               help="Write keyPath values that include --root (to run skopeo/podman against the tree in place, "
                    "e.g. in tests) instead of the node path /etc/pki/containers/….")
+@registry_options
 @gnupghome_option
 @json_option
-def apply_cmd(policy_file: str, root: str, registries_keys: str, dry_run: bool, check: bool,
-              keypaths_under_root: bool, gnupghome: str | None, as_json: bool) -> int:
+def apply_cmd(policy_file: str, root: str, registries_keys: str, dry_run: bool, check: bool, audit: bool,
+              storage_root: str | None, keypaths_under_root: bool, tls_verify: bool, cert_dir: str | None,
+              authfile: str | None, gnupghome: str | None, as_json: bool) -> int:
     """Install the policy: new keyrings, then registries.d/atomicsig.yaml and policy.json (staged, then renamed
     back to back: the policy.json rename is the commit point), then removals, then the state record.
 
@@ -81,9 +88,20 @@ def apply_cmd(policy_file: str, root: str, registries_keys: str, dry_run: bool, 
     for s in plan.adopted:
         click.echo(f"note: taking over existing policy.json scope {s!r}", err=True)
     changes = _with_files(plan.summary(), root)
+    if (audit or storage_root) and not (dry_run or check):
+        raise click.UsageError("--audit and --storage-root go with --dry-run or --check")
+    if storage_root and not audit:
+        raise click.UsageError("--storage-root needs --audit")
+    if audit:
+        from atomicsig.cli.audit import evaluate_node, print_table
+        from atomicsig.ops.evaluate import exit_code
+
+        _, audited = evaluate_node(root, policy, [], storage=True, storage_root=storage_root,
+                                   tls_verify=tls_verify, cert_dir=cert_dir, authfile=authfile)
     if dry_run or check:
         if as_json:
-            emit_json({"pending": plan.pending, "changes": changes})
+            emit_json({"pending": plan.pending, "changes": changes,
+                       **({"audit": [a.as_dict() for a in audited]} if audit else {})})
         elif dry_run:
             click.echo(plan.diff(), nl=False)
         else:
@@ -91,6 +109,10 @@ def apply_cmd(policy_file: str, root: str, registries_keys: str, dry_run: bool, 
                 click.echo(f"{c['action']:7} {c['file']}")
         if not as_json:
             click.echo("changes pending" if plan.pending else "unchanged", err=True)
+            if audit:
+                print_table(audited)
+        if audit:
+            return exit_code(audited)
         return EXIT_NEGATIVE if plan.pending else EXIT_OK
     backups = apply.execute(plan) if plan.pending else []
     if as_json:

@@ -43,9 +43,8 @@ from pathlib import Path
 from typing import Any
 
 from atomicsig.errors import InputError, PolicyError
-from atomicsig.format import reference
+from atomicsig.format import policyjson, reference
 from atomicsig.format.validate import check_file_name
-from atomicsig.policy import policyjson
 from atomicsig.policy.keymaterial import KeyMaterial
 from atomicsig.policy.render import KEY_DIR, POLICY_PATH, REGISTRIES_D, REGISTRIES_FILE, Compiled, compile_spec, merge
 from atomicsig.policy.schema import PolicySpec

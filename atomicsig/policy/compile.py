@@ -11,7 +11,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from atomicsig.policy import apply, keymaterial, policyjson, render, schema
+from atomicsig.format import policyjson
+from atomicsig.policy import apply, keymaterial, render, schema
 from atomicsig.policy.keymaterial import KeyMaterial
 from atomicsig.policy.render import Compiled
 from atomicsig.policy.schema import PolicySpec

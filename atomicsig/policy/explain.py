@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from atomicsig.errors import AtomicsigError, PolicyError, ReferenceError_
-from atomicsig.format import reference
+from atomicsig.format import policyjson, reference
 from atomicsig.gnupg import keyring as gpg
-from atomicsig.policy import policyjson
+from atomicsig.ops.evaluate import key_paths, resolve_key_path
 from atomicsig.policy.apply import scope_chain
 from atomicsig.store import registries_d
 
@@ -48,8 +48,7 @@ class NodeConfig:
         return out
 
     def _resolve(self, path: str) -> Path:
-        under = self.root / path.lstrip("/")
-        return under if str(self.root) != "/" and under.exists() else Path(path)
+        return resolve_key_path(self.root, path)
 
 
 def _describe_keyring(home: gpg.Keyring, path: Path) -> list[dict[str, Any]]:
@@ -82,14 +81,6 @@ def load_node(root: str | Path = "/", policy: str | None = None, registries_dir:
     return NodeConfig(ppath, doc, rdir, registries_d.load_dir(rdir), rootp)
 
 
-def _key_paths(req: dict[str, Any]) -> list[str]:
-    if isinstance(req.get("keyPath"), str) and req["keyPath"]:
-        return [req["keyPath"]]
-    if isinstance(req.get("keyPaths"), list):
-        return [p for p in req["keyPaths"] if isinstance(p, str)]
-    return []
-
-
 def _store_for_scope(node: NodeConfig, scope: str) -> str:
     if scope.startswith("*.") or "/" in scope or ":" in scope or "." in scope or scope == "localhost":
         with contextlib.suppress(ReferenceError_, ValueError):
@@ -110,7 +101,7 @@ def _id_column(node: NodeConfig, req: dict[str, Any]) -> str:
     if "keyData" in req:
         return "(keyData)"
     ids = []
-    for k in node.key_info(_key_paths(req)):
+    for k in node.key_info(key_paths(req)):
         if "error" in k:
             ids.append(f"{k['path']}: {k['error']}")
         else:
@@ -133,7 +124,7 @@ def show(node: NodeConfig) -> list[dict[str, Any]]:
             if not isinstance(r, dict):
                 continue
             kind = str(r.get("type"))
-            keys = node.key_info(_key_paths(r)) if kind == "signedBy" else []
+            keys = node.key_info(key_paths(r)) if kind == "signedBy" else []
             rows.append({"transport": transport, "name": name, "type": _TYPE_NAMES.get(kind, kind),
                          "id": _id_column(node, r), "store": store, "keys": keys, "requirement": r})
 
@@ -179,7 +170,7 @@ def explain(node: NodeConfig, ref_text: str) -> dict[str, Any]:
             ident = r.get("signedIdentity")
             item["identity"] = ident.get("type") if isinstance(ident, dict) else "matchRepoDigestOrExact (default)"
             if r.get("type") == "signedBy":
-                item["keys"] = node.key_info(_key_paths(r))
+                item["keys"] = node.key_info(key_paths(r))
         described.append(item)
     out["requirements"] = described
     if ref is not None and transport == "docker":
@@ -202,7 +193,7 @@ def explain_text(info: dict[str, Any]) -> str:
         r = item["requirement"]
         text = f"  {i}. {item['type']}"
         if item.get("type") in ("signedBy", "sigstoreSigned"):
-            paths = _key_paths(r) or (["keyData"] if "keyData" in r else [])
+            paths = key_paths(r) or (["keyData"] if "keyData" in r else [])
             text += f" keys={','.join(paths)} identity={item['identity']}"
         lines.append(text)
         for k in item.get("keys", []):

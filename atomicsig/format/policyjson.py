@@ -1,5 +1,7 @@
 """policy.json as containers/image reads it (SPEC §5): strict loading, validation, serialization, scope lookup.
 
+Pure (format layer), so every reader of a node policy — ``policy`` commands and ``ops.evaluate`` — shares it.
+
 The document is kept as plain JSON data (dicts in file order) so that a read-modify-write keeps everything we
 do not manage — other transports, other scopes, and fields this version does not know — byte-for-byte in
 meaning. Validation is separate (:func:`problems`) and follows c/image's exact field sets, because one unknown

@@ -1,0 +1,145 @@
+"""``atomicsig audit``: which images would this node's policy (or a policy not applied yet) refuse? (issue 14 #1)"""
+
+from __future__ import annotations
+
+import platform
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from atomicsig.cli.common import emit_json, gnupghome_option, json_option, registry_options, table
+from atomicsig.ops.resolve import read_reference_list
+
+if TYPE_CHECKING:
+    from atomicsig.ops.evaluate import Evaluation
+    from atomicsig.policy.compile import CompiledPolicy
+    from atomicsig.store.images import StoredImage
+
+
+@click.command()
+@click.argument("references", nargs=-1)
+@click.option("--root", default="/", show_default=True, metavar="DIR",
+              help="The node's / : policy.json and registries.d are read from <DIR>/etc/containers/.")
+@click.option("-f", "--file", "policy_file", metavar="FILE", type=click.Path(dir_okay=False),
+              help="Audit against this policy YAML as `policy apply` would leave the node (nothing is applied).")
+@click.option("--from-file", "from_file", metavar="FILE",
+              help="Also read references from FILE, one per line, # comments ('-': stdin).")
+@click.option("--storage", is_flag=True,
+              help="Audit every named image in the node's containers-storage (read only; root's, or this user's).")
+@click.option("--storage-root", metavar="DIR", help="containers-storage graphroot to read (with --storage).")
+@click.option("--report", "report_file", metavar="FILE", type=click.Path(dir_okay=False),
+              help="Also write an OpenReports Report to FILE (JSON if it ends in .json, else YAML).")
+@registry_options
+@gnupghome_option
+@json_option
+def audit(references: tuple[str, ...], root: str, policy_file: str | None, from_file: str | None, storage: bool,
+          storage_root: str | None, report_file: str | None, tls_verify: bool, cert_dir: str | None,
+          authfile: str | None, gnupghome: str | None, as_json: bool) -> int:
+    """Evaluate images exactly as containers/image would under the node's policy, and report, per image, the
+    decision, the scope that decided, each requirement's outcome and the signatures found. Nothing is enforced.
+
+    \b
+    Images: REFERENCES, --from-file, and/or --storage. Tags resolve to the digest the registry serves now.
+    A requirement atomicsig cannot check (sigstoreSigned) is "not evaluated", never a pass.
+
+    Exit 0 every image accepted, 1 some would be refused, 3 some could not be checked (3 wins over 1),
+    2 bad input (broken policy.json or YAML, unreadable storage configuration).
+    """
+    from atomicsig.ops import evaluate as e
+
+    refs = list(references) + (read_reference_list(from_file) if from_file else [])
+    if not refs and not storage:
+        raise click.UsageError("give image references, --from-file or --storage")
+    if storage_root and not storage:
+        raise click.UsageError("--storage-root needs --storage")
+    compiled = None
+    if policy_file:
+        from atomicsig.policy.compile import compile_policy
+
+        compiled = compile_policy(policy_file, gnupghome)
+    source, results = evaluate_node(root, compiled, refs, storage=storage, storage_root=storage_root,
+                                    tls_verify=tls_verify, cert_dir=cert_dir, authfile=authfile)
+    if report_file:
+        _write_report(report_file, results)
+    if as_json:
+        emit_json({"policy": policy_file or source, "images": [r.as_dict() for r in results]})
+    else:
+        print_table(results)
+    return e.exit_code(results)
+
+
+def evaluate_node(root: str, compiled: CompiledPolicy | None, refs: list[str], *, storage: bool,
+                  storage_root: str | None, tls_verify: bool, cert_dir: str | None,
+                  authfile: str | None) -> tuple[str, list[Evaluation]]:
+    """(policy.json judged, one evaluation per image): the node's files under ``root``, or with ``compiled`` the
+    files applying it would leave (staged in a scratch directory). Shared by ``audit`` and ``policy apply
+    --dry-run --audit``, so the two cannot answer differently."""
+    from atomicsig.ops import evaluate as e
+    from atomicsig.ops.resolve import Resolver
+    from atomicsig.policy.explain import load_node
+    from atomicsig.store.select import AutoStore
+
+    stored: list[StoredImage] = []
+    if storage:
+        from atomicsig.store.images import node_images
+
+        _, stored = node_images(root=None if root == "/" else root, graphroot=storage_root)
+        nameless = sum(1 for image in stored if not image.references)
+        if nameless:
+            click.echo(f"atomicsig: note: {nameless} stored image(s) without a name were not audited (no policy "
+                       "scope can match them)", err=True)
+    results: list[Evaluation] = []
+    with tempfile.TemporaryDirectory(prefix="atomicsig-audit-") as scratch:
+        roots = [root]
+        if compiled is not None:
+            from atomicsig.policy.preview import stage_applied
+
+            stage_applied(compiled, root, scratch)
+            roots = [scratch, root]
+        node = load_node(roots[0])
+        store = AutoStore(registries_dir=str(node.registries_dir), tls_verify=tls_verify, cert_dir=cert_dir,
+                          authfile=authfile)
+        resolver = Resolver(tls_verify=tls_verify, cert_dir=cert_dir, authfile=authfile)
+        with e.Evaluator(node.policy, store, roots=roots, policy_source=str(node.policy_path)) as evaluator:
+            for text in refs:
+                results += e.evaluate_reference(text, resolver=resolver, evaluator=evaluator)
+            for image in stored:
+                results += e.evaluate_stored(image, evaluator)
+    return str(node.policy_path), results
+
+
+def print_table(results: list[Evaluation]) -> None:
+    rows = []
+    for r in results:
+        reqs = ", ".join(f"{q.label}={q.outcome}" for q in r.requirements) or "-"
+        rows.append([r.reference, r.decision.upper(), r.scope or "-", reqs,
+                     "" if r.decision == "accepted" else r.reason])
+    click.echo(table(rows, ["IMAGE", "DECISION", "SCOPE", "REQUIREMENTS", "REASON"]))
+
+
+def _write_report(path: str, results: list[Evaluation]) -> None:
+    """One OpenReports result per image × requirement (an image that could not be resolved: one result)."""
+    from atomicsig.format import openreports as o
+    from atomicsig.fsutil import atomic_write
+
+    now = time.time()
+    items: list[o.RequirementResult] = []
+    for r in results:
+        if not r.requirements:
+            items.append(o.RequirementResult(
+                image=r.reference, digest=r.digest or None, scope=r.scope or "default", requirement="pull",
+                result=o.outcome(False if r.decision == "rejected" else None), reason=r.reason, timestamp=now))
+        for q in r.requirements:
+            sig = next((s for s in q.signatures if s.accepted), q.signatures[0] if q.signatures else None)
+            items.append(o.RequirementResult(
+                image=r.reference, digest=r.digest or None, scope=r.scope, requirement=q.label,
+                result=o.outcome(q.passed), reason=q.reason, timestamp=now,
+                signature_index=sig.index if sig else None, fingerprint=sig.signer if sig else None,
+                identity=sig.identity if sig else None))
+    node = platform.node().lower()
+    doc = o.build_report(items, name="atomicsig-audit", created=now, node=node or None)
+    text = o.to_json(doc) if path.endswith(".json") else o.to_yaml(doc)
+    atomic_write(Path(path), text.encode())

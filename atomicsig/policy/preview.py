@@ -1,0 +1,44 @@
+"""The node as it would be after ``policy apply``, staged in a scratch directory, for ``audit -f`` (issue 14 #1).
+
+"What would this apply refuse on this node?" is answered by evaluating the files the apply would leave: the node's
+current policy.json and registries.d, with the planned changes laid over them (:meth:`CompiledPolicy.plan`, the
+same plan ``apply`` executes, so the preview cannot drift from the apply). Nothing under the node's root is written.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from atomicsig.fsutil import atomic_write, makedirs
+from atomicsig.policy.compile import CompiledPolicy
+from atomicsig.policy.render import POLICY_PATH, REGISTRIES_D
+
+__all__ = ["stage_applied"]
+
+
+def stage_applied(policy: CompiledPolicy, root: str | Path, scratch: str | Path) -> Path:
+    """Write under ``scratch`` the policy.json, registries.d files and new keyrings the node at ``root`` would
+    have once ``policy`` is applied; return ``scratch``. Keyrings the apply leaves alone stay under ``root``."""
+    rootp, dest = Path(root), Path(scratch)
+    src_policy = rootp / POLICY_PATH.lstrip("/")
+    if src_policy.is_file():
+        makedirs(dest / Path(POLICY_PATH).parent.relative_to("/"))
+        shutil.copyfile(src_policy, dest / POLICY_PATH.lstrip("/"))
+    src_reg = rootp / REGISTRIES_D.lstrip("/")
+    makedirs(dest / REGISTRIES_D.lstrip("/"))
+    if src_reg.is_dir():
+        for name in os.listdir(src_reg):
+            if name.endswith(".yaml") and (src_reg / name).is_file():
+                shutil.copyfile(src_reg / name, dest / REGISTRIES_D.lstrip("/") / name)
+    for change in policy.plan(root).changes:
+        if change.kind in {"state-intent", "state"}:
+            continue
+        target = dest / change.node_path.lstrip("/")
+        if change.new is None:
+            target.unlink(missing_ok=True)
+            continue
+        makedirs(target.parent)
+        atomic_write(target, change.new, sync_dir=False)
+    return dest
