@@ -22,6 +22,7 @@ from atomicsig.gnupg import assuan, csexp
 from atomicsig.gnupg.keyring import Keyring, SecretKeyPart, TrustedKeys
 from atomicsig.openpgp import build as pgpsign
 from atomicsig.openpgp import packets as openpgp
+from atomicsig.openpgp.constants import HashAlgo, PubkeyAlgo
 from atomicsig.ops import resolve
 from atomicsig.ops import sign as signing
 from atomicsig.signers import agent as agentsign
@@ -82,7 +83,7 @@ def _quick_home(base: Path, name: str, algo: str) -> Home:
 def primary_key_homes(base: Path, signer: GpgHome) -> dict[str, Home]:
     """One home per key type whose primary key signs (the session's Ed25519 signer, RSA-2048, NIST P-256)."""
     return {
-        "ed25519": Home(signer.path, signer.fingerprint, signer.fingerprint, pgpsign.PUBKEY_EDDSA),
+        "ed25519": Home(signer.path, signer.fingerprint, signer.fingerprint, PubkeyAlgo.EDDSA),
         "rsa2048": _quick_home(base, "rsa", "rsa2048"),
         "nistp256": _quick_home(base, "ecdsa", "nistp256"),
     }
@@ -102,7 +103,7 @@ def homes(tmp_path_factory: pytest.TempPathFactory, signer: GpgHome) -> Iterator
     time.sleep(1.1)  # creation times have one-second resolution; the expired subkey must be strictly newer
     _gpg(path, "--quick-add-key", fpr, "ed25519", "sign", "seconds=1")
     valid, expired = _subkey_fprs(path, fpr)
-    out["subkey"] = Home(path, fpr, valid, pgpsign.PUBKEY_ECDSA)
+    out["subkey"] = Home(path, fpr, valid, PubkeyAlgo.ECDSA)
     out["subkey"].expired_subkey = expired  # type: ignore[attr-defined]
     time.sleep(2.1)  # let the newer subkey expire (gpg: expired once its expiry is before now)
     yield out
@@ -132,7 +133,7 @@ def test_agent_message_verifies_with_gpg_and_matches_gpg_key_choice(homes: dict[
     sig = msg.signatures[0]
     assert msg.literal == data and msg.one_pass_count == 1 and sig.sig_type == 0
     assert sig.issuer_fingerprint == h.signing_key and sig.issuer_keyid == h.signing_key[-16:]
-    assert sig.pubkey_algo == h.pubkey_algo and sig.hash_algo == pgpsign.HASH_SHA256
+    assert sig.pubkey_algo == h.pubkey_algo and sig.hash_algo == HashAlgo.SHA256
     with TrustedKeys([h.public()]) as keys:
         res = keys.verify(blob)
     assert res.payload == data and res.signer == h.fpr and res.signing_key == h.signing_key
@@ -534,13 +535,13 @@ def test_mpi_and_eddsa_components() -> None:
         pgpsign.eddsa_component(b"\x11" * 34)
     with pytest.raises(pgpsign.UnsupportedKey):
         pgpsign.hash_for(17, "")
-    assert pgpsign.hash_for(19, "nistp384") == pgpsign.HASH_SHA384
-    assert pgpsign.hash_for(19, "nistp521") == pgpsign.HASH_SHA512
+    assert pgpsign.hash_for(PubkeyAlgo.ECDSA, "nistp384") == HashAlgo.SHA384
+    assert pgpsign.hash_for(PubkeyAlgo.ECDSA, "nistp521") == HashAlgo.SHA512
 
 
 def test_framing_matches_rfc4880_hash() -> None:
     """The digest handed to the agent is SHA-256 over data + v4 hashed header + trailer (RFC 4880 §5.2.4)."""
-    issuer = pgpsign.Issuer(bytes(range(20)), pgpsign.PUBKEY_RSA, pgpsign.HASH_SHA256)
+    issuer = pgpsign.Issuer(bytes(range(20)), PubkeyAlgo.RSA, HashAlgo.SHA256)
     pending = pgpsign.prepare(b"hello", issuer, 0x01020304)
     trailer = b"\x04\xff" + len(pending.hashed_part).to_bytes(4, "big")
     assert pending.digest == hashlib.sha256(b"hello" + pending.hashed_part + trailer).digest()

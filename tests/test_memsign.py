@@ -18,6 +18,7 @@ from atomicsig.gnupg.keyring import Keyring, TrustedKeys
 from atomicsig.openpgp import build as pgpsign
 from atomicsig.openpgp import packets as openpgp
 from atomicsig.openpgp import secret as openpgp_secret
+from atomicsig.openpgp.constants import PubkeyAlgo
 from atomicsig.signers import agent as agentsign
 from atomicsig.signers import factory
 from atomicsig.signers import memory as memsign
@@ -49,7 +50,7 @@ def homes(tmp_path_factory: pytest.TempPathFactory, signer: GpgHome) -> Iterator
     _gpg(path, "--quick-add-key", fpr, "cv25519", "encr", "0")
     _gpg(path, "--quick-add-key", fpr, "rsa2048", "sign", "0")
     _encr, signing = _subkey_fprs(path, fpr)
-    out["subkey"] = Home(path, fpr, signing, pgpsign.PUBKEY_RSA)
+    out["subkey"] = Home(path, fpr, signing, PubkeyAlgo.RSA)
     yield out
     for name, h in out.items():
         if name != "ed25519":  # the session fixture owns that agent

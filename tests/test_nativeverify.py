@@ -249,6 +249,11 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Corpus]:
         v["crafted-encryption-subkey"] = Vector(craft(enc, created=ok), False, True)
         # gpg echoes the file name in a status line; TrustedKeys once crashed on non-UTF-8 bytes there.
         v["crafted-binary-filename"] = Vector(craft(main, created=ok, filename=b"\xff\x80name"), True, True)
+        # An issuer fingerprint subpacket that is not ``04`` + 20 octets names no key (openpgp.issuer_fingerprint):
+        # the verifier hands it to gpg, which finds the key by the key ID, and untrusted_signer names that key ID.
+        main_fpr = bytes.fromhex(main.public.fingerprint)
+        v["crafted-fpr-version-5"] = Vector(craft(main, created=ok, issuer_fpr=False,
+                                                  hashed_extra=_sub(33, b"\x05" + main_fpr)), True, False)
         trusted = gpg(home, "--export")
         yield Corpus(trusted, v, f)
     finally:
@@ -281,7 +286,7 @@ VECTOR_NAMES = [
     "crafted-ok", "crafted-short-mpi", "crafted-keyid-only", "crafted-fpr-only", "crafted-no-issuer",
     "crafted-key-newer", "crafted-future", "crafted-unknown-noncritical", "crafted-unknown-critical",
     "crafted-sig-expire-zero", "crafted-onepass-mismatch", "crafted-literal-text", "crafted-encryption-subkey",
-    "crafted-binary-filename",
+    "crafted-binary-filename", "crafted-fpr-version-5",
 ]
 
 
@@ -302,6 +307,13 @@ def test_native_agrees_with_gpg(name: str, corpus: Corpus,
     assert (native.fallbacks == before) is vec.native, native.fallback_reasons
     if got[0]:
         assert got[2] == PAYLOAD
+
+
+def test_untrusted_signer_names_what_gpg_verified(corpus: Corpus) -> None:
+    """The signer a blob claims (read by the one subpacket walker) is the key gpg verified it with: a malformed
+    issuer fingerprint is ignored by both, and the key ID names the key."""
+    blob = corpus.vectors["crafted-fpr-version-5"].blob
+    assert openpgp.untrusted_signer(blob) == corpus.fprs["rsa2048"][-16:]
 
 
 def test_signer_is_primary_for_subkey(corpus: Corpus,

@@ -25,14 +25,12 @@ from atomicsig.errors import GPGError, InputError, KeyNotFound, PassphraseError,
 from atomicsig.format.blob import simple_signing_body
 from atomicsig.gnupg.passphrase import child_env
 from atomicsig.openpgp import packets as openpgp
+from atomicsig.openpgp.constants import PUBKEY_NAMES
 
 #: Options that make signing output exactly one binary, inline, SHA-256 signed message regardless of gpg.conf.
 SIGN_OPTIONS = ["--no-armor", "--no-textmode", "--digest-algo", "SHA256", "--no-auto-key-locate",
                 "--no-auto-key-retrieve"]
 
-#: OpenPGP public-key algorithm ids (RFC 4880 §9.1, RFC 6637, draft-koch-eddsa).
-_ALGO_NAMES = {"1": "rsa", "2": "rsa", "3": "rsa", "16": "elg", "17": "dsa", "18": "ecdh", "19": "ecdsa",
-               "22": "eddsa"}
 _FPR_RE = re.compile(r"^(0x)?[0-9A-Fa-f]{40}$|^(0x)?[0-9A-Fa-f]{16}$")
 
 #: Algorithm names accepted in key specs, mapped to gpg --gen-key parameters.
@@ -165,7 +163,8 @@ def _rotation_successor(keys: list[KeyInfo]) -> list[KeyInfo]:
 
 
 def _algorithm_name(entry: dict[str, Any]) -> str:
-    algo = _ALGO_NAMES.get(str(entry.get("algo", "")), f"algo{entry.get('algo')}")
+    raw = str(entry.get("algo", ""))
+    algo = PUBKEY_NAMES.get(int(raw) if raw.isdigit() else -1, f"algo{entry.get('algo')}")
     if algo == "rsa":
         return f"rsa{entry.get('length')}"
     curve = entry.get("curve") or ""

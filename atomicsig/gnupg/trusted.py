@@ -29,13 +29,14 @@ from atomicsig.format.blob import simple_signing_body
 from atomicsig.gnupg.keyring import GPGVerification, TrustedKeys
 from atomicsig.openpgp import keys as pgpkeys
 from atomicsig.openpgp import packets as openpgp
+from atomicsig.openpgp.constants import PacketTag, PubkeyAlgo, SigType, Subpacket
 from atomicsig.openpgp.keys import PublicKey, Unsupported
 
-SIG_BINARY = 0x00
-SUBPACKET_CREATED, SUBPACKET_SIG_EXPIRES = 2, 3
-SUBPACKET_ISSUER, SUBPACKET_ISSUER_FPR = 16, 33
 #: Subpackets whose meaning for a data signature we implement; a critical one of any other type goes to gpg.
-_UNDERSTOOD_SUBPACKETS = {SUBPACKET_CREATED, SUBPACKET_SIG_EXPIRES, SUBPACKET_ISSUER, SUBPACKET_ISSUER_FPR}
+_UNDERSTOOD_SUBPACKETS = frozenset({Subpacket.CREATED, Subpacket.SIG_EXPIRES, Subpacket.ISSUER,
+                                    Subpacket.ISSUER_FPR})
+#: gpg's standard layout of a signed message, the only one hashed in process.
+_ONE_PASS_LAYOUT = (PacketTag.ONE_PASS, PacketTag.LITERAL, PacketTag.SIGNATURE)
 #: gpg listing validity letters that say nothing about revocation/expiry (owner trust is ignored, as GPGME does).
 _NEUTRAL_VALIDITY = frozenset("-oqmfu")
 
@@ -233,13 +234,13 @@ class NativeTrustedKeys:
     def _check_shape(self, msg: openpgp.SignedMessage, sig: openpgp.SignatureInfo) -> None:
         """Only gpg's standard layout ``one-pass, literal 'b', signature`` is hashed here: gpg chooses the hash
         from the one-pass packet, and other layouts or mismatches are corner cases gpg should judge."""
-        if msg.structure != (openpgp.TAG_ONE_PASS, openpgp.TAG_LITERAL, openpgp.TAG_SIGNATURE):
+        if msg.structure != _ONE_PASS_LAYOUT:
             raise _Delegate("message layout")
         if msg.literal_format != ord("b"):
             raise _Delegate("literal format")
         if sig.version != 4:
             raise _Delegate("signature version")
-        if sig.sig_type != SIG_BINARY:
+        if sig.sig_type != SigType.BINARY:
             raise _Delegate("signature type")
         if sig.hash_algo not in pgpkeys.HASHES:
             raise _Delegate("hash algorithm")
@@ -269,28 +270,33 @@ class NativeTrustedKeys:
 
 def _signature_subpackets(sig: openpgp.SignatureInfo) -> tuple[int, int, str | None, str | None]:
     """Creation time, expiry, issuer fingerprint and key ID as gpg reads them: time fields and the issuer
-    fingerprint only from the hashed area, the key ID from either. Duplicates or unknown critical ones: gpg."""
+    fingerprint only from the hashed area, the key ID from either. Duplicates or unknown critical ones: gpg.
+
+    Subpackets are walked and the issuer fingerprint judged by :mod:`atomicsig.openpgp.packets`, the same code
+    that gives :func:`openpgp.untrusted_signer` its answer, so the two never name different signers.
+    """
     seen: Counter[int] = Counter()
     created = expires_after = None
     issuer_fpr = issuer_keyid = None
     try:
         for hashed, area in ((True, sig.hashed), (False, sig.unhashed)):
-            for stype, critical, data in pgpkeys.subpackets(area):
+            for stype, critical, data in openpgp.subpackets(area):
                 if critical and (stype not in _UNDERSTOOD_SUBPACKETS or not hashed):
                     raise _Delegate("critical subpacket")
                 if stype in _UNDERSTOOD_SUBPACKETS:
                     seen[stype] += 1
-                if hashed and stype == SUBPACKET_CREATED and len(data) == 4:
+                if hashed and stype == Subpacket.CREATED and len(data) == 4:
                     created = int.from_bytes(data, "big")
-                elif hashed and stype == SUBPACKET_SIG_EXPIRES and len(data) == 4:
+                elif hashed and stype == Subpacket.SIG_EXPIRES and len(data) == 4:
                     expires_after = int.from_bytes(data, "big")
-                elif hashed and stype == SUBPACKET_ISSUER_FPR and len(data) == 21 and data[0] == 4:
-                    issuer_fpr = data[1:].hex().upper()
-                elif stype == SUBPACKET_ISSUER and len(data) == 8:
+                elif hashed and stype == Subpacket.ISSUER_FPR and \
+                        openpgp.issuer_fingerprint(data, sig.version) is not None:
+                    issuer_fpr = openpgp.issuer_fingerprint(data, sig.version)
+                elif stype == Subpacket.ISSUER and len(data) == 8:
                     issuer_keyid = data.hex().upper()
                 elif stype in _UNDERSTOOD_SUBPACKETS:
                     raise _Delegate("unusual subpacket")
-    except Unsupported as exc:
+    except SignatureFormatError as exc:
         raise _Delegate("malformed subpackets") from exc
     if any(n > 1 for n in seen.values()):
         raise _Delegate("repeated subpacket")
@@ -302,9 +308,9 @@ def _signature_subpackets(sig: openpgp.SignatureInfo) -> tuple[int, int, str | N
 def _check_hash_strength(key: PublicKey, hash_algo: int) -> None:
     """(EC)DSA-style keys with a digest shorter than the curve are unusual; gpg's rules there decide."""
     bits = pgpkeys.HASHES[hash_algo][2]
-    if key.algorithm == pgpkeys.ALGO_EDDSA and bits < 256:
+    if key.algorithm == PubkeyAlgo.EDDSA and bits < 256:
         raise _Delegate("short hash for EdDSA")
-    if key.algorithm == pgpkeys.ALGO_ECDSA and bits < min(key.bits, 512):
+    if key.algorithm == PubkeyAlgo.ECDSA and bits < min(key.bits, 512):
         raise _Delegate("short hash for ECDSA")
 
 
