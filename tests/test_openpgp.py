@@ -182,7 +182,7 @@ def test_issuer_fingerprint_one_rule(subpacket: bytes, valid: bool) -> None:
     info = openpgp.parse_signature(_sig_body(subpacket))
     reader = info.issuer_fingerprint
     try:
-        _created, _expires, verifier, keyid = trusted._signature_subpackets(info)
+        _created, _expires, verifier, _keyid = trusted._signature_subpackets(info)
     except trusted._Delegate:
         verifier = None  # the verifier names no signer itself: gpg decides, by the key ID
     assert reader == verifier
