@@ -19,7 +19,8 @@ from atomicsig.format import manifest, payload
 from atomicsig.format.blob import simple_signing_body
 from atomicsig.gnupg import agent as gnupg_agent
 from atomicsig.gnupg import assuan, csexp
-from atomicsig.gnupg.keyring import Keyring, SecretKeyPart, TrustedKeys
+from atomicsig.gnupg.colons import SecretKeyPart
+from atomicsig.gnupg.keyring import Keyring, TrustedKeys
 from atomicsig.openpgp import build as pgpsign
 from atomicsig.openpgp import packets as openpgp
 from atomicsig.openpgp.constants import HashAlgo, PubkeyAlgo

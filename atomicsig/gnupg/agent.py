@@ -8,7 +8,8 @@ from collections.abc import Iterable
 
 from atomicsig.errors import GPGError, PassphraseError
 from atomicsig.gnupg import assuan
-from atomicsig.gnupg.keyring import SecretKeyPart
+from atomicsig.gnupg.colons import SecretKeyPart
+from atomicsig.gnupg.passphrase import agent_cache_allowed
 
 _SOURCE_HINT = "give it with --passphrase-file or --passphrase-env"
 
@@ -43,8 +44,6 @@ def check_passphrase(conn: assuan.AssuanClient, keygrip: str, fingerprint: str, 
     Smartcard keys (``KEYINFO`` type ``T``) are left to the card, which checks its own PIN. ``conn`` must already
     be in loopback pinentry mode, so that nothing ever prompts.
     """
-    from atomicsig.gnupg.passphrase import agent_cache_allowed
-
     try:
         fields = conn.transact(f"KEYINFO {keygrip}").status
     except assuan.AssuanError as exc:

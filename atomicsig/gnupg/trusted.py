@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 from atomicsig.errors import SignatureFormatError
 from atomicsig.format.blob import simple_signing_body
+from atomicsig.gnupg import colons
 from atomicsig.gnupg.keyring import GPGVerification, TrustedKeys
 from atomicsig.openpgp import keys as pgpkeys
 from atomicsig.openpgp import packets as openpgp
@@ -61,38 +62,7 @@ class _SigningKey:
     has_revoker: bool
 
 
-@dataclass
-class _Listed:
-    kind: str
-    validity: str
-    keyid: str
-    created: int
-    expires: int | None
-    caps: str
-    fingerprint: str = ""
-    has_revoker: bool = False
-
-
-def _parse_listing(listing: str) -> list[list[_Listed]]:
-    """``gpg --with-colons --fixed-list-mode --list-keys``: one list per primary key, primary first."""
-    out: list[list[_Listed]] = []
-    last: _Listed | None = None
-    for line in listing.splitlines():
-        f = line.split(":")
-        if f[0] in ("pub", "sub") and len(f) > 11:
-            last = _Listed(f[0], f[1] or "-", f[4].upper(), int(f[5] or 0), int(f[6]) if f[6] else None, f[11])
-            if f[0] == "pub":
-                out.append([last])
-            elif out:
-                out[-1].append(last)
-        elif f[0] == "fpr" and len(f) > 9 and last is not None and not last.fingerprint:
-            last.fingerprint = f[9].upper()
-        elif f[0] == "rvk" and out:
-            out[-1][0].has_revoker = True
-    return out
-
-
-def _key_table(listing: str, exported: bytes) -> tuple[dict[str, _SigningKey], frozenset[str]]:
+def _key_table(listing: list[colons.ListedKey], exported: bytes) -> tuple[dict[str, _SigningKey], frozenset[str]]:
     """Signing keys by fingerprint, and every key ID gpg knows (so an issuer gpg knows is never "untrusted")."""
     material: dict[str, PublicKey] = {}
     cross: dict[str, bool | None] = {}
@@ -106,19 +76,19 @@ def _key_table(listing: str, exported: bytes) -> tuple[dict[str, _SigningKey], f
         material, cross = {}, {}  # unreadable export: every signature goes to gpg
     table: dict[str, _SigningKey] = {}
     keyids: set[str] = set()
-    for group in _parse_listing(listing):
-        pub = group[0]
-        for entry in group:
+    for listed in listing:
+        pub = listed.primary
+        for entry in listed.records:
             keyids.add(entry.keyid)
             m = material.get(entry.fingerprint)
             # Use the packet only if it is the key gpg listed (same fingerprint and creation time).
             if m is not None and m.created != entry.created:
                 m = None
             table[entry.fingerprint] = _SigningKey(
-                material=m, primary=pub.fingerprint, validity=entry.validity, can_sign="s" in entry.caps,
+                material=m, primary=pub.fingerprint, validity=entry.validity, can_sign="s" in entry.capabilities,
                 expires=entry.expires, primary_validity=pub.validity, primary_expires=pub.expires,
                 is_primary=entry is pub, cross_certified=True if entry is pub else cross.get(entry.fingerprint),
-                has_revoker=pub.has_revoker)
+                has_revoker=listed.has_revoker)
     return table, frozenset(keyids)
 
 

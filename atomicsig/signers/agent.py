@@ -26,7 +26,8 @@ from atomicsig.gnupg.agent import (
     check_passphrase,
     choose_signing_key,
 )
-from atomicsig.gnupg.keyring import Keyring, SecretKeyPart, TrustedKeys
+from atomicsig.gnupg.colons import SecretKeyPart
+from atomicsig.gnupg.keyring import Keyring, TrustedKeys
 from atomicsig.openpgp import build as pgpsign
 from atomicsig.openpgp import packets as openpgp
 from atomicsig.openpgp.constants import PubkeyAlgo
