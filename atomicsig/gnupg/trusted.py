@@ -36,6 +36,9 @@ from atomicsig.openpgp.keys import PublicKey, Unsupported
 #: Subpackets whose meaning for a data signature we implement; a critical one of any other type goes to gpg.
 _UNDERSTOOD_SUBPACKETS = frozenset({Subpacket.CREATED, Subpacket.SIG_EXPIRES, Subpacket.ISSUER,
                                     Subpacket.ISSUER_FPR})
+# Compared for every subpacket of every signature verified: module names, cheaper to read than class attributes.
+_CREATED, _SIG_EXPIRES, _ISSUER, _ISSUER_FPR = (Subpacket.CREATED, Subpacket.SIG_EXPIRES, Subpacket.ISSUER,
+                                                Subpacket.ISSUER_FPR)
 #: gpg's standard layout of a signed message, the only one hashed in process.
 _ONE_PASS_LAYOUT = (PacketTag.ONE_PASS, PacketTag.LITERAL, PacketTag.SIGNATURE)
 #: gpg listing validity letters that say nothing about revocation/expiry (owner trust is ignored, as GPGME does).
@@ -255,14 +258,13 @@ def _signature_subpackets(sig: openpgp.SignatureInfo) -> tuple[int, int, str | N
                     raise _Delegate("critical subpacket")
                 if stype in _UNDERSTOOD_SUBPACKETS:
                     seen[stype] += 1
-                if hashed and stype == Subpacket.CREATED and len(data) == 4:
+                if hashed and stype == _CREATED and len(data) == 4:
                     created = int.from_bytes(data, "big")
-                elif hashed and stype == Subpacket.SIG_EXPIRES and len(data) == 4:
+                elif hashed and stype == _SIG_EXPIRES and len(data) == 4:
                     expires_after = int.from_bytes(data, "big")
-                elif hashed and stype == Subpacket.ISSUER_FPR and \
-                        openpgp.issuer_fingerprint(data, sig.version) is not None:
-                    issuer_fpr = openpgp.issuer_fingerprint(data, sig.version)
-                elif stype == Subpacket.ISSUER and len(data) == 8:
+                elif hashed and stype == _ISSUER_FPR and (named := openpgp.issuer_fingerprint(data, sig.version)):
+                    issuer_fpr = named
+                elif stype == _ISSUER and len(data) == 8:
                     issuer_keyid = data.hex().upper()
                 elif stype in _UNDERSTOOD_SUBPACKETS:
                     raise _Delegate("unusual subpacket")

@@ -86,17 +86,26 @@ def _subpacket(kind: int, data: bytes) -> bytes:
     return bytes([n, kind]) + data
 
 
+# Built once: the fixed parts of every message (per-signature work stays at the bytes that change).
+_V4_FPR_LEN = FINGERPRINT_LEN[4]
+_ISSUER_FPR_HEAD = _subpacket(Subpacket.ISSUER_FPR, b"\x04" + bytes(_V4_FPR_LEN))[:3]  # length, type, version 4
+_CREATED_HEAD = _subpacket(Subpacket.CREATED, bytes(4))[:2]
+_ISSUER_HEAD = _subpacket(Subpacket.ISSUER, bytes(8))[:2]
+_ONE_PASS, _LITERAL, _SIGNATURE = PacketTag.ONE_PASS, PacketTag.LITERAL, PacketTag.SIGNATURE
+_BINARY, _RSA, _EDDSA = SigType.BINARY, PubkeyAlgo.RSA, PubkeyAlgo.EDDSA
+
+
 def prepare(data: bytes, issuer: Issuer, created: int) -> Pending:
     """Frame ``data`` and compute the digest the private key must sign."""
-    if len(issuer.fingerprint) != FINGERPRINT_LEN[4]:
+    if len(issuer.fingerprint) != _V4_FPR_LEN:
         raise ValueError("only v4 (20-byte) fingerprints are supported")
     # One-pass v3 (RFC 9580 §5.4): version, type, hash, pubkey, key ID, "last" flag 1 (no nested signature).
-    one_pass = _old_packet(PacketTag.ONE_PASS, bytes([3, SigType.BINARY, issuer.hash_algo, issuer.pubkey_algo])
+    one_pass = _old_packet(_ONE_PASS, bytes([3, _BINARY, issuer.hash_algo, issuer.pubkey_algo])
                            + issuer.keyid + b"\x01")
-    literal = _old_packet(PacketTag.LITERAL, b"b\x00" + created.to_bytes(4, "big") + data)
-    hashed = (_subpacket(Subpacket.ISSUER_FPR, b"\x04" + issuer.fingerprint)
-              + _subpacket(Subpacket.CREATED, created.to_bytes(4, "big")))
-    hashed_part = bytes([4, SigType.BINARY, issuer.pubkey_algo, issuer.hash_algo]) + len(hashed).to_bytes(2, "big") \
+    literal = _old_packet(_LITERAL, b"b\x00" + created.to_bytes(4, "big") + data)
+    # Hashed subpackets: issuer fingerprint (04 + 20 octets), creation time.
+    hashed = _ISSUER_FPR_HEAD + issuer.fingerprint + _CREATED_HEAD + created.to_bytes(4, "big")
+    hashed_part = bytes([4, _BINARY, issuer.pubkey_algo, issuer.hash_algo]) + len(hashed).to_bytes(2, "big") \
         + hashed
     h = hashlib.new(_HASHLIB[issuer.hash_algo])
     h.update(data)
@@ -127,12 +136,12 @@ def eddsa_component(value: bytes) -> bytes:
 
 def finish(pending: Pending, components: list[bytes]) -> bytes:
     """Complete the message with the signature value's components (RSA: [s]; ECDSA/EdDSA: [r, s])."""
-    want = 1 if pending.issuer.pubkey_algo == PubkeyAlgo.RSA else 2
+    want = 1 if pending.issuer.pubkey_algo == _RSA else 2
     if len(components) != want:
         raise GPGError(f"expected {want} signature component(s), got {len(components)}")
-    if pending.issuer.pubkey_algo == PubkeyAlgo.EDDSA:
+    if pending.issuer.pubkey_algo == _EDDSA:
         components = [eddsa_component(c) for c in components]
-    unhashed = _subpacket(Subpacket.ISSUER, pending.issuer.keyid)
+    unhashed = _ISSUER_HEAD + pending.issuer.keyid  # issuer key ID subpacket
     body = pending.hashed_part + len(unhashed).to_bytes(2, "big") + unhashed + pending.digest[:2] \
         + b"".join(mpi(c) for c in components)
-    return pending.head + _old_packet(PacketTag.SIGNATURE, body)
+    return pending.head + _old_packet(_SIGNATURE, body)

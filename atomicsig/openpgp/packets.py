@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import bz2
 import zlib
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from atomicsig.errors import SignatureFormatError
@@ -27,6 +26,15 @@ from atomicsig.openpgp.constants import (
     PacketTag,
     Subpacket,
 )
+
+_TYPE_MASK = SUBPACKET_CRITICAL - 1  # the subpacket type: the type octet without its critical bit
+
+# Compared for every packet and subpacket of every signature read (serve, sync, verify): bound to module names
+# once, as a global lookup is cheaper than a class attribute one. The values are the constants module's.
+_SIGNATURE, _ONE_PASS, _COMPRESSED, _LITERAL = (PacketTag.SIGNATURE, PacketTag.ONE_PASS, PacketTag.COMPRESSED,
+                                                PacketTag.LITERAL)
+_CREATED, _SIG_EXPIRES, _ISSUER, _ISSUER_FPR = (Subpacket.CREATED, Subpacket.SIG_EXPIRES, Subpacket.ISSUER,
+                                                Subpacket.ISSUER_FPR)
 
 #: Bound on decompressed size: a 4 MiB blob must not expand into gigabytes (zip bomb).
 MAX_DECOMPRESSED = 16 * 1024 * 1024
@@ -164,22 +172,30 @@ def _decompress_checked(body: bytes) -> tuple[bytes, bool]:
     return out, d.eof and not d.unused_data
 
 
-def subpackets(area: bytes) -> Iterator[tuple[int, bool, bytes]]:
+def subpackets(area: bytes) -> list[tuple[int, bool, bytes]]:
     """(type, critical, data) for each subpacket of a hashed or unhashed area (RFC 9580 §5.2.3.7).
 
     The one subpacket walker: the packet reader, the in-process verifier and the cross-certification check all
     read subpackets through it. SignatureFormatError if the area is malformed (a zero or partial length, or a
-    subpacket running past the end of its area).
+    subpacket running past the end of its area). A list, not a generator: it runs for every signature read,
+    and an area holds a handful of subpackets.
     """
+    out = []
     i = 0
     n = len(area)
     while i < n:
-        length, i, partial = _read_length_new(area, i)
+        length = area[i]
+        if length < 192:  # the one-octet length every subpacket gpg writes has (RFC 9580 §5.2.3.7)
+            i += 1
+            partial = False
+        else:
+            length, i, partial = _read_length_new(area, i)
         if partial or length == 0 or i + length > n:
             raise SignatureFormatError("malformed signature subpacket")
         t = area[i]
-        yield t & ~SUBPACKET_CRITICAL, bool(t & SUBPACKET_CRITICAL), area[i + 1 : i + length]
+        out.append((t & _TYPE_MASK, t > _TYPE_MASK, area[i + 1 : i + length]))
         i += length
+    return out
 
 
 def issuer_fingerprint(data: bytes, sig_version: int) -> str | None:
@@ -199,14 +215,15 @@ def issuer_fingerprint(data: bytes, sig_version: int) -> str | None:
 
 def _subpackets(area: bytes, info: SignatureInfo) -> None:
     for stype, _critical, sdata in subpackets(area):
-        if stype == Subpacket.CREATED and len(sdata) == 4:
+        if stype == _CREATED and len(sdata) == 4:
             info.created = int.from_bytes(sdata, "big")
-        elif stype == Subpacket.SIG_EXPIRES and len(sdata) == 4:
+        elif stype == _SIG_EXPIRES and len(sdata) == 4:
             info.expires_after = int.from_bytes(sdata, "big")
-        elif stype == Subpacket.ISSUER and len(sdata) == 8:
+        elif stype == _ISSUER and len(sdata) == 8:
             info.issuer_keyid = info.issuer_keyid or sdata.hex().upper()
-        elif stype == Subpacket.ISSUER_FPR:
+        elif stype == _ISSUER_FPR:
             info.issuer_fingerprint = issuer_fingerprint(sdata, info.version) or info.issuer_fingerprint
+
 
 
 def parse_signature(body: bytes) -> SignatureInfo:
@@ -251,7 +268,7 @@ def parse_signature(body: bytes) -> SignatureInfo:
 #: The packet layouts of one signed message with one signature (RFC 4880 §11.3, RFC 9580 §10.3): gpg's
 #: one-pass form, and the older signature-first form. Anything else (a second message, a second signature, a
 #: marker or any other packet) is not one simple signature.
-_LAYOUTS = ((PacketTag.ONE_PASS, PacketTag.LITERAL, PacketTag.SIGNATURE), (PacketTag.SIGNATURE, PacketTag.LITERAL))
+_LAYOUTS = ((_ONE_PASS, _LITERAL, _SIGNATURE), (_SIGNATURE, _LITERAL))
 
 
 def parse_message(blob: bytes) -> SignedMessage:
@@ -264,9 +281,10 @@ def parse_message(blob: bytes) -> SignedMessage:
     the deflate stream: that is the same "trailing data" and refused the same way.
     """
     pk = packets(blob)
+    tags = [p.tag for p in pk]
     # Unwrap a single compressed packet (gpg's default), but only one level: nested compression is unusual
     # and a cheap way to amplify decompression work.
-    if any(p.tag == PacketTag.COMPRESSED for p in pk):
+    if _COMPRESSED in tags:
         if len(pk) != 1:
             raise SignatureFormatError("data after the compressed packet: a signature blob is exactly one "
                                        "OpenPGP message")
@@ -274,16 +292,17 @@ def parse_message(blob: bytes) -> SignedMessage:
         if not clean:
             raise SignatureFormatError("truncated compressed data, or trailing data after the compressed stream")
         pk = packets(inner)
-        if any(p.tag == PacketTag.COMPRESSED for p in pk):
+        tags = [p.tag for p in pk]
+        if _COMPRESSED in tags:
             raise SignatureFormatError("nested compressed packets in the OpenPGP message")
     literal: bytes | None = None
     fmt = 0
     sigs: list[SignatureInfo] = []
     one_pass_bodies: list[bytes] = []
     for p in pk:
-        if p.tag == PacketTag.ONE_PASS:
+        if p.tag == _ONE_PASS:
             one_pass_bodies.append(p.body)
-        elif p.tag == PacketTag.LITERAL:
+        elif p.tag == _LITERAL:
             if literal is not None:
                 raise SignatureFormatError("more than one literal data packet: a signature blob is exactly one "
                                            "OpenPGP message")
@@ -293,7 +312,7 @@ def parse_message(blob: bytes) -> SignedMessage:
             fmt = b[0]
             nlen = b[1]
             literal = b[2 + nlen + 4 :]
-        elif p.tag == PacketTag.SIGNATURE:
+        elif p.tag == _SIGNATURE:
             sigs.append(parse_signature(p.body))
         else:
             raise SignatureFormatError(f"unexpected OpenPGP packet type {p.tag} in a signed message")
@@ -304,7 +323,7 @@ def parse_message(blob: bytes) -> SignedMessage:
     if len(sigs) != 1:
         raise SignatureFormatError(f"unexpected GPG signature count {len(sigs)}: a simple signature has exactly "
                                    "one signature packet")
-    structure = tuple(p.tag for p in pk)
+    structure = tuple(tags)
     if structure not in _LAYOUTS:
         raise SignatureFormatError("packets after the signed message: a signature blob is exactly one OpenPGP "
                                    "message")
