@@ -35,7 +35,7 @@ import yaml
 from atomicsig.demo import env as demo_env
 from atomicsig.format import payload
 from atomicsig.gnupg.keyring import Keyring
-from atomicsig.openpgp import build as pgpsign
+from atomicsig.openpgp.constants import PubkeyAlgo
 
 # One implementation of the registry launcher, the OCI image builder, the free-port helper, the process-group
 # stop and the gpg-agent stop: the demo's (atomicsig/demo/env.py), which must ship in the wheel. Re-exported here
@@ -348,7 +348,7 @@ def assert_skopeo_standalone_verify(home: Home, workdir: Path, sign: Callable[[b
 def primary_key_homes(base: Path, signer: GpgHome) -> dict[str, Home]:
     """One home per key type whose primary key signs (the session's Ed25519 signer, RSA-2048, NIST P-256)."""
     return {
-        "ed25519": Home(signer.path, signer.fingerprint, signer.fingerprint, pgpsign.PUBKEY_EDDSA),
+        "ed25519": Home(signer.path, signer.fingerprint, signer.fingerprint, PubkeyAlgo.EDDSA),
         "rsa2048": quick_home(base, "rsa", "rsa2048"),
         "nistp256": quick_home(base, "ecdsa", "nistp256"),
     }

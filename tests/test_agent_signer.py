@@ -16,9 +16,11 @@ from atomicsig.format import payload
 from atomicsig.format.blob import simple_signing_body
 from atomicsig.gnupg import agent as gnupg_agent
 from atomicsig.gnupg import assuan, csexp
-from atomicsig.gnupg.keyring import Keyring, SecretKeyPart, TrustedKeys
+from atomicsig.gnupg.colons import SecretKeyPart
+from atomicsig.gnupg.keyring import Keyring, TrustedKeys
 from atomicsig.openpgp import build as pgpsign
 from atomicsig.openpgp import packets as openpgp
+from atomicsig.openpgp.constants import HashAlgo, PubkeyAlgo
 from atomicsig.ops import resolve
 from atomicsig.ops import sign as signing
 from atomicsig.signers import agent as agentsign
@@ -52,7 +54,7 @@ def homes(tmp_path_factory: pytest.TempPathFactory, signer: GpgHome) -> Iterator
     # Creation times have one-second resolution; the expired subkey must be strictly newer.
     fpr, (valid, expired) = certify_only_home(base / "sub", ("nistp256/ecdsa", "sign", "0"),
                                               ("ed25519", "sign", "seconds=1"), apart=1.1)
-    out["subkey"] = Home(base / "sub", fpr, valid, pgpsign.PUBKEY_ECDSA)
+    out["subkey"] = Home(base / "sub", fpr, valid, PubkeyAlgo.ECDSA)
     out["subkey"].expired_subkey = expired  # type: ignore[attr-defined]
     time.sleep(2.1)  # let the newer subkey expire (gpg: expired once its expiry is before now)
     yield out
@@ -82,7 +84,7 @@ def test_agent_message_verifies_with_gpg_and_matches_gpg_key_choice(homes: dict[
     sig = msg.signatures[0]
     assert msg.literal == data and msg.one_pass_count == 1 and sig.sig_type == 0
     assert sig.issuer_fingerprint == h.signing_key and sig.issuer_keyid == h.signing_key[-16:]
-    assert sig.pubkey_algo == h.pubkey_algo and sig.hash_algo == pgpsign.HASH_SHA256
+    assert sig.pubkey_algo == h.pubkey_algo and sig.hash_algo == HashAlgo.SHA256
     with TrustedKeys([h.public()]) as keys:
         res = keys.verify(blob)
     assert res.payload == data and res.signer == h.fpr and res.signing_key == h.signing_key
@@ -456,13 +458,13 @@ def test_mpi_and_eddsa_components() -> None:
         pgpsign.eddsa_component(b"\x11" * 34)
     with pytest.raises(pgpsign.UnsupportedKey):
         pgpsign.hash_for(17, "")
-    assert pgpsign.hash_for(19, "nistp384") == pgpsign.HASH_SHA384
-    assert pgpsign.hash_for(19, "nistp521") == pgpsign.HASH_SHA512
+    assert pgpsign.hash_for(PubkeyAlgo.ECDSA, "nistp384") == HashAlgo.SHA384
+    assert pgpsign.hash_for(PubkeyAlgo.ECDSA, "nistp521") == HashAlgo.SHA512
 
 
 def test_framing_matches_rfc4880_hash() -> None:
     """The digest handed to the agent is SHA-256 over data + v4 hashed header + trailer (RFC 4880 §5.2.4)."""
-    issuer = pgpsign.Issuer(bytes(range(20)), pgpsign.PUBKEY_RSA, pgpsign.HASH_SHA256)
+    issuer = pgpsign.Issuer(bytes(range(20)), PubkeyAlgo.RSA, HashAlgo.SHA256)
     pending = pgpsign.prepare(b"hello", issuer, 0x01020304)
     trailer = b"\x04\xff" + len(pending.hashed_part).to_bytes(4, "big")
     assert pending.digest == hashlib.sha256(b"hello" + pending.hashed_part + trailer).digest()

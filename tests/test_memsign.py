@@ -18,6 +18,7 @@ from atomicsig.gnupg.keyring import Keyring, TrustedKeys
 from atomicsig.openpgp import build as pgpsign
 from atomicsig.openpgp import packets as openpgp
 from atomicsig.openpgp import secret as openpgp_secret
+from atomicsig.openpgp.constants import PubkeyAlgo
 from atomicsig.signers import agent as agentsign
 from atomicsig.signers import factory
 from atomicsig.signers import memory as memsign
@@ -42,7 +43,7 @@ def homes(tmp_path_factory: pytest.TempPathFactory, signer: GpgHome) -> Iterator
     # A certify-only primary with an RSA signing subkey and an ECDH encryption subkey (a packet the memory
     # signer must skip, not refuse).
     fpr, (_encr, signing) = certify_only_home(base / "sub", ("cv25519", "encr", "0"), ("rsa2048", "sign", "0"))
-    out["subkey"] = Home(base / "sub", fpr, signing, pgpsign.PUBKEY_RSA)
+    out["subkey"] = Home(base / "sub", fpr, signing, PubkeyAlgo.RSA)
     yield out
     for name, h in out.items():
         if name != "ed25519":  # the session fixture owns that agent

@@ -29,6 +29,7 @@ from atomicsig.gnupg import trusted as nativeverify
 from atomicsig.gnupg.keyring import GPGVerification, Keyring, TrustedKeys
 from atomicsig.openpgp import keys as pgpkeys
 from atomicsig.openpgp import packets as openpgp
+from atomicsig.openpgp.constants import HashAlgo, PacketTag, PubkeyAlgo, SigType, Subpacket
 
 DIG = "sha256:" + "b" * 64
 PAYLOAD = payload.build("quay.io/ns/app:1", DIG, timestamp=1700000000)
@@ -99,7 +100,7 @@ def rsa_secrets(home: Path, primary: str) -> dict[str, RsaSecret]:
     """Unprotected RSA secret (sub)keys of ``primary`` as `cryptography` keys, by fingerprint."""
     out: dict[str, RsaSecret] = {}
     for p in openpgp.packets(gpg(home, "--export-secret-keys", primary)):
-        if p.tag not in (5, 7) or p.body[5] != 1:
+        if p.tag not in (PacketTag.SECRET_KEY, PacketTag.SECRET_SUBKEY) or p.body[5] != PubkeyAlgo.RSA:
             continue
         i = 6
         n, i = pgpkeys.read_mpi(p.body, i)
@@ -119,26 +120,28 @@ def rsa_secrets(home: Path, primary: str) -> dict[str, RsaSecret]:
 
 def craft(secret: RsaSecret, *, created: int, hashed_extra: bytes = b"", issuer_fpr: bool = True,
           issuer_keyid: bool = True, literal_format: bytes = b"b", onepass_hash: int | None = None,
-          hash_algo: int = 8, data: bytes = PAYLOAD, want_short_mpi: bool = False, filename: bytes = b"") -> bytes:
+          hash_algo: int = HashAlgo.SHA256, data: bytes = PAYLOAD, want_short_mpi: bool = False,
+          filename: bytes = b"") -> bytes:
     """A one-pass signed message signed with the RSA key, with exactly the subpackets asked for."""
     fpr = bytes.fromhex(secret.public.fingerprint)
     for attempt in range(4096):
-        hashed = _sub(2, created.to_bytes(4, "big")) + hashed_extra
+        hashed = _sub(Subpacket.CREATED, created.to_bytes(4, "big")) + hashed_extra
         if want_short_mpi:  # vary the hashed data until the RSA signature starts with a zero byte
             hashed += _sub(101, attempt.to_bytes(2, "big"))
         if issuer_fpr:
-            hashed += _sub(33, b"\x04" + fpr)
-        unhashed = _sub(16, fpr[-8:]) if issuer_keyid else b""
-        header = bytes([4, 0, 1, hash_algo]) + len(hashed).to_bytes(2, "big") + hashed
+            hashed += _sub(Subpacket.ISSUER_FPR, b"\x04" + fpr)
+        unhashed = _sub(Subpacket.ISSUER, fpr[-8:]) if issuer_keyid else b""
+        header = bytes([4, SigType.BINARY, PubkeyAlgo.RSA, hash_algo]) + len(hashed).to_bytes(2, "big") + hashed
         hname, hcls, _ = pgpkeys.HASHES[hash_algo]
         digest = hashlib.new(hname, data + header + b"\x04\xff" + len(header).to_bytes(4, "big")).digest()
         sig = secret.key.sign(digest, padding.PKCS1v15(), Prehashed(hcls()))
         if want_short_mpi and sig[0] != 0:
             continue
         body = header + len(unhashed).to_bytes(2, "big") + unhashed + digest[:2] + _mpi(sig)
-        onepass = bytes([3, 0, onepass_hash or hash_algo, 1]) + fpr[-8:] + b"\x01"
+        onepass = bytes([3, SigType.BINARY, onepass_hash or hash_algo, PubkeyAlgo.RSA]) + fpr[-8:] + b"\x01"
         literal = literal_format + bytes([len(filename)]) + filename + b"\x00\x00\x00\x00" + data
-        return _new_packet(4, onepass) + _new_packet(11, literal) + _new_packet(2, body)
+        return _new_packet(PacketTag.ONE_PASS, onepass) + _new_packet(PacketTag.LITERAL, literal) + \
+            _new_packet(PacketTag.SIGNATURE, body)
     raise AssertionError("no signature with a short MPI found")
 
 
@@ -243,12 +246,19 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Corpus]:
         v["crafted-unknown-noncritical"] = Vector(craft(main, created=ok, hashed_extra=_sub(100, b"x")), True, True)
         v["crafted-unknown-critical"] = Vector(craft(main, created=ok, hashed_extra=_sub(100, b"x", True)),
                                                False, False)
-        v["crafted-sig-expire-zero"] = Vector(craft(main, created=ok, hashed_extra=_sub(3, bytes(4))), True, True)
-        v["crafted-onepass-mismatch"] = Vector(craft(main, created=ok, onepass_hash=2), False, False)
+        v["crafted-sig-expire-zero"] = Vector(
+            craft(main, created=ok, hashed_extra=_sub(Subpacket.SIG_EXPIRES, bytes(4))), True, True)
+        v["crafted-onepass-mismatch"] = Vector(craft(main, created=ok, onepass_hash=HashAlgo.SHA1), False, False)
         v["crafted-literal-text"] = Vector(craft(main, created=ok, literal_format=b"t"), True, False)
         v["crafted-encryption-subkey"] = Vector(craft(enc, created=ok), False, True)
         # gpg echoes the file name in a status line; TrustedKeys once crashed on non-UTF-8 bytes there.
         v["crafted-binary-filename"] = Vector(craft(main, created=ok, filename=b"\xff\x80name"), True, True)
+        # An issuer fingerprint subpacket that is not ``04`` + 20 octets names no key (openpgp.issuer_fingerprint):
+        # the verifier hands it to gpg, which finds the key by the key ID, and untrusted_signer names that key ID.
+        main_fpr = bytes.fromhex(main.public.fingerprint)
+        v["crafted-fpr-version-5"] = Vector(
+            craft(main, created=ok, issuer_fpr=False, hashed_extra=_sub(Subpacket.ISSUER_FPR, b"\x05" + main_fpr)),
+            True, False)
         trusted = gpg(home, "--export")
         yield Corpus(trusted, v, f)
     finally:
@@ -281,7 +291,7 @@ VECTOR_NAMES = [
     "crafted-ok", "crafted-short-mpi", "crafted-keyid-only", "crafted-fpr-only", "crafted-no-issuer",
     "crafted-key-newer", "crafted-future", "crafted-unknown-noncritical", "crafted-unknown-critical",
     "crafted-sig-expire-zero", "crafted-onepass-mismatch", "crafted-literal-text", "crafted-encryption-subkey",
-    "crafted-binary-filename",
+    "crafted-binary-filename", "crafted-fpr-version-5",
 ]
 
 
@@ -302,6 +312,13 @@ def test_native_agrees_with_gpg(name: str, corpus: Corpus,
     assert (native.fallbacks == before) is vec.native, native.fallback_reasons
     if got[0]:
         assert got[2] == PAYLOAD
+
+
+def test_untrusted_signer_names_what_gpg_verified(corpus: Corpus) -> None:
+    """The signer a blob claims (read by the one subpacket walker) is the key gpg verified it with: a malformed
+    issuer fingerprint is ignored by both, and the key ID names the key."""
+    blob = corpus.vectors["crafted-fpr-version-5"].blob
+    assert openpgp.untrusted_signer(blob) == corpus.fprs["rsa2048"][-16:]
 
 
 def test_signer_is_primary_for_subkey(corpus: Corpus,

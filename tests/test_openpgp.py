@@ -147,3 +147,61 @@ def test_trusted_keys_two_signatures_rejected(signer: GpgHome, other_signer: Gpg
 def test_trusted_keys_empty() -> None:
     with TrustedKeys([b"not a key"]) as tk, pytest.raises(SignatureFormatError, match="no public keys"):
         tk.verify(b"\xa3\x00")
+
+
+# ---- one subpacket walker, one issuer-fingerprint rule (issue 13 item 3) ------------------------------------
+
+_FPR = bytes(range(1, 21))
+
+
+def _sig_body(issuer_fpr_subpacket: bytes, version: int = 4) -> bytes:
+    """A v4 binary signature body: hashed creation time + the given issuer fingerprint subpacket, unhashed
+    issuer key ID, a dummy hash prefix and MPI. Only its subpackets matter here."""
+    def sub(stype: int, data: bytes) -> bytes:
+        return bytes([len(data) + 1, stype]) + data
+
+    hashed = sub(2, (1700000000).to_bytes(4, "big")) + sub(33, issuer_fpr_subpacket)
+    unhashed = sub(16, _FPR[-8:])
+    return bytes([version, 0, 1, 8]) + len(hashed).to_bytes(2, "big") + hashed + \
+        len(unhashed).to_bytes(2, "big") + unhashed + b"\xab\xcd" + b"\x00\x01\x01"
+
+
+@pytest.mark.parametrize(("subpacket", "valid"), [
+    (b"\x04" + _FPR, True),  # the v4 form gpg writes
+    (b"\x05" + _FPR, False),  # wrong version octet: the old packet reader took it, the verifier did not
+    (b"\x04" + _FPR + b"\x00", False),  # 21 octets of "fingerprint": old reader took 42 hex digits
+    (b"\x06" + _FPR + bytes(12), False),  # a v6 fingerprint in a v4 signature (RFC 9580 §5.2.3.35: malformed)
+    (b"\x04" + _FPR[:19], False),  # too short: both refused it already
+], ids=["v4", "version-5", "22-octets", "v6-in-v4-signature", "short"])
+def test_issuer_fingerprint_one_rule(subpacket: bytes, valid: bool) -> None:
+    """The packet reader (untrusted_signer, prune, re-sign skipping) and the in-process verifier name the same
+    issuer fingerprint for a signature, or both none. Before one walker and one rule, a ``05`` + 20-octet
+    subpacket was a fingerprint to the reader (any version, 21+ octets) and "unusual" to the verifier."""
+    from atomicsig.gnupg import trusted
+
+    info = openpgp.parse_signature(_sig_body(subpacket))
+    reader = info.issuer_fingerprint
+    try:
+        _created, _expires, verifier, _keyid = trusted._signature_subpackets(info)
+    except trusted._Delegate:
+        verifier = None  # the verifier names no signer itself: gpg decides, by the key ID
+    assert reader == verifier
+    assert reader == (_FPR.hex().upper() if valid else None)
+    assert info.issuer_keyid == _FPR[-8:].hex().upper()
+
+
+def test_issuer_fingerprint_follows_signature_version() -> None:
+    """v6 signatures name v6 (32-octet) fingerprints (RFC 9580 §5.2.3.35); a v4 one in a v6 signature names none."""
+    fpr32 = bytes(range(32))
+    assert openpgp.issuer_fingerprint(b"\x06" + fpr32, 6) == fpr32.hex().upper()
+    assert openpgp.issuer_fingerprint(b"\x04" + _FPR, 6) is None
+    assert openpgp.issuer_fingerprint(b"\x04" + _FPR, 4) == _FPR.hex().upper()
+    assert openpgp.issuer_fingerprint(b"", 4) is None
+
+
+def test_one_subpacket_walker_flags_critical_and_refuses_malformed() -> None:
+    area = bytes([5, 0x80 | 2]) + bytes(4) + bytes([2, 100, 0x78])
+    assert list(openpgp.subpackets(area)) == [(2, True, bytes(4)), (100, False, b"x")]
+    for bad in (b"\x00", b"\x05\x02\x00", b"\xe0\x02"):  # zero length, overrun, partial length
+        with pytest.raises(SignatureFormatError):
+            list(openpgp.subpackets(bad))

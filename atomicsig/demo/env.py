@@ -28,6 +28,7 @@ from pathlib import Path
 
 from atomicsig import fsutil
 from atomicsig.errors import Undecided
+from atomicsig.gnupg import gpgconf
 
 DOCKER_REGISTRY_CANDIDATES = ("docker-registry", "registry")
 
@@ -196,7 +197,4 @@ def skopeo(args: list[str], *, timeout: float = 120,
 
 
 def kill_gpg_agent(home: Path) -> None:
-    """Stop the gpg-agent (and other daemons) of a throwaway GnuPG home, so none outlives it."""
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "all"], capture_output=True, check=False,
-                       timeout=10)
+    gpgconf.kill_agents(home)

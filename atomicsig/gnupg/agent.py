@@ -8,7 +8,7 @@ from collections.abc import Iterable
 
 from atomicsig.errors import GPGError, PassphraseError
 from atomicsig.gnupg import assuan
-from atomicsig.gnupg.keyring import SecretKeyPart
+from atomicsig.gnupg.colons import SecretKeyPart
 
 _SOURCE_HINT = "give it with --passphrase-file or --passphrase-env"
 

@@ -16,11 +16,11 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from atomicsig.errors import GPGError
+from atomicsig.gnupg import gpgconf
 
 #: Maximum length of one Assuan line including the trailing LF (ASSUAN_LINELENGTH).
 LINE_LENGTH = 1000
@@ -258,12 +258,8 @@ def connect(home: str | None, path: str | None = None) -> AssuanClient:
 
 
 def _gpgconf(home: str | None, args: list[str]) -> str:
-    cmd = ["gpgconf", *(["--homedir", home] if home else []), *args]
+    """gpgconf for the agent connection; its failure means the agent cannot be reached."""
     try:
-        proc = subprocess.run(cmd, capture_output=True, check=False, timeout=30)
-    except (OSError, subprocess.SubprocessError) as exc:
-        raise AssuanConnectionError(f"cannot run gpgconf: {exc}") from exc
-    if proc.returncode != 0:
-        err = proc.stderr.decode(errors="replace").strip().splitlines()
-        raise AssuanConnectionError(f"gpgconf {args[0]} failed: {err[-1] if err else proc.returncode}")
-    return proc.stdout.decode(errors="replace")
+        return gpgconf.run(home, args)
+    except gpgconf.GpgconfError as exc:
+        raise AssuanConnectionError(exc.message) from exc

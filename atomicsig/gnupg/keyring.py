@@ -23,16 +23,17 @@ from typing import Any
 
 from atomicsig.errors import GPGError, InputError, KeyNotFound, PassphraseError, SignatureFormatError
 from atomicsig.format.blob import simple_signing_body
+from atomicsig.gnupg import colons, gpgconf
+from atomicsig.gnupg.agent import check_home_passphrase, choose_signing_key
+from atomicsig.gnupg.colons import SecretKeyPart
 from atomicsig.gnupg.passphrase import child_env
 from atomicsig.openpgp import packets as openpgp
+from atomicsig.openpgp.constants import PUBKEY_NAMES, PubkeyAlgo
 
 #: Options that make signing output exactly one binary, inline, SHA-256 signed message regardless of gpg.conf.
 SIGN_OPTIONS = ["--no-armor", "--no-textmode", "--digest-algo", "SHA256", "--no-auto-key-locate",
                 "--no-auto-key-retrieve"]
 
-#: OpenPGP public-key algorithm ids (RFC 4880 §9.1, RFC 6637, draft-koch-eddsa).
-_ALGO_NAMES = {"1": "rsa", "2": "rsa", "3": "rsa", "16": "elg", "17": "dsa", "18": "ecdh", "19": "ecdsa",
-               "22": "eddsa"}
 _FPR_RE = re.compile(r"^(0x)?[0-9A-Fa-f]{40}$|^(0x)?[0-9A-Fa-f]{16}$")
 
 #: Algorithm names accepted in key specs, mapped to gpg --gen-key parameters.
@@ -96,59 +97,6 @@ class KeyInfo:
         }
 
 
-@dataclass(frozen=True)
-class SecretKeyPart:
-    """The primary key or one subkey of a secret key, as ``gpg --with-colons --with-keygrip`` lists it."""
-
-    fingerprint: str
-    keygrip: str
-    pubkey_algo: int
-    curve: str
-    created: int
-    expires: int | None
-    validity: str  # "r" revoked, "e" expired, "i" invalid, …
-    usage: str  # this key's own capabilities, lowercase letters ("s" = can sign)
-    token: str  # colon field 15: "+" secret here, "#" stub without secret, else a smartcard serial number
-    primary: bool
-
-
-def _secret_parts_from_colons(listing: str, fingerprint: str) -> list[SecretKeyPart]:
-    """Parse ``gpg --with-colons --with-keygrip --list-secret-keys`` for one key (fields per gpg's DETAILS).
-
-    Read directly rather than through python-gnupg: how (and whether) python-gnupg exposes subkey keygrips and
-    capabilities differs between its releases, and the agent signer must address exactly the right (sub)key.
-    """
-    parts: list[SecretKeyPart] = []
-    current: list[str] | None = None
-    fpr = grip = ""
-    in_key = False
-
-    def flush() -> None:
-        if current is not None and in_key and fpr:
-            f = current + [""] * (17 - len(current))
-            parts.append(SecretKeyPart(
-                fingerprint=fpr.upper(), keygrip=grip.upper(), pubkey_algo=int(f[3] or 0), curve=f[16],
-                created=int(f[5] or 0), expires=int(f[6]) if f[6] else None, validity=f[1] or "-",
-                usage="".join(c for c in f[11] if c.islower()), token=f[14], primary=f[0] == "sec"))
-
-    for line in listing.splitlines():
-        fields = line.split(":")
-        kind = fields[0]
-        if kind in ("sec", "ssb"):
-            flush()
-            current, fpr, grip = fields, "", ""
-            if kind == "sec":
-                in_key = False
-        elif kind == "fpr" and current is not None and not fpr:
-            fpr = fields[9] if len(fields) > 9 else ""
-            if current[0] == "sec":
-                in_key = fpr.upper() == fingerprint.upper()
-        elif kind == "grp" and current is not None and not grip:
-            grip = fields[9] if len(fields) > 9 else ""
-    flush()
-    return parts
-
-
 def _rotation_successor(keys: list[KeyInfo]) -> list[KeyInfo]:
     """Of several usable keys for one e-mail, the one a rotation made, if that is what they are.
 
@@ -164,12 +112,20 @@ def _rotation_successor(keys: list[KeyInfo]) -> list[KeyInfo]:
     return keys
 
 
-def _algorithm_name(entry: dict[str, Any]) -> str:
-    algo = _ALGO_NAMES.get(str(entry.get("algo", "")), f"algo{entry.get('algo')}")
-    if algo == "rsa":
-        return f"rsa{entry.get('length')}"
-    curve = entry.get("curve") or ""
-    return curve if curve else algo
+def _algorithm_name(key: colons.KeyRecord) -> str:
+    """How ``keys list`` names a key's algorithm: "rsa<bits>", else the curve, else the algorithm's name."""
+    algo = PUBKEY_NAMES.get(key.algorithm, f"algo{key.algorithm}")
+    if key.algorithm in (PubkeyAlgo.RSA, PubkeyAlgo.RSA_ENCRYPT, PubkeyAlgo.RSA_SIGN):
+        return f"rsa{key.length}"
+    return key.curve or algo
+
+
+def _key_info(listed: colons.ListedKey, secret: bool) -> KeyInfo:
+    pub = listed.primary
+    return KeyInfo(fingerprint=pub.fingerprint, keyid=pub.keyid, uids=listed.uids, algorithm=_algorithm_name(pub),
+                   created=pub.created, expires=pub.expires, validity=pub.validity, secret=secret,
+                   subkeys=tuple(s.fingerprint or s.keyid for s in listed.subkeys),
+                   can_sign="s" in pub.capabilities.lower())
 
 
 def _email_of(uid: str) -> str:
@@ -221,23 +177,28 @@ class Keyring:
     # ---- listing and lookup -------------------------------------------------------------------------------
 
     def list_keys(self, secret: bool = False) -> list[KeyInfo]:
-        result = self.gpg.list_keys(secret=secret)
-        secret_fprs = {k["fingerprint"] for k in self.gpg.list_keys(secret=True)} if not secret else None
-        out = []
-        for k in result:
-            out.append(KeyInfo(
-                fingerprint=k["fingerprint"],
-                keyid=k["keyid"],
-                uids=tuple(k.get("uids") or ()),
-                algorithm=_algorithm_name(k),
-                created=int(k.get("date") or 0),
-                expires=int(k["expires"]) if k.get("expires") else None,
-                validity=k.get("trust") or "-",
-                secret=secret or (k["fingerprint"] in (secret_fprs or set())),
-                subkeys=tuple(s[2] if len(s) > 2 and s[2] else s[0] for s in k.get("subkeys") or ()),
-                can_sign="s" in (k.get("cap") or "").lower(),
-            ))
-        return out
+        """The keys of this home (``--list-keys``, or ``--list-secret-keys``), each marked if its secret is here."""
+        listed = self.listing(secret=secret)
+        secret_fprs = {k.primary.fingerprint for k in self.listing(secret=True)} if not secret else set()
+        return [_key_info(k, secret or k.primary.fingerprint in secret_fprs) for k in listed if k.primary.fingerprint]
+
+    def listing(self, *, secret: bool = False) -> list[colons.ListedKey]:
+        """gpg's colon listing of this home, parsed (:mod:`atomicsig.gnupg.colons`).
+
+        Like python-gnupg's ``list_keys``, which this replaced, a failing gpg yields what it listed (usually
+        nothing) rather than an error: an unreadable home then reads as one without keys, and the lookup that
+        follows says which key is missing.
+        """
+        import subprocess
+
+        args = ["--with-colons", "--fixed-list-mode", "--list-secret-keys" if secret else "--list-keys"]
+        cmd, _ = self._command(None, status_fd=2)
+        try:
+            proc = subprocess.run(cmd + args, input=b"", capture_output=True, check=False, timeout=120,
+                                  env=child_env())
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise GPGError(f"cannot run gpg: {exc}") from exc
+        return colons.parse(proc.stdout.decode("utf-8", errors="replace"))
 
     def resolve(self, spec: str, *, secret: bool) -> KeyInfo:
         """Find exactly one key by fingerprint, key ID or e-mail/uid substring."""
@@ -276,7 +237,7 @@ class Keyring:
                                  fingerprint], None)
         except GPGError:
             return []
-        return _secret_parts_from_colons(listing.decode("utf-8", errors="replace"), fingerprint)
+        return colons.secret_key_parts(listing.decode("utf-8", errors="replace"), fingerprint)
 
     # ---- generation ---------------------------------------------------------------------------------------
 
@@ -447,8 +408,6 @@ class Keyring:
         with self._check_lock:
             if (fingerprint, agent_cache) in self._checked and self._checked[fingerprint, agent_cache] == passphrase:
                 return
-            from atomicsig.gnupg.agent import check_home_passphrase, choose_signing_key  # agentsign imports this module
-
             key = choose_signing_key(self.secret_key_parts(fingerprint), int(time.time()))
             if key is not None:  # no usable signing key: gpg's own error says why
                 check_home_passphrase(self.home, key.keygrip, fingerprint, passphrase, agent_cache=agent_cache)
@@ -460,8 +419,6 @@ class Keyring:
         primary key by gpg-agent, which gpg skips while the agent has it cached (issue 11 #7)."""
         if passphrase is None:
             return
-        from atomicsig.gnupg.agent import check_home_passphrase  # agentsign imports this module
-
         primary = next((p for p in self.secret_key_parts(fingerprint) if p.primary and p.keygrip), None)
         if primary is not None and "#" not in primary.token:
             check_home_passphrase(self.home, primary.keygrip, fingerprint, passphrase)
@@ -511,15 +468,15 @@ class TrustedKeys:
             # killed python-gnupg's reader thread (AttributeError on .stderr). latin-1 decodes any byte, and
             # nothing here reads text beyond fingerprints and status keywords.
             self._keyring.gpg.encoding = "latin-1"
-            fprs: set[str] = set()
             for data in keyring_blobs:
                 with contextlib.suppress(InputError):
                     self._keyring.import_keys(data)
-            for k in self._keyring.list_keys():
-                fprs.add(k.fingerprint.upper())
-            self.fingerprints = frozenset(fprs)
-            self._subkey_to_primary = {s.upper(): k.fingerprint.upper()
-                                       for k in self._keyring.list_keys() for s in k.subkeys}
+            # One listing (public keys only: this home has no secrets and no agent) for the trusted
+            # fingerprints, the subkey map and the in-process verifier's key table.
+            self._listed = [k for k in self._keyring.listing() if k.primary.fingerprint]
+            self.fingerprints = frozenset(k.primary.fingerprint for k in self._listed)
+            self._subkey_to_primary = {s.fingerprint or s.keyid: k.primary.fingerprint
+                                       for k in self._listed for s in k.subkeys}
         except BaseException:
             self.close()
             raise
@@ -532,15 +489,14 @@ class TrustedKeys:
         # No agent to stop: this home runs gpg with --no-autostart (see Keyring.autostart).
         shutil.rmtree(self._dir, ignore_errors=True)
 
-    def listing_and_export(self) -> tuple[str, bytes]:
+    def listing_and_export(self) -> tuple[list[colons.ListedKey], bytes]:
         """gpg's own verdict on the imported keys (colon listing) and their binary export, for nativeverify.
 
         gpg stays the authority on certificates (self-signatures, revocations, expiry); the in-process verifier
         only takes key material and these verdicts from here.
         """
-        listing = self._keyring._run(["--with-colons", "--fixed-list-mode", "--list-keys"], None)
         exported = self._keyring._run(["--export"], None) if self.fingerprints else b""
-        return listing.decode("utf-8", errors="replace"), exported
+        return self._listed, exported
 
     def __enter__(self) -> TrustedKeys:
         return self
@@ -621,9 +577,5 @@ def remove_home(d: str) -> None:
     Deleting the directory alone leaves the agent running with nothing to serve: one stray process per
     verification run or temporary signing home.
     """
-    import subprocess
-
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        subprocess.run(["gpgconf", "--homedir", d, "--kill", "all"], capture_output=True, check=False,
-                       timeout=10, env=child_env())
+    gpgconf.kill_agents(d)
     shutil.rmtree(d, ignore_errors=True)

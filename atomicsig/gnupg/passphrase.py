@@ -61,7 +61,7 @@ class PassphraseSource:
             if self.env not in os.environ:
                 raise PassphraseError(f"passphrase environment variable {self.env} is not set")
             # Taken out of our own environment too, so that nothing started later inherits it, including
-            # subprocesses of code that does not ask child_env() (the agent launch in assuan.py, gpgconf).
+            # subprocesses of code that does not ask child_env() (gpgconf does: atomicsig.gnupg.gpgconf).
             raw = os.fsencode(os.environ.pop(self.env))
             if b"\n" in raw.removesuffix(b"\n"):  # a variable holds one value: a second line is a mistake
                 raise PassphraseError(f"passphrase from {self.describe()} contains a newline")

@@ -26,16 +26,21 @@ from dataclasses import dataclass
 
 from atomicsig.errors import SignatureFormatError
 from atomicsig.format.blob import simple_signing_body
+from atomicsig.gnupg import colons
 from atomicsig.gnupg.keyring import GPGVerification, TrustedKeys
 from atomicsig.openpgp import keys as pgpkeys
 from atomicsig.openpgp import packets as openpgp
+from atomicsig.openpgp.constants import PacketTag, PubkeyAlgo, SigType, Subpacket
 from atomicsig.openpgp.keys import PublicKey, Unsupported
 
-SIG_BINARY = 0x00
-SUBPACKET_CREATED, SUBPACKET_SIG_EXPIRES = 2, 3
-SUBPACKET_ISSUER, SUBPACKET_ISSUER_FPR = 16, 33
 #: Subpackets whose meaning for a data signature we implement; a critical one of any other type goes to gpg.
-_UNDERSTOOD_SUBPACKETS = {SUBPACKET_CREATED, SUBPACKET_SIG_EXPIRES, SUBPACKET_ISSUER, SUBPACKET_ISSUER_FPR}
+_UNDERSTOOD_SUBPACKETS = frozenset({Subpacket.CREATED, Subpacket.SIG_EXPIRES, Subpacket.ISSUER,
+                                    Subpacket.ISSUER_FPR})
+# Compared for every subpacket of every signature verified: module names, cheaper to read than class attributes.
+_CREATED, _SIG_EXPIRES, _ISSUER, _ISSUER_FPR = (Subpacket.CREATED, Subpacket.SIG_EXPIRES, Subpacket.ISSUER,
+                                                Subpacket.ISSUER_FPR)
+#: gpg's standard layout of a signed message, the only one hashed in process.
+_ONE_PASS_LAYOUT = (PacketTag.ONE_PASS, PacketTag.LITERAL, PacketTag.SIGNATURE)
 #: gpg listing validity letters that say nothing about revocation/expiry (owner trust is ignored, as GPGME does).
 _NEUTRAL_VALIDITY = frozenset("-oqmfu")
 
@@ -60,38 +65,7 @@ class _SigningKey:
     has_revoker: bool
 
 
-@dataclass
-class _Listed:
-    kind: str
-    validity: str
-    keyid: str
-    created: int
-    expires: int | None
-    caps: str
-    fingerprint: str = ""
-    has_revoker: bool = False
-
-
-def _parse_listing(listing: str) -> list[list[_Listed]]:
-    """``gpg --with-colons --fixed-list-mode --list-keys``: one list per primary key, primary first."""
-    out: list[list[_Listed]] = []
-    last: _Listed | None = None
-    for line in listing.splitlines():
-        f = line.split(":")
-        if f[0] in ("pub", "sub") and len(f) > 11:
-            last = _Listed(f[0], f[1] or "-", f[4].upper(), int(f[5] or 0), int(f[6]) if f[6] else None, f[11])
-            if f[0] == "pub":
-                out.append([last])
-            elif out:
-                out[-1].append(last)
-        elif f[0] == "fpr" and len(f) > 9 and last is not None and not last.fingerprint:
-            last.fingerprint = f[9].upper()
-        elif f[0] == "rvk" and out:
-            out[-1][0].has_revoker = True
-    return out
-
-
-def _key_table(listing: str, exported: bytes) -> tuple[dict[str, _SigningKey], frozenset[str]]:
+def _key_table(listing: list[colons.ListedKey], exported: bytes) -> tuple[dict[str, _SigningKey], frozenset[str]]:
     """Signing keys by fingerprint, and every key ID gpg knows (so an issuer gpg knows is never "untrusted")."""
     material: dict[str, PublicKey] = {}
     cross: dict[str, bool | None] = {}
@@ -105,19 +79,19 @@ def _key_table(listing: str, exported: bytes) -> tuple[dict[str, _SigningKey], f
         material, cross = {}, {}  # unreadable export: every signature goes to gpg
     table: dict[str, _SigningKey] = {}
     keyids: set[str] = set()
-    for group in _parse_listing(listing):
-        pub = group[0]
-        for entry in group:
+    for listed in listing:
+        pub = listed.primary
+        for entry in listed.records:
             keyids.add(entry.keyid)
             m = material.get(entry.fingerprint)
             # Use the packet only if it is the key gpg listed (same fingerprint and creation time).
             if m is not None and m.created != entry.created:
                 m = None
             table[entry.fingerprint] = _SigningKey(
-                material=m, primary=pub.fingerprint, validity=entry.validity, can_sign="s" in entry.caps,
+                material=m, primary=pub.fingerprint, validity=entry.validity, can_sign="s" in entry.capabilities,
                 expires=entry.expires, primary_validity=pub.validity, primary_expires=pub.expires,
                 is_primary=entry is pub, cross_certified=True if entry is pub else cross.get(entry.fingerprint),
-                has_revoker=pub.has_revoker)
+                has_revoker=listed.has_revoker)
     return table, frozenset(keyids)
 
 
@@ -233,13 +207,13 @@ class NativeTrustedKeys:
     def _check_shape(self, msg: openpgp.SignedMessage, sig: openpgp.SignatureInfo) -> None:
         """Only gpg's standard layout ``one-pass, literal 'b', signature`` is hashed here: gpg chooses the hash
         from the one-pass packet, and other layouts or mismatches are corner cases gpg should judge."""
-        if msg.structure != (openpgp.TAG_ONE_PASS, openpgp.TAG_LITERAL, openpgp.TAG_SIGNATURE):
+        if msg.structure != _ONE_PASS_LAYOUT:
             raise _Delegate("message layout")
         if msg.literal_format != ord("b"):
             raise _Delegate("literal format")
         if sig.version != 4:
             raise _Delegate("signature version")
-        if sig.sig_type != SIG_BINARY:
+        if sig.sig_type != SigType.BINARY:
             raise _Delegate("signature type")
         if sig.hash_algo not in pgpkeys.HASHES:
             raise _Delegate("hash algorithm")
@@ -269,28 +243,32 @@ class NativeTrustedKeys:
 
 def _signature_subpackets(sig: openpgp.SignatureInfo) -> tuple[int, int, str | None, str | None]:
     """Creation time, expiry, issuer fingerprint and key ID as gpg reads them: time fields and the issuer
-    fingerprint only from the hashed area, the key ID from either. Duplicates or unknown critical ones: gpg."""
+    fingerprint only from the hashed area, the key ID from either. Duplicates or unknown critical ones: gpg.
+
+    Subpackets are walked and the issuer fingerprint judged by :mod:`atomicsig.openpgp.packets`, the same code
+    that gives :func:`openpgp.untrusted_signer` its answer, so the two never name different signers.
+    """
     seen: Counter[int] = Counter()
     created = expires_after = None
     issuer_fpr = issuer_keyid = None
     try:
         for hashed, area in ((True, sig.hashed), (False, sig.unhashed)):
-            for stype, critical, data in pgpkeys.subpackets(area):
+            for stype, critical, data in openpgp.subpackets(area):
                 if critical and (stype not in _UNDERSTOOD_SUBPACKETS or not hashed):
                     raise _Delegate("critical subpacket")
                 if stype in _UNDERSTOOD_SUBPACKETS:
                     seen[stype] += 1
-                if hashed and stype == SUBPACKET_CREATED and len(data) == 4:
+                if hashed and stype == _CREATED and len(data) == 4:
                     created = int.from_bytes(data, "big")
-                elif hashed and stype == SUBPACKET_SIG_EXPIRES and len(data) == 4:
+                elif hashed and stype == _SIG_EXPIRES and len(data) == 4:
                     expires_after = int.from_bytes(data, "big")
-                elif hashed and stype == SUBPACKET_ISSUER_FPR and len(data) == 21 and data[0] == 4:
-                    issuer_fpr = data[1:].hex().upper()
-                elif stype == SUBPACKET_ISSUER and len(data) == 8:
+                elif hashed and stype == _ISSUER_FPR and (named := openpgp.issuer_fingerprint(data, sig.version)):
+                    issuer_fpr = named
+                elif stype == _ISSUER and len(data) == 8:
                     issuer_keyid = data.hex().upper()
                 elif stype in _UNDERSTOOD_SUBPACKETS:
                     raise _Delegate("unusual subpacket")
-    except Unsupported as exc:
+    except SignatureFormatError as exc:
         raise _Delegate("malformed subpackets") from exc
     if any(n > 1 for n in seen.values()):
         raise _Delegate("repeated subpacket")
@@ -302,9 +280,9 @@ def _signature_subpackets(sig: openpgp.SignatureInfo) -> tuple[int, int, str | N
 def _check_hash_strength(key: PublicKey, hash_algo: int) -> None:
     """(EC)DSA-style keys with a digest shorter than the curve are unusual; gpg's rules there decide."""
     bits = pgpkeys.HASHES[hash_algo][2]
-    if key.algorithm == pgpkeys.ALGO_EDDSA and bits < 256:
+    if key.algorithm == PubkeyAlgo.EDDSA and bits < 256:
         raise _Delegate("short hash for EdDSA")
-    if key.algorithm == pgpkeys.ALGO_ECDSA and bits < min(key.bits, 512):
+    if key.algorithm == PubkeyAlgo.ECDSA and bits < min(key.bits, 512):
         raise _Delegate("short hash for ECDSA")
 
 

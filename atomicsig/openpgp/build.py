@@ -20,21 +20,13 @@ import hashlib
 from dataclasses import dataclass
 
 from atomicsig.errors import GPGError, InputError
+from atomicsig.openpgp.constants import FINGERPRINT_LEN, HashAlgo, PacketTag, PubkeyAlgo, SigType, Subpacket
 
-PUBKEY_RSA = 1
-PUBKEY_ECDSA = 19
-PUBKEY_EDDSA = 22
-
-HASH_SHA256 = 8
-HASH_SHA384 = 9
-HASH_SHA512 = 10
-_HASHLIB = {HASH_SHA256: "sha256", HASH_SHA384: "sha384", HASH_SHA512: "sha512"}
-
-SIG_BINARY = 0x00
+_HASHLIB: dict[int, str] = {HashAlgo.SHA256: "sha256", HashAlgo.SHA384: "sha384", HashAlgo.SHA512: "sha512"}
 
 #: ECDSA curves as gpg --with-colons names them, and the hash gpg pairs with each (the digest must be at
 #: least as long as the curve order, so gpg moves up from SHA-256 for the larger NIST curves).
-ECDSA_CURVE_HASH = {"nistp256": HASH_SHA256, "nistp384": HASH_SHA384, "nistp521": HASH_SHA512}
+ECDSA_CURVE_HASH = {"nistp256": HashAlgo.SHA256, "nistp384": HashAlgo.SHA384, "nistp521": HashAlgo.SHA512}
 EDDSA_CURVES = frozenset({"ed25519"})
 
 
@@ -44,11 +36,11 @@ class UnsupportedKey(InputError):
 
 def hash_for(pubkey_algo: int, curve: str) -> int:
     """The OpenPGP hash algorithm id to sign with, or UnsupportedKey."""
-    if pubkey_algo == PUBKEY_RSA:
-        return HASH_SHA256
-    if pubkey_algo == PUBKEY_EDDSA and curve.lower() in EDDSA_CURVES:
-        return HASH_SHA256
-    if pubkey_algo == PUBKEY_ECDSA and curve.lower() in ECDSA_CURVE_HASH:
+    if pubkey_algo == PubkeyAlgo.RSA:
+        return HashAlgo.SHA256
+    if pubkey_algo == PubkeyAlgo.EDDSA and curve.lower() in EDDSA_CURVES:
+        return HashAlgo.SHA256
+    if pubkey_algo == PubkeyAlgo.ECDSA and curve.lower() in ECDSA_CURVE_HASH:
         return ECDSA_CURVE_HASH[curve.lower()]
     what = f"algorithm {pubkey_algo}" + (f" on curve {curve}" if curve else "")
     raise UnsupportedKey(f"the agent signer cannot sign with public-key {what}")
@@ -94,15 +86,26 @@ def _subpacket(kind: int, data: bytes) -> bytes:
     return bytes([n, kind]) + data
 
 
+# Built once: the fixed parts of every message (per-signature work stays at the bytes that change).
+_V4_FPR_LEN = FINGERPRINT_LEN[4]
+_ISSUER_FPR_HEAD = _subpacket(Subpacket.ISSUER_FPR, b"\x04" + bytes(_V4_FPR_LEN))[:3]  # length, type, version 4
+_CREATED_HEAD = _subpacket(Subpacket.CREATED, bytes(4))[:2]
+_ISSUER_HEAD = _subpacket(Subpacket.ISSUER, bytes(8))[:2]
+_ONE_PASS, _LITERAL, _SIGNATURE = PacketTag.ONE_PASS, PacketTag.LITERAL, PacketTag.SIGNATURE
+_BINARY, _RSA, _EDDSA = SigType.BINARY, PubkeyAlgo.RSA, PubkeyAlgo.EDDSA
+
+
 def prepare(data: bytes, issuer: Issuer, created: int) -> Pending:
     """Frame ``data`` and compute the digest the private key must sign."""
-    if len(issuer.fingerprint) != 20:
+    if len(issuer.fingerprint) != _V4_FPR_LEN:
         raise ValueError("only v4 (20-byte) fingerprints are supported")
-    one_pass = _old_packet(4, bytes([3, SIG_BINARY, issuer.hash_algo, issuer.pubkey_algo]) + issuer.keyid + b"\x01")
-    literal = _old_packet(11, b"b\x00" + created.to_bytes(4, "big") + data)
-    hashed = (_subpacket(33, b"\x04" + issuer.fingerprint)
-              + _subpacket(2, created.to_bytes(4, "big")))
-    hashed_part = bytes([4, SIG_BINARY, issuer.pubkey_algo, issuer.hash_algo]) + len(hashed).to_bytes(2, "big") \
+    # One-pass v3 (RFC 9580 §5.4): version, type, hash, pubkey, key ID, "last" flag 1 (no nested signature).
+    one_pass = _old_packet(_ONE_PASS, bytes([3, _BINARY, issuer.hash_algo, issuer.pubkey_algo])
+                           + issuer.keyid + b"\x01")
+    literal = _old_packet(_LITERAL, b"b\x00" + created.to_bytes(4, "big") + data)
+    # Hashed subpackets: issuer fingerprint (04 + 20 octets), creation time.
+    hashed = _ISSUER_FPR_HEAD + issuer.fingerprint + _CREATED_HEAD + created.to_bytes(4, "big")
+    hashed_part = bytes([4, _BINARY, issuer.pubkey_algo, issuer.hash_algo]) + len(hashed).to_bytes(2, "big") \
         + hashed
     h = hashlib.new(_HASHLIB[issuer.hash_algo])
     h.update(data)
@@ -133,12 +136,12 @@ def eddsa_component(value: bytes) -> bytes:
 
 def finish(pending: Pending, components: list[bytes]) -> bytes:
     """Complete the message with the signature value's components (RSA: [s]; ECDSA/EdDSA: [r, s])."""
-    want = 1 if pending.issuer.pubkey_algo == PUBKEY_RSA else 2
+    want = 1 if pending.issuer.pubkey_algo == _RSA else 2
     if len(components) != want:
         raise GPGError(f"expected {want} signature component(s), got {len(components)}")
-    if pending.issuer.pubkey_algo == PUBKEY_EDDSA:
+    if pending.issuer.pubkey_algo == _EDDSA:
         components = [eddsa_component(c) for c in components]
-    unhashed = _subpacket(16, pending.issuer.keyid)
+    unhashed = _ISSUER_HEAD + pending.issuer.keyid  # issuer key ID subpacket
     body = pending.hashed_part + len(unhashed).to_bytes(2, "big") + unhashed + pending.digest[:2] \
         + b"".join(mpi(c) for c in components)
-    return pending.head + _old_packet(2, body)
+    return pending.head + _old_packet(_SIGNATURE, body)

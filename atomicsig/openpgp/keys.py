@@ -18,25 +18,16 @@ from cryptography.hazmat.primitives.asymmetric.utils import Prehashed, encode_ds
 
 from atomicsig.errors import SignatureFormatError
 from atomicsig.openpgp import packets as openpgp
+from atomicsig.openpgp.constants import HashAlgo, PacketTag, PubkeyAlgo, SigType, Subpacket
 
-TAG_PUBLIC_KEY = 6
-TAG_PUBLIC_SUBKEY = 14
-
-ALGO_RSA, ALGO_RSA_SIGN = 1, 3
-ALGO_ECDSA, ALGO_EDDSA = 19, 22
-
-SIG_SUBKEY_BINDING = 0x18
-SIG_PRIMARY_BINDING = 0x19  # the "back signature" a signing subkey makes over its primary
-SUBPACKET_EMBEDDED_SIGNATURE = 32
-
-#: OpenPGP hash ids (RFC 4880 §9.4) we compute in process, with their digest sizes in bits. MD5 (1) and
-#: RIPEMD-160 (3) are absent on purpose: gpg treats them specially (MD5 is rejected as weak), so it decides.
+#: OpenPGP hash ids (RFC 9580 §9.5) we compute in process, with their digest sizes in bits. MD5 and
+#: RIPEMD-160 are absent on purpose: gpg treats them specially (MD5 is rejected as weak), so it decides.
 HASHES: dict[int, tuple[str, type[hashes.HashAlgorithm], int]] = {
-    2: ("sha1", hashes.SHA1, 160),
-    8: ("sha256", hashes.SHA256, 256),
-    9: ("sha384", hashes.SHA384, 384),
-    10: ("sha512", hashes.SHA512, 512),
-    11: ("sha224", hashes.SHA224, 224),
+    HashAlgo.SHA1: ("sha1", hashes.SHA1, 160),
+    HashAlgo.SHA256: ("sha256", hashes.SHA256, 256),
+    HashAlgo.SHA384: ("sha384", hashes.SHA384, 384),
+    HashAlgo.SHA512: ("sha512", hashes.SHA512, 512),
+    HashAlgo.SHA224: ("sha224", hashes.SHA224, 224),
 }
 
 _ED25519_OID = bytes.fromhex("2B06010401DA470F01")
@@ -106,19 +97,19 @@ def parse_public_key(body: bytes) -> PublicKey:
     key: rsa.RSAPublicKey | ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey | None = None
     bits = 0
     try:
-        if algo in (ALGO_RSA, ALGO_RSA_SIGN):
+        if algo in (PubkeyAlgo.RSA, PubkeyAlgo.RSA_SIGN):
             n, i = read_mpi(rest, 0)
             e, i = read_mpi(rest, i)
             if i == len(rest):
                 key = rsa.RSAPublicNumbers(int.from_bytes(e, "big"), int.from_bytes(n, "big")).public_key()
                 bits = key.key_size
-        elif algo in (ALGO_EDDSA, ALGO_ECDSA) and rest:
+        elif algo in (PubkeyAlgo.EDDSA, PubkeyAlgo.ECDSA) and rest:
             oid = rest[1 : 1 + rest[0]]
             point, i = read_mpi(rest, 1 + rest[0])
             if i == len(rest) and len(oid) == rest[0]:
-                if algo == ALGO_EDDSA and oid == _ED25519_OID and len(point) == 33 and point[0] == 0x40:
+                if algo == PubkeyAlgo.EDDSA and oid == _ED25519_OID and len(point) == 33 and point[0] == 0x40:
                     key, bits = ed25519.Ed25519PublicKey.from_public_bytes(point[1:]), 256
-                elif algo == ALGO_ECDSA and oid in _EC_CURVES:
+                elif algo == PubkeyAlgo.ECDSA and oid in _EC_CURVES:
                     curve, bits = _EC_CURVES[oid]
                     key = ec.EllipticCurvePublicKey.from_encoded_point(curve, point)
     except (Unsupported, ValueError):
@@ -138,17 +129,17 @@ def certificates(exported: bytes) -> Iterator[Certificate]:
             subs.append(Subkey(current, _cross_certified(primary, current, bindings)))
 
     for p in openpgp.packets(exported):
-        if p.tag == TAG_PUBLIC_KEY:
+        if p.tag == PacketTag.PUBLIC_KEY:
             close_subkey()
             if primary is not None:
                 yield Certificate(primary, tuple(subs))
             primary, subs, current, bindings = _maybe_key(p.body), [], None, []
-        elif p.tag == TAG_PUBLIC_SUBKEY:
+        elif p.tag == PacketTag.PUBLIC_SUBKEY:
             close_subkey()
             current, bindings = _maybe_key(p.body), []
-        elif p.tag == openpgp.TAG_SIGNATURE and current is not None:
+        elif p.tag == PacketTag.SIGNATURE and current is not None:
             bindings.append(p.body)
-        elif p.tag != openpgp.TAG_SIGNATURE:
+        elif p.tag != PacketTag.SIGNATURE:
             close_subkey()  # a user ID or attribute ends the subkey's signatures
             current, bindings = None, []
     close_subkey()
@@ -163,20 +154,6 @@ def _maybe_key(body: bytes) -> PublicKey | None:
         return None
 
 
-def subpackets(area: bytes) -> Iterator[tuple[int, bool, bytes]]:
-    """(type, critical, data) for each subpacket; Unsupported if the area is malformed."""
-    i = 0
-    while i < len(area):
-        try:
-            length, i, partial = openpgp._read_length_new(area, i)
-        except SignatureFormatError as exc:
-            raise Unsupported(exc.message) from exc
-        if partial or length == 0 or i + length > len(area):
-            raise Unsupported("malformed signature subpacket")
-        yield area[i] & 0x7F, bool(area[i] & 0x80), area[i + 1 : i + length]
-        i += length
-
-
 def _cross_certified(primary: PublicKey, sub: PublicKey, bindings: list[bytes]) -> bool | None:
     """gpg (require-cross-certification, the default) refuses data signatures by a signing subkey unless its
     binding signature embeds a valid 0x19 back signature. gpg checks the binding it selected; with exactly one
@@ -187,18 +164,18 @@ def _cross_certified(primary: PublicKey, sub: PublicKey, bindings: list[bytes]) 
             info = openpgp.parse_signature(body)
         except SignatureFormatError:
             return None
-        if info.sig_type == SIG_SUBKEY_BINDING:
+        if info.sig_type == SigType.SUBKEY_BINDING:
             binding_sigs.append(info)
     if len(binding_sigs) != 1 or binding_sigs[0].version != 4:
         return None
     info = binding_sigs[0]
     try:
-        embedded = [d for area in (info.hashed, info.unhashed) for t, _, d in subpackets(area)
-                    if t == SUBPACKET_EMBEDDED_SIGNATURE]
+        embedded = [d for area in (info.hashed, info.unhashed) for t, _, d in openpgp.subpackets(area)
+                    if t == Subpacket.EMBEDDED_SIGNATURE]
         if len(embedded) != 1:
             return None
         back = openpgp.parse_signature(embedded[0])
-        if back.version != 4 or back.sig_type != SIG_PRIMARY_BINDING or back.pubkey_algo != sub.algorithm:
+        if back.version != 4 or back.sig_type != SigType.PRIMARY_BINDING or back.pubkey_algo != sub.algorithm:
             return None
         data = primary.hash_prefix() + sub.hash_prefix() + back.raw_header + b"\x04\xff" + \
             len(back.raw_header).to_bytes(4, "big")

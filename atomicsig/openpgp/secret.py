@@ -18,6 +18,7 @@ from atomicsig.errors import InputError, PassphraseError, SignatureFormatError
 from atomicsig.openpgp import build as pgpsign
 from atomicsig.openpgp import keys as pgpkeys
 from atomicsig.openpgp import packets as openpgp
+from atomicsig.openpgp.constants import PacketTag, PubkeyAlgo, S2KType, S2KUsage, SymmetricAlgo
 
 try:  # CFB moved to the "decrepit" namespace (cryptography >= 47); OpenPGP key protection still needs it
     from cryptography.hazmat.decrepit.ciphers.modes import CFB
@@ -25,14 +26,12 @@ except ImportError:  # pragma: no cover - older cryptography
     from cryptography.hazmat.primitives.ciphers.modes import CFB  # type: ignore[assignment]
 
 
-TAG_SECRET_KEY = 5
-TAG_SECRET_SUBKEY = 7
-_S2K_SIMPLE, _S2K_SALTED, _S2K_ITERATED = 0, 1, 3
-_USAGE_CLEAR, _USAGE_SHA1 = 0, 254
+#: OpenPGP symmetric cipher ids we decrypt, with their key sizes in bytes.
+_AES_KEY_BYTES: dict[int, int] = {SymmetricAlgo.AES128: 16, SymmetricAlgo.AES192: 24, SymmetricAlgo.AES256: 32}
 
-
-#: OpenPGP symmetric cipher ids (RFC 4880 §9.2) we decrypt, with their key sizes in bytes.
-_AES_KEY_BYTES = {7: 16, 8: 24, 9: 32}
+#: MPIs of a v4 key packet's public material (RFC 9580 §5.5.5): RSA (n, e), Elgamal (p, g, y), DSA (p, q, g, y).
+_PUBLIC_MPIS: dict[int, int] = {PubkeyAlgo.RSA: 2, PubkeyAlgo.RSA_ENCRYPT: 2, PubkeyAlgo.RSA_SIGN: 2,
+                                 PubkeyAlgo.ELGAMAL: 3, PubkeyAlgo.DSA: 4}
 
 
 PrivateKey = rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey
@@ -58,16 +57,16 @@ def _public_length(body: bytes) -> int:
     if len(body) < 6 or body[0] != 4:
         raise pgpkeys.Unsupported("not a v4 key packet")
     algo, i = body[5], 6
-    if algo in (1, 2, 3, 16, 17):  # RSA (n, e), ElGamal (p, g, y), DSA (p, q, g, y)
-        for _ in range({1: 2, 2: 2, 3: 2, 16: 3, 17: 4}[algo]):
+    if algo in _PUBLIC_MPIS:
+        for _ in range(_PUBLIC_MPIS[algo]):
             _, i = pgpkeys.read_mpi(body, i)
         return i
-    if algo in (18, 19, 22):  # ECDH, ECDSA, EdDSA: curve OID, point; ECDH adds its KDF parameters
+    if algo in (PubkeyAlgo.ECDH, PubkeyAlgo.ECDSA, PubkeyAlgo.EDDSA):  # curve OID, point; ECDH adds KDF params
         if i >= len(body):
             raise pgpkeys.Unsupported("truncated curve OID")
         i += 1 + body[i]
         _, i = pgpkeys.read_mpi(body, i)
-        if algo == 18:
+        if algo == PubkeyAlgo.ECDH:
             if i >= len(body):
                 raise pgpkeys.Unsupported("truncated ECDH parameters")
             i += 1 + body[i]
@@ -90,7 +89,7 @@ def secret_key_packets(exported: bytes) -> dict[str, SecretKeyPacket]:
         raise InputError(f"gpg exported an unreadable secret key: {exc.message}") from None
     out: dict[str, SecretKeyPacket] = {}
     for p in pkts:
-        if p.tag not in (TAG_SECRET_KEY, TAG_SECRET_SUBKEY):
+        if p.tag not in (PacketTag.SECRET_KEY, PacketTag.SECRET_SUBKEY):
             continue
         try:
             end = _public_length(p.body)
@@ -105,7 +104,7 @@ def _s2k_key(hash_name: str, kind: int, salt: bytes, count: int, passphrase: byt
     """RFC 4880 §3.7.1: as many hash contexts as the key needs, the n-th preloaded with n zero octets, each fed
     salt+passphrase (repeated up to ``count`` octets for the iterated kind, at least once)."""
     data = salt + passphrase
-    total = max(count, len(data)) if kind == _S2K_ITERATED else len(data)
+    total = max(count, len(data)) if kind == S2KType.ITERATED else len(data)
     # Feed the repetition in large slices that are whole multiples of the pattern, so the stream continues
     # seamlessly from one slice to the next: ~65 MB for gpg's default count in a fraction of a second.
     block = data * max(1, (1 << 20) // max(1, len(data)))
@@ -132,30 +131,30 @@ def _decrypt_secret(packet: SecretKeyPacket, passphrase: str | None) -> bytes:
     if not s:
         raise InputError(f"the exported key {fpr} has no secret part")
     usage = s[0]
-    if usage == _USAGE_CLEAR:
+    if usage == S2KUsage.CLEAR:
         mpis, check = s[1:-2], s[-2:]
         if len(s) < 3 or (sum(mpis) & 0xFFFF).to_bytes(2, "big") != check:
             raise InputError(f"the exported secret key {fpr} fails its checksum")
         return mpis
-    if usage != _USAGE_SHA1 or len(s) < 3:
+    if usage != S2KUsage.SHA1_CHECKED or len(s) < 3:
         raise pgpsign.UnsupportedKey(f"secret key {fpr} uses S2K usage {usage}, which the memory signer "
                                      "does not read")
     cipher_id, kind, i = s[1], s[2], 3
     if cipher_id not in _AES_KEY_BYTES:
         raise pgpsign.UnsupportedKey(f"secret key {fpr} is protected with cipher {cipher_id} (only AES is read)")
-    if kind == 101:  # GNU extension: a stub (gnu-dummy / divert-to-card) without the secret
+    if kind == S2KType.GNU:  # a stub (gnu-dummy / divert-to-card) without the secret
         raise pgpsign.UnsupportedKey(f"secret key {fpr} is not present (a stub or a smartcard key)")
-    if kind not in (_S2K_SIMPLE, _S2K_SALTED, _S2K_ITERATED) or i >= len(s):
+    if kind not in (S2KType.SIMPLE, S2KType.SALTED, S2KType.ITERATED) or i >= len(s):
         raise pgpsign.UnsupportedKey(f"secret key {fpr} uses S2K specifier {kind}")
     hash_id = s[i]
     i += 1
     if hash_id not in pgpkeys.HASHES:
         raise pgpsign.UnsupportedKey(f"secret key {fpr} uses S2K hash {hash_id}")
     salt, count = b"", 0
-    if kind in (_S2K_SALTED, _S2K_ITERATED):
+    if kind in (S2KType.SALTED, S2KType.ITERATED):
         salt = s[i : i + 8]
         i += 8
-    if kind == _S2K_ITERATED:
+    if kind == S2KType.ITERATED:
         if i >= len(s):
             raise InputError(f"the exported secret key {fpr} is truncated")
         c = s[i]

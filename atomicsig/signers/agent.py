@@ -26,13 +26,18 @@ from atomicsig.gnupg.agent import (
     check_passphrase,
     choose_signing_key,
 )
-from atomicsig.gnupg.keyring import Keyring, SecretKeyPart, TrustedKeys
+from atomicsig.gnupg.colons import SecretKeyPart
+from atomicsig.gnupg.keyring import Keyring, TrustedKeys
 from atomicsig.openpgp import build as pgpsign
 from atomicsig.openpgp import packets as openpgp
+from atomicsig.openpgp.constants import PubkeyAlgo
 from atomicsig.signers.base import Signer
 
-_SIGVAL_NAMES = {pgpsign.PUBKEY_RSA: (b"rsa", [b"s"]), pgpsign.PUBKEY_EDDSA: (b"eddsa", [b"r", b"s"]),
-                 pgpsign.PUBKEY_ECDSA: (b"ecdsa", [b"r", b"s"])}
+#: The S-expression gpg-agent's PKSIGN returns per public-key algorithm: ``(sig-val (NAME (PARAM VALUE)…))``
+#: (libgcrypt's sig-val format), and the parameters that become the OpenPGP signature MPIs, in order.
+_SIGVAL_NAMES: dict[int, tuple[bytes, list[bytes]]] = {
+    PubkeyAlgo.RSA: (b"rsa", [b"s"]), PubkeyAlgo.EDDSA: (b"eddsa", [b"r", b"s"]),
+    PubkeyAlgo.ECDSA: (b"ecdsa", [b"r", b"s"])}
 
 
 class AgentSigner:

@@ -21,7 +21,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed, decode_dss_signature
 
 from atomicsig.errors import InputError
-from atomicsig.gnupg.keyring import Keyring, SecretKeyPart
+from atomicsig.gnupg.agent import check_home_passphrase, choose_signing_key
+from atomicsig.gnupg.colons import SecretKeyPart
+from atomicsig.gnupg.keyring import Keyring
 from atomicsig.openpgp import build as pgpsign
 from atomicsig.openpgp import keys as pgpkeys
 from atomicsig.openpgp.secret import PrivateKey, private_key, secret_key_packets
@@ -61,8 +63,6 @@ class MemorySigner:
 def build_signer(exported: bytes, primary_fingerprint: str, parts: list[SecretKeyPart],
                  passphrase: str | None, now: int) -> MemorySigner:
     """A MemorySigner from an exported transferable secret key and gpg's listing of the key's parts."""
-    from atomicsig.gnupg.agent import choose_signing_key  # agentsign imports this module for make_signer
-
     part = choose_signing_key(parts, now)
     if part is None:
         raise InputError(f"secret key {primary_fingerprint} has no usable signing (sub)key")
@@ -77,8 +77,6 @@ def build_signer(exported: bytes, primary_fingerprint: str, parts: list[SecretKe
 def memory_signer(keyring: Keyring, fingerprint: str, passphrase: str | None, *,
                   agent_cache: bool = False) -> MemorySigner:
     """Export ``fingerprint``'s secret key from gpg into memory (passphrase via loopback on stdin) and build."""
-    from atomicsig.gnupg.agent import check_home_passphrase, choose_signing_key
-
     parts = keyring.secret_key_parts(fingerprint)
     part = choose_signing_key(parts, int(time.time()))
     if part is not None:  # the same up-front check as the other signers, with the same messages (issue 11 #7)
