@@ -234,3 +234,43 @@ def test_http_libraries_are_imported_only_under_net() -> None:
             offenders += [f"{path.relative_to(root)}: {n}" for n in names
                           if n.split(".")[0] in ("requests", "urllib3", "cheroot")]
     assert not offenders
+
+
+def test_proxy_environment_is_honoured_once_per_origin(serve, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """$HTTP_PROXY/$NO_PROXY apply as in containers/image (read once per origin, not per request)."""
+    import http.server
+    import threading
+
+    asked: list[str] = []
+
+    class Proxy(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:
+            asked.append(self.path)  # a proxy gets the absolute URL
+            self.send_response(200 if self.path.endswith("signature-1") else 404)
+            body = BLOB if self.path.endswith("signature-1") else b""
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        direct, direct_base = serve({sig_path("a", 1): [(200, {}, BLOB)]})
+        for name in ("http_proxy", "no_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{server.server_address[1]}")
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+        fetcher = fetch.Fetcher()
+        # example.invalid is never resolved: the request goes to the proxy, which answers it
+        assert HTTPLookaside("http://example.invalid", fetcher).read(parse("example.com/a"), DIG)[0].blob == BLOB
+        assert HTTPLookaside(direct_base, fetcher).read(parse("example.com/a"), DIG)[0].blob == BLOB  # NO_PROXY
+        assert asked == [f"http://example.invalid{sig_path('a', n)}" for n in (1, 2)]
+        assert direct.hits(sig_path("a", 1)) == 1
+    finally:
+        server.shutdown()
+        server.server_close()

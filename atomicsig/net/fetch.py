@@ -46,6 +46,7 @@ import socket
 import tempfile
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -184,10 +185,13 @@ class Fetcher:
 
     def __init__(self, *, verify: bool | str = True, cert: tuple[str, str] | None = None,
                  timeout: float | tuple[float, float] = 30.0, retries: int = 0, redirects: bool = True) -> None:
+        if verify is True:  # as requests with trust_env: a CA bundle named in the environment replaces certifi's
+            verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
         self.verify, self.cert, self.timeout = verify, cert, timeout
         self.retries, self.redirects = retries, redirects
         if verify is False:  # asked for (--tls-verify=false): no warning per request
             urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
+        self._proxies: dict[tuple[str, str], dict[str, str]] = {}
         self._local = threading.local()
         self._inflight: set[socket.socket] = set()
         self._inflight_lock = threading.Lock()
@@ -200,6 +204,10 @@ class Fetcher:
             s = self._local.session = requests.Session()
             s.headers["User-Agent"] = USER_AGENT
             s.max_redirects = MAX_REDIRECTS
+            # The environment is read once per origin (_proxies_for), not per request: requests' trust_env
+            # re-scans os.environ for proxies on every request (about a third of a localhost GET). It also
+            # stops ~/.netrc credentials from going to a lookaside (c/image sends none there, SPEC §3.2).
+            s.trust_env = False
             s.mount("http://", _Adapter())
             s.mount("https://", _Adapter())
         return s
@@ -223,6 +231,7 @@ class Fetcher:
             try:
                 resp = self.session.request(
                     method, url, headers=hdrs, params=params, data=data, auth=auth, stream=True,
+                    proxies=self._proxies_for(url),
                     timeout=self.timeout if timeout is None else timeout, verify=self.verify, cert=self.cert,
                     allow_redirects=self.redirects if allow_redirects is None else allow_redirects)
             except requests.exceptions.SSLError as exc:
@@ -242,6 +251,16 @@ class Fetcher:
             time.sleep(wait)
             delay *= 2
         raise AssertionError("unreachable")
+
+    def _proxies_for(self, url: str) -> dict[str, str]:
+        """``$HTTP(S)_PROXY``/``$NO_PROXY`` for this origin, as containers/image honours them (Go's
+        ProxyFromEnvironment), read once per origin."""
+        parts = urllib.parse.urlsplit(url)
+        key = (parts.scheme, parts.netloc)
+        found = self._proxies.get(key)
+        if found is None:
+            found = self._proxies[key] = dict(requests.utils.get_environ_proxies(url, no_proxy=None))
+        return found
 
     @contextlib.contextmanager
     def exchange(self, method: str, url: str, **kw: Any) -> Iterator[Response]:
