@@ -39,6 +39,7 @@ from typing import Any
 
 from cheroot import server as cheroot_server
 from cheroot import wsgi
+from cheroot.errors import MaxSizeExceeded
 
 from atomicsig.errors import InputError
 
@@ -53,6 +54,25 @@ _CUT_GRACE = 1.0
 #: announces a body, goes to the shared pool.
 _HEALTH_LINES = (b"GET /healthz HTTP/1.", b"HEAD /healthz HTTP/1.")
 _BODY_HEADERS = (b"\r\ncontent-length:", b"\r\ntransfer-encoding:")
+
+
+#: What an application's ``environ["wsgi.input"].read()`` raises for a refused, malformed, truncated or stalled
+#: body (cheroot raises ValueError for a bad chunk size, OSError when the connection breaks or times out).
+BODY_READ_ERRORS: tuple[type[BaseException], ...] = (MaxSizeExceeded, OSError, ValueError)
+
+
+def body_over_limit(exc: BaseException) -> bool:
+    """Whether a :data:`BODY_READ_ERRORS` error is cheroot's own cap (``max_request_body_size``) tripping while a
+    chunked body is read: cheroot 11 raises MaxSizeExceeded for the chunk-size lines but a bare OSError for the
+    chunk data."""
+    return isinstance(exc, MaxSizeExceeded) or exc.args == ("Request Entity Too Large",)
+
+
+def use_tls(server: HardenedServer, cert: str, key: str) -> None:
+    """Serve TLS with the certificate and key files (cheroot's builtin ``ssl`` adapter)."""
+    from cheroot.ssl.builtin import BuiltinSSLAdapter
+
+    server.ssl_adapter = BuiltinSSLAdapter(cert, key)
 
 
 class ListenError(InputError):

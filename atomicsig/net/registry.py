@@ -1,4 +1,4 @@
-"""A Docker Registry HTTP API v2 client on requests: manifests, digests, auth, and extension detection.
+"""A Docker Registry HTTP API v2 client on the fetcher: manifests, digests, auth, and extension detection.
 
 Enough of the protocol to sign what a registry really serves: fetch the raw manifest bytes (bounded at 4 MiB),
 hash them ourselves (a ``Docker-Content-Digest`` header is only cross-checked, never trusted alone), and learn
@@ -10,26 +10,19 @@ a token from the realm for ``repository:<name>:<actions>`` (with Basic credentia
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import random
 import re
-import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
-
-import requests
 
 from atomicsig.errors import NotFound, RegistryAuthError, RegistryError
 from atomicsig.format import manifest
 from atomicsig.format.reference import Reference
 from atomicsig.net import auth
-from atomicsig.net.body import read_at_most
+from atomicsig.net.fetch import Fetcher, NetError, Response, TooLarge, read_body, release, tls_settings
 
-USER_AGENT = "atomicsig"
-RETRY_STATUSES = frozenset({500, 502, 503, 504, 429})
+#: containers/image caps error bodies and token answers at 1 MiB (SPEC §8).
+MAX_TOKEN_SIZE = 1 << 20
 _CHALLENGE_RE = re.compile(r'(\w+)="([^"]*)"')
 
 
@@ -46,7 +39,7 @@ def _parse_challenge(header: str) -> tuple[str, dict[str, str]]:
 
 
 class RegistryClient:
-    """One registry host. Thread-safe enough for a thread pool (one requests.Session, token per scope)."""
+    """One registry host. Thread-safe enough for a thread pool (the fetcher keeps a Session per thread)."""
 
     def __init__(self, host: str, *, tls_verify: bool = True, cert_dir: str | None = None,
                  authfile: str | None = None, timeout: float = 30.0, retries: int = 3,
@@ -58,72 +51,31 @@ class RegistryClient:
         self.timeout = timeout
         self.retries = retries
         self._explicit_creds = credentials
-        self.session = requests.Session()
-        self.session.headers["User-Agent"] = USER_AGENT
+        verify, cert = tls_settings(host, tls_verify=tls_verify, cert_dir=cert_dir)
+        # Registries redirect blob and manifest GETs to storage (followed), and flap behind load balancers
+        # (GETs retried): the fetcher's rules for a registry (atomicsig.net.fetch).
+        self.fetcher = Fetcher(verify=verify, cert=cert, timeout=timeout, retries=retries, redirects=True)
         self._tokens: dict[str, str] = {}
         self._scheme: str | None = None
         self._supports_signatures: bool | None = None
-        self._configure_tls()
 
     # ---- transport ----------------------------------------------------------------------------------------
-
-    def _configure_tls(self) -> None:
-        certs = Path(self.cert_dir) if self.cert_dir else Path("/etc/containers/certs.d") / self.host
-        if not self.tls_verify:
-            self.session.verify = False
-            with contextlib.suppress(Exception):
-                import urllib3
-
-                urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
-            return
-        if certs.is_dir():
-            cas = sorted(certs.glob("*.crt"))
-            if cas:
-                self.session.verify = str(cas[0]) if len(cas) == 1 else self._bundle(cas)
-            cert = sorted(certs.glob("*.cert"))
-            if cert:
-                key = cert[0].with_suffix(".key")
-                self.session.cert = (str(cert[0]), str(key))
-
-    @staticmethod
-    def _bundle(cas: list[Path]) -> str:
-        import tempfile
-
-        fd, path = tempfile.mkstemp(prefix="atomicsig-ca-", suffix=".pem")
-        with os.fdopen(fd, "wb") as fh:
-            for ca in cas:
-                fh.write(ca.read_bytes() + b"\n")
-        return path
 
     def base_url(self) -> str:
         if self._scheme is None:
             self.ping()
         return f"{self._scheme}://{self.host}"
 
-    def _request(self, method: str, url: str, **kw: Any) -> requests.Response:
-        """One request with retries (exponential backoff with jitter) on connection errors and 5xx/429."""
-        kw.setdefault("timeout", self.timeout)
-        # Per request, because requests lets $REQUESTS_CA_BUNDLE override a Session's verify (psf/requests#3829),
-        # which would silently ignore --cert-dir and --tls-verify=false.
-        kw.setdefault("verify", self.session.verify)
-        delay = 0.2
-        for attempt in range(self.retries + 1):
-            try:
-                resp = self.session.request(method, url, **kw)
-            except requests.exceptions.SSLError as exc:
-                raise RegistryError(f"TLS error talking to {self.host}: {_short(exc)}",
+    def _request(self, method: str, url: str, **kw: Any) -> Response:
+        """One request through the fetcher (retried there), its failures worded for this registry."""
+        try:
+            return self.fetcher.request(method, url, **kw)
+        except NetError as exc:
+            if exc.tls:
+                raise RegistryError(f"TLS error talking to {self.host}: {exc.reason}",
                                     hint="use --tls-verify=false for a registry without valid TLS, "
                                          "or --cert-dir with its CA") from exc
-            except (requests.ConnectionError, requests.Timeout) as exc:
-                if attempt == self.retries:
-                    raise RegistryError(f"cannot reach registry {self.host}: {_short(exc)}") from exc
-            else:
-                if resp.status_code not in RETRY_STATUSES or attempt == self.retries:
-                    return resp
-                resp.close()
-            time.sleep(delay * (1 + random.random()))  # noqa: S311 - jitter, not crypto
-            delay *= 2
-        raise AssertionError("unreachable")
+            raise RegistryError(f"cannot reach registry {self.host}: {exc.reason}") from exc
 
     def ping(self) -> None:
         """``GET /v2/``: choose the scheme and record ``X-Registry-Supports-Signatures``."""
@@ -167,26 +119,27 @@ class RegistryClient:
             query["service"] = params["service"]
         creds = self._credentials(repo_path)
         try:
-            resp = self.session.get(realm, params=query, auth=creds, timeout=self.timeout, verify=self.session.verify)
-        except requests.RequestException as exc:
-            raise RegistryError(f"cannot reach token server {realm}: {_short(exc)}") from exc
-        if resp.status_code in (401, 403):
-            raise RegistryAuthError(f"token server for {self.host} refused our credentials (HTTP {resp.status_code})",
-                                    status=resp.status_code)
-        if resp.status_code != 200:
-            raise RegistryError(f"token server for {self.host} answered HTTP {resp.status_code}",
-                                status=resp.status_code)
+            with self.fetcher.exchange("GET", realm, params=query, auth=creds) as resp:
+                if resp.status_code in (401, 403):
+                    raise RegistryAuthError(f"token server for {self.host} refused our credentials "
+                                            f"(HTTP {resp.status_code})", status=resp.status_code)
+                if resp.status_code != 200:
+                    raise RegistryError(f"token server for {self.host} answered HTTP {resp.status_code}",
+                                        status=resp.status_code)
+                raw = read_body(resp, MAX_TOKEN_SIZE, f"token answer of {realm}")
+        except NetError as exc:
+            raise RegistryError(f"cannot reach token server {realm}: {exc.reason}") from exc
         try:
-            body = resp.json()
+            body = json.loads(raw)
             token = body.get("token") or body.get("access_token")
-        except ValueError:
+        except (ValueError, AttributeError):
             token = None
         if not isinstance(token, str) or not token:
             raise RegistryError(f"token server for {self.host} returned no token")
         self._tokens[key] = token
         return token
 
-    def authed(self, method: str, url: str, repo_path: str, actions: str = "pull", **kw: Any) -> requests.Response:
+    def authed(self, method: str, url: str, repo_path: str, actions: str = "pull", **kw: Any) -> Response:
         """A request with the auth the registry asks for (anonymous, Basic or Bearer)."""
         scope = f"repository:{repo_path}:{actions}"
         headers = dict(kw.pop("headers", {}) or {})
@@ -196,7 +149,7 @@ class RegistryClient:
         if resp.status_code != 401:
             return resp
         challenge = resp.headers.get("WWW-Authenticate", "")
-        resp.close()
+        release(resp)
         scheme, params = _parse_challenge(challenge)
         if scheme == "bearer":
             self._tokens.pop(scope, None)
@@ -219,8 +172,8 @@ class RegistryClient:
         """Fetch a manifest by tag or digest; the digest is computed from the bytes received."""
         which = tag_or_digest or ref.digest or ref.tag or "latest"
         url = f"{self.base_url()}/v2/{ref.path}/manifests/{which}"
-        resp = self.authed("GET", url, ref.path, headers={"Accept": ", ".join(manifest.ACCEPT_TYPES)}, stream=True)
-        with resp:
+        resp = self.authed("GET", url, ref.path, headers={"Accept": ", ".join(manifest.ACCEPT_TYPES)})
+        try:
             if resp.status_code == 404:
                 # A decided "no such image" (the node's pull fails the same way), not an outage: verify reports it
                 # as rejected, never as "could not check". The registry's error code says which part is unknown.
@@ -234,10 +187,12 @@ class RegistryClient:
                                     status=resp.status_code)
             length = resp.headers.get("Content-Length")
             if length and length.isdigit() and int(length) > manifest.MAX_MANIFEST_SIZE:
-                raise RegistryError(f"manifest of {ref.name}:{which} is larger than {manifest.MAX_MANIFEST_SIZE} bytes")
-            data = read_at_most(resp, manifest.MAX_MANIFEST_SIZE, f"manifest of {ref.name}:{which}")
+                raise TooLarge(f"manifest of {ref.name}:{which} is larger than {manifest.MAX_MANIFEST_SIZE} bytes")
+            data = read_body(resp, manifest.MAX_MANIFEST_SIZE, f"manifest of {ref.name}:{which}")
             media_type = resp.headers.get("Content-Type", "").split(";")[0].strip()
             header_digest = resp.headers.get("Docker-Content-Digest")
+        finally:
+            release(resp)
         digest = manifest.digest(data)
         if which.startswith("sha256:") and digest != which:
             raise RegistryError(f"registry {self.host} served a manifest with digest {digest} for {which}")
@@ -248,21 +203,15 @@ class RegistryClient:
         return FetchedManifest(data, media_type or manifest.guess_media_type(data), digest)
 
 
-def _error_code(resp: requests.Response) -> str | None:
+def _error_code(resp: Response) -> str | None:
     """The first ``errors[].code`` of a registry error body (distribution spec), or None; reads at most 64 KiB."""
     try:
-        body = read_at_most(resp, 65536, "registry error")
+        body = read_body(resp, 65536, "registry error")
         errors = json.loads(body).get("errors")
         code = errors[0].get("code") if isinstance(errors, list) and errors else None
-    except (ValueError, AttributeError, RegistryError, requests.RequestException):
+    except (ValueError, AttributeError, RegistryError):
         return None
     return code if isinstance(code, str) else None
-
-
-def _short(exc: Exception) -> str:
-    text = str(exc)
-    m = re.search(r"\] ([^'\]]+)", text) or re.search(r"Caused by \w+\('([^']+)", text)
-    return (m.group(1) if m else text.splitlines()[0] if text else exc.__class__.__name__)[:200]
 
 
 _clients: dict[tuple[str, bool, str | None, str | None], RegistryClient] = {}

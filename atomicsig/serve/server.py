@@ -316,15 +316,14 @@ class SignatureServer:
                 raise _Reject(400, "bad-length", "invalid Content-Length")
             if len(length) > 18 or int(length) > limit:
                 raise _Reject(413, "too-large", f"body larger than {limit} bytes")
-        from cheroot.errors import MaxSizeExceeded
+        from atomicsig.net.httpd import BODY_READ_ERRORS, body_over_limit
 
         stream = environ["wsgi.input"]
         try:
             data: bytes = stream.read(int(length)) if length else stream.read(limit + 1)
-        except (MaxSizeExceeded, OSError, ValueError) as exc:
-            # cheroot's own cap (max_request_body_size) tripped while reading a chunked body; cheroot 11 raises
-            # MaxSizeExceeded for the chunk-size lines but a bare OSError for the chunk data.
-            if isinstance(exc, MaxSizeExceeded) or exc.args == ("Request Entity Too Large",):
+        except BODY_READ_ERRORS as exc:
+            # cheroot's own cap (max_request_body_size) tripped while reading a chunked body.
+            if body_over_limit(exc):
                 raise _Reject(413, "too-large", f"body larger than {limit} bytes") from None
             # The rest of the body is unread, so the connection cannot carry another request (atomicsig.httpd
             # closes it on "Connection: close" instead of draining the body first, as cheroot would).
@@ -442,16 +441,14 @@ def make_server(app: Callable[..., Iterable[bytes]], listen: str, *, tls_cert: s
 
     ``limits`` (an :class:`atomicsig.httpd.Limits`) wins over ``threads``; without it the documented defaults apply.
     """
-    from atomicsig.net.httpd import HardenedServer, Limits
+    from atomicsig.net.httpd import HardenedServer, Limits, use_tls
 
     if bool(tls_cert) != bool(tls_key):
         raise InputError("TLS needs both a certificate and a key")
     server = HardenedServer(parse_listen(listen), app, limits or Limits(threads=threads), tls=bool(tls_cert))
     if tls_cert and tls_key:
-        from cheroot.ssl.builtin import BuiltinSSLAdapter
-
         for f in (tls_cert, tls_key):
             if not Path(f).is_file():
                 raise InputError(f"TLS file {f} does not exist")
-        server.ssl_adapter = BuiltinSSLAdapter(tls_cert, tls_key)
+        use_tls(server, tls_cert, tls_key)
     return server

@@ -16,8 +16,6 @@ import json
 import urllib.parse
 from typing import Any, Protocol
 
-import requests
-
 from atomicsig.errors import InputError, RegistryError
 from atomicsig.format.blob import MAX_SIGNATURE_SIZE
 from atomicsig.format.extension_wire import (
@@ -28,7 +26,7 @@ from atomicsig.format.extension_wire import (
     new_signature_name,
 )
 from atomicsig.format.reference import Reference
-from atomicsig.net.body import read_at_most
+from atomicsig.net.fetch import Fetcher, NetError, Response, read_body, release
 from atomicsig.store.base import AppendResult, SignatureStore, StoredSignature
 
 
@@ -40,32 +38,30 @@ class _Client(Protocol):
     def base_url(self) -> str: ...
 
     def authed(self, method: str, url: str, repo_path: str, actions: str = "pull",
-               **kw: Any) -> requests.Response: ...
+               **kw: Any) -> Response: ...
 
 
 class StaticTokenClient:
-    """Talks to ``atomicsig serve`` directly: a fixed base URL and a fixed bearer token for writes."""
+    """Talks to ``atomicsig serve`` directly: a fixed base URL and a fixed bearer token for writes.
+
+    Fetcher rules as c/image's registry client for this API (SPEC §6.2): redirects followed, nothing retried
+    (``sync push`` retries whole passes with backoff; a repeated PUT could store a signature twice).
+    """
 
     def __init__(self, base_url: str, token: str | None, *, verify: bool | str = True, timeout: float = 30.0) -> None:
         self._base = base_url.rstrip("/")
         self.host = urllib.parse.urlsplit(self._base).netloc
         self.token, self.timeout = token, timeout
-        self.session = requests.Session()
-        self.session.verify = verify
+        self.fetcher = Fetcher(verify=verify, timeout=timeout, retries=0, redirects=True)
 
     def base_url(self) -> str:
         return self._base
 
-    def authed(self, method: str, url: str, repo_path: str, actions: str = "pull",
-               **kw: Any) -> requests.Response:
-        headers = dict(kw.pop("headers", {}) or {})
-        if self.token:
-            headers["Authorization"] = f"Bearer {self.token}"
+    def authed(self, method: str, url: str, repo_path: str, actions: str = "pull", **kw: Any) -> Response:
         try:
-            return self.session.request(method, url, headers=headers, timeout=self.timeout,
-                                        verify=self.session.verify, **kw)
-        except requests.RequestException as exc:
-            raise RegistryError(f"cannot reach {self._base}: {exc.__class__.__name__}") from exc
+            return self.fetcher.request(method, url, bearer=self.token, **kw)
+        except NetError as exc:
+            raise RegistryError(f"cannot reach {self._base}: {exc.cause_name}") from exc
 
 
 class ExtensionStore(SignatureStore):
@@ -83,8 +79,8 @@ class ExtensionStore(SignatureStore):
 
     def _list(self, ref: Reference, digest: str, actions: str) -> list[tuple[str, bytes]]:
         url = self.client.base_url() + extension_path(ref.path, digest)
-        resp = self.client.authed("GET", url, ref.path, actions, stream=True)
-        with resp:
+        resp = self.client.authed("GET", url, ref.path, actions)
+        try:
             if resp.status_code == 404:
                 # c/image fails on 404 too, but there it also means "nothing stored yet" (OpenShift: image not
                 # in the stream; atomicsig serve: no signatures). A PUT to a truly absent image still fails.
@@ -92,7 +88,9 @@ class ExtensionStore(SignatureStore):
             if resp.status_code != 200:
                 raise RegistryError(f"reading signatures from {url}: HTTP {resp.status_code}",
                                     status=resp.status_code)
-            body = read_at_most(resp, MAX_SIGNATURE_LIST_SIZE, f"{url}: signature list")
+            body = read_body(resp, MAX_SIGNATURE_LIST_SIZE, f"{url}: signature list")
+        finally:
+            release(resp)
         return decode_list(body, url)
 
     def read(self, ref: Reference, digest: str) -> list[StoredSignature]:
@@ -110,13 +108,15 @@ class ExtensionStore(SignatureStore):
                 return AppendResult(f"{url}#{name}", i, False)
         name = new_signature_name(digest, {n for n, _ in existing})
         body = json.dumps(encode_entry(name, blob)).encode()
-        resp = self.client.authed("PUT", url, ref.path, "pull,push", data=body, stream=True)
-        with resp:
+        resp = self.client.authed("PUT", url, ref.path, "pull,push", data=body)
+        try:
             if resp.status_code in (401, 403):
                 raise upload_refused(resp, url, token_auth=isinstance(self.client, StaticTokenClient))
             if resp.status_code != 201:
                 raise RegistryError(f"uploading signature to {url}: HTTP {resp.status_code}"
                                     f"{_server_says(resp)}", status=resp.status_code)
+        finally:
+            release(resp)
         return AppendResult(f"{url}#{name}", None, True)
 
 
@@ -131,22 +131,22 @@ class UploadRefused(InputError):
         self.status = status
 
 
-def _error_body(resp: requests.Response) -> tuple[str, str]:
+def _error_body(resp: Response) -> tuple[str, str]:
     """(code, message) of the first entry of a registry-style ``{"errors": [...]}`` body, or ("", "")."""
     try:
-        doc = json.loads(read_at_most(resp, 64 * 1024, "error body"))
+        doc = json.loads(read_body(resp, 64 * 1024, "error body"))
         first = doc["errors"][0]
         return str(first.get("code", "")), str(first.get("message", ""))
     except (RegistryError, ValueError, KeyError, IndexError, TypeError, AttributeError):
         return "", ""
 
 
-def _server_says(resp: requests.Response) -> str:
+def _server_says(resp: Response) -> str:
     code, message = _error_body(resp)
     return f" ({code}: {message})" if message else ""
 
 
-def upload_refused(resp: requests.Response, url: str, *, token_auth: bool) -> UploadRefused:
+def upload_refused(resp: Response, url: str, *, token_auth: bool) -> UploadRefused:
     """Why a PUT was refused, from the status and the body ``atomicsig serve`` (or a registry) sends."""
     status = resp.status_code
     code, message = _error_body(resp)

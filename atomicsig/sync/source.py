@@ -1,35 +1,31 @@
 """Reading a peer over HTTP: its journal by byte range, and single signature files with a size cap.
 
 One small class behind which all network access sits (as python-tuf's fetcher), so the follower logic does not
-care whether the peer is ``atomicsig serve`` or nginx. Every body is read with a hard cap: a hostile or broken
-peer cannot make us buffer more than :data:`JOURNAL_CHUNK` or 4 MiB per signature (SPEC §8). Redirects are not
-followed: a source is one origin.
+care whether the peer is ``atomicsig serve`` or nginx; its requests go through the one
+:class:`atomicsig.net.fetch.Fetcher` (User-Agent, keep-alive, bounded reads). Every body is read with a hard cap:
+a hostile or broken peer cannot make us buffer more than :data:`JOURNAL_CHUNK` or 4 MiB per signature (SPEC §8).
+Redirects are not followed (a source is one origin) and nothing is retried here (the daemon retries the pass).
 
 Every request is also bounded in *time*, because a peer that sends ``Content-Length: 1000`` and then 10 bytes, or
 one byte every few seconds (of the body or of the headers), would otherwise hold the reader for the whole read
 timeout per read, on every pass: connect and each read wait at most ``timeout`` seconds; bodies are read with
 ``read1`` (one ``recv`` per call) under socket timeouts that shrink as the pass's hard ``deadline`` (set by the
 daemon) nears; and at that deadline :meth:`HTTPSource.abort_requests` shuts down the sockets of every request
-still in flight, header phase included (the pools' connection classes register their socket before reading a
-response). Such a pass fails (SourceError), is reported and backed off.
+still in flight, header phase included (:meth:`~atomicsig.net.fetch.Fetcher.abort_inflight`). Such a pass
+fails (SourceError), is reported and backed off.
 """
 
 from __future__ import annotations
 
-import contextlib
 import re
-import socket
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import requests
-import urllib3
-
 from atomicsig.errors import RegistryError
 from atomicsig.format.blob import MAX_SIGNATURE_SIZE
+from atomicsig.net import fetch
 from atomicsig.store.journal import HEADER_LEN, JOURNAL_NAME, META_DIR
 from atomicsig.sync.config import Endpoint
 
@@ -41,50 +37,11 @@ TIMEOUT = 30.0
 _CONTENT_RANGE = re.compile(r"^bytes (?:([0-9]{1,18})-([0-9]{1,18})|\*)/([0-9]{1,18}|\*)\Z")
 
 
-_current = threading.local()  # .source: the HTTPSource this thread's request is for; .sock: its socket
-
-
-def _track(conn: urllib3.connection.HTTPConnection) -> None:
-    src: HTTPSource | None = getattr(_current, "source", None)
-    if src is not None and conn.sock is not None:
-        with src._inflight_lock:
-            src._inflight.add(conn.sock)
-        _current.sock = conn.sock
-
-
-class _HTTPConnection(urllib3.connection.HTTPConnection):
-    def getresponse(self) -> urllib3.response.HTTPResponse:  # type: ignore[override]
-        _track(self)  # before the status line and headers are read: a dripping peer can be cut there too
-        return super().getresponse()
-
-
-class _HTTPSConnection(urllib3.connection.HTTPSConnection):
-    def getresponse(self) -> urllib3.response.HTTPResponse:  # type: ignore[override]
-        _track(self)
-        return super().getresponse()
-
-
-class _HTTPPool(urllib3.HTTPConnectionPool):
-    ConnectionCls = _HTTPConnection
-
-
-class _HTTPSPool(urllib3.HTTPSConnectionPool):
-    ConnectionCls = _HTTPSConnection
-
-
-class _Adapter(requests.adapters.HTTPAdapter):
-    """requests' adapter with pools whose connections register their socket (see :func:`_track`)."""
-
-    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
-
-
 class SourceError(RegistryError):
     """The peer could not be reached or answered something unusable (retried with backoff)."""
 
 
-class TooLarge(SourceError):
+class TooLarge(SourceError, fetch.TooLarge):
     """A body over its cap: a permanent refusal for a signature (SPEC §8), not a reason to retry."""
 
 
@@ -104,6 +61,14 @@ class JournalChunk:
     header: bytes | None = None  # the header bytes, when the response started at 0
 
 
+@dataclass(frozen=True)
+class _Answer:
+    """Status and headers of a finished exchange, with the body read (empty unless 200/206)."""
+
+    status_code: int
+    headers: Any
+
+
 class HTTPSource:
     def __init__(self, endpoint: Endpoint, timeout: float = TIMEOUT,
                  on_data: Callable[[], None] = lambda: None) -> None:
@@ -115,20 +80,15 @@ class HTTPSource:
         self.bytes_read = 0
         #: Called whenever a response or a piece of body arrives: the daemon's "this source is alive" signal.
         self.on_data = on_data
-        self._local = threading.local()  # one keep-alive Session per thread (the follower prefetches)
         self.requests_made = 0
-        self._inflight: set[socket.socket] = set()
-        self._inflight_lock = threading.Lock()
+        # No retries (the daemon backs off and retries the pass) and no redirects (a source is one origin);
+        # keep-alive per thread (the follower prefetches signatures from a thread pool).
+        self.fetcher = fetch.Fetcher(verify=endpoint.tls_verify, timeout=timeout, retries=0, redirects=False)
 
     def abort_requests(self) -> int:
         """Shut down the socket of every request of this source still in flight (the pass's hard deadline);
         their readers wake at once with an error. Returns how many there were."""
-        with self._inflight_lock:
-            socks = list(self._inflight)
-        for sock in socks:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-        return len(socks)
+        return self.fetcher.abort_inflight()
 
     def _overdue(self) -> bool:
         return self.deadline is not None and time.monotonic() >= self.deadline
@@ -143,76 +103,38 @@ class HTTPSource:
         return min(self.timeout, max(0.05, left))
 
     @property
-    def session(self) -> requests.Session:
-        s: requests.Session | None = getattr(self._local, "session", None)
-        if s is None:
-            s = self._local.session = requests.Session()
-            s.mount("http://", _Adapter())
-            s.mount("https://", _Adapter())
-        return s
-
-    @property
     def journal_url(self) -> str:
         return f"{self.endpoint.url}/{META_DIR}/{JOURNAL_NAME}"
 
-    def _get(self, url: str, headers: dict[str, str], limit: int,
-             truncate: bool = False) -> tuple[requests.Response, bytes]:
+    def _received(self, n: int) -> None:
+        self.bytes_read += n
+        self.on_data()
+
+    def _get(self, url: str, headers: dict[str, str], limit: int, truncate: bool = False) -> tuple[_Answer, bytes]:
         """GET with a hard cap on the body: over ``limit`` → TooLarge, or (``truncate``) just stop reading."""
-        token = self.endpoint.token()
-        if token:
-            headers = {**headers, "Authorization": f"Bearer {token}"}
         self.requests_made += 1
         wait = self._wait(url)
-        _current.source, _current.sock = self, None
         try:
-            return self._get_tracked(url, headers, limit, truncate, wait)
-        finally:
-            with self._inflight_lock:
-                self._inflight.discard(_current.sock)
-            _current.source = _current.sock = None
-
-    def _get_tracked(self, url: str, headers: dict[str, str], limit: int, truncate: bool,
-                     wait: float) -> tuple[requests.Response, bytes]:
-        try:
-            resp = self.session.get(url, headers=headers, stream=True, timeout=(wait, wait),
-                                    verify=self.endpoint.tls_verify, allow_redirects=False)
-        except requests.RequestException as exc:
+            with self.fetcher.exchange("GET", url, headers=headers, bearer=self.endpoint.token(),
+                                       timeout=(wait, wait)) as resp:
+                self.on_data()
+                answer = _Answer(resp.status_code, resp.headers)
+                if resp.status_code not in (200, 206):
+                    return answer, b""
+                return answer, fetch.read_body(resp, limit, url, truncate=truncate, on_chunk=self._received,
+                                               read_timeout=lambda: self._wait(url))
+        except fetch.NetError as exc:
             if self._overdue():
                 raise SourceError(f"{url}: cut at this pass's time limit before a complete answer") from exc
-            if isinstance(exc, requests.Timeout):
+            if exc.timed_out:
                 raise SourceError(f"cannot reach {url}: no answer within {wait:g}s") from exc
-            raise SourceError(f"cannot reach {url}: {exc.__class__.__name__}") from exc
-        self.on_data()
-        with resp:
-            if resp.status_code not in (200, 206):
-                return resp, b""
-            buf = bytearray()
-            try:
-                while True:
-                    _set_read_timeout(resp, self._wait(url))
-                    chunk = resp.raw.read1(65536, decode_content=True)
-                    if not chunk:
-                        break
-                    buf += chunk
-                    self.bytes_read += len(chunk)
-                    self.on_data()
-                    if len(buf) > limit:
-                        if truncate:
-                            return resp, bytes(buf[:limit])
-                        raise TooLarge(f"{url}: body exceeds the {limit}-byte limit")
-            except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
-                declared = resp.headers.get("Content-Length")
-                got = f"{len(buf)} of {declared} bytes (Content-Length)" if declared else f"{len(buf)} bytes"
-                if self._overdue():
-                    raise SourceError(f"{url}: cut at this pass's time limit after {got}") from exc
-                if isinstance(exc, TimeoutError | urllib3.exceptions.TimeoutError):
-                    raise SourceError(f"{url}: the peer stopped sending after {got}") from exc
-                raise SourceError(f"{url}: transfer failed after {got} ({exc.__class__.__name__})") from exc
-            declared = resp.headers.get("Content-Length")
-            if declared is not None and declared.isdigit() and int(declared) != len(buf) \
-                    and "gzip" not in resp.headers.get("Content-Encoding", ""):
-                raise SourceError(f"{url}: truncated response ({len(buf)} of {declared} bytes)")
-            return resp, bytes(buf)
+            raise SourceError(f"cannot reach {url}: {exc.cause_name}") from exc
+        except fetch.TooLarge as exc:
+            raise TooLarge(str(exc)) from exc
+        except fetch.TransferError as exc:
+            if self._overdue():
+                raise SourceError(f"{url}: cut at this pass's time limit after {exc.got}") from exc
+            raise SourceError(str(exc)) from exc
 
     def journal(self, offset: int, etag: str | None) -> JournalChunk:
         """``GET journal`` with ``Range: bytes=<offset>-``; 304/416 mean nothing new past ``offset``."""
@@ -254,14 +176,6 @@ class HTTPSource:
         if resp.status_code == 404:
             raise Gone(f"{url}: 404", status=404)
         raise _status_error(url, resp)
-
-
-def _set_read_timeout(resp: requests.Response, seconds: float) -> None:
-    """Shorten the socket timeout of a streaming response as the pass deadline nears (urllib3 keeps the connection
-    on the response while the body is read). Without it the bound is one more ``timeout`` per request."""
-    sock = getattr(getattr(resp.raw, "_connection", None), "sock", None)
-    if sock is not None:
-        sock.settimeout(seconds)
 
 
 def _status_error(url: str, resp: Any) -> SourceError:
