@@ -455,13 +455,13 @@ def make_server(app: Callable[..., Iterable[bytes]], listen: str, *, tls_cert: s
 
 def load_config(path: str) -> dict[str, Any]:
     """The YAML config file of docs/serve.md, validated for known keys and types."""
-    from atomicsig.store.registries_d import load_yaml_strict
+    from atomicsig.format import yamlstrict
 
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise InputError(f"cannot read {path}: {exc.strerror}") from exc
-    data = load_yaml_strict(text, path) or {}
+    data = yamlstrict.load(text, path)[0] or {}  # the one strict reader: duplicate keys refused with file:line
     if not isinstance(data, dict):
         raise InputError(f"{path}: top level must be a mapping")
     types: dict[str, type | tuple[type, ...]] = {
