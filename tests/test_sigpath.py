@@ -22,6 +22,7 @@ from atomicsig.format import reference, sigpath
 from atomicsig.serve.server import ServerConfig, SignatureServer
 from atomicsig.store import journal
 from atomicsig.store.directory import DirectoryStore
+from atomicsig.store.http import HTTPLookaside
 from atomicsig.store.sigdir import read_dir
 
 HEX = "ab" * 32
@@ -72,6 +73,8 @@ def test_build_then_parse_round_trips(repo: str, digest: str, index: int) -> Non
     assert str(sigpath.parse_read_path(rel)) == rel
     assert sigpath.parse_digest_dirname(sigpath.digest_dirname(repo, digest)) == (repo, digest)
     assert sigpath.signature_index(sigpath.signature_name(index)) == index
+    lookaside = HTTPLookaside("https://sigs.example.com/base")  # what a node's GET asks a web server for
+    assert lookaside.url(reference.parse(f"quay.io/{repo}"), digest, index) == f"https://sigs.example.com/base/{rel}"
     stored = digest.startswith("sha256:") and index < sigpath.MAX_LOOKASIDE_SIGNATURES
     if stored:
         assert sigpath.parse_sigpath(rel) == sigpath.SigPath(repo, digest, index)

@@ -9,10 +9,13 @@ tests/test_sync_hostile.py (test_sync_config_durations_lines_duplicates_and_did_
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from atomicsig.errors import InputError, PolicyError
 from atomicsig.format import reference, yamlstrict
@@ -136,3 +139,22 @@ def test_deep_nesting_is_an_input_error() -> None:
     for text in ("[" * 100_000, "a: " + "[" * 5000 + "]" * 5000 + "\n"):
         with pytest.raises(InputError, match=r"^s\.yaml:"):
             yamlstrict.load(text, "s.yaml")
+
+
+_scalar = st.one_of(st.sampled_from([*BAD_SCALARS, "x", "1", "'1'", "~", "yes", "[]", "{}", "&a 1", "*a", "!!str 1",
+                                     "!!set {a: null}", "!!omap [{a: 1}]", "? [a]", "<<: {a: 1}", "|\n  x"]),
+                    st.text(max_size=8))
+_key = st.sampled_from(["keys", "name", "email", "docker", "sigstore", "default-docker", "quay.io", "a", "1", "'1'"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 2), _key, _scalar), max_size=6))
+def test_every_yaml_input_raises_only_its_error_type(lines: list[tuple[int, str, str]]) -> None:
+    """Whatever the text, each reader raises its own error type (exit 2 with a message), never a traceback."""
+    text = "".join(f"{'  ' * depth}{key}: {value}\n" for depth, key, value in lines)
+    for read, error in ((lambda t: load_specs(t, "s.yaml"), InputError),
+                        (lambda t: _registries(t), PolicyError),
+                        (lambda t: sync_config.loads(t, "c.yaml"), InputError),
+                        (lambda t: schema.loads(t, "p.yaml"), PolicyError)):
+        with contextlib.suppress(error):
+            read(text)
