@@ -184,15 +184,7 @@ class SignatureServer:
         self._check_read(environ)
         if path == JOURNAL_PATH:
             return self._journal(environ)
-        try:
-            # What a node may ask for (SPEC §3.2): any go-digest algorithm, signature-1 … signature-128 (the 128th
-            # only exists in an overfull directory, and serving it makes the node fail as reading it from disk would).
-            wanted = sigpath.parse_read_path(path[1:]) if path.startswith("/") else None
-        except InputError:
-            wanted = None
-        if wanted is None:
-            raise _Reject(404, "not-found", "not found")
-        return self._signature(environ, wanted)
+        return self._signature(environ, _lookaside_path(path))
 
     # ---- auth -------------------------------------------------------------------------------------------------
 
@@ -384,6 +376,18 @@ class SignatureServer:
     def _lock_for(self, key: str) -> threading.Lock:
         with self._locks_guard:
             return self._locks.setdefault(key, threading.Lock())
+
+
+def _lookaside_path(path: str) -> sigpath.SigPath:
+    """What a node may ask for (SPEC §3.2), by the one lookaside grammar: any go-digest algorithm, ``signature-1`` …
+    ``signature-128`` (the 128th only exists in an overfull directory; serving it makes the node fail as reading the
+    directory from disk would). Anything else is a plain 404."""
+    if path.startswith("/"):
+        try:
+            return sigpath.parse_read_path(path[1:])
+        except InputError:
+            pass
+    raise _Reject(404, "not-found", "not found")
 
 
 def _digest(text: str) -> str:
