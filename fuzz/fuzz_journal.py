@@ -30,6 +30,7 @@ def check_sigpath(sp: sigpath.SigPath) -> None:
     joined = os.path.normpath(os.path.join(ROOT, rel))
     assert joined.startswith(ROOT + "/"), (rel, joined)
     assert sigpath.parse_sigpath(rel) == sp
+    assert sigpath.parse_read_path(rel) == sp  # what the journal names, serve answers (one grammar)
 
 
 def check_journal(data: bytes) -> None:
@@ -53,6 +54,8 @@ def check_journal(data: bytes) -> None:
     for candidate in (value, value.strip()):
         with contextlib.suppress(InputError):
             check_sigpath(sigpath.parse_sigpath(candidate))
+        with contextlib.suppress(InputError):
+            assert str(sigpath.parse_read_path(candidate)) == candidate
         try:
             start, total = source._range(candidate, 10)
             assert start >= 0 and (total is None or total >= 0)

@@ -1,49 +1,112 @@
-"""The lookaside path grammar, once: ``<repo path>@sha256=<hex>/signature-<N>`` (SPEC §3)."""
+"""The lookaside path grammar, once: ``<repo path>@<algo>=<hex>/signature-<N>`` (SPEC §3.1, §3.2).
+
+Every module that builds or reads such a path — the directory store, the HTTP lookaside, ``serve``'s routes, the
+sync journal, ``prune``, the origin records — goes through this module, so they all accept and refuse the same
+strings. Three parts, each defined here and nowhere else:
+
+* the **repository path**: the reference path grammar (SPEC §7.2: lowercase components joined by ``/``), at most
+  :data:`MAX_REPO_PATH` characters — the longest path any valid reference can have (a name is at most 255
+  characters, and the shortest registry host, such as ``a.b``, takes 4 of them with its ``/``). A repository path
+  therefore never holds ``..``, ``//``, a leading ``/``, ``@`` or whitespace.
+* the **digest**: go-digest's algorithms with their exact lengths (:func:`reference.validate_digest`) for what a
+  reader may *ask for*; ``sha256`` only for what a store *holds* (:data:`STORED_ALGORITHM`): nodes look
+  signatures up and match them by the image's sha256 digest (SPEC §2.3, §3.1), so a signature under another
+  algorithm is never read, and the journal cannot name one.
+* the **name** ``signature-N``, decimal without leading zeros. A store holds ``signature-1`` … ``signature-127``;
+  readers also open ``signature-128``, because that is how containers/image notices an overfull list (it fails
+  once index 128 exists, SPEC §3.2, §8): one constant, :data:`MAX_LOOKASIDE_SIGNATURES`.
+
+Builders validate what they build; parsers are exact inverses (``parse(build(x)) == x``), with ``\\Z`` anchors so a
+trailing newline never slips through.
+"""
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 
 from atomicsig.errors import InputError
-from atomicsig.format import reference
-from atomicsig.format.reference import parse as parse_reference
-from atomicsig.format.reference import validate_digest
+from atomicsig.format.reference import DIGEST_ALGORITHMS, NAME_TOTAL_LENGTH_MAX, is_valid_path, validate_digest
 
-#: c/image fails a read that reaches this index, so at most 127 signatures are usable per image.
+#: c/image fails a read that reaches this index, so at most 127 signatures are usable per image (SPEC §3.2).
 MAX_LOOKASIDE_SIGNATURES = 128
 
+#: The longest repository path of any valid reference: 255 minus the shortest host and its slash (``a.b/``).
+MAX_REPO_PATH = NAME_TOTAL_LENGTH_MAX - len("a.b/")
 
-_SIG_NAME = re.compile(r"^signature-([1-9][0-9]*)$")
+#: The only digest algorithm a store holds (module docstring).
+STORED_ALGORITHM = "sha256"
 
+#: The characters a repository path is made of, to carve one out of a URL; :func:`repo_path` then validates it.
+REPO_SHAPE = r"[a-z0-9._-]+(?:/[a-z0-9._-]+)*"
 
-def digest_dirname(repo_path: str, digest: str) -> str:
-    """``<repo path>@sha256=<hex>``, validated so it cannot contain ``..`` or a leading ``/``."""
-    algo, hexpart = validate_digest(digest).split(":", 1)
-    if not repo_path or repo_path.startswith("/") or ".." in repo_path.split("/") or "//" in repo_path \
-            or os.path.normpath(repo_path) != repo_path:
-        raise InputError(f"invalid repository path {repo_path!r}")
-    return f"{repo_path}@{algo}={hexpart}"
+#: The shape of a digest in a URL (``<algo>:<hex>``); :func:`reference.validate_digest` then checks its length.
+DIGEST_SHAPE = rf"(?:{'|'.join(DIGEST_ALGORITHMS)}):[a-f0-9]+"
+
+_SIG_PREFIX = "signature-"
+_INDEX = r"[1-9][0-9]{0,2}"
+_SIG_NAME = re.compile(rf"^{_SIG_PREFIX}({_INDEX})\Z")
+_DIRNAME = re.compile(rf"^(?P<repo>[^@\s]+)@(?P<algo>{'|'.join(DIGEST_ALGORITHMS)})=(?P<hex>[a-f0-9]+)\Z")
 
 
 def repo_path(text: str) -> str:
-    """Validate a repository path with the one reference parser (SPEC §7.2); ``..`` and ``//`` cannot pass."""
-    try:
-        ref = reference.parse(f"registry.invalid/{text}")
-    except InputError:
-        raise InputError(f"invalid repository path {text[:200]!r}") from None
-    if ref.path != text or not ref.name_only:
-        raise InputError(f"invalid repository path {text[:200]!r}")
+    """Validate a repository path (module docstring); raises InputError."""
+    if not isinstance(text, str) or len(text) > MAX_REPO_PATH or not is_valid_path(text):
+        raise InputError(f"invalid repository path {str(text)[:200]!r}")
     return text
 
 
-_RELPATH = re.compile(r"^(?P<repo>[^@\s]+)@sha256=(?P<hex>[a-f0-9]{64})/signature-(?P<n>[1-9][0-9]{0,2})$")
+def stored_digest(digest: str) -> str:
+    """A digest a store may hold: sha256 only (module docstring); raises InputError."""
+    if not validate_digest(digest).startswith(STORED_ALGORITHM + ":"):
+        raise InputError(f"cannot store a signature for {digest.split(':', 1)[0]} digest {digest[:23]}…: only "
+                         "sha256 digests are stored, because containers/image looks signatures up and matches "
+                         "them by the sha256 digest only (SPEC §2.3, §3.1)")
+    return digest
+
+
+def digest_dirname(repo: str, digest: str) -> str:
+    """``<repo path>@<algo>=<hex>``, the digest directory (SPEC §3.1: ``=`` instead of ``:``), both parts validated."""
+    algo, hexpart = validate_digest(digest).split(":", 1)
+    return f"{repo_path(repo)}@{algo}={hexpart}"
+
+
+def parse_digest_dirname(text: str) -> tuple[str, str]:
+    """The inverse of :func:`digest_dirname`: ``(repo path, digest)``; raises InputError."""
+    m = _DIRNAME.match(text) if isinstance(text, str) else None
+    if not m:
+        raise InputError(f"invalid digest directory {str(text)[:200]!r}")
+    digest = f"{m['algo']}:{m['hex']}"
+    try:
+        validate_digest(digest)
+    except InputError:
+        raise InputError(f"invalid digest directory {text[:200]!r}") from None
+    return repo_path(m["repo"]), digest
+
+
+def signature_name(index: int) -> str:
+    """``signature-N`` for 1 ≤ N ≤ :data:`MAX_LOOKASIDE_SIGNATURES` (128 only to detect an overfull list)."""
+    if isinstance(index, bool) or not isinstance(index, int) or not 1 <= index <= MAX_LOOKASIDE_SIGNATURES:
+        raise InputError(f"invalid signature index {index!r}")
+    return f"{_SIG_PREFIX}{index}"
+
+
+def signature_index(name: str) -> int:
+    """The inverse of :func:`signature_name`; raises InputError."""
+    m = _SIG_NAME.match(name) if isinstance(name, str) else None
+    if not m or int(m.group(1)) > MAX_LOOKASIDE_SIGNATURES:
+        raise InputError(f"invalid signature name {str(name)[:200]!r}")
+    return int(m.group(1))
+
+
+def signature_relpath(repo: str, digest: str, index: int) -> str:
+    """``<repo path>@<algo>=<hex>/signature-N`` relative to a lookaside base, every part validated."""
+    return f"{digest_dirname(repo, digest)}/{signature_name(index)}"
 
 
 @dataclass(frozen=True)
 class SigPath:
-    """A validated ``<repo path>@sha256=<hex>/signature-N`` path, relative to a sigstore root."""
+    """A validated ``<repo path>@<algo>=<hex>/signature-N`` path, relative to a sigstore root."""
 
     repo: str
     digest: str
@@ -53,26 +116,40 @@ class SigPath:
     def dirname(self) -> str:
         return digest_dirname(self.repo, self.digest)
 
+    @property
+    def name(self) -> str:
+        return signature_name(self.index)
+
     def __str__(self) -> str:
-        return f"{self.dirname}/signature-{self.index}"
+        return f"{self.dirname}/{self.name}"
+
+
+def parse_read_path(relpath: str) -> SigPath:
+    """A path a lookaside reader may ask for: any go-digest algorithm, index up to 128 (what ``serve`` answers)."""
+    if not isinstance(relpath, str):
+        raise InputError("invalid signature path")
+    dirname, sep, name = relpath.rpartition("/")
+    try:
+        if not sep:
+            raise InputError("no directory")
+        repo, digest = parse_digest_dirname(dirname)
+        return SigPath(repo, digest, signature_index(name))
+    except InputError:
+        raise InputError(f"invalid signature path {relpath[:200]!r}") from None
 
 
 def parse_sigpath(relpath: str) -> SigPath:
-    """Validate a signature path from a peer strictly: repo grammar of reference.py, sha256 digest, N < 128.
+    """A path a store holds and the sync journal names: :func:`parse_read_path` narrowed to sha256 and N < 128.
 
-    Everything a peer names ends up as a local path, so anything that is not exactly this shape is refused
-    (no ``..``, no absolute paths, no uppercase, no other algorithms).
+    Everything a peer names ends up as a local path, so anything that is not exactly this shape is refused (no
+    ``..``, no absolute paths, no uppercase, no other algorithms, no index c/image would refuse to read).
     """
-    m = _RELPATH.match(relpath)
-    if not m:
+    sp = parse_read_path(relpath)
+    if not sp.digest.startswith(STORED_ALGORITHM + ":") or sp.index >= MAX_LOOKASIDE_SIGNATURES:
         raise InputError(f"invalid signature path {relpath[:200]!r}")
-    repo, n = m.group("repo"), int(m.group("n"))
-    try:
-        ref = parse_reference(f"localhost/{repo}")
-    except InputError as exc:
-        raise InputError(f"invalid repository path in {relpath[:200]!r}") from exc
-    if ref.domain != "localhost" or ref.path != repo or not ref.name_only or n >= MAX_LOOKASIDE_SIGNATURES:
-        raise InputError(f"invalid signature path {relpath[:200]!r}")
-    sp = SigPath(repo, "sha256:" + m.group("hex"), n)
-    digest_dirname(sp.repo, sp.digest)  # the lookaside's own checks, once more
     return sp
+
+
+__all__ = ["DIGEST_SHAPE", "MAX_LOOKASIDE_SIGNATURES", "MAX_REPO_PATH", "REPO_SHAPE", "STORED_ALGORITHM", "SigPath",
+           "digest_dirname", "parse_digest_dirname", "parse_read_path", "parse_sigpath", "repo_path",
+           "signature_index", "signature_name", "signature_relpath", "stored_digest"]

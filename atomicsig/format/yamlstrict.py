@@ -1,9 +1,16 @@
-"""The one strict YAML reader for every YAML input (policy YAML, sync config, signers file).
+"""The one strict YAML reader for every YAML input (policy YAML, sync config, signers file, serve config,
+registries.d).
 
 PyYAML's ``safe_load`` keeps the last of two duplicate keys without a word (``sigstore: /a`` then
 ``sigstore: /b`` silently syncs into ``/b``) and its dicts forget line numbers. So YAML is *composed* into a
 node tree (``yaml.compose``, safe tags only) and walked: every error names ``file:line``, duplicate keys are
 refused at any depth, and unknown keys get a did-you-mean. Pure: callers read the file.
+
+Duplicates are compared as containers/image's YAML parser (yaml.v3) compares them: by the key's text, so ``1`` and
+``"1"`` are the same key, ``yes`` and ``true`` are not. Whether an *unknown* key is an error is the caller's choice
+(:meth:`Ctx.mapping` with ``allowed``): our own files refuse them, registries.d ignores them as c/image does (SPEC
+§4.1). Every failure, including PyYAML's constructors raising bare ``ValueError`` for an explicitly tagged scalar
+such as ``!!int x`` or deep nesting in the pure-Python parser, is the caller's error type with ``file:line``.
 """
 
 from __future__ import annotations
@@ -25,15 +32,26 @@ FLOAT = "tag:yaml.org,2002:float"
 NULL = "tag:yaml.org,2002:null"
 
 
+#: What PyYAML's safe constructors raise, besides YAMLError, for a scalar whose explicit tag does not fit its text
+#: (``!!int x``: ValueError, ``!!bool maybe``: KeyError, ``!!timestamp x``: AttributeError, ...).
+_CONSTRUCT_ERRORS = (ValueError, TypeError, KeyError, AttributeError, OverflowError, IndexError)
+
+
+def _mark_line(exc: yaml.MarkedYAMLError) -> int:
+    mark = exc.problem_mark or exc.context_mark
+    return mark.line + 1 if mark else 0
+
+
 def compose(text: str, source: str, error: type[AtomicsigError] = InputError) -> yaml.Node | None:
     """Parse ``text`` into a node tree (None for an empty document); syntax errors carry ``source:line``."""
     try:
         return yaml.compose(text, Loader=LOADER)
     except yaml.MarkedYAMLError as exc:
-        line = exc.problem_mark.line + 1 if exc.problem_mark else 0
-        raise error(f"{source}:{line}: invalid YAML: {exc.problem}") from exc
+        raise error(f"{source}:{_mark_line(exc)}: invalid YAML: {exc.problem or exc.context}") from exc
     except yaml.YAMLError as exc:
         raise error(f"{source}: invalid YAML: {str(exc).splitlines()[0] if str(exc) else exc}") from exc
+    except RecursionError as exc:  # only without libyaml: PyYAML's composer recurses per nesting level (fuzz)
+        raise error(f"{source}: invalid YAML: nested too deeply") from exc
 
 
 def did_you_mean(key: str, allowed: Iterable[str]) -> str:
@@ -99,10 +117,15 @@ class Ctx:
         """A scalar's Python value (str, int, float, bool, None) as YAML 1.1 safe loading gives it."""
         if not isinstance(node, yaml.ScalarNode):
             raise self.error(node, f"{what} must be a single value")
-        return yaml.SafeLoader("").construct_object(node)
+        try:
+            return yaml.SafeLoader("").construct_object(node)
+        except (yaml.YAMLError, *_CONSTRUCT_ERRORS):
+            raise self.error(node, f"{what}{': ' if what else ''}{node.value!r} is not a valid "
+                                   f"{_tag_name(node.tag)}") from None
 
     def no_duplicates(self, node: yaml.Node | None) -> None:
-        """Refuse a duplicate key anywhere below ``node`` (aliases are visited once)."""
+        """Refuse a duplicate key anywhere below ``node`` (aliases are visited once), and keys that are not scalars
+        (a sequence or mapping cannot be a dictionary key; yaml.v3 cannot decode one into a name either)."""
         seen: set[int] = set()
         todo = [node] if node is not None else []
         while todo:
@@ -113,11 +136,11 @@ class Ctx:
             if isinstance(n, yaml.MappingNode):
                 first: dict[Any, int] = {}
                 for k, v in n.value:
-                    if isinstance(k, yaml.ScalarNode):
-                        if k.value in first:
-                            raise self.error(k, f"duplicate key {k.value!r} (first defined at line "
-                                                f"{first[k.value]})")
-                        first[k.value] = k.start_mark.line + 1
+                    if not isinstance(k, yaml.ScalarNode):
+                        raise self.error(k, "found unhashable mapping key (a key must be a single value)")
+                    if k.value in first:
+                        raise self.error(k, f"duplicate key {k.value!r} (first defined at line {first[k.value]})")
+                    first[k.value] = k.start_mark.line + 1
                     todo.extend((k, v))
             elif isinstance(n, yaml.SequenceNode):
                 todo.extend(n.value)
@@ -127,7 +150,38 @@ class Ctx:
         if node is None:
             return None
         self.no_duplicates(node)
-        return yaml.SafeLoader("").construct_document(node)
+        try:
+            return yaml.SafeLoader("").construct_document(node)
+        except yaml.MarkedYAMLError as exc:  # e.g. ``!!set [1]``, ``!!binary "%"``
+            raise self.error_type(f"{self.source}:{_mark_line(exc)}: invalid YAML: {exc.problem or exc.context}"
+                                  ) from None
+        except yaml.YAMLError as exc:
+            raise self.error(node, f"invalid YAML: {str(exc).splitlines()[0] if str(exc) else exc}") from None
+        except RecursionError:
+            raise self.error(node, "invalid YAML: nested too deeply") from None
+        except _CONSTRUCT_ERRORS:
+            raise self._bad_scalar(node) from None
+
+    def _bad_scalar(self, node: yaml.Node) -> AtomicsigError:
+        """The error for the first scalar below ``node`` that PyYAML cannot construct (only on the failure path)."""
+        todo, seen = [node], set()
+        while todo:
+            n = todo.pop(0)
+            if id(n) in seen:
+                continue
+            seen.add(id(n))
+            if isinstance(n, yaml.ScalarNode):
+                self.scalar(n, "")
+            elif isinstance(n, yaml.MappingNode):
+                todo.extend(x for pair in n.value for x in pair)
+            elif isinstance(n, yaml.SequenceNode):
+                todo.extend(n.value)
+        return self.error(node, "invalid YAML value")
+
+
+def _tag_name(tag: str) -> str:
+    """``tag:yaml.org,2002:int`` -> ``!!int`` for messages."""
+    return "!!" + tag.removeprefix("tag:yaml.org,2002:") if tag.startswith("tag:yaml.org,2002:") else tag
 
 
 def load(text: str, source: str, error: type[AtomicsigError] = InputError) -> tuple[Any, yaml.Node | None]:

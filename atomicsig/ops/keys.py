@@ -107,7 +107,7 @@ def load_specs(text: str, source: str = "<input>") -> list[KeySpec]:
     items_node = node
     if isinstance(data, dict):
         if set(data) - {"keys"}:
-            bad = sorted(set(data) - {"keys"})[0]
+            bad = sorted(str(k) for k in set(data) - {"keys"})[0]  # str: YAML keys may be numbers or null
             raise InputError(f"{source}: unknown top-level key {bad!r}{yamlstrict.did_you_mean(bad, ['keys'])}")
         data = data.get("keys")
         items_node = next((v for k, v in node.value if k.value == "keys"), None) if node is not None else None
@@ -122,7 +122,7 @@ def load_specs(text: str, source: str = "<input>") -> list[KeySpec]:
             raise InputError(f"{where}: each key must be a mapping")
         unknown = set(item) - _FIELDS
         if unknown:
-            bad = sorted(unknown)[0]
+            bad = sorted(str(k) for k in unknown)[0]
             raise InputError(f"{where}: unknown field {bad!r}{yamlstrict.did_you_mean(bad, sorted(_FIELDS))}")
         name, email = item.get("name"), item.get("email")
         if not isinstance(name, str) or not name.strip():

@@ -39,7 +39,6 @@ KEY_KINDS = ("file", "fingerprint", "cosign")
 SCOPE_KEYS = ("action", "signed-by", "sigstore-signed-by", "identity", "lookaside", "lookaside-staging",
               "use-sigstore-attachments")
 ACTIONS = ("accept", "reject", "signed")
-_LOADER: Any = yamlstrict.LOADER
 
 
 @dataclass(frozen=True)
@@ -110,13 +109,7 @@ def validate_url(url: str, *, staging: bool) -> None:
 def loads(text: str, source: str = "<policy>", base_dir: str | Path = ".") -> PolicySpec:
     """Parse policy YAML text. Key file paths are resolved against ``base_dir`` (the YAML's directory)."""
     ctx = _Ctx(source)
-    try:
-        root = yaml.compose(text, Loader=_LOADER)
-    except yaml.MarkedYAMLError as exc:
-        line = exc.problem_mark.line + 1 if exc.problem_mark else 0
-        raise PolicyError(f"{source}:{line}: invalid YAML: {exc.problem}") from exc
-    except yaml.YAMLError as exc:
-        raise PolicyError(f"{source}: invalid YAML: {exc}") from exc
+    root = yamlstrict.compose(text, source, PolicyError)
     if root is None:
         raise PolicyError(f"{source}: empty policy; at least 'default:' is required")
     entries = {k: (kn, v) for k, kn, v in ctx.mapping(root, "the policy", TOP_KEYS)}
@@ -132,7 +125,7 @@ def loads(text: str, source: str = "<policy>", base_dir: str | Path = ".") -> Po
             spec.keys[name] = _key(ctx, name, kn, v, Path(base_dir))
     if "scopes" in entries:
         snode = entries["scopes"][1]
-        if isinstance(snode, yaml.ScalarNode) and snode.tag == "tag:yaml.org,2002:null":
+        if ctx.is_null(snode):
             return spec
         for name, kn, v in ctx.mapping(snode, "scopes", None):
             spec.scopes.append(_scope(ctx, spec, name, kn, v))

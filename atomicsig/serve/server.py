@@ -62,17 +62,9 @@ JOURNAL_PATH = "/.atomicsig/journal"
 JOURNAL_FILE = Path(".atomicsig") / "journal"
 
 
-_REPO = r"[a-z0-9._-]+(?:/[a-z0-9._-]+)*"
-
-
-_ALGO = r"sha256|sha384|sha512"
-
-
-_LOOKASIDE_RE = re.compile(
-    rf"^/(?P<repo>{_REPO})@(?P<algo>{_ALGO})=(?P<hex>[a-f0-9]+)/signature-(?P<n>[1-9][0-9]{{0,3}})$")
-
-
-_EXTENSION_RE = re.compile(rf"^/extensions/v2/(?P<repo>{_REPO})/signatures/(?P<digest>(?:{_ALGO}):[a-f0-9]+)$")
+#: SPEC §6.2; the repository path and the digest are carved with the lookaside grammar's shapes, then validated.
+_EXTENSION_RE = re.compile(
+    rf"^/extensions/v2/(?P<repo>{sigpath.REPO_SHAPE})/signatures/(?P<digest>{sigpath.DIGEST_SHAPE})\Z")
 
 
 StartResponse = Callable[[str, list[tuple[str, str]]], Any]
@@ -192,11 +184,7 @@ class SignatureServer:
         self._check_read(environ)
         if path == JOURNAL_PATH:
             return self._journal(environ)
-        m = _LOOKASIDE_RE.match(path)
-        if not m:
-            raise _Reject(404, "not-found", "not found")
-        digest = _digest(f"{m['algo']}:{m['hex']}")
-        return self._signature(environ, _repo_path(m["repo"]), digest, int(m["n"]))
+        return self._signature(environ, _lookaside_path(path))
 
     # ---- auth -------------------------------------------------------------------------------------------------
 
@@ -221,12 +209,11 @@ class SignatureServer:
             raise _Reject(404, "bad-path", "not found")
         return d
 
-    def _signature(self, environ: dict[str, Any], repo: str, digest: str, n: int,
-                   ) -> tuple[int, list[tuple[str, str]], bytes]:
+    def _signature(self, environ: dict[str, Any], wanted: sigpath.SigPath) -> tuple[int, list[tuple[str, str]], bytes]:
         """One ``signature-N``, read with :func:`fsutil.read_regular_file`: a link (in the name or in any directory
         below the root), a FIFO, a device or a file over 4 MiB is "not found" — 404, the answer that ends a node's
         list (SPEC §3.2) without leaking or hanging on what the link points to."""
-        rel = f"{sigpath.digest_dirname(repo, digest)}/signature-{n}"
+        rel = str(wanted)
         try:
             data = fsutil.read_regular_file(self.root, rel, blobmod.MAX_SIGNATURE_SIZE)
         except fsutil.UnsafeFileError as exc:
@@ -286,7 +273,7 @@ class SignatureServer:
             self.metrics.rejects.labels("unauthorized").inc()
             raise _Reject(401, "unauthorized", "a valid bearer token is required to store signatures",
                           [("WWW-Authenticate", 'Bearer realm="atomicsig"')])
-        if not digest.startswith("sha256:"):
+        if not digest.startswith(sigpath.STORED_ALGORITHM + ":"):
             # Refused before anything is stored: nodes look signatures up and match them by sha256 only, and the
             # sync journal cannot name other digests (atomicsig.lookaside, SPEC §2.3, §3.1).
             raise _Reject(400, "DIGEST_UNSUPPORTED", f"only sha256 digests can be signed here, not "
@@ -305,8 +292,9 @@ class SignatureServer:
         if not res.created:
             raise _Reject(409, "SIGNATURE_EXISTS", f"identical signature already stored as signature-{res.index}")
         self.metrics.stored.inc()
-        log.info("stored %s/signature-%s", d.relative_to(self.root), res.index)
-        return 201, [("Location", f"/{d.relative_to(self.root)}/signature-{res.index}")], b""
+        rel = sigpath.signature_relpath(repo, digest, res.index or 0)  # created, so append_path named its index
+        log.info("stored %s", rel)
+        return 201, [("Location", f"/{rel}")], b""
 
     def _read_body(self, environ: dict[str, Any]) -> bytes:
         length = environ.get("CONTENT_LENGTH") or ""
@@ -387,6 +375,18 @@ class SignatureServer:
     def _lock_for(self, key: str) -> threading.Lock:
         with self._locks_guard:
             return self._locks.setdefault(key, threading.Lock())
+
+
+def _lookaside_path(path: str) -> sigpath.SigPath:
+    """What a node may ask for (SPEC §3.2), by the one lookaside grammar: any go-digest algorithm, ``signature-1`` …
+    ``signature-128`` (the 128th only exists in an overfull directory; serving it makes the node fail as reading the
+    directory from disk would). Anything else is a plain 404."""
+    if path.startswith("/"):
+        try:
+            return sigpath.parse_read_path(path[1:])
+        except InputError:
+            pass
+    raise _Reject(404, "not-found", "not found")
 
 
 def _digest(text: str) -> str:

@@ -33,8 +33,8 @@ from pathlib import Path
 
 from atomicsig import fsutil
 from atomicsig.errors import InputError, StorageError
-from atomicsig.format.reference import Reference, validate_digest
-from atomicsig.format.sigpath import digest_dirname
+from atomicsig.format.reference import Reference
+from atomicsig.format.sigpath import digest_dirname, signature_name, stored_digest
 from atomicsig.store.base import AppendResult, SignatureStore, StoredSignature
 from atomicsig.store.sigdir import append_to_dir, lock_dir, read_dir
 
@@ -109,10 +109,7 @@ class DirectoryStore(SignatureStore):
         return Journal(self.root).reconcile()
 
     def _writable_dir(self, repo_path: str, digest: str) -> Path:
-        if not validate_digest(digest).startswith("sha256:"):
-            raise InputError(f"cannot store a signature for {digest.split(':', 1)[0]} digest {digest[:23]}…: only "
-                             "sha256 digests are stored, because containers/image looks signatures up and matches "
-                             "them by the sha256 digest only (SPEC §2.3, §3.1)")
+        stored_digest(digest)
         if self.root.exists() and not self.root.is_dir():
             raise StorageError(f"sigstore {self.root} is not a directory")
         d = self.path_dir(repo_path, digest)
@@ -139,7 +136,8 @@ class DirectoryStore(SignatureStore):
             result = append_to_dir(d, blob, existing)
             if result.created:
                 try:
-                    commit_dir(self.root, d, seen_epoch, [("add", f"{rel_dir}/signature-{result.index}", sha)])
+                    name = signature_name(result.index or 0)  # created, so append_to_dir named its index
+                    commit_dir(self.root, d, seen_epoch, [("add", f"{rel_dir}/{name}", sha)])
                 except StorageError as exc:
                     raise StorageError(f"signature stored at {result.location} but not recorded in the sync "
                                        f"journal: {exc.message}", hint="the next write to this sigstore records it "

@@ -7,7 +7,7 @@ import urllib.parse
 from atomicsig.errors import InputError, RegistryError
 from atomicsig.format.blob import MAX_SIGNATURE_SIZE
 from atomicsig.format.reference import Reference
-from atomicsig.format.sigpath import MAX_LOOKASIDE_SIGNATURES, digest_dirname
+from atomicsig.format.sigpath import MAX_LOOKASIDE_SIGNATURES, signature_relpath
 from atomicsig.net import fetch
 from atomicsig.store.base import AppendResult, SignatureStore, StoredSignature
 
@@ -30,7 +30,7 @@ class HTTPLookaside(SignatureStore):
 
     def url(self, ref: Reference, digest: str, n: int) -> str:
         u = urllib.parse.urlsplit(self.base_url)
-        path = f"{u.path}/{digest_dirname(ref.path, digest)}/signature-{n}"
+        path = f"{u.path}/{signature_relpath(ref.path, digest, n)}"
         return urllib.parse.urlunsplit(u._replace(path=path))
 
     def read(self, ref: Reference, digest: str) -> list[StoredSignature]:

@@ -56,6 +56,7 @@ from pathlib import Path
 
 from atomicsig import fsutil
 from atomicsig.errors import InputError, StorageError
+from atomicsig.format import sigpath
 from atomicsig.format.blob import MAX_SIGNATURE_SIZE
 from atomicsig.format.sigpath import MAX_LOOKASIDE_SIGNATURES, SigPath, parse_sigpath
 
@@ -90,9 +91,6 @@ OPS = ("add", "del")
 
 
 _SHA = re.compile(r"^[a-f0-9]{64}$")
-
-
-_SIGNAME = re.compile(r"signature-([1-9][0-9]{0,2})")
 
 
 class JournalError(StorageError):
@@ -224,8 +222,8 @@ class Journal:
                 return
             if self.epoch() != seen_epoch:
                 view = self.view(dirname)
-                lines = dels + [("add", f"{dirname}/signature-{i}", sha) for i, sha in sorted(current().items())
-                                if view.get(i) != sha]
+                lines = dels + [("add", f"{dirname}/{sigpath.signature_name(i)}", sha)
+                                for i, sha in sorted(current().items()) if view.get(i) != sha]
             self._reconcile_locked(covered=False, then=lines, check=check, held=dirname)
 
     def view(self, dirname: str) -> dict[int, str]:
@@ -238,7 +236,7 @@ class Journal:
         except FileNotFoundError:
             return {}
         data = data[:data.rfind(b"\n") + 1]  # a torn last line is not a record
-        needle = f" {dirname}/signature-".encode()
+        needle = f" {dirname}/".encode()
         view: dict[int, str] = {}
         for raw in data.split(b"\n"):
             if needle not in raw:
@@ -246,15 +244,17 @@ class Journal:
             parts = raw.decode("ascii", "replace").split(" ")
             if len(parts) != 4 or parts[1] not in OPS or not _SHA.match(parts[3]):
                 continue
-            where, _, name = parts[2].rpartition("/")
-            m = _SIGNAME.fullmatch(name)
-            if where != dirname or not m:
+            try:
+                sp = parse_sigpath(parts[2])  # the lines were validated when written; a stranger's are skipped
+            except InputError:
+                continue
+            if sp.dirname != dirname:
                 continue
             sha = parts[3]
             for j in [j for j, s in view.items() if s == sha]:
                 del view[j]
             if parts[1] == "add":
-                view[int(m.group(1))] = sha
+                view[sp.index] = sha
         return view
 
     def resync(self, dirname: str) -> int:
@@ -278,8 +278,10 @@ class Journal:
             return []
         view = self.view(dirname)
         present = set(now.values())
-        lines = [("del", f"{dirname}/signature-{i}", sha) for i, sha in sorted(view.items()) if sha not in present]
-        lines += [("add", f"{dirname}/signature-{i}", sha) for i, sha in sorted(now.items()) if view.get(i) != sha]
+        lines = [("del", f"{dirname}/{sigpath.signature_name(i)}", sha) for i, sha in sorted(view.items())
+                 if sha not in present]
+        lines += [("add", f"{dirname}/{sigpath.signature_name(i)}", sha) for i, sha in sorted(now.items())
+                  if view.get(i) != sha]
         return lines
 
     def reconcile(self) -> int:
@@ -729,10 +731,11 @@ def _parse_pending(data: bytes) -> tuple[str | None, str]:
     if len(parts) != 2 or not _SHA.match(parts[1]):
         return None, ""
     try:
-        sp = parse_sigpath(f"{parts[0]}/signature-1")
+        repo, digest = sigpath.parse_digest_dirname(parts[0])
+        sigpath.stored_digest(digest)
     except InputError:
         return None, ""
-    return sp.dirname, parts[1]
+    return sigpath.digest_dirname(repo, digest), parts[1]
 
 
 def _last_seq(fd: int, size: int) -> tuple[int, int]:
@@ -761,18 +764,16 @@ def scan(root: Path) -> Iterator[tuple[str, str]]:
     for dirpath, dirnames, files in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if d != META_DIR and not d.startswith(".tmp-"))
         rel_dir = os.path.relpath(dirpath, root)
-        if "@sha256=" not in os.path.basename(dirpath):
+        try:  # only the digest directories a store holds; anything else (e.g. uppercase) followers could not accept
+            sigpath.stored_digest(sigpath.parse_digest_dirname(rel_dir)[1])
+        except InputError:
             continue
         if any(f.startswith(fsutil.TEMP_PREFIX) for f in files):  # `atomicsig index` cleans up after kills
             fsutil.sweep_stale_temps(dirpath)
         for n in range(1, MAX_LOOKASIDE_SIGNATURES):
+            rel = f"{rel_dir}/{sigpath.signature_name(n)}"
             try:  # no links, regular files, 4 MiB: what `atomicsig serve` would serve (fsutil.read_regular_file)
-                data = fsutil.read_regular_file(root, f"{rel_dir}/signature-{n}", MAX_SIGNATURE_SIZE)
+                data = fsutil.read_regular_file(root, rel, MAX_SIGNATURE_SIZE)
             except (FileNotFoundError, NotADirectoryError, fsutil.UnsafeFileError):
                 break
-            rel = f"{rel_dir}/signature-{n}"
-            try:
-                parse_sigpath(rel)
-            except InputError:
-                break  # a directory our followers could not accept anyway (e.g. uppercase)
             yield rel, sha256_hex(data)

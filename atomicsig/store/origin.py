@@ -28,7 +28,7 @@ import json
 from pathlib import Path
 
 from atomicsig import fsutil
-from atomicsig.format.sigpath import digest_dirname
+from atomicsig.format.sigpath import parse_digest_dirname, stored_digest
 from atomicsig.store.journal import META_DIR
 
 ORIGINS_DIR = "origins"
@@ -37,8 +37,7 @@ _MAX_BYTES = 1 << 20
 
 
 def _path(root: Path, dirname: str) -> Path:
-    repo, _, digest = dirname.rpartition("@")
-    digest_dirname(repo, digest.replace("=", ":", 1))  # the lookaside's own checks: no "..", no absolute path
+    stored_digest(parse_digest_dirname(dirname)[1])  # a digest directory a store holds: no "..", no absolute path
     return root / META_DIR / ORIGINS_DIR / f"{dirname}.json"
 
 

@@ -32,6 +32,7 @@ from pathlib import Path
 
 from atomicsig import fsutil
 from atomicsig.errors import StorageError
+from atomicsig.format.sigpath import signature_name
 from atomicsig.openpgp import packets as openpgp
 from atomicsig.store.base import StoredSignature
 from atomicsig.store.directory import commit_dir, journal_epoch
@@ -46,9 +47,9 @@ def rewrite_dir(d: Path, keep: list[bytes]) -> None:
     try:
         for i, blob in enumerate(keep, 1):
             if i > len(current) or current[i - 1].blob != blob:
-                fsutil.atomic_write(d / f"signature-{i}", blob, 0o644, sync_dir=False)
+                fsutil.atomic_write(d / signature_name(i), blob, 0o644, sync_dir=False)
         for s in reversed(current[len(keep):]):
-            (d / f"signature-{s.index}").unlink()
+            (d / signature_name(s.index)).unlink()
         fsutil.fsync_dir(d)
     except OSError as exc:
         raise StorageError(f"cannot rewrite {d}: {exc.strerror or exc}") from exc
@@ -76,8 +77,8 @@ def rewrite_locked(root: Path, rel_dir: str, drop: Callable[[StoredSignature], b
                 kept.append(s)
         if len(kept) == len(sigs):
             return []
-        lines = [("del", f"{rel_dir}/signature-{s.index}", sha256_hex(s.blob)) for s in dropped]
-        lines += [("add", f"{rel_dir}/signature-{i}", sha256_hex(s.blob)) for i, s in enumerate(kept, 1)
+        lines = [("del", f"{rel_dir}/{signature_name(s.index)}", sha256_hex(s.blob)) for s in dropped]
+        lines += [("add", f"{rel_dir}/{signature_name(i)}", sha256_hex(s.blob)) for i, s in enumerate(kept, 1)
                   if s.index != i]
         what = sha256_hex(dropped[0].blob) if dropped else hashlib.sha256(b"").hexdigest()
         with begin_pending(root, rel_dir, what):  # a kill mid-rewrite: the next journal writer resyncs rel_dir
@@ -117,7 +118,7 @@ def remove_matching(root: Path, predicate: Callable[[bytes], bool], *, dry_run: 
         dropped = rewrite_locked(root, rel_dir, lambda s: predicate(s.blob), dry_run=dry_run)
         if dropped:
             result.directories += 1
-            result.removed += [f"{rel_dir}/signature-{s.index}" for s in dropped]
+            result.removed += [f"{rel_dir}/{signature_name(s.index)}" for s in dropped]
     return result
 
 

@@ -13,14 +13,12 @@ Pure reading and lookup; writing generated files is the policy compiler's job. R
 from __future__ import annotations
 
 import os
-from collections.abc import Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from atomicsig.errors import PolicyError
+from atomicsig.format import yamlstrict
 from atomicsig.format.reference import Reference
 
 SYSTEM_DIR = "/etc/containers/registries.d"
@@ -29,33 +27,13 @@ READ_KEYS = ("lookaside", "sigstore")
 WRITE_KEYS = ("lookaside-staging", "sigstore-staging", "lookaside", "sigstore")
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """yaml.v3 refuses duplicate mapping keys; PyYAML silently keeps the last one. Match yaml.v3."""
-
-
-def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-    seen: dict[Any, int] = {}
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        if not isinstance(key, Hashable):  # "? [a]: b" raised TypeError from ``key in seen`` (fuzz finding)
-            raise yaml.constructor.ConstructorError(None, None, "found unhashable mapping key", key_node.start_mark)
-        if key in seen:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"mapping key {key!r} already defined at line {seen[key] + 1}", key_node.start_mark)
-        seen[key] = key_node.start_mark.line
-    return loader.construct_mapping(node, deep=deep)
-
-
-_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-
-
 def load_yaml_strict(text: str, source: str) -> Any:
-    try:
-        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - SafeLoader subclass
-    except yaml.YAMLError as exc:
-        raise PolicyError(f"parsing {source}: {' '.join(str(exc).split())}") from exc
-    except RecursionError as exc:  # PyYAML's pure-Python composer recurses per nesting level (fuzz finding)
-        raise PolicyError(f"parsing {source}: nested too deeply") from exc
+    """One registries.d file as plain data, through the one strict YAML reader (:mod:`atomicsig.format.yamlstrict`).
+
+    Duplicate keys are refused at any depth with ``file:line``, compared by their text as yaml.v3 compares them
+    (c/image: ``mapping key … already defined at line …``); unknown keys are kept here and ignored by
+    :func:`merge_file`, as c/image ignores them (SPEC §4.1)."""
+    return yamlstrict.load(text, source, PolicyError)[0]
 
 
 @dataclass

@@ -9,7 +9,7 @@ from pathlib import Path
 from atomicsig import fsutil
 from atomicsig.errors import StorageError
 from atomicsig.format.blob import MAX_SIGNATURE_SIZE
-from atomicsig.format.sigpath import MAX_LOOKASIDE_SIGNATURES
+from atomicsig.format.sigpath import MAX_LOOKASIDE_SIGNATURES, signature_name
 from atomicsig.store.base import AppendResult, StoredSignature
 
 
@@ -50,7 +50,7 @@ def read_dir(d: Path, root: Path | None = None, *, stop_at_unsafe: bool = False)
     out: list[StoredSignature] = []
     try:
         for n in range(1, MAX_LOOKASIDE_SIGNATURES + 1):
-            p = d / f"signature-{n}"
+            p = d / signature_name(n)
             try:
                 data = fsutil.read_regular_file(dfd, p.name, MAX_SIGNATURE_SIZE)
             except (FileNotFoundError, NotADirectoryError):
@@ -84,7 +84,7 @@ def append_to_dir(d: Path, blob: bytes, existing: list[StoredSignature] | None =
             return AppendResult(s.location, s.index, False)
     n = len(existing) + 1
     while n < MAX_LOOKASIDE_SIGNATURES:
-        p = d / f"signature-{n}"
+        p = d / signature_name(n)
         if fsutil.create_exclusive(p, blob, 0o644):
             return AppendResult(str(p), n, True)
         # Someone else took N meanwhile; their file is complete (created by link), so check it and move on.

@@ -123,8 +123,9 @@ def _endpoint(ctx: _Ctx, node: yaml.Node, where: str, allowed: tuple[str, ...]) 
 
 
 def _duration(ctx: _Ctx, node: yaml.Node, what: str, low: float, high: float) -> float:
+    value = ctx.scalar(node, what)  # outside the try: its error already names file:line
     try:
-        return parse_duration(ctx.scalar(node, what), what, minimum=low, maximum=high)
+        return parse_duration(value, what, minimum=low, maximum=high)
     except InputError as exc:
         raise ctx.error(node, exc.message) from exc
 
