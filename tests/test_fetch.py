@@ -26,7 +26,8 @@ from atomicsig.store.extension import ExtensionStore, StaticTokenClient
 from atomicsig.store.http import HTTPLookaside
 from atomicsig.sync.config import Endpoint
 from atomicsig.sync.source import HTTPSource, SourceError
-from tests.tokenserver import run_wsgi, self_signed
+from tests.infra import run_wsgi
+from tests.tokenserver import self_signed
 
 DIG = "sha256:" + hashlib.sha256(b"fetch-test").hexdigest()
 BLOB = b"\xa3\x01signature-bytes"

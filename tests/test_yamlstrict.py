@@ -21,7 +21,7 @@ from atomicsig.errors import InputError, PolicyError
 from atomicsig.format import reference, yamlstrict
 from atomicsig.ops.keys import load_specs
 from atomicsig.policy import schema
-from atomicsig.serve.server import load_config
+from atomicsig.serve.config import load_file as load_config
 from atomicsig.store import registries_d
 from atomicsig.sync import config as sync_config
 
