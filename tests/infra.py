@@ -11,6 +11,7 @@ import contextlib
 import gzip
 import hashlib
 import io
+import itertools
 import json
 import os
 import shutil
@@ -30,7 +31,25 @@ import requests
 DOCKER_REGISTRY = shutil.which("docker-registry") or "/usr/bin/docker-registry"
 
 
+_next_port = itertools.count()
+
+
 def free_port() -> int:
+    """A 127.0.0.1 TCP port that is free now. A port the kernel picks (bind to 0) is free only until this
+    socket closes, and two pytest-xdist workers could be handed the same one before either server binds it; so a
+    worker (``PYTEST_XDIST_WORKER=gwN``) takes ports round-robin from its own block of 500 below the kernel's
+    ephemeral range (32768+), which no other worker and no outgoing connection uses."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if worker.startswith("gw") and worker[2:].isdigit():
+        base = 20000 + 500 * (int(worker[2:]) % 24)
+        for _ in range(500):
+            port = base + next(_next_port) % 500
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
