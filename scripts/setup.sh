@@ -20,7 +20,6 @@ if [ ! -x .venv/bin/python ]; then
 fi
 # pip takes 10-40 s even when everything is installed (it rebuilds the editable install): skip it while the
 # files that name the dependencies are unchanged since the last successful install (the developer loop).
-#: Python compiles what a run imports, not every file of every installed package.
 stamp=$(cat setup.cfg setup.py pyproject.toml | sha256sum | cut -c1-64)
 if [ "$(cat .venv/.atomicsig-setup 2>/dev/null)" = "$stamp" ] && .venv/bin/python -c "import atomicsig, xdist" 2>/dev/null; then
   exit 0
