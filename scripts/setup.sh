@@ -18,9 +18,16 @@ fi
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
+# pip takes 10-40 s even when everything is installed (it rebuilds the editable install): skip it while the
+# files that name the dependencies are unchanged since the last successful install (the developer loop).
+stamp=$(cat setup.cfg setup.py pyproject.toml | sha256sum | cut -c1-64)
+if [ "$(cat .venv/.atomicsig-setup 2>/dev/null)" = "$stamp" ] && .venv/bin/python -c "import atomicsig, xdist" 2>/dev/null; then
+  exit 0
+fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 log=$(mktemp)
 if ! .venv/bin/python -m pip install -q -e '.[test]' >"$log" 2>&1; then
   cat "$log" >&2; rm -f "$log"; echo "setup: pip install failed" >&2; exit 1
 fi
 rm -f "$log"
+echo "$stamp" >.venv/.atomicsig-setup

@@ -82,13 +82,16 @@ def _scan(secrets: tuple[str, ...], exclude: set[int], marker: bytes | None = No
         for what in ("cmdline", "environ"):
             if what == "environ" and pid in exclude:
                 continue  # the atomicsig process itself was started with the variable, by us
+            # Asked *before* the read: a child still between fork and exec is skipped (the 2 ms poll reads it again
+            # once it has exec'd), and one that has exec'd cannot go back. Asked after the read, a child that exec'd
+            # between read and question was blamed for its pre-exec copy (seen under CPU load, with xdist).
+            if what == "environ" and _forked_not_yet_exec(d, exclude):
+                continue
             try:
                 data = (d / what).read_bytes()
             except OSError:
                 continue
             if what == "environ" and marker is not None and marker not in data:
-                continue
-            if what == "environ" and _forked_not_yet_exec(d, exclude):
                 continue
             for s in secrets:
                 if s.encode() in data:

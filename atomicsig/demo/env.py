@@ -12,6 +12,7 @@ import contextlib
 import gzip
 import hashlib
 import io
+import itertools
 import json
 import os
 import shutil
@@ -33,8 +34,28 @@ from atomicsig.gnupg import gpgconf
 DOCKER_REGISTRY_CANDIDATES = ("docker-registry", "registry")
 
 
+_next_port = itertools.count()
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (the kernel picks it)."""
+    """A TCP port on 127.0.0.1 that was free a moment ago.
+
+    The kernel's pick (bind to 0) is free only until this socket closes, and two pytest-xdist workers sharing
+    these helpers could be handed the same port before either server binds it; so a test worker
+    (``PYTEST_XDIST_WORKER=gwN``) takes ports round-robin from its own block of 500 below the kernel's ephemeral
+    range (32768+), which no other worker and no outgoing connection uses. The demo itself gets the kernel's pick.
+    """
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if worker.startswith("gw") and worker[2:].isdigit():
+        base = 20000 + 500 * (int(worker[2:]) % 24)
+        for _ in range(500):
+            port = base + next(_next_port) % 500
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
