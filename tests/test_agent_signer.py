@@ -18,7 +18,7 @@ from atomicsig.gnupg import agent as gnupg_agent
 from atomicsig.gnupg import assuan, csexp
 from atomicsig.gnupg.colons import SecretKeyPart
 from atomicsig.gnupg.keyring import Keyring, TrustedKeys
-from atomicsig.openpgp import build as pgpsign
+from atomicsig.openpgp import build
 from atomicsig.openpgp import packets as openpgp
 from atomicsig.openpgp.constants import HashAlgo, PubkeyAlgo
 from atomicsig.ops import resolve
@@ -449,26 +449,26 @@ def test_canonical_sexp() -> None:
 
 
 def test_mpi_and_eddsa_components() -> None:
-    assert pgpsign.mpi(b"\x00\x00\x01") == b"\x00\x01\x01"
-    assert pgpsign.mpi(b"\x80") == b"\x00\x08\x80"
-    assert pgpsign.mpi(b"\x00") == b"\x00\x00"
-    assert pgpsign.eddsa_component(b"\x40" + b"\x11" * 32) == b"\x11" * 32
-    assert pgpsign.eddsa_component(b"\x11" * 31) == b"\x11" * 31
+    assert build.mpi(b"\x00\x00\x01") == b"\x00\x01\x01"
+    assert build.mpi(b"\x80") == b"\x00\x08\x80"
+    assert build.mpi(b"\x00") == b"\x00\x00"
+    assert build.eddsa_component(b"\x40" + b"\x11" * 32) == b"\x11" * 32
+    assert build.eddsa_component(b"\x11" * 31) == b"\x11" * 31
     with pytest.raises(Exception, match="34-byte"):
-        pgpsign.eddsa_component(b"\x11" * 34)
-    with pytest.raises(pgpsign.UnsupportedKey):
-        pgpsign.hash_for(17, "")
-    assert pgpsign.hash_for(PubkeyAlgo.ECDSA, "nistp384") == HashAlgo.SHA384
-    assert pgpsign.hash_for(PubkeyAlgo.ECDSA, "nistp521") == HashAlgo.SHA512
+        build.eddsa_component(b"\x11" * 34)
+    with pytest.raises(build.UnsupportedKey):
+        build.hash_for(17, "")
+    assert build.hash_for(PubkeyAlgo.ECDSA, "nistp384") == HashAlgo.SHA384
+    assert build.hash_for(PubkeyAlgo.ECDSA, "nistp521") == HashAlgo.SHA512
 
 
 def test_framing_matches_rfc4880_hash() -> None:
     """The digest handed to the agent is SHA-256 over data + v4 hashed header + trailer (RFC 4880 §5.2.4)."""
-    issuer = pgpsign.Issuer(bytes(range(20)), PubkeyAlgo.RSA, HashAlgo.SHA256)
-    pending = pgpsign.prepare(b"hello", issuer, 0x01020304)
+    issuer = build.Issuer(bytes(range(20)), PubkeyAlgo.RSA, HashAlgo.SHA256)
+    pending = build.prepare(b"hello", issuer, 0x01020304)
     trailer = b"\x04\xff" + len(pending.hashed_part).to_bytes(4, "big")
     assert pending.digest == hashlib.sha256(b"hello" + pending.hashed_part + trailer).digest()
-    blob = pgpsign.finish(pending, [b"\x00\x05"])
+    blob = build.finish(pending, [b"\x00\x05"])
     msg = openpgp.parse_message(blob)
     sig = msg.signatures[0]
     assert msg.literal == b"hello" and sig.created == 0x01020304 and sig.hash_prefix == pending.digest[:2]

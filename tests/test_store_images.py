@@ -21,6 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from atomicsig.demo.env import tar_layer
 from atomicsig.errors import InputError, StorageError
 from atomicsig.store.images import (
     StorageLocation,
@@ -30,7 +31,7 @@ from atomicsig.store.images import (
     read_images,
 )
 from tests.conftest import HAVE_PODMAN
-from tests.infra import _tar_layer, insecure_policy, skopeo
+from tests.infra import insecure_policy, skopeo
 
 MANI = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
                    "config": {}, "layers": []}).encode()
@@ -54,7 +55,7 @@ def _oci_index(dest: Path, seed: str, arches: tuple[str, ...]) -> Path:
 
     entries = []
     for arch in arches:
-        raw = _tar_layer(f"{seed}-{arch}")
+        raw = tar_layer(f"{seed}-{arch}")
         layer = put(gzip.compress(raw, mtime=0))
         config = put(json.dumps({"architecture": arch, "os": "linux", "config": {},
                                  "rootfs": {"type": "layers",

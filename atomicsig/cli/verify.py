@@ -85,7 +85,7 @@ def verify(ctx: click.Context, references: tuple[str, ...], keys: tuple[str, ...
     Exit 0 if every image is accepted, 1 if any is rejected, 3 if any could not be checked.
     """
     from atomicsig.format import platforms, reference
-    from atomicsig.ops import resolve as signing
+    from atomicsig.ops import resolve
     from atomicsig.ops import verify as v
     from atomicsig.ops.keys import trusted_verifier
     from atomicsig.store.select import choose_store
@@ -117,7 +117,7 @@ def verify(ctx: click.Context, references: tuple[str, ...], keys: tuple[str, ...
     warning = v.missing_store_warning(store, explicit=ctx.get_parameter_source("sigstore") != ParameterSource.DEFAULT)
     if warning:
         click.echo(f"atomicsig: warning: {warning}", err=True)
-    resolver = signing.Resolver(tls_verify=tls_verify, cert_dir=cert_dir, authfile=authfile,
+    resolver = resolve.Resolver(tls_verify=tls_verify, cert_dir=cert_dir, authfile=authfile,
                                 manifest_file=manifest_file, all_instances=all_instances,
                                 platform=platforms.parse(platform_text) if platform_text else None)
     workers = jobs or min(8, (os.cpu_count() or 2) * 2)

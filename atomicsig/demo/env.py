@@ -173,6 +173,17 @@ class LocalRegistry:
         self.proc = None
 
 
+def tar_layer(seed: str) -> bytes:
+    """An uncompressed, reproducible layer tar with one small file named and filled after ``seed``."""
+    content = f"atomicsig demo image {seed}\n".encode()
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        info = tarfile.TarInfo(f"etc/atomicsig-{hashlib.sha256(seed.encode()).hexdigest()[:8]}")
+        info.size, info.mtime = len(content), 0
+        tar.addfile(info, io.BytesIO(content))
+    return buf.getvalue()
+
+
 def oci_layout(dest: Path, seed: str, *, tag: str = "latest", arch: str = "amd64") -> Path:
     """A minimal single-layer OCI image layout for linux/``arch`` tagged ``tag``; ``seed`` makes its digest
     unique (it names the layer's only file and fills it)."""
@@ -184,13 +195,7 @@ def oci_layout(dest: Path, seed: str, *, tag: str = "latest", arch: str = "amd64
         fsutil.atomic_write(blobs / h, data)
         return h
 
-    content = f"atomicsig demo image {seed}\n".encode()
-    tar_buf = io.BytesIO()
-    with tarfile.open(fileobj=tar_buf, mode="w") as tar:
-        info = tarfile.TarInfo(f"etc/atomicsig-{hashlib.sha256(seed.encode()).hexdigest()[:8]}")
-        info.size, info.mtime = len(content), 0
-        tar.addfile(info, io.BytesIO(content))
-    raw = tar_buf.getvalue()
+    raw = tar_layer(seed)
     layer = gzip.compress(raw, mtime=0)
     config = json.dumps({"architecture": arch, "os": "linux", "config": {},
                          "rootfs": {"type": "layers", "diff_ids": ["sha256:" + hashlib.sha256(raw).hexdigest()]}},

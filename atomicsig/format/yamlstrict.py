@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -35,6 +36,18 @@ NULL = "tag:yaml.org,2002:null"
 #: What PyYAML's safe constructors raise, besides YAMLError, for a scalar whose explicit tag does not fit its text
 #: (``!!int x``: ValueError, ``!!bool maybe``: KeyError, ``!!timestamp x``: AttributeError, ...).
 _CONSTRUCT_ERRORS = (ValueError, TypeError, KeyError, AttributeError, OverflowError, IndexError)
+
+
+def read_file(path: str | Path, what: str = "", error: type[AtomicsigError] = InputError) -> str:
+    """The text of a YAML input file, for :func:`load`: UTF-8, or one line naming the file (``what`` says which
+    kind of file, e.g. "sync config"). Every YAML file atomicsig reads comes through here, so they fail alike."""
+    shown = f"{what} {path}" if what else str(path)
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise error(f"cannot read {shown}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise error(f"{shown} is not UTF-8 text") from exc
 
 
 def _mark_line(exc: yaml.MarkedYAMLError) -> int:

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
 from atomicsig.errors import InputError, PassphraseError, SignatureFormatError
-from atomicsig.openpgp import build as pgpsign
+from atomicsig.openpgp import build
 from atomicsig.openpgp import keys as pgpkeys
 from atomicsig.openpgp import packets as openpgp
 from atomicsig.openpgp.constants import PacketTag, PubkeyAlgo, S2KType, S2KUsage, SymmetricAlgo
@@ -137,19 +137,19 @@ def _decrypt_secret(packet: SecretKeyPacket, passphrase: str | None) -> bytes:
             raise InputError(f"the exported secret key {fpr} fails its checksum")
         return mpis
     if usage != S2KUsage.SHA1_CHECKED or len(s) < 3:
-        raise pgpsign.UnsupportedKey(f"secret key {fpr} uses S2K usage {usage}, which the memory signer "
+        raise build.UnsupportedKey(f"secret key {fpr} uses S2K usage {usage}, which the memory signer "
                                      "does not read")
     cipher_id, kind, i = s[1], s[2], 3
     if cipher_id not in _AES_KEY_BYTES:
-        raise pgpsign.UnsupportedKey(f"secret key {fpr} is protected with cipher {cipher_id} (only AES is read)")
+        raise build.UnsupportedKey(f"secret key {fpr} is protected with cipher {cipher_id} (only AES is read)")
     if kind == S2KType.GNU:  # a stub (gnu-dummy / divert-to-card) without the secret
-        raise pgpsign.UnsupportedKey(f"secret key {fpr} is not present (a stub or a smartcard key)")
+        raise build.UnsupportedKey(f"secret key {fpr} is not present (a stub or a smartcard key)")
     if kind not in (S2KType.SIMPLE, S2KType.SALTED, S2KType.ITERATED) or i >= len(s):
-        raise pgpsign.UnsupportedKey(f"secret key {fpr} uses S2K specifier {kind}")
+        raise build.UnsupportedKey(f"secret key {fpr} uses S2K specifier {kind}")
     hash_id = s[i]
     i += 1
     if hash_id not in pgpkeys.HASHES:
-        raise pgpsign.UnsupportedKey(f"secret key {fpr} uses S2K hash {hash_id}")
+        raise build.UnsupportedKey(f"secret key {fpr} uses S2K hash {hash_id}")
     salt, count = b"", 0
     if kind in (S2KType.SALTED, S2KType.ITERATED):
         salt = s[i : i + 8]
@@ -216,5 +216,5 @@ def private_key(packet: SecretKeyPacket, passphrase: str | None) -> PrivateKey:
         if key.public_key() != pub:
             raise mismatch
         return key
-    raise pgpsign.UnsupportedKey(f"the memory signer cannot sign with public-key algorithm "
+    raise build.UnsupportedKey(f"the memory signer cannot sign with public-key algorithm "
                                  f"{packet.public.algorithm} (key {packet.fingerprint})")

@@ -393,11 +393,7 @@ def load_specs_file(path: str) -> list[KeySpec]:
 
     if path == "-":
         return load_specs(sys.stdin.read(), "<stdin>")
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise InputError(f"cannot read {path}: {exc.strerror}") from exc
-    return load_specs(text, path)
+    return load_specs(yamlstrict.read_file(path), path)
 
 
 def export_rotated(keyring: Keyring, results: list[RotateResult], export_dir: str | Path) -> list[Path]:

@@ -134,13 +134,7 @@ def loads(text: str, source: str = "<policy>", base_dir: str | Path = ".") -> Po
 
 def load(path: str | Path) -> PolicySpec:
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise PolicyError(f"cannot read {p}: {exc.strerror or exc}") from exc
-    except UnicodeDecodeError as exc:
-        raise PolicyError(f"{p}: not UTF-8 text") from exc
-    return loads(text, str(p), p.parent.resolve())
+    return loads(yamlstrict.read_file(p, error=PolicyError), str(p), p.parent.resolve())
 
 
 def _key(ctx: _Ctx, name: str, kn: yaml.Node, node: yaml.Node, base: Path) -> KeyDecl:

@@ -77,13 +77,7 @@ class ServeConfig:
 
 def load_file(path: str | Path) -> dict[str, Any]:
     """The config file as a mapping of its keys, each checked for its type (unknown and duplicate keys refused)."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise InputError(f"cannot read {path}: {exc.strerror}") from exc
-    except UnicodeDecodeError as exc:
-        raise InputError(f"{path} is not UTF-8 text") from exc
-    return loads(text, str(path))
+    return loads(yamlstrict.read_file(path), str(path))
 
 
 def loads(text: str, source: str = "serve config") -> dict[str, Any]:

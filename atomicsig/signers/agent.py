@@ -2,7 +2,7 @@
 
 Why: one ``gpg`` process per signature is ~70 % of a signing run (docs/performance.md, issue #6). The keys stay
 where they are — in the user's gpg-agent, passphrase-protected or on a smartcard — and the agent does exactly
-what it does for ``gpg --sign``: ``SIGKEY``/``SETHASH``/``PKSIGN`` on a digest we computed (pgpsign.py).
+what it does for ``gpg --sign``: ``SIGKEY``/``SETHASH``/``PKSIGN`` on a digest we computed (build.py).
 
 The key is chosen the way ``gpg --local-user FPR`` chooses it, so both signers produce signatures by the same
 (sub)key. ``make_signer`` picks between this signer and the gpg-process one (``--signer auto|agent|gpg``); in
@@ -28,7 +28,7 @@ from atomicsig.gnupg.agent import (
 )
 from atomicsig.gnupg.colons import SecretKeyPart
 from atomicsig.gnupg.keyring import Keyring, TrustedKeys
-from atomicsig.openpgp import build as pgpsign
+from atomicsig.openpgp import build
 from atomicsig.openpgp import packets as openpgp
 from atomicsig.openpgp.constants import PubkeyAlgo
 from atomicsig.signers.base import Signer
@@ -50,8 +50,8 @@ class AgentSigner:
         self.signing_key = key.fingerprint
         self.key_fingerprints = frozenset({primary_fingerprint.upper(), key.fingerprint.upper()})
         self.home = home
-        self._issuer = pgpsign.Issuer(bytes.fromhex(key.fingerprint), key.pubkey_algo,
-                                      pgpsign.hash_for(key.pubkey_algo, key.curve))
+        self._issuer = build.Issuer(bytes.fromhex(key.fingerprint), key.pubkey_algo,
+                                      build.hash_for(key.pubkey_algo, key.curve))
         self._keygrip = key.keygrip
         self._passphrase = passphrase
         self._agent_cache = agent_cache
@@ -74,7 +74,7 @@ class AgentSigner:
                          agent_cache=self._agent_cache)
 
     def sign(self, data: bytes) -> bytes:
-        pending = pgpsign.prepare(data, self._issuer, int(self._clock()))
+        pending = build.prepare(data, self._issuer, int(self._clock()))
         for attempt in (1, 2):
             try:
                 sigval = self._pksign(pending.digest)
@@ -83,7 +83,7 @@ class AgentSigner:
                 self._drop_connection()
                 if attempt == 2:
                     raise
-        return pgpsign.finish(pending, self._components(sigval))
+        return build.finish(pending, self._components(sigval))
 
     def close(self) -> None:
         with self._lock:

@@ -7,7 +7,7 @@ import os
 
 from atomicsig.errors import AtomicsigError, InputError, PassphraseError
 from atomicsig.gnupg.keyring import Keyring
-from atomicsig.openpgp import build as pgpsign
+from atomicsig.openpgp import build
 from atomicsig.signers.agent import CheckedAgentSigner, agent_signer
 from atomicsig.signers.base import Signer
 from atomicsig.signers.gpg import GPGSigner
@@ -35,13 +35,13 @@ def make_signer(keyring: Keyring, fingerprint: str, passphrase: str | None, mode
 
         try:
             return memory_signer(keyring, fingerprint, passphrase, agent_cache=agent_cache)
-        except pgpsign.UnsupportedKey as exc:
+        except build.UnsupportedKey as exc:
             raise InputError(f"--signer memory cannot use key {fingerprint}: {exc.message}",
                              hint="use --signer agent (or auto) for this key") from exc
     if mode == "agent":
         try:
             return agent_signer(keyring, fingerprint, passphrase, agent_cache=agent_cache)
-        except pgpsign.UnsupportedKey as exc:
+        except build.UnsupportedKey as exc:
             raise InputError(f"--signer agent cannot use key {fingerprint}: {exc.message}",
                              hint="use --signer gpg (or auto) for this key") from exc
     if os.environ.get("ATOMICSIG_GPG"):

@@ -214,10 +214,4 @@ def parse(doc: Any, origin: str = "sync config") -> SyncConfig:
 
 
 def load(path: str | Path) -> SyncConfig:
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise InputError(f"cannot read sync config {path}: {exc.strerror}") from exc
-    except UnicodeDecodeError as exc:
-        raise InputError(f"sync config {path} is not UTF-8 text") from exc
-    return loads(text, str(path))
+    return loads(yamlstrict.read_file(path, "sync config"), str(path))
