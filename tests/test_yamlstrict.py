@@ -158,3 +158,14 @@ def test_every_yaml_input_raises_only_its_error_type(lines: list[tuple[int, str,
                         (lambda t: schema.loads(t, "p.yaml"), PolicyError)):
         with contextlib.suppress(error):
             read(text)
+
+
+def test_flow_depth_is_checked_before_the_parser_sees_the_text() -> None:
+    """PyYAML 6.0's libyaml composer recursed in C without a limit: ``[`` * 100,000 crashed the process with SIGSEGV
+    (seen on the minimum-versions CI run); the depth is now refused before parsing, whichever PyYAML is installed."""
+    assert yamlstrict.flow_depth("a: [1, [2, {b: 3}]]\n") == 3
+    assert yamlstrict.flow_depth("a: \"[[[[\"\nb: '[{''{'\n# [[[[\n") == 0  # quoted scalars and comments
+    nested = "a: " + "[" * yamlstrict.MAX_FLOW_DEPTH + "]" * yamlstrict.MAX_FLOW_DEPTH + "\n"
+    assert yamlstrict.load(nested, "ok.yaml")[0]["a"] is not None
+    with pytest.raises(InputError, match=r"^s\.yaml: invalid YAML: nested too deeply"):
+        yamlstrict.load("a: " + "[" * (yamlstrict.MAX_FLOW_DEPTH + 1), "s.yaml")

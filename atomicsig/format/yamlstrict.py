@@ -55,8 +55,50 @@ def _mark_line(exc: yaml.MarkedYAMLError) -> int:
     return mark.line + 1 if mark else 0
 
 
+#: Deepest flow nesting (``[``/``{``) we hand to the parser. libyaml's composer (PyYAML 6.0's CSafeLoader) recurses
+#: in C per level without a depth check and crashed the process (SIGSEGV) on ``[`` * 100,000 (newer libyaml stops
+#: at 1000 itself). No configuration atomicsig reads nests past a handful of levels; block nesting needs one more
+#: indentation column per level, so the input size bounds it.
+MAX_FLOW_DEPTH = 500
+
+
+def flow_depth(text: str) -> int:
+    """The deepest ``[``/``{`` nesting of ``text``, outside quoted scalars and comments (a cheap, linear scan)."""
+    depth = deepest = 0
+    quote = ""
+    prev = "\n"
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if quote:
+            if c == quote:
+                if quote == "'" and i + 1 < n and text[i + 1] == "'":
+                    i += 1  # '' is an escaped quote inside a single-quoted scalar
+                else:
+                    quote = ""
+            elif c == "\\" and quote == '"':
+                i += 1
+        elif c in "'\"" and prev in " \t\n[{,:":
+            quote = c
+        elif c == "#" and prev in " \t\n":
+            j = text.find("\n", i)
+            i = n if j < 0 else j
+            prev = "\n"
+            continue
+        elif c in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif c in "]}":
+            depth = max(depth - 1, 0)
+        prev = c
+        i += 1
+    return deepest
+
+
 def compose(text: str, source: str, error: type[AtomicsigError] = InputError) -> yaml.Node | None:
     """Parse ``text`` into a node tree (None for an empty document); syntax errors carry ``source:line``."""
+    if flow_depth(text) > MAX_FLOW_DEPTH:
+        raise error(f"{source}: invalid YAML: nested too deeply (more than {MAX_FLOW_DEPTH} levels)")
     try:
         return yaml.compose(text, Loader=LOADER)
     except yaml.MarkedYAMLError as exc:
