@@ -168,7 +168,9 @@ def test_connection_cap_refuses_then_recovers(tmp_path: Path) -> None:
                 s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
                 answer = b""
                 while not answer.endswith(b"ok\n"):
-                    answer += s.recv(4096)  # kept alive: the server does not close it
+                    chunk = s.recv(4096)  # kept alive: the server does not close it
+                    assert chunk, f"the server closed a kept-alive connection after {answer[:200]!r}"
+                    answer += chunk
             deadline = time.monotonic() + 30
             while httpd.guard.open_connections < 8 and time.monotonic() < deadline:  # type: ignore[attr-defined]
                 time.sleep(0.05)

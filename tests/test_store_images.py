@@ -13,7 +13,10 @@ import hashlib
 import json
 import os
 import platform
+import shutil
 import subprocess
+import tempfile
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -87,7 +90,10 @@ class Podman:
     """podman with an isolated root/runroot and vfs storage (nothing of the host's storage is touched)."""
 
     def __init__(self, work: Path, root: Path, policy: Path) -> None:
-        self.root, self.runroot, self.policy = root, work / "run", policy
+        # podman refuses a runroot longer than 50 characters, and pytest-xdist's basetemp (…/popen-gwN/test_…) is
+        # longer than that: the runroot (sockets and locks only) gets a short directory of its own.
+        self.root, self.runroot, self.policy = root, Path(tempfile.mkdtemp(prefix="podrun-", dir="/tmp")), policy
+        weakref.finalize(self, shutil.rmtree, self.runroot, True)
         conf = work / "registries.conf"
         conf.write_text("unqualified-search-registries = []\n")
         self.env = {**os.environ, "CONTAINERS_REGISTRIES_CONF": str(conf)}
