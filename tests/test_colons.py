@@ -3,9 +3,6 @@ cycles (issue 13 item 3). Pure: recorded gpg 2.2 output, no gpg run."""
 
 from __future__ import annotations
 
-import ast
-from pathlib import Path
-
 from atomicsig.gnupg import colons
 
 # gpg 2.2.40 --with-colons --fixed-list-mode --with-keygrip --list-secret-keys, two keys: a certify-only RSA
@@ -64,36 +61,3 @@ def test_secret_key_parts_of_one_key() -> None:
         ("EEF6428E", True, "c", "+", 1), ("2EB97EA2", False, "s", "+", 22), ("12345678", False, "e", "#", 18)]
     assert parts[1].keygrip == "1" * 40 and parts[1].curve == "ed25519" and parts[2].expires == 1710000000
     assert colons.secret_key_parts(LISTING, "00" * 20) == []
-
-
-def _imports(path: Path, package_root: Path) -> set[str]:
-    """Every atomicsig module ``path`` imports, at module or function level."""
-    out: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("atomicsig"):
-            for alias in node.names:
-                sub = f"{node.module}.{alias.name}"
-                as_file = package_root.parent / (sub.replace(".", "/") + ".py")
-                out.add(sub if as_file.is_file() else node.module)
-        elif isinstance(node, ast.Import):
-            out.update(a.name for a in node.names if a.name.startswith("atomicsig"))
-    return out
-
-
-def test_openpgp_and_gnupg_have_no_import_cycle() -> None:
-    """No module of the openpgp and gnupg layers imports one that imports it back, not even inside a function
-    (gnupg.keyring used to import gnupg.agent in two functions while agent imported keyring for SecretKeyPart)."""
-    root = Path(__file__).resolve().parent.parent / "atomicsig"
-    graph: dict[str, set[str]] = {}
-    for layer in ("openpgp", "gnupg"):
-        for f in (root / layer).glob("*.py"):
-            graph[f"atomicsig.{layer}.{f.stem}"] = _imports(f, root)
-
-    def reaches(start: str, goal: str, seen: set[str]) -> bool:
-        for nxt in graph.get(start, ()):
-            if nxt == goal or (nxt not in seen and (seen.add(nxt) or reaches(nxt, goal, seen))):
-                return True
-        return False
-
-    cycles = sorted(m for m in graph if reaches(m, m, set()))
-    assert cycles == []

@@ -220,23 +220,6 @@ def test_no_answer_is_a_net_error_with_the_callers_wording(serve) -> None:  # ty
         HTTPSource(Endpoint(dead)).signature("s/signature-1")
 
 
-def test_http_libraries_are_imported_only_under_net() -> None:
-    """requests, urllib3 and cheroot stay behind atomicsig.net (issue 13 #3): one fetcher, one server."""
-    import ast
-
-    root = Path(__file__).resolve().parent.parent / "atomicsig"
-    offenders = []
-    for path in root.rglob("*.py"):
-        if path.relative_to(root).parts[0] == "net":
-            continue
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-                [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
-            offenders += [f"{path.relative_to(root)}: {n}" for n in names
-                          if n.split(".")[0] in ("requests", "urllib3", "cheroot")]
-    assert not offenders
-
-
 def test_proxy_environment_is_honoured_once_per_origin(serve, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
     """$HTTP_PROXY/$NO_PROXY apply as in containers/image (read once per origin, not per request)."""
     import http.server
