@@ -29,9 +29,9 @@ from atomicsig.format.sigpath import SigPath
 from atomicsig.gnupg.keyring import TrustedKeys
 from atomicsig.gnupg.trusted import NativeTrustedKeys
 from atomicsig.openpgp import packets as openpgp
+from atomicsig.ops.intake import Intake
 from atomicsig.serve.server import ServerConfig, SignatureServer
 from atomicsig.store.directory import DirectoryStore
-from atomicsig.sync.intake import Intake
 from tests.conftest import HAVE_SKOPEO
 from tests.infra import GpgHome, skopeo
 

@@ -14,12 +14,12 @@ from atomicsig.errors import InputError, StorageError
 from atomicsig.format.reference import parse
 from atomicsig.format.sigpath import parse_sigpath
 from atomicsig.gnupg.keyring import TrustedKeys
+from atomicsig.ops.intake import Intake
 from atomicsig.store.directory import DirectoryStore
 from atomicsig.store.journal import HEADER_LEN, Journal, JournalError, iter_lines, parse_line
 from atomicsig.store.prune import prune_keys, rewrite_dir
 from atomicsig.store.sigdir import read_dir
 from atomicsig.sync import config as sync_config
-from atomicsig.sync.intake import Intake
 from atomicsig.sync.state import SyncState
 from tests.infra import GpgHome
 

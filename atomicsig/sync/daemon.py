@@ -31,11 +31,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from atomicsig.errors import AtomicsigError, InputError
+from atomicsig.ops.intake import Intake
 from atomicsig.ops.verify import Verifier
 from atomicsig.store.directory import DirectoryStore
 from atomicsig.sync import config as config_mod
 from atomicsig.sync.follower import Follower, PassReport
-from atomicsig.sync.intake import Intake
 from atomicsig.sync.notify import notify, watchdog_interval
 from atomicsig.sync.push import Pusher
 from atomicsig.sync.source import HTTPSource

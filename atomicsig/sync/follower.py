@@ -20,10 +20,10 @@ from pathlib import Path
 
 from atomicsig.errors import InputError, StorageError
 from atomicsig.format.sigpath import SigPath
+from atomicsig.ops.intake import Intake
 from atomicsig.store.journal import HEADER_LEN, Journal, JournalError, iter_lines, parse_header, parse_line, sha256_hex
 from atomicsig.store.prune import remove_blob
 from atomicsig.store.sigdir import lock_dir, read_dir
-from atomicsig.sync.intake import Intake
 from atomicsig.sync.source import Gone, HTTPSource, TooLarge
 from atomicsig.sync.state import SourceState
 

@@ -5,10 +5,10 @@ recognition (§1.3), cryptographic verification against the keys the sync config
 (§1.2), then the payload digest must equal the digest in the path it arrived under — otherwise a valid signature
 for image X could be planted under image Y. Only then :meth:`DirectoryStore.append_path` stores it at the next
 free index (dedup by bytes, never overwrite, no gaps — SPEC §3.3), under the digest directory's lock, remembering
-which source delivered it (atomicsig.sync.origin). Peers' journals name sha256 paths only
-(:func:`atomicsig.sync.journal.parse_sigpath`), like every other writer of the store (atomicsig.lookaside).
+which source delivered it (atomicsig.store.origin). Peers' journals name sha256 paths only
+(:func:`atomicsig.store.journal.parse_sigpath`), like every other writer of the store (atomicsig.store.directory).
 
-The verifier is the :class:`atomicsig.verify.Verifier` protocol, so an in-process verifier can replace the
+The verifier is the :class:`atomicsig.ops.verify.Verifier` protocol, so an in-process verifier can replace the
 gpg-subprocess one without touching this module.
 """
 
@@ -87,7 +87,7 @@ class Intake:
             return Outcome("rejected", "digest-full", exc.message)
         if len(present) >= MAX_LOOKASIDE_SIGNATURES - 1 and all(s.blob != blob for s in present):
             return Outcome("rejected", "digest-full", f"{d} already holds {len(present)} signatures")
-        # ``origin`` is remembered with the bytes: only this source may later delete them (atomicsig.sync.origin).
+        # ``origin`` is remembered with the bytes: only this source may later delete them (atomicsig.store.origin).
         res = self.store.append_path(path.repo, path.digest, blob, origin=origin)
         if not res.created:
             self.also_delivered(path, sha256_hex(blob), origin)
@@ -95,7 +95,7 @@ class Intake:
 
     def also_delivered(self, path: SigPath, sha: str, origin: str) -> None:
         """``origin`` offers bytes we already hold: if another source delivered them, ``origin`` becomes one of
-        their sources too (atomicsig.sync.origin). Read first; the lock and a write only when that changes."""
+        their sources too (atomicsig.store.origin). Read first; the lock and a write only when that changes."""
         root = self.store.root
         sources = recorded(root, path.dirname, sha)
         if not sources or origin in sources:
