@@ -258,3 +258,64 @@ def test_requirement_kinds_agree_with_skopeo(cli, world: dict[str, Any], other_s
     assert [q["outcome"] for q in both] == ["pass", "fail"]  # every requirement evaluated, the second refuses
     assert [q["outcome"] for q in decided[refs["app/unsigned:1"]]["requirements"]] == ["pass", "fail"]
     assert "missing.gpg" in decided[f"{host}/app/decoy:1"]["reason"]
+
+
+def test_audit_mode_scope_is_accepted_now_audited_then_enforced(cli, world: dict[str, Any], tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """``enforce: false`` (issue 14 #2): real skopeo pulls an unsigned image of the audit-mode scope (policy.json
+    accepts it) while ``audit`` reports what enforcing would refuse (mode audit, report ``warn``, metrics, exit 1);
+    deleting the line and re-applying removes the sidecar entry and skopeo then refuses that image."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    refs, host, store = world["refs"], world["host"], world["store"]
+    shutil.copy(world["work"] / "trusted.gpg", tmp_path / "trusted.gpg")
+    yml = tmp_path / "policy.yaml"
+
+    def write(audit_mode: bool) -> None:
+        yml.write_text(f"default: reject\nkeys:\n  trusted: {{file: trusted.gpg}}\nscopes:\n  {host}/app:\n"
+                       f"    signed-by: trusted\n    lookaside: file://{store}\n"
+                       + ("    enforce: false\n" if audit_mode else ""))
+
+    images = [refs[k] for k in ("app/signed:1", "app/unsigned:1", "app/untrusted:1", "other/x:1")]
+    root = tmp_path / "node"
+    root.mkdir()
+    write(audit_mode=True)
+    code, before, err = _audit(cli, "--root", str(root), "-f", str(yml), *images)
+    assert code == 1, err
+    assert cli("policy", "apply", "-f", str(yml), "--root", str(root), "--keypaths-under-root")[0] == 0
+    for ref, accepted in zip(images, (True, True, True, False), strict=True):  # the node accepts the scope now
+        assert _skopeo_accepts(ref, root, tmp_path) == accepted, ref
+    report, metrics = tmp_path / "report.json", tmp_path / "audit.prom"
+    code, after, err = _audit(cli, "--root", str(root), "--report", str(report), "--metrics", str(metrics), *images)
+    assert code == 1, err  # accepted now, refused once enforced: what audit answers (docs/policy.md)
+    got = {img["reference"]: (img["mode"], img["now"], img["decision"]) for img in after["images"]}
+    assert got == {refs["app/signed:1"]: ("audit", "accepted", "accepted"),
+                   refs["app/unsigned:1"]: ("audit", "accepted", "rejected"),
+                   refs["app/untrusted:1"]: ("audit", "accepted", "rejected"),
+                   refs["other/x:1"]: ("enforce", "rejected", "rejected")}
+    assert got == {img["reference"]: (img["mode"], img["now"], img["decision"]) for img in before["images"]}
+    doc = json.loads(report.read_text())
+    validate_report(doc)
+    results = {r["properties"]["image"]: r for r in doc["results"]}
+    assert results[refs["app/unsigned:1"]]["result"] == "warn" and not results[refs["app/unsigned:1"]]["scored"]
+    assert results[refs["app/signed:1"]]["result"] == "pass"
+    assert results[refs["other/x:1"]]["result"] == "fail" and results[refs["other/x:1"]]["scored"]
+    assert doc["summary"] == {"pass": 1, "fail": 1, "warn": 2, "error": 0, "skip": 0}
+    scope = f"transports.docker['{host}/app']"
+    samples = {(s.labels["scope"], s.labels["mode"], s.labels["result"]): s.value
+               for f in text_string_to_metric_families(metrics.read_text()) if f.name == "atomicsig_audit_images"
+               for s in f.samples}
+    assert samples[(scope, "audit", "pass")] == 1 and samples[(scope, "audit", "fail")] == 2
+    assert samples[("default", "enforce", "fail")] == 1
+    code, out, _ = cli("audit", "--tls-verify=false", "--root", str(root), refs["app/unsigned:1"])
+    assert code == 1 and out.splitlines()[0].split()[:3] == ["IMAGE", "DECISION", "MODE"]
+    assert "audit (accepted now)" in out
+
+    write(audit_mode=False)  # enforce: one line deleted, re-applied
+    assert cli("policy", "apply", "-f", str(yml), "--root", str(root), "--keypaths-under-root")[0] == 0
+    assert not (root / "var/lib/atomicsig/audit-scopes.json").exists()
+    for ref, accepted in zip(images, (True, False, False, False), strict=True):
+        assert _skopeo_accepts(ref, root, tmp_path) == accepted, ref
+    code, after, err = _audit(cli, "--root", str(root), *images)
+    assert code == 1, err
+    assert {img["reference"]: (img["mode"], img["decision"]) for img in after["images"]}[refs["app/unsigned:1"]] == \
+        ("enforce", "rejected")

@@ -58,6 +58,16 @@ def error_of(text: str) -> str:
     ("default: reject\nkeys:\n  k: {cosign: c.pub}\nscopes:\n  quay.io:\n    signed-by: k\n", 6,
      "signed-by needs an OpenPGP key"),
     ("default: reject\nscopes:\n  quay.io: [\n", 4, "invalid YAML"),
+    # audit mode (issue 14 #2): a boolean, and only on a scope with requirements to audit
+    (f"default: reject\nkeys:\n  k: {{fingerprint: {FPR}}}\nscopes:\n  quay.io:\n    signed-by: k\n"
+     "    enforce: 'false'\n", 7, "scope 'quay.io' enforce must be true or false"),
+    (f"default: reject\nkeys:\n  k: {{fingerprint: {FPR}}}\nscopes:\n  quay.io:\n    signed-by: k\n"
+     "    enforce: 0\n", 7, "enforce must be true or false"),
+    ("default: reject\nscopes:\n  quay.io:\n    action: accept\n    enforce: false\n", 5,
+     "enforce: false (audit mode) needs signature requirements; action accept has none"),
+    ("default: reject\nscopes:\n  quay.io:\n    action: reject\n    enforce: false\n", 5,
+     "action reject has none to audit"),
+    ("default: reject\nscopes:\n  quay.io:\n    enforce: false\n", 4, "give 'action: accept|reject' or 'signed-by:'"),
 ])
 def test_errors_name_the_line(text: str, line: int, fragment: str) -> None:
     msg = error_of(text)
@@ -121,6 +131,25 @@ def test_gpg_and_cosign_are_anded_and_attachments_default_on() -> None:
     regd = compiled.files["/etc/containers/registries.d/atomicsig.yaml"].decode()
     assert "lookaside: https://sigs.example.com\n" in regd and "sigstore: https://sigs.example.com\n" in regd
     assert "use-sigstore-attachments: true" in regd
+
+
+def test_audit_mode_compiles_to_accept_now_and_the_sidecar() -> None:
+    """``enforce: false``: policy.json accepts the scope, the sidecar holds its requirements (and parses back), the
+    keyring and the lookaside are written as for an enforced scope; ``enforce: true`` is the default."""
+    spec = parse(f"default: reject\nkeys:\n  k: {{fingerprint: {FPR}}}\nscopes:\n"
+                 "  quay.io/ns: {signed-by: k, lookaside: 'https://sigs.example.com', enforce: false}\n"
+                 "  quay.io/other: {signed-by: k, enforce: true}\n")
+    assert [s.enforce for s in spec.scopes] == [False, True]
+    compiled = render.compile_spec(spec, {"k": KeyMaterial("k", "fingerprint", b"K")})
+    assert compiled.docker_scopes["quay.io/ns"] == [{"type": "insecureAcceptAnything"}]
+    enforced = compiled.docker_scopes["quay.io/other"]
+    assert compiled.audit_scopes == {"quay.io/ns": enforced}
+    assert render.parse_audit_file(compiled.files[render.AUDIT_PATH], "x") == {"quay.io/ns": enforced}
+    assert set(compiled.key_files()) == {enforced[0]["keyPath"]}
+    assert "quay.io/ns:" in compiled.files[render.REGISTRIES_FILE].decode()
+    plain = render.compile_spec(parse(f"default: reject\nkeys:\n  k: {{fingerprint: {FPR}}}\nscopes:\n"
+                                      "  quay.io/ns: {signed-by: k}\n"), {"k": KeyMaterial("k", "fingerprint", b"K")})
+    assert render.AUDIT_PATH not in plain.files and not plain.audit_scopes
 
 
 def test_one_registries_d_file_and_content_addressed_keyrings() -> None:

@@ -32,24 +32,31 @@ if TYPE_CHECKING:
 @click.option("--storage-root", metavar="DIR", help="containers-storage graphroot to read (with --storage).")
 @click.option("--report", "report_file", metavar="FILE", type=click.Path(dir_okay=False),
               help="Also write an OpenReports Report to FILE (JSON if it ends in .json, else YAML).")
+@click.option("--metrics", "metrics_file", metavar="FILE", type=click.Path(dir_okay=False),
+              help="Also write Prometheus text-format metrics to FILE (atomically: for node_exporter's textfile "
+                   "collector, name it *.prom).")
 @registry_options
 @gnupghome_option
 @json_option
 def audit(references: tuple[str, ...], root: str, policy_file: str | None, from_file: str | None, storage: bool,
-          storage_root: str | None, report_file: str | None, tls_verify: bool, cert_dir: str | None,
-          authfile: str | None, gnupghome: str | None, as_json: bool) -> int:
+          storage_root: str | None, report_file: str | None, metrics_file: str | None, tls_verify: bool,
+          cert_dir: str | None, authfile: str | None, gnupghome: str | None, as_json: bool) -> int:
     """Evaluate images exactly as containers/image would under the node's policy, and report, per image, the
     decision, the scope that decided, each requirement's outcome and the signatures found. Nothing is enforced.
 
     \b
     Images: REFERENCES, --from-file, and/or --storage. Tags resolve to the digest the registry serves now.
     A requirement atomicsig cannot check (sigstoreSigned) is "not evaluated", never a pass.
+    A scope in audit mode (enforce: false) is accepted by the node now; it is judged against the
+    requirements it will have once enforced (MODE audit; report result "warn" instead of "fail").
 
-    Exit 0 every image accepted, 1 some would be refused, 3 some could not be checked (3 wins over 1),
-    2 bad input (broken policy.json or YAML, unreadable storage configuration).
+    Exit 0 every image accepted, 1 some would be refused (audit-mode scopes: once enforced),
+    3 some could not be checked (3 wins over 1), 2 bad input (broken policy.json or YAML,
+    unreadable storage configuration).
     """
     from atomicsig.ops import evaluate as e
 
+    started = time.time()
     refs = list(references) + (read_reference_list(from_file) if from_file else [])
     if not refs and not storage:
         raise click.UsageError("give image references, --from-file or --storage")
@@ -64,6 +71,8 @@ def audit(references: tuple[str, ...], root: str, policy_file: str | None, from_
                                     tls_verify=tls_verify, cert_dir=cert_dir, authfile=authfile)
     if report_file:
         _write_report(report_file, results)
+    if metrics_file:
+        write_metrics(metrics_file, results, started=started, finished=time.time(), exit_code=e.exit_code(results))
     if as_json:
         emit_json({"policy": policy_file or source, "images": [r.as_dict() for r in results]})
     else:
@@ -103,7 +112,8 @@ def evaluate_node(root: str, compiled: CompiledPolicy | None, refs: list[str], *
         store = AutoStore(registries_dir=str(node.registries_dir), tls_verify=tls_verify, cert_dir=cert_dir,
                           authfile=authfile)
         resolver = Resolver(tls_verify=tls_verify, cert_dir=cert_dir, authfile=authfile)
-        with e.Evaluator(node.policy, store, roots=roots, policy_source=str(node.policy_path)) as evaluator:
+        with e.Evaluator(node.policy, store, roots=roots, policy_source=str(node.policy_path),
+                         audit_scopes=node.audit_scopes) as evaluator:
             for text in refs:
                 results += e.evaluate_reference(text, resolver=resolver, evaluator=evaluator)
             for image in stored:
@@ -112,12 +122,17 @@ def evaluate_node(root: str, compiled: CompiledPolicy | None, refs: list[str], *
 
 
 def print_table(results: list[Evaluation]) -> None:
+    """IMAGE DECISION SCOPE REQUIREMENTS REASON; with a MODE column (``audit (accepted now)`` / ``enforce``) after
+    DECISION only when some image is under an audit-mode scope, so enforce-only output keeps its shape."""
+    audit_mode = any(r.mode == "audit" for r in results)
     rows = []
     for r in results:
         reqs = ", ".join(f"{q.label}={q.outcome}" for q in r.requirements) or "-"
-        rows.append([r.reference, r.decision.upper(), r.scope or "-", reqs,
+        mode = [f"audit ({r.now} now)" if r.mode == "audit" else r.mode] if audit_mode else []
+        rows.append([r.reference, r.decision.upper(), *mode, r.scope or "-", reqs,
                      "" if r.decision == "accepted" else r.reason])
-    click.echo(table(rows, ["IMAGE", "DECISION", "SCOPE", "REQUIREMENTS", "REASON"]))
+    click.echo(table(rows, ["IMAGE", "DECISION", *(["MODE"] if audit_mode else []), "SCOPE", "REQUIREMENTS",
+                            "REASON"]))
 
 
 def _write_report(path: str, results: list[Evaluation]) -> None:
@@ -128,18 +143,57 @@ def _write_report(path: str, results: list[Evaluation]) -> None:
     now = time.time()
     items: list[o.RequirementResult] = []
     for r in results:
+        enforce = r.mode != "audit"  # an audit-mode failure is "warn", not scored (openreports.py)
         if not r.requirements:
             items.append(o.RequirementResult(
                 image=r.reference, digest=r.digest or None, scope=r.scope or "default", requirement="pull",
-                result=o.outcome(False if r.decision == "rejected" else None), reason=r.reason, timestamp=now))
+                result=o.outcome(False if r.decision == "rejected" else None, enforce=enforce), reason=r.reason,
+                timestamp=now, enforce=enforce))
         for q in r.requirements:
             sig = next((s for s in q.signatures if s.accepted), q.signatures[0] if q.signatures else None)
             items.append(o.RequirementResult(
                 image=r.reference, digest=r.digest or None, scope=r.scope, requirement=q.label,
-                result=o.outcome(q.passed), reason=q.reason, timestamp=now,
+                result=o.outcome(q.passed, enforce=enforce), reason=q.reason, timestamp=now,
                 signature_index=sig.index if sig else None, fingerprint=sig.signer if sig else None,
-                identity=sig.identity if sig else None))
+                identity=sig.identity if sig else None, enforce=enforce))
     node = platform.node().lower()
     doc = o.build_report(items, name="atomicsig-audit", created=now, node=node or None)
     text = o.to_json(doc) if path.endswith(".json") else o.to_yaml(doc)
     atomic_write(Path(path), text.encode())
+
+
+#: Per-scope image counts by outcome (``atomicsig_audit_images``'s ``result`` label).
+METRIC_RESULTS = {"accepted": "pass", "rejected": "fail", "error": "not_evaluated"}
+
+
+def write_metrics(path: str, results: list[Evaluation], *, started: float, finished: float, exit_code: int) -> None:
+    """Prometheus text exposition for node_exporter's textfile collector, replaced atomically (temp + fsync +
+    rename, fsutil) so the collector never reads half a file (``prometheus_client.write_to_textfile`` renames
+    without fsync). Metrics (docs/policy.md "Audit timer"):
+
+    * ``atomicsig_audit_images{scope, mode, result}``: images per winning scope; ``mode`` enforce|audit,
+      ``result`` pass|fail|not_evaluated — for an audit-mode scope, what enforcing it would do. Every result of a
+      scope seen is written, zeros included, so an alert on ``result="fail"`` sees the drop back to 0.
+    * ``atomicsig_audit_last_run_timestamp_seconds``, ``atomicsig_audit_duration_seconds``,
+      ``atomicsig_audit_exit_code`` (0/1/3, the command's exit code).
+    """
+    from prometheus_client import CollectorRegistry, Gauge, generate_latest
+
+    from atomicsig.fsutil import atomic_write
+
+    registry = CollectorRegistry()
+    images = Gauge("atomicsig_audit_images", "Images audited, by winning policy scope, scope mode and result "
+                   "(audit mode: the result once enforced)", ["scope", "mode", "result"], registry=registry)
+    counts: dict[tuple[str, str], dict[str, int]] = {}
+    for r in results:
+        per = counts.setdefault((r.scope or "default", r.mode), dict.fromkeys(METRIC_RESULTS.values(), 0))
+        per[METRIC_RESULTS[r.decision]] += 1
+    for (scope, mode), per in sorted(counts.items()):
+        for result, n in per.items():
+            images.labels(scope=scope, mode=mode, result=result).set(n)
+    Gauge("atomicsig_audit_last_run_timestamp_seconds", "When the audit finished (Unix time)",
+          registry=registry).set(finished)
+    Gauge("atomicsig_audit_duration_seconds", "How long the audit took", registry=registry).set(finished - started)
+    Gauge("atomicsig_audit_exit_code", "The audit's exit code: 0 all accepted, 1 some refused (audit mode: once "
+          "enforced), 3 some not checked", registry=registry).set(exit_code)
+    atomic_write(Path(path), generate_latest(registry))

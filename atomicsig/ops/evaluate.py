@@ -14,14 +14,18 @@ other or with ``verify``:
   :func:`atomicsig.ops.verify.verify_image` against exactly the requirement's keys (SPEC §2.1–2.4); other key
   types fail as in c/image;
 * ``sigstoreSigned`` is not checked here: it is reported "not evaluated" (``None``), never as a pass, and an image
-  whose answer depends on it could not be decided (exit 3).
+  whose answer depends on it could not be decided (exit 3);
+* a scope in audit mode (``enforce: false``, issue 14 #2) is accepted by the node now (policy.json:
+  ``insecureAcceptAnything``); the evaluation then judges the requirements the scope *will* have, given by the
+  caller from ``policy apply``'s sidecar, and says so (``mode`` "audit", ``now`` "accepted"). An entry applies only
+  while policy.json still holds exactly that placeholder: a scope edited by hand since is judged as it stands.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,11 +49,25 @@ from atomicsig.ops.verify import ACCEPTED, ERROR, REJECTED, SignatureResult, ver
 from atomicsig.store.base import AppendResult, SignatureStore, StoredSignature
 from atomicsig.store.images import StoredImage
 
-__all__ = ["Evaluation", "Evaluator", "RequirementOutcome", "evaluate_reference", "evaluate_stored", "exit_code",
-           "key_paths", "resolve_key_path"]
+__all__ = ["Evaluation", "Evaluator", "RequirementOutcome", "audited_requirements", "evaluate_reference",
+           "evaluate_stored", "exit_code", "key_paths", "resolve_key_path"]
 
 _EXIT = {ACCEPTED: EXIT_OK, REJECTED: EXIT_NEGATIVE, ERROR: EXIT_UNDECIDED}
 _GPG_KEY_TYPES = ("GPGKeys",)
+#: What policy.json holds for a scope in audit mode (atomicsig.policy.render writes it).
+AUDIT_PLACEHOLDER = [{"type": "insecureAcceptAnything"}]
+
+
+def audited_requirements(audit_scopes: Mapping[str, list[Any]], label: str, reqs: Any) -> list[Any] | None:
+    """The requirements an audit-mode docker scope will have once enforced, or None: ``label`` is the winning scope
+    as :func:`policyjson.requirements_for` names it, ``reqs`` what policy.json holds for it now. None unless
+    policy.json still holds exactly :data:`AUDIT_PLACEHOLDER` (a scope edited by hand since is judged as it is)."""
+    if reqs != AUDIT_PLACEHOLDER:
+        return None
+    for scope, future in audit_scopes.items():
+        if label == (f"transports.docker[{scope!r}]" if scope else 'transports.docker[""]'):
+            return future
+    return None
 
 
 def key_paths(req: dict[str, Any]) -> list[str]:
@@ -104,13 +122,21 @@ class Evaluation:
     decision: str = ERROR
     reason: str = ""
     source: str = ""  # where the image came from: "argument", or the containers-storage image ID
+    mode: str = "enforce"  # "audit": the scope has enforce: false; ``decision`` is then the enforced answer
 
     @property
     def exit_code(self) -> int:
+        """From ``decision``, also in audit mode: audit answers "what would enforcing refuse?" (docs/policy.md)."""
         return _EXIT[self.decision]
+
+    @property
+    def now(self) -> str:
+        """What the node decides today: an audit-mode scope accepts every image; otherwise ``decision``."""
+        return ACCEPTED if self.mode == "audit" else self.decision
 
     def as_dict(self) -> dict[str, Any]:
         return {"reference": self.reference, "digest": self.digest or None, "decision": self.decision,
+                "mode": self.mode, "now": self.now,
                 "scope": self.scope or None, "reason": self.reason, "source": self.source or None,
                 "requirements": [r.as_dict() for r in self.requirements]}
 
@@ -141,8 +167,9 @@ class Evaluator:
     :meth:`close` (use as a context manager)."""
 
     def __init__(self, policy: dict[str, Any], store: SignatureStore, *, roots: Sequence[str | Path] = ("/",),
-                 policy_source: str = "policy.json") -> None:
-        """``roots``: where the node's files are, in lookup order for keyPath (a preview root, then the node's)."""
+                 policy_source: str = "policy.json", audit_scopes: Mapping[str, list[Any]] | None = None) -> None:
+        """``roots``: where the node's files are, in lookup order for keyPath (a preview root, then the node's).
+        ``audit_scopes``: docker scope → the requirements it will have once enforced (policy apply's sidecar)."""
         problems = policyjson.problems(policy)
         if problems:  # c/image refuses the whole file: every pull fails, nothing to evaluate (SPEC §5.2)
             raise PolicyError(f"{policy_source}: {problems[0]}" + (f" (and {len(problems) - 1} more problems)"
@@ -151,6 +178,7 @@ class Evaluator:
         self.store = store
         self.roots = [Path(r).absolute() for r in roots]
         self._verifiers: dict[tuple[bytes, ...], NativeTrustedKeys | TrustedKeys] = {}
+        self.audit_scopes = dict(audit_scopes or {})
 
     def __enter__(self) -> Evaluator:
         return self
@@ -167,10 +195,17 @@ class Evaluator:
         """The winning scope's label and its requirement list for ``docker://ref``."""
         return policyjson.requirements_for(self.policy, "docker", str(ref))
 
+    def audited(self, scope: str, reqs: list[Any]) -> list[Any] | None:
+        """The enforce-mode requirements if the winning scope (label from :meth:`scope_for`) is in audit mode."""
+        return audited_requirements(self.audit_scopes, scope, reqs)
+
     def evaluate(self, ref: Reference, digest: str) -> Evaluation:
         """The decision for the image ``ref`` (the name a node pulls) whose manifest digest is ``digest``."""
         scope, reqs = self.scope_for(ref)
         ev = Evaluation(str(ref), digest, scope)
+        future = self.audited(scope, reqs)
+        if future is not None:
+            ev.mode, reqs = "audit", future
         store = _ReadOnce(self.store)
         for i, req in enumerate(reqs):
             ev.requirements.append(self._requirement(i, req, ref, digest, store))
@@ -282,8 +317,9 @@ def evaluate_stored(image: StoredImage, evaluator: Evaluator) -> list[Evaluation
     out = []
     for ref in image.references:
         if not image.manifest_digest:
-            scope, _ = evaluator.scope_for(ref)
+            scope, reqs = evaluator.scope_for(ref)
             out.append(Evaluation(str(ref), "", scope, decision=ERROR, source=source,
+                                  mode="audit" if evaluator.audited(scope, reqs) is not None else "enforce",
                                   reason="not evaluated: the store records no manifest digest for this image"))
             continue
         ev = evaluator.evaluate(ref, image.manifest_digest)

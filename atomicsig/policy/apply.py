@@ -46,7 +46,16 @@ from atomicsig.errors import InputError, PolicyError
 from atomicsig.format import policyjson, reference
 from atomicsig.format.validate import check_file_name
 from atomicsig.policy.keymaterial import KeyMaterial
-from atomicsig.policy.render import KEY_DIR, POLICY_PATH, REGISTRIES_D, REGISTRIES_FILE, Compiled, compile_spec, merge
+from atomicsig.policy.render import (
+    AUDIT_PATH,
+    KEY_DIR,
+    POLICY_PATH,
+    REGISTRIES_D,
+    REGISTRIES_FILE,
+    Compiled,
+    compile_spec,
+    merge,
+)
 from atomicsig.policy.schema import PolicySpec
 from atomicsig.policy.tree import NodeTree, split
 from atomicsig.store import registries_d
@@ -61,7 +70,8 @@ STAGES = ("state-intent", "key", "commit", "removal", "state")
 #: Names apply generates in the directories it manages (render.keyring_name, render.REGISTRIES_FILE, and the
 #: per-scope ``atomicsig-<scope>.yaml`` of earlier versions); nothing else there is ever removed.
 MANAGED_NAMES = {KEY_DIR: re.compile(r"atomicsig-[^/]+\.(gpg|pub)"),
-                 REGISTRIES_D: re.compile(r"atomicsig(-[^/]+)?\.yaml")}
+                 REGISTRIES_D: re.compile(r"atomicsig(-[^/]+)?\.yaml"),
+                 split(AUDIT_PATH)[0]: re.compile(re.escape(split(AUDIT_PATH)[1]))}
 
 
 @dataclass
@@ -70,7 +80,7 @@ class Change:
     path: Path  # where it is written (under root), for messages
     old: bytes | None
     new: bytes | None  # None = delete
-    kind: str  # state-intent | key | registries.d | policy | state
+    kind: str  # state-intent | key | registries.d | policy | audit | state
     stage: str = ""  # one of STAGES; defaults to ``kind``, "commit" for registries.d and policy.json
 
     def __post_init__(self) -> None:
@@ -265,7 +275,7 @@ def plan(spec: PolicySpec, keys: dict[str, KeyMaterial], root: str | Path, *, re
     # Recorded registries.d files that apply will not replace nor may remove count as the admin's: a scope in
     # one of them is a conflict like any other.
     cfg = unmanaged_registries(tree, set(removable) | (owned_files & set(compiled.files)) | identical)
-    for node_path in compiled.registries_files():
+    for node_path in [*compiled.registries_files(), *([AUDIT_PATH] if AUDIT_PATH in compiled.files else [])]:
         if node_path not in owned_files | identical and tree.lexists(node_path):
             raise PolicyError(f"{tree.display(node_path)} exists but is not managed by atomicsig; move it away or "
                               f"merge it into {spec.source}")
@@ -330,10 +340,16 @@ def plan(spec: PolicySpec, keys: dict[str, KeyMaterial], root: str | Path, *, re
             _delete(result, staging, old if old is not None else b"", kind, "commit")
     if existing is None or new_doc != existing:
         result.changes.append(Change(POLICY_PATH, policy_path, raw_policy, policyjson.dumps(new_doc), "policy"))
-    # Old keyrings go only after policy.json stopped naming them.
+    # Old keyrings go only after policy.json stopped naming them. The audit sidecar changes after the commit too:
+    # it only matters for a scope policy.json accepts, and audit ignores an entry whose scope does not (explain.py).
     for node_path in gone:
         if not node_path.startswith(REGISTRIES_D + "/"):
-            _delete(result, node_path, removable[node_path], "key", "removal")
+            _delete(result, node_path, removable[node_path], "audit" if node_path == AUDIT_PATH else "key", "removal")
+    if AUDIT_PATH in compiled.files:
+        old_audit = tree.read(AUDIT_PATH)
+        if old_audit != compiled.files[AUDIT_PATH]:
+            result.changes.append(Change(AUDIT_PATH, tree.display(AUDIT_PATH), old_audit,
+                                         compiled.files[AUDIT_PATH], "audit", "removal"))
     final = State({p: {_sha(d)} for p, d in compiled.files.items()},
                   {s: {scope_hash(r)} for s, r in compiled.docker_scopes.items()})
     final = final.union(State({p: state.files[p] for p in still_named - set(compiled.files)}))

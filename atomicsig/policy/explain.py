@@ -16,8 +16,9 @@ from typing import Any
 from atomicsig.errors import AtomicsigError, PolicyError, ReferenceError_
 from atomicsig.format import policyjson, reference
 from atomicsig.gnupg import keyring as gpg
-from atomicsig.ops.evaluate import key_paths, resolve_key_path
+from atomicsig.ops.evaluate import audited_requirements, key_paths, resolve_key_path
 from atomicsig.policy.apply import scope_chain
+from atomicsig.policy.render import AUDIT_PATH, POLICY_PATH, parse_audit_file
 from atomicsig.store import registries_d
 
 _TYPE_NAMES = {"insecureAcceptAnything": "accept", "signedBy": "signed", "sigstoreSigned": "sigstoreSigned",
@@ -34,6 +35,8 @@ class NodeConfig:
     registries: registries_d.RegistriesConfig
     root: Path
     _key_cache: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    #: docker scope → enforce-mode requirements of the scopes ``policy apply`` put in audit mode (render.AUDIT_PATH)
+    audit_scopes: dict[str, list[Any]] = field(default_factory=dict)
 
     def key_info(self, key_paths: list[str]) -> list[dict[str, Any]]:
         """Fingerprints and user IDs of keyring files (each read once; looked up under --root first)."""
@@ -78,7 +81,22 @@ def load_node(root: str | Path = "/", policy: str | None = None, registries_dir:
     if doc is None:
         raise PolicyError(f"no policy.json at {ppath}")
     rdir = Path(registries_dir) if registries_dir else registries_d.effective_dir(str(rootp))
-    return NodeConfig(ppath, doc, rdir, registries_d.load_dir(rdir), rootp)
+    node = NodeConfig(ppath, doc, rdir, registries_d.load_dir(rdir), rootp)
+    if ppath == rootp / POLICY_PATH.lstrip("/"):  # the sidecar describes the policy.json apply manages, no other
+        node.audit_scopes = read_audit_scopes(rootp)
+    return node
+
+
+def read_audit_scopes(root: str | Path) -> dict[str, list[Any]]:
+    """The audit sidecar of the node at ``root`` (empty if apply wrote none; a broken one is bad input)."""
+    path = Path(root) / AUDIT_PATH.lstrip("/")
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        raise PolicyError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    return parse_audit_file(raw, str(path))
 
 
 def _store_for_scope(node: NodeConfig, scope: str) -> str:
@@ -163,6 +181,12 @@ def explain(node: NodeConfig, ref_text: str) -> dict[str, Any]:
         out["reference"] = name
     scope, reqs = policyjson.requirements_for(node.policy, transport, name)
     out["scope"] = scope
+    out["mode"] = "enforce"
+    future = audited_requirements(node.audit_scopes, scope, reqs) if transport == "docker" else None
+    if future is not None:  # audit mode (issue 14 #2): accepted now; describe what it will require once enforced
+        out["mode"] = "audit"
+        out["requirements_now"] = reqs
+        reqs = future
     described = []
     for r in reqs if isinstance(reqs, list) else []:
         item: dict[str, Any] = {"requirement": r, "type": r.get("type") if isinstance(r, dict) else None}
@@ -188,7 +212,12 @@ def explain_text(info: dict[str, Any]) -> str:
              f"scope:       {info['scope']}"]
     if "candidates" in info:
         lines.append("             (tried: " + ", ".join(repr(c) for c in info["candidates"]) + ", then default)")
-    lines.append("requirements (all must pass):")
+    if info.get("mode") == "audit":
+        lines.append("mode:        audit (enforce: false): the node accepts every image of this scope now;")
+        lines.append("             `atomicsig audit` checks them against the requirements below")
+        lines.append("requirements once enforced (all must pass):")
+    else:
+        lines.append("requirements (all must pass):")
     for i, item in enumerate(info["requirements"], 1):
         r = item["requirement"]
         text = f"  {i}. {item['type']}"

@@ -13,19 +13,21 @@ from pathlib import Path
 
 from atomicsig.fsutil import atomic_write, makedirs
 from atomicsig.policy.compile import CompiledPolicy
-from atomicsig.policy.render import POLICY_PATH, REGISTRIES_D
+from atomicsig.policy.render import AUDIT_PATH, POLICY_PATH, REGISTRIES_D
 
 __all__ = ["stage_applied"]
 
 
 def stage_applied(policy: CompiledPolicy, root: str | Path, scratch: str | Path) -> Path:
-    """Write under ``scratch`` the policy.json, registries.d files and new keyrings the node at ``root`` would
-    have once ``policy`` is applied; return ``scratch``. Keyrings the apply leaves alone stay under ``root``."""
+    """Write under ``scratch`` the policy.json, registries.d files, audit sidecar and new keyrings the node at
+    ``root`` would have once ``policy`` is applied; return ``scratch``. Keyrings the apply leaves alone stay under
+    ``root``."""
     rootp, dest = Path(root), Path(scratch)
-    src_policy = rootp / POLICY_PATH.lstrip("/")
-    if src_policy.is_file():
-        makedirs(dest / Path(POLICY_PATH).parent.relative_to("/"))
-        shutil.copyfile(src_policy, dest / POLICY_PATH.lstrip("/"))
+    for node_path in (POLICY_PATH, AUDIT_PATH):  # the audit sidecar: audit-mode scopes the apply leaves alone
+        src = rootp / node_path.lstrip("/")
+        if src.is_file():
+            makedirs(dest / Path(node_path).parent.relative_to("/"))
+            shutil.copyfile(src, dest / node_path.lstrip("/"))
     src_reg = rootp / REGISTRIES_D.lstrip("/")
     makedirs(dest / REGISTRIES_D.lstrip("/"))
     if src_reg.is_dir():

@@ -13,6 +13,11 @@ Pure (no I/O): input is the parsed YAML plus key bytes, output is file contents 
   them switch with one rename (SPEC §4.4 only forbids a scope in two files, not many scopes in one);
   ``--registries-keys sigstore|both`` adds the legacy keys read before c/image 5.22 (SPEC §4.2).
 * ``sigstore-signed-by`` adds a ``sigstoreSigned`` requirement; with ``signed-by`` both must hold (AND).
+* ``enforce: false`` (audit mode, issue 14 #2): policy.json gets ``insecureAcceptAnything`` for the scope, so the
+  node keeps pulling its images even under ``default: reject``; the requirements the scope *will* have go into
+  :data:`AUDIT_PATH`, a sidecar no container tool reads (c/image parses policy.json strictly, SPEC §5.2, so they
+  cannot go there). Keyrings and the registries.d entry are written as for an enforced scope, so ``audit`` finds
+  keys and signatures, and flipping to enforce changes only policy.json and the sidecar.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 import base64
 import copy
 import hashlib
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +41,10 @@ REGISTRIES_D = "/etc/containers/registries.d"
 REGISTRIES_KEYS = ("lookaside", "sigstore", "both")
 FILE_PREFIX = "atomicsig-"
 REGISTRIES_FILE = f"{REGISTRIES_D}/atomicsig.yaml"
+#: Enforce-mode requirements of the audit-mode scopes, read by ``audit`` and ``policy explain`` only.
+AUDIT_PATH = "/var/lib/atomicsig/audit-scopes.json"
+AUDIT_VERSION = 1
+ACCEPT_NOW = [{"type": "insecureAcceptAnything"}]
 _DUMPER: Any = getattr(yaml, "CSafeDumper", yaml.SafeDumper)  # libyaml when present: 500 files in ~20 ms
 
 
@@ -44,7 +54,8 @@ class Compiled:
 
     default: list[dict[str, Any]]
     docker_scopes: dict[str, list[dict[str, Any]]]
-    files: dict[str, bytes] = field(default_factory=dict)  # node path -> content (keys and registries.d)
+    files: dict[str, bytes] = field(default_factory=dict)  # node path -> content (keys, registries.d, sidecar)
+    audit_scopes: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # enforce-mode reqs, audit scopes
 
     def key_files(self) -> dict[str, bytes]:
         return {p: d for p, d in self.files.items() if p.startswith(KEY_DIR + "/")}
@@ -75,12 +86,29 @@ def compile_spec(spec: PolicySpec, keys: dict[str, KeyMaterial], *, registries_k
     out = Compiled(default=default, docker_scopes={})
     sections: dict[str, dict[str, Any]] = {}
     for s in spec.scopes:
-        out.docker_scopes[s.scope] = _requirements(s, keys, out.files, keypath_prefix.rstrip("/"))
+        reqs = _requirements(s, keys, out.files, keypath_prefix.rstrip("/"))
+        if s.enforce:
+            out.docker_scopes[s.scope] = reqs
+        else:
+            out.docker_scopes[s.scope] = copy.deepcopy(ACCEPT_NOW)
+            out.audit_scopes[s.scope] = reqs
         if s.has_registries_d:
             sections[s.scope] = registries_d_section(s, registries_keys)
     if sections:
         out.files[REGISTRIES_FILE] = registries_d_file(sections)
+    if out.audit_scopes:
+        out.files[AUDIT_PATH] = audit_file(out.audit_scopes)
     return out
+
+
+def audit_file(scopes: dict[str, list[dict[str, Any]]]) -> bytes:
+    """The sidecar: ``{"version": 1, "docker": {scope: [enforce-mode requirements]}}``, policy.json's own
+    requirement syntax, in YAML order (deterministic: an unchanged YAML re-applies as no change)."""
+    doc = {"version": AUDIT_VERSION,
+           "comment": "Managed by atomicsig policy apply: requirements of scopes in audit mode (enforce: false). "
+                      "policy.json accepts these scopes now; atomicsig audit checks images against these.",
+           "docker": scopes}
+    return (json.dumps(doc, indent=2, ensure_ascii=False) + "\n").encode()
 
 
 def _requirements(s: ScopeSpec, keys: dict[str, KeyMaterial], files: dict[str, bytes],
@@ -113,6 +141,24 @@ def _requirements(s: ScopeSpec, keys: dict[str, KeyMaterial], files: dict[str, b
             sreq["signedIdentity"] = s.identity.to_json()
         reqs.append(sreq)
     return reqs
+
+
+def parse_audit_file(raw: bytes, source: str) -> dict[str, list[Any]]:
+    """The sidecar's ``docker`` table, checked like policy.json requirements (:func:`policyjson.problems`): a
+    broken sidecar is bad input (exit 2) naming the file, never a silently empty audit."""
+    from atomicsig.errors import PolicyError
+    from atomicsig.format import policyjson
+
+    try:
+        doc = json.loads(raw)
+    except ValueError as exc:
+        raise PolicyError(f"{source}: not JSON ({exc}); re-run `atomicsig policy apply`") from exc
+    if not isinstance(doc, dict) or doc.get("version") != AUDIT_VERSION or not isinstance(doc.get("docker"), dict):
+        raise PolicyError(f"{source}: not an atomicsig audit-scopes file (version {AUDIT_VERSION}, 'docker' table)")
+    problems = policyjson.problems({"default": [{"type": "reject"}], "transports": {"docker": doc["docker"]}})
+    if problems:
+        raise PolicyError(f"{source}: {problems[0]}")
+    return dict(doc["docker"])
 
 
 def registries_d_section(s: ScopeSpec, registries_keys: str) -> dict[str, Any]:

@@ -19,6 +19,7 @@ Shape (full reference in docs/policy.md)::
         lookaside: https://sigs.example.com # registries.d, reading (SPEC §4.2)
         lookaside-staging: file:///var/lib/atomic/sigstore
         use-sigstore-attachments: true
+        enforce: false                   # audit mode: accepted now, audited against the above (docs/policy.md)
       docker.io/library: {action: accept}
 """
 
@@ -37,7 +38,7 @@ from atomicsig.format.identity import IdentityMatcher
 TOP_KEYS = ("default", "keys", "scopes")
 KEY_KINDS = ("file", "fingerprint", "cosign")
 SCOPE_KEYS = ("action", "signed-by", "sigstore-signed-by", "identity", "lookaside", "lookaside-staging",
-              "use-sigstore-attachments")
+              "use-sigstore-attachments", "enforce")
 ACTIONS = ("accept", "reject", "signed")
 
 
@@ -68,6 +69,7 @@ class ScopeSpec:
     lookaside: str | None = None
     lookaside_staging: str | None = None
     use_sigstore_attachments: bool | None = None
+    enforce: bool = True  # False: audit mode (issue 14 #2): the node accepts now, ``audit`` checks the requirements
 
     @property
     def has_registries_d(self) -> bool:
@@ -182,7 +184,7 @@ def _scope(ctx: _Ctx, spec: PolicySpec, scope: str, kn: yaml.Node, node: yaml.No
             values[key] = tuple(dict.fromkeys(n for n, _ in names))
         elif key == "identity":
             values[key] = _identity(ctx, v, where)
-        elif key == "use-sigstore-attachments":
+        elif key in ("use-sigstore-attachments", "enforce"):
             values[key] = ctx.boolean(v, f"{where} {key}")
         else:
             values[key] = ctx.string(v, f"{where} {key}")
@@ -202,13 +204,20 @@ def _scope(ctx: _Ctx, spec: PolicySpec, scope: str, kn: yaml.Node, node: yaml.No
         raise ctx.error(node, f"{where}: action signed needs signed-by and/or sigstore-signed-by")
     if action != "signed" and (signed or "identity" in values):
         raise ctx.error(node, f"{where}: action {action} takes no keys or identity")
+    enforce = values.get("enforce", True)
+    if not enforce and action != "signed":
+        # Audit mode means "accept now, check the requirements later": a scope without requirements has nothing to
+        # audit, and "reject, but accept for now" is two opposite semantics for one scope (issue 14, Bad input).
+        raise ctx.error(nodes["enforce"], f"{where}: enforce: false (audit mode) needs signature requirements; "
+                                          f"action {action} has none to audit (remove one of the two)")
     attachments = values.get("use-sigstore-attachments")
     if values.get("sigstore-signed-by") and attachments is None:
         attachments = True  # sigstoreSigned can only see signatures c/image was told to fetch (SPEC §4.2)
     return ScopeSpec(scope=scope, line=kn.start_mark.line + 1, action=action,
                      signed_by=values.get("signed-by", ()), sigstore_signed_by=values.get("sigstore-signed-by", ()),
                      identity=values.get("identity"), lookaside=values.get("lookaside"),
-                     lookaside_staging=values.get("lookaside-staging"), use_sigstore_attachments=attachments)
+                     lookaside_staging=values.get("lookaside-staging"), use_sigstore_attachments=attachments,
+                     enforce=enforce)
 
 
 def _identity(ctx: _Ctx, node: yaml.Node, where: str) -> IdentityMatcher:
