@@ -70,11 +70,14 @@ live() { [ -z "$ROOT" ] && [ "$(id -u)" -eq 0 ]; }
 booted() { live && [ -d /run/systemd/system ] && command -v systemctl >/dev/null; }
 
 if [ "$UNINSTALL" -eq 1 ]; then
-  if booted; then systemctl disable --now atomicsig-serve.service atomicsig-sync.service 2>/dev/null || true; fi
+  if booted; then
+    systemctl disable --now atomicsig-serve.service atomicsig-sync.service atomicsig-audit.timer 2>/dev/null || true
+  fi
   # The prefix is removed only if it is the virtualenv this script made (its marker file is there).
   if [ -f "$DEST/.atomicsig-install" ]; then rm -rf -- "$DEST"; fi
   if [ -f "$BIN" ] && grep -qF "$MARK" "$BIN"; then rm -f -- "$BIN"; fi
   rm -f -- "$UNITDIR/atomicsig-serve.service" "$UNITDIR/atomicsig-sync.service" "$DROPIN" \
+    "$UNITDIR/atomicsig-audit.service" "$UNITDIR/atomicsig-audit.timer" \
     "$ROOT/usr/lib/sysusers.d/atomicsig.conf" "$ROOT/usr/lib/tmpfiles.d/atomicsig.conf" \
     "$MANDIR/atomicsig.1" "$MANDIR"/atomicsig-*.1 "$ROOT/usr/share/bash-completion/completions/atomicsig" \
     "$ROOT/usr/share/zsh/site-functions/_atomicsig" "$ROOT/usr/share/fish/vendor_completions.d/atomicsig.fish"
@@ -136,6 +139,7 @@ install -m 0755 "$work/atomicsig" "$BIN"
 # --- systemd units, users, directories --------------------------------------------------------------------------
 install -d "$UNITDIR" "$ROOT/usr/lib/sysusers.d" "$ROOT/usr/lib/tmpfiles.d" "$SHARE/systemd" "$SHARE/examples"
 install -m 0644 "$SRC/systemd/atomicsig-serve.service" "$SRC/systemd/atomicsig-sync.service" "$UNITDIR/"
+install -m 0644 "$SRC/systemd/atomicsig-audit.service" "$SRC/systemd/atomicsig-audit.timer" "$UNITDIR/"
 install -m 0644 "$SRC/systemd/atomicsig.sysusers" "$ROOT/usr/lib/sysusers.d/atomicsig.conf"
 install -m 0644 "$SRC/systemd/atomicsig.tmpfiles" "$ROOT/usr/lib/tmpfiles.d/atomicsig.conf"
 install -m 0644 "$SRC/systemd/compat-239-serve.conf" "$SHARE/systemd/"

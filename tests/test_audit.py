@@ -319,3 +319,52 @@ def test_audit_mode_scope_is_accepted_now_audited_then_enforced(cli, world: dict
     assert code == 1, err
     assert {img["reference"]: (img["mode"], img["decision"]) for img in after["images"]}[refs["app/unsigned:1"]] == \
         ("enforce", "rejected")
+
+
+def test_the_audit_units_privileges_are_enough_and_needed(world: dict[str, Any], tmp_path: Path) -> None:
+    """atomicsig-audit.service runs as root with no capability at all, plus the group that owns
+    /var/lib/atomicsig (0750, where the sidecar lives). Reproduced with setpriv: podman's root-owned 0700 storage
+    is read as its owner; without the group the sidecar is unreadable, a one-line error and exit 2 (never an audit
+    that silently drops the audit-mode scopes); with it, the audit-mode answer."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import HAVE_PODMAN
+    from tests.infra import insecure_policy
+    from tests.test_store_images import Podman
+
+    if not HAVE_PODMAN or os.geteuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip("needs podman, setpriv and root")
+    refs, host, store = world["refs"], world["host"], world["store"]
+    graphroot = tmp_path / "storage"
+    Podman(tmp_path, graphroot, insecure_policy(tmp_path / "insecure.json")).pull(refs["app/unsigned:1"])
+    graphroot.chmod(0o700)
+    shutil.copy(world["work"] / "trusted.gpg", tmp_path / "trusted.gpg")
+    yml = tmp_path / "policy.yaml"
+    yml.write_text(f"default: reject\nkeys:\n  trusted: {{file: trusted.gpg}}\nscopes:\n  {host}/app:\n"
+                   f"    signed-by: trusted\n    lookaside: file://{store}\n    enforce: false\n")
+    node = tmp_path / "node"
+    node.mkdir()
+    proc = subprocess.run([sys.executable, "-m", "atomicsig", "policy", "apply", "-f", str(yml), "--root",
+                           str(node), "--keypaths-under-root"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    state = node / "var/lib/atomicsig"
+    os.chown(state, 64999, 64999)  # as tmpfiles.d leaves it: owned by the atomicsig user, 0750
+    state.chmod(0o750)
+
+    def audit(*groups: str) -> subprocess.CompletedProcess[str]:
+        sandbox = ["setpriv", "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs",
+                   *(["--groups", *groups] if groups else ["--clear-groups"])]
+        return subprocess.run([*sandbox, sys.executable, "-m", "atomicsig", "audit", "--tls-verify=false", "--json",
+                               "--root", str(node), "--storage", "--storage-root", str(graphroot)],
+                              capture_output=True, text=True, timeout=120)
+
+    denied = audit()
+    assert denied.returncode == 2 and "audit-scopes.json" in denied.stderr, denied.stderr
+    assert len(denied.stderr.strip().splitlines()) == 1, denied.stderr
+    granted = audit("64999")
+    assert granted.returncode == 1, granted.stderr
+    (img,) = json.loads(granted.stdout)["images"]
+    assert (img["reference"], img["mode"], img["now"], img["decision"]) == \
+        (refs["app/unsigned:1"], "audit", "accepted", "rejected")

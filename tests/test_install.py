@@ -30,7 +30,7 @@ from atomicsig.cli import cli
 
 REPO = Path(__file__).resolve().parent.parent
 INSTALL = REPO / "scripts" / "install.sh"
-UNITS = ("atomicsig-serve.service", "atomicsig-sync.service")
+UNITS = ("atomicsig-serve.service", "atomicsig-sync.service", "atomicsig-audit.service", "atomicsig-audit.timer")
 
 
 def _gen_man():  # scripts/ is not a package: load gen-man.py by path
@@ -148,6 +148,44 @@ def test_units_point_at_installed_things() -> None:
               if line.strip() and not line.startswith("#")]
     assert not any("%d" in line or line.startswith("LoadCredential") for line in compat)
     assert any(line.startswith("ExecStartPre=+/usr/bin/install") for line in compat)
+
+
+def _directives(unit: str) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    text = (REPO / "systemd" / unit).read_text().replace("\\\n", " ")
+    for line in text.splitlines():
+        if "=" in line and not line.startswith(("#", "[")):
+            key, _, value = line.partition("=")
+            out.setdefault(key.strip(), []).append(" ".join(value.split()))
+    return out
+
+
+def test_audit_units_are_hardened_and_run_the_real_command() -> None:
+    """atomicsig-audit.service (issue 14 #2): the sync unit's sandbox, no capabilities, writes only its
+    StateDirectory; exit 1 (some image would be refused) is a successful run; ExecStart= parses with the CLI's
+    own parser and writes the report and metrics where the unit may write; the timer starts that service."""
+    import click
+
+    audit, sync = _directives("atomicsig-audit.service"), _directives("atomicsig-sync.service")
+    sandbox = {k for k in sync if k.startswith(("Protect", "Private", "Restrict", "SystemCall", "Lock", "Memory",
+                                                "NoNew", "Capability", "Ambient", "UMask"))}
+    missing = {k for k in sandbox if k not in audit}
+    assert not missing, missing
+    assert audit["CapabilityBoundingSet"] == [""] and audit["AmbientCapabilities"] == [""]
+    assert audit["ProtectSystem"] == ["strict"] and "ReadWritePaths" not in audit
+    assert audit["SuccessExitStatus"] == ["1"] and audit["Type"] == ["oneshot"]
+    (cmd,) = audit["ExecStart"]
+    argv = cmd.split()
+    assert argv[0] == "/usr/bin/atomicsig"
+    sub = cli.get_command(click.Context(cli), argv[1])
+    assert isinstance(sub, click.Command) and sub.name == "audit"
+    params = sub.make_context("audit", argv[2:]).params
+    assert params["storage"] is True
+    state = "/var/lib/" + audit["StateDirectory"][0]
+    for key in ("report_file", "metrics_file"):
+        assert str(params[key]).startswith(state + "/"), key
+    timer = _directives("atomicsig-audit.timer")
+    assert timer["Unit"] == ["atomicsig-audit.service"] and timer["WantedBy"] == ["timers.target"]
 
 
 def test_sample_configs_parse_with_the_daemons_own_parsers() -> None:
@@ -295,6 +333,7 @@ def test_installed_command_runs_isolated(root: Path, tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_installed_tree_has_everything(root: Path) -> None:
     for rel in ("usr/lib/systemd/system/atomicsig-serve.service", "usr/lib/systemd/system/atomicsig-sync.service",
+                "usr/lib/systemd/system/atomicsig-audit.service", "usr/lib/systemd/system/atomicsig-audit.timer",
                 "usr/lib/sysusers.d/atomicsig.conf", "usr/lib/tmpfiles.d/atomicsig.conf",
                 "usr/share/doc/atomicsig/serve.md", "usr/share/doc/atomicsig/sync.md",
                 "usr/share/doc/atomicsig/install.md", "usr/share/man/man1/atomicsig-serve.1",
@@ -393,6 +432,7 @@ def test_rpm_builds_noarch_with_units_and_man_pages(tmp_path: Path) -> None:
     files = set(_run(["rpm", "-qlp", str(pkg)]).stdout.split())
     for f in ("/usr/bin/atomicsig", "/usr/lib/systemd/system/atomicsig-serve.service",
               "/usr/lib/systemd/system/atomicsig-sync.service", "/usr/lib/sysusers.d/atomicsig.conf",
+              "/usr/lib/systemd/system/atomicsig-audit.service", "/usr/lib/systemd/system/atomicsig-audit.timer",
               "/usr/lib/tmpfiles.d/atomicsig.conf", "/etc/atomicsig/serve.yaml", "/etc/atomicsig/sync.yaml",
               "/usr/share/doc/atomicsig/serve.md", "/usr/share/doc/atomicsig/sync.md",
               "/var/lib/atomic/sigstore", "/var/log/atomicsig", "/usr/share/bash-completion/completions/atomicsig"):
@@ -419,6 +459,7 @@ def test_uninstall_removes_code_keeps_config_and_data(root: Path) -> None:
     res = _run(["bash", str(INSTALL), "--root", str(root), "--uninstall"])
     assert res.returncode == 0, res.stderr
     for rel in ("opt/atomicsig", "usr/bin/atomicsig", "usr/lib/systemd/system/atomicsig-serve.service",
+                "usr/lib/systemd/system/atomicsig-audit.service", "usr/lib/systemd/system/atomicsig-audit.timer",
                 "usr/share/bash-completion/completions/atomicsig",
                 "usr/lib/sysusers.d/atomicsig.conf", "usr/share/man/man1/atomicsig.1", "usr/share/doc/atomicsig",
                 "etc/systemd/system/atomicsig-serve.service.d"):
