@@ -78,6 +78,17 @@ def test_audit_scope_is_accepted_now_and_its_requirements_go_to_the_sidecar(cli,
         "insecureAcceptAnything"
 
 
+def test_validate_warns_that_an_audit_scope_is_not_enforced(cli, tmp_path: Path, signer_pub: Path) -> None:  # type: ignore[no-untyped-def]
+    code, _, err = cli("policy", "validate", "-f", str(write_policy(tmp_path, signer_pub, enforce=False)),
+                       "--root", str(tmp_path))
+    assert code == 0, err
+    assert f"p.yaml:5: scope '{SCOPE}' is in audit mode (enforce: false): the node accepts its images without a " \
+        "signature check" in err
+    code, _, err = cli("policy", "validate", "-f", str(write_policy(tmp_path, signer_pub, enforce=None)),
+                       "--root", str(tmp_path))
+    assert code == 0 and "audit mode" not in err
+
+
 def test_an_unmanaged_sidecar_is_never_overwritten(cli, tmp_path: Path, signer_pub: Path) -> None:  # type: ignore[no-untyped-def]
     root = tmp_path / "root"
     (root / SIDECAR).parent.mkdir(parents=True)

@@ -341,7 +341,9 @@ def plan(spec: PolicySpec, keys: dict[str, KeyMaterial], root: str | Path, *, re
     if existing is None or new_doc != existing:
         result.changes.append(Change(POLICY_PATH, policy_path, raw_policy, policyjson.dumps(new_doc), "policy"))
     # Old keyrings go only after policy.json stopped naming them. The audit sidecar changes after the commit too:
-    # it only matters for a scope policy.json accepts, and audit ignores an entry whose scope does not (explain.py).
+    # an entry counts only while policy.json holds the scope's insecureAcceptAnything (ops/evaluate.py), so in
+    # the window (or after a crash, until the next apply) audit shows a scope entering audit mode as what the node
+    # does now (accepted), and ignores the entry of a scope that left it: never an answer about another policy.
     for node_path in gone:
         if not node_path.startswith(REGISTRIES_D + "/"):
             _delete(result, node_path, removable[node_path], "audit" if node_path == AUDIT_PATH else "key", "removal")
@@ -508,6 +510,12 @@ def lint(spec: PolicySpec, keys: dict[str, KeyMaterial], root: str | Path, compi
     if spec.default == "accept" and signed:
         warnings.append(f"{spec.source}:{spec.default_line}: default is accept: images outside the "
                         f"{len(signed)} signed scope(s) are pulled without any signature check")
+    for s in spec.scopes:
+        if not s.enforce:  # audit mode (docs/policy.md): say on every validate/apply that the node does not enforce
+            what = ("audit cannot check its sigstore-signed-by requirements (reported 'not evaluated')"
+                    if not s.signed_by else "`atomicsig audit` reports what enforcing it would refuse")
+            warnings.append(f"{spec.source}:{s.line}: scope {s.scope!r} is in audit mode (enforce: false): the node "
+                            f"accepts its images without a signature check; {what}")
     owned = {p for p in read_state(tree).files if managed_name(p)}
     cfg = unmanaged_registries(tree, owned | set(compiled.registries_files()))
     readable = {x for x, sec in cfg.docker.items() if sec.url(write=False)} | {x.scope for x in spec.scopes
