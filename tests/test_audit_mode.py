@@ -89,6 +89,18 @@ def test_validate_warns_that_an_audit_scope_is_not_enforced(cli, tmp_path: Path,
     assert code == 0 and "audit mode" not in err
 
 
+def test_render_ships_the_sidecar(cli, tmp_path: Path, signer_pub: Path) -> None:  # type: ignore[no-untyped-def]
+    import base64
+
+    code, out, err = cli("policy", "render", "-f", str(write_policy(tmp_path, signer_pub, enforce=False)))
+    assert code == 0, err
+    files = {f["path"]: f for f in yaml.safe_load(out)["spec"]["config"]["storage"]["files"]}
+    side = base64.b64decode(files[render.AUDIT_PATH]["contents"]["source"].split(",", 1)[1])
+    assert list(json.loads(side)["docker"]) == [SCOPE]
+    policy = json.loads(base64.b64decode(files[render.POLICY_PATH]["contents"]["source"].split(",", 1)[1]))
+    assert policy["transports"]["docker"][SCOPE] == [{"type": "insecureAcceptAnything"}]
+
+
 def test_an_unmanaged_sidecar_is_never_overwritten(cli, tmp_path: Path, signer_pub: Path) -> None:  # type: ignore[no-untyped-def]
     root = tmp_path / "root"
     (root / SIDECAR).parent.mkdir(parents=True)
