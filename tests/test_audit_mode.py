@@ -166,6 +166,27 @@ def test_a_broken_sidecar_is_bad_input(cli, tmp_path: Path, content: bytes, frag
     assert code == 2 and "audit-scopes.json" in err and fragment in err, err
 
 
+@pytest.mark.parametrize("kind", ["symlink", "fifo"])
+def test_a_planted_sidecar_is_refused_not_followed(cli, tmp_path: Path, kind: str) -> None:  # type: ignore[no-untyped-def]
+    """/var/lib/atomicsig belongs to the daemons' user: a link there must not make a root audit read another file,
+    nor a FIFO hang it (read as apply reads its files: regular, no link, bounded)."""
+    import os
+
+    root = tmp_path / "root"
+    (root / "etc/containers").mkdir(parents=True)
+    (root / POLICY).write_text('{"default": [{"type": "reject"}]}')
+    (root / SIDECAR).parent.mkdir(parents=True)
+    outside = tmp_path / "outside.json"
+    outside.write_text('{"version": 1, "docker": {}}')
+    if kind == "symlink":
+        (root / SIDECAR).symlink_to(outside)
+    else:
+        os.mkfifo(root / SIDECAR)
+    code, _, err = cli("policy", "explain", "--root", str(root), "quay.io/x:1")
+    assert code == 2 and "audit-scopes.json" in err and len(err.strip().splitlines()) == 1, err
+    assert ("symlink" if kind == "symlink" else "not a regular file") in err
+
+
 def test_metrics_file_parses_with_prometheus_client(tmp_path: Path) -> None:
     from prometheus_client.parser import text_string_to_metric_families
 

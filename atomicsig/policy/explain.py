@@ -13,12 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from atomicsig.errors import AtomicsigError, PolicyError, ReferenceError_
+from atomicsig.errors import AtomicsigError, PolicyError, ReferenceError_, StorageError
 from atomicsig.format import policyjson, reference
 from atomicsig.gnupg import keyring as gpg
 from atomicsig.ops.evaluate import audited_requirements, key_paths, resolve_key_path
 from atomicsig.policy.apply import scope_chain
 from atomicsig.policy.render import AUDIT_PATH, POLICY_PATH, parse_audit_file
+from atomicsig.policy.tree import NodeTree
 from atomicsig.store import registries_d
 
 _TYPE_NAMES = {"insecureAcceptAnything": "accept", "signedBy": "signed", "sigstoreSigned": "sigstoreSigned",
@@ -88,15 +89,18 @@ def load_node(root: str | Path = "/", policy: str | None = None, registries_dir:
 
 
 def read_audit_scopes(root: str | Path) -> dict[str, list[Any]]:
-    """The audit sidecar of the node at ``root`` (empty if apply wrote none; a broken one is bad input)."""
-    path = Path(root) / AUDIT_PATH.lstrip("/")
+    """The audit sidecar of the node at ``root`` (empty if apply wrote none). Read as apply reads its own files
+    (:class:`NodeTree`: a regular file, no symlink, bounded): /var/lib/atomicsig belongs to the daemons' user, and a
+    link or FIFO planted there must not make a root audit read another file or hang. Unreadable or broken is bad
+    input (exit 2): an audit that silently dropped the audit-mode scopes would answer about another policy."""
+    tree = NodeTree(root)
     try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        return {}
-    except OSError as exc:
-        raise PolicyError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    return parse_audit_file(raw, str(path))
+        raw = tree.read(AUDIT_PATH)
+    except StorageError as exc:
+        raise PolicyError(f"audit sidecar {tree.display(AUDIT_PATH)}: {exc.message}") from exc
+    finally:
+        tree.close()
+    return {} if raw is None else parse_audit_file(raw, str(tree.display(AUDIT_PATH)))
 
 
 def _store_for_scope(node: NodeConfig, scope: str) -> str:
