@@ -310,7 +310,10 @@ def test_audit_mode_scope_is_accepted_now_audited_then_enforced(cli, world: dict
     assert code == 1 and out.splitlines()[0].split()[:3] == ["IMAGE", "DECISION", "MODE"]
     assert "audit (accepted now)" in out
 
-    write(audit_mode=False)  # enforce: one line deleted, re-applied
+    write(audit_mode=False)  # enforce: one line deleted; `audit -f` first answers as after the re-apply
+    code, preview, err = _audit(cli, "--root", str(root), "-f", str(yml), refs["app/unsigned:1"])
+    assert code == 1, err
+    assert [(i["mode"], i["now"], i["decision"]) for i in preview["images"]] == [("enforce", "rejected", "rejected")]
     assert cli("policy", "apply", "-f", str(yml), "--root", str(root), "--keypaths-under-root")[0] == 0
     assert not (root / "var/lib/atomicsig/audit-scopes.json").exists()
     for ref, accepted in zip(images, (True, False, False, False), strict=True):
