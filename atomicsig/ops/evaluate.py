@@ -49,8 +49,8 @@ from atomicsig.ops.verify import ACCEPTED, ERROR, REJECTED, SignatureResult, ver
 from atomicsig.store.base import AppendResult, SignatureStore, StoredSignature
 from atomicsig.store.images import StoredImage
 
-__all__ = ["Evaluation", "Evaluator", "RequirementOutcome", "audited_requirements", "evaluate_reference",
-           "evaluate_stored", "exit_code", "key_paths", "resolve_key_path"]
+__all__ = ["Evaluation", "Evaluator", "RequirementOutcome", "audit_labels", "audited_requirements",
+           "evaluate_reference", "evaluate_stored", "exit_code", "key_paths", "resolve_key_path"]
 
 _EXIT = {ACCEPTED: EXIT_OK, REJECTED: EXIT_NEGATIVE, ERROR: EXIT_UNDECIDED}
 _GPG_KEY_TYPES = ("GPGKeys",)
@@ -58,16 +58,17 @@ _GPG_KEY_TYPES = ("GPGKeys",)
 AUDIT_PLACEHOLDER = [{"type": "insecureAcceptAnything"}]
 
 
-def audited_requirements(audit_scopes: Mapping[str, list[Any]], label: str, reqs: Any) -> list[Any] | None:
-    """The requirements an audit-mode docker scope will have once enforced, or None: ``label`` is the winning scope
-    as :func:`policyjson.requirements_for` names it, ``reqs`` what policy.json holds for it now. None unless
+def audit_labels(audit_scopes: Mapping[str, list[Any]]) -> dict[str, list[Any]]:
+    """Audit-mode docker scopes keyed by the label :func:`policyjson.requirements_for` gives the winning scope."""
+    return {(f"transports.docker[{scope!r}]" if scope else 'transports.docker[""]'): future
+            for scope, future in audit_scopes.items()}
+
+
+def audited_requirements(labels: Mapping[str, list[Any]], label: str, reqs: Any) -> list[Any] | None:
+    """The requirements an audit-mode docker scope will have once enforced, or None: ``labels`` from
+    :func:`audit_labels`, ``label`` the winning scope, ``reqs`` what policy.json holds for it now. None unless
     policy.json still holds exactly :data:`AUDIT_PLACEHOLDER` (a scope edited by hand since is judged as it is)."""
-    if reqs != AUDIT_PLACEHOLDER:
-        return None
-    for scope, future in audit_scopes.items():
-        if label == (f"transports.docker[{scope!r}]" if scope else 'transports.docker[""]'):
-            return future
-    return None
+    return labels.get(label) if reqs == AUDIT_PLACEHOLDER else None
 
 
 def key_paths(req: dict[str, Any]) -> list[str]:
@@ -179,6 +180,7 @@ class Evaluator:
         self.roots = [Path(r).absolute() for r in roots]
         self._verifiers: dict[tuple[bytes, ...], NativeTrustedKeys | TrustedKeys] = {}
         self.audit_scopes = dict(audit_scopes or {})
+        self._audit_labels = audit_labels(self.audit_scopes)
 
     def __enter__(self) -> Evaluator:
         return self
@@ -197,7 +199,7 @@ class Evaluator:
 
     def audited(self, scope: str, reqs: list[Any]) -> list[Any] | None:
         """The enforce-mode requirements if the winning scope (label from :meth:`scope_for`) is in audit mode."""
-        return audited_requirements(self.audit_scopes, scope, reqs)
+        return audited_requirements(self._audit_labels, scope, reqs)
 
     def evaluate(self, ref: Reference, digest: str) -> Evaluation:
         """The decision for the image ``ref`` (the name a node pulls) whose manifest digest is ``digest``."""

@@ -16,7 +16,7 @@ from typing import Any
 from atomicsig.errors import AtomicsigError, PolicyError, ReferenceError_, StorageError
 from atomicsig.format import policyjson, reference
 from atomicsig.gnupg import keyring as gpg
-from atomicsig.ops.evaluate import audited_requirements, key_paths, resolve_key_path
+from atomicsig.ops.evaluate import audit_labels, audited_requirements, key_paths, resolve_key_path
 from atomicsig.policy.apply import scope_chain
 from atomicsig.policy.render import AUDIT_PATH, POLICY_PATH, parse_audit_file
 from atomicsig.policy.tree import NodeTree
@@ -186,7 +186,7 @@ def explain(node: NodeConfig, ref_text: str) -> dict[str, Any]:
     scope, reqs = policyjson.requirements_for(node.policy, transport, name)
     out["scope"] = scope
     out["mode"] = "enforce"
-    future = audited_requirements(node.audit_scopes, scope, reqs) if transport == "docker" else None
+    future = audited_requirements(audit_labels(node.audit_scopes), scope, reqs) if transport == "docker" else None
     if future is not None:  # audit mode (issue 14 #2): accepted now; describe what it will require once enforced
         out["mode"] = "audit"
         out["requirements_now"] = reqs
