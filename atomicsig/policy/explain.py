@@ -13,11 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from atomicsig.errors import AtomicsigError, PolicyError, ReferenceError_
-from atomicsig.format import policyjson, reference
+from atomicsig.errors import AtomicsigError, InputError, PolicyError, ReferenceError_
+from atomicsig.format import policyjson, reference, validate
 from atomicsig.gnupg import keyring as gpg
 from atomicsig.ops.evaluate import key_paths, resolve_key_path
 from atomicsig.policy.apply import scope_chain
+from atomicsig.policy.render import CRIO_POLICY_DIR
 from atomicsig.store import registries_d
 
 _TYPE_NAMES = {"insecureAcceptAnything": "accept", "signedBy": "signed", "sigstoreSigned": "sigstoreSigned",
@@ -33,6 +34,8 @@ class NodeConfig:
     registries_dir: Path
     registries: registries_d.RegistriesConfig
     root: Path
+    namespace: str | None = None  # the pod namespace asked about (CRI-O's per-namespace policy)
+    namespace_note: str = ""  # which file CRI-O reads for it, and why
     _key_cache: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
     def key_info(self, key_paths: list[str]) -> list[dict[str, Any]]:
@@ -64,11 +67,36 @@ def _describe_keyring(home: gpg.Keyring, path: Path) -> list[dict[str, Any]]:
             for k in home.list_keys() if k.fingerprint.upper() in fprs]
 
 
-def load_node(root: str | Path = "/", policy: str | None = None, registries_dir: str | None = None) -> NodeConfig:
-    """The files a pull on this node would read, in c/image's lookup order unless given explicitly."""
+def namespace_policy(root: Path, namespace: str, policy_dir: str = CRIO_POLICY_DIR) -> Path | None:
+    """CRI-O's file for a pull in pod namespace ``namespace``: ``<root><policy_dir>/<namespace>.json`` if it exists,
+    None if it does not (CRI-O then uses the global policy). Any other stat failure is an error, as in CRI-O's
+    ``contextForNamespace`` (server/image_pull.go); the name is checked first so it cannot leave the directory."""
+    try:
+        validate.check_namespace("--namespace", namespace)
+    except InputError as exc:
+        raise PolicyError(exc.message) from exc
+    path = root / policy_dir.lstrip("/") / f"{namespace}.json"
+    try:
+        path.stat()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise PolicyError(f"cannot read namespace policy {path}: {exc.strerror or exc}") from exc
+    return path
+
+
+def load_node(root: str | Path = "/", policy: str | None = None, registries_dir: str | None = None, *,
+              namespace: str | None = None, policy_dir: str = CRIO_POLICY_DIR) -> NodeConfig:
+    """The files a pull on this node would read, in c/image's lookup order unless given explicitly. With
+    ``namespace``: the policy CRI-O uses for a pod in that namespace — its ``<policy_dir>/<namespace>.json``, else
+    (no such file) the global policy, which is what CRI-O falls back to (``policy`` stands for crio.conf's
+    ``signature_policy``)."""
     rootp = Path(root).absolute()
     user_policy = Path.home() / ".config/containers/policy.json"
-    if policy:
+    ns_path = namespace_policy(rootp, namespace, policy_dir) if namespace is not None else None
+    if ns_path is not None:
+        ppath = ns_path
+    elif policy:
         ppath = Path(policy)
     elif str(rootp) == "/" and user_policy.exists():  # c/image reads the user's file first (SPEC §5.1)
         ppath = user_policy
@@ -78,7 +106,12 @@ def load_node(root: str | Path = "/", policy: str | None = None, registries_dir:
     if doc is None:
         raise PolicyError(f"no policy.json at {ppath}")
     rdir = Path(registries_dir) if registries_dir else registries_d.effective_dir(str(rootp))
-    return NodeConfig(ppath, doc, rdir, registries_d.load_dir(rdir), rootp)
+    note = ""
+    if namespace is not None:
+        shown = f"{policy_dir.rstrip('/')}/{namespace}.json"
+        note = (f"namespace {namespace}: CRI-O reads {shown}" if ns_path is not None else
+                f"namespace {namespace}: no {shown}, CRI-O falls back to the global policy {ppath}")
+    return NodeConfig(ppath, doc, rdir, registries_d.load_dir(rdir), rootp, namespace, note)
 
 
 def _store_for_scope(node: NodeConfig, scope: str) -> str:
@@ -154,6 +187,9 @@ def explain(node: NodeConfig, ref_text: str) -> dict[str, Any]:
     transport, name = split_transport(ref_text)
     out: dict[str, Any] = {"transport": transport, "policy": str(node.policy_path),
                            "registries_d": str(node.registries_dir)}
+    if node.namespace is not None:
+        out["namespace"] = node.namespace
+        out["namespace_note"] = node.namespace_note
     ref = None
     if transport in ("docker", "atomic"):
         ref = reference.parse(name).with_tag_default()
@@ -185,6 +221,7 @@ def explain(node: NodeConfig, ref_text: str) -> dict[str, Any]:
 def explain_text(info: dict[str, Any]) -> str:
     lines = [f"reference:   {info['transport']}:{info['reference']}",
              f"policy:      {info['policy']}",
+             *([f"namespace:   {info['namespace_note']}"] if "namespace" in info else []),
              f"scope:       {info['scope']}"]
     if "candidates" in info:
         lines.append("             (tried: " + ", ".join(repr(c) for c in info["candidates"]) + ", then default)")

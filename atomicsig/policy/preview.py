@@ -13,14 +13,16 @@ from pathlib import Path
 
 from atomicsig.fsutil import atomic_write, makedirs
 from atomicsig.policy.compile import CompiledPolicy
-from atomicsig.policy.render import POLICY_PATH, REGISTRIES_D
+from atomicsig.policy.render import CRIO_POLICY_DIR, POLICY_PATH, REGISTRIES_D
 
 __all__ = ["stage_applied"]
 
 
-def stage_applied(policy: CompiledPolicy, root: str | Path, scratch: str | Path) -> Path:
-    """Write under ``scratch`` the policy.json, registries.d files and new keyrings the node at ``root`` would
-    have once ``policy`` is applied; return ``scratch``. Keyrings the apply leaves alone stay under ``root``."""
+def stage_applied(policy: CompiledPolicy, root: str | Path, scratch: str | Path, *,
+                  policy_dir: str = CRIO_POLICY_DIR) -> Path:
+    """Write under ``scratch`` the policy.json, registries.d files, CRI-O namespace files (``policy_dir``) and new
+    keyrings the node at ``root`` would have once ``policy`` is applied; return ``scratch``. Keyrings the apply
+    leaves alone stay under ``root``."""
     rootp, dest = Path(root), Path(scratch)
     src_policy = rootp / POLICY_PATH.lstrip("/")
     if src_policy.is_file():
@@ -32,7 +34,13 @@ def stage_applied(policy: CompiledPolicy, root: str | Path, scratch: str | Path)
         for name in os.listdir(src_reg):
             if name.endswith(".yaml") and (src_reg / name).is_file():
                 shutil.copyfile(src_reg / name, dest / REGISTRIES_D.lstrip("/") / name)
-    for change in policy.plan(root).changes:
+    src_ns = rootp / policy_dir.lstrip("/")
+    if src_ns.is_dir():  # the namespace files the apply leaves alone (or does not manage) still decide
+        makedirs(dest / policy_dir.lstrip("/"))
+        for name in os.listdir(src_ns):
+            if name.endswith(".json") and (src_ns / name).is_file():
+                shutil.copyfile(src_ns / name, dest / policy_dir.lstrip("/") / name)
+    for change in policy.plan(root, policy_dir=policy_dir).changes:
         if change.kind in {"state-intent", "state"}:
             continue
         target = dest / change.node_path.lstrip("/")

@@ -13,6 +13,9 @@ Pure (no I/O): input is the parsed YAML plus key bytes, output is file contents 
   them switch with one rename (SPEC §4.4 only forbids a scope in two files, not many scopes in one);
   ``--registries-keys sigstore|both`` adds the legacy keys read before c/image 5.22 (SPEC §4.2).
 * ``sigstore-signed-by`` adds a ``sigstoreSigned`` requirement; with ``signed-by`` both must hold (AND).
+* ``namespaces:`` compile to CRI-O's ``<signature_policy_dir>/<namespace>.json`` (default ``/etc/crio/policies``):
+  the node's whole policy.json with the namespace's scopes added, appended to a scope the policy.json already has
+  (AND), as OpenShift's machine-config operator writes them (:func:`namespace_doc`, docs/policy.md "Namespaces").
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ REGISTRIES_D = "/etc/containers/registries.d"
 REGISTRIES_KEYS = ("lookaside", "sigstore", "both")
 FILE_PREFIX = "atomicsig-"
 REGISTRIES_FILE = f"{REGISTRIES_D}/atomicsig.yaml"
+#: CRI-O's ``signature_policy_dir`` default (crio.conf(5); pkg/config/config.go), also the MCO's CrioPoliciesDir.
+CRIO_POLICY_DIR = "/etc/crio/policies"
 _DUMPER: Any = getattr(yaml, "CSafeDumper", yaml.SafeDumper)  # libyaml when present: 500 files in ~20 ms
 
 
@@ -45,6 +50,7 @@ class Compiled:
     default: list[dict[str, Any]]
     docker_scopes: dict[str, list[dict[str, Any]]]
     files: dict[str, bytes] = field(default_factory=dict)  # node path -> content (keys and registries.d)
+    namespaces: dict[str, dict[str, list[dict[str, Any]]]] = field(default_factory=dict)  # ns -> docker scopes
 
     def key_files(self) -> dict[str, bytes]:
         return {p: d for p, d in self.files.items() if p.startswith(KEY_DIR + "/")}
@@ -78,6 +84,12 @@ def compile_spec(spec: PolicySpec, keys: dict[str, KeyMaterial], *, registries_k
         out.docker_scopes[s.scope] = _requirements(s, keys, out.files, keypath_prefix.rstrip("/"))
         if s.has_registries_d:
             sections[s.scope] = registries_d_section(s, registries_keys)
+    for ns in spec.namespaces.values():
+        scopes = out.namespaces.setdefault(ns.name, {})
+        for s in ns.scopes:
+            scopes[s.scope] = _requirements(s, keys, out.files, keypath_prefix.rstrip("/"))
+            if s.has_registries_d:  # the same settings wherever the scope is named (schema._check_registries_d)
+                sections.setdefault(s.scope, registries_d_section(s, registries_keys))
     if sections:
         out.files[REGISTRIES_FILE] = registries_d_file(sections)
     return out
@@ -163,6 +175,24 @@ def merge(existing: dict[str, Any], compiled: Compiled, previously_owned: set[st
         del transports["docker"]
     if not transports and not had_transports:
         del doc["transports"]
+    return doc
+
+
+def namespace_path(namespace: str, policy_dir: str = CRIO_POLICY_DIR) -> str:
+    """``<signature_policy_dir>/<namespace>.json``, the file CRI-O opens for a pull with that pod namespace."""
+    validate.check_namespace("namespace", namespace)
+    return f"{policy_dir.rstrip('/')}/{namespace}.json"
+
+
+def namespace_doc(cluster: dict[str, Any], scopes: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """One namespace's policy: the cluster policy.json as the node has it, every namespace scope added under
+    ``transports.docker`` and appended to the requirements of a scope already there (c/image ANDs them). That is
+    the MCO's ``updateNamespacedPolicyJSONs``; CRI-O reads only this file for the namespace's pulls, so whatever the
+    cluster policy says outside the namespace's scopes must be in it too."""
+    doc = copy.deepcopy(cluster)
+    docker = doc.setdefault("transports", {}).setdefault("docker", {})
+    for scope, reqs in scopes.items():
+        docker[scope] = [*docker.get(scope, []), *copy.deepcopy(reqs)]
     return doc
 
 
