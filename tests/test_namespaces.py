@@ -274,6 +274,7 @@ def test_every_namespace_file_is_enforced_by_skopeo_and_audit_agrees(cli, regist
     assert code == 1, err
     assert {img["reference"]: img["decision"] == "accepted" for img in json.loads(out)["images"]} == \
         {refs[k]: v for k, v in expected["team-b"].items()}
+    assert json.loads(out)["namespace_policy"] == str(fresh / NSDIR / "team-b.json")  # where apply puts it
     assert not fresh.exists()
     code, out, err = cli("audit", "--tls-verify=false", "--root", str(root), "--namespace", "team-c",
                          refs["shared/base:1"])
@@ -288,3 +289,15 @@ def test_validate_warns_when_a_namespace_admits_what_the_cluster_refuses(cli, tm
     assert f"{yml}:9: namespace 'team-a' admits images the cluster policy refuses" in err
     assert f"{yml}:12: namespace 'team-b'" in err and "team-c" not in err
     assert f"{yml}:9: scope '{HOST}/team-a' requires signatures but no lookaside" in err
+
+
+def test_namespace_scope_over_a_broken_policy_json_scope_is_exit_2(cli, tmp_path: Path, signer_pub: Path) -> None:  # type: ignore[no-untyped-def]
+    yml = _yaml(tmp_path, signer_pub, NAMESPACES)
+    root = tmp_path / "root"
+    (root / "etc/containers").mkdir(parents=True)
+    (root / POLICY).write_text(json.dumps({"default": [{"type": "reject"}], "transports": {"docker": {
+        f"{HOST}/team-a": {"type": "insecureAcceptAnything"}}}}))
+    before = _snapshot(root)
+    code, _, err = cli("policy", "apply", "-f", str(yml), "--root", str(root))
+    assert code == 2 and "is not a list of requirements" in err and len(err.strip().splitlines()) == 1, err
+    assert _snapshot(root) == before

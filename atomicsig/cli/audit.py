@@ -121,8 +121,11 @@ def evaluate_node(root: str, compiled: CompiledPolicy | None, refs: list[str], *
             stage_applied(compiled, root, scratch, policy_dir=policy_dir)
             roots = [scratch, root]
         node = load_node(roots[0], namespace=namespace, policy_dir=policy_dir)
+        # A staged file is named where the apply will put it, not by the scratch path that is gone afterwards.
+        shown = str(node.policy_path) if roots[0] == root else \
+            str(Path(root) / Path(node.policy_path).relative_to(scratch))
         if node.namespace_note and notes is not None:
-            notes.append(node.namespace_note)
+            notes.append(node.namespace_note.replace(str(node.policy_path), shown))
         store = AutoStore(registries_dir=str(node.registries_dir), tls_verify=tls_verify, cert_dir=cert_dir,
                           authfile=authfile)
         resolver = Resolver(tls_verify=tls_verify, cert_dir=cert_dir, authfile=authfile)
@@ -131,7 +134,7 @@ def evaluate_node(root: str, compiled: CompiledPolicy | None, refs: list[str], *
                 results += e.evaluate_reference(text, resolver=resolver, evaluator=evaluator)
             for image in stored:
                 results += e.evaluate_stored(image, evaluator)
-    return str(node.policy_path), results
+    return shown, results
 
 
 def print_table(results: list[Evaluation]) -> None:

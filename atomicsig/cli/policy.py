@@ -48,7 +48,7 @@ def validate(policy_file: str, root: str, gnupghome: str | None, as_json: bool) 
     warnings = [*plan.warnings, *policy.lint(root)]
     spec, keys = policy.spec, policy.keys
     if as_json:
-        emit_json({"valid": True, "warnings": warnings, "scopes": len(spec.scopes),
+        emit_json({"valid": True, "warnings": warnings, "scopes": len(spec.scopes), "namespaces": len(spec.namespaces),
                    "keys": {k.name: list(k.fingerprints) for k in keys.values()}, "pending": plan.pending})
         return EXIT_OK
     for w in warnings:

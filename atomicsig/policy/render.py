@@ -28,6 +28,7 @@ from typing import Any
 
 import yaml
 
+from atomicsig.errors import PolicyError
 from atomicsig.format import validate
 from atomicsig.policy.keymaterial import KeyMaterial
 from atomicsig.policy.schema import PolicySpec, ScopeSpec
@@ -73,8 +74,6 @@ def keyring_name(names: tuple[str, ...], data: bytes, ext: str = "gpg") -> str:
 def compile_spec(spec: PolicySpec, keys: dict[str, KeyMaterial], *, registries_keys: str = "lookaside",
                  keypath_prefix: str = "") -> Compiled:
     """``keypath_prefix`` is prepended to keyPath values (empty on real nodes; the --root for in-place tests)."""
-    from atomicsig.errors import PolicyError
-
     if registries_keys not in REGISTRIES_KEYS:
         raise PolicyError(f"--registries-keys must be one of {', '.join(REGISTRIES_KEYS)}")
     default = [{"type": "reject"}] if spec.default == "reject" else [{"type": "insecureAcceptAnything"}]
@@ -192,7 +191,11 @@ def namespace_doc(cluster: dict[str, Any], scopes: dict[str, list[dict[str, Any]
     doc = copy.deepcopy(cluster)
     docker = doc.setdefault("transports", {}).setdefault("docker", {})
     for scope, reqs in scopes.items():
-        docker[scope] = [*docker.get(scope, []), *copy.deepcopy(reqs)]
+        have = docker.get(scope, [])
+        if not isinstance(have, list):
+            raise PolicyError(f"policy.json scope {scope!r} is not a list of requirements; cannot add a "
+                              "namespace's requirements to it")
+        docker[scope] = [*have, *copy.deepcopy(reqs)]
     return doc
 
 
