@@ -301,3 +301,24 @@ def test_namespace_scope_over_a_broken_policy_json_scope_is_exit_2(cli, tmp_path
     code, _, err = cli("policy", "apply", "-f", str(yml), "--root", str(root))
     assert code == 2 and "is not a list of requirements" in err and len(err.strip().splitlines()) == 1, err
     assert _snapshot(root) == before
+
+
+def test_namespace_file_that_is_a_link_out_of_the_root_is_never_written_through(cli, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                                                                signer_pub: Path) -> None:
+    yml = _yaml(tmp_path, signer_pub, NAMESPACES)
+    root = tmp_path / "root"
+    outside = tmp_path / "outside.json"
+    outside.write_text("precious\n")
+    (root / NSDIR).mkdir(parents=True)
+    (root / NSDIR / "team-a.json").symlink_to(outside)
+    code, _, err = cli("policy", "apply", "-f", str(yml), "--root", str(root))
+    assert code == 2 and "team-a.json" in err, err
+    assert outside.read_text() == "precious\n" and not (root / POLICY).exists()
+    # recorded by a (forged) state record: still not written through, still not removed
+    (root / NSDIR / "team-a.json").unlink()
+    assert cli("policy", "apply", "-f", str(yml), "--root", str(root))[0] == 0
+    (root / NSDIR / "team-a.json").unlink()
+    (root / NSDIR / "team-a.json").symlink_to(outside)
+    code, _, err = cli("policy", "apply", "-f", str(yml), "--root", str(root))
+    assert code == 2 and outside.read_text() == "precious\n", err
+    assert (root / NSDIR / "team-a.json").is_symlink()
