@@ -340,8 +340,10 @@ def plan(spec: PolicySpec, keys: dict[str, KeyMaterial], root: str | Path, *, re
     ns_files: dict[str, bytes] = {}
     for node_path, ns in sorted(ns_paths.items()):
         doc = namespace_doc(new_doc, compiled.namespaces[ns])
-        bad = [p for p in policyjson.problems(doc) if p not in policyjson.problems(base)] if existing else \
-            policyjson.problems(doc)
+        # Only the namespace's scopes differ from new_doc, checked above: validate just those lists.
+        added = {"default": doc["default"], "transports": {"docker": {
+            s: doc["transports"]["docker"][s] for s in compiled.namespaces[ns]}}}
+        bad = policyjson.problems(added)
         if bad:
             raise PolicyError(f"generated policy for namespace {ns!r} would be invalid: {bad[0]}")
         ns_files[node_path] = policyjson.dumps(doc)

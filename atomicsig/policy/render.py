@@ -187,9 +187,13 @@ def namespace_doc(cluster: dict[str, Any], scopes: dict[str, list[dict[str, Any]
     """One namespace's policy: the cluster policy.json as the node has it, every namespace scope added under
     ``transports.docker`` and appended to the requirements of a scope already there (c/image ANDs them). That is
     the MCO's ``updateNamespacedPolicyJSONs``; CRI-O reads only this file for the namespace's pulls, so whatever the
-    cluster policy says outside the namespace's scopes must be in it too."""
-    doc = copy.deepcopy(cluster)
-    docker = doc.setdefault("transports", {}).setdefault("docker", {})
+    cluster policy says outside the namespace's scopes must be in it too.
+
+    The result shares the requirement objects it does not change with ``cluster`` (a node can have hundreds of
+    namespaces over hundreds of scopes; a deep copy each was most of an apply's time): treat both as read-only."""
+    doc = dict(cluster)
+    transports = doc["transports"] = dict(doc.get("transports") or {})
+    docker = transports["docker"] = dict(transports.get("docker") or {})
     for scope, reqs in scopes.items():
         have = docker.get(scope, [])
         if not isinstance(have, list):
