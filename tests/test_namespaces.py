@@ -178,7 +178,8 @@ def test_custom_signature_policy_dir_and_render(cli, tmp_path: Path, signer_pub:
     code, _, err = cli("policy", "apply", "-f", str(yml), "--root", str(root), "--signature-policy-dir", "/srv/pol")
     assert code == 0, err
     assert (root / "srv/pol/team-a.json").is_file() and not (root / NSDIR).exists()
-    for bad in ("relative/dir", "/etc/pki/containers", "/srv/../etc"):
+    for bad in ("relative/dir", "/etc/pki/containers", "/srv/../etc", "//srv/pol", "/srv/./pol", "/",
+                "/etc/containers"):
         code, _, err = cli("policy", "apply", "-f", str(yml), "--root", str(root), "--signature-policy-dir", bad)
         assert code == 2 and "--signature-policy-dir" in err, (bad, err)
     import base64

@@ -200,7 +200,8 @@ def check_policy_dir(policy_dir: str) -> str:
     """CRI-O's ``signature_policy_dir`` as a node path: absolute (CRI-O requires it), normalized, and none of the
     directories apply manages for other files (there a recorded ``policy.json`` would look like a namespace's)."""
     norm = str(Path(policy_dir))
-    if not policy_dir.startswith("/") or norm != policy_dir.rstrip("/") or "/../" in norm + "/" or norm == "/":
+    if not policy_dir.startswith("/") or norm != policy_dir.rstrip("/") or "/../" in norm + "/" or norm == "/" \
+            or norm.startswith("//"):
         raise PolicyError(f"--signature-policy-dir {policy_dir!r}: give an absolute, normalized directory "
                           "(CRI-O's signature_policy_dir)")
     if norm in _NOT_POLICY_DIRS:
