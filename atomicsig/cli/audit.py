@@ -10,7 +10,15 @@ from typing import TYPE_CHECKING
 
 import click
 
-from atomicsig.cli.common import emit_json, gnupghome_option, json_option, registry_options, table
+from atomicsig.cli.common import (
+    emit_json,
+    gnupghome_option,
+    json_option,
+    namespace_option,
+    registry_options,
+    signature_policy_dir_option,
+    table,
+)
 from atomicsig.ops.resolve import read_reference_list
 
 if TYPE_CHECKING:
@@ -35,17 +43,22 @@ if TYPE_CHECKING:
 @click.option("--metrics", "metrics_file", metavar="FILE", type=click.Path(dir_okay=False),
               help="Also write Prometheus text-format metrics to FILE (atomically: for node_exporter's textfile "
                    "collector, name it *.prom).")
+@namespace_option
+@signature_policy_dir_option
 @registry_options
 @gnupghome_option
 @json_option
 def audit(references: tuple[str, ...], root: str, policy_file: str | None, from_file: str | None, storage: bool,
-          storage_root: str | None, report_file: str | None, metrics_file: str | None, tls_verify: bool,
-          cert_dir: str | None, authfile: str | None, gnupghome: str | None, as_json: bool) -> int:
+          storage_root: str | None, report_file: str | None, metrics_file: str | None, namespace: str | None,
+          policy_dir: str, tls_verify: bool, cert_dir: str | None, authfile: str | None, gnupghome: str | None,
+          as_json: bool) -> int:
     """Evaluate images exactly as containers/image would under the node's policy, and report, per image, the
     decision, the scope that decided, each requirement's outcome and the signatures found. Nothing is enforced.
 
     \b
     Images: REFERENCES, --from-file, and/or --storage. Tags resolve to the digest the registry serves now.
+    --namespace NS: as CRI-O decides for a pod in NS (its <signature-policy-dir>/NS.json, else the global policy;
+    CRI-O checks that file again when a container is created, so it also applies to stored images).
     A requirement atomicsig cannot check (sigstoreSigned) is "not evaluated", never a pass.
     A scope in audit mode (enforce: false) is accepted by the node now; it is judged against the
     requirements it will have once enforced (MODE audit; report result "warn" instead of "fail").
@@ -67,14 +80,20 @@ def audit(references: tuple[str, ...], root: str, policy_file: str | None, from_
         from atomicsig.policy.compile import compile_policy
 
         compiled = compile_policy(policy_file, gnupghome)
+    notes: list[str] = []
     source, results = evaluate_node(root, compiled, refs, storage=storage, storage_root=storage_root,
-                                    tls_verify=tls_verify, cert_dir=cert_dir, authfile=authfile)
+                                    tls_verify=tls_verify, cert_dir=cert_dir, authfile=authfile,
+                                    namespace=namespace, policy_dir=policy_dir, notes=notes)
     if report_file:
         _write_report(report_file, results)
     if metrics_file:
         write_metrics(metrics_file, results, started=started, finished=time.time(), exit_code=e.exit_code(results))
+    for note in notes if not as_json else []:
+        click.echo(f"atomicsig: note: {note}", err=True)
     if as_json:
-        emit_json({"policy": policy_file or source, "images": [r.as_dict() for r in results]})
+        emit_json({"policy": policy_file or source, "images": [r.as_dict() for r in results],
+                   **({"namespace": namespace, "namespace_policy": source, "namespace_note": notes[0]}
+                      if namespace is not None else {})})
     else:
         print_table(results)
     return e.exit_code(results)
@@ -82,10 +101,12 @@ def audit(references: tuple[str, ...], root: str, policy_file: str | None, from_
 
 def evaluate_node(root: str, compiled: CompiledPolicy | None, refs: list[str], *, storage: bool,
                   storage_root: str | None, tls_verify: bool, cert_dir: str | None,
-                  authfile: str | None) -> tuple[str, list[Evaluation]]:
+                  authfile: str | None, namespace: str | None = None, policy_dir: str = "/etc/crio/policies",
+                  notes: list[str] | None = None) -> tuple[str, list[Evaluation]]:
     """(policy.json judged, one evaluation per image): the node's files under ``root``, or with ``compiled`` the
     files applying it would leave (staged in a scratch directory). Shared by ``audit`` and ``policy apply
-    --dry-run --audit``, so the two cannot answer differently."""
+    --dry-run --audit``, so the two cannot answer differently. With ``namespace``, the file CRI-O reads for a pod
+    there (explain.load_node), and which one that is goes into ``notes``."""
     from atomicsig.ops import evaluate as e
     from atomicsig.ops.resolve import Resolver
     from atomicsig.policy.explain import load_node
@@ -106,9 +127,14 @@ def evaluate_node(root: str, compiled: CompiledPolicy | None, refs: list[str], *
         if compiled is not None:
             from atomicsig.policy.preview import stage_applied
 
-            stage_applied(compiled, root, scratch)
+            stage_applied(compiled, root, scratch, policy_dir=policy_dir)
             roots = [scratch, root]
-        node = load_node(roots[0])
+        node = load_node(roots[0], namespace=namespace, policy_dir=policy_dir)
+        # A staged file is named where the apply will put it, not by the scratch path that is gone afterwards.
+        shown = str(node.policy_path) if roots[0] == root else \
+            str(Path(root) / Path(node.policy_path).relative_to(scratch))
+        if node.namespace_note and notes is not None:
+            notes.append(node.namespace_note.replace(str(node.policy_path), shown))
         store = AutoStore(registries_dir=str(node.registries_dir), tls_verify=tls_verify, cert_dir=cert_dir,
                           authfile=authfile)
         resolver = Resolver(tls_verify=tls_verify, cert_dir=cert_dir, authfile=authfile)
@@ -118,7 +144,7 @@ def evaluate_node(root: str, compiled: CompiledPolicy | None, refs: list[str], *
                 results += e.evaluate_reference(text, resolver=resolver, evaluator=evaluator)
             for image in stored:
                 results += e.evaluate_stored(image, evaluator)
-    return str(node.policy_path), results
+    return shown, results
 
 
 def print_table(results: list[Evaluation]) -> None:

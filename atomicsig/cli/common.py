@@ -178,6 +178,21 @@ def registry_options(f: F) -> F:
     return f
 
 
+def signature_policy_dir_option(f: F) -> F:
+    """``--signature-policy-dir``: CRI-O's option of that name (crio.conf ``signature_policy_dir``), where the
+    per-namespace ``<namespace>.json`` policies live on the node (docs/policy.md, "Namespaces")."""
+    return click.option("--signature-policy-dir", "policy_dir", default="/etc/crio/policies", show_default=True,
+                        metavar="DIR", help="CRI-O's signature_policy_dir on the node (per-namespace "
+                                            "<namespace>.json policies; under --root).")(f)
+
+
+def namespace_option(f: F) -> F:
+    """``--namespace``: answer for a pod in this Kubernetes namespace, as CRI-O would."""
+    return click.option("--namespace", metavar="NS",
+                        help="Decide as CRI-O does for a pod in namespace NS: its <signature-policy-dir>/NS.json, "
+                             "or the global policy when that file does not exist.")(f)
+
+
 def emit_json(obj: Any) -> None:
     click.echo(json.dumps(obj, indent=2, sort_keys=False))
 

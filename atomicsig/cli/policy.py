@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import click
 
-from atomicsig.cli.common import emit_json, gnupghome_option, json_option, registry_options, table
+from atomicsig.cli.common import (
+    emit_json,
+    gnupghome_option,
+    json_option,
+    namespace_option,
+    registry_options,
+    signature_policy_dir_option,
+    table,
+)
 from atomicsig.errors import EXIT_NEGATIVE, EXIT_OK
 
 _FILE = click.option("-f", "--file", "policy_file", required=True, metavar="FILE", type=click.Path(dir_okay=False),
@@ -40,7 +48,7 @@ def validate(policy_file: str, root: str, gnupghome: str | None, as_json: bool) 
     warnings = [*plan.warnings, *policy.lint(root)]
     spec, keys = policy.spec, policy.keys
     if as_json:
-        emit_json({"valid": True, "warnings": warnings, "scopes": len(spec.scopes),
+        emit_json({"valid": True, "warnings": warnings, "scopes": len(spec.scopes), "namespaces": len(spec.namespaces),
                    "keys": {k.name: list(k.fingerprints) for k in keys.values()}, "pending": plan.pending})
         return EXIT_OK
     for w in warnings:
@@ -66,12 +74,13 @@ def validate(policy_file: str, root: str, gnupghome: str | None, as_json: bool) 
 @click.option("--keypaths-under-root", is_flag=True,
               help="Write keyPath values that include --root (to run skopeo/podman against the tree in place, "
                    "e.g. in tests) instead of the node path /etc/pki/containers/….")
+@signature_policy_dir_option
 @registry_options
 @gnupghome_option
 @json_option
 def apply_cmd(policy_file: str, root: str, registries_keys: str, dry_run: bool, check: bool, audit: bool,
-              storage_root: str | None, keypaths_under_root: bool, tls_verify: bool, cert_dir: str | None,
-              authfile: str | None, gnupghome: str | None, as_json: bool) -> int:
+              storage_root: str | None, keypaths_under_root: bool, policy_dir: str, tls_verify: bool,
+              cert_dir: str | None, authfile: str | None, gnupghome: str | None, as_json: bool) -> int:
     """Install the policy: new keyrings, then registries.d/atomicsig.yaml and policy.json (staged, then renamed
     back to back: the policy.json rename is the commit point), then removals, then the state record.
 
@@ -82,7 +91,7 @@ def apply_cmd(policy_file: str, root: str, registries_keys: str, dry_run: bool, 
     from atomicsig.policy.compile import compile_policy
 
     policy = compile_policy(policy_file, gnupghome, registries_keys=registries_keys)
-    plan = policy.plan(root, keypaths_under_root=keypaths_under_root)
+    plan = policy.plan(root, keypaths_under_root=keypaths_under_root, policy_dir=policy_dir)
     for w in [*plan.warnings, *policy.lint(root)]:
         click.echo(f"warning: {w}", err=True)
     for s in plan.adopted:
@@ -97,7 +106,8 @@ def apply_cmd(policy_file: str, root: str, registries_keys: str, dry_run: bool, 
         from atomicsig.ops.evaluate import exit_code
 
         _, audited = evaluate_node(root, policy, [], storage=True, storage_root=storage_root,
-                                   tls_verify=tls_verify, cert_dir=cert_dir, authfile=authfile)
+                                   tls_verify=tls_verify, cert_dir=cert_dir, authfile=authfile,
+                                   policy_dir=policy_dir)
     if dry_run or check:
         if as_json:
             emit_json({"pending": plan.pending, "changes": changes,
@@ -162,12 +172,16 @@ def show(root: str, policy_path: str | None, registries_dir: str | None, noheadi
 @_ROOT
 @click.option("--policy", "policy_path", metavar="FILE", help="policy.json to read.")
 @click.option("--registries.d", "registries_dir", metavar="DIR", help="registries.d directory.")
+@namespace_option
+@signature_policy_dir_option
 @json_option
-def explain_cmd(ref: str, root: str, policy_path: str | None, registries_dir: str | None, as_json: bool) -> int:
-    """Which scope of the node's policy applies to REF, its requirements, and the lookaside a pull reads."""
+def explain_cmd(ref: str, root: str, policy_path: str | None, registries_dir: str | None, namespace: str | None,
+                policy_dir: str, as_json: bool) -> int:
+    """Which scope of the node's policy applies to REF, its requirements, and the lookaside a pull reads.
+    With --namespace, the policy CRI-O uses for a pod in that namespace (its own file, else the global one)."""
     from atomicsig.policy import explain
 
-    node = explain.load_node(root, policy_path, registries_dir)
+    node = explain.load_node(root, policy_path, registries_dir, namespace=namespace, policy_dir=policy_dir)
     info = explain.explain(node, ref)
     if as_json:
         emit_json(info)
@@ -183,17 +197,20 @@ def explain_cmd(ref: str, root: str, policy_path: str | None, registries_dir: st
               show_default=True, help="machineconfig/butane: every file; json: only policy.json.")
 @click.option("--name", default="51-atomicsig-policy", show_default=True, help="MachineConfig name.")
 @click.option("--role", default="worker", show_default=True, help="machineconfiguration.openshift.io/role label.")
+@signature_policy_dir_option
 @gnupghome_option
-def render(policy_file: str, registries_keys: str, fmt: str, name: str, role: str, gnupghome: str | None) -> int:
+def render(policy_file: str, registries_keys: str, fmt: str, name: str, role: str, policy_dir: str,
+           gnupghome: str | None) -> int:
     """Print the node files for a fresh node (policy.json from the shipped default) as a MachineConfig or Butane.
 
     Every file gets mode 0644 (420) and a data: URL; the MachineConfig replaces the node's policy.json, so
-    scopes not in the YAML (except the shipped docker-daemon entry) are not kept.
+    scopes not in the YAML (except the shipped docker-daemon entry) are not kept. Each `namespaces:` entry adds
+    <signature-policy-dir>/<namespace>.json (that policy.json plus the namespace's scopes).
     """
     from atomicsig.policy import render as r
     from atomicsig.policy.compile import compile_policy
 
-    files = compile_policy(policy_file, gnupghome, registries_keys=registries_keys).node_files()
+    files = compile_policy(policy_file, gnupghome, registries_keys=registries_keys).node_files(policy_dir)
     if fmt == "json":
         click.echo(files[r.POLICY_PATH].decode(), nl=False)
         return EXIT_OK

@@ -24,12 +24,13 @@ from atomicsig.errors import InputError, ReferenceError_
 from atomicsig.format import reference
 
 __all__ = ["UNSAFE_CATEGORIES", "check_email", "check_file_name", "check_fingerprint", "check_key_name",
-           "check_name", "check_scope", "check_url", "unsafe_char"]
+           "check_name", "check_namespace", "check_scope", "check_url", "unsafe_char"]
 
 #: Unicode general categories refused everywhere (see the module docstring).
 UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 #: A policy key name: also a part of keyring file names (``atomicsig-<name>-<hash>.gpg``).
 _KEY_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+_NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 _FINGERPRINT = re.compile(r"(0x)?[0-9A-Fa-f]{40}")
 #: RFC 5322 dot-atom local part (no quoted strings: gpg and c/image tooling handle those poorly).
 _LOCAL = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
@@ -81,6 +82,17 @@ def check_key_name(field: str, value: str) -> str:
     _common(field, value, 64)
     if not _KEY_NAME.fullmatch(value):
         raise InputError(f"{field}: {value!r}: use lowercase letters, digits, '.', '_', '-' (max 64)")
+    return value
+
+
+def check_namespace(field: str, value: str) -> str:
+    """A Kubernetes namespace name: an RFC 1123 label (lowercase letters, digits and '-', starting and ending with a
+    letter or digit, at most 63 characters). CRI-O opens ``<signature_policy_dir>/<namespace>.json`` with the name
+    joined in as is (server/image_pull.go), so anything else could name a file outside that directory."""
+    _common(field, value, 63)
+    if not _NAMESPACE.fullmatch(value):
+        raise InputError(f"{field}: {value!r} is not a Kubernetes namespace name (RFC 1123 label: lowercase "
+                         "letters, digits and '-', starting and ending with a letter or digit, at most 63)")
     return value
 
 

@@ -27,6 +27,11 @@ what atomicsig does not own.
   beforehand so nothing but the two renames lies between them) → removals (old keyrings) → state. Between the
   two renames a node reads the new lookasides with the old trust rules: it can only fail to find a signature,
   never accept more (docs/policy.md).
+* CRI-O namespace files (``<signature_policy_dir>/<ns>.json``, render.namespace_doc) are derived from the new
+  policy.json and follow the same rules: owned through the record (name = a namespace name + ``.json``, content
+  hash), an unmanaged one with a name we need is refused, written and removed in the commit stage (they name
+  keyrings, so new keyrings exist before them and old ones go after). Each is read on its own by CRI-O, so their
+  order among themselves does not matter.
 * Every replaced or deleted file is first copied to ``<file>.atomicsig-bak.<UTC timestamp>`` (registries.d
   ignores names not ending in ``.yaml``, SPEC §4.1).
 """
@@ -48,6 +53,7 @@ from atomicsig.format.validate import check_file_name
 from atomicsig.policy.keymaterial import KeyMaterial
 from atomicsig.policy.render import (
     AUDIT_PATH,
+    CRIO_POLICY_DIR,
     KEY_DIR,
     POLICY_PATH,
     REGISTRIES_D,
@@ -55,6 +61,8 @@ from atomicsig.policy.render import (
     Compiled,
     compile_spec,
     merge,
+    namespace_doc,
+    namespace_path,
 )
 from atomicsig.policy.schema import PolicySpec
 from atomicsig.policy.tree import NodeTree, split
@@ -72,6 +80,10 @@ STAGES = ("state-intent", "key", "commit", "removal", "state")
 MANAGED_NAMES = {KEY_DIR: re.compile(r"atomicsig-[^/]+\.(gpg|pub)"),
                  REGISTRIES_D: re.compile(r"atomicsig(-[^/]+)?\.yaml"),
                  split(AUDIT_PATH)[0]: re.compile(re.escape(split(AUDIT_PATH)[1]))}
+#: The names apply writes in CRI-O's signature_policy_dir: ``<Kubernetes namespace name>.json``.
+NAMESPACE_FILE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\.json")
+#: Directories that can never be the signature_policy_dir: ``policy.json`` is a valid ``<ns>.json`` name.
+_NOT_POLICY_DIRS = {KEY_DIR, REGISTRIES_D, str(Path(POLICY_PATH).parent), str(Path(STATE_PATH).parent)}
 
 
 @dataclass
@@ -80,11 +92,11 @@ class Change:
     path: Path  # where it is written (under root), for messages
     old: bytes | None
     new: bytes | None  # None = delete
-    kind: str  # state-intent | key | registries.d | policy | audit | state
+    kind: str  # state-intent | key | registries.d | policy | crio-policy | audit | state
     stage: str = ""  # one of STAGES; defaults to ``kind``, "commit" for registries.d and policy.json
 
     def __post_init__(self) -> None:
-        self.stage = self.stage or ("commit" if self.kind in ("registries.d", "policy") else self.kind)
+        self.stage = self.stage or ("commit" if self.kind in ("registries.d", "policy", "crio-policy") else self.kind)
 
     @property
     def action(self) -> str:
@@ -186,10 +198,23 @@ def read_state(root: str | Path | NodeTree) -> State:
                  {s: _hashes(doc.get("scope_sha256"), s) for s in scopes if isinstance(s, str)}, raw)
 
 
-def managed_name(node_path: str) -> bool:
+def check_policy_dir(policy_dir: str) -> str:
+    """CRI-O's ``signature_policy_dir`` as a node path: absolute (CRI-O requires it), normalized, and none of the
+    directories apply manages for other files (there a recorded ``policy.json`` would look like a namespace's)."""
+    norm = str(Path(policy_dir))
+    if not policy_dir.startswith("/") or norm != policy_dir.rstrip("/") or "/../" in norm + "/" or norm == "/" \
+            or norm.startswith("//"):
+        raise PolicyError(f"--signature-policy-dir {policy_dir!r}: give an absolute, normalized directory "
+                          "(CRI-O's signature_policy_dir)")
+    if norm in _NOT_POLICY_DIRS:
+        raise PolicyError(f"--signature-policy-dir {policy_dir!r}: apply manages other files there")
+    return norm
+
+
+def managed_name(node_path: str, policy_dir: str = CRIO_POLICY_DIR) -> bool:
     """A path apply may replace or remove: directly in a managed directory, under a name apply generates."""
     d, name = split(node_path)
-    pattern = MANAGED_NAMES.get(d)
+    pattern = NAMESPACE_FILE if d == policy_dir and d not in MANAGED_NAMES else MANAGED_NAMES.get(d)
     if pattern is None or not pattern.fullmatch(name) or ".atomicsig-bak." in name or \
             name.endswith(STAGING_SUFFIX):
         return False
@@ -200,10 +225,11 @@ def managed_name(node_path: str) -> bool:
     return True
 
 
-def _removable(tree: NodeTree, node_path: str, hashes: set[str]) -> tuple[bool, bytes | None]:
+def _removable(tree: NodeTree, node_path: str, hashes: set[str],
+               policy_dir: str = CRIO_POLICY_DIR) -> tuple[bool, bytes | None]:
     """(apply may remove it, current content). Refused: a name apply never generates, a non-regular file or a
     link, or content other than what apply recorded writing (issue 12 #9)."""
-    if not managed_name(node_path):
+    if not managed_name(node_path, policy_dir):
         return False, None
     try:
         data = tree.read(node_path)
@@ -249,8 +275,10 @@ def unmanaged_registries(root: str | Path | NodeTree, owned: set[str]) -> regist
 
 
 def plan(spec: PolicySpec, keys: dict[str, KeyMaterial], root: str | Path, *, registries_keys: str = "lookaside",
-         keypaths_under_root: bool = False) -> Plan:
-    """Everything ``apply`` would change, computed without writing. Raises on any conflict or bad input."""
+         keypaths_under_root: bool = False, policy_dir: str = CRIO_POLICY_DIR) -> Plan:
+    """Everything ``apply`` would change, computed without writing. Raises on any conflict or bad input.
+    ``policy_dir``: CRI-O's signature_policy_dir on the node, where the namespace files go."""
+    policy_dir = check_policy_dir(policy_dir)
     tree = NodeTree(root)
     rootp = tree.root
     state = read_state(tree)
@@ -262,13 +290,14 @@ def plan(spec: PolicySpec, keys: dict[str, KeyMaterial], root: str | Path, *, re
     # Files the record names: replaced only under names apply generates, removed only if unchanged since.
     owned_files: set[str] = set()
     removable: dict[str, bytes | None] = {}
+    ns_paths = {namespace_path(ns, policy_dir): ns for ns in compiled.namespaces}
     for node_path, hashes in sorted(state.files.items()):
-        ok, data = _removable(tree, node_path, hashes)
-        if managed_name(node_path):
+        ok, data = _removable(tree, node_path, hashes, policy_dir)
+        if managed_name(node_path, policy_dir):
             owned_files.add(node_path)
         if ok:
             removable[node_path] = data
-        elif node_path not in compiled.files:
+        elif node_path not in compiled.files and node_path not in ns_paths:
             distrusted.append(node_path)
     # A file already holding exactly what we would write is ours (e.g. the state record was lost).
     identical = {n for n, data in compiled.registries_files().items() if tree.read(n) == data}
@@ -279,7 +308,7 @@ def plan(spec: PolicySpec, keys: dict[str, KeyMaterial], root: str | Path, *, re
         if node_path not in owned_files | identical and tree.lexists(node_path):
             raise PolicyError(f"{tree.display(node_path)} exists but is not managed by atomicsig; move it away or "
                               f"merge it into {spec.source}")
-    for s in spec.scopes:
+    for s in spec.all_scopes():
         if s.has_registries_d and s.scope in cfg.docker:
             ours = tree.display(REGISTRIES_FILE)
             raise PolicyError(f'"docker" namespace "{s.scope}" would be defined both in "{cfg.docker[s.scope].source}"'
@@ -309,6 +338,21 @@ def plan(spec: PolicySpec, keys: dict[str, KeyMaterial], root: str | Path, *, re
         policyjson.problems(new_doc)
     if bad:
         raise PolicyError(f"generated policy would be invalid: {bad[0]}")
+    # CRI-O namespace files: the new policy.json plus each namespace's scopes. One we did not write is refused,
+    # like an unmanaged registries.d file (the MCO, or an admin, may own it); identical content counts as ours.
+    ns_files: dict[str, bytes] = {}
+    for node_path, ns in sorted(ns_paths.items()):
+        doc = namespace_doc(new_doc, compiled.namespaces[ns])
+        # Only the namespace's scopes differ from new_doc, checked above: validate just those lists.
+        added = {"default": doc["default"], "transports": {"docker": {
+            s: doc["transports"]["docker"][s] for s in compiled.namespaces[ns]}}}
+        bad = policyjson.problems(added)
+        if bad:
+            raise PolicyError(f"generated policy for namespace {ns!r} would be invalid: {bad[0]}")
+        ns_files[node_path] = policyjson.dumps(doc)
+        if node_path not in owned_files and tree.lexists(node_path) and tree.read(node_path) != ns_files[node_path]:
+            raise PolicyError(f"{tree.display(node_path)} exists but is not managed by atomicsig; move it away or "
+                              f"merge it into {spec.source} under namespaces: {ns}")
     if distrusted:
         shown = ", ".join(repr(x) for x in distrusted[:5]) + \
             (f" and {len(distrusted) - 5} more" if len(distrusted) > 5 else "")
@@ -324,20 +368,26 @@ def plan(spec: PolicySpec, keys: dict[str, KeyMaterial], root: str | Path, *, re
     named = _key_paths(new_doc)
     still_named = {n for n in removable if n.startswith(KEY_DIR + "/") and
                    (n in named or str(rootp) + n in named)}
-    gone = sorted(set(removable) - set(compiled.files) - still_named)
+    gone = sorted(set(removable) - set(compiled.files) - set(ns_files) - still_named)
     for node_path in gone:
         if node_path.startswith(REGISTRIES_D + "/"):
             _delete(result, node_path, removable[node_path], "registries.d", "commit")
+        elif not node_path.startswith(KEY_DIR + "/") and node_path != AUDIT_PATH:  # a namespace file gone from the YAML
+            _delete(result, node_path, removable[node_path], "crio-policy", "commit")
     for node_path, data in sorted(compiled.registries_files().items()):
         _add(result, node_path, data, "registries.d")
-    for staging, kind in ((f"{REGISTRIES_FILE}{STAGING_SUFFIX}", "registries.d"),
-                          (f"{POLICY_PATH}{STAGING_SUFFIX}", "policy")):
+    leftovers = [(f"{REGISTRIES_FILE}{STAGING_SUFFIX}", "registries.d"), (f"{POLICY_PATH}{STAGING_SUFFIX}", "policy")]
+    leftovers += [(f"{p}{STAGING_SUFFIX}", "crio-policy") for p in sorted(set(ns_files) | owned_files)
+                  if split(p)[0] == policy_dir]
+    for staging, kind in leftovers:
         if tree.lexists(staging):  # left by a killed apply; ours by its name (unlink never follows a link)
             try:
                 old = tree.read(staging)
             except PolicyError:
                 old = b""
             _delete(result, staging, old if old is not None else b"", kind, "commit")
+    for node_path, data in ns_files.items():
+        _add(result, node_path, data, "crio-policy")
     if existing is None or new_doc != existing:
         result.changes.append(Change(POLICY_PATH, policy_path, raw_policy, policyjson.dumps(new_doc), "policy"))
     # Old keyrings go only after policy.json stopped naming them. The audit sidecar changes after the commit too:
@@ -345,14 +395,14 @@ def plan(spec: PolicySpec, keys: dict[str, KeyMaterial], root: str | Path, *, re
     # the window (or after a crash, until the next apply) audit shows a scope entering audit mode as what the node
     # does now (accepted), and ignores the entry of a scope that left it: never an answer about another policy.
     for node_path in gone:
-        if not node_path.startswith(REGISTRIES_D + "/"):
+        if node_path.startswith(KEY_DIR + "/") or node_path == AUDIT_PATH:
             _delete(result, node_path, removable[node_path], "audit" if node_path == AUDIT_PATH else "key", "removal")
     if AUDIT_PATH in compiled.files:
         old_audit = tree.read(AUDIT_PATH)
         if old_audit != compiled.files[AUDIT_PATH]:
             result.changes.append(Change(AUDIT_PATH, tree.display(AUDIT_PATH), old_audit,
                                          compiled.files[AUDIT_PATH], "audit", "removal"))
-    final = State({p: {_sha(d)} for p, d in compiled.files.items()},
+    final = State({p: {_sha(d)} for p, d in {**compiled.files, **ns_files}.items()},
                   {s: {scope_hash(r)} for s, r in compiled.docker_scopes.items()})
     final = final.union(State({p: state.files[p] for p in still_named - set(compiled.files)}))
     state_bytes = final.to_bytes()
@@ -458,7 +508,10 @@ def _commit(tree: NodeTree, changes: list[Change], pool: Any) -> None:
        two, either rename may have survived alone; both mixes only ever refuse (a lookaside tells *where* to
        read signatures, never whether a signature is trusted).
     """
-    writes = sorted((c for c in changes if c.new is not None), key=lambda c: c.kind != "registries.d")
+    # registries.d, policy.json, then the namespace files: a namespace file is that namespace's whole policy, read
+    # on its own by CRI-O, so its rename needs no neighbour, and the two commit renames stay back to back.
+    order = {"registries.d": 0, "policy": 1}
+    writes = sorted((c for c in changes if c.new is not None), key=lambda c: order.get(c.kind, 2))
     staged = [c.node_path + STAGING_SUFFIX for c in writes]
     list(pool.map(lambda c, tmp: tree.write(tmp, c.new), writes, staged))
     drops = [c for c in changes if c.new is None and c.node_path not in staged]
@@ -516,11 +569,19 @@ def lint(spec: PolicySpec, keys: dict[str, KeyMaterial], root: str | Path, compi
                     if not s.signed_by else "`atomicsig audit` reports what enforcing it would refuse")
             warnings.append(f"{spec.source}:{s.line}: scope {s.scope!r} is in audit mode (enforce: false): the node "
                             f"accepts its images without a signature check; {what}")
+    for ns in spec.namespaces.values():
+        loose = [s for s in ns.scopes if s.action != "reject"]
+        if spec.default == "reject" and loose:
+            warnings.append(f"{spec.source}:{loose[0].line}: namespace {ns.name!r} admits images the cluster "
+                            f"policy refuses ({', '.join(s.scope for s in loose)}); CRI-O checks a namespace's "
+                            "own file when a container is created, but not the global policy, so once pulled "
+                            "for this namespace such an image can run in any namespace without a file "
+                            "(docs/policy.md, Namespaces)")
     owned = {p for p in read_state(tree).files if managed_name(p)}
     cfg = unmanaged_registries(tree, owned | set(compiled.registries_files()))
-    readable = {x for x, sec in cfg.docker.items() if sec.url(write=False)} | {x.scope for x in spec.scopes
+    readable = {x for x, sec in cfg.docker.items() if sec.url(write=False)} | {x.scope for x in spec.all_scopes()
                                                                                  if x.lookaside}
-    for s in signed:
+    for s in [x for x in spec.all_scopes() if x.action == "signed"]:
         if not s.signed_by:
             continue
         found = any(x in readable for x in scope_chain(s.scope))

@@ -29,23 +29,29 @@ class CompiledPolicy:
     compiled: Compiled
     registries_keys: str = "lookaside"
 
-    def plan(self, root: str | Path, *, keypaths_under_root: bool = False) -> apply.Plan:
-        """What ``apply`` would change under ``root`` (raises on conflicts, exactly as apply does)."""
+    def plan(self, root: str | Path, *, keypaths_under_root: bool = False,
+             policy_dir: str = render.CRIO_POLICY_DIR) -> apply.Plan:
+        """What ``apply`` would change under ``root`` (raises on conflicts, exactly as apply does); ``policy_dir``
+        is CRI-O's signature_policy_dir for the namespace files."""
         return apply.plan(self.spec, self.keys, root, registries_keys=self.registries_keys,
-                          keypaths_under_root=keypaths_under_root)
+                          keypaths_under_root=keypaths_under_root, policy_dir=policy_dir)
 
     def lint(self, root: str | Path) -> list[str]:
         """Warnings that do not stop an apply (expiring keys, default accept, scopes without a lookaside)."""
         return apply.lint(self.spec, self.keys, root, self.compiled)
 
-    def node_files(self) -> dict[str, bytes]:
-        """Every file of a fresh node: policy.json (the shipped default plus our scopes), registries.d, keyrings.
+    def node_files(self, policy_dir: str = render.CRIO_POLICY_DIR) -> dict[str, bytes]:
+        """Every file of a fresh node: policy.json (the shipped default plus our scopes), registries.d, keyrings,
+        and one CRI-O ``<policy_dir>/<namespace>.json`` per namespace (that policy.json plus its scopes).
 
         What ``policy render`` ships as a MachineConfig/Butane; it replaces the node's policy.json, so scopes not
         in the YAML (except the shipped docker-daemon entry) are not kept.
         """
+        policy_dir = apply.check_policy_dir(policy_dir)
         doc = render.merge(json.loads(json.dumps(policyjson.SHIPPED_DEFAULT)), self.compiled, set())
-        return {**self.compiled.files, render.POLICY_PATH: policyjson.dumps(doc)}
+        namespaces = {render.namespace_path(ns, policy_dir): policyjson.dumps(render.namespace_doc(doc, scopes))
+                      for ns, scopes in sorted(self.compiled.namespaces.items())}
+        return {**self.compiled.files, render.POLICY_PATH: policyjson.dumps(doc), **namespaces}
 
 
 def compile_policy(source: str | Path, gnupghome: str | None, *,

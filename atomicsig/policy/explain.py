@@ -13,12 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from atomicsig.errors import AtomicsigError, PolicyError, ReferenceError_, StorageError
-from atomicsig.format import policyjson, reference
+from atomicsig.errors import AtomicsigError, InputError, PolicyError, ReferenceError_, StorageError
+from atomicsig.format import policyjson, reference, validate
 from atomicsig.gnupg import keyring as gpg
 from atomicsig.ops.evaluate import audit_labels, audited_requirements, key_paths, resolve_key_path
 from atomicsig.policy.apply import scope_chain
-from atomicsig.policy.render import AUDIT_PATH, POLICY_PATH, parse_audit_file
+from atomicsig.policy.render import AUDIT_PATH, CRIO_POLICY_DIR, POLICY_PATH, parse_audit_file
 from atomicsig.policy.tree import NodeTree
 from atomicsig.store import registries_d
 
@@ -35,6 +35,8 @@ class NodeConfig:
     registries_dir: Path
     registries: registries_d.RegistriesConfig
     root: Path
+    namespace: str | None = None  # the pod namespace asked about (CRI-O's per-namespace policy)
+    namespace_note: str = ""  # which file CRI-O reads for it, and why
     _key_cache: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     #: docker scope → enforce-mode requirements of the scopes ``policy apply`` put in audit mode (render.AUDIT_PATH)
     audit_scopes: dict[str, list[Any]] = field(default_factory=dict)
@@ -68,11 +70,36 @@ def _describe_keyring(home: gpg.Keyring, path: Path) -> list[dict[str, Any]]:
             for k in home.list_keys() if k.fingerprint.upper() in fprs]
 
 
-def load_node(root: str | Path = "/", policy: str | None = None, registries_dir: str | None = None) -> NodeConfig:
-    """The files a pull on this node would read, in c/image's lookup order unless given explicitly."""
+def namespace_policy(root: Path, namespace: str, policy_dir: str = CRIO_POLICY_DIR) -> Path | None:
+    """CRI-O's file for a pull in pod namespace ``namespace``: ``<root><policy_dir>/<namespace>.json`` if it exists,
+    None if it does not (CRI-O then uses the global policy). Any other stat failure is an error, as in CRI-O's
+    ``contextForNamespace`` (server/image_pull.go); the name is checked first so it cannot leave the directory."""
+    try:
+        validate.check_namespace("--namespace", namespace)
+    except InputError as exc:
+        raise PolicyError(exc.message) from exc
+    path = root / policy_dir.lstrip("/") / f"{namespace}.json"
+    try:
+        path.stat()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise PolicyError(f"cannot read namespace policy {path}: {exc.strerror or exc}") from exc
+    return path
+
+
+def load_node(root: str | Path = "/", policy: str | None = None, registries_dir: str | None = None, *,
+              namespace: str | None = None, policy_dir: str = CRIO_POLICY_DIR) -> NodeConfig:
+    """The files a pull on this node would read, in c/image's lookup order unless given explicitly. With
+    ``namespace``: the policy CRI-O uses for a pod in that namespace — its ``<policy_dir>/<namespace>.json``, else
+    (no such file) the global policy, which is what CRI-O falls back to (``policy`` stands for crio.conf's
+    ``signature_policy``)."""
     rootp = Path(root).absolute()
     user_policy = Path.home() / ".config/containers/policy.json"
-    if policy:
+    ns_path = namespace_policy(rootp, namespace, policy_dir) if namespace is not None else None
+    if ns_path is not None:
+        ppath = ns_path
+    elif policy:
         ppath = Path(policy)
     elif str(rootp) == "/" and user_policy.exists():  # c/image reads the user's file first (SPEC §5.1)
         ppath = user_policy
@@ -82,8 +109,15 @@ def load_node(root: str | Path = "/", policy: str | None = None, registries_dir:
     if doc is None:
         raise PolicyError(f"no policy.json at {ppath}")
     rdir = Path(registries_dir) if registries_dir else registries_d.effective_dir(str(rootp))
-    node = NodeConfig(ppath, doc, rdir, registries_d.load_dir(rdir), rootp)
-    if ppath == rootp / POLICY_PATH.lstrip("/"):  # the sidecar describes the policy.json apply manages, no other
+    note = ""
+    if namespace is not None:
+        shown = f"{policy_dir.rstrip('/')}/{namespace}.json"
+        note = (f"namespace {namespace}: CRI-O reads {shown}" if ns_path is not None else
+                f"namespace {namespace}: no {shown}, CRI-O falls back to the global policy {ppath}")
+    node = NodeConfig(ppath, doc, rdir, registries_d.load_dir(rdir), rootp, namespace, note)
+    # The sidecar describes the policy.json apply manages and the namespace files apply derives from it, no other
+    # (an entry only counts while the file judged still holds the scope's insecureAcceptAnything: ops/evaluate.py).
+    if ppath == rootp / POLICY_PATH.lstrip("/") or ns_path is not None:
         node.audit_scopes = read_audit_scopes(rootp)
     return node
 
@@ -176,6 +210,9 @@ def explain(node: NodeConfig, ref_text: str) -> dict[str, Any]:
     transport, name = split_transport(ref_text)
     out: dict[str, Any] = {"transport": transport, "policy": str(node.policy_path),
                            "registries_d": str(node.registries_dir)}
+    if node.namespace is not None:
+        out["namespace"] = node.namespace
+        out["namespace_note"] = node.namespace_note
     ref = None
     if transport in ("docker", "atomic"):
         ref = reference.parse(name).with_tag_default()
@@ -213,6 +250,7 @@ def explain(node: NodeConfig, ref_text: str) -> dict[str, Any]:
 def explain_text(info: dict[str, Any]) -> str:
     lines = [f"reference:   {info['transport']}:{info['reference']}",
              f"policy:      {info['policy']}",
+             *([f"namespace:   {info['namespace_note']}"] if "namespace" in info else []),
              f"scope:       {info['scope']}"]
     if "candidates" in info:
         lines.append("             (tried: " + ", ".join(repr(c) for c in info["candidates"]) + ", then default)")

@@ -13,15 +13,16 @@ from pathlib import Path
 
 from atomicsig.fsutil import atomic_write, makedirs
 from atomicsig.policy.compile import CompiledPolicy
-from atomicsig.policy.render import AUDIT_PATH, POLICY_PATH, REGISTRIES_D
+from atomicsig.policy.render import AUDIT_PATH, CRIO_POLICY_DIR, POLICY_PATH, REGISTRIES_D
 
 __all__ = ["stage_applied"]
 
 
-def stage_applied(policy: CompiledPolicy, root: str | Path, scratch: str | Path) -> Path:
-    """Write under ``scratch`` the policy.json, registries.d files, audit sidecar and new keyrings the node at
-    ``root`` would have once ``policy`` is applied; return ``scratch``. Keyrings the apply leaves alone stay under
-    ``root``."""
+def stage_applied(policy: CompiledPolicy, root: str | Path, scratch: str | Path, *,
+                  policy_dir: str = CRIO_POLICY_DIR) -> Path:
+    """Write under ``scratch`` the policy.json, registries.d files, audit sidecar, CRI-O namespace files
+    (``policy_dir``) and new keyrings the node at ``root`` would have once ``policy`` is applied; return
+    ``scratch``. Keyrings the apply leaves alone stay under ``root``."""
     rootp, dest = Path(root), Path(scratch)
     for node_path in (POLICY_PATH, AUDIT_PATH):  # the audit sidecar: audit-mode scopes the apply leaves alone
         src = rootp / node_path.lstrip("/")
@@ -34,7 +35,13 @@ def stage_applied(policy: CompiledPolicy, root: str | Path, scratch: str | Path)
         for name in os.listdir(src_reg):
             if name.endswith(".yaml") and (src_reg / name).is_file():
                 shutil.copyfile(src_reg / name, dest / REGISTRIES_D.lstrip("/") / name)
-    for change in policy.plan(root).changes:
+    src_ns = rootp / policy_dir.lstrip("/")
+    if src_ns.is_dir():  # the namespace files the apply leaves alone (or does not manage) still decide
+        makedirs(dest / policy_dir.lstrip("/"))
+        for name in os.listdir(src_ns):
+            if name.endswith(".json") and (src_ns / name).is_file():
+                shutil.copyfile(src_ns / name, dest / policy_dir.lstrip("/") / name)
+    for change in policy.plan(root, policy_dir=policy_dir).changes:
         if change.kind in {"state-intent", "state"}:
             continue
         target = dest / change.node_path.lstrip("/")

@@ -18,6 +18,9 @@ Pure (no I/O): input is the parsed YAML plus key bytes, output is file contents 
   :data:`AUDIT_PATH`, a sidecar no container tool reads (c/image parses policy.json strictly, SPEC §5.2, so they
   cannot go there). Keyrings and the registries.d entry are written as for an enforced scope, so ``audit`` finds
   keys and signatures, and flipping to enforce changes only policy.json and the sidecar.
+* ``namespaces:`` compile to CRI-O's ``<signature_policy_dir>/<namespace>.json`` (default ``/etc/crio/policies``):
+  the node's whole policy.json with the namespace's scopes added, appended to a scope the policy.json already has
+  (AND), as OpenShift's machine-config operator writes them (:func:`namespace_doc`, docs/policy.md "Namespaces").
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from typing import Any
 
 import yaml
 
+from atomicsig.errors import PolicyError
 from atomicsig.format import validate
 from atomicsig.policy.keymaterial import KeyMaterial
 from atomicsig.policy.schema import PolicySpec, ScopeSpec
@@ -45,6 +49,8 @@ REGISTRIES_FILE = f"{REGISTRIES_D}/atomicsig.yaml"
 AUDIT_PATH = "/var/lib/atomicsig/audit-scopes.json"
 AUDIT_VERSION = 1
 ACCEPT_NOW = [{"type": "insecureAcceptAnything"}]
+#: CRI-O's ``signature_policy_dir`` default (crio.conf(5); pkg/config/config.go), also the MCO's CrioPoliciesDir.
+CRIO_POLICY_DIR = "/etc/crio/policies"
 _DUMPER: Any = getattr(yaml, "CSafeDumper", yaml.SafeDumper)  # libyaml when present: 500 files in ~20 ms
 
 
@@ -56,6 +62,7 @@ class Compiled:
     docker_scopes: dict[str, list[dict[str, Any]]]
     files: dict[str, bytes] = field(default_factory=dict)  # node path -> content (keys, registries.d, sidecar)
     audit_scopes: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # enforce-mode reqs, audit scopes
+    namespaces: dict[str, dict[str, list[dict[str, Any]]]] = field(default_factory=dict)  # ns -> docker scopes
 
     def key_files(self) -> dict[str, bytes]:
         return {p: d for p, d in self.files.items() if p.startswith(KEY_DIR + "/")}
@@ -78,8 +85,6 @@ def keyring_name(names: tuple[str, ...], data: bytes, ext: str = "gpg") -> str:
 def compile_spec(spec: PolicySpec, keys: dict[str, KeyMaterial], *, registries_keys: str = "lookaside",
                  keypath_prefix: str = "") -> Compiled:
     """``keypath_prefix`` is prepended to keyPath values (empty on real nodes; the --root for in-place tests)."""
-    from atomicsig.errors import PolicyError
-
     if registries_keys not in REGISTRIES_KEYS:
         raise PolicyError(f"--registries-keys must be one of {', '.join(REGISTRIES_KEYS)}")
     default = [{"type": "reject"}] if spec.default == "reject" else [{"type": "insecureAcceptAnything"}]
@@ -94,6 +99,12 @@ def compile_spec(spec: PolicySpec, keys: dict[str, KeyMaterial], *, registries_k
             out.audit_scopes[s.scope] = reqs
         if s.has_registries_d:
             sections[s.scope] = registries_d_section(s, registries_keys)
+    for ns in spec.namespaces.values():
+        scopes = out.namespaces.setdefault(ns.name, {})
+        for s in ns.scopes:
+            scopes[s.scope] = _requirements(s, keys, out.files, keypath_prefix.rstrip("/"))
+            if s.has_registries_d:  # the same settings wherever the scope is named (schema._check_registries_d)
+                sections.setdefault(s.scope, registries_d_section(s, registries_keys))
     if sections:
         out.files[REGISTRIES_FILE] = registries_d_file(sections)
     if out.audit_scopes:
@@ -209,6 +220,32 @@ def merge(existing: dict[str, Any], compiled: Compiled, previously_owned: set[st
         del transports["docker"]
     if not transports and not had_transports:
         del doc["transports"]
+    return doc
+
+
+def namespace_path(namespace: str, policy_dir: str = CRIO_POLICY_DIR) -> str:
+    """``<signature_policy_dir>/<namespace>.json``, the file CRI-O opens for a pull with that pod namespace."""
+    validate.check_namespace("namespace", namespace)
+    return f"{policy_dir.rstrip('/')}/{namespace}.json"
+
+
+def namespace_doc(cluster: dict[str, Any], scopes: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """One namespace's policy: the cluster policy.json as the node has it, every namespace scope added under
+    ``transports.docker`` and appended to the requirements of a scope already there (c/image ANDs them). That is
+    the MCO's ``updateNamespacedPolicyJSONs``; CRI-O reads only this file for the namespace's pulls, so whatever the
+    cluster policy says outside the namespace's scopes must be in it too.
+
+    The result shares the requirement objects it does not change with ``cluster`` (a node can have hundreds of
+    namespaces over hundreds of scopes; a deep copy each was most of an apply's time): treat both as read-only."""
+    doc = dict(cluster)
+    transports = doc["transports"] = dict(doc.get("transports") or {})
+    docker = transports["docker"] = dict(transports.get("docker") or {})
+    for scope, reqs in scopes.items():
+        have = docker.get(scope, [])
+        if not isinstance(have, list):
+            raise PolicyError(f"policy.json scope {scope!r} is not a list of requirements; cannot add a "
+                              "namespace's requirements to it")
+        docker[scope] = [*have, *copy.deepcopy(reqs)]
     return doc
 
 

@@ -21,6 +21,10 @@ Shape (full reference in docs/policy.md)::
         use-sigstore-attachments: true
         enforce: false                   # audit mode: accepted now, audited against the above (docs/policy.md)
       docker.io/library: {action: accept}
+    namespaces:                          # CRI-O per-namespace policies (/etc/crio/policies/<ns>.json), docs/policy.md
+      team-a:
+        scopes:                          # same syntax as above; inherit every cluster scope and the default
+          registry.example.com/team-a: {signed-by: [prod]}
 """
 
 from __future__ import annotations
@@ -35,7 +39,8 @@ from atomicsig.errors import InputError, PolicyError
 from atomicsig.format import identity, validate, yamlstrict
 from atomicsig.format.identity import IdentityMatcher
 
-TOP_KEYS = ("default", "keys", "scopes")
+TOP_KEYS = ("default", "keys", "scopes", "namespaces")
+NAMESPACE_KEYS = ("scopes",)
 KEY_KINDS = ("file", "fingerprint", "cosign")
 SCOPE_KEYS = ("action", "signed-by", "sigstore-signed-by", "identity", "lookaside", "lookaside-staging",
               "use-sigstore-attachments", "enforce")
@@ -76,6 +81,16 @@ class ScopeSpec:
         return bool(self.lookaside or self.lookaside_staging or self.use_sigstore_attachments is not None)
 
 
+@dataclass(frozen=True)
+class NamespaceSpec:
+    """The scopes one Kubernetes namespace adds to the cluster policy in its CRI-O file (docs/policy.md,
+    "Namespaces"). No ``default:``: like an OpenShift ImagePolicy, a namespace inherits the cluster default."""
+
+    name: str
+    line: int
+    scopes: tuple[ScopeSpec, ...] = ()
+
+
 @dataclass
 class PolicySpec:
     source: str
@@ -83,6 +98,11 @@ class PolicySpec:
     default_line: int = 0
     keys: dict[str, KeyDecl] = field(default_factory=dict)
     scopes: list[ScopeSpec] = field(default_factory=list)
+    namespaces: dict[str, NamespaceSpec] = field(default_factory=dict)
+
+    def all_scopes(self) -> list[ScopeSpec]:
+        """The cluster scopes, then every namespace's: what the node-wide registries.d and keyrings serve."""
+        return [*self.scopes, *(s for ns in self.namespaces.values() for s in ns.scopes)]
 
 
 class _Ctx(yamlstrict.Ctx):
@@ -127,11 +147,66 @@ def loads(text: str, source: str = "<policy>", base_dir: str | Path = ".") -> Po
             spec.keys[name] = _key(ctx, name, kn, v, Path(base_dir))
     if "scopes" in entries:
         snode = entries["scopes"][1]
-        if ctx.is_null(snode):
-            return spec
-        for name, kn, v in ctx.mapping(snode, "scopes", None):
+        for name, kn, v in () if ctx.is_null(snode) else ctx.mapping(snode, "scopes", None):
             spec.scopes.append(_scope(ctx, spec, name, kn, v))
+    if "namespaces" in entries and not ctx.is_null(entries["namespaces"][1]):
+        for name, kn, v in ctx.mapping(entries["namespaces"][1], "namespaces", None):
+            spec.namespaces[name] = _namespace(ctx, spec, name, kn, v)
+        _check_registries_d(ctx, spec)
     return spec
+
+
+def scope_within(sub: str, sup: str) -> bool:
+    """``sub`` equals ``sup`` or names a namespace, repository or host inside it (``*.`` wildcards included): the
+    test OpenShift's machine-config operator applies before it writes a namespace's file (runtime-utils
+    ``ScopeIsNestedInsideScope``; docs/policy.md, "Namespaces")."""
+    if sub == sup or (sub.startswith(sup) and sub[len(sup):len(sup) + 1] == "/"):
+        return True
+    if sup.startswith("*."):
+        host = sub.split("/", 1)[0].split(":", 1)[0]
+        return host.endswith(sup[1:])
+    return False
+
+
+def _namespace(ctx: _Ctx, spec: PolicySpec, name: str, kn: yaml.Node, node: yaml.Node) -> NamespaceSpec:
+    """One ``namespaces:`` entry. A scope equal to or inside a cluster scope is refused: the MCO drops such an
+    ImagePolicy scope (the cluster policy decides there), and a YAML line that silently does nothing is a trap."""
+    try:
+        validate.check_namespace("namespace", name)
+    except InputError as exc:
+        raise ctx.error(kn, exc.message) from exc
+    scopes: list[ScopeSpec] = []
+    for key, _, v in ctx.mapping(node, f"namespace {name!r}", NAMESPACE_KEYS):
+        if key == "scopes" and not ctx.is_null(v):
+            for sname, skn, sv in ctx.mapping(v, f"namespace {name!r} scopes", None):
+                s = _scope(ctx, spec, sname, skn, sv)
+                if not s.enforce:  # one sidecar per node, keyed by scope: it cannot tell namespaces apart
+                    raise ctx.error(skn, f"namespace {name!r}: scope {s.scope!r}: enforce: false (audit mode) is "
+                                         "only for cluster scopes; to see what a namespace rule would refuse "
+                                         "before applying it, run `atomicsig audit -f <yaml> --namespace NS`")
+                cluster = next((c for c in spec.scopes if scope_within(s.scope, c.scope)), None)
+                if cluster is not None:
+                    how = "is" if cluster.scope == s.scope else "is inside"
+                    raise ctx.error(skn, f"namespace {name!r}: scope {s.scope!r} {how} cluster scope "
+                                         f"{cluster.scope!r} (line {cluster.line}), which decides there for every "
+                                         "namespace (as OpenShift's ImagePolicy); move the rule to the cluster "
+                                         "scope or narrow it")
+                scopes.append(s)
+    return NamespaceSpec(name, kn.start_mark.line + 1, tuple(scopes))
+
+
+def _check_registries_d(ctx: _Ctx, spec: PolicySpec) -> None:
+    """registries.d has no namespaces: a scope named in several places must ask for the same lookaside settings."""
+    seen: dict[str, ScopeSpec] = {}
+    for s in spec.all_scopes():
+        if not s.has_registries_d:
+            continue
+        first = seen.setdefault(s.scope, s)
+        settings = (s.lookaside, s.lookaside_staging, s.use_sigstore_attachments)
+        if settings != (first.lookaside, first.lookaside_staging, first.use_sigstore_attachments):
+            raise PolicyError(f"{ctx.source}:{s.line}: scope {s.scope!r}: lookaside settings differ from line "
+                              f"{first.line}; registries.d is node-wide, so every namespace naming a scope must "
+                              "give it the same lookaside")
 
 
 def load(path: str | Path) -> PolicySpec:
