@@ -497,7 +497,7 @@ def lint(spec: PolicySpec, keys: dict[str, KeyMaterial], root: str | Path, compi
     readable = {x for x, sec in cfg.docker.items() if sec.url(write=False)} | {x.scope for x in spec.scopes
                                                                                  if x.lookaside}
     for s in signed:
-        if not s.signed_by:
+        if not s.required_signers:  # signed-by or signed-by-all: GPG signatures read from a lookaside
             continue
         found = any(x in readable for x in scope_chain(s.scope))
         if not found and not (cfg.default_docker and cfg.default_docker.url(write=False)):
