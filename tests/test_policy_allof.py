@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
+import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -173,85 +175,159 @@ def test_verify_require_all(cli, signer: GpgHome, other_signer: GpgHome, signer_
 # ---- against real skopeo --------------------------------------------------------------------------------------
 
 
-def _sign(cli: Any, home: GpgHome, store: Path, ref: str) -> None:
-    code, _, err = cli("sign", "--gnupghome", str(home.path), "--key", home.fingerprint, "--sigstore", str(store),
-                       "--tls-verify=false", ref)
-    assert code == 0, err
+@dataclass
+class World:
+    host: str
+    work: Path
+    store: Path
+    root: Path  # the node tree, applied with --keypaths-under-root
+    policy: Path  # the YAML
+    pubs: dict[str, Path]  # build, security, third: one public key file each
+    group: Path  # security + third in one keyring: the any-of signer as one --key
+    fpr: dict[str, str]  # signer label -> the fingerprints messages name
+    digests: dict[str, str]
+
+    @property
+    def node_policy(self) -> Path:
+        return self.root / "etc/containers/policy.json"
+
+    def skopeo_accepts(self, ref: str, root: Path | None = None) -> bool:
+        root = root or self.root
+        return skopeo_pull(ref, root / "etc/containers/policy.json", root / "etc/containers/registries.d",
+                           self.work).returncode == 0
 
 
-@pytest.mark.slow
-def test_all_of_agrees_with_skopeo(cli, registry: Registry, signer: GpgHome, other_signer: GpgHome,  # type: ignore[no-untyped-def]
-                                   tmp_path: Path) -> None:
-    """build AND security (and build AND any of [security, third]): accepted only with every required signature;
-    ``audit``, ``verify --require-all`` and ``policy explain --check`` say what skopeo does and name the signer
-    that is missing."""
-    third = GpgHome(tmp_path / "third", email="third@example.com").create()
-    h, store = registry.host, tmp_path / "sigstore"
-    images = {f"{h}/two/{n}:1": push_image(h, f"two/{n}:1", seed=f"allof-{n}", workdir=tmp_path)
-              for n in ("both", "build", "security", "none")}
-    images |= {f"{h}/grp/{n}:1": push_image(h, f"grp/{n}:1", seed=f"allof-grp-{n}", workdir=tmp_path)
-               for n in ("third", "build")}
-    for ref in (f"{h}/two/both:1", f"{h}/two/build:1", f"{h}/grp/third:1", f"{h}/grp/build:1"):
-        _sign(cli, signer, store, ref)
-    for ref in (f"{h}/two/both:1", f"{h}/two/security:1"):
-        _sign(cli, other_signer, store, ref)
-    _sign(cli, third, store, f"{h}/grp/third:1")
-    pubs = {"build": signer.export_public(tmp_path / "build.gpg"),
-            "security": other_signer.export_public(tmp_path / "security.gpg"),
-            "third": third.export_public(tmp_path / "third.gpg")}
-    policy = tmp_path / "policy.yaml"
+def _run(*args: str) -> None:
+    from atomicsig.cli import cli as group
+    from atomicsig.cli.common import run_main
+
+    assert run_main(group, list(args)) == 0, args
+
+
+@pytest.fixture(scope="module")
+def world(registry: Registry, signer: GpgHome, other_signer: GpgHome,
+          tmp_path_factory: pytest.TempPathFactory) -> World:
+    """Images in a real registry signed by build (``signer``), security (``other_signer``), both, none, or build
+    and a third key; a policy with ``two: signed-by-all: [build, security]`` and ``grp: signed-by-all: [build,
+    [security, third]]``, applied to a node tree."""
+    work = tmp_path_factory.mktemp("allof")
+    third = GpgHome(work / "third", email="third@example.com").create()
+    h, store = registry.host, work / "sigstore"
+    names = [f"two/{n}:1" for n in ("both", "build", "security", "none")] + ["grp/third:1", "grp/build:1"]
+    digests = {f"{h}/{n}": push_image(h, n, seed=f"allof-{n}", workdir=work) for n in names}
+    for home, signed in ((signer, ("two/both", "two/build", "grp/third", "grp/build")),
+                         (other_signer, ("two/both", "two/security")), (third, ("grp/third",))):
+        for n in signed:
+            _run("sign", "--gnupghome", str(home.path), "--key", home.fingerprint, "--sigstore", str(store),
+                 "--tls-verify=false", f"{h}/{n}:1")
+    third.kill_agent()
+    pubs = {"build": signer.export_public(work / "build.gpg"),
+            "security": other_signer.export_public(work / "security.gpg"),
+            "third": third.export_public(work / "third.gpg")}
+    group = work / "security+third.gpg"
+    group.write_bytes(pubs["security"].read_bytes() + pubs["third"].read_bytes())
+    policy = work / "policy.yaml"
     policy.write_text("default: reject\nkeys:\n" + "".join(f"  {n}: {{file: {p}}}\n" for n, p in pubs.items()) +
                       f"scopes:\n  {h}/two:\n    signed-by-all: [build, security]\n    lookaside: file://{store}\n"
                       f"  {h}/grp:\n    signed-by-all: [build, [security, third]]\n    lookaside: file://{store}\n")
-    root = tmp_path / "node"
-    code, _, err = cli("policy", "apply", "-f", str(policy), "--root", str(root), "--keypaths-under-root")
-    assert code == 0, err
-    node_policy = root / "etc/containers/policy.json"
-    assert [len(reqs) for reqs in json.loads(node_policy.read_text())["transports"]["docker"].values()] == [2, 2]
-    missing = {f"{h}/two/both:1": None, f"{h}/two/build:1": "security", f"{h}/two/security:1": "build",
-               f"{h}/two/none:1": "build", f"{h}/grp/third:1": None, f"{h}/grp/build:1": "security or third"}
-    group = tmp_path / "security+third.gpg"
-    group.write_bytes(pubs["security"].read_bytes() + pubs["third"].read_bytes())
+    root = work / "node"
+    _run("policy", "apply", "-f", str(policy), "--root", str(root), "--keypaths-under-root")
     fpr = {"build": signer.fingerprint, "security": other_signer.fingerprint,
            "security or third": ", ".join(sorted((other_signer.fingerprint, third.fingerprint)))}
+    return World(h, work, store, root, policy, pubs, group, fpr, digests)
 
-    code, out, err = cli("audit", "--tls-verify=false", "--json", "--root", str(root), *missing)
+
+def _missing(w: World) -> dict[str, str | None]:
+    """Each image and the required signer it lacks (None: it has every signature)."""
+    h = w.host
+    return {f"{h}/two/both:1": None, f"{h}/two/build:1": "security", f"{h}/two/security:1": "build",
+            f"{h}/two/none:1": "build", f"{h}/grp/third:1": None, f"{h}/grp/build:1": "security or third"}
+
+
+@pytest.mark.slow
+def test_all_of_agrees_with_skopeo(cli, world: World) -> None:  # type: ignore[no-untyped-def]
+    """skopeo: every signature present → accepted, any one missing → refused. ``audit``, ``verify --require-all``
+    and ``policy explain --check`` give the same answer for each image and name the signer that is missing."""
+    w, missing = world, _missing(world)
+    assert [len(reqs) for reqs in json.loads(w.node_policy.read_text())["transports"]["docker"].values()] == [2, 2]
+    code, out, err = cli("audit", "--tls-verify=false", "--json", "--root", str(w.root), *missing)
     assert code == 1, err
     audited = {img["reference"]: img for img in json.loads(out)["images"]}
     for ref, who in missing.items():
-        accepted = skopeo_pull(ref, node_policy, root / "etc/containers/registries.d", tmp_path).returncode == 0
-        assert accepted == (who is None), ref  # skopeo: both present → accept; either missing → refuse
+        assert w.skopeo_accepts(ref) == (who is None), ref
         img = audited[ref]
         assert img["decision"] == ("accepted" if who is None else "rejected"), (ref, img["reason"])
         assert [q["signer"] for q in img["requirements"]] == (
             ["build", "security"] if "/two/" in ref else ["build", "security or third"])
         if who is not None:
-            assert f"required signer {who} ({fpr[who]}): no valid signature" in img["reason"], img["reason"]
-            if ref.endswith("/two/build:1"):
-                assert [q["outcome"] for q in img["requirements"]] == ["pass", "fail"]
+            assert f"required signer {who} ({w.fpr[who]}): no valid signature" in img["reason"], img["reason"]
+        if ref.endswith("/two/build:1"):
+            assert [q["outcome"] for q in img["requirements"]] == ["pass", "fail"]
 
         # one --key per required signer; the any-of group [security, third] as one keyring file
-        second = pubs["security"] if "/two/" in ref else group
-        code, out, err = cli("verify", "--tls-verify=false", "--sigstore", str(store), "--require-all", "--json",
-                             "--key", str(pubs["build"]), "--key", str(second), ref)
+        second = w.pubs["security"] if "/two/" in ref else w.group
+        code, out, err = cli("verify", "--tls-verify=false", "--sigstore", str(w.store), "--require-all", "--json",
+                             "--key", str(w.pubs["build"]), "--key", str(second), ref)
         assert code == (0 if who is None else 1), out + err
         verdict = json.loads(out)["images"][0]
-        assert verdict["digest"] == images[ref]
+        assert verdict["digest"] == w.digests[ref]
         if who is not None:
-            name = str(pubs[who]) if who in pubs else str(group)
-            assert f"required signer {name} ({fpr[who]}): no valid signature" in verdict["reason"], verdict
+            name = w.pubs.get(who, w.group)  # "security or third": the group's keyring file
+            assert f"required signer {name} ({w.fpr[who]}): no valid signature" in verdict["reason"], verdict
 
-        code, out, err = cli("policy", "explain", "--root", str(root), "--check", "--tls-verify=false", ref)
+        code, out, err = cli("policy", "explain", "--root", str(w.root), "--check", "--tls-verify=false", ref)
         assert code == (0 if who is None else 1), out + err
         assert "required signer: build" in out
         if who is None:
             assert "decision:    ACCEPTED" in out
         else:
             assert "decision:    REJECTED" in out and f"(required signer {who}): fail: required signer {who}" in out
-    code, out, _ = cli("policy", "explain", "--root", str(root), "--check", "--tls-verify=false", "--json",
-                       f"{h}/two/security:1")
+    code, out, _ = cli("policy", "explain", "--root", str(w.root), "--check", "--tls-verify=false", "--json",
+                       f"{w.host}/two/security:1")
     assert code == 1
     info = json.loads(out)
     assert [r.get("signer") for r in info["requirements"]] == ["build", "security"]
     assert info["evaluations"][0]["decision"] == "rejected"
-    assert info["evaluations"][0]["requirements"][0]["signer"] == "build"
+    assert [q["signer"] for q in info["evaluations"][0]["requirements"]] == ["build", "security"]
+    code, _, err = cli("policy", "explain", "--root", str(w.root), "--check", f"oci:{w.work}/layout")
+    assert code == 2 and "docker:// images only" in err
+
+
+@pytest.mark.slow
+def test_report_names_the_missing_signer(cli, world: World, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    report = tmp_path / "report.yaml"
+    ref = f"{world.host}/two/build:1"
+    code, _, err = cli("audit", "--tls-verify=false", "--root", str(world.root), "--report", str(report), ref)
+    assert code == 1, err
+    results = {r["rule"]: r for r in yaml.safe_load(report.read_text())["results"]}
+    assert results["signedBy[0]"]["result"] == "pass"
+    assert results["signedBy[1]"]["result"] == "fail"
+    assert results["signedBy[1]"]["message"].startswith(
+        f"required signer security ({world.fpr['security']}): no valid signature")
+
+
+@pytest.mark.slow
+def test_reapply_writes_nothing_and_dropping_a_signer_relaxes_the_scope(cli, world: World, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The same YAML again: unchanged. Without ``security`` in signed-by-all: its keyring leaves the node, the
+    scope has one signedBy, and an image signed by build alone is accepted by skopeo and by audit."""
+    root = tmp_path / "node"
+    shutil.copytree(world.root, root, symlinks=True)
+    (root / "etc/containers/policy.json").write_text(world.node_policy.read_text().replace(str(world.root),
+                                                                                              str(root)))
+    code, out, err = cli("policy", "apply", "-f", str(world.policy), "--root", str(world.root),
+                         "--keypaths-under-root")
+    assert code == 0 and out.strip().endswith("unchanged"), out + err
+    relaxed = tmp_path / "relaxed.yaml"
+    relaxed.write_text(world.policy.read_text().replace("signed-by-all: [build, security]", "signed-by-all: [build]"))
+    before = {p.name for p in (root / "etc/pki/containers").iterdir()}
+    code, _, err = cli("policy", "apply", "-f", str(relaxed), "--root", str(root), "--keypaths-under-root")
+    assert code == 0, err
+    after = {p.name for p in (root / "etc/pki/containers").iterdir() if ".atomicsig-bak." not in p.name}
+    assert {n for n in before - after if n.startswith("atomicsig-security-")}  # only grp's group keyring is left
+    assert not any(n.startswith("atomicsig-security-") for n in after)
+    reqs = json.loads((root / "etc/containers/policy.json").read_text())["transports"]["docker"][f"{world.host}/two"]
+    assert len(reqs) == 1
+    ref = f"{world.host}/two/build:1"
+    assert world.skopeo_accepts(ref, root)
+    code, out, err = cli("audit", "--tls-verify=false", "--json", "--root", str(root), ref)
+    assert code == 0 and json.loads(out)["images"][0]["decision"] == "accepted", out + err
