@@ -255,7 +255,8 @@ def _all_of(ctx: _Ctx, spec: PolicySpec, node: yaml.Node, where: str) -> tuple[t
                                     "cosign key (use sigstore-signed-by)")
             if n in seen:
                 raise ctx.error(nn, f"{where}: key {n!r} is listed twice in signed-by-all (first at line "
-                                    f"{seen[n]}): one signature by it would count for two required signers")
+                                    f"{seen[n]}); list each key once: in two signers, one signature by it would "
+                                    "count for both")
             seen[n] = nn.start_mark.line + 1
         groups.append(tuple(n for n, _ in names))
     return tuple(groups)
