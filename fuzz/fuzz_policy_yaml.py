@@ -32,6 +32,10 @@ def check_policy_yaml(source: str) -> None:
             assert spec.keys[name].openpgp
         for name in scope.sigstore_signed_by:
             assert not spec.keys[name].openpgp
+        listed = [name for group in scope.required_signers for name in group]  # signed-by + signed-by-all
+        assert all(group for group in scope.required_signers)
+        assert scope.signed_by_all == () or len(listed) == len(set(listed)), listed  # no key in two signers
+        assert all(spec.keys[name].openpgp for name in listed)
         if scope.identity is not None:
             assert identity.from_json(scope.identity.to_json()) == scope.identity
     for decl in spec.keys.values():

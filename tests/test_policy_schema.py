@@ -202,8 +202,9 @@ def test_shipped_examples_compile_to_valid_policy(example: Path) -> None:
     keys = {n: KeyMaterial(n, d.kind, b"k") for n, d in spec.keys.items()}
     doc = render.merge(policyjson.SHIPPED_DEFAULT, render.compile_spec(spec, keys), set())
     assert policyjson.problems(doc) == []
-    for reqs in doc["transports"]["docker"].values():
-        assert sum(r["type"] == "signedBy" for r in reqs) <= 1
+    for s in spec.scopes:  # one signedBy per required signer: one for signed-by, plus one per signed-by-all entry
+        reqs = doc["transports"]["docker"][s.scope]
+        assert sum(r["type"] == "signedBy" for r in reqs) == len(s.required_signers)
 
 
 # ---- atomicsig.validate: one validator per kind of value (issue 12 #13) -----------------------------------------

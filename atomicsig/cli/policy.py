@@ -174,19 +174,34 @@ def show(root: str, policy_path: str | None, registries_dir: str | None, noheadi
 @click.option("--registries.d", "registries_dir", metavar="DIR", help="registries.d directory.")
 @namespace_option
 @signature_policy_dir_option
+@click.option("--check", is_flag=True,
+              help="Also read REF's signatures and evaluate every requirement as `atomicsig audit` does, naming a "
+                   "required signer without a valid signature. Exit 0 accepted, 1 refused, 3 could not check.")
+@registry_options
 @json_option
 def explain_cmd(ref: str, root: str, policy_path: str | None, registries_dir: str | None, namespace: str | None,
-                policy_dir: str, as_json: bool) -> int:
-    """Which scope of the node's policy applies to REF, its requirements, and the lookaside a pull reads.
+                policy_dir: str, check: bool, tls_verify: bool, cert_dir: str | None, authfile: str | None,
+                as_json: bool) -> int:
+    """Which scope of the node's policy applies to REF, its requirements (each signedBy as the signer it
+    requires), and the lookaside a pull reads; with --check, whether a pull of REF would be accepted.
     With --namespace, the policy CRI-O uses for a pod in that namespace (its own file, else the global one)."""
     from atomicsig.policy import explain
 
     node = explain.load_node(root, policy_path, registries_dir, namespace=namespace, policy_dir=policy_dir)
     info = explain.explain(node, ref)
+    evaluations = explain.check(node, ref, tls_verify=tls_verify, cert_dir=cert_dir, authfile=authfile) \
+        if check else None
     if as_json:
-        emit_json(info)
+        emit_json({**info, **({"evaluations": [e.as_dict() for e in evaluations]} if evaluations is not None
+                              else {})})
     else:
         click.echo(explain.explain_text(info))
+        if evaluations is not None:
+            click.echo(explain.check_text(evaluations))
+    if evaluations is not None:
+        from atomicsig.ops.evaluate import exit_code
+
+        return exit_code(evaluations)
     return EXIT_OK
 
 

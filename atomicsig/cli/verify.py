@@ -30,7 +30,11 @@ if TYPE_CHECKING:
 @click.argument("references", nargs=-1)
 @click.option("--key", "keys", multiple=True, required=True, metavar="FPR|EMAIL|FILE",
               help="Trusted public key(s): key files (binary or armored) or fingerprints/e-mails from the "
-                   "keyring. Repeat: any one of them may sign.")
+                   "keyring. Repeat: any one of them may sign (see --require-all).")
+@click.option("--require-all", is_flag=True,
+              help="Every --key must have signed: each --key is one required signer (one signedBy each, as "
+                   "`signed-by-all` in a policy YAML); a keyring FILE holding several keys is one signer any of whose "
+                   "keys may sign. A missing signer is named: 'required signer KEY (FPR): no valid signature'.")
 @sigstore_option(help_="Where signatures live: a directory, file://, http(s):// lookaside, or 'auto' "
                  "(registry extension API if advertised, else the registries.d lookaside, as podman).")
 @click.option("--registries.d", "registries_dir", metavar="DIR",
@@ -58,8 +62,9 @@ if TYPE_CHECKING:
 @gnupghome_option
 @json_option
 @click.pass_context
-def verify(ctx: click.Context, references: tuple[str, ...], keys: tuple[str, ...], sigstore: str,
-           registries_dir: str | None, match: str, exact_reference: str | None, exact_repository: str | None,
+def verify(ctx: click.Context, references: tuple[str, ...], keys: tuple[str, ...], require_all: bool,
+           sigstore: str, registries_dir: str | None, match: str, exact_reference: str | None,
+           exact_repository: str | None,
            remap: str | None, manifest_file: str | None, from_file: str | None, platform_text: str | None,
            all_instances: bool, jobs: int | None, json_lines: bool, tls_verify: bool, cert_dir: str | None,
            authfile: str | None, gnupghome: str | None, as_json: bool) -> int:
@@ -82,12 +87,16 @@ def verify(ctx: click.Context, references: tuple[str, ...], keys: tuple[str, ...
     {"images": [...]} at the end, in input order, each with "outcome" (accepted|rejected|error),
     "reason" and "accepted"; --json-lines prints the same objects one per line as they complete.
 
+    \b
+    --require-all: accepted only if every --key has an accepted signature on the image (as a node with one
+    signedBy per key set, which c/image ANDs); each missing signer is listed, and the exit code is 1.
+
     Exit 0 if every image is accepted, 1 if any is rejected, 3 if any could not be checked.
     """
     from atomicsig.format import platforms, reference
     from atomicsig.ops import resolve
     from atomicsig.ops import verify as v
-    from atomicsig.ops.keys import trusted_verifier
+    from atomicsig.ops.keys import required_signers, trusted_verifier
     from atomicsig.store.select import choose_store
 
     install_sigterm_as_interrupt()
@@ -122,7 +131,7 @@ def verify(ctx: click.Context, references: tuple[str, ...], keys: tuple[str, ...
                                 platform=platforms.parse(platform_text) if platform_text else None)
     workers = jobs or min(8, (os.cpu_count() or 2) * 2)
     verdicts: list[v.ImageVerdict] = []
-    with trusted_verifier(keys, gnupghome) as trusted:
+    with required_signers(keys, gnupghome) if require_all else trusted_verifier(keys, gnupghome) as trusted:
         for vd in v.verify_many(refs, resolver=resolver, store=store, verifier=trusted, matcher=matcher,
                                 workers=min(workers, len(refs))):
             verdicts.append(vd)
@@ -143,6 +152,8 @@ def _print_verdict(vd: ImageVerdict) -> None:
         rows = [[f"signature-{s.index}", "ok" if s.accepted else "no", s.signer or "-", s.identity or "-",
                  s.reason] for s in vd.signatures]
         click.echo(table(rows, ["  SIGNATURE", "OK", "SIGNER", "IDENTITY", "REASON"]).replace("\n", "\n  "))
+    for r in vd.required:
+        click.echo(f"  required signer {r.label}: {'signed' if r.accepted else 'no valid signature'}")
     if not vd.accepted:
         click.echo(f"  reason: {vd.reason}")
     sys.stdout.flush()

@@ -13,6 +13,10 @@ other or with ``verify``:
   (extension API, else the registries.d lookaside: :class:`atomicsig.store.select.AutoStore`) and checks each with
   :func:`atomicsig.ops.verify.verify_image` against exactly the requirement's keys (SPEC §2.1–2.4); other key
   types fail as in c/image;
+* each ``signedBy`` is named after its keyring's key set (:func:`signer_name`: ``build``, ``sec1 or sec2``, as
+  ``policy apply`` names the files, :mod:`atomicsig.format.keyfile_name`) and the fingerprints it trusts, and a
+  failing one says "required signer X: no valid signature" (:func:`atomicsig.ops.verify.missing_signer`): with
+  several signers all required (``signed-by-all``) that is which one is missing;
 * ``sigstoreSigned`` is not checked here: it is reported "not evaluated" (``None``), never as a pass, and an image
   whose answer depends on it could not be decided (exit 3);
 * a scope in audit mode (``enforce: false``, issue 14 #2) is accepted by the node now (policy.json:
@@ -40,17 +44,17 @@ from atomicsig.errors import (
     PolicyError,
     SignatureFormatError,
 )
-from atomicsig.format import identity, policyjson, reference
+from atomicsig.format import identity, keyfile_name, policyjson, reference
 from atomicsig.format.reference import Reference
 from atomicsig.gnupg.keyring import TrustedKeys
 from atomicsig.gnupg.trusted import NativeTrustedKeys, trusted_keys
 from atomicsig.ops.resolve import Resolver
-from atomicsig.ops.verify import ACCEPTED, ERROR, REJECTED, SignatureResult, verify_image
+from atomicsig.ops.verify import ACCEPTED, ERROR, REJECTED, SignatureResult, missing_signer, verify_image
 from atomicsig.store.base import AppendResult, SignatureStore, StoredSignature
 from atomicsig.store.images import StoredImage
 
 __all__ = ["Evaluation", "Evaluator", "RequirementOutcome", "audit_labels", "audited_requirements",
-           "evaluate_reference", "evaluate_stored", "exit_code", "key_paths", "resolve_key_path"]
+           "evaluate_reference", "evaluate_stored", "exit_code", "key_paths", "resolve_key_path", "signer_name"]
 
 _EXIT = {ACCEPTED: EXIT_OK, REJECTED: EXIT_NEGATIVE, ERROR: EXIT_UNDECIDED}
 _GPG_KEY_TYPES = ("GPGKeys",)
@@ -80,6 +84,18 @@ def key_paths(req: dict[str, Any]) -> list[str]:
     return []
 
 
+def signer_name(req: dict[str, Any]) -> str:
+    """How reports name the signer a ``signedBy`` requires: the key set of an atomicsig keyring (``build``,
+    ``sec1 or sec2``), else the keyring path(s) as policy.json writes them, or ``keyData``."""
+    if "keyData" in req:
+        return "keyData"
+    labels = []
+    for p in key_paths(req):
+        names = keyfile_name.key_names(Path(p).name)
+        labels.append(" or ".join(names) if names else p)
+    return " or ".join(labels) or "(no keys)"
+
+
 def resolve_key_path(root: Path, path: str) -> Path:
     """A keyPath of the node at ``root``: the file under ``root`` if it exists there, else the path as written
     (policy.json holds node paths, ``policy apply --keypaths-under-root`` writes rooted ones)."""
@@ -96,6 +112,8 @@ class RequirementOutcome:
     passed: bool | None
     reason: str
     signatures: list[SignatureResult] = field(default_factory=list)
+    signer: str = ""  # signedBy: the key set it requires (signer_name)
+    fingerprints: tuple[str, ...] = ()  # signedBy: the primary keys its keyring trusts
 
     @property
     def label(self) -> str:
@@ -108,7 +126,8 @@ class RequirementOutcome:
 
     def as_dict(self) -> dict[str, Any]:
         return {"index": self.index, "type": self.type, "outcome": self.outcome, "reason": self.reason,
-                "signatures": [s.as_dict() for s in self.signatures]}
+                "signatures": [s.as_dict() for s in self.signatures],
+                **({"signer": self.signer, "fingerprints": list(self.fingerprints)} if self.signer else {})}
 
 
 @dataclass
@@ -255,7 +274,9 @@ class Evaluator:
             verdict = verify_image(ref, digest, store, verifier, matcher)
         except AtomicsigError as exc:  # the signatures could not be read: the answer is unknown (exit 3)
             return RequirementOutcome(i, kind, None, f"not evaluated: cannot read signatures: {exc.message}")
-        return RequirementOutcome(i, kind, verdict.accepted, verdict.reason, verdict.signatures)
+        name, fprs = signer_name(req), tuple(sorted(verifier.fingerprints))
+        reason = verdict.reason if verdict.accepted else missing_signer(f"{name} ({', '.join(fprs)})", verdict.reason)
+        return RequirementOutcome(i, kind, verdict.accepted, reason, verdict.signatures, name, fprs)
 
     def _key_blobs(self, req: dict[str, Any]) -> tuple[bytes, ...]:
         if "keyData" in req:

@@ -31,6 +31,7 @@ from atomicsig.format import durations, validate, yamlstrict
 from atomicsig.gnupg.keyring import KEY_ALGORITHMS, KeyInfo, Keyring, TrustedKeys
 from atomicsig.gnupg.passphrase import PassphraseSource, read_cached
 from atomicsig.gnupg.trusted import NativeTrustedKeys, trusted_keys
+from atomicsig.ops.verify import AllOf, RequiredSigner
 from atomicsig.signers.base import Signer
 from atomicsig.signers.factory import close_signer, make_signer
 
@@ -382,6 +383,25 @@ def trusted_verifier(keys: Sequence[str], gnupghome: str | None) -> Iterator[Nat
         if not trusted.fingerprints:
             raise InputError("no public keys found in the given --key values")
         yield trusted
+
+
+@contextlib.contextmanager
+def required_signers(keys: Sequence[str], gnupghome: str | None) -> Iterator[AllOf]:
+    """``verify --require-all``: every ``--key`` is one required signer with a verifier of its own, as a policy with
+    one ``signedBy`` per key set (issue 14 #5). Two ``--key`` values trusting the same key are refused (exit 2):
+    one signature by it would count for both signers, and "a AND b" would quietly mean "either"."""
+    owner: dict[str, str] = {}
+    with contextlib.ExitStack() as stack:
+        signers = []
+        for k in keys:
+            verifier = stack.enter_context(trusted_verifier([k], gnupghome))
+            for fpr in sorted(verifier.fingerprints):
+                if fpr in owner:
+                    raise InputError(f"--key {owner[fpr]!r} and --key {k!r} both trust key {fpr}: with --require-all "
+                                     "one signature by it would count for both signers; give each signer its own key")
+                owner[fpr] = k
+            signers.append(RequiredSigner(k, verifier))
+        yield AllOf(tuple(signers))
 
 
 # ---- the rest of `keys`: signers files, rotation export, deletion and retirement -------------------------------

@@ -8,6 +8,10 @@ Every image gets one of three outcomes, never two at once: ``accepted``, ``rejec
 no acceptable signature, or no image to pull — the registry answered 404, or a manifest list has no instance for
 the platform) or ``error`` (the answer could not be computed: registry or store unreachable, 5xx, auth refused).
 A pipeline must be able to tell "rejected" from "couldn't check" (exit 1 vs 3).
+
+Several signers, all required (issue 14 #5): an :class:`AllOf` names key sets that must *each* have signed, as a
+policy with one ``signedBy`` per key set (c/image ANDs a scope's requirements, SPEC §5.5); the image is accepted
+only if every signer has an accepted signature, and each missing one is named (:func:`missing_signer`).
 """
 
 from __future__ import annotations
@@ -38,16 +42,21 @@ __all__ = [
     "ERROR",
     "MATCH_RULES",
     "REJECTED",
+    "AllOf",
     "ImageVerdict",
+    "RequiredSigner",
     "SignatureResult",
+    "SignerOutcome",
     "Verifier",
     "check_signature",
     "exit_code",
     "identity_matcher",
+    "missing_signer",
     "missing_store_warning",
     "unrecognized_blob",
     "verify_error_verdict",
     "verify_image",
+    "verify_image_all",
     "verify_many",
     "verify_one",
 ]
@@ -124,6 +133,47 @@ class SignatureResult:
         return dict(self.__dict__)
 
 
+def missing_signer(signer: str, why: str) -> str:
+    """The one wording for a required signer without an accepted signature, shared by ``verify --require-all``,
+    ``audit`` and ``policy explain --check`` so a script can look for it."""
+    return f"required signer {signer}: no valid signature; {why}"
+
+
+@dataclass(frozen=True)
+class RequiredSigner:
+    """One signer an :class:`AllOf` requires: ``name`` is how reports call it (a ``--key`` value, a key set)."""
+
+    name: str
+    verifier: Verifier
+
+
+@dataclass(frozen=True)
+class AllOf:
+    """Every signer must have signed (each is one ``signedBy``; any key of its own keyring may sign for it)."""
+
+    signers: tuple[RequiredSigner, ...]
+
+
+@dataclass
+class SignerOutcome:
+    """Whether one required signer has an accepted signature on the image, and why not."""
+
+    name: str
+    fingerprints: tuple[str, ...]
+    accepted: bool
+    reason: str
+    signatures: list[SignatureResult] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        """``name (FPR, …)``: the key set and the keys it trusts, as messages name the signer."""
+        return f"{self.name} ({', '.join(self.fingerprints)})" if self.fingerprints else self.name
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"signer": self.name, "fingerprints": list(self.fingerprints), "accepted": self.accepted,
+                "reason": self.reason, "signatures": [s.as_dict() for s in self.signatures]}
+
+
 @dataclass
 class ImageVerdict:
     """The answer for one image a node would pull: one ``outcome``; ``accepted`` is derived from it (kept in the
@@ -138,6 +188,7 @@ class ImageVerdict:
     intended: str = ""  # the identity a signature must fit (the tag when one is given)
     note: str = ""  # e.g. "linux/arm64 of list sha256:…" for an instance of a manifest list
     position: int = 0  # index of the input this verdict answers, for printing in input order
+    required: list[SignerOutcome] = field(default_factory=list)  # per signer of an AllOf (else empty)
 
     @property
     def accepted(self) -> bool:
@@ -150,7 +201,8 @@ class ImageVerdict:
     def as_dict(self) -> dict[str, Any]:
         return {"reference": self.reference, "digest": self.digest, "store": self.store, "accepted": self.accepted,
                 "outcome": self.outcome, "reason": self.reason, "intended": self.intended or self.reference,
-                "note": self.note or None, "signatures": [s.as_dict() for s in self.signatures]}
+                "note": self.note or None, "signatures": [s.as_dict() for s in self.signatures],
+                **({"required": [r.as_dict() for r in self.required]} if self.required else {})}
 
 
 def check_signature(sig: StoredSignature, verifier: Verifier, intended: Reference, digest: str,
@@ -197,8 +249,12 @@ def unrecognized_blob(sigs: list[StoredSignature]) -> str | None:
 def verify_image(intended: Reference, digest: str, store: SignatureStore, verifier: Verifier,
                  matcher: IdentityMatcher = DEFAULT) -> ImageVerdict:
     """Read all signatures of ``digest`` and decide. Store/network errors propagate (exit 3), as in c/image."""
-    sigs = store.read(intended, digest)
-    verdict = ImageVerdict(str(intended), digest, store.describe(), REJECTED, intended=str(intended))
+    return _judge(intended, digest, store.read(intended, digest), store.describe(), verifier, matcher)
+
+
+def _judge(intended: Reference, digest: str, sigs: list[StoredSignature], store: str, verifier: Verifier,
+           matcher: IdentityMatcher) -> ImageVerdict:
+    verdict = ImageVerdict(str(intended), digest, store, REJECTED, intended=str(intended))
     if not sigs:
         verdict.reason = "a signature was required, but no signature exists"
         return verdict
@@ -212,6 +268,34 @@ def verify_image(intended: Reference, digest: str, store: SignatureStore, verifi
     verdict.reason = "accepted" if verdict.accepted else "no signature was accepted: " + \
         "; ".join(f"signature-{s.index}: {s.reason}" for s in verdict.signatures)
     return verdict
+
+
+def verify_image_all(intended: Reference, digest: str, store: SignatureStore, required: AllOf,
+                     matcher: IdentityMatcher = DEFAULT) -> ImageVerdict:
+    """:func:`verify_image` for several required signers: the signatures are read once and judged per signer (as
+    c/image judges each ``signedBy``); accepted only if every signer has an accepted signature. ``signatures`` holds
+    each signature once (as some signer accepted it, else as the first signer saw it); ``required`` the detail."""
+    sigs = store.read(intended, digest)
+    verdict = ImageVerdict(str(intended), digest, store.describe(), REJECTED, intended=str(intended))
+    for signer in required.signers:
+        part = _judge(intended, digest, sigs, store.describe(), signer.verifier, matcher)
+        verdict.required.append(SignerOutcome(signer.name, tuple(sorted(signer.verifier.fingerprints)),
+                                              part.accepted, part.reason, part.signatures))
+    for i, first in enumerate(verdict.required[0].signatures if verdict.required else []):
+        verdict.signatures.append(next((r.signatures[i] for r in verdict.required if r.signatures[i].accepted),
+                                       first))
+    missing = [r for r in verdict.required if not r.accepted]
+    verdict.outcome = REJECTED if missing or not verdict.required else ACCEPTED
+    verdict.reason = "; ".join(missing_signer(r.label, r.reason) for r in missing) if missing else \
+        "accepted" if verdict.required else "no required signer was given"
+    return verdict
+
+
+def _verify_target(intended: Reference, digest: str, store: SignatureStore, verifier: Verifier | AllOf,
+                   matcher: IdentityMatcher) -> ImageVerdict:
+    if isinstance(verifier, AllOf):
+        return verify_image_all(intended, digest, store, verifier, matcher)
+    return verify_image(intended, digest, store, verifier, matcher)
 
 
 def verify_error_verdict(intended: Reference, digest: str, store: str, exc: AtomicsigError) -> ImageVerdict:
@@ -229,7 +313,7 @@ def verify_error_verdict(intended: Reference, digest: str, store: str, exc: Atom
                         intended=str(intended))
 
 
-def verify_one(text: str, *, resolver: Resolver, store: SignatureStore, verifier: Verifier,
+def verify_one(text: str, *, resolver: Resolver, store: SignatureStore, verifier: Verifier | AllOf,
                matcher: IdentityMatcher = DEFAULT, position: int = 0) -> list[ImageVerdict]:
     """Every verdict for one user reference: one image, or each instance of a list a node would pull.
 
@@ -248,7 +332,7 @@ def verify_one(text: str, *, resolver: Resolver, store: SignatureStore, verifier
     for t in targets:
         intended = reference.parse(t.identity)
         try:
-            verdict = verify_image(intended, t.digest, store, verifier, matcher)
+            verdict = _verify_target(intended, t.digest, store, verifier, matcher)
         except AtomicsigError as exc:
             if exc.exit_code == 2:
                 raise
@@ -258,7 +342,7 @@ def verify_one(text: str, *, resolver: Resolver, store: SignatureStore, verifier
     return out
 
 
-def verify_many(inputs: Sequence[str], *, resolver: Resolver, store: SignatureStore, verifier: Verifier,
+def verify_many(inputs: Sequence[str], *, resolver: Resolver, store: SignatureStore, verifier: Verifier | AllOf,
                 matcher: IdentityMatcher = DEFAULT, workers: int = 1) -> Iterator[ImageVerdict]:
     """Verdicts for every input, yielded as each input's check completes (so a caller can record each at once).
 

@@ -566,7 +566,7 @@ def lint(spec: PolicySpec, keys: dict[str, KeyMaterial], root: str | Path, compi
     for s in spec.scopes:
         if not s.enforce:  # audit mode (docs/policy.md): say on every validate/apply that the node does not enforce
             what = ("audit cannot check its sigstore-signed-by requirements (reported 'not evaluated')"
-                    if not s.signed_by else "`atomicsig audit` reports what enforcing it would refuse")
+                    if not s.required_signers else "`atomicsig audit` reports what enforcing it would refuse")
             warnings.append(f"{spec.source}:{s.line}: scope {s.scope!r} is in audit mode (enforce: false): the node "
                             f"accepts its images without a signature check; {what}")
     for ns in spec.namespaces.values():
@@ -582,7 +582,7 @@ def lint(spec: PolicySpec, keys: dict[str, KeyMaterial], root: str | Path, compi
     readable = {x for x, sec in cfg.docker.items() if sec.url(write=False)} | {x.scope for x in spec.all_scopes()
                                                                                  if x.lookaside}
     for s in [x for x in spec.all_scopes() if x.action == "signed"]:
-        if not s.signed_by:
+        if not s.required_signers:  # signed-by or signed-by-all: GPG signatures read from a lookaside
             continue
         found = any(x in readable for x in scope_chain(s.scope))
         if not found and not (cfg.default_docker and cfg.default_docker.url(write=False)):

@@ -4,6 +4,10 @@ lookaside a pull would read, SPEC §4.3).
 
 Unlike podman's simplified walk, the STORE column and ``explain`` use the same lookup as c/image (tags,
 namespaces, ``*.`` wildcards, empty values falling through), because that is what a node actually does.
+
+Each ``signedBy`` is shown as the signer it requires (``required signer: build``, the keyring's key set, as
+``audit`` names it); ``explain --check`` also evaluates REF's signatures with the evaluator ``audit`` uses
+(:func:`check`), so the two cannot disagree, and says which required signer has no valid signature.
 """
 
 from __future__ import annotations
@@ -16,7 +20,14 @@ from typing import Any
 from atomicsig.errors import AtomicsigError, InputError, PolicyError, ReferenceError_, StorageError
 from atomicsig.format import policyjson, reference, validate
 from atomicsig.gnupg import keyring as gpg
-from atomicsig.ops.evaluate import audit_labels, audited_requirements, key_paths, resolve_key_path
+from atomicsig.ops.evaluate import (
+    Evaluation,
+    audit_labels,
+    audited_requirements,
+    key_paths,
+    resolve_key_path,
+    signer_name,
+)
 from atomicsig.policy.apply import scope_chain
 from atomicsig.policy.render import AUDIT_PATH, CRIO_POLICY_DIR, POLICY_PATH, parse_audit_file
 from atomicsig.policy.tree import NodeTree
@@ -236,6 +247,7 @@ def explain(node: NodeConfig, ref_text: str) -> dict[str, Any]:
             item["identity"] = ident.get("type") if isinstance(ident, dict) else "matchRepoDigestOrExact (default)"
             if r.get("type") == "signedBy":
                 item["keys"] = node.key_info(key_paths(r))
+                item["signer"] = signer_name(r)
         described.append(item)
     out["requirements"] = described
     if ref is not None and transport == "docker":
@@ -245,6 +257,40 @@ def explain(node: NodeConfig, ref_text: str) -> dict[str, Any]:
         out["lookaside_from"] = source if sec is None else f"{source} ({sec.source})"
         out["use_sigstore_attachments"] = node.registries.use_sigstore_attachments(ref)
     return out
+
+
+def check(node: NodeConfig, ref_text: str, *, tls_verify: bool = True, cert_dir: str | None = None,
+          authfile: str | None = None) -> list[Evaluation]:
+    """``explain --check``: REF's decision under this node's files, by the evaluator ``audit`` uses (the tag
+    resolved to the digest a pull gets, signatures read where a pull reads them: extension API, else the
+    registries.d lookaside). Only the docker transport has signatures to read (InputError otherwise)."""
+    from atomicsig.errors import InputError
+    from atomicsig.ops import evaluate
+    from atomicsig.ops.resolve import Resolver
+    from atomicsig.store.select import AutoStore
+
+    transport, name = split_transport(ref_text)
+    if transport not in ("docker", "atomic"):
+        raise InputError(f"--check reads signatures of docker:// images only, not {transport}:")
+    store = AutoStore(registries_dir=str(node.registries_dir), tls_verify=tls_verify, cert_dir=cert_dir,
+                      authfile=authfile)
+    resolver = Resolver(tls_verify=tls_verify, cert_dir=cert_dir, authfile=authfile)
+    with evaluate.Evaluator(node.policy, store, roots=[node.root], policy_source=str(node.policy_path),
+                            audit_scopes=node.audit_scopes) as evaluator:
+        return evaluate.evaluate_reference(name, resolver=resolver, evaluator=evaluator)
+
+
+def check_text(evaluations: list[Evaluation]) -> str:
+    """The ``--check`` lines under ``explain_text``: per image its decision, then each requirement's outcome."""
+    lines = []
+    for ev in evaluations:
+        lines.append(f"decision:    {ev.decision.upper()}  {ev.reference}  {ev.digest or '-'}")
+        for q in ev.requirements:
+            who = f" (required signer {q.signer})" if q.signer else ""
+            lines.append(f"  {q.index + 1}. {q.type}{who}: {q.outcome}" + ("" if q.passed else f": {q.reason}"))
+        if not ev.requirements:
+            lines.append(f"  {ev.reason}")
+    return "\n".join(lines)
 
 
 def explain_text(info: dict[str, Any]) -> str:
@@ -267,6 +313,8 @@ def explain_text(info: dict[str, Any]) -> str:
             paths = key_paths(r) or (["keyData"] if "keyData" in r else [])
             text += f" keys={','.join(paths)} identity={item['identity']}"
         lines.append(text)
+        if item.get("signer"):
+            lines.append(f"       required signer: {item['signer']}")
         for k in item.get("keys", []):
             lines.append(f"       {k.get('fingerprint', k.get('error'))} {' '.join(k.get('uids', []))}".rstrip())
     if "lookaside" in info:

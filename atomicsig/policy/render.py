@@ -21,13 +21,16 @@ Pure (no I/O): input is the parsed YAML plus key bytes, output is file contents 
 * ``namespaces:`` compile to CRI-O's ``<signature_policy_dir>/<namespace>.json`` (default ``/etc/crio/policies``):
   the node's whole policy.json with the namespace's scopes added, appended to a scope the policy.json already has
   (AND), as OpenShift's machine-config operator writes them (:func:`namespace_doc`, docs/policy.md "Namespaces").
+* ALL-of: ``signed-by-all`` adds one more ``signedBy`` per entry (issue 14 #5), each with its own keyring named
+  like any key set, so ``signed-by-all: [build]`` and ``signed-by: build`` share a file. Two required signers
+  that hold the same OpenPGP key are refused: one signature would satisfy both (SPEC §5.5 ANDs requirements,
+  not signatures).
 """
 
 from __future__ import annotations
 
 import base64
 import copy
-import hashlib
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,7 +38,7 @@ from typing import Any
 import yaml
 
 from atomicsig.errors import PolicyError
-from atomicsig.format import validate
+from atomicsig.format import keyfile_name, validate
 from atomicsig.policy.keymaterial import KeyMaterial
 from atomicsig.policy.schema import PolicySpec, ScopeSpec
 
@@ -73,13 +76,10 @@ class Compiled:
 
 def keyring_name(names: tuple[str, ...], data: bytes, ext: str = "gpg") -> str:
     """``atomicsig-<sorted names joined by +>-<12 hex of sha256(data)>.<ext>``: readable, and a new name whenever
-    the bytes change (48 bits of hash: a collision needs the same key names and ~2^24 different key sets)."""
-    for n in names:  # part of a file name: validated here too, whoever built ``names`` (atomicsig.validate)
-        validate.check_key_name("key name", n)
-    joined = "+".join(sorted(names))
-    if len(joined) > 100:
-        joined = "keys-" + hashlib.sha256(joined.encode()).hexdigest()[:16]
-    return f"{FILE_PREFIX}{joined}-{hashlib.sha256(data).hexdigest()[:12]}.{ext}"
+    the bytes change (48 bits of hash: a collision needs the same key names and ~2^24 different key sets).
+    The grammar lives in :mod:`atomicsig.format.keyfile_name`, which ``audit``/``explain`` use to read it back;
+    names are validated there, whoever built ``names`` (atomicsig.validate)."""
+    return keyfile_name.build(names, data, ext)
 
 
 def compile_spec(spec: PolicySpec, keys: dict[str, KeyMaterial], *, registries_keys: str = "lookaside",
@@ -91,6 +91,7 @@ def compile_spec(spec: PolicySpec, keys: dict[str, KeyMaterial], *, registries_k
     out = Compiled(default=default, docker_scopes={})
     sections: dict[str, dict[str, Any]] = {}
     for s in spec.scopes:
+        _distinct_signers(spec, s, keys)
         reqs = _requirements(s, keys, out.files, keypath_prefix.rstrip("/"))
         if s.enforce:
             out.docker_scopes[s.scope] = reqs
@@ -122,6 +123,23 @@ def audit_file(scopes: dict[str, list[dict[str, Any]]]) -> bytes:
     return (json.dumps(doc, indent=2, ensure_ascii=False) + "\n").encode()
 
 
+def _distinct_signers(spec: PolicySpec, s: ScopeSpec, keys: dict[str, KeyMaterial]) -> None:
+    """Refuse two required signers of one scope sharing a key (two names for one key file, or a keyring holding
+    both keys): c/image checks each ``signedBy`` on its own, so one signature by the shared key passes both and
+    "build AND security" would quietly mean "either"."""
+    from atomicsig.errors import PolicyError
+
+    owner: dict[str, tuple[str, ...]] = {}
+    for group in s.required_signers:
+        for fpr in {f for n in group if n in keys for f in keys[n].fingerprints}:
+            if fpr in owner and owner[fpr] != group:
+                raise PolicyError(f"{spec.source}:{s.line}: scope {s.scope!r}: required signers "
+                                  f"{'+'.join(owner[fpr])!r} and {'+'.join(group)!r} both hold key {fpr}: one "
+                                  "signature by it would satisfy both, so the scope would need fewer signers than "
+                                  "it lists; give each signer its own key")
+            owner[fpr] = group
+
+
 def _requirements(s: ScopeSpec, keys: dict[str, KeyMaterial], files: dict[str, bytes],
                   prefix: str) -> list[dict[str, Any]]:
     if s.action == "accept":
@@ -129,9 +147,9 @@ def _requirements(s: ScopeSpec, keys: dict[str, KeyMaterial], files: dict[str, b
     if s.action == "reject":
         return [{"type": "reject"}]
     reqs: list[dict[str, Any]] = []
-    if s.signed_by:
-        data = b"".join(keys[n].data for n in sorted(s.signed_by))
-        path = f"{KEY_DIR}/{keyring_name(s.signed_by, data)}"
+    for group in s.required_signers:  # signed-by, then each signed-by-all entry: one signedBy per required signer
+        data = b"".join(keys[n].data for n in sorted(group))
+        path = f"{KEY_DIR}/{keyring_name(group, data)}"
         files[path] = data
         req: dict[str, Any] = {"type": "signedBy", "keyType": "GPGKeys", "keyPath": prefix + path}
         if s.identity is not None:

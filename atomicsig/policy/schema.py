@@ -14,6 +14,7 @@ Shape (full reference in docs/policy.md)::
     scopes:
       registry.example.com/prod:         # any docker scope c/image accepts (SPEC §5.3/§5.4)
         signed-by: [prod, release]       # ANY of these keys: one signedBy, one combined keyring (SPEC §5.5)
+        signed-by-all: [build, [sec1, sec2]]  # EVERY entry must sign: one signedBy each (a list entry: any of it)
         sigstore-signed-by: [cosign]     # optional; ANDed with signed-by
         identity: {type: matchRepository}   # optional signedIdentity, c/image JSON field names (SPEC §5.6)
         lookaside: https://sigs.example.com # registries.d, reading (SPEC §4.2)
@@ -43,7 +44,7 @@ TOP_KEYS = ("default", "keys", "scopes", "namespaces")
 NAMESPACE_KEYS = ("scopes",)
 KEY_KINDS = ("file", "fingerprint", "cosign")
 SCOPE_KEYS = ("action", "signed-by", "sigstore-signed-by", "identity", "lookaside", "lookaside-staging",
-              "use-sigstore-attachments", "enforce")
+              "use-sigstore-attachments", "enforce", "signed-by-all")
 ACTIONS = ("accept", "reject", "signed")
 
 
@@ -75,6 +76,13 @@ class ScopeSpec:
     lookaside_staging: str | None = None
     use_sigstore_attachments: bool | None = None
     enforce: bool = True  # False: audit mode (issue 14 #2): the node accepts now, ``audit`` checks the requirements
+    signed_by_all: tuple[tuple[str, ...], ...] = ()  # required signers, each a key set any key of which may sign
+
+    @property
+    def required_signers(self) -> tuple[tuple[str, ...], ...]:
+        """Every OpenPGP key set that must have signed, one ``signedBy`` each (c/image ANDs them, SPEC §5.5):
+        the ``signed-by`` set first (so an existing policy compiles exactly as before), then ``signed-by-all``'s."""
+        return ((self.signed_by,) if self.signed_by else ()) + self.signed_by_all
 
     @property
     def has_registries_d(self) -> bool:
@@ -257,6 +265,8 @@ def _scope(ctx: _Ctx, spec: PolicySpec, scope: str, kn: yaml.Node, node: yaml.No
                     want = "an OpenPGP key (file/fingerprint)" if key == "signed-by" else "a cosign key"
                     raise ctx.error(nn, f"{where}: {key} needs {want}; {n!r} is not")
             values[key] = tuple(dict.fromkeys(n for n, _ in names))
+        elif key == "signed-by-all":
+            values[key] = _all_of(ctx, spec, v, where)
         elif key == "identity":
             values[key] = _identity(ctx, v, where)
         elif key in ("use-sigstore-attachments", "enforce"):
@@ -269,14 +279,16 @@ def _scope(ctx: _Ctx, spec: PolicySpec, scope: str, kn: yaml.Node, node: yaml.No
                     validate.check_url(f"{where} {key}", values[key], schemes=schemes)
                 except InputError as exc:
                     raise ctx.error(v, exc.message) from exc
-    signed = bool(values.get("signed-by") or values.get("sigstore-signed-by"))
+    if values.get("signed-by") and values.get("signed-by-all"):
+        _no_key_in_both(ctx, nodes["signed-by-all"], where, values["signed-by"])
+    signed = bool(values.get("signed-by") or values.get("sigstore-signed-by") or values.get("signed-by-all"))
     action = values.get("action", "signed" if signed else None)
     if action is None:
-        raise ctx.error(node, f"{where}: give 'action: accept|reject' or 'signed-by:'")
+        raise ctx.error(node, f"{where}: give 'action: accept|reject' or 'signed-by:' / 'signed-by-all:'")
     if action not in ACTIONS:
         raise ctx.error(nodes["action"], f"{where}: action must be one of {', '.join(ACTIONS)}")
     if action == "signed" and not signed:
-        raise ctx.error(node, f"{where}: action signed needs signed-by and/or sigstore-signed-by")
+        raise ctx.error(node, f"{where}: action signed needs signed-by, signed-by-all and/or sigstore-signed-by")
     if action != "signed" and (signed or "identity" in values):
         raise ctx.error(node, f"{where}: action {action} takes no keys or identity")
     enforce = values.get("enforce", True)
@@ -292,7 +304,60 @@ def _scope(ctx: _Ctx, spec: PolicySpec, scope: str, kn: yaml.Node, node: yaml.No
                      signed_by=values.get("signed-by", ()), sigstore_signed_by=values.get("sigstore-signed-by", ()),
                      identity=values.get("identity"), lookaside=values.get("lookaside"),
                      lookaside_staging=values.get("lookaside-staging"), use_sigstore_attachments=attachments,
-                     enforce=enforce)
+                     enforce=enforce, signed_by_all=values.get("signed-by-all", ()))
+
+
+def _all_of(ctx: _Ctx, spec: PolicySpec, node: yaml.Node, where: str) -> tuple[tuple[str, ...], ...]:
+    """``signed-by-all``: a non-empty list of required signers, each a key name or a non-empty list of key names
+    (a group: any one of its keys is enough for that signer). Every key is an OpenPGP key declared under
+    ``keys:`` and appears once: a key in two entries would make one signature count for two signers, so the
+    rule would silently require fewer signers than it lists."""
+    what = f"{where} signed-by-all"
+    if not isinstance(node, yaml.SequenceNode) or not node.value:
+        raise ctx.error(node, f"{what} must be a non-empty list of required signers (key names, or lists of key "
+                              "names any one of which may sign)")
+    groups: list[tuple[str, ...]] = []
+    seen: dict[str, int] = {}
+    for entry in node.value:
+        if isinstance(entry, yaml.SequenceNode):
+            for n in entry.value:
+                if not isinstance(n, yaml.ScalarNode):
+                    raise ctx.error(n, f"{what}: a group is a list of key names (any one of them may sign); "
+                                       "groups do not nest")
+            names = [(ctx.string(n, f"{what} group entry"), n) for n in entry.value]
+            if not names:
+                raise ctx.error(entry, f"{what}: an empty group requires no signer; give at least one key name")
+        else:
+            names = [(ctx.string(entry, f"{what} entry"), entry)]
+        for n, nn in names:
+            decl = spec.keys.get(n)
+            if decl is None:
+                raise ctx.error(nn, f"{where}: unknown key {n!r} (declare it under 'keys:')")
+            if not decl.openpgp:
+                raise ctx.error(nn, f"{where}: signed-by-all needs OpenPGP keys (file/fingerprint); {n!r} is a "
+                                    "cosign key (use sigstore-signed-by)")
+            if n in seen:
+                raise ctx.error(nn, f"{where}: key {n!r} is listed twice in signed-by-all (first at line "
+                                    f"{seen[n]}); list each key once: in two signers, one signature by it would "
+                                    "count for both")
+            seen[n] = nn.start_mark.line + 1
+        groups.append(tuple(n for n, _ in names))
+    return tuple(groups)
+
+
+def _no_key_in_both(ctx: _Ctx, node: yaml.Node, where: str, any_of: tuple[str, ...]) -> None:
+    """A key in both ``signed-by`` (any of) and ``signed-by-all`` (``node``) of one scope: refused, because the
+    scope then needs that key's signature anyway and the other ``signed-by`` keys can never stand in for it — the
+    any-of would not mean what it says."""
+    assert isinstance(node, yaml.SequenceNode)  # _all_of accepted it
+    for entry in node.value:
+        for item in entry.value if isinstance(entry, yaml.SequenceNode) else [entry]:
+            n = item.value
+            if n in any_of:
+                raise ctx.error(item, f"{where}: key {n!r} is in both signed-by (any one of its keys is enough) and "
+                                      f"signed-by-all (every entry is required): its signature would be required "
+                                      f"anyway, so the other signed-by keys could never replace it; list it in one "
+                                      f"of the two")
 
 
 def _identity(ctx: _Ctx, node: yaml.Node, where: str) -> IdentityMatcher:
