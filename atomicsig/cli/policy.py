@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from atomicsig.cli.common import emit_json, gnupghome_option, json_option, registry_options, table
-from atomicsig.errors import EXIT_NEGATIVE, EXIT_OK
+from atomicsig.errors import EXIT_NEGATIVE, EXIT_OK, EXIT_USAGE
 
 _FILE = click.option("-f", "--file", "policy_file", required=True, metavar="FILE", type=click.Path(dir_okay=False),
                      help="Policy YAML (see docs/policy.md).")
@@ -164,7 +164,11 @@ def show(root: str, policy_path: str | None, registries_dir: str | None, noheadi
 @click.option("--registries.d", "registries_dir", metavar="DIR", help="registries.d directory.")
 @json_option
 def explain_cmd(ref: str, root: str, policy_path: str | None, registries_dir: str | None, as_json: bool) -> int:
-    """Which scope of the node's policy applies to REF, its requirements, and the lookaside a pull reads."""
+    """Which scope of the node's policy applies to REF, its requirements, and the lookaside a pull reads: the
+    configured base, its registries.d file, and the exact URL of signature-1 (with REF@sha256:…).
+
+    Exit 2 if the lookaside URL is one containers/image refuses (every pull of REF would fail).
+    """
     from atomicsig.policy import explain
 
     node = explain.load_node(root, policy_path, registries_dir)
@@ -173,6 +177,9 @@ def explain_cmd(ref: str, root: str, policy_path: str | None, registries_dir: st
         emit_json(info)
     else:
         click.echo(explain.explain_text(info))
+    if info.get("lookaside_error"):
+        click.echo(f"error: {info['lookaside_error']}", err=True)
+        return EXIT_USAGE
     return EXIT_OK
 
 
