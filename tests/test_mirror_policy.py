@@ -115,6 +115,7 @@ def test_signature_location(base: str, url: str) -> None:
     ("http://h/%zz", "invalid URL escape"),
     ("http://h/a\x7fb", "control character"),
     ("1http://h/x", "first path segment"),
+    (" https://h/x", "first path segment"),          # Go does not trim; Python's urlsplit would
 ])
 def test_signature_location_refused_as_c_image_does(base: str, reason: str) -> None:
     with pytest.raises(PolicyError) as exc:

@@ -184,6 +184,9 @@ def signature_location(base: str, repo: str, digest_hex: str) -> SignatureLocati
     except ValueError as exc:
         raise PolicyError(f"{where}: {exc} (c/image: Invalid signature storage URL)") from exc
     scheme = parts.scheme.lower()
+    if base[:1].isspace():  # Python's urlsplit strips it; Go sees no scheme and a path starting with it
+        parts = parts._replace(scheme="")
+        scheme = ""
     if ":" in base and not parts.scheme and not base.startswith("/"):
         head = base.split(":", 1)[0]
         if "/" not in head:  # Go: a first segment with ':' but no valid scheme is "first path segment … colon"
