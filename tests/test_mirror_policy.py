@@ -26,8 +26,11 @@ from atomicsig.policy.compile import compiled_from
 from atomicsig.store.registries_d import signature_location
 from tests.conftest import HAVE_PODMAN
 from tests.infra import (
+    FakeRequest,
+    FakeServer,
     GpgHome,
     Registry,
+    Reply,
     insecure_policy,
     podman_pull,
     push_image,
@@ -276,3 +279,54 @@ def test_explained_http_url_is_what_serve_answers(cli: Any, mirrored: Mirror, tm
     assert resp.status_code == 200
     body = resp.content
     assert body == (mirrored.lookaside / signature_relpath("vendor/app", mirrored.digests["app"], 1)).read_bytes()
+
+
+class _RawPaths(FakeServer):
+    """Records the raw request target (path and query as sent, before any decoding) and answers 404."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.raw: list[str] = []
+
+    def handle(self, req: FakeRequest) -> Reply | None:
+        self.raw.append(req.path)
+        return Reply(404, b"")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("suffix", ["/sigs", "/sigs/", "/a%20b;c?x=1&y=%2F"])
+def test_explained_url_is_what_skopeo_requests(cli: Any, mirrored: Mirror, tmp_path: Path, suffix: str) -> None:
+    """Differential: the signature-1 URL explain prints is the request target real skopeo sends (trailing '/',
+    escapes and a query included)."""
+    ref = f"{mirrored.mirror}/vendor/app@{mirrored.digests['app']}"
+    with _RawPaths() as fake:
+        _tree(tmp_path, json.loads(mirrored.policy.read_text()),
+              f"docker:\n  {mirrored.mirror}/vendor:\n    lookaside: '{fake.url}{suffix}'\n")
+        code, out, err = cli("policy", "explain", "--root", str(tmp_path), "--json", ref)
+        assert code == 0, err
+        url = json.loads(out)["signature_url"]
+        proc = skopeo_pull(ref, tmp_path / "etc/containers/policy.json", tmp_path / "etc/containers/registries.d",
+                           tmp_path)
+        assert proc.returncode != 0 and "no signature exists" in proc.stderr, proc.stderr  # 404 = none
+    assert fake.raw and fake.raw[0] == url.removeprefix(fake.url), (fake.raw, url)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("base", "skopeo_says"), [
+    (":emptyscheme", "Invalid signature storage URL"),
+    # current c/image: "Unsupported scheme"; skopeo 1.9.3 (Debian 12) dereferences nil and panics: fails all the same
+    ("/mnt/sigstore", ("Unsupported scheme", "panic: runtime error")),
+    ("ftp://127.0.0.1:9/sigs", "Unsupported scheme"),
+])
+def test_refused_lookaside_fails_skopeo_too(cli: Any, mirrored: Mirror, tmp_path: Path, base: str,
+                                            skopeo_says: str | tuple[str, ...]) -> None:
+    """Differential: what explain calls an error is what makes real skopeo fail the pull."""
+    ref = f"{mirrored.mirror}/vendor/app@{mirrored.digests['app']}"
+    _tree(tmp_path, json.loads(mirrored.policy.read_text()),
+          f"docker:\n  {mirrored.mirror}/vendor:\n    lookaside: '{base}'\n")
+    code, _, err = cli("policy", "explain", "--root", str(tmp_path), ref)
+    assert code == 2 and "error:" in err
+    proc = skopeo_pull(ref, tmp_path / "etc/containers/policy.json", tmp_path / "etc/containers/registries.d",
+                       tmp_path)
+    says = (skopeo_says,) if isinstance(skopeo_says, str) else skopeo_says
+    assert proc.returncode != 0 and any(s in proc.stderr for s in says), proc.stderr
