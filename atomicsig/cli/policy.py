@@ -13,7 +13,7 @@ from atomicsig.cli.common import (
     signature_policy_dir_option,
     table,
 )
-from atomicsig.errors import EXIT_NEGATIVE, EXIT_OK
+from atomicsig.errors import EXIT_NEGATIVE, EXIT_OK, EXIT_USAGE
 
 _FILE = click.option("-f", "--file", "policy_file", required=True, metavar="FILE", type=click.Path(dir_okay=False),
                      help="Policy YAML (see docs/policy.md).")
@@ -183,8 +183,12 @@ def explain_cmd(ref: str, root: str, policy_path: str | None, registries_dir: st
                 policy_dir: str, check: bool, tls_verify: bool, cert_dir: str | None, authfile: str | None,
                 as_json: bool) -> int:
     """Which scope of the node's policy applies to REF, its requirements (each signedBy as the signer it
-    requires), and the lookaside a pull reads; with --check, whether a pull of REF would be accepted.
-    With --namespace, the policy CRI-O uses for a pod in that namespace (its own file, else the global one)."""
+    requires), and the lookaside a pull reads: the configured base, its registries.d file, and the exact URL of
+    signature-1 (with REF@sha256:…). With --check, whether a pull of REF would be accepted. With --namespace,
+    the policy CRI-O uses for a pod in that namespace (its own file, else the global one).
+
+    Exit 2 if the lookaside URL is one containers/image refuses (every pull of REF would fail).
+    """
     from atomicsig.policy import explain
 
     node = explain.load_node(root, policy_path, registries_dir, namespace=namespace, policy_dir=policy_dir)
@@ -198,6 +202,9 @@ def explain_cmd(ref: str, root: str, policy_path: str | None, registries_dir: st
         click.echo(explain.explain_text(info))
         if evaluations is not None:
             click.echo(explain.check_text(evaluations))
+    if info.get("lookaside_error"):
+        click.echo(f"error: {info['lookaside_error']}", err=True)
+        return EXIT_USAGE
     if evaluations is not None:
         from atomicsig.ops.evaluate import exit_code
 

@@ -5,11 +5,15 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from atomicsig.cli.common import F, emit_json, gnupghome_option, json_option, table
 from atomicsig.errors import EXIT_NEGATIVE, EXIT_OK, EXIT_UNDECIDED, AtomicsigError, InputError
+
+if TYPE_CHECKING:
+    from atomicsig.sync.daemon import SyncDaemon
 
 DEFAULT_CONFIG = "/etc/atomicsig/sync.yaml"
 
@@ -37,7 +41,13 @@ def _config_option(f: F) -> F:
 @click.option("--once", is_flag=True, help="Sync every source until caught up (at most --passes bounded passes "
               "each), then exit (3 if any source failed).")
 @click.option("--from", "only", metavar="URL", multiple=True,
-              help="Only these configured sources (repeatable); for --once.")
+              help="Only these configured sources (repeatable); for --once. With --sigstore: the sources of a "
+                   "one-off copy, no config file read.")
+@click.option("--sigstore", "adhoc_sigstore", metavar="DIR", default=None,
+              help="With --once --from URL --key FILE: copy into DIR without a config file (like rsync); every "
+                   "signature is verified against the --key files before it is stored, and re-running resumes.")
+@click.option("--key", "adhoc_keys", metavar="FILE", multiple=True,
+              help="With --sigstore: a trusted public key file (binary or armored; repeatable).")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default=None,
               help="Log lines on stdout: JSON lines (ts, level, msg, fields) or text [default: the config's "
@@ -48,8 +58,9 @@ def _config_option(f: F) -> F:
               help="When started as root: become this user after the config and keys are read and the metrics "
                    "port is bound.")
 @click.pass_context
-def sync(ctx: click.Context, config_path: str, once: bool, only: tuple[str, ...], verbose: bool,
-         log_format: str | None = None, passes: int | None = None, run_as: str | None = None) -> int:
+def sync(ctx: click.Context, config_path: str, once: bool, only: tuple[str, ...], adhoc_sigstore: str | None,
+         adhoc_keys: tuple[str, ...], verbose: bool, log_format: str | None = None, passes: int | None = None,
+         run_as: str | None = None) -> int:
     """Keep a local sigstore identical to upstream sigstores (follow their journals, verify, append).
 
     Without a subcommand this runs the daemon (SIGHUP reloads, SIGTERM stops). Every source has its own worker
@@ -63,12 +74,17 @@ def sync(ctx: click.Context, config_path: str, once: bool, only: tuple[str, ...]
 
     if passes is not None and not once:
         raise InputError("--passes is for --once")
-    # The config's log-format applies from the first line (the flag wins); the daemon reads the file again.
-    _setup_logging(verbose, log_format or config_mod.load(config_path).log_format)
-    daemon = SyncDaemon(config_path)
-    daemon.load()
-    if only:
-        daemon.restrict_to(only)
+    if adhoc_sigstore is not None or adhoc_keys:
+        daemon = _adhoc_daemon(ctx, once, only, adhoc_sigstore, adhoc_keys)
+        _setup_logging(verbose, log_format or "text")
+        daemon.load()
+    else:
+        # The config's log-format applies from the first line (the flag wins); the daemon reads the file again.
+        _setup_logging(verbose, log_format or config_mod.load(config_path).log_format)
+        daemon = SyncDaemon(config_path)
+        daemon.load()
+        if only:
+            daemon.restrict_to(only)
 
     def _drop() -> None:
         if run_as:
@@ -89,6 +105,25 @@ def sync(ctx: click.Context, config_path: str, once: bool, only: tuple[str, ...]
     daemon.install_signals()
     daemon.after_bind = _drop
     return daemon.run()
+
+
+def _adhoc_daemon(ctx: click.Context, once: bool, sources: tuple[str, ...], sigstore: str | None,
+                  keys: tuple[str, ...]) -> SyncDaemon:
+    """``sync --once --from URL --sigstore DIR --key FILE``: a one-off copy without a config file, through the
+    same config model (:func:`atomicsig.sync.config.adhoc`) and the same daemon as ``sync --once --config``."""
+    from atomicsig.sync import config as config_mod
+    from atomicsig.sync.daemon import SyncDaemon
+
+    if ctx.get_parameter_source("config_path") not in (click.core.ParameterSource.DEFAULT, None):
+        raise click.UsageError("--sigstore/--key make a one-off copy without a config file; drop --config "
+                               "(or ATOMICSIG_SYNC_CONFIG), or drop --sigstore/--key to use it")
+    missing = [flag for flag, given in (("--once", once), ("--from URL", sources), ("--sigstore DIR", sigstore),
+                                        ("--key FILE", keys)) if not given]
+    if missing:
+        raise click.UsageError(f"a one-off copy needs --once --from URL --sigstore DIR --key FILE; missing: "
+                               f"{', '.join(missing)}")
+    assert sigstore is not None
+    return SyncDaemon(config_mod.ADHOC_ORIGIN, config=config_mod.adhoc(sigstore, list(sources), list(keys)))
 
 
 @sync.command("status")

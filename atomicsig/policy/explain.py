@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from atomicsig.errors import AtomicsigError, InputError, PolicyError, ReferenceError_, StorageError
-from atomicsig.format import policyjson, reference, validate
+from atomicsig.format import identity, policyjson, reference, validate
 from atomicsig.gnupg import keyring as gpg
 from atomicsig.ops.evaluate import (
     Evaluation,
@@ -245,6 +245,8 @@ def explain(node: NodeConfig, ref_text: str) -> dict[str, Any]:
         if isinstance(r, dict) and r.get("type") in ("signedBy", "sigstoreSigned"):
             ident = r.get("signedIdentity")
             item["identity"] = ident.get("type") if isinstance(ident, dict) else "matchRepoDigestOrExact (default)"
+            if ref is not None and isinstance(ident, dict) and ident.get("type") == "remapIdentity":
+                item["remap"] = _remap(ident, ref)
             if r.get("type") == "signedBy":
                 item["keys"] = node.key_info(key_paths(r))
                 item["signer"] = signer_name(r)
@@ -256,6 +258,46 @@ def explain(node: NodeConfig, ref_text: str) -> dict[str, Any]:
         out["lookaside"] = url
         out["lookaside_from"] = source if sec is None else f"{source} ({sec.source})"
         out["use_sigstore_attachments"] = node.registries.use_sigstore_attachments(ref)
+        out.update(_signature_url(url, ref))
+    return out
+
+
+def _remap(ident: dict[str, Any], ref: reference.Reference) -> dict[str, Any]:
+    """What a remapIdentity does to this pull (SPEC §5.6): the reference signatures must claim, or why none can."""
+    out: dict[str, Any] = {"prefix": ident.get("prefix"), "signedPrefix": ident.get("signedPrefix")}
+    try:
+        rule = identity.from_json(ident)
+    except PolicyError as exc:
+        out["error"] = exc.message  # c/image refuses the whole policy.json; verify/audit say so too
+        return out
+    assert isinstance(rule, identity.RemapIdentity)
+    target = rule.remap(ref)
+    if target is None:
+        out["error"] = (f"{ref} remapped is not a canonical reference; c/image matches no signature")
+    else:
+        out["applies"] = target is not ref
+        out["signed_reference"] = str(target)
+        # matchRepoDigestOrExact on the remapped name: by digest any tag of that repository, else that tag
+        out["must_claim"] = f"{target.name} (any tag: pulled by digest)" if target.digest else str(target)
+    return out
+
+
+def _signature_url(base: str, ref: reference.Reference) -> dict[str, Any]:
+    """The URL of ``signature-1`` a pull of ``ref`` reads (SPEC §3.1), or the reason c/image refuses the base.
+
+    The digest is the one in ``ref`` when it is sha256; for a tag c/image uses the manifest digest it fetches,
+    which explain (offline) does not know, so the URL then carries a ``<manifest-sha256>`` placeholder."""
+    digest = ref.digest if ref.digest and ref.digest.startswith("sha256:") else None
+    hex_ = digest.split(":", 1)[1] if digest else "0" * 64
+    try:
+        loc = registries_d.signature_location(base, ref.path, hex_)
+    except PolicyError as exc:
+        return {"lookaside_error": exc.message, "signature_url": None}
+    url = loc.url if digest else loc.url.replace("0" * 64, "<manifest-sha256>")
+    out: dict[str, Any] = {"signature_url": url, "signature_url_exact": digest is not None,
+                           "lookaside_warnings": list(loc.warnings)}
+    if loc.path is not None:
+        out["signature_path"] = loc.path if digest else loc.path.replace("0" * 64, "<manifest-sha256>")
     return out
 
 
@@ -315,9 +357,23 @@ def explain_text(info: dict[str, Any]) -> str:
         lines.append(text)
         if item.get("signer"):
             lines.append(f"       required signer: {item['signer']}")
+        remap = item.get("remap")
+        if remap:
+            lines.append(f"       remapIdentity {remap['prefix']} -> {remap['signedPrefix']}: " + (
+                f"error: {remap['error']}" if "error" in remap else
+                f"signatures must claim {remap['must_claim']}" if remap["applies"] else
+                f"prefix does not match; signatures must claim {remap['must_claim']}"))
         for k in item.get("keys", []):
             lines.append(f"       {k.get('fingerprint', k.get('error'))} {' '.join(k.get('uids', []))}".rstrip())
     if "lookaside" in info:
         lines.append(f"lookaside:   {info['lookaside']}   (from {info['lookaside_from']})")
+        if info.get("lookaside_error"):
+            lines.append(f"error:       {info['lookaside_error']}")
+        else:
+            note = "" if info["signature_url_exact"] else "   (give REF@sha256:… for the exact URL)"
+            lines.append(f"reads:       {info['signature_url']}{note}")
+            lines.append("             then signature-2, -3, … until the first one missing (404 or no such file)")
+            for w in info.get("lookaside_warnings", []):
+                lines.append(f"warning:     {w}")
         lines.append(f"sigstore attachments: {'yes' if info['use_sigstore_attachments'] else 'no'}")
     return "\n".join(lines)

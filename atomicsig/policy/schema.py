@@ -21,6 +21,9 @@ Shape (full reference in docs/policy.md)::
         lookaside-staging: file:///var/lib/atomic/sigstore
         use-sigstore-attachments: true
         enforce: false                   # audit mode: accepted now, audited against the above (docs/policy.md)
+      mirror.example.com:5000/vendor:    # a mirror: signatures claim the upstream name (remapIdentity)
+        mirror-of: vendor.example.com    # lookaside defaults to the local sigstore (MIRROR_LOOKASIDE)
+        signed-by: [vendor]
       docker.io/library: {action: accept}
     namespaces:                          # CRI-O per-namespace policies (/etc/crio/policies/<ns>.json), docs/policy.md
       team-a:
@@ -38,13 +41,17 @@ import yaml
 
 from atomicsig.errors import InputError, PolicyError
 from atomicsig.format import identity, validate, yamlstrict
-from atomicsig.format.identity import IdentityMatcher
+from atomicsig.format.identity import IdentityMatcher, RemapIdentity
+from atomicsig.store.directory import DEFAULT_SIGSTORE
 
 TOP_KEYS = ("default", "keys", "scopes", "namespaces")
 NAMESPACE_KEYS = ("scopes",)
 KEY_KINDS = ("file", "fingerprint", "cosign")
 SCOPE_KEYS = ("action", "signed-by", "sigstore-signed-by", "identity", "lookaside", "lookaside-staging",
-              "use-sigstore-attachments", "enforce", "signed-by-all")
+              "use-sigstore-attachments", "enforce", "signed-by-all", "mirror-of")
+#: Where a ``mirror-of`` scope reads signatures unless it sets ``lookaside:``: the local sigstore that
+#: ``atomicsig mirror`` and ``atomicsig sync`` fill (store/directory.py DEFAULT_SIGSTORE).
+MIRROR_LOOKASIDE = "file://" + DEFAULT_SIGSTORE
 ACTIONS = ("accept", "reject", "signed")
 
 
@@ -83,6 +90,7 @@ class ScopeSpec:
         """Every OpenPGP key set that must have signed, one ``signedBy`` each (c/image ANDs them, SPEC §5.5):
         the ``signed-by`` set first (so an existing policy compiles exactly as before), then ``signed-by-all``'s."""
         return ((self.signed_by,) if self.signed_by else ()) + self.signed_by_all
+    mirror_of: str | None = None  # the upstream prefix signatures claim; ``identity`` is then its remapIdentity
 
     @property
     def has_registries_d(self) -> bool:
@@ -271,6 +279,8 @@ def _scope(ctx: _Ctx, spec: PolicySpec, scope: str, kn: yaml.Node, node: yaml.No
             values[key] = _identity(ctx, v, where)
         elif key in ("use-sigstore-attachments", "enforce"):
             values[key] = ctx.boolean(v, f"{where} {key}")
+        elif key == "mirror-of":
+            values[key] = _mirror_of(ctx, scope, kn, v, where)
         else:
             values[key] = ctx.string(v, f"{where} {key}")
             if key != "action":
@@ -289,14 +299,21 @@ def _scope(ctx: _Ctx, spec: PolicySpec, scope: str, kn: yaml.Node, node: yaml.No
         raise ctx.error(nodes["action"], f"{where}: action must be one of {', '.join(ACTIONS)}")
     if action == "signed" and not signed:
         raise ctx.error(node, f"{where}: action signed needs signed-by, signed-by-all and/or sigstore-signed-by")
-    if action != "signed" and (signed or "identity" in values):
-        raise ctx.error(node, f"{where}: action {action} takes no keys or identity")
+    if action != "signed" and (signed or "identity" in values or "mirror-of" in values):
+        raise ctx.error(node, f"{where}: action {action} takes no keys, identity or mirror-of")
     enforce = values.get("enforce", True)
     if not enforce and action != "signed":
         # Audit mode means "accept now, check the requirements later": a scope without requirements has nothing to
         # audit, and "reject, but accept for now" is two opposite semantics for one scope (issue 14, Bad input).
         raise ctx.error(nodes["enforce"], f"{where}: enforce: false (audit mode) needs signature requirements; "
                                           f"action {action} has none to audit (remove one of the two)")
+    if "mirror-of" in values:
+        if "identity" in values:
+            raise ctx.error(nodes["identity"], f"{where}: mirror-of sets the identity (remapIdentity); "
+                                               f"drop 'identity:'")
+        values["identity"] = values["mirror-of"]
+        values["mirror-of"] = values["mirror-of"].signed_prefix
+        values.setdefault("lookaside", MIRROR_LOOKASIDE)
     attachments = values.get("use-sigstore-attachments")
     if values.get("sigstore-signed-by") and attachments is None:
         attachments = True  # sigstoreSigned can only see signatures c/image was told to fetch (SPEC §4.2)
@@ -304,7 +321,8 @@ def _scope(ctx: _Ctx, spec: PolicySpec, scope: str, kn: yaml.Node, node: yaml.No
                      signed_by=values.get("signed-by", ()), sigstore_signed_by=values.get("sigstore-signed-by", ()),
                      identity=values.get("identity"), lookaside=values.get("lookaside"),
                      lookaside_staging=values.get("lookaside-staging"), use_sigstore_attachments=attachments,
-                     enforce=enforce, signed_by_all=values.get("signed-by-all", ()))
+                     enforce=enforce, signed_by_all=values.get("signed-by-all", ()),
+                     mirror_of=values.get("mirror-of"))
 
 
 def _all_of(ctx: _Ctx, spec: PolicySpec, node: yaml.Node, where: str) -> tuple[tuple[str, ...], ...]:
@@ -358,6 +376,34 @@ def _no_key_in_both(ctx: _Ctx, node: yaml.Node, where: str, any_of: tuple[str, .
                                       f"signed-by-all (every entry is required): its signature would be required "
                                       f"anyway, so the other signed-by keys could never replace it; list it in one "
                                       f"of the two")
+
+
+def _mirror_of(ctx: _Ctx, scope: str, kn: yaml.Node, node: yaml.Node, where: str) -> RemapIdentity:
+    """``mirror-of: UPSTREAM`` on scope ``MIRROR``: the remapIdentity c/image needs to accept upstream signatures
+    on images pulled from the mirror (SPEC §5.6): prefix = the scope, signedPrefix = UPSTREAM.
+
+    Both must be prefixes c/image accepts (``validateIdentityRemappingPrefix``: a bare host[:port] or host/path,
+    no tag, digest or wildcard), checked by :class:`RemapIdentity`; the upstream must also be a fully expanded
+    name (a registry host first), because c/image re-parses the remapped reference in canonical form and a short
+    name would silently never match.
+    """
+    upstream = ctx.string(node, f"{where} mirror-of")
+    try:
+        validate.check_scope(f"{where} mirror-of", upstream)
+    except InputError as exc:
+        raise ctx.error(node, exc.message) from exc
+    if upstream == scope:
+        raise ctx.error(node, f"{where}: mirror-of names the scope itself")
+    try:
+        RemapIdentity(scope, "example.com")
+    except PolicyError:
+        raise ctx.error(kn, f"{where}: a mirror-of scope must be a host[:port] or host/namespace (no tag, digest or "
+                            f"'*.' wildcard): c/image matches remapIdentity prefixes on whole names") from None
+    try:
+        return RemapIdentity(scope, upstream)
+    except PolicyError:
+        raise ctx.error(node, f"{where}: mirror-of {upstream!r} must be a host[:port] or host/namespace (no tag, "
+                              f"digest or '*.' wildcard)") from None
 
 
 def _identity(ctx: _Ctx, node: yaml.Node, where: str) -> IdentityMatcher:

@@ -13,6 +13,8 @@ Pure reading and lookup; writing generated files is the policy compiler's job. R
 from __future__ import annotations
 
 import os
+import re
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ from typing import Any
 from atomicsig.errors import PolicyError
 from atomicsig.format import yamlstrict
 from atomicsig.format.reference import Reference
+from atomicsig.format.sigpath import signature_relpath
 
 SYSTEM_DIR = "/etc/containers/registries.d"
 BUILTIN_ROOT_DEFAULT = "file:///var/lib/containers/sigstore"
@@ -136,3 +139,79 @@ def merge_file(cfg: RegistriesConfig, text: str, source: str) -> None:
             raise PolicyError(f'"docker" namespace "{scope}" defined both in "{cfg.docker[scope].source}" '
                               f'and "{source}"')
         cfg.docker[scope] = Section(sec if isinstance(sec, dict) else {}, source)
+
+
+# ---- the URL a pull reads (``policy explain``) ---------------------------------------------------------------------
+
+#: Characters Go's ``url.URL.String()`` leaves unescaped in a path besides letters, digits and ``-_.~``
+#: (``shouldEscape(c, encodePath)`` in net/url: ``$&+,/:;=@`` are kept, ``?`` and everything else escaped).
+_GO_PATH_SAFE = "$&+,/:;=@"
+_GO_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+
+
+@dataclass(frozen=True)
+class SignatureLocation:
+    """Where c/image reads ``signature-1`` of one image from one lookaside base (SPEC §3.1)."""
+
+    base: str
+    url: str  # what c/image requests (http/https) or names (file), as Go's url.URL.String() prints it
+    path: str | None = None  # file: the filesystem path c/image opens (the URL's decoded path)
+    warnings: tuple[str, ...] = ()
+
+
+def signature_location(base: str, repo: str, digest_hex: str) -> SignatureLocation:
+    """The URL of ``signature-1`` c/image reads for repository path ``repo`` at sha256 ``digest_hex`` from the
+    configured lookaside ``base``; raises PolicyError for a base c/image refuses, with c/image's reason.
+
+    c/image (docker/registries_d.go ``lookasideStorageBaseURL``, ``lookasideStorageURL``; docker_image_src.go
+    ``getOneSignature``) parses the base with Go's ``url.Parse`` ("Invalid signature storage URL" on failure:
+    a leading ``:`` such as ``:emptyscheme`` is "missing protocol scheme", a bad ``%`` escape, a control
+    character, a malformed host or port), appends ``"/" + <repo path>`` and ``@sha256=<hex>/signature-N`` to the
+    *decoded* path (plain concatenation: a trailing ``/`` gives ``//``; a query stays after the path), and reads
+    only ``file`` (the decoded path) and ``http``/``https``; any other scheme, including none at all
+    (``/mnt/sigstore``), fails every pull with "Unsupported scheme". Go lower-cases the scheme.
+    """
+    where = f"lookaside URL {base!r}"
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in base):
+        raise PolicyError(f"{where}: invalid control character in URL (c/image: Invalid signature storage URL)")
+    if base.startswith(":"):
+        raise PolicyError(f"{where}: missing protocol scheme (c/image: Invalid signature storage URL)")
+    if _GO_ESCAPE.search(base):
+        raise PolicyError(f"{where}: invalid URL escape (c/image: Invalid signature storage URL)")
+    try:
+        parts = urllib.parse.urlsplit(base)
+        parts.port  # noqa: B018 - raises ValueError on a port that is not a number, as url.Parse does
+    except ValueError as exc:
+        raise PolicyError(f"{where}: {exc} (c/image: Invalid signature storage URL)") from exc
+    scheme = parts.scheme.lower()
+    if base[:1].isspace():  # Python's urlsplit strips it; Go sees no scheme and a path starting with it
+        parts = parts._replace(scheme="")
+        scheme = ""
+    if ":" in base and not parts.scheme and not base.startswith("/"):
+        head = base.split(":", 1)[0]
+        if "/" not in head:  # Go: a first segment with ':' but no valid scheme is "first path segment … colon"
+            raise PolicyError(f"{where}: first path segment in URL cannot contain colon (c/image: Invalid "
+                              f"signature storage URL)")
+    if scheme not in ("file", "http", "https"):
+        shown = f"scheme {parts.scheme!r}" if parts.scheme else "no scheme"
+        raise PolicyError(f"{where}: {shown}; c/image reads only file:, http: and https: (Unsupported scheme "
+                          f"when reading signature) and every pull of this image fails")
+    rel = signature_relpath(repo, f"sha256:{digest_hex}", 1)
+    decoded = urllib.parse.unquote(parts.path)
+    warnings = []
+    if decoded.endswith("/"):
+        warnings.append(f"{where} ends with '/': c/image requests '//{repo}@…' (no normalization)")
+    if scheme == "file":
+        if not parts.netloc and not parts.path.startswith("/"):
+            raise PolicyError(f"{where}: file: URL without an absolute path; c/image would read "
+                              f"/{rel} from the filesystem root (use file:///absolute/path)")
+        if parts.netloc:
+            warnings.append(f"{where}: c/image ignores the host {parts.netloc!r} of a file: URL")
+        path = f"{decoded}/{rel}"
+        return SignatureLocation(base, "file://" + urllib.parse.quote(path, safe=_GO_PATH_SAFE), path,
+                                 tuple(warnings))
+    if not parts.hostname:
+        raise PolicyError(f"{where}: no host; c/image's HTTP client refuses the request (no Host in request URL)")
+    path = urllib.parse.quote(f"{decoded}/{rel}", safe=_GO_PATH_SAFE)
+    url = urllib.parse.urlunsplit((scheme, parts.netloc, path, parts.query, parts.fragment))
+    return SignatureLocation(base, url, None, tuple(warnings))

@@ -215,3 +215,24 @@ def parse(doc: Any, origin: str = "sync config") -> SyncConfig:
 
 def load(path: str | Path) -> SyncConfig:
     return loads(yamlstrict.read_file(path, "sync config"), str(path))
+
+
+#: The origin name :func:`adhoc` gives its errors, and how their config terms map back to the flags.
+ADHOC_ORIGIN = "sync flags"
+_ADHOC_TERMS = ((re.compile(r"sources\[\d+\]"), "--from"), (re.compile(r"trusted-keys( entry)?"), "--key"),
+                (re.compile(r"\bsigstore\b(?! \()"), "--sigstore"))
+
+
+def adhoc(sigstore: str, sources: list[str], keys: list[str]) -> SyncConfig:
+    """The config of a one-off ``sync --once --from URL --sigstore DIR --key FILE`` (no file, as rsync is used):
+    the mapping those flags describe, checked by :func:`parse` — the same model, defaults and checks as a
+    ``sync.yaml`` (http(s) URLs only, a source listed twice refused, keys required), so the two cannot drift.
+    Errors name the flags instead of YAML lines."""
+    doc = {"sigstore": sigstore, "sources": [{"url": u} for u in sources], "trusted-keys": list(keys)}
+    try:
+        return parse(doc, ADHOC_ORIGIN)
+    except InputError as exc:
+        message = re.sub(rf"^{ADHOC_ORIGIN}:\d+: ", "", exc.message)
+        for pattern, flag in _ADHOC_TERMS:
+            message = pattern.sub(flag, message)
+        raise InputError(message, hint=exc.hint) from None

@@ -181,12 +181,15 @@ class SyncDaemon:
     _state_lock: threading.Lock = field(default_factory=threading.Lock)
     #: Called once in :meth:`run` after the metrics socket is bound, before READY=1 (privilege drop, --user).
     after_bind: Any = None
+    #: A config built in memory (``sync --once --from URL --sigstore DIR --key FILE``): :meth:`load` uses it
+    #: instead of reading ``config_path``, which then only names it in messages.
+    config: config_mod.SyncConfig | None = None
 
     # ---- setup ----------------------------------------------------------------------------------------------
 
     def load(self) -> None:
         """(Re)read config and keys; build followers. Cursors come from the state file and are kept."""
-        cfg = config_mod.load(self.config_path)
+        cfg = self.config if self.config is not None else config_mod.load(self.config_path)
         blobs = cfg.key_blobs()
         if cfg.sources and not blobs:
             raise InputError("no trusted keys configured")
