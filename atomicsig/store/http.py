@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import urllib.parse
 
 from atomicsig.errors import InputError, RegistryError
@@ -9,7 +10,10 @@ from atomicsig.format.blob import MAX_SIGNATURE_SIZE
 from atomicsig.format.reference import Reference
 from atomicsig.format.sigpath import MAX_LOOKASIDE_SIGNATURES, signature_relpath
 from atomicsig.net import fetch
-from atomicsig.store.base import AppendResult, SignatureStore, StoredSignature
+from atomicsig.store.base import AppendResult, SignatureStore, StoredSignature, TooManySignatures
+
+#: HTTP statuses that carry a ``Location`` to follow (RFC 9110 §15.4).
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 
 class HTTPLookaside(SignatureStore):
@@ -18,12 +22,19 @@ class HTTPLookaside(SignatureStore):
     c/image reads it with one plain ``GET`` per ``signature-N``, no retries, redirects followed, no registry
     credentials (SPEC §3.2): the fetcher's lookaside rules. The fetcher is shared per TLS setting, so reading
     ``signature-1..N`` of many images reuses the same keep-alive connection(s).
+
+    ``same_origin`` and ``deadline`` are for ``atomicsig mirror``, which copies from an upstream it does not
+    control into a store nodes trust (issue 15, "Bad input"): a redirect is followed only within the scheme and
+    host:port of ``base_url`` (a redirect elsewhere is an error naming the host), and each signature must arrive
+    whole within ``deadline`` seconds, so a dripping server cannot hold a worker (c/image has neither rule).
     """
 
-    def __init__(self, base_url: str, fetcher: fetch.Fetcher | None = None, *, verify: bool | str = True) -> None:
+    def __init__(self, base_url: str, fetcher: fetch.Fetcher | None = None, *, verify: bool | str = True,
+                 same_origin: bool = False, deadline: float | None = None) -> None:
         self.base_url = base_url
         self.verify = verify
-        self.fetcher = fetcher or fetch.shared(verify=verify, retries=0, redirects=True)
+        self.same_origin, self.deadline = same_origin, deadline
+        self.fetcher = fetcher or fetch.shared(verify=verify, retries=0, redirects=not same_origin)
 
     def describe(self) -> str:
         return self.base_url
@@ -37,19 +48,46 @@ class HTTPLookaside(SignatureStore):
         out: list[StoredSignature] = []
         for n in range(1, MAX_LOOKASIDE_SIGNATURES + 1):
             url = self.url(ref, digest, n)
-            try:
-                with self.fetcher.exchange("GET", url, timeout=30) as resp:
-                    if resp.status_code == 404:
-                        break
-                    if resp.status_code != 200:
-                        raise RegistryError(f"reading {url}: HTTP {resp.status_code}", status=resp.status_code)
-                    data = fetch.read_body(resp, MAX_SIGNATURE_SIZE, url)
-            except fetch.NetError as exc:
-                raise RegistryError(f"cannot read {url}: {exc.cause_name}") from exc
+            data = self._get(url)
+            if data is None:
+                break
             if n == MAX_LOOKASIDE_SIGNATURES:
-                raise RegistryError(f"{url}: server provided {n} signatures; containers/image refuses that many")
+                raise TooManySignatures(f"{url}: server provided {n} signatures; containers/image refuses that many")
             out.append(StoredSignature(n, data, url))
         return out
+
+    def _get(self, url: str) -> bytes | None:
+        """The body of ``url``, or None for 404 (the end of the list); any other answer is an error."""
+        timeout = self.deadline if self.deadline is not None else 30.0
+        end = time.monotonic() + timeout
+        for _ in range(fetch.MAX_REDIRECTS + 1):
+            try:
+                with self.fetcher.exchange("GET", url, timeout=timeout) as resp:
+                    if resp.status_code == 404:
+                        return None
+                    if self.same_origin and resp.status_code in _REDIRECTS:
+                        url = self._follow(url, resp.headers.get("Location", ""))
+                        continue
+                    if resp.status_code != 200:
+                        raise RegistryError(f"reading {url}: HTTP {resp.status_code}", status=resp.status_code)
+                    if self.deadline is None:
+                        return fetch.read_body(resp, MAX_SIGNATURE_SIZE, url)
+                    return fetch.read_body(resp, MAX_SIGNATURE_SIZE, url,
+                                           read_timeout=lambda: max(0.001, end - time.monotonic()))
+            except fetch.NetError as exc:
+                raise RegistryError(f"cannot read {url}: {exc.cause_name}") from exc
+        raise RegistryError(f"reading {url}: more than {fetch.MAX_REDIRECTS} redirects")
+
+    def _follow(self, url: str, location: str) -> str:
+        """Where a redirect of ``url`` leads, if it stays on the upstream's scheme and host:port; else an error."""
+        target = urllib.parse.urljoin(url, location)
+        here, there = urllib.parse.urlsplit(self.base_url), urllib.parse.urlsplit(target)
+        if not location or (there.scheme, there.netloc) != (here.scheme, here.netloc):
+            raise RegistryError(f"{url} redirects to {there.scheme}://{there.netloc or '?'}, not {here.scheme}://"
+                                f"{here.netloc}; refusing to read signatures from another host",
+                                hint="mirror reads only from the upstream named with --from; name the host it "
+                                     "redirects to if that is the real lookaside")
+        return target
 
     def append(self, ref: Reference, digest: str, blob: bytes) -> AppendResult:
         raise InputError(f"writing directly to an HTTP lookaside ({self.base_url}) is not supported; "
