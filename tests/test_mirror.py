@@ -24,6 +24,7 @@ HOST = "127.0.0.1:9"  # never contacted: these tests mirror by digest with --no-
 REPO = "ns/app"
 D1 = "sha256:" + "1" * 64
 D2 = "sha256:" + "2" * 64
+D3 = "sha256:" + "3" * 64
 BASE = "/containers/sigstore"  # a base path like Red Hat's lookaside (…/containers/sigstore/<repo>@sha256=…)
 
 
@@ -198,13 +199,20 @@ def test_slow_upstream_times_out(mirror: Any, upstream: Upstream, sigs: dict[str
     def silent(req: FakeRequest) -> None:  # accepts, never answers
         upstream.release.wait(30)
 
+    def header_drip(req: FakeRequest) -> None:  # a header line that never ends, one byte every half second
+        req.wfile.write(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+        while not upstream.release.wait(0.5):
+            req.wfile.write(b"a")
+            req.wfile.flush()
+
     upstream.put(D1, drip)
     upstream.put(D2, silent)
+    upstream.put(D3, header_drip)
     started = time.monotonic()
     code, doc, err = mirror(upstream.url + BASE, f"{HOST}/{REPO}@{D1}", f"{HOST}/{REPO}@{D2}",
-                            extra=("--timeout", "2"))
+                            f"{HOST}/{REPO}@{D3}", extra=("--timeout", "2"))
     assert code == 3 and time.monotonic() - started < 10, err
-    assert all(i["status"] == "error" for i in doc["images"])
+    assert [i["status"] for i in doc["images"]] == ["error"] * 3, doc
     assert stored(tmp_path / "local") == []
 
 
