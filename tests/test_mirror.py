@@ -228,3 +228,32 @@ def test_directory_upstream_and_mirror_prefix(mirror: Any, sigs: dict[str, bytes
     assert stored(tmp_path / "local", repo=f"vendor/{REPO}") == [sigs["a"]]
     code, _, err = mirror(str(tmp_path / "missing"))
     assert code == 2 and "does not exist" in err
+
+
+def test_unsigned_digest_is_a_decided_no(mirror: Any, upstream: Upstream, sigs: dict[str, bytes]) -> None:
+    upstream.put(D1, sigs["a"])
+    code, doc, err = mirror(upstream.url + BASE, f"{HOST}/{REPO}@{D1}", f"{HOST}/{REPO}@{D3}")
+    assert code == 1, err  # nothing to mirror for D3 upstream: "no", not "could not check"
+    ok, unsigned = doc["images"]
+    assert ok["status"] == "ok" and unsigned["status"] == "refused" and unsigned["found"] == 0
+    assert unsigned["reason"] == "upstream has no signature for this digest"
+    assert doc["summary"]["unsigned"] == 1 and doc["summary"]["errors"] == 0
+
+
+def test_extension_api_list_is_capped_too(cli: Any, sigs: dict[str, bytes], signer_pub: Path, tmp_path: Path) -> None:
+    """The extension API has no signature-N index to stop at: a list of 1,000 entries is refused the same way (one of
+    10,000 is over the 4 MiB list cap c/image applies, so it is not read at all: exit 3)."""
+    from atomicsig.format.extension_wire import encode_entry, extension_path
+
+    with FakeServer() as ext:
+        many = {"signatures": [encode_entry(f"{D1}@{i:032x}", sigs["a"]) for i in range(1_000)]}
+        ext.script(extension_path(REPO, D1), Reply(200, json.dumps(many).encode()))
+        ext.script(extension_path(REPO, D2), Reply(200, json.dumps({"signatures": [
+            encode_entry(f"{D2}@{0:032x}", sigs["c"]), encode_entry(f"{D2}@{1:032x}", sigs["other"])]}).encode()))
+        code, out, err = cli("mirror", "--json", "--no-resolve", "--from-extension", ext.url, "--sigstore",
+                             str(tmp_path / "s"), "--key", str(signer_pub), f"{HOST}/{REPO}@{D1}",
+                             f"{HOST}/{REPO}@{D2}")
+    capped, two = json.loads(out)["images"]
+    assert code == 1 and capped["refused"] == {"too-many": 1} and "1000 signatures" in capped["reason"], err
+    assert (two["stored"], two["refused"]) == (1, {"untrusted-key": 1})
+    assert stored(tmp_path / "s", D1) == [] and stored(tmp_path / "s", D2) == [sigs["c"]]
