@@ -49,7 +49,8 @@ if TYPE_CHECKING:
 @click.option("-j", "--jobs", type=click.IntRange(1, 64), default=8, show_default=True,
               help="Images mirrored in parallel.")
 @click.option("--timeout", type=click.FloatRange(0.1, 3600), default=30.0, show_default=True, metavar="SECONDS",
-              help="Longest wait for one signature (or one extension-API list) to arrive whole.")
+              help="Longest wait for one lookaside signature to arrive whole, headers included (for the "
+                   "extension API: for each read).")
 @registry_options
 @gnupghome_option
 @json_option

@@ -39,7 +39,7 @@ __all__ = ["ImageResult", "PrefixMap", "Upstream", "exit_code", "mirror_many", "
 
 #: Default parallel workers: the work is waiting on the network and the journal lock, not the CPU.
 DEFAULT_WORKERS = 8
-#: Seconds one signature (or one extension-API list) may take to arrive whole.
+#: Seconds one lookaside signature may take to arrive whole (the extension API: each read).
 DEFAULT_TIMEOUT = 30.0
 
 OK, REFUSED, ERROR = "ok", "refused", "error"
