@@ -226,6 +226,57 @@ def serve_sigstore(root: Path, *extra: str) -> Iterator[str]:
         kill_group(proc)
 
 
+@contextlib.contextmanager
+def nginx(root: Path, workdir: Path) -> Iterator[tuple[str, Path]]:
+    """A real nginx serving ``root`` as static files on a free 127.0.0.1 port (own process group); yields its base
+    URL and access log. What a lookaside published by a plain web server looks like to nodes, sync and mirror."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    log = workdir / "access.log"
+    conf = workdir / "nginx.conf"
+    user = "user root;" if os.geteuid() == 0 else ""  # workers must read pytest's 0700 tmp dirs
+    conf.write_text(f"""{user} daemon off; worker_processes 1; pid {workdir}/nginx.pid; error_log {workdir}/error.log;
+events {{ worker_connections 64; }}
+http {{
+  access_log {log}; client_body_temp_path {workdir}/cb; proxy_temp_path {workdir}/p;
+  fastcgi_temp_path {workdir}/f; uwsgi_temp_path {workdir}/u; scgi_temp_path {workdir}/s;
+  default_type application/octet-stream;
+  server {{ listen 127.0.0.1:{port}; root {root}; location / {{ }} }}
+}}
+""")
+    proc = subprocess.Popen(["nginx", "-p", str(workdir), "-c", str(conf)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/", ok=(200, 403, 404))
+        yield f"http://127.0.0.1:{port}", log
+    finally:
+        kill_group(proc)
+
+
+def push_index(registry_host: str, repo_tag: str, workdir: Path,
+               arches: Sequence[str] = ("amd64", "arm64")) -> tuple[str, dict[str, str]]:
+    """Build a real multi-platform OCI index (one image per linux/``arch``) and push it with ``skopeo copy --all``;
+    returns the index digest and {platform: instance digest}."""
+    layout = Path(tempfile.mkdtemp(dir=workdir, prefix="oci-index-"))
+    entries = []
+    for arch in arches:
+        make_oci_layout(layout, f"{repo_tag}-{arch}", arch=arch)
+        m = json.loads((layout / "index.json").read_text())["manifests"][0]
+        entries.append({"mediaType": m["mediaType"], "digest": m["digest"], "size": m["size"],
+                        "platform": {"architecture": arch, "os": "linux"}})
+    index = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+                        "manifests": entries}).encode()
+    h = hashlib.sha256(index).hexdigest()
+    (layout / "blobs" / "sha256" / h).write_bytes(index)
+    (layout / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [
+        {"mediaType": "application/vnd.oci.image.index.v1+json", "digest": "sha256:" + h, "size": len(index),
+         "annotations": {"org.opencontainers.image.ref.name": "latest"}}]}))
+    policy = insecure_policy(workdir / "insecure-policy.json")
+    skopeo("--policy", str(policy), "copy", "--all", "--quiet", "--dest-tls-verify=false", f"oci:{layout}:latest",
+           f"docker://{registry_host}/{repo_tag}")
+    return "sha256:" + h, {f"linux/{e['platform']['architecture']}": str(e["digest"]) for e in entries}
+
+
 @dataclass
 class SyncNode:
     """One node of a sync test: a sigstore and an ``atomicsig sync`` config trusting ``pub``."""

@@ -36,12 +36,12 @@ from tests.infra import (
     SyncNode,
     free_port,
     kill_group,
+    nginx,
     push_image,
     registries_d,
     serve_sigstore,
     signed_by_policy,
     skopeo_pull,
-    wait_http,
 )
 
 pytestmark = pytest.mark.slow
@@ -102,31 +102,6 @@ def sigs(signer: GpgHome, other_signer: GpgHome) -> dict[str, bytes]:
 
 
 serve = serve_sigstore  # the shared helper in tests/infra.py
-
-
-@contextlib.contextmanager
-def nginx(root: Path, workdir: Path) -> Iterator[tuple[str, Path]]:
-    workdir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    log = workdir / "access.log"
-    conf = workdir / "nginx.conf"
-    user = "user root;" if os.geteuid() == 0 else ""  # workers must read pytest's 0700 tmp dirs
-    conf.write_text(f"""{user} daemon off; worker_processes 1; pid {workdir}/nginx.pid; error_log {workdir}/error.log;
-events {{ worker_connections 64; }}
-http {{
-  access_log {log}; client_body_temp_path {workdir}/cb; proxy_temp_path {workdir}/p;
-  fastcgi_temp_path {workdir}/f; uwsgi_temp_path {workdir}/u; scgi_temp_path {workdir}/s;
-  default_type application/octet-stream;
-  server {{ listen 127.0.0.1:{port}; root {root}; location / {{ }} }}
-}}
-""")
-    proc = subprocess.Popen(["nginx", "-p", str(workdir), "-c", str(conf)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        wait_http(f"http://127.0.0.1:{port}/", ok=(200, 403, 404))
-        yield f"http://127.0.0.1:{port}", log
-    finally:
-        kill_group(proc)
 
 
 def sync_once(cli: Any, n: Node, *extra: str) -> tuple[int, list[dict[str, Any]]]:

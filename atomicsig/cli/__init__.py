@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "audit": ("audit", "audit", "Report which images a node's policy (or an unapplied one) would refuse."),
     "serve": ("serve", "serve", "Serve a sigstore over HTTP: lookaside GETs and the signature extension API."),
     "sync": ("sync", "sync", "Keep a local sigstore identical to upstream sigstores."),
+    "mirror": ("mirror", "mirror", "Copy images' signatures from an upstream lookaside or registry, verified."),
     "index": ("sync", "index", "Rebuild the static sync index of a sigstore directory."),
     "prune": ("sync", "prune", "Remove signatures made by a retired key from a sigstore."),
     "demo": ("demo", "demo", "Run the end-to-end demo on a throwaway key, sigstore and local registry."),

@@ -75,7 +75,10 @@ class Intake:
                            f"payload is for {claimed.manifest_digest}, path is {path.digest}")
         return None
 
-    def offer(self, path: SigPath, blob: bytes, origin: str) -> Outcome:
+    def offer(self, path: SigPath, blob: bytes, origin: str | None) -> Outcome:
+        """Check ``blob`` and store it under ``path`` (or say why not). ``origin``: the sync source delivering it,
+        recorded so only that source may delete it; None (``mirror``) stores it like a local signature, which no
+        peer can delete (atomicsig.store.origin) — and skips one fsynced record per signature."""
         rejected = self.check(path, blob)
         if rejected is not None:
             self._quarantine(path, blob, origin, rejected)
@@ -89,7 +92,7 @@ class Intake:
             return Outcome("rejected", "digest-full", f"{d} already holds {len(present)} signatures")
         # ``origin`` is remembered with the bytes: only this source may later delete them (atomicsig.store.origin).
         res = self.store.append_path(path.repo, path.digest, blob, origin=origin)
-        if not res.created:
+        if not res.created and origin is not None:
             self.also_delivered(path, sha256_hex(blob), origin)
         return Outcome("created" if res.created else "duplicate", location=res.location)
 
@@ -104,7 +107,7 @@ class Intake:
         with lock_dir(d):
             also_delivered(root, path.dirname, sha, origin)
 
-    def _quarantine(self, path: SigPath, blob: bytes, origin: str, outcome: Outcome) -> None:
+    def _quarantine(self, path: SigPath, blob: bytes, origin: str | None, outcome: Outcome) -> None:
         """Keep the refused bytes for an operator, outside the sigstore (never read by podman)."""
         if self.quarantine is None or outcome.reason == "too-large":
             return

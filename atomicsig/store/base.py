@@ -6,6 +6,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from atomicsig.errors import StorageError
 from atomicsig.format.reference import Reference
 
 
@@ -54,3 +55,9 @@ class SignatureStore(ABC):
         if found is not None:
             return AppendResult(found, None, False)
         return self.append(ref, digest, blob)
+
+
+class TooManySignatures(StorageError):
+    """A digest has 128 or more signatures (file or HTTP lookaside): containers/image refuses to read any of them
+    (SPEC §3.2, §8). Still "could not decide" for ``verify`` (a subclass changes no caller); ``mirror`` tells it
+    apart to refuse that digest with its own reason."""

@@ -10,7 +10,7 @@ from atomicsig import fsutil
 from atomicsig.errors import StorageError
 from atomicsig.format.blob import MAX_SIGNATURE_SIZE
 from atomicsig.format.sigpath import MAX_LOOKASIDE_SIGNATURES, signature_name
-from atomicsig.store.base import AppendResult, StoredSignature
+from atomicsig.store.base import AppendResult, StoredSignature, TooManySignatures
 
 
 def lock_dir(d: Path, *, wait: bool = True) -> contextlib.AbstractContextManager[bool]:
@@ -62,7 +62,7 @@ def read_dir(d: Path, root: Path | None = None, *, stop_at_unsafe: bool = False)
             except OSError as exc:
                 raise StorageError(f"cannot read {p}: {exc.strerror}") from exc
             if n == MAX_LOOKASIDE_SIGNATURES:
-                raise StorageError(f"{d} holds {n} or more signatures; containers/image refuses to read them")
+                raise TooManySignatures(f"{d} holds {n} or more signatures; containers/image refuses to read them")
             out.append(StoredSignature(n, data, str(p)))
     finally:
         os.close(dfd)
