@@ -24,11 +24,13 @@ import pytest
 
 from atomicsig.cli import cli
 from atomicsig.cli.common import run_main
+from atomicsig.errors import StorageError
 from atomicsig.format import bundle as wire
 from atomicsig.format.blob import simple_signing_body
 from atomicsig.format.sigpath import digest_dirname
 from atomicsig.gnupg.keyring import TrustedKeys
 from atomicsig.gnupg.trusted import NativeTrustedKeys, trusted_keys
+from atomicsig.ops.bundle import export_bundle
 from atomicsig.store.directory import DirectoryStore
 from atomicsig.store.journal import HEADER_LEN, Journal, iter_lines, parse_line, sha256_hex
 from atomicsig.store.sigdir import read_dir
@@ -222,6 +224,28 @@ def test_incremental_export_by_journal_position_and_repo(tmp_path: Path, signer:
     assert code == 2 and "rebuilt" in stderr
     code, stdout, _ = run("bundle", "export", "--sigstore", str(src), "-o", str(third), "--since", "1d", "--json")
     assert code == 0 and json.loads(stdout)["signatures"] == 11
+
+
+def test_export_is_atomic_and_skips_files_changed_behind_the_journal(tmp_path: Path, signer: GpgHome) -> None:
+    """A file rewritten by a writer outside atomicsig no longer matches its journal record: skipped and counted,
+    never exported under a sum it does not have. A file that changes during the export fails it, and the previous
+    bundle under the output name is left as it was, with no temp file beside it."""
+    src = tmp_path / "src"
+    _fill(src, signer, range(4))
+    rel = sorted(files(src))[0]
+    (src / rel).write_bytes(b"rewritten by someone else")
+    out = tmp_path / "out.tgz"
+    code, stdout, _ = run("bundle", "export", "--sigstore", str(src), "-o", str(out), "--json")
+    assert code == 0 and (json.loads(stdout)["signatures"], json.loads(stdout)["skipped"]) == (3, 1)
+    before = out.read_bytes()
+    victim = next(r for r in sorted(files(src), reverse=True) if r != rel)
+
+    def prune_meanwhile(done: int, total: int) -> None:
+        (src / victim).unlink(missing_ok=True)
+    with pytest.raises(StorageError, match="changed during the export"):
+        export_bundle(src, out, on_progress=prune_meanwhile)
+    assert out.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp-")] == []
 
 
 # ---- hostile and damaged bundles ----------------------------------------------------------------------------------

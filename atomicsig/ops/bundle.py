@@ -30,6 +30,7 @@ peer delivered them, so no peer's ``del`` record can remove them; ``atomicsig pr
 from __future__ import annotations
 
 import calendar
+import contextlib
 import json
 import os
 import re
@@ -223,8 +224,8 @@ def export_bundle(root: str | os.PathLike[str], out: str | os.PathLike[str], *, 
     entries.append((wire.JOURNAL, wire.sha256_hex(journal)))
     entries += [(wire.SIGSTORE_DIR + str(r.path), r.sha256) for r in chosen]
     target = Path(out)
-    with fsutil.atomic_stream(target, 0o644) as f:
-        w = wire.Writer(f, compress=compress)
+    # The writer is closed even on an error (into the temp file, which then goes), so nothing flushes later.
+    with fsutil.atomic_stream(target, 0o644) as f, contextlib.closing(wire.Writer(f, compress=compress)) as w:
         w.add(wire.MANIFEST, wire.build_manifest(entries))
         w.add(wire.INFO, info_bytes)
         for fpr in sorted(keys):
@@ -241,7 +242,6 @@ def export_bundle(root: str | os.PathLike[str], out: str | os.PathLike[str], *, 
             w.add(wire.SIGSTORE_DIR + str(rec.path), got[0])
             if on_progress is not None:
                 on_progress(n, len(chosen))
-        w.close()
     return ExportResult(str(target), len(chosen), skipped, epoch, last_seq, sorted(keys), policy is not None,
                         target.stat().st_size)
 
