@@ -56,19 +56,21 @@ POLICY = "policy.yaml"
 JOURNAL = "journal"
 SIGSTORE_DIR = "sigstore/"
 
-#: Signatures one bundle may carry: far above any real fleet's store, low enough that the manifest and the
-#: journal member stay bounded (below).
-MAX_SIGNATURES = 1_000_000
+#: Signatures one bundle may carry: more than twice the 100,000 a large fleet's store holds (issue 15), low
+#: enough that the manifest and the journal member, which are read into memory, stay near 100 MiB at most.
+MAX_SIGNATURES = 250_000
 #: Public keys one bundle may carry.
 MAX_KEYS = 1000
-#: Per-kind size caps, checked at the member's header before its data is read.
+#: The longest manifest or journal line: a 337-character lookaside path (atomicsig.format.sigpath.MAX_REPO_PATH
+#: plus ``@sha256=<64 hex>/signature-127``) with its sum, a sequence number and separators needs at most 430.
+MAX_LINE = 512
+#: Per-kind size caps, checked at the member's header before its data is read; the journal's is tightened to the
+#: number of signatures the manifest lists (:func:`members`).
 MAX_INFO = 64 * 1024
 MAX_KEY = 1024 * 1024
 MAX_POLICY = 1024 * 1024
-#: One journal line is at most 1024 bytes (atomicsig.store.journal.MAX_LINE).
-MAX_JOURNAL = 1024 * (MAX_SIGNATURES + 1)
-#: One manifest line: 64 hex, two spaces, a name (sigstore/ + at most ~350 characters), newline.
-MAX_MANIFEST = 512 * (MAX_SIGNATURES + MAX_KEYS + 4)
+MAX_JOURNAL = MAX_LINE * (MAX_SIGNATURES + 1)
+MAX_MANIFEST = MAX_LINE * (MAX_SIGNATURES + MAX_KEYS + 4)
 #: Everything read from the decompressed stream, headers and padding included.
 MAX_TOTAL = 8 * 1024 * 1024 * 1024
 MAX_PAX = 64 * 1024
@@ -301,6 +303,7 @@ def members(raw: BinaryIO) -> Iterator[tuple[Member, str]]:
         raise BundleError(f"{MANIFEST} is {first.size} bytes; at most {MAX_MANIFEST} are allowed")
     manifest = stream.exactly(_padded(first.size), MANIFEST)[:first.size]
     expected = parse_manifest(manifest)
+    sigs = sum(1 for name, _ in expected if name.startswith(SIGSTORE_DIR))
     yield Member(MANIFEST, manifest), ""
     for name, sha in expected:
         info = _header(stream)
@@ -309,7 +312,8 @@ def members(raw: BinaryIO) -> Iterator[tuple[Member, str]]:
         if info.name != name:
             kind(info.name)  # a name outside the format says so; a valid one is out of place
             raise BundleError(f"bundle member {info.name!r} is not the next one its manifest lists ({name})")
-        cap = limit(kind(name))
+        k = kind(name)
+        cap = MAX_LINE * (sigs + 1) if k == "journal" else limit(k)
         if info.size > cap:
             raise BundleError(f"bundle member {name} is {info.size} bytes; at most {cap} are allowed")
         data = stream.exactly(_padded(info.size), name)[:info.size]

@@ -210,7 +210,12 @@ def export_bundle(root: str | os.PathLike[str], out: str | os.PathLike[str], *, 
         if since is not None and since.time is not None and got[1] < since.time:
             continue
         chosen.append(rec)
+    if len(chosen) > wire.MAX_SIGNATURES:
+        raise InputError(f"{len(chosen)} signatures match; one bundle carries at most {wire.MAX_SIGNATURES}",
+                         hint="split it with --repo or --since")
     keys = _split_keys(key_blobs)
+    if len(keys) > wire.MAX_KEYS:
+        raise InputError(f"{len(keys)} keys given; one bundle carries at most {wire.MAX_KEYS}")
     info = {"format": FORMAT, "version": VERSION, "signatures": len(chosen),
             "journal": {"epoch": epoch, "last_seq": last_seq},
             "filters": {"repos": sorted(repos), "since": since.text if since else None},
