@@ -356,6 +356,38 @@ def test_hostile_bundle_refused_nothing_stored(case: str, tmp_path: Path, good: 
     assert code == 2
 
 
+def test_consistent_but_forged_bundle_is_refused_by_verification(tmp_path: Path, good: list[tuple[str, bytes]],
+                                                                 signer_pub: Path, other_pub: Path) -> None:
+    """The manifest is integrity, not trust: a forger who rebuilds the journal and the manifest around a changed
+    signature, or moves a valid signature under another image's digest, gets past the structure checks and is then
+    refused per signature by the intake (exit 1, counted by reason); the honest ones are stored."""
+    sigs = [(n, d) for n, d in good if n.startswith("sigstore/")]
+    (n0, d0), (n1, _) = sigs[0], sigs[1]
+    elsewhere = next(d for n, d in sigs if n.split("@sha256=")[1][:64] != n1.split("@sha256=")[1][:64])
+    forged = {n0: d0[:-1] + bytes([d0[-1] ^ 1]),  # a flipped bit in the signature value
+              n1: elsewhere}  # a valid signature, but for another image's digest
+    members = [(n, forged.get(n, d)) for n, d in good]
+    lines = []
+    for line in dict(members)["journal"].splitlines():
+        seq, op, path, sha = line.decode().split(" ")
+        if "sigstore/" + path in forged:
+            sha = hashlib.sha256(forged["sigstore/" + path]).hexdigest()
+        lines.append(f"{seq} {op} {path} {sha}\n")
+    journal = "".join(lines).encode()
+    members = [(n, journal if n == "journal" else d) for n, d in members]
+    bundle = _craft(tmp_path / "forged.tgz", members)
+    dst = tmp_path / "dst"
+    code, stdout, _ = run("bundle", "import", str(bundle), "--sigstore", str(dst), "--key", str(signer_pub),
+                          "--key", str(other_pub), "--json")
+    doc = json.loads(stdout)
+    assert code == 1, doc
+    assert doc["refused"] == {"bad-signature": 1, "digest-mismatch": 1}, doc
+    assert doc["stored"] == len(sigs) - 2
+    refused = {r["path"] for r in doc["refusals"]}
+    assert refused == {n0[len("sigstore/"):], n1[len("sigstore/"):]}
+    assert not any(b in (forged[n0], forged[n1]) for b in files(dst).values())
+
+
 def test_huge_member_refused_at_its_header(tmp_path: Path, good: list[tuple[str, bytes]],
                                            signer_pub: Path) -> None:
     """A gzip bomb: a 'signature' of 512 MiB of zeros (500 KiB compressed) is refused before its data is read."""
