@@ -125,6 +125,25 @@ def test_round_trip_idempotent_and_json(tmp_path: Path, source: Path, signer_pub
     assert files(dst) == before and journal_adds(dst) == lines
 
 
+def test_origin_record_does_not_grow_with_each_bundle(tmp_path: Path, signer: GpgHome, signer_pub: Path) -> None:
+    """Imported signatures are recorded as delivered by one origin, ``bundle`` (atomicsig.store.origin: no sync
+    peer can delete them). One per bundle instead made every weekly full bundle add an entry to every signature's
+    record, until the 1 MiB record stopped parsing and was read as empty."""
+    src = tmp_path / "src"
+    _fill(src, signer, range(3))
+    dst = tmp_path / "dst"
+    policy = tmp_path / "p.yaml"
+    for week in range(3):
+        policy.write_text(f"# week {week}\n")
+        out = tmp_path / f"week{week}.tgz"
+        assert run("bundle", "export", "--sigstore", str(src), "-o", str(out), "--policy", str(policy))[0] == 0
+        assert run("bundle", "import", str(out), "--sigstore", str(dst), "--key", str(signer_pub))[0] == 0
+    records = sorted((dst / ".atomicsig" / "origins").rglob("*.json"))
+    assert len(records) == 3
+    for rec in records:
+        assert list(json.loads(rec.read_text()).values()) == [["bundle"]]
+
+
 def test_export_is_deterministic_and_a_plain_tar_gz(tmp_path: Path, source: Path, signer_pub: Path) -> None:
     a, b = tmp_path / "a.tgz", tmp_path / "b.tgz"
     for out in (a, b):

@@ -23,8 +23,8 @@ Import is trust before write, the same path as sync and mirror (:class:`atomicsi
    and gap-free, so an import killed midway leaves a consistent sigstore and a re-run stores the rest;
    re-importing stores nothing (every signature is a duplicate). Refused signatures are counted by reason.
 
-Stored signatures are recorded (atomicsig.store.origin) as delivered by ``bundle:<manifest sha256>``: no sync
-peer delivered them, so no peer's ``del`` record can remove them; ``atomicsig prune`` can.
+Stored signatures are recorded (atomicsig.store.origin) as delivered by :data:`ORIGIN`: no sync peer delivered
+them, so no peer's ``del`` record can remove them; ``atomicsig prune`` can.
 """
 
 from __future__ import annotations
@@ -56,6 +56,10 @@ __all__ = ["BundleContents", "ExportResult", "ImportResult", "Since", "bundle_ke
 
 FORMAT = "atomicsig-bundle"
 VERSION = 1
+#: The origin (atomicsig.store.origin) of every imported signature. Not a URL, so no sync source is ever it; one
+#: name for all bundles, because an origin is added to a signature's record each time a new one delivers it, and a
+#: name per bundle would grow every record with each (weekly, full) bundle.
+ORIGIN = "bundle"
 #: Refusals listed one by one in a summary (all are counted).
 MAX_LISTED = 100
 _INFO_KEYS = {"format", "version", "signatures", "journal", "filters", "keys", "policy"}
@@ -398,13 +402,12 @@ def import_bundle(path: str | os.PathLike[str], intake: Intake, *,
     contents = read_bundle(path)
     res = ImportResult(str(path), str(intake.store.root), len(contents.records),
                        source=dict(contents.info["journal"]))
-    origin = f"bundle:sha256={contents.manifest_sha}"
     intake.store.recover()  # journal what an import (or any writer) killed earlier left unjournaled
     done = 0
 
     def offer(rec: Record, blob: bytes) -> None:
         nonlocal done
-        out = intake.offer(rec.path, blob, origin)
+        out = intake.offer(rec.path, blob, ORIGIN)
         if out.status == "created":
             res.stored += 1
         elif out.status == "duplicate":
