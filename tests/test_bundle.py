@@ -112,7 +112,8 @@ def test_round_trip_idempotent_and_json(tmp_path: Path, source: Path, signer_pub
     assert set(doc) == {"bundle", "sigstore", "signatures", "stored", "duplicates", "refused", "refused_total",
                         "refusals", "source"}
     assert (doc["signatures"], doc["stored"], doc["duplicates"], doc["refused"]) == (15, 15, 0, {})
-    assert doc["source"] == {"epoch": Journal(source).epoch(), "last_seq": 15}
+    assert doc["source"] == {"epoch": Journal(source).epoch(), "last_seq": 15,
+                             "last_offset": Journal(source).path.stat().st_size}
     assert by_dir(dst) == by_dir(source)
     # Journaled for this node's followers: one add line per stored file, nothing else.
     assert sorted(journal_adds(dst)) == sorted((rel, sha256_hex(b)) for rel, b in files(dst).items())

@@ -9,7 +9,9 @@ signatures the store holds now, each with the sequence number of the line that a
 (or ``EPOCH:SEQ``, which also checks that the journal was not rebuilt meanwhile) exports what was added after an
 earlier bundle, and the bundle's records keep the source's order. A file whose bytes no longer match its record
 (changed by a writer outside atomicsig since the last ``atomicsig index``) is skipped and counted. Export only
-reads the store: it may run against a read-only copy.
+reads the store: it may run against a read-only copy. ``bundle.json`` records the source journal's epoch, its last
+sequence number and the byte offset after that line: what a follower's cursor is made of (atomicsig.sync.follower),
+so a full bundle can seed a node that then follows the source's journal from there.
 
 Import is trust before write, the same path as sync and mirror (:class:`atomicsig.ops.intake.Intake`):
 
@@ -123,8 +125,9 @@ class ExportResult:
                 "keys": self.keys, "policy": self.policy, "bytes": self.bytes}
 
 
-def live_records(root: Path) -> tuple[str, int, list[Record]]:
-    """(epoch, last seq, the ``add`` records of the signatures the journal says the store holds, in seq order).
+def live_records(root: Path) -> tuple[str, int, int, list[Record]]:
+    """(epoch, last seq, byte offset after its line, the ``add`` records of the signatures the journal says the
+    store holds, in seq order).
 
     Replays the lines as the journal defines (atomicsig.store.journal: ``add i s`` puts bytes ``s`` at index
     ``i`` and nowhere else in that directory, ``del i s`` removes bytes ``s``)."""
@@ -140,11 +143,11 @@ def live_records(root: Path) -> tuple[str, int, list[Record]]:
     except OSError as exc:
         raise StorageError(f"cannot read {path}: {exc.strerror}") from exc
     dirs: dict[str, dict[int, Record]] = {}
-    last = 0
+    last, offset = 0, HEADER_LEN
     try:
         for line, end in iter_lines(data, HEADER_LEN):
             rec = parse_line(line, end)
-            last = rec.seq
+            last, offset = rec.seq, end
             view = dirs.setdefault(rec.path.dirname, {})
             for i in [i for i, r in view.items() if r.sha256 == rec.sha256]:
                 del view[i]
@@ -152,7 +155,7 @@ def live_records(root: Path) -> tuple[str, int, list[Record]]:
                 view[rec.path.index] = rec
     except (JournalError, InputError) as exc:
         raise StorageError(f"{path}: {exc.message}", hint=f"run `atomicsig index {root}`") from exc
-    return epoch, last, sorted((r for v in dirs.values() for r in v.values()), key=lambda r: r.seq)
+    return epoch, last, offset, sorted((r for v in dirs.values() for r in v.values()), key=lambda r: r.seq)
 
 
 def _read_signature(root: Path, rel: str) -> tuple[bytes, float] | None:
@@ -197,7 +200,7 @@ def export_bundle(root: str | os.PathLike[str], out: str | os.PathLike[str], *, 
         raise InputError(f"sigstore {root} is not a directory")
     for r in repos:
         repo_path(r)
-    epoch, last_seq, records = live_records(root)
+    epoch, last_seq, last_offset, records = live_records(root)
     if since is not None and since.epoch is not None and since.epoch != epoch:
         raise InputError(f"--since {since.text}: the journal of {root} is now epoch {epoch} (rebuilt by "
                          "`atomicsig index` since that export)", hint="export by date, or everything (importing "
@@ -221,7 +224,7 @@ def export_bundle(root: str | os.PathLike[str], out: str | os.PathLike[str], *, 
     if len(keys) > wire.MAX_KEYS:
         raise InputError(f"{len(keys)} keys given; one bundle carries at most {wire.MAX_KEYS}")
     info = {"format": FORMAT, "version": VERSION, "signatures": len(chosen),
-            "journal": {"epoch": epoch, "last_seq": last_seq},
+            "journal": {"epoch": epoch, "last_seq": last_seq, "last_offset": last_offset},
             "filters": {"repos": sorted(repos), "since": since.text if since else None},
             "keys": sorted(keys), "policy": policy is not None}
     info_bytes = (json.dumps(info, indent=2, sort_keys=True) + "\n").encode()
