@@ -59,15 +59,16 @@ SIGSTORE_DIR = "sigstore/"
 #: Signatures one bundle may carry: more than twice the 100,000 a large fleet's store holds (issue 15), low
 #: enough that the manifest and the journal member, which are read into memory, stay near 100 MiB at most.
 MAX_SIGNATURES = 250_000
-#: Public keys one bundle may carry.
-MAX_KEYS = 1000
+#: Public keys one bundle may carry, each at most MAX_KEY (they are kept in memory for ``--show-keys``; a real
+#: public key with its certifications is a few KiB).
+MAX_KEYS = 100
 #: The longest manifest or journal line: a 337-character lookaside path (atomicsig.format.sigpath.MAX_REPO_PATH
 #: plus ``@sha256=<64 hex>/signature-127``) with its sum, a sequence number and separators needs at most 430.
 MAX_LINE = 512
 #: Per-kind size caps, checked at the member's header before its data is read; the journal's is tightened to the
 #: number of signatures the manifest lists (:func:`members`).
 MAX_INFO = 64 * 1024
-MAX_KEY = 1024 * 1024
+MAX_KEY = 256 * 1024
 MAX_POLICY = 1024 * 1024
 MAX_JOURNAL = MAX_LINE * (MAX_SIGNATURES + 1)
 MAX_MANIFEST = MAX_LINE * (MAX_SIGNATURES + MAX_KEYS + 4)

@@ -195,9 +195,11 @@ def export_bundle(root: str | os.PathLike[str], out: str | os.PathLike[str], *, 
                   compress: bool = True, on_progress: Callable[[int, int], None] | None = None) -> ExportResult:
     """Write the bundle of ``root``'s signatures (filtered by ``repos`` prefixes and ``since``) to ``out``
     atomically (temp + fsync + rename: a killed export leaves no partial file under ``out``'s name)."""
-    root = Path(root)
+    root, target = Path(root), Path(out)
     if not root.is_dir():
         raise InputError(f"sigstore {root} is not a directory")
+    if not target.parent.is_dir():
+        raise InputError(f"cannot write {target}: {target.parent} is not a directory")
     for r in repos:
         repo_path(r)
     epoch, last_seq, last_offset, records = live_records(root)
@@ -223,6 +225,13 @@ def export_bundle(root: str | os.PathLike[str], out: str | os.PathLike[str], *, 
     keys = _split_keys(key_blobs)
     if len(keys) > wire.MAX_KEYS:
         raise InputError(f"{len(keys)} keys given; one bundle carries at most {wire.MAX_KEYS}")
+    # What the importer would refuse is refused here, before the file is written.
+    big = next((fpr for fpr, blob in keys.items() if len(blob) > wire.MAX_KEY), None)
+    if big is not None:
+        raise InputError(f"key {big} is {len(keys[big])} bytes exported; a bundle carries keys of at most "
+                         f"{wire.MAX_KEY}", hint="export it without foreign certifications")
+    if policy is not None and len(policy) > wire.MAX_POLICY:
+        raise InputError(f"the policy is {len(policy)} bytes; a bundle carries at most {wire.MAX_POLICY}")
     info = {"format": FORMAT, "version": VERSION, "signatures": len(chosen),
             "journal": {"epoch": epoch, "last_seq": last_seq, "last_offset": last_offset},
             "filters": {"repos": sorted(repos), "since": since.text if since else None},
@@ -235,7 +244,6 @@ def export_bundle(root: str | os.PathLike[str], out: str | os.PathLike[str], *, 
         entries.append((wire.POLICY, wire.sha256_hex(policy)))
     entries.append((wire.JOURNAL, wire.sha256_hex(journal)))
     entries += [(wire.SIGSTORE_DIR + str(r.path), r.sha256) for r in chosen]
-    target = Path(out)
     # The writer is closed even on an error (into the temp file, which then goes), so nothing flushes later.
     with fsutil.atomic_stream(target, 0o644) as f, contextlib.closing(wire.Writer(f, compress=compress)) as w:
         w.add(wire.MANIFEST, wire.build_manifest(entries))
@@ -285,8 +293,8 @@ def _parse_info(data: bytes) -> dict[str, Any]:
     if unknown:
         raise wire.BundleError(f"{wire.INFO} has unknown key {sorted(unknown)[0]!r}")
     journal = info.get("journal")
-    if not isinstance(info.get("signatures"), int) or not isinstance(journal, dict) \
-            or not isinstance(journal.get("epoch"), str) or not isinstance(journal.get("last_seq"), int):
+    if type(info.get("signatures")) is not int or not isinstance(journal, dict) \
+            or not isinstance(journal.get("epoch"), str) or type(journal.get("last_seq")) is not int:
         raise wire.BundleError(f"{wire.INFO} lacks its signature count or journal position")
     return info
 
