@@ -24,13 +24,13 @@ import pytest
 
 from atomicsig.cli import cli
 from atomicsig.cli.common import run_main
-from atomicsig.errors import StorageError
+from atomicsig.errors import InputError, StorageError
 from atomicsig.format import bundle as wire
 from atomicsig.format.blob import simple_signing_body
 from atomicsig.format.sigpath import digest_dirname
 from atomicsig.gnupg.keyring import TrustedKeys
 from atomicsig.gnupg.trusted import NativeTrustedKeys, trusted_keys
-from atomicsig.ops.bundle import export_bundle
+from atomicsig.ops.bundle import Since, export_bundle, parse_since
 from atomicsig.store.directory import DirectoryStore
 from atomicsig.store.journal import HEADER_LEN, Journal, iter_lines, parse_line, sha256_hex
 from atomicsig.store.sigdir import read_dir
@@ -574,3 +574,18 @@ def test_import_killed_midway_is_consistent_and_rerun_completes(tmp_path: Path, 
     finally:
         keys.close()
     print(f"\nbundle import: {mid} of 6 kills landed while storing; {seen} of {N_BIG} stored before the last run")
+
+
+def test_since_forms_and_bad_input(tmp_path: Path, signer_pub: Path) -> None:
+    assert parse_since("42") == Since(seq=42, text="42")
+    assert parse_since("a" * 32 + ":7") == Since(seq=7, epoch="a" * 32, text="a" * 32 + ":7")
+    assert parse_since("2026-11-30").time == 1795996800.0  # midnight UTC
+    assert parse_since("7d", now=1_000_000.0).time == 1_000_000.0 - 7 * 86400
+    for bad in ("yesterday", "2026-13-45", "abc:1"):
+        with pytest.raises(InputError):
+            parse_since(bad)
+    code, _, stderr = run("bundle", "import", str(tmp_path / "nope.tgz"), "--sigstore", str(tmp_path / "d"),
+                          "--key", str(signer_pub))
+    assert code == 2 and "does not exist" in stderr
+    code, _, stderr = run("bundle", "export", "--sigstore", str(tmp_path), "-o", str(tmp_path / "x.tgz"))
+    assert code == 2 and "atomicsig index" in stderr  # a store without a journal: told how to make one
