@@ -21,6 +21,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from atomicsig.errors import StorageError
 
@@ -76,6 +77,31 @@ def atomic_write(path: str | os.PathLike[str], data: bytes, mode: int = 0o644, *
             fsync_dir(target.parent)
     except OSError as exc:
         raise StorageError(f"cannot write {target}: {exc.strerror or exc}") from exc
+
+
+@contextlib.contextmanager
+def atomic_stream(path: str | os.PathLike[str], mode: int = 0o644) -> Iterator[BinaryIO]:
+    """:func:`atomic_write` for output too large to build in memory (``bundle export``): the body of the ``with``
+    writes to a temp file in ``path``'s directory; on a normal exit it is fsynced and renamed over ``path`` (then
+    the directory is fsynced), on an exception it is removed and ``path`` is untouched."""
+    target = Path(path)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-", dir=target.parent)
+    except OSError as exc:
+        raise StorageError(f"cannot write {target}: {exc.strerror or exc}") from exc
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), mode)
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+        fsync_dir(target.parent)
+    except OSError as exc:
+        raise StorageError(f"cannot write {target}: {exc.strerror or exc}") from exc
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
 
 
 def atomic_write_at(dir_fd: int, name: str, data: bytes, mode: int = 0o644, *, display: str = "") -> None:
