@@ -17,7 +17,7 @@ if [ "$mode" != run ]; then
   [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
   log=$(mktemp)
   if ! "$venv/bin/python" -m pip install -q -c constraints/minimum.txt -r constraints/minimum.txt \
-        "pytest>=7.4" "pytest-xdist>=3.6" "hypothesis>=6.80" "atheris>=2.3,<3" "pip-audit>=2.6" >"$log" 2>&1 \
+        "pytest>=7.4" "pytest-xdist>=3.6" "hypothesis>=6.80" "atheris>=2.3,<3" "pip-audit>=2.6" "kubernetes>=30" >"$log" 2>&1 \
      || ! "$venv/bin/python" -m pip install -q --no-deps -e . >>"$log" 2>&1; then
     cat "$log" >&2; rm -f "$log"; echo "min-deps: pip install failed" >&2; exit 1
   fi
