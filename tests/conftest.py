@@ -17,6 +17,12 @@ HAVE_SKOPEO = shutil.which("skopeo") is not None
 HAVE_REGISTRY = os.path.exists("/usr/bin/docker-registry") or shutil.which("docker-registry") is not None
 HAVE_PODMAN = shutil.which("podman") is not None
 
+# Each pytest-xdist worker (and every process it starts) takes ports from its own block of 500, so two workers never
+# race for one port between the probe and the server's bind (atomicsig.demo.env.free_port).
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+if _WORKER.startswith("gw") and _WORKER[2:].isdigit():
+    os.environ["ATOMICSIG_PORT_BLOCK"] = str(20000 + 500 * (int(_WORKER[2:]) % 24))
+
 needs_registry = pytest.mark.skipif(not (HAVE_SKOPEO and HAVE_REGISTRY),
                                     reason="needs skopeo and docker-registry (installed by .ci/run)")
 

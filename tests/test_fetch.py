@@ -258,3 +258,15 @@ def test_proxy_environment_is_honoured_once_per_origin(serve, monkeypatch: pytes
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_free_port_takes_turns_in_its_block(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A process given ATOMICSIG_PORT_BLOCK stays inside it (parallel test workers never race for one port);
+    without it, or with a value out of range, the kernel picks."""
+    from atomicsig.demo import env
+
+    monkeypatch.setenv(env.PORT_BLOCK_ENV, "23000")
+    ports = {env.free_port() for _ in range(5)}
+    assert len(ports) == 5 and all(23000 <= p < 23500 for p in ports)
+    monkeypatch.setenv(env.PORT_BLOCK_ENV, "70000")
+    assert 0 < env.free_port() < 65536

@@ -37,17 +37,22 @@ DOCKER_REGISTRY_CANDIDATES = ("docker-registry", "registry")
 _next_port = itertools.count()
 
 
+#: Environment variable naming the first of 500 ports this process (and its children) take turns with.
+PORT_BLOCK_ENV = "ATOMICSIG_PORT_BLOCK"
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago.
 
-    The kernel's pick (bind to 0) is free only until this socket closes, and two pytest-xdist workers sharing
-    these helpers could be handed the same port before either server binds it; so a test worker
-    (``PYTEST_XDIST_WORKER=gwN``) takes ports round-robin from its own block of 500 below the kernel's ephemeral
-    range (32768+), which no other worker and no outgoing connection uses. The demo itself gets the kernel's pick.
+    The kernel's pick (bind to 0) is free only until this socket closes, and two processes running these helpers in
+    parallel could be handed the same port before either server binds it. So a process given a block
+    (``ATOMICSIG_PORT_BLOCK=N``: ports N..N+499, chosen by whoever runs several of them at once — the test suite's
+    conftest gives each worker its own, below the kernel's ephemeral range 32768+ that outgoing connections use)
+    takes ports round-robin from it; anyone else, the demo included, gets the kernel's pick.
     """
-    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
-    if worker.startswith("gw") and worker[2:].isdigit():
-        base = 20000 + 500 * (int(worker[2:]) % 24)
+    block = os.environ.get(PORT_BLOCK_ENV, "")
+    if block.isdigit() and 1024 <= int(block) <= 65535 - 500:
+        base = int(block)
         for _ in range(500):
             port = base + next(_next_port) % 500
             with socket.socket() as s:
