@@ -79,10 +79,11 @@ def sync(ctx: click.Context, config_path: str, once: bool, only: tuple[str, ...]
         _setup_logging(verbose, log_format or "text")
         daemon.load()
     else:
-        # The config's log-format applies from the first line (the flag wins); the daemon reads the file again.
-        _setup_logging(verbose, log_format or config_mod.load(config_path).log_format)
+        # The config's log-format applies from the first line (the flag wins); the daemon starts from the same read.
+        cfg = config_mod.load(config_path)
+        _setup_logging(verbose, log_format or cfg.log_format)
         daemon = SyncDaemon(config_path)
-        daemon.load()
+        daemon.load(cfg)
         if only:
             daemon.restrict_to(only)
 

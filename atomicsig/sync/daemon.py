@@ -187,9 +187,11 @@ class SyncDaemon:
 
     # ---- setup ----------------------------------------------------------------------------------------------
 
-    def load(self) -> None:
-        """(Re)read config and keys; build followers. Cursors come from the state file and are kept."""
-        cfg = self.config if self.config is not None else config_mod.load(self.config_path)
+    def load(self, parsed: config_mod.SyncConfig | None = None) -> None:
+        """(Re)read config and keys; build followers. Cursors come from the state file and are kept. ``parsed``: the
+        config file as the caller already read it (the CLI needs its log-format first), so it is read once."""
+        cfg = self.config if self.config is not None else parsed if parsed is not None else \
+            config_mod.load(self.config_path)
         blobs = cfg.key_blobs()
         if cfg.sources and not blobs:
             raise InputError("no trusted keys configured")
