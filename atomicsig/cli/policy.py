@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import click
 
-from atomicsig.cli.common import emit_json, gnupghome_option, json_option, registry_options, table
+from atomicsig.cli.common import (
+    emit_json,
+    gnupghome_option,
+    json_option,
+    node_lookup_options,
+    registry_options,
+    table,
+)
 from atomicsig.errors import EXIT_NEGATIVE, EXIT_OK
 
 _FILE = click.option("-f", "--file", "policy_file", required=True, metavar="FILE", type=click.Path(dir_okay=False),
@@ -136,21 +143,30 @@ def _with_files(changes: list[dict[str, str]], root: str) -> list[dict[str, str]
 
 @policy.command()
 @_ROOT
-@click.option("--policy", "policy_path", metavar="FILE", help="policy.json to read (default <root>/etc/containers/"
-                                                               "policy.json).")
-@click.option("--registries.d", "registries_dir", metavar="DIR", help="registries.d directory (default: the one "
-                                                                       "c/image reads).")
+@click.option("--policy", "policy_path", metavar="FILE", help="policy.json to read (default: the one the node's "
+                                                               "containers/image reads, see --lookup).")
+@click.option("--registries.d", "registries_dir", metavar="DIR", help="registries.d directory (default: the ones "
+                                                                       "the node's containers/image reads).")
 @click.option("--noheading", is_flag=True, help="Omit the table heading.")
+@node_lookup_options
 @json_option
-def show(root: str, policy_path: str | None, registries_dir: str | None, noheading: bool, as_json: bool) -> int:
-    """Print the node's trust policy as TRANSPORT NAME TYPE ID STORE (like podman image trust show)."""
+def show(root: str, policy_path: str | None, registries_dir: str | None, noheading: bool, as_user: str | None,
+         lookup: str, as_json: bool) -> int:
+    """Print the node's trust policy as TRANSPORT NAME TYPE ID STORE (like podman image trust show).
+
+    Which policy.json and registries.d files won (and any that a higher-priority file hides) goes to stderr;
+    --json prints {"lookup", "warnings", "rows"}.
+    """
     from atomicsig.policy import explain
 
-    node = explain.load_node(root, policy_path, registries_dir)
+    node = explain.load_node(root, policy_path, registries_dir, user=as_user, lookup=lookup)
     rows = explain.show(node)
     if as_json:
-        emit_json(rows)
+        emit_json({**explain.lookup_info(node), "rows": rows})
         return EXIT_OK
+    from atomicsig.cli.audit import print_lookup
+
+    print_lookup(node)
     cells = [[r["transport"], r["name"], str(r["type"]), r["id"], r["store"]] for r in rows]
     text = table(cells, ["TRANSPORT", "NAME", "TYPE", "ID", "STORE"])
     click.echo(text.split("\n", 1)[1] if noheading and "\n" in text else "" if noheading else text)
@@ -162,17 +178,22 @@ def show(root: str, policy_path: str | None, registries_dir: str | None, noheadi
 @_ROOT
 @click.option("--policy", "policy_path", metavar="FILE", help="policy.json to read.")
 @click.option("--registries.d", "registries_dir", metavar="DIR", help="registries.d directory.")
+@node_lookup_options
 @json_option
-def explain_cmd(ref: str, root: str, policy_path: str | None, registries_dir: str | None, as_json: bool) -> int:
-    """Which scope of the node's policy applies to REF, its requirements, and the lookaside a pull reads."""
+def explain_cmd(ref: str, root: str, policy_path: str | None, registries_dir: str | None, as_user: str | None,
+                lookup: str, as_json: bool) -> int:
+    """Which scope of the node's policy applies to REF, its requirements, the lookaside a pull reads, and which
+    policy.json and registries.d files the node's containers/image reads (warnings on stderr)."""
     from atomicsig.policy import explain
 
-    node = explain.load_node(root, policy_path, registries_dir)
+    node = explain.load_node(root, policy_path, registries_dir, user=as_user, lookup=lookup)
     info = explain.explain(node, ref)
     if as_json:
         emit_json(info)
     else:
         click.echo(explain.explain_text(info))
+        for w in info.get("warnings", []):
+            click.echo(f"warning: {w}", err=True)
     return EXIT_OK
 
 

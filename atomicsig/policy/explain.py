@@ -13,12 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from atomicsig.errors import AtomicsigError, PolicyError, ReferenceError_
+from atomicsig.errors import AtomicsigError, ReferenceError_
 from atomicsig.format import policyjson, reference
 from atomicsig.gnupg import keyring as gpg
 from atomicsig.ops.evaluate import key_paths, resolve_key_path
 from atomicsig.policy.apply import scope_chain
-from atomicsig.store import registries_d
+from atomicsig.store import nodefiles, registries_d
 
 _TYPE_NAMES = {"insecureAcceptAnything": "accept", "signedBy": "signed", "sigstoreSigned": "sigstoreSigned",
                "reject": "reject"}
@@ -34,6 +34,8 @@ class NodeConfig:
     registries: registries_d.RegistriesConfig
     root: Path
     _key_cache: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    #: how the files were found: generation, whose view, what won, what was shadowed (None: built by hand)
+    files: nodefiles.NodeFiles | None = None
 
     def key_info(self, key_paths: list[str]) -> list[dict[str, Any]]:
         """Fingerprints and user IDs of keyring files (each read once; looked up under --root first)."""
@@ -64,21 +66,16 @@ def _describe_keyring(home: gpg.Keyring, path: Path) -> list[dict[str, Any]]:
             for k in home.list_keys() if k.fingerprint.upper() in fprs]
 
 
-def load_node(root: str | Path = "/", policy: str | None = None, registries_dir: str | None = None) -> NodeConfig:
-    """The files a pull on this node would read, in c/image's lookup order unless given explicitly."""
+def load_node(root: str | Path = "/", policy: str | None = None, registries_dir: str | None = None, *,
+              user: str | None = None, lookup: str = "auto", overlay: str | Path | None = None) -> NodeConfig:
+    """The files a pull on this node would read, found as the node's containers/image generation finds them
+    (:mod:`atomicsig.store.nodefiles`: user/admin/vendor order, registries.d drop-ins), unless given explicitly.
+    ``overlay``: a scratch root with the files ``policy apply`` would write (``audit -f``)."""
     rootp = Path(root).absolute()
-    user_policy = Path.home() / ".config/containers/policy.json"
-    if policy:
-        ppath = Path(policy)
-    elif str(rootp) == "/" and user_policy.exists():  # c/image reads the user's file first (SPEC §5.1)
-        ppath = user_policy
-    else:
-        ppath = rootp / "etc/containers/policy.json"
-    doc, _ = policyjson.read(ppath)
-    if doc is None:
-        raise PolicyError(f"no policy.json at {ppath}")
-    rdir = Path(registries_dir) if registries_dir else registries_d.effective_dir(str(rootp))
-    return NodeConfig(ppath, doc, rdir, registries_d.load_dir(rdir), rootp)
+    found = nodefiles.locate(rootp, user=user, generation=lookup, policy=policy, registries_dir=registries_dir,
+                             overlay=overlay)
+    rdir = found.registries_dirs[0] if found.registries_dirs else rootp / registries_d.SYSTEM_DIR.lstrip("/")
+    return NodeConfig(found.policy_path, found.policy, rdir, found.registries, rootp, files=found)
 
 
 def _store_for_scope(node: NodeConfig, scope: str) -> str:
@@ -179,12 +176,35 @@ def explain(node: NodeConfig, ref_text: str) -> dict[str, Any]:
         out["lookaside"] = url
         out["lookaside_from"] = source if sec is None else f"{source} ({sec.source})"
         out["use_sigstore_attachments"] = node.registries.use_sigstore_attachments(ref)
+    out.update(lookup_info(node))
     return out
+
+
+def lookup_info(node: NodeConfig) -> dict[str, Any]:
+    """``lookup`` (which generation, whose view, which files won, which were shadowed) and ``warnings``, the keys
+    ``show``, ``explain`` and ``audit`` add to their JSON (issue 14 item 4)."""
+    if node.files is None:
+        return {"warnings": []}
+    return {"lookup": node.files.describe(), "warnings": list(node.files.warnings)}
+
+
+def lookup_text(node: NodeConfig) -> list[str]:
+    """The same as lines for humans: which policy.json and registries.d files a pull reads, and why."""
+    f = node.files
+    if f is None:
+        return [f"policy.json:  {node.policy_path}"]
+    files = ", ".join(str(p) for p in f.registries_files) or \
+        f"none ({', '.join(str(d) for d in f.registries_dirs) or 'no directory'} has no *.yaml)"
+    return [f"policy.json:  {f.policy_path} ({f.policy_role}; containers/image lookup {f.generation.name!r}: "
+            f"{f.generation.reason}; as {f.viewer.label})",
+            f"registries.d: {files}"]
 
 
 def explain_text(info: dict[str, Any]) -> str:
     lines = [f"reference:   {info['transport']}:{info['reference']}",
-             f"policy:      {info['policy']}",
+             f"policy:      {info['policy']}"
+             + (f"   ({info['lookup']['policy_role']}, lookup {info['lookup']['generation']!r})"
+                if "lookup" in info else ""),
              f"scope:       {info['scope']}"]
     if "candidates" in info:
         lines.append("             (tried: " + ", ".join(repr(c) for c in info["candidates"]) + ", then default)")
@@ -201,4 +221,8 @@ def explain_text(info: dict[str, Any]) -> str:
     if "lookaside" in info:
         lines.append(f"lookaside:   {info['lookaside']}   (from {info['lookaside_from']})")
         lines.append(f"sigstore attachments: {'yes' if info['use_sigstore_attachments'] else 'no'}")
+    if "lookup" in info:
+        lk = info["lookup"]
+        lines.append(f"registries.d: {', '.join(lk['registries_d_files']) or '(no *.yaml file)'}")
+        lines.append(f"lookup:      {lk['why']}; as {lk['user']}")
     return "\n".join(lines)
