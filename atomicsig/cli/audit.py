@@ -132,8 +132,7 @@ def evaluate_node(root: str, compiled: CompiledPolicy | None, refs: list[str], *
                           authfile=authfile, config=node.registries)
         resolver = Resolver(tls_verify=tls_verify, cert_dir=cert_dir, authfile=authfile)
         with e.Evaluator(node.policy, store, roots=roots, policy_source=str(node.policy_path)) as evaluator:
-            for text in refs:
-                results += e.evaluate_reference(text, resolver=resolver, evaluator=evaluator)
+            results += e.evaluate_references(refs, resolver=resolver, evaluator=evaluator)
             for image in stored:
                 results += e.evaluate_stored(image, evaluator)
     return str(node.policy_path), results
