@@ -237,3 +237,45 @@ def test_installed_skopeo_obeys_the_file_explain_names(tmp_path: Path) -> None:
     info, proc = run()
     assert info["policy"] == str(home / ".config/containers/policy.json") and info["warnings"]
     assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _can_unshare(), reason="needs root, unshare -m and skopeo")
+def test_installed_skopeo_reads_the_registries_d_explain_names(tmp_path: Path, registry) -> None:  # type: ignore[no-untyped-def]
+    """Same namespace trick for registries.d: the directory skopeo logs ("Using registries.d directory") is the
+    one whose files `policy explain` lists, and the lookaside explain prints comes from the file skopeo reads."""
+    from tests.infra import push_image
+
+    push_image(registry.host, "nodefiles/app:1", "nodefiles-regd", tmp_path)
+    home, etc = tmp_path / "home", tmp_path / "etc"
+    _write(etc / "policy.json", ACCEPT)
+    etc_sigs, user_sigs = f"file://{tmp_path}/etc-sigs", f"file://{tmp_path}/user-sigs"  # never a remote host
+    _write(etc / "registries.d/site.yaml", f"docker:\n  {registry.host}/nodefiles:\n    lookaside: {etc_sigs}\n")
+    ref = f"{registry.host}/nodefiles/app:1"
+
+    def run() -> tuple[dict[str, object], str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("XDG_", "CONTAINERS_"))}
+        env.update(HOME=str(home), PYTHONPATH=os.pathsep.join(sys.path))
+        out = tmp_path / "explain.json"
+        dest = tmp_path / "dest"
+        shutil.rmtree(dest, ignore_errors=True)
+        script = (f"set -e\nmount --bind '{etc}' /etc/containers\n"
+                  f"'{sys.executable}' -m atomicsig policy explain --json '{ref}' > '{out}'\n"
+                  f"exec skopeo --debug copy --quiet --src-tls-verify=false 'docker://{ref}' 'dir:{dest}'")
+        proc = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, env=env,
+                              timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        used = [ln.split("Using registries.d directory ", 1)[1].split('"', 1)[0].strip()
+                for ln in proc.stderr.splitlines() if "Using registries.d directory" in ln]
+        assert used, proc.stderr
+        return json.loads(out.read_text()), used[0]
+
+    info, used = run()
+    assert used == "/etc/containers/registries.d" and info["lookup"]["registries_d"] == [used]  # type: ignore[index]
+    assert info["lookaside"] == etc_sigs and info["warnings"] == []
+    _write(home / ".config/containers/registries.d/mine.yaml",
+           f"docker:\n  {registry.host}/nodefiles:\n    lookaside: {user_sigs}\n")
+    info, used = run()
+    assert used == str(home / ".config/containers/registries.d") == info["lookup"]["registries_d"][0]  # type: ignore[index]
+    assert info["lookaside"] == user_sigs
+    assert any("not read" in str(w) and "/etc/containers/registries.d" in str(w) for w in info["warnings"])  # type: ignore[attr-defined]
