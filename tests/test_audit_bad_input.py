@@ -93,3 +93,30 @@ def test_fifo_policy_json_does_not_hang(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "atomicsig", "audit", "--root", str(root), _ref()],
                           capture_output=True, text=True, timeout=60, env=env)
     assert proc.returncode == 3 and "not a regular file" in proc.stderr, proc.stderr
+
+
+def test_policy_json_containers_image_refuses_names_the_line(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Valid JSON that containers/image refuses (unknown field, empty requirement list): file:line:col of the
+    offending requirement or scope, exit 2, nothing written. Before: the file only, no position."""
+    text = ('{\n  "default": [{"type": "reject"}],\n  "transports": {\n    "docker": {\n'
+            '      "quay.io/ok": [{"type": "insecureAcceptAnything"}],\n'
+            '      "quay.io/bad": [\n'
+            '        {"type": "signedBy", "keyType": "GPGKeys", "keyPath": "/k", "keyPth": "/x"}\n'
+            '      ]\n    }\n  }\n}\n')
+    root = _node(tmp_path, text)
+    pol = root / "etc/containers/policy.json"
+    report = tmp_path / "report.yaml"
+    code, out, err = cli("audit", "--root", str(root), "--report", str(report), _ref())
+    assert code == 2 and _one_line(err), err
+    assert f"{pol}:7:9: transports.docker['quay.io/bad'][0]: unknown key 'keyPth' in signedBy" in err
+    assert out == "" and not report.exists()
+
+
+def test_problem_positions() -> None:
+    from atomicsig.format import policyjson
+
+    text = '{"default": [],\n "transports": {"docker-archive": {"x": [{"type": "reject"}]}, "oci": 1},\n "z": 0}'
+    doc = json.loads(text)
+    where = {p: policyjson.problem_position(text, p) for p in policyjson.problems(doc)}
+    assert list(where.values()) == [(3, 2), (1, 2), (2, 36), (2, 64)], where  # each at its key
+    assert policyjson.problem_position("not json", "default: x") is None

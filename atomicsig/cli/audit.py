@@ -126,6 +126,11 @@ def evaluate_node(root: str, compiled: CompiledPolicy | None, refs: list[str], *
             stage_applied(compiled, root, scratch)
             roots, overlay = [scratch, root], scratch
         node = load_node(root, user=user, lookup=lookup, overlay=overlay)
+        problem = node.files.policy_problem() if node.files else None
+        if problem:  # c/image refuses the file: nothing to evaluate; say where (issue 14 "Bad input")
+            from atomicsig.errors import PolicyError
+
+            raise PolicyError(problem)
         if on_node is not None:
             on_node(node)
         store = AutoStore(registries_dir=str(node.registries_dir), tls_verify=tls_verify, cert_dir=cert_dir,

@@ -93,3 +93,51 @@ class _Found(Exception):
     def __init__(self, offset: int, first: int) -> None:
         super().__init__(offset)
         self.offset, self.first = offset, first
+
+
+def value_offsets(text: str) -> dict[tuple[str | int, ...], tuple[int, int]]:
+    """Where each value of a valid JSON document starts: path (object keys and array indexes) → (offset of its
+    key, or of the value itself in an array or at the top, offset of the value). Empty if the text does not
+    parse (positions are a convenience for error messages, never a second parser's opinion of validity)."""
+    decoder = json.JSONDecoder()
+    out: dict[tuple[str | int, ...], tuple[int, int]] = {}
+
+    def skip(i: int) -> int:
+        m = _WS.match(text, i)
+        return m.end() if m else i
+
+    def value(i: int, path: tuple[str | int, ...], key_at: int) -> int:
+        i = skip(i)
+        out[path] = (key_at if key_at >= 0 else i, i)
+        if text[i] == "{":
+            i = skip(i + 1)
+            if text[i] == "}":
+                return i + 1
+            while True:
+                start = i
+                key, i = decoder.raw_decode(text, i)
+                i = value(skip(i) + 1, (*path, str(key)), start)
+                i = skip(i)
+                if text[i] == ",":
+                    i = skip(i + 1)
+                    continue
+                return i + 1
+        if text[i] == "[":
+            i = skip(i + 1)
+            if text[i] == "]":
+                return i + 1
+            n = 0
+            while True:
+                i = skip(value(i, (*path, n), -1))
+                n += 1
+                if text[i] == ",":
+                    i += 1
+                    continue
+                return i + 1
+        return int(decoder.raw_decode(text, i)[1])
+
+    try:
+        value(0, (), -1)
+    except (IndexError, ValueError, RecursionError):
+        return {}
+    return out

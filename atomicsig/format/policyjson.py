@@ -10,15 +10,23 @@ field makes c/image reject the *whole* file and every pull on the node fails (SP
 
 from __future__ import annotations
 
+import ast
 import json
 import os
+import re
 import stat
 from pathlib import Path
 from typing import Any
 
 from atomicsig.errors import PolicyError, ReferenceError_, StorageError
 from atomicsig.format import identity, reference
-from atomicsig.format.jsonstrict import DuplicateKeyError, duplicate_key_offset, line_col, no_duplicate_keys
+from atomicsig.format.jsonstrict import (
+    DuplicateKeyError,
+    duplicate_key_offset,
+    line_col,
+    no_duplicate_keys,
+    value_offsets,
+)
 
 #: c-libs image/default-policy.json (SPEC §5.1): the starting point when a node has no policy.json yet.
 SHIPPED_DEFAULT: dict[str, Any] = {"default": [{"type": "insecureAcceptAnything"}],
@@ -116,6 +124,40 @@ def problems(doc: dict[str, Any]) -> list[str]:
             out += _scope_problems(t, scope)
             out += _requirements(reqs, f"transports.{t}[{scope!r}]")
     return out
+
+
+_WHERE = re.compile(r"""^transports\.([^\[\s]+)\[('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")\](?:\[(\d+)\])?:""")
+_WHERE_DEFAULT = re.compile(r"^default(?:\[(\d+)\])?:")
+_TOP_KEY = re.compile(r"^unknown top-level key (.+)$")
+_SCOPE = re.compile(r"""^transport ([^\s:]+):? (?:accepts only the "" scope, not |scope )"""
+                    r"""('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")""")
+
+
+def problem_position(text: str | bytes, problem: str) -> tuple[int, int] | None:
+    """(line, column) in policy.json ``text`` of what a :func:`problems` message is about, or None.
+
+    containers/image names no position for a policy it refuses; a node administrator fixing one needs the line
+    (issue 14 "Bad input"), so the message's own path (``transports.docker['x'][0]: …``) is looked up in the
+    text."""
+    shown = text if isinstance(text, str) else text.decode("utf-8", errors="replace")
+    path: tuple[str | int, ...] | None = None
+    if m := _WHERE.match(problem):
+        path = ("transports", m.group(1), ast.literal_eval(m.group(2)))
+        path += (int(m.group(3)),) if m.group(3) else ()
+    elif m := _WHERE_DEFAULT.match(problem):
+        path = ("default", int(m.group(1))) if m.group(1) else ("default",)
+    elif m := _TOP_KEY.match(problem):
+        path = (ast.literal_eval(m.group(1)),)
+    elif m := _SCOPE.match(problem):
+        path = ("transports", m.group(1), ast.literal_eval(m.group(2)))
+    elif problem.startswith("transports."):
+        path = ("transports", problem.split(".", 1)[1].split(" ", 1)[0]) if " must be" in problem else ("transports",)
+    elif problem.startswith("transports must"):
+        path = ("transports",)
+    if path is None:
+        return None
+    where = value_offsets(shown).get(path)
+    return line_col(shown, where[0]) if where else None
 
 
 def _scope_problems(transport: str, scope: str) -> list[str]:

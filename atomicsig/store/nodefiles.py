@@ -146,6 +146,17 @@ class NodeFiles:
     registries: registries_d.RegistriesConfig
     shadowed: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    policy_raw: bytes = b""  # the bytes read, for positions in error messages
+
+    def policy_problem(self) -> str | None:
+        """The one-line reason containers/image refuses this policy.json (``file:line:col: …``), or None."""
+        problems = policyjson.problems(self.policy)
+        if not problems:
+            return None
+        pos = policyjson.problem_position(self.policy_raw, problems[0]) if self.policy_raw else None
+        where = f"{self.policy_path}:{pos[0]}:{pos[1]}" if pos else str(self.policy_path)
+        more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
+        return f"{where}: {problems[0]}{more}; containers/image refuses the whole file, so every pull fails"
 
     def describe(self) -> dict[str, Any]:
         """The JSON block every command prints (``lookup``)."""
@@ -243,7 +254,7 @@ def locate(root: str | os.PathLike[str] = "/", *, user: str | None = None, gener
             if other.role != "vendor":  # /etc over /usr/share is the designed admin override, not a surprise
                 warnings.append(f"{real(other.path)} ({other.role}) is not read: {ppath} ({role}) comes first "
                                 "and replaces it (policy.json files are never merged)")
-    doc, _ = policyjson.read(ppath)
+    doc, raw = policyjson.read(ppath)
     if doc is None:
         raise PolicyError(f"no policy.json at {ppath}")
 
@@ -287,7 +298,7 @@ def locate(root: str | os.PathLike[str] = "/", *, user: str | None = None, gener
     dirs = [real_dir(c.path) for c, _ in listing]
     if gen.name == "old" or registries_dir:
         dirs = dirs[:1] or [real_dir(rcands[-1].path)]
-    return NodeFiles(gen, who, ppath, role, doc, dirs, read_files, config, shadowed, warnings)
+    return NodeFiles(gen, who, ppath, role, doc, dirs, read_files, config, shadowed, warnings, raw or b"")
 
 
 def _scope_clashes(config: registries_d.RegistriesConfig, unread: list[tuple[Path, str]]) -> list[str]:
