@@ -279,3 +279,15 @@ def test_installed_skopeo_reads_the_registries_d_explain_names(tmp_path: Path, r
     assert used == str(home / ".config/containers/registries.d") == info["lookup"]["registries_d"][0]  # type: ignore[index]
     assert info["lookaside"] == user_sigs
     assert any("not read" in str(w) and "/etc/containers/registries.d" in str(w) for w in info["warnings"])  # type: ignore[attr-defined]
+
+
+def test_builtin_default_lookaside_is_the_viewers(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """No registries.d entry: c/image reads its built-in default, /var/lib/containers/sigstore for uid 0 and
+    ~/.local/share/containers/sigstore of the *pulling* user otherwise (before: always this process's)."""
+    root = _node(tmp_path)
+    _write(root / "etc/containers/policy.json", ACCEPT)
+    code, out, err = cli("policy", "explain", "--root", str(root), "--user", "alice", "--json", "quay.io/x:1")
+    assert code == 0, err
+    assert json.loads(out)["lookaside"] == "file:///home/alice/.local/share/containers/sigstore"
+    code, out, _ = cli("policy", "explain", "--root", str(root), "--json", "quay.io/x:1")
+    assert json.loads(out)["lookaside"] == "file:///var/lib/containers/sigstore"

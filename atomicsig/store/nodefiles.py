@@ -289,7 +289,7 @@ def locate(root: str | os.PathLike[str] = "/", *, user: str | None = None, gener
             unread.append((real(hidden), f"{real(winner)} has the same name"))
             warnings.append(f"{real(hidden)} is not read: {real(winner)} has the same name "
                             "and a higher priority")
-    config = registries_d.RegistriesConfig()
+    config = registries_d.RegistriesConfig(uid=who.env.uid, home=who.env.home)
     for path in read_files:
         text = _read_text(path)
         if text is not None:
