@@ -291,3 +291,22 @@ def test_builtin_default_lookaside_is_the_viewers(cli, tmp_path: Path) -> None: 
     assert json.loads(out)["lookaside"] == "file:///home/alice/.local/share/containers/sigstore"
     code, out, _ = cli("policy", "explain", "--root", str(root), "--json", "quay.io/x:1")
     assert json.loads(out)["lookaside"] == "file:///var/lib/containers/sigstore"
+
+
+def test_another_users_files_are_read_without_following_links(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """--user alice, run by someone else: a symlink in alice's home (to a file only root may read, here a
+    policy.json elsewhere) is refused, exit 3, rather than read on her behalf; a FIFO likewise."""
+    root = _node(tmp_path)
+    _write(root / "etc/containers/policy.json", ACCEPT)
+    secret = _write(tmp_path / "root-only.json", REJECT)
+    conf = root / "home/alice/.config/containers"
+    conf.mkdir(parents=True)
+    os.symlink(secret, conf / "policy.json")
+    code, out, err = cli("policy", "explain", "--root", str(root), "--user", "alice", "--json", "quay.io/x:1")
+    assert code == 3 and "symbolic link" in err and out == "", err
+    (conf / "policy.json").unlink()
+    _write(conf / "policy.json", REJECT)
+    (conf / "registries.d").mkdir()
+    os.symlink(secret, conf / "registries.d/x.yaml")
+    code, _, err = cli("policy", "explain", "--root", str(root), "--user", "alice", "quay.io/x:1")
+    assert code == 3 and "symbolic link" in err and str(conf / "registries.d/x.yaml") in err, err

@@ -39,6 +39,7 @@ from typing import Any
 from atomicsig.errors import InputError, PolicyError, StorageError
 from atomicsig.format import containers_paths as cpaths
 from atomicsig.format import policyjson
+from atomicsig.fsutil import UnsafeFileError, open_dir_beneath, read_regular_file
 from atomicsig.store import registries_d
 
 #: Binaries whose containers/image decides pulls on a node, in the order their build information is consulted.
@@ -175,13 +176,45 @@ def _mapper(rootp: Path, foreign: bool, overlay: Path | None) -> Callable[[str],
     return real
 
 
-def _yaml_names(directory: Path, *, regular_only: bool) -> list[str] | None:
-    """``*.yaml`` names in ``directory`` sorted, or None if it does not exist. The old lookup reads every such
-    name (a directory named ``x.yaml`` is then a read error, as in c/image); the new one skips non-files."""
+#: a policy.json or registries.d file larger than this is refused when read from another user's home
+MAX_USER_FILE = 4 * 1024 * 1024
+
+
+def _beneath(confine: Path | None, path: Path) -> str | None:
+    """``path`` relative to ``confine`` (another user's home, read on their behalf) if it lies under it."""
+    if confine is None:
+        return None
     try:
-        names = sorted(n for n in os.listdir(directory) if n.endswith(".yaml"))
+        rel = path.relative_to(confine)
+    except ValueError:
+        return None
+    return str(rel) if str(rel) != "." else None
+
+
+def _refused(path: Path, exc: UnsafeFileError) -> StorageError:
+    """The reason with the full path (fsutil names the path relative to the home it read beneath)."""
+    return StorageError(f"refusing to read {path} for that user: {exc.message.rsplit(': ', 1)[-1]}")
+
+
+def _yaml_names(directory: Path, *, regular_only: bool, confine: Path | None = None) -> list[str] | None:
+    """``*.yaml`` names in ``directory`` sorted, or None if it does not exist. The old lookup reads every such
+    name (a directory named ``x.yaml`` is then a read error, as in c/image); the new one skips non-files.
+    Under ``confine`` no symlink is followed (see :func:`locate`)."""
+    try:
+        rel = _beneath(confine, directory)
+        if rel is not None and confine is not None:
+            fd = open_dir_beneath(confine, rel)
+            try:
+                listed = os.listdir(fd)
+            finally:
+                os.close(fd)
+        else:
+            listed = os.listdir(directory)
+        names = sorted(n for n in listed if n.endswith(".yaml"))
     except (FileNotFoundError, NotADirectoryError):
         return None
+    except UnsafeFileError as exc:
+        raise _refused(directory, exc) from None
     except OSError as exc:
         raise StorageError(f"cannot list {directory}: {exc.strerror or exc}") from None
     if regular_only:
@@ -196,9 +229,19 @@ def _is_regular(path: Path) -> bool:
         return False
 
 
-def _read_text(path: Path) -> str | None:
+def _read_text(path: Path, confine: Path | None = None) -> str | None:
     """A registries.d file's text; None if it vanished since the listing (c/image skips it too). Opened without
     blocking and only if regular: a FIFO named ``x.yaml`` must not hang the audit."""
+    rel = _beneath(confine, path)
+    if rel is not None and confine is not None:
+        try:
+            return _utf8(read_regular_file(confine, rel, MAX_USER_FILE), path)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except UnsafeFileError as exc:
+            raise _refused(path, exc) from None
+        except OSError as exc:
+            raise StorageError(f"cannot read {path}: {exc.strerror or exc}") from None
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
     except FileNotFoundError:
@@ -212,6 +255,10 @@ def _read_text(path: Path) -> str | None:
             data = fh.read()
     except OSError as exc:
         raise StorageError(f"cannot read {path}: {exc.strerror or exc}") from None
+    return _utf8(data, path)
+
+
+def _utf8(data: bytes, path: Path) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
@@ -235,6 +282,10 @@ def locate(root: str | os.PathLike[str] = "/", *, user: str | None = None, gener
         raise InputError(f"unknown lookup generation {generation!r} (auto, old or new)")
     who = viewer(rootp, user, environ)
     real = _mapper(rootp, foreign, Path(overlay) if overlay is not None else None)
+    # Reading another user's files on their behalf (--user, as root): their home is theirs to arrange, so no
+    # symlink is followed below it and only regular files are read — a link from ~/.config/containers/policy.json
+    # to a file that user cannot read must not make this process read it for them (exit 3 instead).
+    confine = real(who.env.home) if user is not None and who.env.uid != os.geteuid() else None
     warnings: list[str] = []
     shadowed: list[str] = []
 
@@ -254,7 +305,17 @@ def locate(root: str | os.PathLike[str] = "/", *, user: str | None = None, gener
             if other.role != "vendor":  # /etc over /usr/share is the designed admin override, not a surprise
                 warnings.append(f"{real(other.path)} ({other.role}) is not read: {ppath} ({role}) comes first "
                                 "and replaces it (policy.json files are never merged)")
-    doc, raw = policyjson.read(ppath)
+    rel = _beneath(confine, ppath)
+    if rel is not None and confine is not None:
+        try:
+            raw = read_regular_file(confine, rel, MAX_USER_FILE)
+        except FileNotFoundError:
+            raw = None
+        except UnsafeFileError as exc:
+            raise _refused(ppath, exc) from None
+        doc = policyjson.loads(raw, str(ppath)) if raw is not None else None
+    else:
+        doc, raw = policyjson.read(ppath)
     if doc is None:
         raise PolicyError(f"no policy.json at {ppath}")
 
@@ -267,7 +328,7 @@ def locate(root: str | os.PathLike[str] = "/", *, user: str | None = None, gener
         real_dir = real
     listing: list[tuple[cpaths.Candidate, list[str]]] = []
     for cand in rcands:
-        names = _yaml_names(real_dir(cand.path), regular_only=gen.name == "new")
+        names = _yaml_names(real_dir(cand.path), regular_only=gen.name == "new", confine=confine)
         if names is not None:
             listing.append((cand, names))
     read_files: list[Path] = []
@@ -291,7 +352,7 @@ def locate(root: str | os.PathLike[str] = "/", *, user: str | None = None, gener
                             "and a higher priority")
     config = registries_d.RegistriesConfig(uid=who.env.uid, home=who.env.home)
     for path in read_files:
-        text = _read_text(path)
+        text = _read_text(path, confine)
         if text is not None:
             registries_d.merge_file(config, text, str(path))  # same-scope conflicts: c/image's error, exit 2
     warnings += _scope_clashes(config, unread)
@@ -308,7 +369,7 @@ def _scope_clashes(config: registries_d.RegistriesConfig, unread: list[tuple[Pat
     out: list[str] = []
     for path, why in unread:
         try:
-            text = _read_text(path)
+            text = _read_text(path)  # unread files: only for the clash warning; never another user's
             data = registries_d.load_yaml_strict(text, str(path)) if text is not None else None
         except (StorageError, PolicyError):
             continue
