@@ -27,7 +27,7 @@ import harness  # noqa: E402  (the sibling modules are importable once bench/ is
 
 #: Suites in run order (verify reads what sign leaves behind). A missing module is skipped, so a suite can be
 #: added by dropping ``bench/bench_<name>.py`` with ``run(ctx) -> list[harness.Row]`` and listing it here.
-SUITES = ("sign", "verify", "startup", "policy", "sync")
+SUITES = ("sign", "verify", "startup", "policy", "sync", "audit")
 NEEDS_KEYS = {"sign", "verify"}
 DEFAULT_N, QUICK_N = 1000, 30
 BASELINE = HERE / "baseline.json"

@@ -268,7 +268,9 @@ def test_show_and_explain(cli, setup) -> None:  # type: ignore[no-untyped-def]
     row = next(ln for ln in lines if "registry.example.com/prod" in ln).split()
     assert row == ["repository", "registry.example.com/prod", "signed", signer.email, "https://sigs.example.com/sigs"]
     code, out, _ = cli("policy", "show", "--root", str(root), "--json")
-    assert {r["name"] for r in json.loads(out)} >= {"default", "docker.io/library", "registry.example.com/prod"}
+    shown = json.loads(out)  # {"lookup", "warnings", "rows"} since issue 14 item 4 (was the bare list of rows)
+    assert {r["name"] for r in shown["rows"]} >= {"default", "docker.io/library", "registry.example.com/prod"}
+    assert shown["lookup"]["policy"] == str(root / POLICY) and shown["warnings"] == []
 
     code, out, err = cli("policy", "explain", "--root", str(root), "--json", "registry.example.com/prod/app")
     assert code == 0, err

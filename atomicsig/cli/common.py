@@ -127,6 +127,19 @@ def json_option(f: F) -> F:
     return click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON on stdout.")(f)
 
 
+def node_lookup_options(f: F) -> F:
+    """``--user`` and ``--lookup`` for commands that read a node's policy.json and registries.d (``policy show``,
+    ``policy explain``, ``audit``): whose view and which containers/image generation's file lookup to reproduce
+    (issue 14 item 4, :mod:`atomicsig.store.nodefiles`)."""
+    f = click.option("--lookup", type=click.Choice(["auto", "old", "new"]), default="auto", show_default=True,
+                     help="Which containers/image file lookup to reproduce: auto (read the installed podman/skopeo/"
+                          "crio build), old (every release up to 5.39: ~/.config then /etc, one registries.d) or "
+                          "new (Podman 6 line: also /usr/share, registries.d drop-ins merged).")(f)
+    return click.option("--user", "as_user", metavar="NAME|UID",
+                        help="Find the files as this user's podman would (their home and uid from the node's "
+                             "passwd). Default: this process at --root /, root of the node under another --root.")(f)
+
+
 def sigstore_option(default: str | None = DEFAULT_SIGSTORE, help_: str = "") -> Callable[[F], F]:
     def deco(f: F) -> F:
         return click.option("--sigstore", metavar="PATH|URL", default=default, show_default=default is not None,

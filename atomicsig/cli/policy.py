@@ -9,6 +9,7 @@ from atomicsig.cli.common import (
     gnupghome_option,
     json_option,
     namespace_option,
+    node_lookup_options,
     registry_options,
     signature_policy_dir_option,
     table,
@@ -146,21 +147,30 @@ def _with_files(changes: list[dict[str, str]], root: str) -> list[dict[str, str]
 
 @policy.command()
 @_ROOT
-@click.option("--policy", "policy_path", metavar="FILE", help="policy.json to read (default <root>/etc/containers/"
-                                                               "policy.json).")
-@click.option("--registries.d", "registries_dir", metavar="DIR", help="registries.d directory (default: the one "
-                                                                       "c/image reads).")
+@click.option("--policy", "policy_path", metavar="FILE", help="policy.json to read (default: the one the node's "
+                                                               "containers/image reads, see --lookup).")
+@click.option("--registries.d", "registries_dir", metavar="DIR", help="registries.d directory (default: the ones "
+                                                                       "the node's containers/image reads).")
 @click.option("--noheading", is_flag=True, help="Omit the table heading.")
+@node_lookup_options
 @json_option
-def show(root: str, policy_path: str | None, registries_dir: str | None, noheading: bool, as_json: bool) -> int:
-    """Print the node's trust policy as TRANSPORT NAME TYPE ID STORE (like podman image trust show)."""
+def show(root: str, policy_path: str | None, registries_dir: str | None, noheading: bool, as_user: str | None,
+         lookup: str, as_json: bool) -> int:
+    """Print the node's trust policy as TRANSPORT NAME TYPE ID STORE (like podman image trust show).
+
+    Which policy.json and registries.d files won (and any that a higher-priority file hides) goes to stderr;
+    --json prints {"lookup", "warnings", "rows"}.
+    """
     from atomicsig.policy import explain
 
-    node = explain.load_node(root, policy_path, registries_dir)
+    node = explain.load_node(root, policy_path, registries_dir, user=as_user, lookup=lookup)
     rows = explain.show(node)
     if as_json:
-        emit_json(rows)
+        emit_json({**explain.lookup_info(node), "rows": rows})
         return EXIT_OK
+    from atomicsig.cli.audit import print_lookup
+
+    print_lookup(node)
     cells = [[r["transport"], r["name"], str(r["type"]), r["id"], r["store"]] for r in rows]
     text = table(cells, ["TRANSPORT", "NAME", "TYPE", "ID", "STORE"])
     click.echo(text.split("\n", 1)[1] if noheading and "\n" in text else "" if noheading else text)
@@ -174,24 +184,27 @@ def show(root: str, policy_path: str | None, registries_dir: str | None, noheadi
 @click.option("--registries.d", "registries_dir", metavar="DIR", help="registries.d directory.")
 @namespace_option
 @signature_policy_dir_option
+@node_lookup_options
 @click.option("--check", is_flag=True,
               help="Also read REF's signatures and evaluate every requirement as `atomicsig audit` does, naming a "
                    "required signer without a valid signature. Exit 0 accepted, 1 refused, 3 could not check.")
 @registry_options
 @json_option
 def explain_cmd(ref: str, root: str, policy_path: str | None, registries_dir: str | None, namespace: str | None,
-                policy_dir: str, check: bool, tls_verify: bool, cert_dir: str | None, authfile: str | None,
-                as_json: bool) -> int:
+                policy_dir: str, as_user: str | None, lookup: str, check: bool, tls_verify: bool,
+                cert_dir: str | None, authfile: str | None, as_json: bool) -> int:
     """Which scope of the node's policy applies to REF, its requirements (each signedBy as the signer it
-    requires), and the lookaside a pull reads: the configured base, its registries.d file, and the exact URL of
-    signature-1 (with REF@sha256:…). With --check, whether a pull of REF would be accepted. With --namespace,
-    the policy CRI-O uses for a pod in that namespace (its own file, else the global one).
+    requires), the lookaside a pull reads: the configured base, its registries.d file, and the exact URL of
+    signature-1 (with REF@sha256:…), and which policy.json and registries.d files the node's containers/image
+    reads (warnings on stderr). With --check, whether a pull of REF would be accepted. With --namespace, the
+    policy CRI-O uses for a pod in that namespace (its own file, else the global one).
 
     Exit 2 if the lookaside URL is one containers/image refuses (every pull of REF would fail).
     """
     from atomicsig.policy import explain
 
-    node = explain.load_node(root, policy_path, registries_dir, namespace=namespace, policy_dir=policy_dir)
+    node = explain.load_node(root, policy_path, registries_dir, user=as_user, lookup=lookup, namespace=namespace,
+                             policy_dir=policy_dir)
     info = explain.explain(node, ref)
     evaluations = explain.check(node, ref, tls_verify=tls_verify, cert_dir=cert_dir, authfile=authfile) \
         if check else None
@@ -200,6 +213,8 @@ def explain_cmd(ref: str, root: str, policy_path: str | None, registries_dir: st
                               else {})})
     else:
         click.echo(explain.explain_text(info))
+        for w in info.get("warnings", []):
+            click.echo(f"warning: {w}", err=True)
         if evaluations is not None:
             click.echo(explain.check_text(evaluations))
     if info.get("lookaside_error"):

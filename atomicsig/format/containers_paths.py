@@ -288,3 +288,45 @@ def registries_d_files(env: UserEnv, generation: Generation, listdir: Callable[[
     listing = [(c, names) for c in cands if (names := listdir(c.path)) is not None]
     return merge_dropins(listing)
 
+
+
+# ---- which generation a binary was built with -----------------------------------------------------------------
+
+#: ``go.podman.io/image/v5`` pseudo-version of the podman c6580b4a vendor, the first build read with the new lookup.
+_NEW_PSEUDO_FROM = "20260515151312"
+_C_IMAGE_MODULES = (b"go.podman.io/image/v5", b"github.com/containers/image/v5")
+_BUILDINFO_MAGIC = b"\xff Go buildinf:"
+
+
+def c_image_from_buildinfo(data: bytes) -> tuple[str, str] | None:
+    """(module path, version) of containers/image in a Go binary's build information, or None.
+
+    Go (``debug/buildinfo``) writes a ``\\xff Go buildinf:`` header and, for module builds, a ``modinfo`` text
+    whose ``dep\\t<path>\\t<version>`` lines name every dependency (a ``=>`` line after one is its replacement).
+    Distribution builds in GOPATH mode (Debian's skopeo and podman) carry no module list: None.
+    """
+    at = data.find(_BUILDINFO_MAGIC)
+    if at < 0:
+        return None
+    blob = data[at: at + 256 * 1024]
+    found: tuple[str, str] | None = None
+    for line in blob.split(b"\n"):
+        parts = line.split(b"\t")
+        if len(parts) >= 3 and parts[0] == b"dep" and parts[1] in _C_IMAGE_MODULES:
+            found = (parts[1].decode(), parts[2].decode("ascii", "replace"))
+        elif found is not None and len(parts) >= 3 and parts[0] == b"=>":
+            found = (found[0], parts[2].decode("ascii", "replace"))
+    return found
+
+
+def generation_for_module(module: str, version: str) -> Generation:
+    """The lookup generation of a containers/image module version as Go records it (``v5.39.3-0.2026…-hash``
+    pseudo-versions included): a pseudo-version at or after the first known new build is ``new``, anything
+    else goes by its release number (:func:`generation_for_c_image`)."""
+    core = version.removeprefix("v")
+    pieces = core.split("-")
+    if len(pieces) >= 3 and "." in pieces[1]:
+        stamp = pieces[1].rsplit(".", 1)[-1]
+        if stamp.isdigit() and len(stamp) == 14 and stamp >= _NEW_PSEUDO_FROM:
+            return "new"
+    return generation_for_c_image(core)

@@ -10,13 +10,23 @@ field makes c/image reject the *whole* file and every pull on the node fails (SP
 
 from __future__ import annotations
 
+import ast
 import json
+import os
+import re
+import stat
 from pathlib import Path
 from typing import Any
 
 from atomicsig.errors import PolicyError, ReferenceError_, StorageError
 from atomicsig.format import identity, reference
-from atomicsig.format.jsonstrict import no_duplicate_keys
+from atomicsig.format.jsonstrict import (
+    DuplicateKeyError,
+    duplicate_key_offset,
+    line_col,
+    no_duplicate_keys,
+    value_offsets,
+)
 
 #: c-libs image/default-policy.json (SPEC §5.1): the starting point when a node has no policy.json yet.
 SHIPPED_DEFAULT: dict[str, Any] = {"default": [{"type": "insecureAcceptAnything"}],
@@ -30,9 +40,21 @@ _PATH_TRANSPORTS = ("dir", "oci", "oci-archive", "sif")
 
 
 def loads(text: str | bytes, source: str) -> dict[str, Any]:
-    """Parse policy.json text; duplicate keys are an error as in c/image. Raises PolicyError."""
+    """Parse policy.json text; duplicate keys are an error as in c/image. Raises PolicyError naming
+    ``source:line:col`` (issue 14 "Bad input": a node admin must be able to go to the broken spot)."""
     try:
         doc = json.loads(text, object_pairs_hook=no_duplicate_keys)
+    except DuplicateKeyError as exc:
+        shown = _as_text(text)
+        at = duplicate_key_offset(shown) if shown is not None else None
+        if shown is None or at is None:
+            raise PolicyError(f"{source}: {exc}: not valid JSON for containers/image; refusing to touch it") from exc
+        (line, col), (first, _) = line_col(shown, at[0]), line_col(shown, at[1])
+        raise PolicyError(f"{source}:{line}:{col}: {exc} (first defined at line {first}): not valid JSON for "
+                          "containers/image; refusing to touch it") from exc
+    except json.JSONDecodeError as exc:
+        raise PolicyError(f"{source}:{exc.lineno}:{exc.colno}: not valid JSON: {exc.msg}; refusing to touch it") \
+            from exc
     except (ValueError, UnicodeDecodeError) as exc:
         raise PolicyError(f"{source} is not valid JSON ({exc}); refusing to touch it") from exc
     except RecursionError as exc:  # json recurses per nesting level (fuzz finding)
@@ -42,13 +64,32 @@ def loads(text: str | bytes, source: str) -> dict[str, Any]:
     return doc
 
 
+def _as_text(text: str | bytes) -> str | None:
+    if isinstance(text, str):
+        return text
+    try:
+        return text.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
 def read(path: str | Path) -> tuple[dict[str, Any] | None, bytes | None]:
-    """(parsed document, raw bytes), or (None, None) if the file does not exist."""
+    """(parsed document, raw bytes), or (None, None) if the file does not exist.
+
+    Opened without blocking and refused unless it is a regular file: a FIFO or device planted at the path would
+    otherwise hang ``audit``/``apply`` forever (StorageError, exit 3, like any file that cannot be read)."""
     p = Path(path)
     try:
-        raw = p.read_bytes()
+        fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
     except FileNotFoundError:
         return None, None
+    except OSError as exc:
+        raise StorageError(f"cannot read {p}: {exc.strerror or exc}") from exc
+    try:
+        with os.fdopen(fd, "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                raise StorageError(f"cannot read {p}: not a regular file")
+            raw = fh.read()
     except OSError as exc:
         raise StorageError(f"cannot read {p}: {exc.strerror or exc}") from exc
     return loads(raw, str(p)), raw
@@ -83,6 +124,40 @@ def problems(doc: dict[str, Any]) -> list[str]:
             out += _scope_problems(t, scope)
             out += _requirements(reqs, f"transports.{t}[{scope!r}]")
     return out
+
+
+_WHERE = re.compile(r"""^transports\.([^\[\s]+)\[('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")\](?:\[(\d+)\])?:""")
+_WHERE_DEFAULT = re.compile(r"^default(?:\[(\d+)\])?:")
+_TOP_KEY = re.compile(r"^unknown top-level key (.+)$")
+_SCOPE = re.compile(r"""^transport ([^\s:]+):? (?:accepts only the "" scope, not |scope )"""
+                    r"""('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")""")
+
+
+def problem_position(text: str | bytes, problem: str) -> tuple[int, int] | None:
+    """(line, column) in policy.json ``text`` of what a :func:`problems` message is about, or None.
+
+    containers/image names no position for a policy it refuses; a node administrator fixing one needs the line
+    (issue 14 "Bad input"), so the message's own path (``transports.docker['x'][0]: …``) is looked up in the
+    text."""
+    shown = text if isinstance(text, str) else text.decode("utf-8", errors="replace")
+    path: tuple[str | int, ...] | None = None
+    if m := _WHERE.match(problem):
+        path = ("transports", m.group(1), ast.literal_eval(m.group(2)))
+        path += (int(m.group(3)),) if m.group(3) else ()
+    elif m := _WHERE_DEFAULT.match(problem):
+        path = ("default", int(m.group(1))) if m.group(1) else ("default",)
+    elif m := _TOP_KEY.match(problem):
+        path = (ast.literal_eval(m.group(1)),)
+    elif m := _SCOPE.match(problem):
+        path = ("transports", m.group(1), ast.literal_eval(m.group(2)))
+    elif problem.startswith("transports."):
+        path = ("transports", problem.split(".", 1)[1].split(" ", 1)[0]) if " must be" in problem else ("transports",)
+    elif problem.startswith("transports must"):
+        path = ("transports",)
+    if path is None:
+        return None
+    where = value_offsets(shown).get(path)
+    return line_col(shown, where[0]) if where else None
 
 
 def _scope_problems(transport: str, scope: str) -> list[str]:

@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import concurrent.futures
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,7 +56,8 @@ from atomicsig.store.base import AppendResult, SignatureStore, StoredSignature
 from atomicsig.store.images import StoredImage
 
 __all__ = ["Evaluation", "Evaluator", "RequirementOutcome", "audit_labels", "audited_requirements",
-           "evaluate_reference", "evaluate_stored", "exit_code", "key_paths", "resolve_key_path", "signer_name"]
+           "evaluate_reference", "evaluate_references", "evaluate_stored", "exit_code", "key_paths",
+           "resolve_key_path", "signer_name"]
 
 _EXIT = {ACCEPTED: EXIT_OK, REJECTED: EXIT_NEGATIVE, ERROR: EXIT_UNDECIDED}
 _GPG_KEY_TYPES = ("GPGKeys",)
@@ -200,6 +203,7 @@ class Evaluator:
         self._verifiers: dict[tuple[bytes, ...], NativeTrustedKeys | TrustedKeys] = {}
         self.audit_scopes = dict(audit_scopes or {})
         self._audit_labels = audit_labels(self.audit_scopes)
+        self._lock = threading.Lock()  # evaluate() may run in several threads (evaluate_references)
 
     def __enter__(self) -> Evaluator:
         return self
@@ -298,6 +302,10 @@ class Evaluator:
         return tuple(blobs)
 
     def _verifier(self, blobs: tuple[bytes, ...]) -> NativeTrustedKeys | TrustedKeys:
+        with self._lock:  # one verifier per key set even when two threads ask first at once
+            return self._verifier_locked(blobs)
+
+    def _verifier_locked(self, blobs: tuple[bytes, ...]) -> NativeTrustedKeys | TrustedKeys:
         if blobs not in self._verifiers:
             verifier = trusted_keys(blobs)
             if not verifier.fingerprints:
@@ -330,6 +338,26 @@ def evaluate_reference(text: str, *, resolver: Resolver, evaluator: Evaluator) -
         ev.source = "argument" + (f" ({t.note})" if t.note else "")
         out.append(ev)
     return out
+
+
+def evaluate_references(texts: Sequence[str], *, resolver: Resolver, evaluator: Evaluator,
+                        workers: int = 8) -> list[Evaluation]:
+    """:func:`evaluate_reference` for many inputs, results in input order, up to ``workers`` at once.
+
+    An audit of many tags is bound by registry round trips (one manifest request per tag, as a pull makes), not by
+    the checks, so the requests overlap (net/fetch keeps one session per thread; verifiers are shared as in
+    ``verify -j``). Every reference is parsed first, so a typo is an input error (exit 2) before any request.
+    """
+    for text in texts:
+        reference.parse(text.strip())
+    if workers <= 1 or len(texts) <= 1:
+        return [ev for text in texts for ev in evaluate_reference(text, resolver=resolver, evaluator=evaluator)]
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="audit")
+    try:
+        futures = [pool.submit(evaluate_reference, text, resolver=resolver, evaluator=evaluator) for text in texts]
+        return [ev for fut in futures for ev in fut.result()]
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)  # on an error or Ctrl-C, drop what has not started
 
 
 def evaluate_stored(image: StoredImage, evaluator: Evaluator) -> list[Evaluation]:

@@ -31,7 +31,7 @@ from atomicsig.ops.evaluate import (
 from atomicsig.policy.apply import scope_chain
 from atomicsig.policy.render import AUDIT_PATH, CRIO_POLICY_DIR, POLICY_PATH, parse_audit_file
 from atomicsig.policy.tree import NodeTree
-from atomicsig.store import registries_d
+from atomicsig.store import nodefiles, registries_d
 
 _TYPE_NAMES = {"insecureAcceptAnything": "accept", "signedBy": "signed", "sigstoreSigned": "sigstoreSigned",
                "reject": "reject"}
@@ -51,6 +51,8 @@ class NodeConfig:
     _key_cache: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     #: docker scope → enforce-mode requirements of the scopes ``policy apply`` put in audit mode (render.AUDIT_PATH)
     audit_scopes: dict[str, list[Any]] = field(default_factory=dict)
+    #: how the files were found: generation, whose view, what won, what was shadowed (None: built by hand)
+    files: nodefiles.NodeFiles | None = None
 
     def key_info(self, key_paths: list[str]) -> list[dict[str, Any]]:
         """Fingerprints and user IDs of keyring files (each read once; looked up under --root first)."""
@@ -100,36 +102,35 @@ def namespace_policy(root: Path, namespace: str, policy_dir: str = CRIO_POLICY_D
 
 
 def load_node(root: str | Path = "/", policy: str | None = None, registries_dir: str | None = None, *,
+              user: str | None = None, lookup: str = "auto", overlay: str | Path | None = None,
               namespace: str | None = None, policy_dir: str = CRIO_POLICY_DIR) -> NodeConfig:
-    """The files a pull on this node would read, in c/image's lookup order unless given explicitly. With
-    ``namespace``: the policy CRI-O uses for a pod in that namespace — its ``<policy_dir>/<namespace>.json``, else
-    (no such file) the global policy, which is what CRI-O falls back to (``policy`` stands for crio.conf's
-    ``signature_policy``)."""
+    """The files a pull on this node would read, found as the node's containers/image generation finds them
+    (:mod:`atomicsig.store.nodefiles`: user/admin/vendor order, registries.d drop-ins), unless given explicitly.
+    ``overlay``: a scratch root with the files ``policy apply`` would write (``audit -f``). With ``namespace``: the
+    policy CRI-O uses for a pod in that namespace — its ``<policy_dir>/<namespace>.json``, else (no such file) the
+    global policy, which is what CRI-O falls back to (``policy`` stands for crio.conf's ``signature_policy``)."""
     rootp = Path(root).absolute()
-    user_policy = Path.home() / ".config/containers/policy.json"
-    ns_path = namespace_policy(rootp, namespace, policy_dir) if namespace is not None else None
+    applied = Path(overlay).absolute() if overlay is not None else rootp  # where apply's own files are read
+    found = nodefiles.locate(rootp, user=user, generation=lookup, policy=policy, registries_dir=registries_dir,
+                             overlay=overlay)
+    rdir = found.registries_dirs[0] if found.registries_dirs else rootp / registries_d.SYSTEM_DIR.lstrip("/")
+    ppath, doc = found.policy_path, found.policy
+    ns_path = namespace_policy(applied, namespace, policy_dir) if namespace is not None else None
     if ns_path is not None:
-        ppath = ns_path
-    elif policy:
-        ppath = Path(policy)
-    elif str(rootp) == "/" and user_policy.exists():  # c/image reads the user's file first (SPEC §5.1)
-        ppath = user_policy
-    else:
-        ppath = rootp / "etc/containers/policy.json"
-    doc, _ = policyjson.read(ppath)
-    if doc is None:
-        raise PolicyError(f"no policy.json at {ppath}")
-    rdir = Path(registries_dir) if registries_dir else registries_d.effective_dir(str(rootp))
+        ns_doc, _ = policyjson.read(ns_path)
+        if ns_doc is None:
+            raise PolicyError(f"no namespace policy at {ns_path}")
+        ppath, doc = ns_path, ns_doc
     note = ""
     if namespace is not None:
         shown = f"{policy_dir.rstrip('/')}/{namespace}.json"
         note = (f"namespace {namespace}: CRI-O reads {shown}" if ns_path is not None else
                 f"namespace {namespace}: no {shown}, CRI-O falls back to the global policy {ppath}")
-    node = NodeConfig(ppath, doc, rdir, registries_d.load_dir(rdir), rootp, namespace, note)
+    node = NodeConfig(ppath, doc, rdir, found.registries, rootp, namespace, note, files=found)
     # The sidecar describes the policy.json apply manages and the namespace files apply derives from it, no other
     # (an entry only counts while the file judged still holds the scope's insecureAcceptAnything: ops/evaluate.py).
-    if ppath == rootp / POLICY_PATH.lstrip("/") or ns_path is not None:
-        node.audit_scopes = read_audit_scopes(rootp)
+    if ppath == applied / POLICY_PATH.lstrip("/") or ns_path is not None:
+        node.audit_scopes = read_audit_scopes(applied)
     return node
 
 
@@ -259,6 +260,7 @@ def explain(node: NodeConfig, ref_text: str) -> dict[str, Any]:
         out["lookaside_from"] = source if sec is None else f"{source} ({sec.source})"
         out["use_sigstore_attachments"] = node.registries.use_sigstore_attachments(ref)
         out.update(_signature_url(url, ref))
+    out.update(lookup_info(node))
     return out
 
 
@@ -301,6 +303,26 @@ def _signature_url(base: str, ref: reference.Reference) -> dict[str, Any]:
     return out
 
 
+def lookup_info(node: NodeConfig) -> dict[str, Any]:
+    """``lookup`` (which generation, whose view, which files won, which were shadowed) and ``warnings``, the keys
+    ``show``, ``explain`` and ``audit`` add to their JSON (issue 14 item 4)."""
+    if node.files is None:
+        return {"warnings": []}
+    return {"lookup": node.files.describe(), "warnings": list(node.files.warnings)}
+
+
+def lookup_text(node: NodeConfig) -> list[str]:
+    """The same as lines for humans: which policy.json and registries.d files a pull reads, and why."""
+    f = node.files
+    if f is None:
+        return [f"policy.json:  {node.policy_path}"]
+    files = ", ".join(str(p) for p in f.registries_files) or \
+        f"none ({', '.join(str(d) for d in f.registries_dirs) or 'no directory'} has no *.yaml)"
+    return [f"policy.json:  {f.policy_path} ({f.policy_role}; containers/image lookup {f.generation.name!r}: "
+            f"{f.generation.reason}; as {f.viewer.label})",
+            f"registries.d: {files}"]
+
+
 def check(node: NodeConfig, ref_text: str, *, tls_verify: bool = True, cert_dir: str | None = None,
           authfile: str | None = None) -> list[Evaluation]:
     """``explain --check``: REF's decision under this node's files, by the evaluator ``audit`` uses (the tag
@@ -337,7 +359,9 @@ def check_text(evaluations: list[Evaluation]) -> str:
 
 def explain_text(info: dict[str, Any]) -> str:
     lines = [f"reference:   {info['transport']}:{info['reference']}",
-             f"policy:      {info['policy']}",
+             f"policy:      {info['policy']}"
+             + (f"   ({info['lookup']['policy_role']}, lookup {info['lookup']['generation']!r})"
+                if "lookup" in info else ""),
              *([f"namespace:   {info['namespace_note']}"] if "namespace" in info else []),
              f"scope:       {info['scope']}"]
     if "candidates" in info:
@@ -376,4 +400,8 @@ def explain_text(info: dict[str, Any]) -> str:
             for w in info.get("lookaside_warnings", []):
                 lines.append(f"warning:     {w}")
         lines.append(f"sigstore attachments: {'yes' if info['use_sigstore_attachments'] else 'no'}")
+    if "lookup" in info:
+        lk = info["lookup"]
+        lines.append(f"registries.d: {', '.join(lk['registries_d_files']) or '(no *.yaml file)'}")
+        lines.append(f"lookup:      {lk['why']}; as {lk['user']}")
     return "\n".join(lines)

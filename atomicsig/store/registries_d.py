@@ -59,6 +59,10 @@ class RegistriesConfig:
     default_docker: Section | None = None
     docker: dict[str, Section] = field(default_factory=dict)
     files: list[str] = field(default_factory=list)
+    #: whose built-in default applies (``builtinDefaultLookasideStorageDir``: euid 0 → /var/lib/…, else the home's
+    #: ~/.local/share/…); None = this process. Set by :mod:`atomicsig.store.nodefiles` for ``--user``/``--root``.
+    uid: int | None = None
+    home: str | None = None
 
     def lookaside_for(self, ref: Reference, *, write: bool = False, euid: int | None = None) -> tuple[str, str]:
         """(URL, where it came from: a scope, ``default-docker`` or ``built-in default``)."""
@@ -68,10 +72,11 @@ class RegistriesConfig:
                 return sec.url(write), scope
         if self.default_docker is not None and self.default_docker.url(write):
             return self.default_docker.url(write), "default-docker"
-        uid = os.geteuid() if euid is None else euid
+        uid = (os.geteuid() if self.uid is None else self.uid) if euid is None else euid
         if uid == 0:
             return BUILTIN_ROOT_DEFAULT, "built-in default"
-        return f"file://{Path.home()}/.local/share/containers/sigstore", "built-in default"
+        home = self.home if self.home is not None else str(Path.home())
+        return f"file://{home}/.local/share/containers/sigstore", "built-in default"
 
     def use_sigstore_attachments(self, ref: Reference) -> bool:
         for scope in ref.scopes():

@@ -39,9 +39,13 @@ class AutoStore(SignatureStore):
     """
 
     def __init__(self, *, registries_dir: str | os.PathLike[str] | None = None, tls_verify: bool = True,
-                 cert_dir: str | None = None, authfile: str | None = None) -> None:
+                 cert_dir: str | None = None, authfile: str | None = None,
+                 config: registries_d.RegistriesConfig | None = None) -> None:
+        """``config``: registries.d already found and merged by the caller (``audit``: several drop-in
+        directories in the Podman 6 lookup, :mod:`atomicsig.store.nodefiles`); ``registries_dir`` is then only
+        named in :meth:`describe`."""
         directory = Path(registries_dir) if registries_dir else registries_d.effective_dir()
-        self.config = registries_d.load_dir(directory)
+        self.config = config if config is not None else registries_d.load_dir(directory)
         self.registries_dir = directory
         self.tls_verify, self.cert_dir, self.authfile = tls_verify, cert_dir, authfile
 
