@@ -21,7 +21,7 @@ import pysequoia as sq
 import pytest
 from pysequoia import CipherSuite, Profile, SignatureMode, SigningAlgorithm, Tsk
 
-from atomicsig.errors import InputError, SignatureFormatError
+from atomicsig.errors import InputError, PolicyError, SignatureFormatError
 from atomicsig.format import payload, validate
 from atomicsig.gnupg import trusted as nativeverify
 from atomicsig.openpgp import packets as openpgp
@@ -236,6 +236,11 @@ def test_v6_certificate_in_policy_keys(keys: Keys, tmp_path: Path) -> None:
     with nativeverify.NativeTrustedKeys([km["both"].data]) as v:
         assert v.fingerprints == {fpr6, keys.v4_fpr}
         assert v.verify(v6_sign(keys.mldsa65)).signer == fpr6
+    secret = tmp_path / "secret.pgp"
+    secret.write_bytes(bytes(keys.mldsa65))
+    spec = loads(f"keys:\n  s:\n    file: {secret}\ndefault: reject\n", str(tmp_path / "s.yaml"), tmp_path)
+    with pytest.raises(PolicyError, match="holds a SECRET key"):
+        keymaterial.resolve(spec, None)
 
 
 def test_fingerprint_lengths_are_told_apart(keys: Keys, tmp_path: Path) -> None:
@@ -248,3 +253,19 @@ def test_fingerprint_lengths_are_told_apart(keys: Keys, tmp_path: Path) -> None:
     # A v4 fingerprint given where the signature names a v6 key: refused as untrusted, never accepted.
     rc, img = verify(str(tmp_path / "sigstore"), str(keys.dir / "v4.gpg"))
     assert rc == 1 and img["signatures"][0]["reason"].startswith("signed by an untrusted key")
+
+
+def test_v6_certificate_as_sync_trusted_key(keys: Keys, tmp_path: Path) -> None:
+    """sync (and serve) build their verifier from the trusted-keys files with the same factory: a v6 file works."""
+    from atomicsig.sync import daemon
+
+    cert = keys.cert_file(keys.mldsa87, "pq87", armor=True)
+    verifier = daemon._gpg_verifier([Path(cert).read_bytes()])
+    try:
+        fpr = keys.mldsa87.extract_certificate().fingerprint.upper()
+        assert verifier.fingerprints == {fpr}
+        assert verifier.verify(v6_sign(keys.mldsa87)).signer == fpr
+        with pytest.raises(SignatureFormatError, match="signed by an untrusted key"):
+            verifier.verify(v6_sign(keys.ed25519))
+    finally:
+        verifier.close()  # type: ignore[attr-defined]
