@@ -37,7 +37,7 @@ from atomicsig.openpgp.constants import PacketTag, PubkeyAlgo, SigType, Subpacke
 from atomicsig.openpgp.keys import PublicKey, Unsupported
 
 #: Why a GPGME node refuses every v6 signature: GnuPG 2.2 and 2.4 do not read RFC 9580 v6 packets.
-_GNUPG_V6 = "GnuPG (containers/image's GPGME backend) cannot read OpenPGP v6 signatures"
+_GNUPG_V6 = "GnuPG cannot read OpenPGP v6 signatures"
 #: Subpackets whose meaning for a data signature we implement; a critical one of any other type goes to gpg.
 _UNDERSTOOD_SUBPACKETS = frozenset({Subpacket.CREATED, Subpacket.SIG_EXPIRES, Subpacket.ISSUER,
                                     Subpacket.ISSUER_FPR})

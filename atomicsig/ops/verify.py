@@ -141,12 +141,11 @@ class SignatureResult:
 
 
 def backends_note(backends: dict[str, str]) -> str:
-    """The reason's words for a disagreement between the two backends, e.g. "nodes on containers/image's
-    Sequoia backend refuse it: SHA-1 data signature"."""
+    """The reason's words for an accepted signature that one containers/image backend would refuse, e.g. "nodes on
+    containers/image's Sequoia backend refuse it: SHA-1 data signature …" (the accepting one goes without saying)."""
     names = {"gpgme": "GPGME", "sequoia": "Sequoia"}
-    return "; ".join(f"nodes on containers/image's {names.get(b, b)} backend {v.replace(': ', ' it: ', 1)}"
-                     if v.startswith("refuse") else f"nodes on containers/image's {names.get(b, b)} backend {v} it"
-                     for b, v in sorted(backends.items()))
+    return "; ".join(f"nodes on containers/image's {names.get(b, b)} backend refuse it: {v.removeprefix('refuse: ')}"
+                     for b, v in sorted(backends.items()) if v.startswith("refuse"))
 
 
 def missing_signer(signer: str, why: str) -> str:
