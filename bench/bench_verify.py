@@ -8,6 +8,7 @@ process; skopeo is started once per signature, as a shell loop over a directory 
 
 from __future__ import annotations
 
+import resource
 from pathlib import Path
 
 from harness import KEY_TYPES, TARGET_N, BenchError, Context, Row, compare, make_row, run_checked, run_measured, timed
@@ -73,6 +74,9 @@ def run_v6(ctx: Context, n: int = 400) -> list[Row]:
 
             rates = compare(ctx.runs, n, {"atomicsig": ours, "sequoia": engine})
         key_name = label.lower().replace("+", "_").replace("-", "")
-        rows.append(make_row(f"verify.v6.{key_name}.vs_pysequoia", f"verify v6 {label} in process (N={n})", "sig/s",
-                             n, rates["atomicsig"], "pysequoia.verify", rates["sequoia"]))
+        row = make_row(f"verify.v6.{key_name}.vs_pysequoia", f"verify v6 {label} in process (N={n})", "sig/s",
+                       n, rates["atomicsig"], "pysequoia.verify", rates["sequoia"])
+        # Measured in this (the runner's) process: its own peak RSS bounds the verifier's (Linux: KiB).
+        row.peak_mib = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+        rows.append(row)
     return rows

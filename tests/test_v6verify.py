@@ -269,3 +269,18 @@ def test_v6_certificate_as_sync_trusted_key(keys: Keys, tmp_path: Path) -> None:
             verifier.verify(v6_sign(keys.ed25519))
     finally:
         verifier.close()  # type: ignore[attr-defined]
+
+
+def test_backends_disagree_on_key_expired_after_signing(keys: Keys, tmp_path: Path) -> None:
+    """GPGME refuses a signature once its key has expired; Sequoia judges the key at the signature's time and
+    accepts it: a refusal today that a node upgraded to the Sequoia backend would turn into an acceptance."""
+    home = keys.v4_home
+    past = "20200101T000000!"
+    fpr = gen_key(home, "lapsed", "ed25519", expire="1y", faked=past)
+    (tmp_path / "k.gpg").write_bytes(gpg(home, "--export", fpr))
+    blob = sign(home, fpr, faked="20200601T000000!", data=PAYLOAD)
+    rc, img = verify(store(tmp_path, blob), str(tmp_path / "k.gpg"))
+    assert rc == 1
+    sig = img["signatures"][0]
+    assert sig["reason"].endswith("has expired; nodes on containers/image's Sequoia backend accept it"), sig
+    assert sig["backends"]["sequoia"] == "accept" and sig["backends"]["gpgme"].startswith("refuse: ")
