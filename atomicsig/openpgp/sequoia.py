@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -27,6 +28,11 @@ from atomicsig.errors import SignatureFormatError
 from atomicsig.openpgp import keys as pgpkeys
 from atomicsig.openpgp import packets as openpgp
 from atomicsig.openpgp.constants import HashAlgo, PubkeyAlgo
+
+# Sequoia's errors (Rust ``anyhow``) capture a stack backtrace when RUST_BACKTRACE is set, as it is in some
+# developer and CI shells: 2.7 ms instead of 0.05 ms per refused signature, measured. Only the first line of an
+# error is ever used here; RUST_LIB_BACKTRACE (read first by anyhow) turns the capture off unless a user set it.
+os.environ.setdefault("RUST_LIB_BACKTRACE", "0")
 
 __all__ = ["ALGORITHM_NAMES", "V6_SIGNING", "CertInfo", "SequoiaKeys", "Verified", "algorithm_name", "read_certs",
            "unsupported", "without_v6"]
