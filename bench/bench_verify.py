@@ -8,6 +8,7 @@ process; skopeo is started once per signature, as a shell loop over a directory 
 
 from __future__ import annotations
 
+import resource
 from pathlib import Path
 
 from harness import KEY_TYPES, TARGET_N, BenchError, Context, Row, compare, make_row, run_checked, run_measured, timed
@@ -45,4 +46,37 @@ def run(ctx: Context) -> list[Row]:
         rows.append(make_row(f"verify.{kt}.vs_skopeo", f"verify {kt} (M={len(images)})", "sig/s", len(images),
                              rates["atomicsig"], "skopeo standalone-verify loop", rates["skopeo"], ctx=ctx,
                              peak_key=f"verify.{kt}", min_ratio=30 if len(images) >= TARGET_N else None))
+    return rows + run_v6(ctx)
+
+
+def run_v6(ctx: Context, n: int = 400) -> list[Row]:
+    """v6 verification in process (issue 16): atomicsig's verifier (parse gate, then Sequoia) against pysequoia's own
+    ``verify`` on the same ML-DSA-65+Ed25519 and Ed25519 signatures, so the row shows what atomicsig adds on top of
+    the engine. Keys and signatures are made at run time by pysequoia; one thread."""
+    import pysequoia as sq
+
+    from atomicsig.format import payload
+    from atomicsig.gnupg.trusted import NativeTrustedKeys
+
+    rows: list[Row] = []
+    for label, suite in (("ML-DSA-65+Ed25519", sq.CipherSuite.MLDSA65_Ed25519), ("Ed25519", sq.CipherSuite.Cv25519)):
+        key = sq.Tsk.generate("bench <bench@example.com>", profile=sq.Profile.RFC9580, cipher_suite=suite)
+        cert = key.extract_certificate()
+        blobs = [sq.sign(key.signer(), payload.build(IDENTITY, f"sha256:{i:064x}", timestamp=1700000000),
+                         mode=sq.SignatureMode.INLINE, armor=False) for i in range(n)]
+        with NativeTrustedKeys([bytes(cert)]) as verifier:
+
+            def ours(i: int, verifier: NativeTrustedKeys = verifier, blobs: list[bytes] = blobs) -> float:
+                return timed(lambda: [verifier.verify(b) for b in blobs])
+
+            def engine(i: int, cert: sq.Cert = cert, blobs: list[bytes] = blobs) -> float:
+                return timed(lambda: [sq.verify(bytes=b, store=lambda _ids: [cert]) for b in blobs])
+
+            rates = compare(ctx.runs, n, {"atomicsig": ours, "sequoia": engine})
+        key_name = label.lower().replace("+", "_").replace("-", "")
+        row = make_row(f"verify.v6.{key_name}.vs_pysequoia", f"verify v6 {label} in process (N={n})", "sig/s",
+                       n, rates["atomicsig"], "pysequoia.verify", rates["sequoia"])
+        # Measured in this (the runner's) process: its own peak RSS bounds the verifier's (Linux: KiB).
+        row.peak_mib = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+        rows.append(row)
     return rows

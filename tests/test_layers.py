@@ -39,6 +39,7 @@ CONFINED: dict[str, tuple[set[str], str]] = {
     "urllib3": ({"net"}, "one HTTP fetcher: every HTTP client goes through net/"),
     "cheroot": ({"net"}, "one hardened HTTP server: net/httpd.py"),
     "gnupg": ({"gnupg"}, "python-gnupg is used by the gnupg layer only"),
+    "pysequoia": ({"openpgp"}, "one OpenPGP engine binding: openpgp/sequoia.py (and its signing sibling) only"),
     "subprocess": ({"gnupg", "demo"},
                    "gpg and gpg-agent are run by the gnupg layer only (the demo also starts a registry and skopeo)"),
 }

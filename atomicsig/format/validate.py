@@ -32,6 +32,8 @@ UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 _KEY_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 _NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 _FINGERPRINT = re.compile(r"(0x)?[0-9A-Fa-f]{40}")
+#: An OpenPGP v6 fingerprint (RFC 9580 §5.5.4.3: SHA-256, 32 octets).
+V6_FINGERPRINT = re.compile(r"(0[xX])?[0-9A-Fa-f]{64}")
 #: RFC 5322 dot-atom local part (no quoted strings: gpg and c/image tooling handle those poorly).
 _LOCAL = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
 _HOSTNAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*")
@@ -108,8 +110,15 @@ def check_file_name(field: str, value: str) -> str:
 
 
 def check_fingerprint(field: str, value: str) -> str:
-    """40 hex digits (v4 OpenPGP fingerprint), optional ``0x``; returns it uppercase without the prefix."""
-    _common(field, value, 42)
+    """40 hex digits (v4 OpenPGP fingerprint), optional ``0x``; returns it uppercase without the prefix.
+
+    A 64-hex value is a v6 (RFC 9580) fingerprint: refused with that said, since a fingerprint is looked up in a
+    GnuPG keyring, which cannot hold v6 keys — such a key is given as its certificate file (issue 16).
+    """
+    _common(field, value, 66)
+    if V6_FINGERPRINT.fullmatch(value):
+        raise InputError(f"{field}: {value!r} is a 64-hex OpenPGP v6 fingerprint; GnuPG keyrings cannot hold v6 "
+                         "keys: give the v6 certificate as a file")
     if not _FINGERPRINT.fullmatch(value):
         raise InputError(f"{field}: fingerprint must be 40 hex digits, not {value!r}")
     return value.upper().removeprefix("0X")

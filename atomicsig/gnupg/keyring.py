@@ -449,6 +449,17 @@ class GPGVerification:
     payload: bytes
     signer: str  # primary key fingerprint, uppercase
     signing_key: str  # the (sub)key that made the signature
+    #: Set when containers/image's two backends would decide differently (issue 16 #5): backend name
+    #: ("gpgme", "sequoia") -> "accept" or "refuse: <why>".
+    backends: dict[str, str] | None = None
+
+
+class BackendsDisagree(SignatureFormatError):
+    """A refused signature that the other containers/image backend would accept; ``backends`` says which."""
+
+    def __init__(self, message: str, backends: dict[str, str]) -> None:
+        super().__init__(message)
+        self.backends = backends
 
 
 class TrustedKeys:

@@ -17,6 +17,8 @@ those, skopeo does not (SPEC §1.3, :func:`openpgp.parse_message`).
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import os
 import threading
 import time
@@ -27,12 +29,15 @@ from dataclasses import dataclass
 from atomicsig.errors import SignatureFormatError
 from atomicsig.format.blob import simple_signing_body
 from atomicsig.gnupg import colons
-from atomicsig.gnupg.keyring import GPGVerification, TrustedKeys
+from atomicsig.gnupg.keyring import BackendsDisagree, GPGVerification, TrustedKeys
 from atomicsig.openpgp import keys as pgpkeys
 from atomicsig.openpgp import packets as openpgp
+from atomicsig.openpgp import sequoia
 from atomicsig.openpgp.constants import PacketTag, PubkeyAlgo, SigType, Subpacket
 from atomicsig.openpgp.keys import PublicKey, Unsupported
 
+#: Why a GPGME node refuses every v6 signature: GnuPG 2.2 and 2.4 do not read RFC 9580 v6 packets.
+_GNUPG_V6 = "GnuPG cannot read OpenPGP v6 signatures"
 #: Subpackets whose meaning for a data signature we implement; a critical one of any other type goes to gpg.
 _UNDERSTOOD_SUBPACKETS = frozenset({Subpacket.CREATED, Subpacket.SIG_EXPIRES, Subpacket.ISSUER,
                                     Subpacket.ISSUER_FPR})
@@ -98,9 +103,17 @@ def _key_table(listing: list[colons.ListedKey], exported: bytes) -> tuple[dict[s
 class NativeTrustedKeys:
     """Drop-in for :class:`gpg.TrustedKeys` that verifies common signatures in process (see module docstring)."""
 
-    def __init__(self, keyring_blobs: Iterable[bytes], *, clock: Callable[[], float] = time.time) -> None:
-        self._gpg = TrustedKeys(keyring_blobs)
-        self.fingerprints: frozenset[str] = self._gpg.fingerprints
+    def __init__(self, keyring_blobs: Iterable[bytes], *, clock: Callable[[], float] = time.time,
+                 backends: bool = False) -> None:
+        blobs = list(keyring_blobs)
+        #: Ask Sequoia's opinion on v4 signatures too, to report where c/image's backends disagree (``verify``).
+        #: Off by default: it about halves the v4 rate (docs/performance.md), and serve/sync report no backends.
+        self.backends = backends
+        self._gpg = TrustedKeys([sequoia.without_v6(b) for b in blobs])
+        # Every certificate Sequoia reads: the v6 ones (GnuPG cannot hold them) are trusted through it alone; the
+        # v4 ones only give Sequoia's second opinion, gpg stays their authority (issue 16, docs/architecture.md).
+        self._sequoia = sequoia.SequoiaKeys(blobs)
+        self.fingerprints: frozenset[str] = self._gpg.fingerprints | self._sequoia.v6_fingerprints
         self._clock = clock
         self._lock = threading.Lock()
         self.fallbacks = 0
@@ -118,7 +131,7 @@ class NativeTrustedKeys:
 
     @property
     def digest(self) -> str:
-        return self._gpg.digest
+        return hashlib.sha256(",".join(sorted(self.fingerprints)).encode()).hexdigest()
 
     def close(self) -> None:
         self._gpg.close()
@@ -130,7 +143,12 @@ class NativeTrustedKeys:
         self.close()
 
     def verify(self, blob: bytes) -> GPGVerification:
-        """Same contract as :meth:`gpg.TrustedKeys.verify`: the verified payload and signer, or SignatureFormatError."""
+        """Same contract as :meth:`gpg.TrustedKeys.verify`: the verified payload and signer, or SignatureFormatError.
+
+        v4 (and v3) signatures: GPGME's verdict (in process or by gpg), with Sequoia's second opinion attached
+        when it differs. v6 signatures: Sequoia's verdict alone — GnuPG cannot read them, so a GPGME node refuses
+        every one, and the result says so. Another version or algorithm is one refused signature, named.
+        """
         if not self.fingerprints:
             raise SignatureFormatError("no public keys imported")
         body = simple_signing_body(blob)
@@ -138,10 +156,40 @@ class NativeTrustedKeys:
             # Not one message with one signature (trailing bytes, a second message or signature): refused here,
             # never handed to gpg, which would accept some of these (SPEC §1.3, openpgp.parse_message).
             msg = openpgp.parse_message(body)
+            sig = msg.signatures[0]
+            not_supported = sequoia.unsupported(sig)
+            if not_supported:
+                raise SignatureFormatError(not_supported)
         except SignatureFormatError:
             with self._lock:
                 self.native += 1
             raise
+        if sig.version == 6:
+            return self._verify_v6(body, sig)
+        try:
+            result = self._verify_gpgme(blob, msg)
+        except SignatureFormatError as exc:
+            if self.backends and self._sequoia.refusal(body, sig, int(self._clock())) is None:
+                raise BackendsDisagree(f"{exc.message}; nodes on containers/image's Sequoia backend accept it",
+                                       {"gpgme": f"refuse: {exc.message}", "sequoia": "accept"}) from exc
+            raise
+        why = self._sequoia.refusal(body, sig, int(self._clock())) if self.backends else None
+        if why is not None:
+            result = dataclasses.replace(result, backends={"gpgme": "accept", "sequoia": f"refuse: {why}"})
+        return result
+
+    def _verify_v6(self, body: bytes, sig: openpgp.SignatureInfo) -> GPGVerification:
+        """Sequoia decides (issue 16 #1); the signer must be one of the trusted v6 certificates."""
+        with self._lock:
+            self.native += 1
+        done = self._sequoia.verify(body, sig, int(self._clock()))
+        if done.signer not in self._sequoia.v6_fingerprints:
+            raise SignatureFormatError(f"signed by an untrusted key {done.signer}")
+        return GPGVerification(payload=done.payload, signer=done.signer, signing_key=done.signing_key,
+                               backends={"gpgme": f"refuse: {_GNUPG_V6}", "sequoia": "accept"})
+
+    def _verify_gpgme(self, blob: bytes, msg: openpgp.SignedMessage) -> GPGVerification:
+        """GPGME's verdict: in process when the shape is the common one, else by the gpg process."""
         try:
             result = self._verify_native(msg)
         except (_Delegate, ValueError, IndexError, Unsupported) as why:
@@ -291,8 +339,9 @@ def _expired(validity: str, expires: int | None, now: int) -> bool:
     return validity == "e" or (expires is not None and expires <= now)
 
 
-def trusted_keys(keyring_blobs: Iterable[bytes]) -> NativeTrustedKeys | TrustedKeys:
-    """The verifier for trusted keys: in process, unless ``ATOMICSIG_VERIFIER=gpg`` asks for one gpg per signature."""
+def trusted_keys(keyring_blobs: Iterable[bytes], *, backends: bool = False) -> NativeTrustedKeys | TrustedKeys:
+    """The verifier for trusted keys: in process, unless ``ATOMICSIG_VERIFIER=gpg`` asks for one gpg per signature
+    (that reference path knows v4 keys only). ``backends``: see :attr:`NativeTrustedKeys.backends`."""
     if os.environ.get("ATOMICSIG_VERIFIER", "").strip().lower() == "gpg":
         return TrustedKeys(keyring_blobs)
-    return NativeTrustedKeys(keyring_blobs)
+    return NativeTrustedKeys(keyring_blobs, backends=backends)

@@ -248,7 +248,7 @@ _KEY_FILE_SUFFIXES = (".gpg", ".asc", ".pub")
 
 
 def _is_fingerprint(spec: str) -> bool:
-    return bool(re.fullmatch(r"(0[xX])?([0-9A-Fa-f]{40}|[0-9A-Fa-f]{16})", spec))
+    return bool(re.fullmatch(r"(0[xX])?([0-9A-Fa-f]{64}|[0-9A-Fa-f]{40}|[0-9A-Fa-f]{16})", spec))
 
 
 def key_file(spec: str) -> Path | None:
@@ -277,6 +277,9 @@ def trusted_key_blobs(keys: Sequence[str], gnupghome: str | None) -> list[bytes]
         p = key_file(k)
         if p is not None:
             blobs.append(p.read_bytes())
+        elif validate.V6_FINGERPRINT.fullmatch(k):
+            raise InputError(f"--key {k}: a 64-hex OpenPGP v6 fingerprint cannot name a key in a GnuPG keyring "
+                             "(GnuPG cannot hold v6 keys); give the v6 certificate file")
         else:
             names.append(k)
     if names:
@@ -379,7 +382,7 @@ def open_signers(keys: Sequence[str], gnupghome: str | None, passphrase: str | N
 def trusted_verifier(keys: Sequence[str], gnupghome: str | None) -> Iterator[NativeTrustedKeys | TrustedKeys]:
     """A verifier trusting the public keys ``--key FPR|EMAIL|FILE`` names (``verify``); at least one is required,
     since a verifier trusting nothing would report every image "rejected" instead of the mistake."""
-    with trusted_keys(trusted_key_blobs(keys, gnupghome)) as trusted:
+    with trusted_keys(trusted_key_blobs(keys, gnupghome), backends=True) as trusted:
         if not trusted.fingerprints:
             raise InputError("no public keys found in the given --key values")
         yield trusted

@@ -48,6 +48,7 @@ __all__ = [
     "SignatureResult",
     "SignerOutcome",
     "Verifier",
+    "backends_note",
     "check_signature",
     "exit_code",
     "identity_matcher",
@@ -128,9 +129,23 @@ class SignatureResult:
     identity: str | None = None
     digest: str | None = None
     timestamp: int | None = None
+    #: Only when containers/image's GPGME and Sequoia backends would decide differently (issue 16 #5), e.g.
+    #: ``{"gpgme": "accept", "sequoia": "refuse: SHA-1 data signature …"}``: what changes at a node upgrade.
+    backends: dict[str, str] | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        out = dict(self.__dict__)
+        if out["backends"] is None:
+            del out["backends"]
+        return out
+
+
+def backends_note(backends: dict[str, str]) -> str:
+    """The reason's words for an accepted signature that one containers/image backend would refuse, e.g. "nodes on
+    containers/image's Sequoia backend refuse it: SHA-1 data signature …" (the accepting one goes without saying)."""
+    names = {"gpgme": "GPGME", "sequoia": "Sequoia"}
+    return "; ".join(f"nodes on containers/image's {names.get(b, b)} backend refuse it: {v.removeprefix('refuse: ')}"
+                     for b, v in sorted(backends.items()) if v.startswith("refuse"))
 
 
 def missing_signer(signer: str, why: str) -> str:
@@ -215,7 +230,9 @@ def check_signature(sig: StoredSignature, verifier: Verifier, intended: Referenc
         claimed = payload.parse(verified.payload)
     except SignatureFormatError as exc:
         res.reason = exc.message
+        res.backends = getattr(exc, "backends", None)
         return res
+    res.backends = getattr(verified, "backends", None)
     res.identity, res.digest, res.timestamp = claimed.docker_reference, claimed.manifest_digest, claimed.timestamp
     if claimed.manifest_digest != digest:
         res.reason = f"signature is for digest {claimed.manifest_digest}, not {digest}"
@@ -225,6 +242,8 @@ def check_signature(sig: StoredSignature, verifier: Verifier, intended: Referenc
                      f"{intended} ({matcher.describe()})"
         return res
     res.accepted, res.reason = True, "accepted"
+    if res.backends:
+        res.reason = f"accepted; {backends_note(res.backends)}"
     return res
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from atomicsig.errors import AtomicsigError, PolicyError
 from atomicsig.gnupg import keyring as gpg
+from atomicsig.openpgp import sequoia
 from atomicsig.policy.schema import KeyDecl, PolicySpec
 
 EXPIRY_WARNING_SECONDS = 30 * 86400
@@ -60,6 +61,7 @@ def resolve(spec: PolicySpec, gnupghome: str | None, only: set[str] | None = Non
     user = gpg.Keyring(gnupghome) if any(d.kind == "fingerprint" for d in openpgp) else None
     with gpg.temporary_home() as tmp:
         fprs_of: dict[str, list[str]] = {}
+        v6_of: dict[str, list[sequoia.CertInfo]] = {}
         for d in openpgp:
             if d.kind == "file":
                 try:
@@ -73,8 +75,16 @@ def resolve(spec: PolicySpec, gnupghome: str | None, only: set[str] | None = Non
                 except AtomicsigError as exc:
                     raise PolicyError(f"{_where(spec, d)}: fingerprint {d.value} not found in "
                                       f"{user.describe()} ({exc.message})") from exc
+            # v6 certificates (RFC 9580) are kept as Sequoia read them: GnuPG cannot import them, and c/image's
+            # Sequoia backend reads them from the same keyPath file (issue 16 #1). The rest goes through gpg.
+            certs = sequoia.read_certs(blob) if d.kind == "file" else []
+            v6_of[d.name] = [c for c in certs if c.version == 6]
+            if any(c.secret for c in v6_of[d.name]):
+                raise PolicyError(f"{_where(spec, d)}: {d.value} holds a SECRET key; give the public key only")
+            if v6_of[d.name]:
+                blob = b"".join(c.data for c in certs if c.version != 6)
             try:
-                fprs = [f.upper() for f in tmp.import_keys(blob)]
+                fprs = [f.upper() for f in tmp.import_keys(blob)] if blob or not v6_of[d.name] else []
             except AtomicsigError as exc:
                 raise PolicyError(f"{_where(spec, d)}: {d.value} is not an OpenPGP public key") from exc
             if d.kind == "fingerprint":
@@ -87,10 +97,12 @@ def resolve(spec: PolicySpec, gnupghome: str | None, only: set[str] | None = Non
             if secret & set(fprs) and d.kind == "file":
                 raise PolicyError(f"{_where(spec, d)}: {d.value} holds a SECRET key; give the public key only")
             infos = [listed[f] for f in fprs if f in listed]
-            expiries = [k.expires for k in infos if k.expires]
-            data = tmp.export_public(fprs, armor=False)
-            out[d.name] = KeyMaterial(d.name, d.kind, data, tuple(fprs),
-                                      tuple(u for k in infos for u in k.uids), min(expiries) if expiries else None)
+            v6 = v6_of[d.name]
+            expiries = [k.expires for k in infos if k.expires] + [c.expires for c in v6 if c.expires]
+            data = (tmp.export_public(fprs, armor=False) if fprs else b"") + b"".join(c.data for c in v6)
+            out[d.name] = KeyMaterial(d.name, d.kind, data, tuple(fprs) + tuple(c.fingerprint for c in v6),
+                                      tuple(u for k in infos for u in k.uids) + tuple(u for c in v6 for u in c.uids),
+                                      min(expiries) if expiries else None)
     return out
 
 
