@@ -15,6 +15,7 @@ from pathlib import Path
 
 from atomicsig.errors import AtomicsigError, PolicyError
 from atomicsig.gnupg import keyring as gpg
+from atomicsig.openpgp import sqgen
 from atomicsig.policy.schema import KeyDecl, PolicySpec
 
 EXPIRY_WARNING_SECONDS = 30 * 86400
@@ -28,6 +29,7 @@ class KeyMaterial:
     fingerprints: tuple[str, ...] = ()
     uids: tuple[str, ...] = ()
     expires: int | None = None  # earliest primary-key expiry (epoch seconds) among the fingerprints
+    versions: tuple[int, ...] = ()  # OpenPGP version of each primary key (4, or 6 for RFC 9580 keys); () for cosign
 
     def warnings(self, now: float | None = None) -> list[str]:
         if self.expires is None:
@@ -55,6 +57,11 @@ def resolve(spec: PolicySpec, gnupghome: str | None, only: set[str] | None = Non
     for d in decls:
         if not d.openpgp:
             out[d.name] = _cosign(spec, d)
+        elif d.kind == "file":
+            v6 = _v6_file(spec, d)
+            if v6 is not None:
+                out[d.name] = v6
+    openpgp = [d for d in openpgp if d.name not in out]
     if not openpgp:
         return out
     user = gpg.Keyring(gnupghome) if any(d.kind == "fingerprint" for d in openpgp) else None
@@ -90,8 +97,38 @@ def resolve(spec: PolicySpec, gnupghome: str | None, only: set[str] | None = Non
             expiries = [k.expires for k in infos if k.expires]
             data = tmp.export_public(fprs, armor=False)
             out[d.name] = KeyMaterial(d.name, d.kind, data, tuple(fprs),
-                                      tuple(u for k in infos for u in k.uids), min(expiries) if expiries else None)
+                                      tuple(u for k in infos for u in k.uids), min(expiries) if expiries else None,
+                                      (4,) * len(fprs))
     return out
+
+
+def _v6_file(spec: PolicySpec, d: KeyDecl) -> KeyMaterial | None:
+    """A key file holding an OpenPGP v6 (RFC 9580) key, read with Sequoia; None for a v4-only file (gpg reads it).
+
+    Why not gpg: GnuPG 2.2 refuses the whole file as soon as one key in it is v6 ("packet(6) with unknown
+    version 6 ... import failed: Invalid keyring", measured with gpg 2.2.40), v4 keys in the same file included;
+    that is also what GPGME-based skopeo/podman do with such a keyring (docs/policy.md, "v4 and v6 keys").
+    """
+    try:
+        blob = Path(d.value).read_bytes()
+    except OSError as exc:
+        raise PolicyError(f"{_where(spec, d)}: cannot read {d.value}: {exc.strerror or exc}") from exc
+    try:
+        versions = sqgen.primary_key_versions(sqgen.dearmor(blob))
+    except AtomicsigError:
+        return None  # not even packets: the gpg path reports it as "not an OpenPGP public key"
+    if 6 not in versions.values():
+        return None
+    try:
+        infos = sqgen.cert_info(blob)
+    except AtomicsigError as exc:
+        raise PolicyError(f"{_where(spec, d)}: {d.value} is not an OpenPGP public key ({exc.message})") from exc
+    if any(i.secret for i in infos):
+        raise PolicyError(f"{_where(spec, d)}: {d.value} holds a SECRET key; give the public key only")
+    expiries = [i.expires for i in infos if i.expires]
+    return KeyMaterial(d.name, d.kind, sqgen.public_keyring(blob), tuple(i.fingerprint for i in infos),
+                       tuple(u for i in infos for u in i.uids), min(expiries) if expiries else None,
+                       tuple(i.version for i in infos))
 
 
 def _cosign(spec: PolicySpec, d: KeyDecl) -> KeyMaterial:
