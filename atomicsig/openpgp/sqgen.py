@@ -39,6 +39,7 @@ __all__ = [
     "PROFILES",
     "CertInfo",
     "GeneratedKey",
+    "UnlockedKey",
     "armor",
     "cert_info",
     "dearmor",
@@ -50,6 +51,7 @@ __all__ = [
     "public_keyring",
     "public_part",
     "sign_message",
+    "unlock",
 ]
 
 #: ``profile:`` of a signers file -> the key version it makes (RFC 4880 keys are v4, RFC 9580 keys v6).
@@ -225,39 +227,63 @@ def armor(data: bytes, *, secret: bool) -> bytes:
     return pysequoia.armor(data, kind).encode()
 
 
-def sign_message(secret: bytes, passphrase: str | None, data: bytes) -> bytes:
-    """``data`` as one binary inline-signed message (one-pass signature, literal data, signature).
+class UnlockedKey:
+    """A secret key opened once (the S2K derivation costs ~0.1-0.3 s), then signing many payloads in ~0.3 ms
+    (Ed25519) to ~3 ms (ML-DSA-65+Ed25519) each; usable from several threads (measured: 4 threads x 50
+    signatures, each verified by Sequoia)."""
 
-    The layout containers/image's Sequoia signer writes (``Message`` -> ``Signer`` -> ``LiteralWriter`` in
-    podman-sequoia's ``sign``): no compression, a binary literal packet, signed by the key's signing-capable
-    (sub)key valid now under Sequoia's standard policy.
-    """
+    def __init__(self, signer: pysequoia.PySigner, fingerprint: str) -> None:
+        self._signer = signer
+        self.fingerprint = fingerprint
+
+    def __repr__(self) -> str:  # never the key
+        return f"UnlockedKey(fingerprint={self.fingerprint!r})"
+
+    def sign(self, data: bytes) -> bytes:
+        """``data`` as one binary inline-signed message (one-pass signature, literal data, signature).
+
+        The layout containers/image's Sequoia signer writes (``Message`` -> ``Signer`` -> ``LiteralWriter`` in
+        podman-sequoia's ``sign``): no compression, a binary literal packet, signed by the key's
+        signing-capable (sub)key valid now under Sequoia's standard policy.
+        """
+        try:
+            return bytes(pysequoia.sign(self._signer, data, mode=pysequoia.SignatureMode.INLINE,
+                                        armor=False))
+        except Exception as exc:
+            raise InputError(f"Sequoia could not sign with key {self.fingerprint}: {_first_line(exc)}") from None
+
+
+def unlock(secret: bytes, passphrase: str | None) -> UnlockedKey:
+    """Open ``secret`` (a transferable secret key) for signing; PassphraseError if the passphrase is missing or
+    wrong. A passphrase given for an unprotected key is ignored, as gpg's loopback passphrase is (one
+    ``--passphrase-file`` may serve several ``--key``)."""
     try:
         tsk = pysequoia.Tsk.from_bytes(secret)
     except Exception as exc:
         raise InputError(f"unreadable secret key: {_first_line(exc)}") from None
+    fpr = tsk.extract_certificate().fingerprint.upper()
     try:
         try:
             signer = tsk.signer(passphrase)
         except Exception as exc:
-            # An unprotected key with a passphrase given (one --passphrase-file for several --key): sign, as gpg
-            # does with its loopback passphrase for a key that has none.
             if passphrase is None or "not encrypted" not in _first_line(exc):
                 raise
             signer = tsk.signer(None)
     except Exception as exc:
         # Sequoia names a wrong passphrase by its symptom (a failed checksum, a short read after decryption).
-        reason, fpr = _first_line(exc), tsk.extract_certificate().fingerprint.upper()
+        reason = _first_line(exc)
         if passphrase is not None:
             raise PassphraseError(f"key {fpr} does not open with the given passphrase ({reason})") from None
         if any(w in reason.lower() for w in ("password", "decrypt", "encrypted")):
             raise PassphraseError(f"key {fpr} needs a passphrase (give it with --passphrase-file or "
                                   "--passphrase-env)") from None
         raise InputError(f"key {fpr} cannot sign: {reason}") from None
-    try:
-        return bytes(pysequoia.sign(signer, data, mode=pysequoia.SignatureMode.INLINE, armor=False))
-    except Exception as exc:
-        raise InputError(f"Sequoia could not sign: {_first_line(exc)}") from None
+    return UnlockedKey(signer, fpr)
+
+
+def sign_message(secret: bytes, passphrase: str | None, data: bytes) -> bytes:
+    """:func:`unlock` then :meth:`UnlockedKey.sign`, for one message."""
+    return unlock(secret, passphrase).sign(data)
 
 
 def issuer(message: bytes) -> str | None:
