@@ -362,3 +362,32 @@ def test_sequoia_signer_unlocks_once_per_run(monkeypatch: pytest.MonkeyPatch, tm
     assert [pysequoia.verify(bytes=b, store=lambda ids: [cert]).bytes for b in blobs] == \
         [f"payload {i}".encode() for i in range(5)]
     assert signer.signing_key in stored.info.key_fingerprints and signer.signing_key != signer.fingerprint
+
+
+def test_v6_fingerprint_where_gnupg_expects_v4_is_a_clear_error(homes, cli) -> None:  # type: ignore[no-untyped-def]
+    """``keys delete`` works on GnuPG homes (40-hex fingerprints): a 64-hex v6 one says why it cannot be there;
+    a 40-hex fingerprint nobody has is "no key", in the Sequoia home too."""
+    v6 = _keys(homes["first"])["modern@example.com"]["fingerprint"]
+    code, _, err = cli("keys", "delete", v6, "--yes", "--gnupghome", str(homes["gnupg"]))
+    assert code == 2 and "OpenPGP v6 fingerprint" in err and "GnuPG homes cannot hold v6 keys" in err, err
+    code, _, err = cli("keys", "export", "AB" * 20, "--gnupghome", str(homes["gnupg"]),
+                       "--sequoia-home", str(homes["sq"]))
+    assert code == 2 and "no key" in err.lower(), err
+    code, _, err = cli("keys", "export", "AB" * 32, "--gnupghome", str(homes["gnupg"]),
+                       "--sequoia-home", str(homes["sq"]))
+    assert code == 2 and "Sequoia home" in err, err
+
+
+def test_an_unreadable_file_in_the_shared_cert_store_does_not_hide_the_keys(tmp_path: Path) -> None:
+    """pgp.cert.d is shared with sq and other tools: a file that is not a certificate is skipped, not fatal."""
+    from atomicsig.keystore.sequoia_home import SequoiaHome
+
+    home = SequoiaHome(tmp_path / "sq")
+    key = sqgen.generate("C <c@example.com>", profile="rfc9580", algorithm="ed25519", validity_seconds=None)
+    home.store(key)
+    junk = home.certd / "ff" / ("0" * 62)
+    junk.parent.mkdir()
+    junk.write_bytes(b"not a certificate")
+    (home.softkeys / "notes.pgp").write_bytes(b"\x00garbage")
+    assert [k.info.fingerprint for k in home.list_keys()] == [key.fingerprint]
+    assert home.resolve("c@example.com", secret=True).secret_path == home.softkey_path(key.fingerprint)

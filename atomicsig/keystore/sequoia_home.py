@@ -96,13 +96,13 @@ class SequoiaHome:
             makedirs(path.parent, 0o755)
             atomic_write(path, public, 0o644)
 
-    def keys(self, *, secret: bool = False) -> list[StoredKey]:
+    def list_keys(self, *, secret: bool = False) -> list[StoredKey]:
         """Every key of the home: the certificates of ``pgp.cert.d``, and keys only in the soft-key store."""
         secrets: dict[str, Path] = {}
         if self.softkeys.is_dir():
             for p in sorted(self.softkeys.iterdir()):
                 if p.suffix in (".pgp", ".asc") and p.is_file() and not p.is_symlink():
-                    for info in sqgen.cert_info(_read(p)):
+                    for info in _infos(p):
                         secrets.setdefault(info.fingerprint, p)
         out: dict[str, StoredKey] = {}
         if self.certd.is_dir():
@@ -112,12 +112,11 @@ class SequoiaHome:
                 for f in sorted(d.iterdir()):
                     if not re.fullmatch(r"[0-9a-f]{38}|[0-9a-f]{62}", f.name) or not f.is_file():
                         continue
-                    for info in sqgen.cert_info(_read(f)):
+                    for info in _infos(f):
                         out[info.fingerprint] = StoredKey(info, secrets.get(info.fingerprint))
         for fpr, p in secrets.items():
             if fpr not in out:
-                info = sqgen.cert_info(_read(p))[0]
-                out[fpr] = StoredKey(info, p)
+                out[fpr] = StoredKey(next(i for i in _infos(p) if i.fingerprint == fpr), p)
         found = sorted(out.values(), key=lambda k: (k.info.created, k.info.fingerprint))
         return [k for k in found if k.secret_path is not None] if secret else found
 
@@ -127,7 +126,7 @@ class SequoiaHome:
         Several matching keys for an e-mail: the newest usable one, as ``keys rotate`` leaves them.
         """
         m = _HEX.fullmatch(spec)
-        candidates = self.keys(secret=secret)
+        candidates = self.list_keys(secret=secret)
         if m:
             fpr = m.group(1).upper()
             hit = [k for k in candidates if fpr in k.info.key_fingerprints]
@@ -146,6 +145,18 @@ class SequoiaHome:
     def public_key(self, stored: StoredKey) -> bytes:
         path = self.cert_path(stored.info.fingerprint)
         return _read(path) if path.is_file() else sqgen.public_part(self.secret_key(stored))
+
+
+def _infos(path: Path) -> list[sqgen.CertInfo]:
+    """The keys in one file of the home; [] for a file that is not an OpenPGP key.
+
+    Why skip rather than fail: the store is shared with sq and other tools (draft-nwjw-openpgp-cert-d), so a
+    file atomicsig cannot read must not stop ``sign`` or ``keys list`` from finding the keys it can.
+    """
+    try:
+        return sqgen.cert_info(_read(path))
+    except InputError:
+        return []
 
 
 def _read(path: Path) -> bytes:

@@ -587,7 +587,7 @@ def export_rotated(keyring: Keyring, results: list[RotateResult], export_dir: st
 def sequoia_keys(sequoia_home: str | None, *, secret: bool = False) -> list[tuple[KeyInfo, int]]:
     """``keys list`` of a Sequoia home: each key as gpg's listing would show it, with its OpenPGP version."""
     home = SequoiaHome(sequoia_home)
-    return [(sequoia_key_info(k), k.info.version) for k in home.keys(secret=secret)]
+    return [(sequoia_key_info(k), k.info.version) for k in home.list_keys(secret=secret)]
 
 
 def export_keys(keys: Sequence[str], gnupghome: str | None, sequoia_home: str | None, *, secret: bool,
@@ -640,6 +640,9 @@ def deletion_targets(keyring: Keyring, keys: Sequence[str]) -> list[KeyInfo]:
     present in the keyring, expired and revoked keys included (a retired key is what one usually deletes;
     ``resolve`` skips unusable keys). Every check runs before anything is deleted or confirmed."""
     for k in keys:
+        if re.fullmatch(r"(0x)?[0-9A-Fa-f]{64}", k):
+            raise InputError(f"{k} is an OpenPGP v6 fingerprint: GnuPG homes cannot hold v6 keys, and keys delete "
+                             "works on GnuPG homes only (remove a Sequoia-home key with sq, docs/keys-sequoia.md)")
         if not re.fullmatch(r"(0x)?[0-9A-Fa-f]{40}", k):
             raise InputError(f"delete needs a full 40-hex fingerprint, not {k!r}")
     listed = {k.fingerprint.upper(): k for k in keyring.list_keys()}
