@@ -391,3 +391,38 @@ def test_an_unreadable_file_in_the_shared_cert_store_does_not_hide_the_keys(tmp_
     (home.softkeys / "notes.pgp").write_bytes(b"\x00garbage")
     assert [k.info.fingerprint for k in home.list_keys()] == [key.fingerprint]
     assert home.resolve("c@example.com", secret=True).secret_path == home.softkey_path(key.fingerprint)
+
+
+def test_an_expired_key_does_not_count_as_the_signers_key(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """``keys generate`` finds a signer's key again by e-mail, like GnuPG only among usable keys: once the key
+    has expired, the next run makes a new one instead of reporting the dead one as "exists"."""
+    import time
+
+    from atomicsig.keystore.sequoia_home import SequoiaHome
+
+    home = SequoiaHome(tmp_path / "sq")
+    old = sqgen.generate("E <e@example.com>", profile="rfc9580", algorithm="ed25519", validity_seconds=1)
+    home.store(old)
+    time.sleep(2.1)
+    f = tmp_path / "s.yaml"
+    f.write_text("keys: [{name: E, email: e@example.com, profile: rfc9580}]\n")
+    code, out, err = cli("keys", "generate", "-f", str(f), "--sequoia-home", str(tmp_path / "sq"), "--json")
+    assert code == 0, err
+    made = json.loads(out)["keys"][0]
+    assert made["status"] == "created" and made["fingerprint"] != old.fingerprint
+    assert home.resolve("e@example.com", secret=True).info.fingerprint == made["fingerprint"]
+    assert home.resolve(old.fingerprint, secret=True).info.fingerprint == old.fingerprint  # still there by fpr
+
+
+def test_without_sequoia_home_a_key_gnupg_lacks_is_found_in_the_default_home(homes, cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """No --sequoia-home: GnuPG is asked first, then the default Sequoia home ($SEQUOIA_HOME here); a key in
+    neither is reported as missing from both."""
+    store = tmp_path / "store"
+    env = {"SEQUOIA_HOME": str(homes["sq"])}
+    base = ("--gnupghome", str(homes["gnupg"]), "--sigstore", str(store))
+    code, _, err = cli("sign", "--key", "pq87@example.com", *base, IMAGE, env=env)
+    assert code == 0, err
+    code, _, err = cli("sign", "--key", "nobody@example.com", *base, IMAGE, env=env)
+    assert code == 2 and "nobody@example.com" in err and "nor in the Sequoia home" in err, err
+    code, out, err = cli("keys", "list", "--gnupghome", str(homes["gnupg"]), "--json", env=env)
+    assert code == 0 and {k["keystore"] for k in json.loads(out)["keys"]} == {"gnupg", "sequoia"}, err

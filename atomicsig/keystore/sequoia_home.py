@@ -123,16 +123,20 @@ class SequoiaHome:
     def resolve(self, spec: str, *, secret: bool = False) -> StoredKey:
         """The one usable key ``spec`` names: a 40/64-hex fingerprint (primary or subkey) or an e-mail.
 
-        Several matching keys for an e-mail: the newest usable one, as ``keys rotate`` leaves them.
+        An e-mail names the newest usable (not revoked, not expired) key with it, as GnuPG's lookup does; a
+        fingerprint names its key whatever its state (the caller asked for exactly that one).
         """
+        import time
+
         m = _HEX.fullmatch(spec)
         candidates = self.list_keys(secret=secret)
         if m:
             fpr = m.group(1).upper()
             hit = [k for k in candidates if fpr in k.info.key_fingerprints]
         else:
-            email = spec.strip("<>").lower()
-            hit = [k for k in candidates if not k.info.revoked and any(_email(u) == email for u in k.info.uids)]
+            email, now = spec.strip("<>").lower(), time.time()
+            hit = [k for k in candidates if not k.info.revoked and (k.info.expires is None or k.info.expires > now)
+                   and any(_email(u) == email for u in k.info.uids)]
         if not hit:
             raise KeyNotFound(f"no {'secret ' if secret else ''}key {spec} in {self.describe()}")
         return max(hit, key=lambda k: k.info.created)

@@ -620,18 +620,22 @@ def _sequoia_lookup(home: SequoiaHome, spec: str, gnupghome: str | None, sequoia
                     secret: bool) -> Any:
     """The StoredKey ``spec`` names in ``home``, or None when GnuPG should answer (see :func:`_sequoia_key`)."""
     v6_fpr = bool(re.fullmatch(r"(0[xX])?[0-9A-Fa-f]{64}", spec))
+    gpg_miss: KeyNotFound | None = None
     if sequoia_home is None and not v6_fpr:
         try:
             Keyring(gnupghome).resolve(spec, secret=secret)
             return None
-        except KeyNotFound:
+        except KeyNotFound as exc:
             if not (home.softkeys.is_dir() or home.certd.is_dir()):
                 raise
+            gpg_miss = exc
     try:
         return home.resolve(spec, secret=secret)
-    except KeyNotFound:
+    except KeyNotFound as exc:
+        if gpg_miss is not None:  # asked both stores: say so
+            raise KeyNotFound(f"{gpg_miss.message}; nor in {home.describe()}") from None
         if v6_fpr or sequoia_home is None:
-            raise
+            raise exc from None
         return None
 
 
