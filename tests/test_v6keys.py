@@ -180,6 +180,9 @@ def test_sign_makes_v6_signatures_sequoia_verifies(homes, cli, tmp_path: Path, e
         pysequoia.verify(bytes=tampered, store=lambda ids: [cert])
     code, out, err = cli("sign", *args)
     assert code == 0 and json.loads(out)["results"][0]["status"] == "exists", err
+    dry = [a for a in args if a not in ("--json", "--passphrase-file", str(pw))]
+    code, _, err = cli("sign", "--dry-run", *dry)
+    assert code == 0, err  # dry run: the v6 signature is found, nothing would be signed (no passphrase asked)
     code, out, err = cli("sign", "--force", *args)
     assert code == 0 and len(list(store.rglob("signature-*"))) == 2, err
 

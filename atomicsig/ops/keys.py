@@ -509,17 +509,14 @@ def open_signers(keys: Sequence[str], gnupghome: str | None, passphrase: str | N
     A key of a Sequoia home (``sequoia_home``, see :func:`_sequoia_key`) signs through Sequoia
     (:mod:`atomicsig.signers.sequoia`); ``--signer`` other than ``auto`` names a GnuPG signer and is refused for it.
     """
-    from atomicsig.signers.sequoia import SequoiaSigner
+    from atomicsig.signers.factory import make_sequoia_signer
 
     with contextlib.ExitStack() as stack:
         signers: list[Signer] = []
         for k in keys:
             sq = _sequoia_key(k, gnupghome, sequoia_home)
             if sq is not None:
-                if mode != "auto":
-                    raise InputError(f"--key {k} is a Sequoia key; --signer {mode} signs with GnuPG keys only",
-                                     hint="leave --signer at auto")
-                signers.append(SequoiaSigner(sq[0], sq[1], passphrase))  # unlocks now: PassphraseError here
+                signers.append(make_sequoia_signer(sq[0], sq[1], passphrase, mode))  # unlocks now
                 continue
             home, fpr = _secret_key(stack, k, gnupghome, passphrase)
             signer = make_signer(home, fpr, passphrase, mode, agent_cache=agent_cache)
