@@ -22,7 +22,7 @@ RANKS: dict[str, int] = {
     "fsutil": 1, "logfmt": 1, "privdrop": 1,
     "format": 2,
     "openpgp": 3,
-    "gnupg": 4,
+    "gnupg": 4, "keystore": 4,
     "signers": 5, "net": 5,
     "store": 6,
     "ops": 7,

@@ -108,6 +108,15 @@ def creatable_gnupghome_option(f: F) -> F:
                              "0700) if it does not exist.")(f)
 
 
+def sequoia_home_option(f: F) -> F:
+    """``--sequoia-home``: the Sequoia home holding OpenPGP v6 and post-quantum keys (skopeo's and podman's
+    Sequoia signer read the same one); atomicsig.keystore.sequoia_home has the layout."""
+    return click.option("--sequoia-home", metavar="DIR",
+                        help="Sequoia home for v6/post-quantum keys: DIR/data/pgp.cert.d and DIR/data/keystore "
+                             "(default: $SEQUOIA_HOME, else ~/.local/share/pgp.cert.d and "
+                             "~/.local/share/sequoia/keystore, as Sequoia and skopeo use them).")(f)
+
+
 def _existing_gnupghome(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     if value and not os.path.isdir(value):
         what = "is not a directory" if os.path.exists(value) else "does not exist"

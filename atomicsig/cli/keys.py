@@ -14,6 +14,7 @@ from atomicsig.cli.common import (
     json_option,
     passphrase_options,
     passphrase_source,
+    sequoia_home_option,
     table,
 )
 from atomicsig.errors import InputError
@@ -41,18 +42,26 @@ def keys() -> None:
 @click.option("-f", "--file", "--batch", "path", required=True, type=click.Path(dir_okay=False, allow_dash=True),
               help="Signers YAML (see README 'Signers file'); '-' for stdin.")
 @creatable_gnupghome_option
+@sequoia_home_option
 @json_option
-def generate_cmd(path: str, gnupghome: str | None, as_json: bool) -> None:
-    """Generate every key listed in a signers YAML file; existing identities are reported, not duplicated."""
+def generate_cmd(path: str, gnupghome: str | None, sequoia_home: str | None, as_json: bool) -> None:
+    """Generate every key listed in a signers YAML file; existing identities are reported, not duplicated.
+
+    Signers with 'profile: rfc9580' (OpenPGP v6, post-quantum algorithms) go to the Sequoia home
+    (--sequoia-home), where skopeo --sign-by-sq-fingerprint finds them; the others to the GnuPG home.
+    """
+    from atomicsig.keystore.sequoia_home import SequoiaHome
     from atomicsig.ops import keys as keylib
 
     specs = keylib.load_specs_file(path)
-    results = keylib.generate(_keyring(gnupghome), specs)
+    keyring = _keyring(gnupghome) if any(s.keystore == "gnupg" for s in specs) else None
+    sequoia = SequoiaHome(sequoia_home) if any(s.keystore == "sequoia" for s in specs) else None
+    results = keylib.generate(keyring, specs, sequoia)
     if as_json:
         emit_json({"keys": [r.as_dict() for r in results]})
         return
-    rows = [[r.status, r.key.fingerprint, r.key.algorithm, _date(r.key.expires), r.key.uids[0] if r.key.uids else ""]
-            for r in results]
+    rows = [[r.status, r.key.fingerprint, _algorithm(r.key.algorithm, r.version), _date(r.key.expires),
+             r.key.uids[0] if r.key.uids else ""] for r in results]
     click.echo(table(rows, ["STATUS", "FINGERPRINT", "ALGORITHM", "EXPIRES", "UID"]))
 
 
@@ -94,6 +103,11 @@ def rotate_cmd(path: str, overlap: str, min_age: str, export_dir: str | None, dr
     return 1 if dry_run and any(r.status == "planned" for r in results) else 0
 
 
+def _algorithm(name: str, version: int) -> str:
+    """The ALGORITHM column: a v6 key says so (its fingerprint is 64 hex digits, GnuPG 2.2 cannot use it)."""
+    return f"{name} (v6)" if version == 6 else name
+
+
 def _seconds(text: str, option: str) -> int:
     return round(durations.parse_duration(text, option))  # the one duration grammar (atomicsig/durations.py)
 
@@ -101,17 +115,28 @@ def _seconds(text: str, option: str) -> int:
 @keys.command("list")
 @click.option("--secret", is_flag=True, help="Only keys whose secret part is present (usable for signing).")
 @gnupghome_option
+@sequoia_home_option
 @json_option
-def list_cmd(secret: bool, gnupghome: str | None, as_json: bool) -> None:
-    """List keys with fingerprint, user IDs, algorithm and expiry."""
-    ks = _keyring(gnupghome).list_keys(secret=secret)
+def list_cmd(secret: bool, gnupghome: str | None, sequoia_home: str | None, as_json: bool) -> None:
+    """List keys with fingerprint, user IDs, algorithm and expiry.
+
+    With --sequoia-home (or $SEQUOIA_HOME) the keys of that Sequoia home are listed after GnuPG's.
+    """
+    import os
+
+    from atomicsig.ops.keys import sequoia_keys
+
+    listed = [(k, 4, "gnupg") for k in _keyring(gnupghome).list_keys(secret=secret)]
+    if sequoia_home or os.environ.get("SEQUOIA_HOME"):
+        listed += [(k, v, "sequoia") for k, v in sequoia_keys(sequoia_home, secret=secret)]
     if as_json:
-        emit_json({"keys": [k.as_dict() for k in ks]})
+        emit_json({"keys": [{**k.as_dict(), "version": v, "keystore": store} for k, v, store in listed]})
         return
     rows = []
-    for k in ks:
+    for k, v, _ in listed:
         state = "revoked" if k.revoked else "expired" if k.expired else ("sec" if k.secret else "pub")
-        rows.append([k.fingerprint, k.algorithm, _date(k.created), _date(k.expires), state, "; ".join(k.uids)])
+        rows.append([k.fingerprint, _algorithm(k.algorithm, v), _date(k.created), _date(k.expires), state,
+                     "; ".join(k.uids)])
     click.echo(table(rows, ["FINGERPRINT", "ALGORITHM", "CREATED", "EXPIRES", "TYPE", "UIDS"]))
 
 
@@ -122,22 +147,24 @@ def list_cmd(secret: bool, gnupghome: str | None, as_json: bool) -> None:
 @click.option("--secret", is_flag=True, help="Export the secret key (e.g. for a Kubernetes Secret); file mode 0600.")
 @passphrase_options
 @gnupghome_option
+@sequoia_home_option
 def export_cmd(key: tuple[str, ...], output: str | None, armor: bool, secret: bool, passphrase_file: str | None,
-               passphrase_env: str | None, passphrase_stdin: bool, gnupghome: str | None) -> None:
-    """Export public (or --secret) keys named by fingerprint or e-mail."""
+               passphrase_env: str | None, passphrase_stdin: bool, gnupghome: str | None,
+               sequoia_home: str | None) -> None:
+    """Export public (or --secret) keys named by fingerprint or e-mail.
+
+    Keys of a Sequoia home (v6 fingerprints, or any key with --sequoia-home) are exported as stored: a secret
+    key stays protected by its passphrase.
+    """
     from atomicsig.fsutil import atomic_write
     from atomicsig.gnupg.passphrase import read_cached
+    from atomicsig.ops.keys import export_keys
 
-    kr = _keyring(gnupghome)
-    fprs = [kr.resolve(k, secret=secret).fingerprint for k in key]
-    if secret:
-        pw = read_cached(passphrase_source(passphrase_file, passphrase_env, passphrase_stdin))
-        data = kr.export_secret(fprs, armor=armor, passphrase=pw)
-    else:
-        data = kr.export_public(fprs, armor=armor)
+    pw = read_cached(passphrase_source(passphrase_file, passphrase_env, passphrase_stdin)) if secret else None
+    data, count = export_keys(key, gnupghome, sequoia_home, secret=secret, armor=armor, passphrase=pw)
     if output:
         atomic_write(output, data, 0o600 if secret else 0o644)
-        click.echo(f"exported {len(fprs)} {'secret' if secret else 'public'} key(s) to {output}", err=True)
+        click.echo(f"exported {count} {'secret' if secret else 'public'} key(s) to {output}", err=True)
     else:
         if not armor and sys.stdout.isatty():
             raise InputError("refusing to write binary key data to a terminal; use -o FILE or --armor")

@@ -19,6 +19,7 @@ from atomicsig.cli.common import (
     passphrase_options,
     passphrase_source,
     registry_options,
+    sequoia_home_option,
     sigstore_option,
     table,
 )
@@ -33,8 +34,8 @@ if TYPE_CHECKING:
 @click.command()
 @click.argument("references", nargs=-1)
 @click.option("--key", "keys", multiple=True, required=True, metavar="FPR|EMAIL|FILE",
-              help="Signing key: fingerprint or e-mail in the keyring, or a secret key file. Repeat to sign "
-                   "with several keys.")
+              help="Signing key: fingerprint or e-mail in the keyring (or, for v6/post-quantum keys, the "
+                   "Sequoia home), or a secret key file. Repeat to sign with several keys.")
 @sigstore_option(help_="Where signatures live: a directory, file://, http(s):// lookaside, or 'auto' "
                  "(registry extension API if advertised, else the registries.d lookaside, as podman).")
 @click.option("--registries.d", "registries_dir", metavar="DIR",
@@ -61,6 +62,7 @@ if TYPE_CHECKING:
 @passphrase_options
 @agent_cache_option
 @gnupghome_option
+@sequoia_home_option
 @json_option
 @json_lines_option
 def sign(references: tuple[str, ...], keys: tuple[str, ...], sigstore: str, registries_dir: str | None,
@@ -68,7 +70,7 @@ def sign(references: tuple[str, ...], keys: tuple[str, ...], sigstore: str, regi
          manifest_file: str | None, all_instances: bool, force: bool, jobs: int | None, dry_run: bool,
          signer_mode: str, tls_verify: bool, cert_dir: str | None, authfile: str | None, passphrase_file: str | None,
          passphrase_env: str | None, passphrase_stdin: bool, agent_cache: bool, gnupghome: str | None,
-         as_json: bool, json_lines: bool) -> int:
+         sequoia_home: str | None, as_json: bool, json_lines: bool) -> int:
     """Sign images (host/repo:tag, host/repo@sha256:…, or host/repo:tag@sha256:…).
 
     \b
@@ -108,12 +110,13 @@ def sign(references: tuple[str, ...], keys: tuple[str, ...], sigstore: str, regi
     resolver = Resolver(tls_verify=tls_verify, cert_dir=cert_dir, authfile=authfile,
                         all_instances=all_instances, manifest_file=manifest_file)
     if dry_run:
-        return _dry_run(refs, keys, gnupghome, resolver, store, force, as_json, json_lines)
+        return _dry_run(refs, keys, gnupghome, resolver, store, force, as_json, json_lines, sequoia_home)
 
     pw = read_cached(passphrase_source(passphrase_file, passphrase_env, passphrase_stdin))
     outcomes: list[signing.Outcome] = []
     printer = _OutcomePrinter("json" if as_json else "json-lines" if json_lines else "text")
-    with open_signers(keys, gnupghome, pw, signer_mode, agent_cache=agent_cache) as signers:
+    with open_signers(keys, gnupghome, pw, signer_mode, agent_cache=agent_cache,
+                      sequoia_home=sequoia_home) as signers:
         for signer in signers:
             _warn_if_subkey(signer)
             total = len(refs)
@@ -183,7 +186,7 @@ def _outcome_text(o: Outcome) -> str:
 
 
 def _dry_run(refs: list[str], keys: tuple[str, ...], gnupghome: str | None, resolver: Resolver,
-             store: Any, force: bool, as_json: bool, json_lines: bool) -> int:
+             store: Any, force: bool, as_json: bool, json_lines: bool, sequoia_home: str | None = None) -> int:
     """Render :func:`atomicsig.ops.sign.plan`: exit 1 if anything would be signed, else 0.
 
     The keys are looked up as a real run would (a mistyped --key must fail here, exit 2), but not unlocked: no
@@ -192,7 +195,7 @@ def _dry_run(refs: list[str], keys: tuple[str, ...], gnupghome: str | None, reso
     from atomicsig.ops import sign as signing
     from atomicsig.ops.keys import secret_key_fingerprints
 
-    key_fprs = secret_key_fingerprints(keys, gnupghome)
+    key_fprs = secret_key_fingerprints(keys, gnupghome, sequoia_home)
     rows = []
     for r, planned in signing.plan(refs, resolver=resolver, store=store, keys=key_fprs, force=force):
         rows += [p.as_dict() for p in planned]
@@ -218,6 +221,11 @@ def _warn_if_subkey(signer: Signer) -> None:
     """Say before signing that older containers/image releases reject this key's subkey signatures."""
     from atomicsig.signers.factory import signing_subkey
 
+    if getattr(signer, "version", 4) == 6:  # a Sequoia-home key (atomicsig.signers.sequoia)
+        click.echo(f"warning: key {signer.fingerprint} is an OpenPGP v6 key: only nodes whose containers/image "
+                   "uses the Sequoia backend verify its signatures; GPGME nodes (skopeo/podman in Debian 12, "
+                   "RHEL 9) refuse them — sign with a v4 key as well while such nodes remain", err=True)
+        return
     sub = signing_subkey(signer)
     if sub:
         click.echo(f"warning: key {signer.fingerprint} signs with its subkey {sub}; older containers/image "

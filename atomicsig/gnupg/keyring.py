@@ -270,6 +270,14 @@ class Keyring:
             params.write_text("\n".join(lines) + "\n", encoding="utf-8")
             proc = subprocess.run([*cmd, "--gen-key", str(params)], input=stdin, capture_output=True, check=False,
                                   timeout=300, env=child_env())
+            if proc.returncode != 0 and b"No agent running" in proc.stderr:
+                # gpg gives a freshly autostarted agent a few seconds to answer; on a loaded machine (a CI
+                # runner) that is not always enough. Start it and wait for it explicitly, then try once more.
+                from atomicsig.gnupg.assuan import launch_agent
+
+                launch_agent(self.home)
+                proc = subprocess.run([*cmd, "--gen-key", str(params)], input=stdin, capture_output=True,
+                                      check=False, timeout=300, env=child_env())
         created = [ln.split()[3] for ln in proc.stdout.decode(errors="replace").splitlines()
                    if ln.startswith("[GNUPG:] KEY_CREATED ") and len(ln.split()) > 3]
         if proc.returncode != 0 or not created:

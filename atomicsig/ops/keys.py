@@ -6,11 +6,18 @@ Schema (also in README "Signers file")::
       - name: Release Signing           # required
         email: security@example.com     # required, the identity used to find the key again
         comment: production             # optional
-        algorithm: ed25519              # rsa2048 | rsa3072 | rsa4096 | ed25519 (default ed25519)
+        algorithm: ed25519              # rsa2048 | rsa3072 | rsa4096 | ed25519 (default ed25519); with
+                                        # profile rfc9580 also ed448, mldsa65-ed25519, mldsa87-ed448, nistp256…
+        profile: rfc4880                # rfc4880 (OpenPGP v4, default) | rfc9580 (OpenPGP v6)
+        keystore: gnupg                 # gnupg (default for rfc4880) | sequoia (default for rfc9580)
         expire: 2y                      # 0 (never), 365 (days), 52w, 6m (months), 2y, 36h, 2027-01-01 (default 2y)
         passphrase-file: /run/secrets/p # or passphrase-env: VAR; neither = no passphrase
 
 Re-running with the same file reports existing identities instead of creating duplicates.
+
+A ``rfc9580`` (v6) key, and every post-quantum key, lives in a Sequoia home (``--sequoia-home``), where skopeo's
+and podman's Sequoia signer find it: GnuPG 2.2 cannot hold v6 keys (``keystore: gnupg`` with ``rfc9580`` is an
+input error saying so).
 
 ``rotate`` uses the same file: each signer gets a new key, and its previous key stays valid for an overlap
 period (then expires) so that nodes can trust both while signatures are re-made; see :func:`rotate`.
@@ -31,6 +38,8 @@ from atomicsig.format import durations, validate, yamlstrict
 from atomicsig.gnupg.keyring import KEY_ALGORITHMS, KeyInfo, Keyring, TrustedKeys
 from atomicsig.gnupg.passphrase import PassphraseSource, read_cached
 from atomicsig.gnupg.trusted import NativeTrustedKeys, trusted_keys
+from atomicsig.keystore.sequoia_home import SequoiaHome
+from atomicsig.openpgp import sqgen
 from atomicsig.ops.verify import AllOf, RequiredSigner
 from atomicsig.signers.base import Signer
 from atomicsig.signers.factory import close_signer, make_signer
@@ -42,6 +51,7 @@ __all__ = [
     "check_uid_field",
     "current_key",
     "deletion_targets",
+    "export_keys",
     "export_rotated",
     "generate",
     "key_file",
@@ -52,6 +62,7 @@ __all__ = [
     "retired_key_fingerprints",
     "rotate",
     "secret_key_fingerprints",
+    "sequoia_keys",
     "trusted_key_blobs",
     "trusted_verifier",
 ]
@@ -60,7 +71,9 @@ _EMAIL = re.compile(r"^[^@\s<>()]+@[^@\s<>()]+$")
 
 #: Lengths that keep gpg's parameter lines (1024 bytes) and the user ID far from any limit.
 MAX_NAME, MAX_COMMENT, MAX_EMAIL = 128, 128, 254
-_FIELDS = {"name", "email", "comment", "algorithm", "expire", "passphrase-file", "passphrase-env"}
+_FIELDS = {"name", "email", "comment", "algorithm", "expire", "passphrase-file", "passphrase-env", "profile",
+           "keystore"}
+KEYSTORES = ("gnupg", "sequoia")
 
 
 @dataclass(frozen=True)
@@ -72,6 +85,8 @@ class KeySpec:
     expire: str
     passphrase: PassphraseSource
     line: int
+    profile: str = "rfc4880"
+    keystore: str = "gnupg"
 
 
 def check_uid_field(field: str, value: str, where: str) -> str:
@@ -135,9 +150,15 @@ def load_specs(text: str, source: str = "<input>") -> list[KeySpec]:
         if email.lower() in seen:
             raise InputError(f"{where}: {email} appears twice")
         seen.add(email.lower())
+        profile, keystore = _profile_and_keystore(item, where)
         algorithm = str(item.get("algorithm", "ed25519"))
-        if algorithm not in KEY_ALGORITHMS:
-            raise InputError(f"{where}: algorithm {algorithm!r} is not one of {', '.join(KEY_ALGORITHMS)}")
+        if algorithm in sqgen.PQ_ALGORITHMS and profile != "rfc9580":
+            raise InputError(f"{where}: algorithm {algorithm} exists for OpenPGP v6 keys only: add 'profile: rfc9580'")
+        known = KEY_ALGORITHMS if keystore == "gnupg" else sqgen.ALGORITHMS
+        if algorithm not in known:
+            extra = (f" (with keystore sequoia also {', '.join(a for a in sqgen.ALGORITHMS if a not in known)})"
+                     if keystore == "gnupg" else "")
+            raise InputError(f"{where}: algorithm {algorithm!r} is not one of {', '.join(known)}{extra}")
         expire = durations.gpg_expire(str(item.get("expire", "2y")), f"{where}: expire")
         if item.get("passphrase-file") and item.get("passphrase-env"):
             raise InputError(f"{where}: give passphrase-file or passphrase-env, not both")
@@ -151,8 +172,45 @@ def load_specs(text: str, source: str = "<input>") -> list[KeySpec]:
                 raise InputError(f"{where}: {key!r} must be a non-empty string")
         specs.append(KeySpec(name, email, comment, algorithm, expire,
                              PassphraseSource(file=item.get("passphrase-file"), env=item.get("passphrase-env")),
-                             line))
+                             line, profile, keystore))
     return specs
+
+
+def _profile_and_keystore(item: dict[str, Any], where: str) -> tuple[str, str]:
+    """``profile`` and ``keystore`` of one signer, defaulted and checked together.
+
+    Why v6 is refused for GnuPG (issue 16 #3): GnuPG 2.2 (Debian 12, RHEL 9) reads and writes v4 keys only; a v6
+    key "generated" there would silently be a v4 key. A v6 key is kept where containers/image's Sequoia signer
+    reads it instead.
+    """
+    profile = item.get("profile", "rfc4880")
+    if not isinstance(profile, str) or profile not in sqgen.PROFILES:
+        raise InputError(f"{where}: profile {profile!r} is not one of {', '.join(sqgen.PROFILES)} "
+                         "(rfc4880: OpenPGP v4 keys; rfc9580: OpenPGP v6 keys)")
+    keystore = item.get("keystore", "sequoia" if profile == "rfc9580" else "gnupg")
+    if not isinstance(keystore, str) or keystore not in KEYSTORES:
+        raise InputError(f"{where}: keystore {keystore!r} is not one of {', '.join(KEYSTORES)}")
+    if keystore == "gnupg" and profile == "rfc9580":
+        raise InputError(f"{where}: GnuPG 2.2 cannot hold OpenPGP v6 (rfc9580) keys; use 'keystore: sequoia' "
+                         "(the Sequoia home skopeo --sign-by-sq-fingerprint reads) or 'profile: rfc4880'")
+    return profile, keystore
+
+
+def validity_seconds(expire: str, now: float | None = None) -> int | None:
+    """A checked ``expire`` (:func:`durations.gpg_expire`'s result) as seconds from now; None: never expires."""
+    import datetime
+
+    if expire == "0":
+        return None
+    if expire.startswith("seconds="):
+        return int(expire.removeprefix("seconds="))
+    if re.fullmatch(r"\d{4}-\d{2}-\d{2}", expire):
+        when = datetime.datetime.fromisoformat(expire).replace(tzinfo=datetime.UTC).timestamp()
+        left = int(when - (time.time() if now is None else now))
+        if left <= 0:
+            raise InputError(f"expire {expire} is in the past")
+        return left
+    return round(durations.parse_duration(expire, "expire", bare_unit="d", minimum=1))
 
 
 @dataclass
@@ -160,17 +218,50 @@ class GenerateResult:
     spec: KeySpec
     status: str  # created | exists
     key: KeyInfo
+    version: int = 4  # OpenPGP key version: 4, or 6 for rfc9580 keys
 
     def as_dict(self) -> dict[str, Any]:
-        return {"email": self.spec.email, "status": self.status, **self.key.as_dict()}
+        return {"email": self.spec.email, "status": self.status, **self.key.as_dict(), "version": self.version,
+                "keystore": self.spec.keystore}
 
 
-def generate(keyring: Keyring, specs: list[KeySpec]) -> list[GenerateResult]:
-    """Create each key whose e-mail has no usable secret key yet; report the others as existing."""
+def sequoia_key_info(stored: Any, now: float | None = None) -> KeyInfo:
+    """A key of a Sequoia home (:class:`atomicsig.keystore.sequoia_home.StoredKey`) in the vocabulary of gpg's
+    listings, so ``keys generate``/``keys list`` print both kinds alike. The key ID of a v6 key is the first 64
+    bits of its fingerprint, of a v4 key the last (RFC 9580 §5.5.4)."""
+    info = stored.info
+    now = time.time() if now is None else now
+    validity = "r" if info.revoked else "e" if info.expires is not None and info.expires <= now else "-"
+    keyid = info.fingerprint[:16] if info.version == 6 else info.fingerprint[-16:]
+    return KeyInfo(info.fingerprint, keyid, tuple(info.uids), info.algorithm, info.created, info.expires, validity,
+                   secret=stored.secret_path is not None,
+                   subkeys=tuple(sorted(info.key_fingerprints - {info.fingerprint})))
+
+
+def _user_id(spec: KeySpec) -> str:
+    return f"{spec.name} ({spec.comment}) <{spec.email}>" if spec.comment else f"{spec.name} <{spec.email}>"
+
+
+def generate(keyring: Keyring | None, specs: list[KeySpec], sequoia: SequoiaHome | None = None) -> list[GenerateResult]:
+    """Create each key whose e-mail has no usable secret key yet; report the others as existing.
+
+    ``keystore: gnupg`` signers go to ``keyring``, ``keystore: sequoia`` ones to the Sequoia home ``sequoia``
+    (made by Sequoia, protected with the signer's passphrase, written where skopeo's Sequoia signer reads them).
+    Every passphrase is read, and every store opened, before the first key is made.
+    """
     out = []
-    # Read all passphrases first so a missing one fails before any key is created.
     passphrases = [read_cached(s.passphrase) for s in specs]
-    for spec, pw in zip(specs, passphrases, strict=True):
+    if any(s.keystore == "gnupg" for s in specs) and keyring is None:
+        raise InputError("the signers file has GnuPG keys but no GnuPG home was given")
+    if any(s.keystore == "sequoia" for s in specs) and sequoia is None:
+        raise InputError("the signers file has Sequoia keys (keystore: sequoia) but no Sequoia home was given")
+    validity = [validity_seconds(s.expire) if s.keystore == "sequoia" else None for s in specs]
+    for spec, pw, seconds in zip(specs, passphrases, validity, strict=True):
+        if spec.keystore == "sequoia":
+            assert sequoia is not None
+            out.append(_generate_sequoia(sequoia, spec, pw, seconds))
+            continue
+        assert keyring is not None
         try:
             existing = keyring.resolve(spec.email, secret=True)
         except KeyNotFound:
@@ -182,6 +273,23 @@ def generate(keyring: Keyring, specs: list[KeySpec]) -> list[GenerateResult]:
                                expire=spec.expire, passphrase=pw)
         out.append(GenerateResult(spec, "created", key))
     return out
+
+
+def _generate_sequoia(home: SequoiaHome, spec: KeySpec, passphrase: str | None,
+                      seconds: int | None) -> GenerateResult:
+    """One signer into the Sequoia home, unless a usable secret key with its e-mail is there already."""
+    try:
+        existing = home.resolve(spec.email, secret=True)
+    except KeyNotFound:
+        existing = None
+    if existing is not None and existing.info.version == sqgen.PROFILES[spec.profile]:
+        return GenerateResult(spec, "exists", sequoia_key_info(existing), existing.info.version)
+    key = sqgen.generate(_user_id(spec), profile=spec.profile, algorithm=spec.algorithm, validity_seconds=seconds)
+    if passphrase is not None:
+        key = sqgen.GeneratedKey(key.fingerprint, key.version, sqgen.protect(key.secret, passphrase), key.public)
+    home.store(key)
+    stored = home.resolve(key.fingerprint, secret=True)
+    return GenerateResult(spec, "created", sequoia_key_info(stored), key.version)
 
 
 @dataclass
@@ -345,13 +453,46 @@ def _secret_key(stack: contextlib.ExitStack[Any], spec: str, gnupghome: str | No
     return tmp, secret[0].fingerprint
 
 
-def secret_key_fingerprints(keys: Sequence[str], gnupghome: str | None) -> list[frozenset[str]]:
+def _sequoia_key(spec: str, gnupghome: str | None, sequoia_home: str | None) -> tuple[Any, bytes] | None:
+    """(StoredKey, secret key bytes) when ``--key spec`` names a key of a Sequoia home or a v6 key file; else None
+    (then the GnuPG path decides, with its own errors).
+
+    Which store answers (issue 16 #3): a 64-hex (v6) fingerprint and a key file holding a v6 key can only be
+    Sequoia's, since GnuPG 2.2 cannot hold them. With ``--sequoia-home`` given, that home is asked first; without
+    it, a fingerprint or e-mail GnuPG does not know is looked up in the default Sequoia home (if there is one).
+    """
+    from atomicsig.keystore.sequoia_home import StoredKey
+
+    p = key_file(spec)
+    if p is not None:
+        data = p.read_bytes()
+        try:
+            versions = sqgen.primary_key_versions(sqgen.dearmor(data))
+        except InputError:
+            return None
+        if 6 not in versions.values():
+            return None
+        infos = [i for i in sqgen.cert_info(data) if i.secret]
+        if not infos:
+            raise InputError(f"{spec} holds no secret key")
+        return StoredKey(infos[0], p), data
+    home = SequoiaHome(sequoia_home)
+    stored = _sequoia_lookup(home, spec, gnupghome, sequoia_home, secret=True)
+    return None if stored is None else (stored, home.secret_key(stored))
+
+
+def secret_key_fingerprints(keys: Sequence[str], gnupghome: str | None,
+                            sequoia_home: str | None = None) -> list[frozenset[str]]:
     """Per ``--key``, the primary and subkey fingerprints of its secret key, without unlocking it.
 
     What ``sign --dry-run`` compares stored signatures with: a signature by a signing subkey names the subkey.
     """
     out: list[frozenset[str]] = []
     for k in keys:
+        sq = _sequoia_key(k, gnupghome, sequoia_home)
+        if sq is not None:
+            out.append(frozenset(sq[0].info.key_fingerprints))
+            continue
         with contextlib.ExitStack() as stack:
             home, fpr = _secret_key(stack, k, gnupghome, None)
             info = home.resolve(fpr, secret=False)
@@ -361,16 +502,25 @@ def secret_key_fingerprints(keys: Sequence[str], gnupghome: str | None) -> list[
 
 @contextlib.contextmanager
 def open_signers(keys: Sequence[str], gnupghome: str | None, passphrase: str | None, mode: str = "auto", *,
-                 agent_cache: bool = False) -> Iterator[list[Signer]]:
+                 agent_cache: bool = False, sequoia_home: str | None = None) -> Iterator[list[Signer]]:
     """One :class:`Signer` per ``--key FPR|EMAIL|FILE``, released (and throwaway homes removed) on exit.
 
     ``mode`` is ``--signer`` (:func:`atomicsig.signers.factory.make_signer`); ``agent_cache`` is
     ``--use-agent-cache``: allow a protected key without a given passphrase to sign with the one gpg-agent has
     cached (issue 11 #7). A failing ``--key`` releases what was opened before it.
+
+    A key of a Sequoia home (``sequoia_home``, see :func:`_sequoia_key`) signs through Sequoia
+    (:mod:`atomicsig.signers.sequoia`); ``--signer`` other than ``auto`` names a GnuPG signer and is refused for it.
     """
+    from atomicsig.signers.factory import make_sequoia_signer
+
     with contextlib.ExitStack() as stack:
         signers: list[Signer] = []
         for k in keys:
+            sq = _sequoia_key(k, gnupghome, sequoia_home)
+            if sq is not None:
+                signers.append(make_sequoia_signer(sq[0], sq[1], passphrase, mode))  # unlocks now
+                continue
             home, fpr = _secret_key(stack, k, gnupghome, passphrase)
             signer = make_signer(home, fpr, passphrase, mode, agent_cache=agent_cache)
             stack.callback(close_signer, signer)
@@ -434,11 +584,69 @@ def export_rotated(keyring: Keyring, results: list[RotateResult], export_dir: st
     return written
 
 
+def sequoia_keys(sequoia_home: str | None, *, secret: bool = False) -> list[tuple[KeyInfo, int]]:
+    """``keys list`` of a Sequoia home: each key as gpg's listing would show it, with its OpenPGP version."""
+    home = SequoiaHome(sequoia_home)
+    return [(sequoia_key_info(k), k.info.version) for k in home.list_keys(secret=secret)]
+
+
+def export_keys(keys: Sequence[str], gnupghome: str | None, sequoia_home: str | None, *, secret: bool,
+                armor: bool, passphrase: str | None) -> tuple[bytes, int]:
+    """``keys export``: the public (or secret) keys ``keys`` name, from GnuPG or the Sequoia home; (data, count).
+
+    A key of the Sequoia home is exported as stored: its secret part stays protected by the passphrase it was
+    generated with (``--secret`` then needs no passphrase). Which store answers is the rule of ``sign --key``
+    (:func:`_sequoia_key`): v6 fingerprints and ``--sequoia-home`` ask the Sequoia home first.
+    """
+    gpg_fprs: list[str] = []
+    parts: list[bytes] = []
+    home = SequoiaHome(sequoia_home)
+    for k in keys:
+        stored = _sequoia_lookup(home, k, gnupghome, sequoia_home, secret=secret)
+        if stored is None:
+            gpg_fprs.append(Keyring(gnupghome).resolve(k, secret=secret).fingerprint)
+            continue
+        data = home.secret_key(stored) if secret else home.public_key(stored)
+        data = sqgen.dearmor(data)
+        parts.append(sqgen.armor(data, secret=secret) if armor else data)
+    if gpg_fprs:
+        kr = Keyring(gnupghome)
+        parts.insert(0, kr.export_secret(gpg_fprs, armor=armor, passphrase=passphrase) if secret
+                     else kr.export_public(gpg_fprs, armor=armor))
+    return b"".join(parts), len(gpg_fprs) + len(parts) - (1 if gpg_fprs else 0)
+
+
+def _sequoia_lookup(home: SequoiaHome, spec: str, gnupghome: str | None, sequoia_home: str | None, *,
+                    secret: bool) -> Any:
+    """The StoredKey ``spec`` names in ``home``, or None when GnuPG should answer (see :func:`_sequoia_key`)."""
+    v6_fpr = bool(re.fullmatch(r"(0[xX])?[0-9A-Fa-f]{64}", spec))
+    gpg_miss: KeyNotFound | None = None
+    if sequoia_home is None and not v6_fpr:
+        try:
+            Keyring(gnupghome).resolve(spec, secret=secret)
+            return None
+        except KeyNotFound as exc:
+            if not (home.softkeys.is_dir() or home.certd.is_dir()):
+                raise
+            gpg_miss = exc
+    try:
+        return home.resolve(spec, secret=secret)
+    except KeyNotFound as exc:
+        if gpg_miss is not None:  # asked both stores: say so
+            raise KeyNotFound(f"{gpg_miss.message}; nor in {home.describe()}") from None
+        if v6_fpr or sequoia_home is None:
+            raise exc from None
+        return None
+
+
 def deletion_targets(keyring: Keyring, keys: Sequence[str]) -> list[KeyInfo]:
     """The keys ``keys delete`` removes: full 40-hex fingerprints only (an e-mail is too easy to get wrong), each
     present in the keyring, expired and revoked keys included (a retired key is what one usually deletes;
     ``resolve`` skips unusable keys). Every check runs before anything is deleted or confirmed."""
     for k in keys:
+        if re.fullmatch(r"(0x)?[0-9A-Fa-f]{64}", k):
+            raise InputError(f"{k} is an OpenPGP v6 fingerprint: GnuPG homes cannot hold v6 keys, and keys delete "
+                             "works on GnuPG homes only (remove a Sequoia-home key with sq, docs/keys-sequoia.md)")
         if not re.fullmatch(r"(0x)?[0-9A-Fa-f]{40}", k):
             raise InputError(f"delete needs a full 40-hex fingerprint, not {k!r}")
     listed = {k.fingerprint.upper(): k for k in keyring.list_keys()}

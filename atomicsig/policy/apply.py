@@ -589,8 +589,43 @@ def lint(spec: PolicySpec, keys: dict[str, KeyMaterial], root: str | Path, compi
             warnings.append(f"{spec.source}:{s.line}: scope {s.scope!r} requires signatures but no lookaside is "
                             f"configured for it (nodes read {registries_d.BUILTIN_ROOT_DEFAULT} unless the registry "
                             f"serves signatures itself, like OpenShift's)")
+    warnings += v6_warnings(spec, keys)
     if str(rootp) == "/":
         user = registries_d.effective_dir("/")
         if str(user) != registries_d.SYSTEM_DIR:
             warnings.append(f"{user} exists and hides {registries_d.SYSTEM_DIR} for this user (SPEC §4.1)")
     return warnings
+
+
+def v6_warnings(spec: PolicySpec, keys: dict[str, KeyMaterial]) -> list[str]:
+    """Scopes that nodes running containers/image's GPGME backend cannot verify (issue 16 #4).
+
+    skopeo/podman built with GPGME (Debian 12, RHEL 9 today) verify through GnuPG 2.2, which refuses a keyring
+    file as a whole when any key in it is OpenPGP v6 (measured with skopeo 1.9.3 and gpg 2.2.40: "No public keys
+    imported", v4 keys in the same file included; docs/policy.md "v4 and v6 keys"). So a ``signedBy`` whose
+    keyring holds only v6 keys rejects every image there, and one that mixes v4 and v6 keys rejects even images
+    with a valid v4 signature. Sequoia-backed nodes (podman 5.7+) accept both. One warning per kind, naming the
+    scopes with their lines.
+    """
+    only: list[str] = []
+    mixed: list[str] = []
+    for s in spec.all_scopes():
+        if s.action != "signed":
+            continue
+        for group in s.required_signers:
+            versions = {v for name in group if name in keys for v in keys[name].versions}
+            if versions == {6}:
+                only.append(f"{s.scope!r} (line {s.line})")
+            elif 6 in versions:
+                mixed.append(f"{s.scope!r} (line {s.line})")
+    out = []
+    if only:
+        out.append(f"{spec.source}: scope(s) {', '.join(dict.fromkeys(only))} trust only OpenPGP v6 keys: nodes whose "
+                   "skopeo/podman use the GPGME backend (Debian 12, RHEL 9) cannot read v6 keys and reject every "
+                   "image there; sign with a v4 key too and trust it (docs/policy.md, 'v4 and v6 keys')")
+    if mixed:
+        out.append(f"{spec.source}: scope(s) {', '.join(dict.fromkeys(mixed))} put v4 and v6 keys in one keyring: "
+                   "GnuPG 2.2 (the GPGME backend) refuses such a keyring whole, so those nodes reject even images "
+                   "with a valid v4 signature; give GPGME nodes a policy trusting the v4 keys only "
+                   "(docs/policy.md, 'v4 and v6 keys')")
+    return out

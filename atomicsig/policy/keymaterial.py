@@ -29,6 +29,7 @@ class KeyMaterial:
     fingerprints: tuple[str, ...] = ()
     uids: tuple[str, ...] = ()
     expires: int | None = None  # earliest primary-key expiry (epoch seconds) among the fingerprints
+    versions: tuple[int, ...] = ()  # OpenPGP version of each primary key (4, or 6 for RFC 9580 keys); () for cosign
 
     def warnings(self, now: float | None = None) -> list[str]:
         if self.expires is None:
@@ -102,7 +103,7 @@ def resolve(spec: PolicySpec, gnupghome: str | None, only: set[str] | None = Non
             data = (tmp.export_public(fprs, armor=False) if fprs else b"") + b"".join(c.data for c in v6)
             out[d.name] = KeyMaterial(d.name, d.kind, data, tuple(fprs) + tuple(c.fingerprint for c in v6),
                                       tuple(u for k in infos for u in k.uids) + tuple(u for c in v6 for u in c.uids),
-                                      min(expiries) if expiries else None)
+                                      min(expiries) if expiries else None, (4,) * len(fprs) + (6,) * len(v6))
     return out
 
 

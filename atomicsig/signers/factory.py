@@ -1,9 +1,11 @@
-"""The one place that picks a Signer for ``--signer auto|agent|gpg|memory``, and releases it."""
+"""The one place that picks a Signer for ``--signer auto|agent|gpg|memory`` (and for a Sequoia-home key), and
+releases it."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+from typing import TYPE_CHECKING
 
 from atomicsig.errors import AtomicsigError, InputError, PassphraseError
 from atomicsig.gnupg.keyring import Keyring
@@ -11,6 +13,10 @@ from atomicsig.openpgp import build
 from atomicsig.signers.agent import CheckedAgentSigner, agent_signer
 from atomicsig.signers.base import Signer
 from atomicsig.signers.gpg import GPGSigner
+from atomicsig.signers.sequoia import SequoiaSigner
+
+if TYPE_CHECKING:
+    from atomicsig.keystore.sequoia_home import StoredKey
 
 SIGNER_MODES = ("auto", "agent", "gpg", "memory")
 
@@ -54,6 +60,17 @@ def make_signer(keyring: Keyring, fingerprint: str, passphrase: str | None, mode
         return gpg_signer
     return CheckedAgentSigner(agent, gpg_signer,
                               lambda: keyring.export_public([fingerprint], armor=False))
+
+
+def make_sequoia_signer(stored: StoredKey, secret: bytes, passphrase: str | None, mode: str = "auto") -> Signer:
+    """The Signer for a key of a Sequoia home (v6, post-quantum): only Sequoia can sign with it, so ``--signer``
+    must be ``auto`` (``gpg``/``agent``/``memory`` name GnuPG signers). Unlocks the key now (PassphraseError)."""
+    if mode not in SIGNER_MODES:
+        raise InputError(f"unknown signer {mode!r}; use one of {', '.join(SIGNER_MODES)}")
+    if mode != "auto":
+        raise InputError(f"key {stored.info.fingerprint} is a Sequoia key; --signer {mode} signs with GnuPG keys only",
+                         hint="leave --signer at auto")
+    return SequoiaSigner(stored, secret, passphrase)
 
 
 def close_signer(signer: object) -> None:
