@@ -482,3 +482,15 @@ def test_key_commands_check_a_given_passphrase_despite_the_cache(cli, tmp_path: 
         assert not (tmp_path / "k2.sec").exists()
     finally:
         kill_agent(home)
+
+
+@pytest.mark.skipif(os.path.isdir(f"/run/user/{os.getuid()}"), reason="gpg-agent puts its sockets in /run/user")
+def test_a_home_too_deep_for_the_agent_socket_is_a_clear_error(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """gpg's own answer is "No agent running"; the user gets told why and what to do (exit 2, one line)."""
+    home = tmp_path / ("d" * 60) / ("e" * 60)
+    home.mkdir(parents=True, mode=0o700)
+    signers = tmp_path / "s.yaml"
+    signers.write_text("keys: [{name: A, email: a@example.com}]\n")
+    code, _, err = cli("keys", "generate", "-f", str(signers), "--gnupghome", str(home))
+    assert code == 2 and "too deep for gpg-agent" in err and "shorter GNUPGHOME" in err, err
+    assert err.count("\n") == 1

@@ -275,6 +275,7 @@ class Keyring:
                 # runner) that is not always enough. Start it and wait for it explicitly, then try once more.
                 from atomicsig.gnupg.assuan import launch_agent
 
+                _check_socket_room(self.home)
                 launch_agent(self.home)
                 proc = subprocess.run([*cmd, "--gen-key", str(params)], input=stdin, capture_output=True,
                                       check=False, timeout=300, env=child_env())
@@ -435,6 +436,23 @@ class Keyring:
 def _redact(text: str, secret: str | None) -> str:
     """gpg's stderr goes into our error messages; a gpg that echoes its input must not carry the passphrase."""
     return text.replace(secret, "[passphrase]") if secret else text
+
+
+#: A Unix socket address holds 107 path bytes (sun_path); gpg-agent's longest socket name under a GnuPG home.
+_SUN_PATH_MAX = 107
+_LONGEST_AGENT_SOCKET = "S.gpg-agent.browser"
+
+
+def _check_socket_room(home: str | None) -> None:
+    """Say why no agent can run for ``home``: without /run/user/<uid> (systemd's runtime dir) gpg-agent puts its
+    sockets inside the home, and a home whose path leaves no room for them in a socket address gets "No agent
+    running" from gpg, which tells a user nothing."""
+    if home is None or os.path.isdir(f"/run/user/{os.getuid()}"):
+        return
+    path = os.path.join(os.path.abspath(home), _LONGEST_AGENT_SOCKET)
+    if len(os.fsencode(path)) > _SUN_PATH_MAX:
+        raise InputError(f"GnuPG home {home} is too deep for gpg-agent: its socket {path} is {len(os.fsencode(path))} "
+                         f"bytes, a Unix socket address holds {_SUN_PATH_MAX}; use a shorter GNUPGHOME")
 
 
 def _stderr_tail(result: Any) -> str:
