@@ -209,17 +209,21 @@ def webhook(world: dict[str, Any], *extra: str, cert: Path | None = None, key: P
     """The real CLI (``python -m atomicsig webhook``) over TLS on a free 127.0.0.1 port; yields its base URL."""
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    log_path = Path(world["work"]) / f"webhook-{port}.log"
+    log = open(log_path, "wb")  # noqa: SIM115 - handed to the child (a pipe nobody reads would fill and stall it)
     proc = subprocess.Popen(
         [sys.executable, "-m", "atomicsig", "webhook", "-f", str(world["policy"]), "--listen", f"127.0.0.1:{port}",
          "--tls-cert", str(cert or world["cert"]), "--tls-key", str(key or world["key"]), "--tls-verify=false",
-         *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=world["work"])
+         *extra], stdout=log, stderr=log, env=env, cwd=world["work"])
+    log.close()
     base = f"https://127.0.0.1:{port}"
     try:
         try:
             wait_http(base + "/healthz", timeout=30)
         except Exception:
             proc.kill()
-            raise AssertionError(proc.communicate()[1].decode()) from None
+            proc.wait()
+            raise AssertionError(log_path.read_text()) from None
         yield base
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -548,3 +552,29 @@ def test_deploy_manifests_are_valid_kubernetes_objects_and_match_the_webhook() -
     cm = docs["ConfigMap"]["data"]
     spec = schema.loads(cm["policy.yaml"], "policy.yaml")  # the example policy is a valid policy YAML
     assert "team-a" in spec.namespaces
+
+
+@pytestmark_slow
+def test_decision_cache_holds_decided_digests_only(world: dict[str, Any], tmp_path: Path) -> None:
+    """--cache-ttl: an image given by digest is evaluated once per TTL; a tag is resolved at every review (it can
+    move); the cached answer expires."""
+    from atomicsig.cli.webhook import load_policies
+    from atomicsig.webhook.review import Reviewer, WebhookSettings
+
+    host, dg = world["host"], world["digests"]
+    cluster, namespaces = load_policies(str(world["policy"]), None, str(tmp_path))
+    reviewer = Reviewer(cluster, namespaces, WebhookSettings(tls_verify=False, cache_ttl=1.0))
+    try:
+        def decide(*images: str) -> bool:
+            doc = json.dumps(review(pod(*images))).encode()
+            return reviewer.review(admission.parse_review(doc)).allowed
+
+        by_digest = f"{host}/app/signed@{dg['app/signed:1']}"
+        unsigned = f"{host}/app/unsigned@{dg['app/unsigned:1']}"
+        assert decide(by_digest) and not decide(unsigned) and reviewer.cache_hits == 0
+        assert decide(by_digest) and not decide(unsigned) and reviewer.cache_hits == 2  # refusals are kept too
+        assert decide(f"{host}/app/signed:1") and decide(f"{host}/app/signed:1") and reviewer.cache_hits == 2
+        time.sleep(1.2)
+        assert decide(by_digest) and reviewer.cache_hits == 2  # expired: evaluated again
+    finally:
+        reviewer.close()

@@ -64,6 +64,8 @@ def load_policies(policy_file: str, gnupghome: str | None, scratch: str) -> tupl
               help="Allow every pod in NS without checking (repeatable).")
 @click.option("--pin-digests", is_flag=True,
               help="POST /mutate answers with a JSONPatch rewriting each tag to the digest that was checked.")
+@click.option("--cache-ttl", type=click.FloatRange(0, 3600), default=10.0, show_default=True, metavar="SECONDS",
+              help="Reuse the decision for an image given by digest this long (0: never); tags are always resolved.")
 @click.option("--workers", type=click.IntRange(1, 256), default=16, show_default=True,
               help="Image checks in flight across all reviews.")
 @click.option("--threads", type=click.IntRange(1, 256), default=16, show_default=True, help="HTTP worker threads.")
@@ -77,7 +79,7 @@ def load_policies(policy_file: str, gnupghome: str | None, scratch: str) -> tupl
               help="One line per review: text, or JSON lines.")
 def webhook(policy_file: str, listen: str, tls_cert: str | None, tls_key: str | None, tls_reload_interval: float,
             audit_mode: bool, on_error: str, deadline: float, exempt: tuple[str, ...], pin_digests: bool,
-            workers: int, threads: int, max_connections: int, max_body: int, tls_verify: bool,
+            cache_ttl: float, workers: int, threads: int, max_connections: int, max_body: int, tls_verify: bool,
             cert_dir: str | None, authfile: str | None, gnupghome: str | None, log_format: str) -> int:
     """Serve Kubernetes AdmissionReview (admission.k8s.io/v1) until SIGTERM: every container, init container and
     ephemeral container image of Pods, Deployments, StatefulSets, DaemonSets, ReplicaSets, Jobs and CronJobs is
@@ -102,6 +104,7 @@ def webhook(policy_file: str, listen: str, tls_cert: str | None, tls_key: str | 
         raise click.UsageError("--tls-cert and --tls-key go together")
     settings = WebhookSettings(audit=audit_mode, on_error=on_error, deadline=deadline,
                                exempt_namespaces=frozenset(exempt), pin_digests=pin_digests, workers=workers,
+                               cache_ttl=cache_ttl,
                                tls_verify=tls_verify, cert_dir=cert_dir, authfile=authfile)
     with tempfile.TemporaryDirectory(prefix="atomicsig-webhook-") as scratch:
         cluster, namespaces = load_policies(policy_file, gnupghome, scratch)

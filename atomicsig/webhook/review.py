@@ -68,6 +68,8 @@ class WebhookSettings:
     exempt_namespaces: frozenset[str] = frozenset()
     pin_digests: bool = False  # /mutate answers with a JSONPatch to the checked digests
     workers: int = 16  # image checks in flight, all reviews together
+    #: Seconds a decided (accepted or refused) answer for an image given *by digest* is reused. 0: never.
+    cache_ttl: float = 10.0
     tls_verify: bool = True
     cert_dir: str | None = None
     authfile: str | None = None
@@ -129,6 +131,8 @@ class Reviewer:
         self._evaluators: list[Evaluator] = []
         self._lock = threading.Lock()
         self._pool = cf.ThreadPoolExecutor(max_workers=self.settings.workers, thread_name_prefix="atomicsig-review")
+        self._cache: dict[tuple[int, str], tuple[float, ImageResult]] = {}
+        self.cache_hits = 0
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -211,6 +215,41 @@ class Reviewer:
             res.scope, res.mode = evs[0].scope, evs[0].mode
         return res
 
+    # ---- the decision cache -----------------------------------------------------------------------------------
+
+    #: Entries kept at most; when full, expired ones are dropped, then everything (a burst of new digests).
+    CACHE_MAX = 10_000
+
+    def _cached(self, policy: NodePolicy, image: str) -> ImageResult | None:
+        """A decided answer for an image pinned by digest, at most ``cache_ttl`` seconds old.
+
+        Only digests: what a tag names can change at any time, a digest's answer changes only when its signatures,
+        the keys or the policy do (a policy change restarts the webhook). ``error`` answers are never kept: the
+        next review asks again. This is what lets 50 concurrent reviews of pinned 10-container pods answer within
+        the webhook's latency budget on 2 cores (bench/load_webhook.py); the price is that a signature removed from
+        the store (``prune`` after a key is retired) stops admitting that digest up to ``cache_ttl`` later."""
+        if self.settings.cache_ttl <= 0:
+            return None
+        with self._lock:
+            entry = self._cache.get((id(policy), image))
+        if entry is None or entry[0] < time.monotonic():
+            return None
+        with self._lock:
+            self.cache_hits += 1
+        return entry[1]
+
+    def _check_and_remember(self, image: str, policy: NodePolicy) -> ImageResult:
+        res = self.check_image(image, policy)
+        if self.settings.cache_ttl > 0 and "@" in image and not res.pinnable and res.decision != ERROR:
+            now = time.monotonic()
+            with self._lock:
+                if len(self._cache) >= self.CACHE_MAX:
+                    self._cache = {k: v for k, v in self._cache.items() if v[0] >= now}
+                    if len(self._cache) >= self.CACHE_MAX:
+                        self._cache.clear()
+                self._cache[(id(policy), image)] = (now + self.settings.cache_ttl, res)
+        return res
+
     # ---- one review -------------------------------------------------------------------------------------------
 
     def review(self, request: admission.Request, *, mutate: bool = False) -> Outcome:
@@ -232,10 +271,16 @@ class Reviewer:
         containers = admission.container_images(request)
         policy = self.policy_for(request.namespace)
         distinct = list(dict.fromkeys(c.image for c in containers))
-        futures = {img: self._pool.submit(self.check_image, img, policy) for img in distinct}
-        remaining = max(0.0, s.deadline - (time.monotonic() - started))
-        cf.wait(list(futures.values()), timeout=remaining)
         results: dict[str, ImageResult] = {}
+        for img in distinct:
+            hit = self._cached(policy, img)
+            if hit is not None:
+                results[img] = hit
+        futures = {img: self._pool.submit(self._check_and_remember, img, policy)
+                   for img in distinct if img not in results}
+        remaining = max(0.0, s.deadline - (time.monotonic() - started))
+        if futures:
+            cf.wait(list(futures.values()), timeout=remaining)
         for img, fut in futures.items():
             if fut.done() and not fut.cancelled() and fut.exception() is None:
                 results[img] = fut.result()

@@ -124,8 +124,11 @@ class WebhookApp:
                      exc.message)
             return admission.response(request.uid, allowed=False, code=400, message=f"atomicsig: {exc.message}",
                                       api_version=request.api_version)
+        counts: dict[tuple[str, str], int] = {}
         for r in out.images:
-            self.metrics.images.labels(r.decision, r.mode).inc()
+            counts[(r.decision, r.mode)] = counts.get((r.decision, r.mode), 0) + 1
+        for (decision, mode), n in counts.items():
+            self.metrics.images.labels(decision, mode).inc(n)
         self.metrics.reviews.labels(endpoint, out.verdict).inc()
         if out.allowed and out.warnings:
             self.metrics.warned.labels(endpoint).inc()
