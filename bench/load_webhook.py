@@ -1,7 +1,7 @@
 """Load test of ``atomicsig webhook`` on loopback (issue 17): concurrent AdmissionReviews, beside skopeo.
 
     python bench/load_webhook.py [--concurrency 50] [--rounds 10] [--containers 10] [--skopeo-rounds 3]
-                                 [--json out.json]
+                                 [--cache-ttl 10] [--json out.json]
 
 1. **World.** A docker-registry on 127.0.0.1 with ``--containers`` distinct images, each signed (throwaway
    Ed25519 key, one ``atomicsig sign`` process) into a lookaside directory on this machine; a policy YAML with one
@@ -79,6 +79,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--containers", type=int, default=10)
     ap.add_argument("--skopeo-rounds", type=int, default=3)
+    ap.add_argument("--cache-ttl", default="10", help="the webhook's --cache-ttl (0: every image evaluated)")
     ap.add_argument("--json", dest="json_out")
     args = ap.parse_args()
     from tests.tokenserver import self_signed
@@ -114,7 +115,8 @@ def main() -> int:
         log = open(work / "webhook.log", "wb")  # noqa: SIM115 - handed to the child
         proc = subprocess.Popen(
             [sys.executable, "-m", "atomicsig", "webhook", "-f", str(policy), "--listen", f"127.0.0.1:{port}",
-             "--tls-cert", str(cert), "--tls-key", str(tlskey), "--tls-verify=false", "--threads", "16"],
+             "--tls-cert", str(cert), "--tls-key", str(tlskey), "--tls-verify=false", "--threads", "16",
+             "--cache-ttl", args.cache_ttl],
             env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL, stderr=log, cwd=work)
         log.close()  # the child has it; one line per review (a pipe nobody reads would fill and stall the server)
         base = f"https://127.0.0.1:{port}"

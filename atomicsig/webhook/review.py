@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import json
+import queue
 import threading
 import time
 from collections.abc import Mapping
@@ -111,6 +112,40 @@ class Outcome:
         return {"checked-digests": json.dumps(checked, sort_keys=True)[:4000]} if checked else {}
 
 
+class _DaemonPool:
+    """Fixed daemon worker threads running submitted calls, each answered in a :class:`concurrent.futures.Future`.
+
+    Not ``ThreadPoolExecutor``: its threads are joined at interpreter exit, so one check stuck on a registry that
+    never answers (until the registry client's own timeouts, 30 s per attempt) kept a stopped webhook alive past
+    the pod's termination grace period. A review never waits past its deadline anyway; at exit nothing waits."""
+
+    def __init__(self, workers: int) -> None:
+        self._queue: queue.SimpleQueue[tuple[cf.Future[Any], Any, tuple[Any, ...]] | None] = queue.SimpleQueue()
+        self._threads = [threading.Thread(target=self._run, name=f"atomicsig-review-{i}", daemon=True)
+                         for i in range(workers)]
+        for t in self._threads:
+            t.start()
+
+    def submit(self, fn: Any, *args: Any) -> cf.Future[Any]:
+        fut: cf.Future[Any] = cf.Future()
+        self._queue.put((fut, fn, args))
+        return fut
+
+    def shutdown(self) -> None:
+        for _ in self._threads:
+            self._queue.put(None)
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            fut, fn, args = item
+            if not fut.set_running_or_notify_cancel():  # cancelled while queued (its review's deadline passed)
+                continue
+            try:
+                fut.set_result(fn(*args))
+            except BaseException as exc:  # handed to the review, which answers "internal error"
+                fut.set_exception(exc)
+
+
 class Reviewer:
     """Decides reviews; thread-safe. Image checks run on a bounded pool shared by all reviews, each thread with its
     own :class:`Evaluator` per policy (an Evaluator caches verifiers and is not shared between threads)."""
@@ -130,12 +165,12 @@ class Reviewer:
         self._local = threading.local()
         self._evaluators: list[Evaluator] = []
         self._lock = threading.Lock()
-        self._pool = cf.ThreadPoolExecutor(max_workers=self.settings.workers, thread_name_prefix="atomicsig-review")
+        self._pool = _DaemonPool(self.settings.workers)
         self._cache: dict[tuple[int, str], tuple[float, ImageResult]] = {}
         self.cache_hits = 0
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool.shutdown()
         with self._lock:
             for ev in self._evaluators:
                 ev.close()
