@@ -309,6 +309,11 @@ def test_audit_scope_namespaces_exemptions_short_names_and_other_kinds(world: di
     cm = k8s.V1ConfigMap(api_version="v1", kind="ConfigMap", metadata=k8s.V1ObjectMeta(name="c"), data={"a": "b"})
     other_kind = answer(hook, review(cm))
     assert other_kind["allowed"] is True and "not a kind" in other_kind["warnings"][0]
+    debug = answer(hook, review(pod(f"{host}/app/signed:1", ephemeral=(f"{host}/app/unsigned:1",)),
+                                sub_resource="ephemeralcontainers", operation="UPDATE"))
+    assert debug["allowed"] is False and f"{host}/app/unsigned:1" in debug["status"]["message"]  # kubectl debug
+    status = answer(hook, review(pod(f"{host}/app/unsigned:1"), sub_resource="status", operation="UPDATE"))
+    assert status["allowed"] is True  # a status update runs nothing new
     gone = answer(hook, review(pod(f"{host}/app/unsigned:1"), operation="DELETE"))
     assert gone["allowed"] is True  # nothing is deployed by a DELETE
     upd = answer(hook, review(pod(f"{host}/app/unsigned:1"), operation="UPDATE", old=pod(f"{host}/app/signed:1")))
@@ -578,3 +583,23 @@ def test_decision_cache_holds_decided_digests_only(world: dict[str, Any], tmp_pa
         assert decide(by_digest) and reviewer.cache_hits == 2  # expired: evaluated again
     finally:
         reviewer.close()
+
+
+def test_cli_refuses_bad_configuration_before_listening(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Exit 2 with one line, nothing bound: a broken policy YAML (file:line), a namespace name CRI-O could not use,
+    a certificate without its key, a certificate that does not load."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("default: reject\nscopes:\n  registry.example.com/a: {acton: accept}\n")
+    code, _, err = cli("webhook", "-f", str(bad), "--listen", "127.0.0.1:0")
+    assert code == 2 and "bad.yaml:3" in err, err
+    good = tmp_path / "good.yaml"
+    good.write_text("default: reject\n")
+    code, _, err = cli("webhook", "-f", str(good), "--exempt-namespace", "Kube_System")
+    assert code == 2 and "Kube_System" in err, err
+    code, _, err = cli("webhook", "-f", str(good), "--tls-cert", str(tmp_path / "c.pem"))
+    assert code == 2 and "--tls-key" in err, err
+    (tmp_path / "c.pem").write_text("not a certificate")
+    (tmp_path / "k.pem").write_text("not a key")
+    code, _, err = cli("webhook", "-f", str(good), "--listen", "127.0.0.1:0", "--tls-cert", str(tmp_path / "c.pem"),
+                       "--tls-key", str(tmp_path / "k.pem"))
+    assert code == 2 and "cannot load TLS certificate" in err, err

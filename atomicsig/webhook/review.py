@@ -109,7 +109,11 @@ class Outcome:
     def annotations(self) -> dict[str, str]:
         """``auditAnnotations``: which digest was checked for each image (the API server's audit log keeps it)."""
         checked = {r.image: list(r.checked) for r in self.images if r.checked}
-        return {"checked-digests": json.dumps(checked, sort_keys=True)[:4000]} if checked else {}
+        text = json.dumps(checked, sort_keys=True)
+        while len(text) > 4000 and checked:  # stay valid JSON: drop whole entries, never cut the text
+            checked.pop(sorted(checked)[-1])
+            text = json.dumps(checked, sort_keys=True)
+        return {"checked-digests": text} if checked else {}
 
 
 class _DaemonPool:
