@@ -195,7 +195,8 @@ def world(registry: Registry, signer: GpgHome, signer_pub: Path,
     policy = work / "policy.yaml"
     policy.write_text(yaml.safe_dump({
         "default": "reject", "keys": {"trusted": {"file": "trusted.gpg"}},
-        "scopes": {f"{host}/app": signed, f"{host}/soft": {**signed, "enforce": False}, hang_host: signed},
+        "scopes": {f"{host}/app": signed, f"{host}/soft": {**signed, "enforce": False}, hang_host: signed,
+                   f"{hang_host}/soft": {**signed, "enforce": False}},
         "namespaces": {"team-a": {"scopes": {f"{host}/team": signed}}}}))
     cert, key, _ = self_signed(work / "tls")
     yield {"host": host, "digests": digests, "policy": policy, "work": work, "cert": cert, "key": key,
@@ -413,6 +414,10 @@ def test_hanging_registry_is_answered_within_the_deadline(world: dict[str, Any],
     took = time.monotonic() - started
     assert took < 3 + 1.5, took  # --deadline 3, well inside the API server's timeoutSeconds (10)
     assert got["allowed"] is False and "review deadline" in got["status"]["message"]
+    # In an audit-mode scope (enforce: false) the node accepts the image anyway: a warning, not a denial.
+    soft = answer(hook, review(pod(f"{world['hang']}/soft/y:1")))
+    assert soft["allowed"] is True and "enforce: false" in soft["warnings"][0] and "could not check" in \
+        soft["warnings"][0], soft
     # The server is still healthy and answers the next review at once.
     assert answer(hook, review(pod(f"{world['host']}/app/signed:1")))["allowed"] is True
     with webhook(world, "--on-error", "allow", "--deadline", "1") as base:

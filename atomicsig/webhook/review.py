@@ -254,6 +254,16 @@ class Reviewer:
             res.scope, res.mode = evs[0].scope, evs[0].mode
         return res
 
+    def _scope_of(self, image: str, policy: NodePolicy) -> tuple[str, str]:
+        """(winning scope, "audit"|"enforce") for an image whose check did not finish; no I/O."""
+        try:
+            ref = reference.parse(image)
+        except AtomicsigError:
+            return "", "enforce"
+        evaluator = self._evaluator(policy)
+        scope, reqs = evaluator.scope_for(ref)
+        return scope, "audit" if evaluator.audited(scope, reqs) is not None else "enforce"
+
     # ---- the decision cache -----------------------------------------------------------------------------------
 
     #: Entries kept at most; when full, expired ones are dropped, then everything (a burst of new digests).
@@ -326,9 +336,11 @@ class Reviewer:
             else:
                 fut.cancel()  # not started: never runs; running: finishes on its own (bounded by registry timeouts)
                 exc = fut.exception() if fut.done() and not fut.cancelled() else None
-                results[img] = ImageResult(img, ERROR, f"internal error: {exc}" if exc else
-                                           f"not decided within the {s.deadline:g} s review deadline (registry or "
-                                           "signature store slow or unreachable)")
+                res = ImageResult(img, ERROR, f"internal error: {exc}" if exc else
+                                  f"not decided within the {s.deadline:g} s review deadline (registry or signature "
+                                  "store slow or unreachable)")
+                res.scope, res.mode = self._scope_of(img, policy)  # an audit-mode scope warns, never denies
+                results[img] = res
         return self._decide(request, containers, results, mutate=mutate)
 
     def _decide(self, request: admission.Request, containers: list[admission.ContainerImage],
@@ -344,9 +356,10 @@ class Reviewer:
                 continue
             text = r.describe()
             if r.decision == ERROR:
-                if s.audit or s.on_error == "allow":  # the why first: the API server may cut long warnings
-                    warnings.append(f"atomicsig ({'audit mode' if s.audit else 'on-error: allow'}): allowed, "
-                                    f"could not check {text}")
+                if s.audit or r.mode == "audit" or s.on_error == "allow":  # why first: long warnings may be cut
+                    why = "audit mode" if s.audit else "scope has enforce: false" if r.mode == "audit" else \
+                        "on-error: allow"
+                    warnings.append(f"atomicsig ({why}): allowed, could not check {text}")
                 else:
                     denials.append(f"could not check {text}")
             elif s.audit or r.mode == "audit":
