@@ -26,7 +26,7 @@ RANKS: dict[str, int] = {
     "signers": 5, "net": 5,
     "store": 6,
     "ops": 7,
-    "policy": 8, "serve": 8, "sync": 8,
+    "policy": 8, "serve": 8, "sync": 8, "webhook": 8,
     "demo": 9,
     "cli": 10,
     "__main__": 11, "__init__": 11,

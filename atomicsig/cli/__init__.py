@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "mirror": ("mirror", "mirror", "Copy images' signatures from an upstream lookaside or registry, verified."),
     "index": ("sync", "index", "Rebuild the static sync index of a sigstore directory."),
     "prune": ("sync", "prune", "Remove signatures made by a retired key from a sigstore."),
+    "webhook": ("webhook", "webhook", "Kubernetes admission webhook: check pods' images against the policy at deploy."),
     "bundle": ("bundle", "bundle", "Carry signatures, keys and policy across an air gap in one checked file."),
     "demo": ("demo", "demo", "Run the end-to-end demo on a throwaway key, sigstore and local registry."),
 }

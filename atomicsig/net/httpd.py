@@ -8,8 +8,10 @@ slowloris connections against stock cheroot left every probe unanswered until th
 * **Complete heads only reach workers.** New and keep-alive connections are parked in a :class:`_Guard` thread
   (one selector) until ``MSG_PEEK`` shows the whole request head (``CRLF CRLF``). Heads that do not complete
   within ``header_timeout`` get 408, heads over ``max_header_bytes`` get 431, both without costing a worker.
-  A slow client now costs one file descriptor, not a thread. (TLS: the bytes are encrypted, peeking cannot see
-  the head, so TLS connections go to workers directly and only the request deadline below protects them.)
+  A slow client now costs one file descriptor, not a thread. (TLS: the guard drives the handshake without
+  blocking, under the same head deadline — cheroot would run it in its accept loop, where one stalled handshake
+  held every new connection back; the bytes after it are encrypted, peeking cannot see the head, so a connection
+  goes to a worker once its first request bytes arrive and only the request deadline below protects it.)
 * **A deadline per exchange.** Once a worker holds a connection, body read + handler + response write must end
   within ``request_timeout``; the guard then shuts the socket's read side, which ends a body that never arrives
   (the worker still answers 400), and both sides a second later, which wakes a worker blocked in ``send``. This
@@ -29,9 +31,12 @@ slowloris connections against stock cheroot left every probe unanswered until th
 from __future__ import annotations
 
 import contextlib
+import os
 import queue
+import select
 import selectors
 import socket
+import ssl
 import threading
 import time
 from dataclasses import dataclass
@@ -40,6 +45,7 @@ from typing import Any
 from cheroot import server as cheroot_server
 from cheroot import wsgi
 from cheroot.errors import MaxSizeExceeded
+from cheroot.ssl.builtin import BuiltinSSLAdapter
 
 from atomicsig.errors import InputError
 
@@ -69,10 +75,89 @@ def body_over_limit(exc: BaseException) -> bool:
 
 
 def use_tls(server: HardenedServer, cert: str, key: str) -> None:
-    """Serve TLS with the certificate and key files (cheroot's builtin ``ssl`` adapter)."""
-    from cheroot.ssl.builtin import BuiltinSSLAdapter
+    """Serve TLS with the certificate and key files (cheroot's builtin ``ssl`` adapter, handshake deferred to the
+    guard: :class:`_DeferredHandshake`)."""
+    server.ssl_adapter = _DeferredHandshake(cert, key)
 
-    server.ssl_adapter = BuiltinSSLAdapter(cert, key)
+
+class _DeferredHandshake(BuiltinSSLAdapter):  # type: ignore[misc]
+    """cheroot's builtin adapter without the handshake in the accept loop.
+
+    Stock cheroot completes each TLS handshake inside ``wrap()``, in the one thread that accepts connections, with
+    the idle timeout (10 s) as its only bound: a client that sends three bytes of a ClientHello and stops held every
+    new connection back for 10 s, and 40 of them stopped admission for minutes (measured: the webhook's
+    test_slow_clients_do_not_stop_reviews timed out at 60 s). Here ``wrap()`` only wraps; the :class:`_Guard`
+    drives the handshake without blocking, under the head deadline, like a plain-HTTP head.
+    """
+
+    def wrap(self, sock: socket.socket) -> tuple[Any, dict[str, str]]:
+        s = self.context.wrap_socket(sock, do_handshake_on_connect=False, server_side=True)
+        return s, {"wsgi.url_scheme": "https", "HTTPS": "on"}
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """``HOST:PORT`` or ``[IPv6]:PORT`` (the ``listen`` setting of ``serve`` and ``webhook``)."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise InputError(f"invalid listen address {value!r}; use HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+class TLSReloader:
+    """Reload a server's certificate and key when their files change, without a restart (the webhook, issue 17 #3).
+
+    cert-manager and kubelet's projected Secrets replace the files in place (a symlink swap); cheroot reads its SSL
+    adapter per accepted connection, so a new adapter built from the new files serves every later handshake while
+    open connections keep theirs. A file's (mtime, size, inode) is polled every ``interval`` seconds; a pair that
+    does not load (mid-rotation: new certificate, old key) keeps the previous adapter and is retried next tick, so
+    a rotation never leaves the server without a working certificate.
+    """
+
+    def __init__(self, server: HardenedServer, cert: str, key: str, *, interval: float = 2.0) -> None:
+        self.server, self.cert, self.key, self.interval = server, cert, key, interval
+        self.reloads = 0  # adapters replaced (exposed for tests and metrics)
+        self.failures = 0  # changed files that did not load (kept the previous certificate)
+        self.last_error = ""
+        self._seen = self._stamp()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="atomicsig-tls-reload", daemon=True)
+
+    def _stamp(self) -> tuple[tuple[float, int, int], ...]:
+        out = []
+        for f in (self.cert, self.key):
+            try:
+                st = os.stat(f)
+                out.append((st.st_mtime, st.st_size, st.st_ino))
+            except OSError:
+                out.append((0.0, -1, -1))
+        return tuple(out)
+
+    def check(self) -> bool:
+        """Reload now if either file changed since the last load; True if a new certificate is in use."""
+        stamp = self._stamp()
+        if stamp == self._seen:
+            return False
+        try:
+            use_tls(self.server, self.cert, self.key)
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            self.failures += 1
+            self.last_error = str(exc)
+            return False
+        self._seen = stamp
+        self.reloads += 1
+        return True
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.check()
 
 
 class ListenError(InputError):
@@ -98,6 +183,8 @@ class Limits:
 
 def _raw_answer(sock: socket.socket, status: str, extra: str = "") -> None:
     """A minimal response written without blocking (best effort), for connections no worker will see."""
+    if isinstance(sock, ssl.SSLSocket):  # TLS not (or not known to be) set up: plain bytes would break the stream
+        return
     msg = (f"HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n{extra}\r\n").encode()
     with contextlib.suppress(OSError):
         sock.send(msg, socket.MSG_DONTWAIT)
@@ -230,8 +317,10 @@ class _Guard:
     def head_state(self, conn: Any) -> str:
         """``complete``, ``health`` (a complete bodiless GET/HEAD /healthz), ``partial``, ``empty`` (nothing yet),
         ``eof``, ``too-large`` — by peeking, never reading."""
-        if not self.peek or conn.rfile.has_data():
-            return "complete"  # TLS, or a pipelined request already buffered: the worker deadline applies
+        if not self.peek:
+            return self._tls_state(conn)
+        if conn.rfile.has_data():
+            return "complete"  # a pipelined request already buffered: the worker deadline applies
         sock = conn.socket
         # A Python socket with a timeout polls for that long before recv, MSG_DONTWAIT or not; this runs in
         # cheroot's accept thread and in the guard, which must never wait.
@@ -256,6 +345,33 @@ class _Guard:
         if len(data) > self.limits.max_header_bytes:
             return "too-large"
         return "partial"
+
+    def _tls_state(self, conn: Any) -> str:
+        """TLS: finish the handshake without blocking (``empty``/``partial`` while it needs bytes), then wait for
+        the first encrypted bytes of a request. The head itself cannot be peeked (it is encrypted), so once bytes
+        arrive the connection goes to a worker and the exchange deadline bounds the rest."""
+        sock = conn.socket
+        if not getattr(conn, "_atomicsig_tls_ready", False):
+            sock.settimeout(0.0)
+            try:
+                sock.do_handshake()
+            except ssl.SSLWantReadError:
+                return "empty"
+            except ssl.SSLWantWriteError:
+                return "partial"
+            except (OSError, ValueError):  # a failed handshake (ssl.SSLError is an OSError) or a closed socket
+                return "eof"
+            finally:
+                with contextlib.suppress(OSError):
+                    sock.settimeout(self.server.timeout)
+            conn._atomicsig_tls_ready = True
+        if conn.rfile.has_data() or sock.pending():
+            return "complete"
+        try:
+            readable, _, _ = select.select([sock], [], [], 0)
+        except (OSError, ValueError):
+            return "eof"
+        return "complete" if readable else "empty"
 
     def route(self, conn: Any) -> None:
         """Dispatch, park or refuse a connection that has (or may soon have) a request."""

@@ -427,21 +427,13 @@ def _parse_range(header: str | None, size: int) -> tuple[int, int] | str | None:
     return start, min(end, size - 1)
 
 
-def parse_listen(value: str) -> tuple[str, int]:
-    """``HOST:PORT`` or ``[IPv6]:PORT``."""
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not host:
-        raise InputError(f"invalid listen address {value!r}; use HOST:PORT")
-    return host.strip("[]"), int(port)
-
-
 def make_server(app: Callable[..., Iterable[bytes]], listen: str, *, tls_cert: str | None = None,
                 tls_key: str | None = None, threads: int = 16, limits: Any = None) -> Any:
     """A cheroot WSGI server (not started) with the limits of :mod:`atomicsig.httpd`; TLS when both files are given.
 
     ``limits`` (an :class:`atomicsig.httpd.Limits`) wins over ``threads``; without it the documented defaults apply.
     """
-    from atomicsig.net.httpd import HardenedServer, Limits, use_tls
+    from atomicsig.net.httpd import HardenedServer, Limits, parse_listen, use_tls
 
     if bool(tls_cert) != bool(tls_key):
         raise InputError("TLS needs both a certificate and a key")

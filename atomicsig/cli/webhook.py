@@ -1,0 +1,153 @@
+"""``atomicsig webhook``: a Kubernetes admission webhook checking pods' images against the policy (issue 17)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from atomicsig.cli.common import gnupghome_option, registry_options
+from atomicsig.errors import EXIT_OK
+from atomicsig.logfmt import use as use_log_format
+
+if TYPE_CHECKING:
+    from atomicsig.webhook.review import NodePolicy
+
+
+def load_policies(policy_file: str, gnupghome: str | None, scratch: str) -> tuple[NodePolicy, dict[str, NodePolicy]]:
+    """The cluster policy and one per ``namespaces:`` entry, as a fresh node would hold them once the YAML is
+    applied (``CompiledPolicy.node_files``, the files ``policy render`` ships), staged under ``scratch`` and read
+    back with the loader ``audit``/``explain`` use (policy/explain.load_node), so the webhook judges exactly what
+    ``audit -f`` judges. Errors in the YAML are file:line, exit 2."""
+    from atomicsig.fsutil import atomic_write, makedirs
+    from atomicsig.policy.compile import compile_policy
+    from atomicsig.policy.explain import load_node
+    from atomicsig.webhook.review import NodePolicy
+
+    compiled = compile_policy(policy_file, gnupghome)
+    root = Path(scratch)
+    for node_path, data in compiled.node_files().items():
+        target = root / node_path.lstrip("/")
+        makedirs(target.parent)
+        atomic_write(target, data, sync_dir=False)
+
+    def view(namespace: str | None) -> NodePolicy:
+        node = load_node(root, namespace=namespace)
+        shown = "/" + str(Path(node.policy_path).relative_to(root))
+        return NodePolicy(node.policy, node.registries_dir, (root,), node.audit_scopes,
+                          f"{policy_file} ({shown})")
+
+    return view(None), {ns: view(ns) for ns in sorted(compiled.compiled.namespaces)}
+
+
+@click.command()
+@click.option("-f", "--file", "policy_file", metavar="FILE", required=True, type=click.Path(dir_okay=False),
+              help="The policy YAML (the one `policy apply` puts on nodes): scopes, keys, namespaces, enforce.")
+@click.option("--listen", metavar="HOST:PORT", default="127.0.0.1:8443", show_default=True,
+              help="Bind address (in a pod: 0.0.0.0:8443); port 0 picks a free port, printed once bound.")
+@click.option("--tls-cert", metavar="FILE", help="PEM certificate (chain); reloaded when the file changes.")
+@click.option("--tls-key", metavar="FILE", help="PEM private key; reloaded with the certificate.")
+@click.option("--tls-reload-interval", type=click.FloatRange(0.1, 3600), default=2.0, show_default=True,
+              metavar="SECONDS", help="How often the certificate and key files are checked for changes.")
+@click.option("--audit", "audit_mode", is_flag=True,
+              help="Allow every image and return a warning for each that enforcing would deny.")
+@click.option("--on-error", type=click.Choice(["deny", "allow"]), default="deny", show_default=True,
+              help="An image that could not be checked (registry unreachable, deadline passed): deny, or allow "
+                   "with a warning. Match it with the configuration's failurePolicy (Fail / Ignore).")
+@click.option("--deadline", type=click.FloatRange(0.1, 29), default=8.0, show_default=True, metavar="SECONDS",
+              help="Answer every review within this; keep it below the configuration's timeoutSeconds.")
+@click.option("--exempt-namespace", "exempt", multiple=True, metavar="NS",
+              help="Allow every pod in NS without checking (repeatable).")
+@click.option("--pin-digests", is_flag=True,
+              help="POST /mutate answers with a JSONPatch rewriting each tag to the digest that was checked.")
+@click.option("--cache-ttl", type=click.FloatRange(0, 3600), default=10.0, show_default=True, metavar="SECONDS",
+              help="Reuse the decision for an image given by digest this long (0: never); tags are always resolved.")
+@click.option("--workers", type=click.IntRange(1, 256), default=16, show_default=True,
+              help="Image checks in flight across all reviews.")
+@click.option("--threads", type=click.IntRange(1, 256), default=16, show_default=True, help="HTTP worker threads.")
+@click.option("--max-connections", type=click.IntRange(1, 65536), default=512, show_default=True,
+              help="Connection cap (as `serve`).")
+@click.option("--max-body", type=click.IntRange(1024, 64 * 1024 * 1024), default=3 * 1024 * 1024,
+              show_default=True, help="Largest AdmissionReview body in bytes (413 above).")
+@registry_options
+@gnupghome_option
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="One line per review: text, or JSON lines.")
+def webhook(policy_file: str, listen: str, tls_cert: str | None, tls_key: str | None, tls_reload_interval: float,
+            audit_mode: bool, on_error: str, deadline: float, exempt: tuple[str, ...], pin_digests: bool,
+            cache_ttl: float, workers: int, threads: int, max_connections: int, max_body: int, tls_verify: bool,
+            cert_dir: str | None, authfile: str | None, gnupghome: str | None, log_format: str) -> int:
+    """Serve Kubernetes AdmissionReview (admission.k8s.io/v1) until SIGTERM: every container, init container and
+    ephemeral container image of Pods, Deployments, StatefulSets, DaemonSets, ReplicaSets, Jobs and CronJobs is
+    evaluated against the policy YAML exactly as `audit` does; tags are resolved to digests at the registry.
+
+    \b
+    POST /validate   allowed, or denied (403) naming image, digest, scope and reason; audit: warnings
+    POST /mutate     the same, plus a JSONPatch pinning tags to the checked digests (--pin-digests)
+    GET  /healthz, /metrics
+    Deploy: deploy/ (docs/webhook.md).
+    """
+    import signal
+
+    from atomicsig.format.validate import check_namespace
+    from atomicsig.net.httpd import Limits, TLSReloader
+    from atomicsig.webhook.review import Reviewer, WebhookSettings
+    from atomicsig.webhook.server import WebhookApp, make_server
+
+    for ns in exempt:
+        check_namespace("--exempt-namespace", ns)
+    if bool(tls_cert) != bool(tls_key):
+        raise click.UsageError("--tls-cert and --tls-key go together")
+    settings = WebhookSettings(audit=audit_mode, on_error=on_error, deadline=deadline,
+                               exempt_namespaces=frozenset(exempt), pin_digests=pin_digests, workers=workers,
+                               cache_ttl=cache_ttl,
+                               tls_verify=tls_verify, cert_dir=cert_dir, authfile=authfile)
+    with tempfile.TemporaryDirectory(prefix="atomicsig-webhook-") as scratch:
+        cluster, namespaces = load_policies(policy_file, gnupghome, scratch)
+        reviewer = Reviewer(cluster, namespaces, settings)
+        app = WebhookApp(reviewer, max_body=max_body)
+        _setup_logging()
+        use_log_format(log_format, "atomicsig.webhook")
+        limits = Limits(threads=threads, max_connections=max_connections, max_body=max_body)
+        reloader = None
+        try:
+            httpd = make_server(app, listen, tls_cert=tls_cert, tls_key=tls_key, limits=limits)
+            httpd.prepare()  # bind first: a busy port is a one-line error, exit 2 (httpd.ListenError)
+        except BaseException:
+            reviewer.close()
+            raise
+
+        def _stop(signum: int, frame: object) -> None:
+            raise KeyboardInterrupt
+        signal.signal(signal.SIGTERM, _stop)
+        try:
+            if tls_cert and tls_key:
+                reloader = TLSReloader(httpd, tls_cert, tls_key, interval=tls_reload_interval)
+                reloader.start()
+            mode = "audit" if audit_mode else "enforce"
+            click.echo(f"atomicsig webhook: {policy_file} ({mode}, {len(namespaces)} namespace policies, on-error "
+                       f"{on_error}) on {'https' if tls_cert else 'http'}://{httpd.address}", err=True)
+            httpd.serve()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            if reloader is not None:
+                reloader.stop()
+            httpd.stop()
+            reviewer.close()
+    return EXIT_OK
+
+
+def _setup_logging() -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    lg = logging.getLogger("atomicsig.webhook")
+    lg.addHandler(handler)
+    lg.setLevel(logging.INFO)
+
+
+__all__ = ["load_policies", "webhook"]
