@@ -292,6 +292,21 @@ scopes:
     assert not any("'registry.example.com/v4'" in w for w in warnings)
 
 
+def test_a_keys_file_with_any_secret_key_is_refused_even_beside_a_v6_cert(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A ``keys:`` file holding a v4 SECRET key and a v6 certificate: gpg only ever sees the v4 part as Sequoia
+    re-wrote it (public), so the secret check is on every certificate read, not only on the v6 ones."""
+    v4 = sqgen.generate("Old <old@example.com>", profile="rfc4880", algorithm="ed25519", validity_seconds=None)
+    v6 = sqgen.generate("New <new@example.com>", profile="rfc9580", algorithm="ed25519", validity_seconds=None)
+    (tmp_path / "mixed.gpg").write_bytes(v4.secret + v6.public)
+    (tmp_path / "fine.gpg").write_bytes(v4.public + v6.public)
+    doc = tmp_path / "policy.yaml"
+    for name, ok in (("fine.gpg", True), ("mixed.gpg", False)):
+        doc.write_text(f"default: reject\nkeys:\n  k: {{file: {name}}}\nscopes:\n"
+                       "  registry.example.com/app: {signed-by: [k], lookaside: 'https://sigs.example.com'}\n")
+        code, _, err = cli("policy", "validate", "-f", str(doc), "--root", str(tmp_path / "root"))
+        assert (code, "holds a SECRET key" in err) == ((0, False) if ok else (2, True)), err
+
+
 @pytest.fixture
 def dir_image(tmp_path: Path) -> tuple[Path, str]:
     """A real image in skopeo's dir: transport (a config blob and a manifest), and its manifest digest."""

@@ -35,7 +35,7 @@ from atomicsig.openpgp.constants import HashAlgo, PubkeyAlgo
 os.environ.setdefault("RUST_LIB_BACKTRACE", "0")
 
 __all__ = ["ALGORITHM_NAMES", "V6_SIGNING", "CertInfo", "SequoiaKeys", "Verified", "algorithm_name", "first_line",
-           "read_certs", "unsupported", "without_v6"]
+           "read_certs", "split_v6", "unsupported"]
 
 #: Public-key algorithm names (RFC 9580 §9.1, draft-ietf-openpgp-pqc), as reasons print them.
 ALGORITHM_NAMES: dict[int, str] = {
@@ -168,16 +168,19 @@ def read_certs(blob: bytes) -> list[CertInfo]:
     return out
 
 
-def without_v6(blob: bytes) -> bytes:
-    """``blob`` for GnuPG: unchanged if it holds no v6 certificate, else only its other certificates (binary).
+def split_v6(blob: bytes) -> tuple[bytes, list[CertInfo]]:
+    """(the part of ``blob`` GnuPG can import, every certificate Sequoia read in it): the one place a keyring is
+    split by key version. The first is ``blob`` unchanged if it holds no v6 certificate, else only its other
+    certificates (binary, public parts: a caller refusing secret keys checks ``secret`` on the second).
 
     gpg 2.2 refuses a whole keyring that holds one v6 packet ("Invalid keyring": it imports nothing, not even the
-    v4 keys before it), so the v4 keys of a mixed file must be handed to it apart.
+    v4 keys before it), so the v4 keys of a mixed file must be handed to it apart; the v6 ones (RFC 9580) are for
+    Sequoia alone (verification, policy ``keys:``, ``policy show``).
     """
     certs = read_certs(blob)
     if not any(c.version == 6 for c in certs):
-        return blob
-    return b"".join(c.data for c in certs if c.version != 6)
+        return blob, certs
+    return b"".join(c.data for c in certs if c.version != 6), certs
 
 
 @dataclass(frozen=True)
@@ -256,8 +259,14 @@ class SequoiaKeys:
         issuer = sig.issuer_fingerprint or sig.issuer_keyid
         facts = self._by_handle.get(issuer or "")
         if facts is None:
-            return f"signed by an untrusted key {issuer}" if sig.issuer_fingerprint else \
+            who = f"signed by an untrusted key {issuer}" if sig.issuer_fingerprint else \
                 f"signed by an untrusted key (key ID {issuer})"
+            # A v6 signature under a keyring of v4 keys only: the case of a v6 rollout that has not reached this
+            # policy yet (docs/policy.md "v4 and v6 keys"), so the reason says so rather than leave it to the
+            # length of a fingerprint.
+            if sig.version == 6 and not self.v6_fingerprints:
+                who += " (an OpenPGP v6 signature, and every trusted key is v4)"
+            return who
         info = self.certs[facts.primary]
         if facts.rsa_bits and facts.rsa_bits < MIN_RSA_BITS:
             return f"RSA key of {facts.rsa_bits} bits (Sequoia's standard policy wants {MIN_RSA_BITS} or more)"

@@ -74,15 +74,15 @@ class NodeConfig:
 def _describe_keyring(home: gpg.Keyring, path: Path) -> list[dict[str, Any]]:
     """The keys of one keyPath file, as the node's verifier reads them (issue 16 #1): v4 keys through gpg (what
     GPGME imports), v6 (RFC 9580) certificates through Sequoia — gpg 2.2 refuses a whole file holding one v6
-    packet, so the v4 keys of a mixed file are handed to it apart (:func:`sequoia.without_v6`). Each key says its
+    packet, so the v4 keys of a mixed file are handed to it apart (:func:`sequoia.split_v6`). Each key says its
     OpenPGP ``version``, so a scope trusting only v6 keys is visible in ``policy show`` as it is in ``validate``.
     """
     try:
         data = path.read_bytes()
     except OSError as exc:
         return [{"path": str(path), "error": f"cannot read: {exc.strerror or exc}"}]
-    v6 = [c for c in sequoia.read_certs(data) if c.version == 6]
-    v4 = sequoia.without_v6(data) if v6 else data
+    v4, certs = sequoia.split_v6(data)
+    v6 = [c for c in certs if c.version == 6]
     fprs: set[str] = set()
     if v4 or not v6:
         try:
