@@ -16,7 +16,7 @@ import pysequoia
 import pytest
 from pysequoia.packet import PacketPile
 
-from atomicsig.openpgp import sqgen
+from atomicsig.openpgp import sequoia, sqgen
 from tests.test_secrets import PASS, WRONG, run_watched
 
 DIGEST = "sha256:" + "ab" * 32
@@ -95,8 +95,8 @@ def test_sequoia_home_layout_is_what_containers_image_reads(homes) -> None:  # t
         assert stat.S_IMODE(secret.parent.stat().st_mode) == 0o700
         assert stat.S_IMODE((sq / "keystore").stat().st_mode) == 0o700
         c = pysequoia.Cert.from_bytes(cert.read_bytes())
-        assert c.fingerprint.upper() == fpr and not sqgen.cert_info(cert.read_bytes())[0].secret
-        assert sqgen.cert_info(secret.read_bytes())[0].secret
+        assert c.fingerprint.upper() == fpr and not sequoia.read_certs(cert.read_bytes())[0].secret
+        assert sequoia.read_certs(secret.read_bytes())[0].secret
         assert [str(u) for u in c.user_ids] and email in str(c.user_ids[0])
         tsk = pysequoia.Tsk.from_bytes(secret.read_bytes())
         if email == "pq87@example.com":  # no passphrase given: stored unprotected
@@ -125,7 +125,7 @@ def test_keys_list_and_export_show_v6_keys(homes, cli, tmp_path: Path) -> None: 
     assert code == 0, err
     cert = pysequoia.Cert.from_bytes(pub.read_bytes())
     assert cert.fingerprint.upper() == listed["pq@example.com"]["fingerprint"]
-    assert not sqgen.cert_info(pub.read_bytes())[0].secret
+    assert not sequoia.read_certs(pub.read_bytes())[0].secret
     assert stat.S_IMODE(pub.stat().st_mode) == 0o644
     sec = tmp_path / "pq.sec"
     code, _, err = cli("keys", "export", "--secret", "--armor", listed["pq@example.com"]["fingerprint"],
@@ -138,7 +138,18 @@ def test_keys_list_and_export_show_v6_keys(homes, cli, tmp_path: Path) -> None: 
     both = tmp_path / "both.gpg"
     code, _, err = cli("keys", "export", "legacy@example.com", "modern@example.com", "-o", str(both), *args)
     assert code == 0, err
-    assert sorted(sqgen.primary_key_versions(both.read_bytes()).values()) == [4, 6]
+    assert sorted(c.version for c in sequoia.read_certs(both.read_bytes())) == [4, 6]
+    # The exported (armored, protected) secret key signs as ``sign --key FILE``; its certificate alone cannot.
+    pw = tmp_path / "pw"
+    pw.write_text(PASS + "\n")
+    store = tmp_path / "store"
+    code, _, err = cli("sign", "--key", str(sec), "--passphrase-file", str(pw), "--sigstore", str(store), IMAGE)
+    assert code == 0, err
+    (blob,) = [p.read_bytes() for p in store.rglob("signature-*")]
+    assert [s.certificate.upper() for s in pysequoia.verify(bytes=blob, store=lambda ids: [cert]).valid_sigs] == \
+        [cert.fingerprint.upper()]
+    code, _, err = cli("sign", "--key", str(pub), "--sigstore", str(store), "--force", IMAGE)
+    assert code == 2 and "holds no secret key" in err, err
 
 
 @pytest.mark.parametrize("email", ["modern@example.com", "pq@example.com", "pq87@example.com"])
@@ -248,7 +259,7 @@ def test_protect_is_s2k_254_and_refuses_an_empty_passphrase() -> None:
         sqgen.sign_message(protected, WRONG, b"x")
     with pytest.raises(Exception, match="empty passphrase"):
         sqgen.protect(key.secret, "")
-    assert sqgen.public_part(protected) == key.public
+    assert [c.data for c in sequoia.read_certs(protected)] == [key.public]
 
 
 def test_policy_validate_warns_about_v6_keys_gpgme_nodes_cannot_read(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -279,6 +290,21 @@ scopes:
     assert len(only) == 1 and "'registry.example.com/v6'" in only[0] and "all-of" in only[0], warnings
     assert len(mixed) == 1 and "side-by-side" in mixed[0] and "one-file" in mixed[0], warnings
     assert not any("'registry.example.com/v4'" in w for w in warnings)
+
+
+def test_a_keys_file_with_any_secret_key_is_refused_even_beside_a_v6_cert(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A ``keys:`` file holding a v4 SECRET key and a v6 certificate: gpg only ever sees the v4 part as Sequoia
+    re-wrote it (public), so the secret check is on every certificate read, not only on the v6 ones."""
+    v4 = sqgen.generate("Old <old@example.com>", profile="rfc4880", algorithm="ed25519", validity_seconds=None)
+    v6 = sqgen.generate("New <new@example.com>", profile="rfc9580", algorithm="ed25519", validity_seconds=None)
+    (tmp_path / "mixed.gpg").write_bytes(v4.secret + v6.public)
+    (tmp_path / "fine.gpg").write_bytes(v4.public + v6.public)
+    doc = tmp_path / "policy.yaml"
+    for name, ok in (("fine.gpg", True), ("mixed.gpg", False)):
+        doc.write_text(f"default: reject\nkeys:\n  k: {{file: {name}}}\nscopes:\n"
+                       "  registry.example.com/app: {signed-by: [k], lookaside: 'https://sigs.example.com'}\n")
+        code, _, err = cli("policy", "validate", "-f", str(doc), "--root", str(tmp_path / "root"))
+        assert (code, "holds a SECRET key" in err) == ((0, False) if ok else (2, True)), err
 
 
 @pytest.fixture
@@ -394,6 +420,36 @@ def test_an_unreadable_file_in_the_shared_cert_store_does_not_hide_the_keys(tmp_
     (home.softkeys / "notes.pgp").write_bytes(b"\x00garbage")
     assert [k.info.fingerprint for k in home.list_keys()] == [key.fingerprint]
     assert home.resolve("c@example.com", secret=True).secret_path == home.softkey_path(key.fingerprint)
+
+
+def test_a_cert_with_a_broken_binding_signature_in_the_store_is_listed_not_a_crash(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Regression: the Sequoia home's reader asked Sequoia for the expiry of a certificate with no valid binding
+    signature, which raises, and ``keys list`` died with a traceback. The one reader (openpgp.sequoia.read_certs)
+    describes it as not valid instead: listed, never picked by e-mail."""
+    from atomicsig.errors import KeyNotFound
+    from atomicsig.keystore.sequoia_home import SequoiaHome
+    from atomicsig.openpgp import packets
+    from atomicsig.openpgp.constants import PacketTag
+    from tests.test_v6verify import frame
+
+    home = SequoiaHome(tmp_path / "sq")
+    good = sqgen.generate("G <g@example.com>", profile="rfc9580", algorithm="ed25519", validity_seconds=None)
+    bad = sqgen.generate("B <b@example.com>", profile="rfc9580", algorithm="ed25519", validity_seconds=None)
+    home.store(good)
+    broken = b"".join(frame(p.tag, p.body[:-5] + bytes([p.body[-5] ^ 1]) + p.body[-4:]
+                            if p.tag == PacketTag.SIGNATURE else p.body) for p in packets.packets(bad.public))
+    path = home.cert_path(bad.fingerprint)
+    path.parent.mkdir(exist_ok=True)
+    path.write_bytes(broken)  # as another tool sharing pgp.cert.d might leave it
+    code, out, err = cli("keys", "list", "--sequoia-home", str(tmp_path / "sq"), "--json")
+    assert code == 0, err
+    listed = {k["fingerprint"]: k for k in json.loads(out)["keys"] if k["keystore"] == "sequoia"}
+    assert set(listed) == {good.fingerprint, bad.fingerprint}
+    assert listed[bad.fingerprint]["uids"] == []  # no valid binding: Sequoia's policy vouches for no user ID
+    (info,) = sequoia.read_certs(broken)
+    assert not info.valid and info.version == 6
+    with pytest.raises(KeyNotFound, match=r"no key b@example\.com"):
+        home.resolve("b@example.com")
 
 
 def test_an_expired_key_does_not_count_as_the_signers_key(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

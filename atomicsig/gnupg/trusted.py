@@ -109,7 +109,7 @@ class NativeTrustedKeys:
         #: Ask Sequoia's opinion on v4 signatures too, to report where c/image's backends disagree (``verify``).
         #: Off by default: it about halves the v4 rate (docs/performance.md), and serve/sync report no backends.
         self.backends = backends
-        self._gpg = TrustedKeys([sequoia.without_v6(b) for b in blobs])
+        self._gpg = TrustedKeys([sequoia.split_v6(b)[0] for b in blobs])
         # Every certificate Sequoia reads: the v6 ones (GnuPG cannot hold them) are trusted through it alone; the
         # v4 ones only give Sequoia's second opinion, gpg stays their authority (issue 16, docs/architecture.md).
         self._sequoia = sequoia.SequoiaKeys(blobs)

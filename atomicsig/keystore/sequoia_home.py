@@ -28,7 +28,7 @@ from pathlib import Path
 
 from atomicsig.errors import InputError, KeyNotFound
 from atomicsig.fsutil import atomic_write, flocked, makedirs
-from atomicsig.openpgp import sqgen
+from atomicsig.openpgp import sequoia, sqgen
 
 __all__ = ["SequoiaHome", "StoredKey"]
 
@@ -41,7 +41,7 @@ _MAX_KEY_FILE = 4 * 1024 * 1024
 class StoredKey:
     """One key in the home: its description, and whether its secret part is in the soft-key store."""
 
-    info: sqgen.CertInfo
+    info: sequoia.CertInfo
     secret_path: Path | None
 
 
@@ -148,18 +148,25 @@ class SequoiaHome:
 
     def public_key(self, stored: StoredKey) -> bytes:
         path = self.cert_path(stored.info.fingerprint)
-        return _read(path) if path.is_file() else sqgen.public_part(self.secret_key(stored))
+        if path.is_file():
+            return _read(path)
+        # Only the secret key is there (put into softkeys by hand or by another tool): its public part.
+        fpr = stored.info.fingerprint
+        found = [c.data for c in sequoia.read_certs(self.secret_key(stored)) if c.fingerprint == fpr]
+        if not found:
+            raise KeyNotFound(f"{self.describe()} has no readable key {fpr}")
+        return found[0]
 
 
-def _infos(path: Path) -> list[sqgen.CertInfo]:
+def _infos(path: Path) -> list[sequoia.CertInfo]:
     """The keys in one file of the home; [] for a file that is not an OpenPGP key.
 
     Why skip rather than fail: the store is shared with sq and other tools (draft-nwjw-openpgp-cert-d), so a
     file atomicsig cannot read must not stop ``sign`` or ``keys list`` from finding the keys it can.
     """
     try:
-        return sqgen.cert_info(_read(path))
-    except InputError:
+        return sequoia.read_certs(_read(path))
+    except InputError:  # unreadable or too large; read_certs itself gives [] for a file that is no key
         return []
 
 

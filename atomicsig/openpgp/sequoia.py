@@ -1,11 +1,11 @@
 """OpenPGP verification by Sequoia (the ``pysequoia`` binding): v6 (RFC 9580) and post-quantum signatures, and
-Sequoia's second opinion on v4 ones.
+Sequoia's second opinion on v4 ones; and the one certificate reader (:func:`read_certs`) of the whole program.
 
-The one module that imports pysequoia (tests/test_layers.py keeps it so; a sibling module of this package may
-add signing and key generation). Sequoia is the engine behind containers/image's Sequoia backend
-(``signature/internal/sequoia``, skopeo ``--sign-by-sq-fingerprint``, podman 5.7): what it accepts under its
-standard policy is what such a node accepts, so key validity — expiry, revocation, binding signatures — and the
-algorithm and hash rules are Sequoia's, never re-implemented here.
+With its sibling :mod:`atomicsig.openpgp.sqgen` (key generation and signing; it reads no certificate itself)
+the only module that imports pysequoia (tests/test_layers.py keeps it in openpgp/). Sequoia is the engine behind
+containers/image's Sequoia backend (``signature/internal/sequoia``, skopeo ``--sign-by-sq-fingerprint``, podman
+5.7): what it accepts under its standard policy is what such a node accepts, so key validity — expiry,
+revocation, binding signatures — and the algorithm and hash rules are Sequoia's, never re-implemented here.
 
 Sequoia says only "no valid signatures" when it refuses; :meth:`SequoiaKeys.verify` then names the most precise
 reason it can read from the packets (untrusted issuer, revoked or expired key, expired signature, SHA-1, short
@@ -34,8 +34,8 @@ from atomicsig.openpgp.constants import HashAlgo, PubkeyAlgo
 # error is ever used here; RUST_LIB_BACKTRACE (read first by anyhow) turns the capture off unless a user set it.
 os.environ.setdefault("RUST_LIB_BACKTRACE", "0")
 
-__all__ = ["ALGORITHM_NAMES", "V6_SIGNING", "CertInfo", "SequoiaKeys", "Verified", "algorithm_name", "read_certs",
-           "unsupported", "without_v6"]
+__all__ = ["ALGORITHM_NAMES", "V6_SIGNING", "CertInfo", "SequoiaKeys", "Verified", "algorithm_name", "first_line",
+           "read_certs", "split_v6", "unsupported"]
 
 #: Public-key algorithm names (RFC 9580 §9.1, draft-ietf-openpgp-pqc), as reasons print them.
 ALGORITHM_NAMES: dict[int, str] = {
@@ -83,15 +83,20 @@ def unsupported(sig: openpgp.SignatureInfo) -> str | None:
 
 @dataclass(frozen=True)
 class CertInfo:
-    """One certificate as Sequoia reads it."""
+    """One certificate (or key) as Sequoia reads it: the one description of a certificate, for verification
+    (validity facts that explain a refusal), policy key material (version, expiry, user IDs, the binary
+    certificate a node's keyPath holds) and the Sequoia home (``keys list``: algorithm, creation, subkeys)."""
 
     fingerprint: str  # uppercase: 40 hex for v4, 64 for v6
-    version: int
-    data: bytes  # the certificate, binary
+    version: int  # of the primary key packet (RFC 9580 §5.5.2): 4, or 6 for RFC 9580 keys
+    data: bytes  # the certificate, binary, public parts only (even when read from a secret key)
+    algorithm: str  # the primary key's algorithm, Sequoia's name ("Ed25519", "MLDSA65_Ed25519", "RSAEncryptSign")
+    created: int  # primary key creation (epoch seconds)
     expires: int | None  # primary key expiry (epoch seconds) under the standard policy, now
     revoked: bool
-    secret: bool  # the input held secret key material (``data`` never does)
+    secret: bool  # the input held secret key material for this certificate (``data`` never does)
     uids: tuple[str, ...] = ()
+    key_fingerprints: frozenset[str] = frozenset()  # primary and subkeys, uppercase
     valid: bool = True  # False: no valid binding signature under Sequoia's standard policy (now)
 
 
@@ -99,17 +104,38 @@ def _epoch(t: datetime.datetime | None) -> int | None:
     return int(t.timestamp()) if t is not None else None
 
 
-def _cert_info(cert: pysequoia.Cert) -> CertInfo:
+def first_line(exc: BaseException) -> str:
+    """Sequoia's error text without the Rust context or backtrace it may carry (the first line is the reason)."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _cert_info(cert: pysequoia.Cert, secret_keys: frozenset[str] = frozenset()) -> CertInfo:
     """Facts about a certificate. A certificate Sequoia finds invalid under its policy (no valid binding
-    signature) raises on some of these questions: its expiry is then unknown and it is
-    explains refusals only, Sequoia's verifier refuses its signatures anyway."""
-    fpr = cert.fingerprint.upper()
+    signature) raises on some of these questions: its expiry and user IDs are then unknown and it is marked
+    not ``valid`` (that explains refusals only; Sequoia's verifier refuses its signatures anyway).
+    ``secret_keys``: fingerprints of the (sub)keys whose secret part the input held."""
+    data = bytes(cert)
+    pile = list(PacketPile.from_bytes(data))
+    primary = pile[0]
+    keys = frozenset(p.fingerprint.upper() for p in pile if p.tag in _KEY_TAGS and p.fingerprint)
+    info = CertInfo(
+        fingerprint=cert.fingerprint.upper(),
+        version=primary.body[0] if primary.body else 0,
+        data=data,
+        algorithm=str(primary.key_algorithm).rsplit(".", 1)[-1],
+        created=_epoch(primary.key_created) or 0,
+        expires=None,
+        revoked=False,
+        secret=bool(keys & secret_keys),
+        key_fingerprints=keys,
+        valid=False,
+    )
     try:
-        expires, revoked = _epoch(cert.expiration), cert.is_revoked
+        expires, revoked = _epoch(cert.expiration), bool(cert.is_revoked)
         uids = tuple(str(u) for u in cert.user_ids)
     except Exception:
-        return CertInfo(fpr, 6 if len(fpr) == 64 else 4, bytes(cert), None, False, False, (), False)
-    return CertInfo(fpr, 6 if len(fpr) == 64 else 4, bytes(cert), expires, revoked, False, uids)
+        return info
+    return dataclasses.replace(info, expires=expires, revoked=revoked, uids=uids, valid=True)
 
 
 def _split(blob: bytes) -> list[pysequoia.Cert]:
@@ -120,25 +146,41 @@ def _split(blob: bytes) -> list[pysequoia.Cert]:
 
 
 def read_certs(blob: bytes) -> list[CertInfo]:
-    """Every certificate Sequoia reads in ``blob`` (binary or armored; [] if none): how v6 keys are recognized."""
-    certs = [_cert_info(c) for c in _split(blob)]
-    try:
-        secret = any(p.tag in (Tag.SecretKey, Tag.SecretSubkey) for p in PacketPile.from_bytes(blob))
+    """Every certificate (or secret key) Sequoia reads in ``blob``, binary or armored, described; [] if none.
+
+    THE certificate reader of atomicsig: how v6 keys are recognized (``version``) wherever a key file is read —
+    verification, policy ``keys:``, ``policy show/explain``, ``sign --key FILE``, the Sequoia home. Unreadable
+    input is [] rather than an error: each caller knows what a file that is no key means where it is read (a
+    foreign file in a shared ``pgp.cert.d`` is skipped, a ``keys:`` file then goes to gpg for its verdict).
+    """
+    certs = _split(blob)
+    try:  # secret parts are seen on the packets: a Cert's own bytes leave them out
+        secret = frozenset(p.fingerprint.upper() for p in PacketPile.from_bytes(blob)
+                           if p.tag in (Tag.SecretKey, Tag.SecretSubkey) and p.fingerprint)
     except Exception:
-        secret = False
-    return [dataclasses.replace(c, secret=True) for c in certs] if secret else certs
+        secret = frozenset()
+    out: list[CertInfo] = []
+    for cert in certs:
+        try:
+            out.append(_cert_info(cert, secret))
+        except Exception:  # noqa: S112 - a certificate Sequoia split but cannot re-read: not one we can use
+            continue
+    return out
 
 
-def without_v6(blob: bytes) -> bytes:
-    """``blob`` for GnuPG: unchanged if it holds no v6 certificate, else only its other certificates (binary).
+def split_v6(blob: bytes) -> tuple[bytes, list[CertInfo]]:
+    """(the part of ``blob`` GnuPG can import, every certificate Sequoia read in it): the one place a keyring is
+    split by key version. The first is ``blob`` unchanged if it holds no v6 certificate, else only its other
+    certificates (binary, public parts: a caller refusing secret keys checks ``secret`` on the second).
 
     gpg 2.2 refuses a whole keyring that holds one v6 packet ("Invalid keyring": it imports nothing, not even the
-    v4 keys before it), so the v4 keys of a mixed file must be handed to it apart.
+    v4 keys before it), so the v4 keys of a mixed file must be handed to it apart; the v6 ones (RFC 9580) are for
+    Sequoia alone (verification, policy ``keys:``, ``policy show``).
     """
     certs = read_certs(blob)
     if not any(c.version == 6 for c in certs):
-        return blob
-    return b"".join(c.data for c in certs if c.version != 6)
+        return blob, certs
+    return b"".join(c.data for c in certs if c.version != 6), certs
 
 
 @dataclass(frozen=True)
@@ -211,14 +253,20 @@ class SequoiaKeys:
         return None
 
     def _why(self, exc: BaseException, sig: openpgp.SignatureInfo, now: int) -> str:
-        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        first = first_line(exc)
         if "no valid signatures" not in first:
             return f"malformed OpenPGP message (Sequoia: {first})"
         issuer = sig.issuer_fingerprint or sig.issuer_keyid
         facts = self._by_handle.get(issuer or "")
         if facts is None:
-            return f"signed by an untrusted key {issuer}" if sig.issuer_fingerprint else \
+            who = f"signed by an untrusted key {issuer}" if sig.issuer_fingerprint else \
                 f"signed by an untrusted key (key ID {issuer})"
+            # A v6 signature under a keyring of v4 keys only: the case of a v6 rollout that has not reached this
+            # policy yet (docs/policy.md "v4 and v6 keys"), so the reason says so rather than leave it to the
+            # length of a fingerprint.
+            if sig.version == 6 and not self.v6_fingerprints:
+                who += " (an OpenPGP v6 signature, and every trusted key is v4)"
+            return who
         info = self.certs[facts.primary]
         if facts.rsa_bits and facts.rsa_bits < MIN_RSA_BITS:
             return f"RSA key of {facts.rsa_bits} bits (Sequoia's standard policy wants {MIN_RSA_BITS} or more)"

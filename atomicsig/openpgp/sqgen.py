@@ -5,13 +5,13 @@ Bytes in, bytes out: no files, no environment. Where the keys are kept (a Sequoi
 
 Why Sequoia and not more hand-written packet code (issue 16 #2): Sequoia is the engine behind containers/image's
 ``simplesequoia`` signer and Sequoia verifier, so a key made and a message signed here are made by the same
-implementation the nodes verify with. Two things pysequoia 0.1.35 does not offer are done here, each small and
-checked against Sequoia itself in tests/test_v6keys.py:
+implementation the nodes verify with. One thing pysequoia 0.1.35 does not offer is done here, small and checked
+against Sequoia itself in tests/test_v6keys.py: protecting a secret key with a passphrase (:func:`protect`):
+RFC 9580 §5.5.3 S2K usage 254 (CFB with a SHA-1 integrity hash) under an iterated+salted SHA-256 S2K (§3.7.1.3)
+and AES-256; Sequoia reads it back with ``Tsk.signer(password)``.
 
-* protecting a secret key with a passphrase (:func:`protect`): RFC 9580 §5.5.3 S2K usage 254 (CFB with a SHA-1
-  integrity hash) under an iterated+salted SHA-256 S2K (§3.7.1.3) and AES-256; Sequoia reads it back with
-  ``Tsk.signer(password)``;
-* reading a key packet's version (:func:`primary_key_versions`) without Sequoia, for ``policy validate``.
+Reading a certificate or key (fingerprint, version, algorithm, expiry, whether it holds a secret part) is not done
+here: :func:`atomicsig.openpgp.sequoia.read_certs` is the one reader, for the verify and the key side alike.
 """
 
 from __future__ import annotations
@@ -23,10 +23,11 @@ from dataclasses import dataclass, field
 import pysequoia
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
-from atomicsig.errors import InputError, PassphraseError, SignatureFormatError
+from atomicsig.errors import InputError, PassphraseError
 from atomicsig.openpgp import packets as openpgp
 from atomicsig.openpgp.constants import HashAlgo, PacketTag, S2KType, S2KUsage, SymmetricAlgo
 from atomicsig.openpgp.secret import _public_length, _s2k_key
+from atomicsig.openpgp.sequoia import first_line
 
 try:  # CFB moved to the "decrepit" namespace (cryptography >= 47); OpenPGP key protection still needs it
     from cryptography.hazmat.decrepit.ciphers.modes import CFB
@@ -37,19 +38,13 @@ __all__ = [
     "ALGORITHMS",
     "PQ_ALGORITHMS",
     "PROFILES",
-    "CertInfo",
     "GeneratedKey",
     "UnlockedKey",
     "armor",
-    "cert_info",
     "dearmor",
     "generate",
-    "issuer",
     "merge_certs",
-    "primary_key_versions",
     "protect",
-    "public_keyring",
-    "public_part",
     "sign_message",
     "unlock",
 ]
@@ -80,11 +75,6 @@ _S2K_COUNT_OCTET = 0xFF
 _AES256_KEY = 32
 
 
-def _first_line(exc: BaseException) -> str:
-    """Sequoia's error text without the Rust backtrace it may carry (the first line is the reason)."""
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-
-
 @dataclass(frozen=True)
 class GeneratedKey:
     """A new key: its primary fingerprint (upper-case hex, 40 for v4, 64 for v6), version and both parts."""
@@ -112,7 +102,7 @@ def generate(user_id: str, *, profile: str, algorithm: str, validity_seconds: in
                                      cipher_suite=getattr(pysequoia.CipherSuite, ALGORITHMS[algorithm]),
                                      validity_seconds=validity_seconds or None)
     except Exception as exc:  # pysequoia raises plain exceptions carrying Sequoia's error text
-        raise InputError(f"Sequoia could not generate a {profile} {algorithm} key: {_first_line(exc)}") from None
+        raise InputError(f"Sequoia could not generate a {profile} {algorithm} key: {first_line(exc)}") from None
     secret = bytes(tsk)
     public = bytes(tsk.extract_certificate())
     return GeneratedKey(tsk.extract_certificate().fingerprint.upper(), PROFILES[profile], secret, public)
@@ -185,28 +175,12 @@ def protect(secret: bytes, passphrase: str) -> bytes:
     return bytes(out)
 
 
-def public_part(key: bytes) -> bytes:
-    """The binary certificate (public parts) of a secret or public key, binary or armored."""
-    try:
-        return bytes(pysequoia.Cert.from_bytes(key))
-    except Exception as exc:
-        raise InputError(f"not an OpenPGP key: {_first_line(exc)}") from None
-
-
-def public_keyring(data: bytes) -> bytes:
-    """Every certificate in ``data`` (binary or armored, secret parts dropped), concatenated in binary."""
-    try:
-        return b"".join(bytes(c) for c in pysequoia.Cert.split_bytes(data))
-    except Exception as exc:
-        raise InputError(f"not an OpenPGP key: {_first_line(exc)}") from None
-
-
 def merge_certs(old: bytes, new: bytes) -> bytes:
     """One certificate from two copies of it (new signatures, subkeys, user IDs kept), as a cert store merges."""
     try:
         return bytes(pysequoia.Cert.from_bytes(old).merge(pysequoia.Cert.from_bytes(new)))
     except Exception as exc:
-        raise InputError(f"cannot merge the certificates: {_first_line(exc)}") from None
+        raise InputError(f"cannot merge the certificates: {first_line(exc)}") from None
 
 
 def dearmor(data: bytes) -> bytes:
@@ -250,7 +224,7 @@ class UnlockedKey:
             return bytes(pysequoia.sign(self._signer, data, mode=pysequoia.SignatureMode.INLINE,
                                         armor=False))
         except Exception as exc:
-            raise InputError(f"Sequoia could not sign with key {self.fingerprint}: {_first_line(exc)}") from None
+            raise InputError(f"Sequoia could not sign with key {self.fingerprint}: {first_line(exc)}") from None
 
 
 def unlock(secret: bytes, passphrase: str | None) -> UnlockedKey:
@@ -260,18 +234,18 @@ def unlock(secret: bytes, passphrase: str | None) -> UnlockedKey:
     try:
         tsk = pysequoia.Tsk.from_bytes(secret)
     except Exception as exc:
-        raise InputError(f"unreadable secret key: {_first_line(exc)}") from None
+        raise InputError(f"unreadable secret key: {first_line(exc)}") from None
     fpr = tsk.extract_certificate().fingerprint.upper()
     try:
         try:
             signer = tsk.signer(passphrase)
         except Exception as exc:
-            if passphrase is None or "not encrypted" not in _first_line(exc):
+            if passphrase is None or "not encrypted" not in first_line(exc):
                 raise
             signer = tsk.signer(None)
     except Exception as exc:
         # Sequoia names a wrong passphrase by its symptom (a failed checksum, a short read after decryption).
-        reason = _first_line(exc)
+        reason = first_line(exc)
         if passphrase is not None:
             raise PassphraseError(f"key {fpr} does not open with the given passphrase ({reason})") from None
         if any(w in reason.lower() for w in ("password", "decrypt", "encrypted")):
@@ -284,105 +258,3 @@ def unlock(secret: bytes, passphrase: str | None) -> UnlockedKey:
 def sign_message(secret: bytes, passphrase: str | None, data: bytes) -> bytes:
     """:func:`unlock` then :meth:`UnlockedKey.sign`, for one message."""
     return unlock(secret, passphrase).sign(data)
-
-
-def issuer(message: bytes) -> str | None:
-    """The issuer fingerprint (upper-case hex) of the first signature in a signed message, unverified."""
-    try:
-        for p in pysequoia.packet.PacketPile.from_bytes(message):
-            if p.tag == pysequoia.packet.Tag.Signature and p.issuer_fingerprint:
-                return str(p.issuer_fingerprint).upper()
-    except Exception:  # noqa: S110 - unreadable: no issuer to report
-        pass
-    return None
-
-
-@dataclass(frozen=True)
-class CertInfo:
-    """What ``keys list`` shows of one certificate or key."""
-
-    fingerprint: str  # upper-case hex
-    version: int
-    algorithm: str
-    created: int
-    expires: int | None
-    uids: list[str]
-    revoked: bool
-    secret: bool
-    key_fingerprints: frozenset[str]  # primary and subkeys, upper-case
-
-
-def cert_info(data: bytes) -> list[CertInfo]:
-    """Every certificate (or key) in ``data`` (binary or armored), described."""
-    try:
-        certs = pysequoia.Cert.split_bytes(data)
-        # Secret parts are seen on the packets: a Cert's own bytes leave them out.
-        secret = {str(p.fingerprint).upper() for p in pysequoia.packet.PacketPile.from_bytes(dearmor(data))
-                  if p.tag == pysequoia.packet.Tag.SecretKey and p.fingerprint}
-    except Exception as exc:
-        raise InputError(f"not an OpenPGP key: {_first_line(exc)}") from None
-    out = []
-    for cert in certs:
-        raw = bytes(cert)
-        try:
-            pile = list(pysequoia.packet.PacketPile.from_bytes(raw))
-        except Exception as exc:
-            raise InputError(f"not an OpenPGP key: {_first_line(exc)}") from None
-        primary = pile[0]
-        keys = {str(p.fingerprint).upper() for p in pile if p.fingerprint}
-        expiration = cert.expiration
-        algorithm = str(primary.key_algorithm).rsplit(".", 1)[-1]
-        created = primary.key_created
-        out.append(CertInfo(
-            fingerprint=cert.fingerprint.upper(),
-            version=primary.body[0] if primary.body else 0,
-            algorithm=algorithm,
-            created=int(created.timestamp()) if created else 0,
-            expires=int(expiration.timestamp()) if expiration else None,
-            uids=[str(u) for u in cert.user_ids],
-            revoked=bool(cert.is_revoked),
-            secret=cert.fingerprint.upper() in secret,
-            key_fingerprints=frozenset(keys),
-        ))
-    return out
-
-
-def primary_key_versions(blob: bytes) -> dict[str, int]:
-    """Each primary key in a binary keyring: fingerprint (or a placeholder) -> key packet version (4, 6, …).
-
-    No Sequoia here on purpose: ``policy validate`` only needs the first octet of each public key packet body
-    (RFC 9580 §5.5.2), and this must work for keys Sequoia itself would refuse.
-    """
-    try:
-        pkts = openpgp.packets(blob)
-    except SignatureFormatError as exc:
-        raise InputError(f"unreadable keyring: {exc.message}") from None
-    out: dict[str, int] = {}
-    for i, p in enumerate(pkts):
-        if p.tag in (PacketTag.PUBLIC_KEY, PacketTag.SECRET_KEY) and p.body:
-            version = p.body[0]
-            if version == 6:
-                name = hashlib.sha256(_v6_fpr_input(p.body, p.tag)).hexdigest().upper()
-            elif version == 4:
-                name = _v4_name(p.body, p.tag)
-            else:
-                name = f"key#{i}"
-            out[name] = version
-    return out
-
-
-def _v6_fpr_input(body: bytes, tag: int) -> bytes:
-    """RFC 9580 §5.5.4.3: 0x9B, four-octet length, then the public key packet body."""
-    public = body if tag == PacketTag.PUBLIC_KEY else body[: 10 + int.from_bytes(body[6:10], "big")]
-    return b"\x9b" + len(public).to_bytes(4, "big") + public
-
-
-def _v4_name(body: bytes, tag: int) -> str:
-    from atomicsig.openpgp.keys import v4_fingerprint
-
-    if tag == PacketTag.SECRET_KEY:
-        try:
-            body = body[: _public_length(body)]
-        except Exception:
-            return "v4-key"
-    return v4_fingerprint(body).upper()

@@ -39,7 +39,7 @@ from atomicsig.gnupg.keyring import KEY_ALGORITHMS, KeyInfo, Keyring, TrustedKey
 from atomicsig.gnupg.passphrase import PassphraseSource, read_cached
 from atomicsig.gnupg.trusted import NativeTrustedKeys, trusted_keys
 from atomicsig.keystore.sequoia_home import SequoiaHome
-from atomicsig.openpgp import sqgen
+from atomicsig.openpgp import sequoia, sqgen
 from atomicsig.ops.verify import AllOf, RequiredSigner
 from atomicsig.signers.base import Signer
 from atomicsig.signers.factory import close_signer, make_signer
@@ -231,7 +231,9 @@ def sequoia_key_info(stored: Any, now: float | None = None) -> KeyInfo:
     bits of its fingerprint, of a v4 key the last (RFC 9580 §5.5.4)."""
     info = stored.info
     now = time.time() if now is None else now
-    validity = "r" if info.revoked else "e" if info.expires is not None and info.expires <= now else "-"
+    # gpg's letters: "i" invalid (no valid binding signature under Sequoia's standard policy), "r", "e", "-".
+    validity = ("i" if not info.valid else "r" if info.revoked
+                else "e" if info.expires is not None and info.expires <= now else "-")
     keyid = info.fingerprint[:16] if info.version == 6 else info.fingerprint[-16:]
     return KeyInfo(info.fingerprint, keyid, tuple(info.uids), info.algorithm, info.created, info.expires, validity,
                    secret=stored.secret_path is not None,
@@ -466,13 +468,10 @@ def _sequoia_key(spec: str, gnupghome: str | None, sequoia_home: str | None) -> 
     p = key_file(spec)
     if p is not None:
         data = p.read_bytes()
-        try:
-            versions = sqgen.primary_key_versions(sqgen.dearmor(data))
-        except InputError:
+        certs = sequoia.read_certs(data)
+        if not any(c.version == 6 for c in certs):
             return None
-        if 6 not in versions.values():
-            return None
-        infos = [i for i in sqgen.cert_info(data) if i.secret]
+        infos = [i for i in certs if i.secret]
         if not infos:
             raise InputError(f"{spec} holds no secret key")
         return StoredKey(infos[0], p), data

@@ -20,6 +20,7 @@ from typing import Any
 from atomicsig.errors import AtomicsigError, InputError, PolicyError, ReferenceError_, StorageError
 from atomicsig.format import identity, policyjson, reference, validate
 from atomicsig.gnupg import keyring as gpg
+from atomicsig.openpgp import sequoia
 from atomicsig.ops.evaluate import (
     Evaluation,
     audit_labels,
@@ -71,16 +72,26 @@ class NodeConfig:
 
 
 def _describe_keyring(home: gpg.Keyring, path: Path) -> list[dict[str, Any]]:
+    """The keys of one keyPath file, as the node's verifier reads them (issue 16 #1): v4 keys through gpg (what
+    GPGME imports), v6 (RFC 9580) certificates through Sequoia — gpg 2.2 refuses a whole file holding one v6
+    packet, so the v4 keys of a mixed file are handed to it apart (:func:`sequoia.split_v6`). Each key says its
+    OpenPGP ``version``, so a scope trusting only v6 keys is visible in ``policy show`` as it is in ``validate``.
+    """
     try:
         data = path.read_bytes()
     except OSError as exc:
         return [{"path": str(path), "error": f"cannot read: {exc.strerror or exc}"}]
-    try:
-        fprs = {f.upper() for f in home.import_keys(data)}
-    except AtomicsigError:
-        return [{"path": str(path), "error": "not an OpenPGP keyring"}]
-    return [{"path": str(path), "fingerprint": k.fingerprint.upper(), "uids": list(k.uids)}
-            for k in home.list_keys() if k.fingerprint.upper() in fprs]
+    v4, certs = sequoia.split_v6(data)
+    v6 = [c for c in certs if c.version == 6]
+    fprs: set[str] = set()
+    if v4 or not v6:
+        try:
+            fprs = {f.upper() for f in home.import_keys(v4)}
+        except AtomicsigError:
+            return [{"path": str(path), "error": "not an OpenPGP keyring"}]
+    return [{"path": str(path), "fingerprint": k.fingerprint.upper(), "uids": list(k.uids), "version": 4}
+            for k in home.list_keys() if k.fingerprint.upper() in fprs] + \
+        [{"path": str(path), "fingerprint": c.fingerprint, "uids": list(c.uids), "version": 6} for c in v6]
 
 
 def namespace_policy(root: Path, namespace: str, policy_dir: str = CRIO_POLICY_DIR) -> Path | None:

@@ -78,12 +78,10 @@ def resolve(spec: PolicySpec, gnupghome: str | None, only: set[str] | None = Non
                                       f"{user.describe()} ({exc.message})") from exc
             # v6 certificates (RFC 9580) are kept as Sequoia read them: GnuPG cannot import them, and c/image's
             # Sequoia backend reads them from the same keyPath file (issue 16 #1). The rest goes through gpg.
-            certs = sequoia.read_certs(blob) if d.kind == "file" else []
+            blob, certs = sequoia.split_v6(blob) if d.kind == "file" else (blob, [])
             v6_of[d.name] = [c for c in certs if c.version == 6]
-            if any(c.secret for c in v6_of[d.name]):
+            if any(c.secret for c in certs):  # any one: the v4 part of a mixed file reaches gpg public only
                 raise PolicyError(f"{_where(spec, d)}: {d.value} holds a SECRET key; give the public key only")
-            if v6_of[d.name]:
-                blob = b"".join(c.data for c in certs if c.version != 6)
             try:
                 fprs = [f.upper() for f in tmp.import_keys(blob)] if blob or not v6_of[d.name] else []
             except AtomicsigError as exc:

@@ -11,7 +11,7 @@ signer is shared by the signing threads (:class:`atomicsig.openpgp.sqgen.Unlocke
 from __future__ import annotations
 
 from atomicsig.keystore.sequoia_home import StoredKey
-from atomicsig.openpgp import sqgen
+from atomicsig.openpgp import packets, sqgen
 
 
 class SequoiaSigner:
@@ -25,7 +25,9 @@ class SequoiaSigner:
         # signers), and the S2K derivation (~0.1-0.3 s) is paid once per run, not per signature. The first
         # signature names the (sub)key Sequoia chose, which ``sign`` warns about for old skopeo.
         self._key = sqgen.unlock(secret, passphrase)
-        self.signing_key = sqgen.issuer(self.sign(b"")) or self.fingerprint
+        # Read by the one signed-message parser (openpgp.packets), the one every verification goes through.
+        first = packets.parse_message(self.sign(b"")).signatures[0]
+        self.signing_key = first.issuer_fingerprint or self.fingerprint
 
     def __repr__(self) -> str:  # never the key or the passphrase
         return f"SequoiaSigner(fingerprint={self.fingerprint!r})"
