@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "serve": ("serve", "serve", "Serve a sigstore over HTTP: lookaside GETs and the signature extension API."),
     "sync": ("sync", "sync", "Keep a local sigstore identical to upstream sigstores."),
     "index": ("sync", "index", "Rebuild the static sync index of a sigstore directory."),
+    "pack": ("pack", "pack", "Write the sync pack a joining node reads in one request (fast first sync)."),
     "prune": ("sync", "prune", "Remove signatures made by a retired key from a sigstore."),
     "demo": ("demo", "demo", "Run the end-to-end demo on a throwaway key, sigstore and local registry."),
 }
