@@ -243,7 +243,8 @@ def test_pack_resumed_across_limited_passes(cli: Any, node: Callable[[str], Node
         assert sync_once(cli, b, "--passes", "10")[0] == 0
         assert contents(b.sigstore) == contents(a.sigstore)
         packs = [x for x in log.read_text().splitlines() if "/.atomicsig/pack" in x]
-        assert len(packs) == 3 and all(" 206 " in x for x in packs[1:]), packs  # 512 + 512 + 176 records
+        # cut after the first stored batch of 512 (the limit is checked between batches), then resumed
+        assert len(packs) >= 2 and " 200 " in packs[0] and all(" 206 " in x for x in packs[1:]), packs
         assert not [x for x in log.read_text().splitlines() if "/signature-" in x]
         st = b.state()["sources"][url]
         assert st["synced"] == 1200 and st["pack_offset"] == 0 and st["rejected"] == {}
