@@ -310,6 +310,8 @@ class SignatureServer:
                 head = read_head(self.root)
                 if head is None or head.epoch != Journal(self.root).epoch() or size - head.offset > PACK_STALE_BYTES:
                     write_pack(self.root)
+            except FileNotFoundError:
+                raise _Reject(404, "not-found", "not found") from None  # no journal yet: nothing to pack
             except (OSError, AtomicsigError) as exc:
                 log.warning("cannot refresh the sync pack: %s", getattr(exc, "message", None) or exc)
         try:
