@@ -207,7 +207,6 @@ class SyncDaemon:
             st = self.state.source(ep.url)
             f = Follower(HTTPSource(ep, cfg.timeout), intake, st, propagate_deletes=cfg.propagate_deletes,
                          save=self.save_state)
-            f.pack_verifier_keys = blobs if self.verifier_factory is None else None
             prev = self._runs.get(ep.url)
             run = _SourceRun(f, cfg.limits, prev.failures if prev else 0, prev.next_at if prev else 0.0)
             f.should_stop = lambda r=run: self._stop.is_set() or r.should_stop()  # type: ignore[misc]

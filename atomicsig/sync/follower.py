@@ -62,9 +62,6 @@ class Follower:
         self._recovering = False
         #: Read the peer's pack when the cursor is empty (docs/sync.md, "Bulk first sync").
         self.use_pack = True
-        #: The trusted keys, when the verifier is the default one (gnupg.trusted.trusted_keys): a big pack is then
-        #: verified ahead in a worker process built from them (atomicsig.sync.packsync).
-        self.pack_verifier_keys: list[bytes] | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._ahead: dict[str, Future[bytes]] = {}
 

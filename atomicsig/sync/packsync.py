@@ -17,22 +17,15 @@ Same rules as the record-by-record path (atomicsig.sync.follower), batched:
   record mode, which content dedup makes safe. So a stale, truncated or tampered pack costs requests, never a
   gap or a wrong cursor;
 * a pass cut by its pass-limit resumes the pack where it stopped (``Range`` + ``If-Range``), so a 100,000-signature
-  first sync also works with the default limits;
-* with the default verifier and more than one CPU, a big pack's signatures are verified one batch ahead in a worker
-  process (:class:`_Verdicts`: the verifier is pure Python and holds the GIL, so threads would not overlap), while
-  this process stores the batch before. The worker runs the same :func:`check_blob` with the same trusted keys;
-  its verdicts are only looked up, so the order, the cursor and every rule above are unchanged.
+  first sync also works with the default limits.
 """
 
 from __future__ import annotations
 
 import logging
-import multiprocessing
-import os
-from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Any
 
-from atomicsig.errors import AtomicsigError, InputError
+from atomicsig.errors import InputError
 from atomicsig.format.sigpath import SigPath
 from atomicsig.ops.intake import Outcome, check_blob
 from atomicsig.store.journal import HEADER_LEN, JournalError, parse_header, parse_line, sha256_hex
@@ -47,78 +40,6 @@ PassReport = Any
 log = logging.getLogger("atomicsig.sync")
 #: Records per stored batch: one filesystem flush, one journal write and one cursor save each.
 BATCH = 512
-#: Packs with at least this many records get a verifier process (starting one costs ~0.5 s).
-WORKER_MIN_RECORDS = 2000
-
-_worker_verifier: Any = None
-
-
-def _worker_init(keys: list[bytes]) -> None:
-    global _worker_verifier
-    from atomicsig.gnupg.trusted import trusted_keys
-
-    _worker_verifier = trusted_keys(keys)
-
-
-def _worker_check(items: list[tuple[bytes, bytes]]) -> dict[tuple[str, str], tuple[str, str] | None]:
-    """In the worker: (path, sha256) → None (may be stored) or (reason, detail), for blobs whose sha256 is the
-    line's (the others are refused or refetched by the follower, which then checks them itself)."""
-    out: dict[tuple[str, str], tuple[str, str] | None] = {}
-    for line, blob in items:
-        try:
-            rec = parse_line(line, 0)
-        except (JournalError, InputError):
-            continue
-        if rec.op != "add" or sha256_hex(blob) != rec.sha256:
-            continue
-        verdict = check_blob(_worker_verifier, rec.path, blob)
-        out[(str(rec.path), rec.sha256)] = None if verdict is None else (verdict.reason, verdict.detail)
-    return out
-
-
-class _Verdicts:
-    """Trust checks one batch ahead, in one worker process (see the module docstring)."""
-
-    def __init__(self, keys: list[bytes]) -> None:
-        self.pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
-                                        initializer=_worker_init, initargs=(keys,))
-        self.ahead: list[Future[dict[tuple[str, str], tuple[str, str] | None]]] = []
-        self.known: dict[tuple[str, str], tuple[str, str] | None] = {}
-
-    def submit(self, batch: list[PackEntry]) -> None:
-        self.ahead.append(self.pool.submit(_worker_check, [(e.line, e.blob) for e in batch if e.blob is not None]))
-
-    def lookup(self, path: SigPath, sha: str) -> tuple[bool, Outcome | None]:
-        """(True, the worker's verdict: None accepted, an Outcome refused), or (False, None) if it has none."""
-        key = (str(path), sha)
-        while key not in self.known and self.ahead:
-            try:
-                self.known.update(self.ahead.pop(0).result())
-            except Exception as exc:  # a dead worker only costs speed: this process checks from here on
-                log.warning("pack verifier process failed; verifying in process",
-                            extra={"fields": {"error": f"{exc.__class__.__name__}: {exc}"}})
-                self.ahead.clear()
-        if key not in self.known:
-            return False, None
-        verdict = self.known.pop(key)
-        return True, None if verdict is None else Outcome("rejected", verdict[0], verdict[1])
-
-    def close(self) -> None:
-        for fut in self.ahead:
-            fut.cancel()
-        self.pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _verdicts_for(f: Follower, records: int | None) -> _Verdicts | None:
-    keys = getattr(f, "pack_verifier_keys", None)
-    if not keys or (os.cpu_count() or 1) < 2 or (records is not None and records < WORKER_MIN_RECORDS):
-        return None
-    try:
-        return _Verdicts(keys)
-    except (OSError, AtomicsigError) as exc:
-        log.warning("cannot start a pack verifier process; verifying in process",
-                    extra={"fields": {"error": str(exc)}})
-        return None
 
 
 class _Leave(Exception):
@@ -151,10 +72,8 @@ def run(f: Follower, rep: PassReport) -> None:
             return
         reader = PackReader(st.offset if resume else None)
         batch: list[PackEntry] = []
-        ready: list[PackEntry] = []  # a full batch whose checks the worker runs while the batch before is stored
         last = [b""]  # the journal line just before the cursor, as handled (for the alignment check)
         started = resume
-        verdicts = _verdicts_for(f, None) if resume else None
         try:
             for chunk in stream.chunks:
                 reader.feed(chunk)
@@ -169,38 +88,29 @@ def run(f: Follower, rep: PassReport) -> None:
                     st.epoch, st.seq, st.offset, st.etag = head.epoch, 0, HEADER_LEN, None
                     st.pack_etag = stream.etag
                     started = True
-                    verdicts = _verdicts_for(f, head.records)
                 for entry in reader.entries():
                     batch.append(entry)
                     if len(batch) >= BATCH:
-                        if verdicts is not None:
-                            verdicts.submit(batch)
-                        todo, ready, batch = ready, batch, []
-                        if todo:
-                            _flush(f, rep, todo, stream.start, last, verdicts)
-                            if f.should_stop():
-                                return  # pack_offset is saved: the next pass resumes the pack here
-            todo, ready = ready + batch, []
-            batch = []
-            _flush(f, rep, todo, stream.start, last, verdicts)
+                        todo, batch = batch, []
+                        _flush(f, rep, todo, stream.start, last)
+                        if f.should_stop():
+                            return  # pack_offset is saved: the next pass resumes the pack here
+            todo, batch = batch, []
+            _flush(f, rep, todo, stream.start, last)
             if not reader.complete:
                 f._reject(rep, "pack", "pack ended before its trailer (truncated); continuing record by record",
                           f.source.pack_url)
         except (PackError, JournalError, _Leave) as exc:
-            if not isinstance(exc, _Leave):  # what was parsed before a malformed record
-                _flush(f, rep, ready + batch, stream.start, last, verdicts)
+            _flush(f, rep, batch, stream.start, last)  # what was parsed before a malformed record
+            if not isinstance(exc, _Leave):
                 f._reject(rep, "pack", f"{exc}; continuing record by record", f.source.pack_url)
-        finally:
-            if verdicts is not None:
-                verdicts.close()
         st.pack_offset, st.pack_etag = 0, None
         if started:
             _check_aligned(f, rep, last[0])
         f.save()
 
 
-def _flush(f: Follower, rep: PassReport, batch: list[PackEntry], start: int, memo: list[bytes],
-           verdicts: _Verdicts | None = None) -> None:
+def _flush(f: Follower, rep: PassReport, batch: list[PackEntry], start: int, memo: list[bytes]) -> None:
     """Handle ``batch`` in journal order; ``memo[0]`` becomes the journal line just before the cursor. Raises
     _Leave (after storing everything before it) when the pack's sequence breaks."""
     st = f.st
@@ -210,7 +120,7 @@ def _flush(f: Follower, rep: PassReport, batch: list[PackEntry], start: int, mem
 
     def store() -> None:
         nonlocal todo
-        _store(f, rep, todo, verdicts)
+        _store(f, rep, todo)
         todo = []
         st.offset, st.seq, st.pack_offset = offset, seq, pack_end
         memo[0] = last
@@ -277,14 +187,10 @@ def _fetch_one(f: Follower, rep: PassReport, path: SigPath, sha: str) -> bytes |
     return blob
 
 
-def _store(f: Follower, rep: PassReport, todo: list[tuple[SigPath, bytes, str]],
-           verdicts: _Verdicts | None = None) -> None:
+def _store(f: Follower, rep: PassReport, todo: list[tuple[SigPath, bytes, str]]) -> None:
     if not todo:
         return
-    checks: list[Outcome | None] = []
-    for p, b, sha in todo:
-        known, verdict = verdicts.lookup(p, sha) if verdicts is not None else (False, None)
-        checks.append(verdict if known else check_blob(f.intake.verifier, p, b))
+    checks: list[Outcome | None] = [check_blob(f.intake.verifier, p, b) for p, b, _ in todo]
     ok = [(p, b) for (p, b, _), c in zip(todo, checks, strict=True) if c is None]
     for (p, b, _), c in zip(todo, checks, strict=True):
         if c is not None:
