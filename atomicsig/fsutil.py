@@ -44,8 +44,9 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
 
 
 @contextlib.contextmanager
-def _temp_in(directory: Path, data: bytes, mode: int) -> Iterator[str]:
-    """Write ``data`` to a fsynced temp file in ``directory``; remove it on the way out if still there."""
+def _temp_in(directory: Path, data: bytes, mode: int, sync: bool = True) -> Iterator[str]:
+    """Write ``data`` to a fsynced temp file in ``directory``; remove it on the way out if still there.
+    ``sync=False``: the caller flushes a whole batch at once (:func:`sync_filesystem`) before relying on it."""
     fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-", dir=directory)
     try:
         try:
@@ -54,7 +55,8 @@ def _temp_in(directory: Path, data: bytes, mode: int) -> Iterator[str]:
             while view:
                 written = os.write(fd, view)
                 view = view[written:]
-            os.fsync(fd)
+            if sync:
+                os.fsync(fd)
         finally:
             os.close(fd)
         yield tmp
@@ -63,17 +65,19 @@ def _temp_in(directory: Path, data: bytes, mode: int) -> Iterator[str]:
             os.unlink(tmp)
 
 
-def atomic_write(path: str | os.PathLike[str], data: bytes, mode: int = 0o644, *, sync_dir: bool = True) -> None:
+def atomic_write(path: str | os.PathLike[str], data: bytes, mode: int = 0o644, *, sync_dir: bool = True,
+                 sync: bool = True) -> None:
     """Replace ``path`` with ``data`` atomically (temp + fsync + rename + directory fsync).
 
     ``sync_dir=False`` leaves the directory fsync to the caller, who writes many files into one directory and
     calls :func:`fsync_dir` once before anything that depends on them (the policy compiler's phases).
+    ``sync=False`` skips every fsync: a batch writer flushes the whole batch with :func:`sync_filesystem`.
     """
     target = Path(path)
     try:
-        with _temp_in(target.parent, data, mode) as tmp:
+        with _temp_in(target.parent, data, mode, sync) as tmp:
             os.replace(tmp, target)
-        if sync_dir:
+        if sync_dir and sync:
             fsync_dir(target.parent)
     except OSError as exc:
         raise StorageError(f"cannot write {target}: {exc.strerror or exc}") from exc
@@ -134,20 +138,23 @@ def atomic_write_at(dir_fd: int, name: str, data: bytes, mode: int = 0o644, *, d
         raise StorageError(f"cannot write {display or name}: {exc.strerror or exc}") from exc
 
 
-def create_exclusive(path: str | os.PathLike[str], data: bytes, mode: int = 0o644) -> bool:
+def create_exclusive(path: str | os.PathLike[str], data: bytes, mode: int = 0o644, *, sync: bool = True) -> bool:
     """Create ``path`` with ``data`` only if it does not exist. Returns False if the name was taken.
 
     The content is complete before the name appears (link of a fsynced temp file), so a concurrent reader never
-    sees a partial ``signature-N``.
+    sees a partial ``signature-N``. ``sync=False`` (a batch writer: the bulk first sync) skips both fsyncs: the
+    name still appears only once the content is complete (a killed process cannot leave a partial file), and the
+    caller calls :func:`sync_filesystem` once for the batch before anything depends on it (journal, cursor).
     """
     target = Path(path)
     try:
-        with _temp_in(target.parent, data, mode) as tmp:
+        with _temp_in(target.parent, data, mode, sync) as tmp:
             try:
                 os.link(tmp, target)
             except FileExistsError:
                 return False
-        fsync_dir(target.parent)
+        if sync:
+            fsync_dir(target.parent)
         return True
     except OSError as exc:
         if exc.errno == errno.EEXIST:
@@ -155,8 +162,9 @@ def create_exclusive(path: str | os.PathLike[str], data: bytes, mode: int = 0o64
         raise StorageError(f"cannot write {target}: {exc.strerror or exc}") from exc
 
 
-def makedirs(path: str | os.PathLike[str], mode: int = 0o755) -> None:
-    """mkdir -p with an explicit mode that ignores the umask, fsyncing each newly created level's parent."""
+def makedirs(path: str | os.PathLike[str], mode: int = 0o755, *, sync: bool = True) -> None:
+    """mkdir -p with an explicit mode that ignores the umask, fsyncing each newly created level's parent
+    (``sync=False``: left to the caller's :func:`sync_filesystem` for a whole batch)."""
     target = Path(path)
     missing: list[Path] = []
     cur = target
@@ -174,9 +182,30 @@ def makedirs(path: str | os.PathLike[str], mode: int = 0o755) -> None:
             raise StorageError(f"cannot create directory {d}: {exc.strerror or exc}") from exc
         else:
             os.chmod(d, mode)
-            fsync_dir(d.parent)
+            if sync:
+                fsync_dir(d.parent)
     if not target.is_dir():
         raise StorageError(f"{target} exists and is not a directory")
+
+
+def sync_filesystem(path: str | os.PathLike[str]) -> None:
+    """Make every write to the filesystem holding ``path`` durable: one ``syncfs(2)`` instead of an fsync per
+    file and directory. A batch writer (the bulk first sync, thousands of small files) calls it once per batch,
+    before the journal lines that announce the batch; per-file fsyncs were most of its cost (docs/sync.md).
+    Falls back to ``sync(2)`` where syncfs is unavailable."""
+    import ctypes
+    import ctypes.util
+
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        if libc.syncfs(fd) != 0:
+            err = ctypes.get_errno()
+            raise StorageError(f"cannot flush the filesystem of {path}: {os.strerror(err)}")
+    except (OSError, AttributeError):
+        os.sync()
+    finally:
+        os.close(fd)
 
 
 def is_within(root: str | os.PathLike[str], candidate: str | os.PathLike[str]) -> bool:

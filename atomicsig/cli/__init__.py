@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "sync": ("sync", "sync", "Keep a local sigstore identical to upstream sigstores."),
     "mirror": ("mirror", "mirror", "Copy images' signatures from an upstream lookaside or registry, verified."),
     "index": ("sync", "index", "Rebuild the static sync index of a sigstore directory."),
+    "pack": ("pack", "pack", "Write the sync pack a joining node reads in one request (fast first sync)."),
     "prune": ("sync", "prune", "Remove signatures made by a retired key from a sigstore."),
     "webhook": ("webhook", "webhook", "Kubernetes admission webhook: check pods' images against the policy at deploy."),
     "bundle": ("bundle", "bundle", "Carry signatures, keys and policy across an air gap in one checked file."),

@@ -48,6 +48,29 @@ def classify(message: str) -> str:
     return "bad-signature"
 
 
+def check_blob(verifier: Verifier, path: SigPath, blob: bytes) -> Outcome | None:
+    """None if ``blob`` may be stored under ``path``; else the rejection. A function of its arguments only, so
+    the bulk first sync can run it in worker processes (atomicsig.sync.packsync)."""
+    if len(blob) > MAX_SIGNATURE_SIZE:
+        return Outcome("rejected", "too-large", f"{len(blob)} bytes")
+    try:
+        simple_signing_body(blob)
+    except SignatureFormatError as exc:
+        return Outcome("rejected", "format", exc.message)
+    try:
+        verified = verifier.verify(blob)
+    except SignatureFormatError as exc:
+        return Outcome("rejected", classify(exc.message), exc.message)
+    try:
+        claimed = payload.parse(verified.payload)
+    except SignatureFormatError as exc:
+        return Outcome("rejected", "payload", exc.message)
+    if claimed.manifest_digest != path.digest:
+        return Outcome("rejected", "digest-mismatch",
+                       f"payload is for {claimed.manifest_digest}, path is {path.digest}")
+    return None
+
+
 class Intake:
     def __init__(self, store: DirectoryStore, verifier: Verifier, quarantine: Path | None = None) -> None:
         self.store = store
@@ -56,24 +79,27 @@ class Intake:
 
     def check(self, path: SigPath, blob: bytes) -> Outcome | None:
         """None if ``blob`` may be stored under ``path``; else the rejection."""
-        if len(blob) > MAX_SIGNATURE_SIZE:
-            return Outcome("rejected", "too-large", f"{len(blob)} bytes")
-        try:
-            simple_signing_body(blob)
-        except SignatureFormatError as exc:
-            return Outcome("rejected", "format", exc.message)
-        try:
-            verified = self.verifier.verify(blob)
-        except SignatureFormatError as exc:
-            return Outcome("rejected", classify(exc.message), exc.message)
-        try:
-            claimed = payload.parse(verified.payload)
-        except SignatureFormatError as exc:
-            return Outcome("rejected", "payload", exc.message)
-        if claimed.manifest_digest != path.digest:
-            return Outcome("rejected", "digest-mismatch",
-                           f"payload is for {claimed.manifest_digest}, path is {path.digest}")
-        return None
+        return check_blob(self.verifier, path, blob)
+
+    def store_checked(self, items: list[tuple[SigPath, bytes]], origin: str) -> list[Outcome]:
+        """Store signatures that passed :func:`check_blob` (the caller ran it, possibly in worker processes: the
+        bulk first sync), as one batch: :meth:`DirectoryStore.append_batch` (one flush and one journal write
+        for the batch). Same outcomes as :meth:`offer`, in order: created, duplicate, or digest-full."""
+        results = self.store.append_batch([(p.repo, p.digest, b) for p, b in items], origin=origin)
+        out: list[Outcome] = []
+        for (path, blob), res in zip(items, results, strict=True):
+            if isinstance(res, StorageError):
+                out.append(Outcome("rejected", "digest-full", res.message))
+            elif res.created:
+                out.append(Outcome("created", location=res.location))
+            else:
+                self.also_delivered(path, sha256_hex(blob), origin)
+                out.append(Outcome("duplicate", location=res.location))
+        return out
+
+    def reject(self, path: SigPath, blob: bytes, origin: str, outcome: Outcome) -> None:
+        """A rejection decided outside :meth:`offer` (a batch checked elsewhere): quarantine it like offer does."""
+        self._quarantine(path, blob, origin, outcome)
 
     def offer(self, path: SigPath, blob: bytes, origin: str | None) -> Outcome:
         """Check ``blob`` and store it under ``path`` (or say why not). ``origin``: the sync source delivering it,

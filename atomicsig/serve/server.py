@@ -60,6 +60,37 @@ JOURNAL_PATH = "/.atomicsig/journal"
 
 
 JOURNAL_FILE = Path(".atomicsig") / "journal"
+#: The sync pack (atomicsig.store.pack): the journal with every signature inlined, for a joining node.
+PACK_PATH = "/.atomicsig/pack"
+#: Rebuild the pack on a request once the journal has grown this much past it (~6,000 records): a joining node
+#: then fetches at most that much record by record.
+PACK_STALE_BYTES = 1024 * 1024
+
+
+class _FileBody:
+    """A response body streamed from an open file (the pack is tens of MiB: never held in memory)."""
+
+    def __init__(self, fh: Any, start: int, length: int) -> None:
+        self.fh, self.start, self.length = fh, start, length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self) -> Any:
+        try:
+            self.fh.seek(self.start)
+            left = self.length
+            while left > 0:
+                chunk = self.fh.read(min(left, 256 * 1024))
+                if not chunk:
+                    return
+                left -= len(chunk)
+                yield chunk
+        finally:
+            self.fh.close()
+
+    def close(self) -> None:
+        self.fh.close()
 
 
 #: SPEC §6.2; the repository path and the digest are carved with the lookaside grammar's shapes, then validated.
@@ -124,6 +155,7 @@ class SignatureServer:
         self.root = Path(config.sigstore)
         self.metrics = _Metrics()
         self._locks: dict[str, threading.Lock] = {}
+        self._pack_lock = threading.Lock()
         self._locks_guard = threading.Lock()
         self._trusted: Any = None
         if config.trusted_keys:
@@ -159,12 +191,20 @@ class SignatureServer:
         self.metrics.requests.labels(method, str(status)).inc()
         headers.append(("Content-Length", str(len(body))))
         start_response(f"{status} {_REASONS.get(status, 'Unknown')}", headers)
+        if isinstance(body, _FileBody):
+            access_log.info('%s "%s %s" %d %d %.1fms', environ.get("REMOTE_ADDR", "-"), method,
+                            environ.get("REQUEST_URI") or environ.get("PATH_INFO", ""), status, len(body),
+                            (time.monotonic() - started) * 1000)
+            if method == "HEAD":
+                body.close()
+                return [b""]
+            return body
         access_log.info('%s "%s %s" %d %d %.1fms', environ.get("REMOTE_ADDR", "-"), method,
                         environ.get("REQUEST_URI") or environ.get("PATH_INFO", ""), status, len(body),
                         (time.monotonic() - started) * 1000)
         return [b"" if method == "HEAD" else body]
 
-    def _dispatch(self, environ: dict[str, Any], method: str) -> tuple[int, list[tuple[str, str]], bytes]:
+    def _dispatch(self, environ: dict[str, Any], method: str) -> tuple[int, list[tuple[str, str]], Any]:
         raw = environ.get("REQUEST_URI") or urllib.parse.quote(environ.get("PATH_INFO", ""))
         path = urllib.parse.unquote(raw.split("?", 1)[0])
         if path == "/healthz":
@@ -184,6 +224,8 @@ class SignatureServer:
         self._check_read(environ)
         if path == JOURNAL_PATH:
             return self._journal(environ)
+        if path == PACK_PATH:
+            return self._pack(environ)
         return self._signature(environ, _lookaside_path(path))
 
     # ---- auth -------------------------------------------------------------------------------------------------
@@ -253,6 +295,54 @@ class SignatureServer:
                 data = fh.read(end - start + 1)
                 return 206, [("Content-Range", f"bytes {start}-{start + len(data) - 1}/{size}"), *headers], data
             return 200, headers, fh.read(size)
+
+    def _pack(self, environ: dict[str, Any]) -> tuple[int, list[tuple[str, str]], Any]:
+        """The sync pack for a joining node (docs/sync.md, "Bulk first sync"), streamed, with single byte ranges
+        and ``If-Range`` (a follower cut by its pass limit resumes it). Rebuilt here first when missing, from
+        another epoch, or :data:`PACK_STALE_BYTES` behind the journal, so serve offers one without a timer;
+        concurrent requests wait for one rebuild. A store serve cannot write keeps whatever pack it has."""
+        from atomicsig.store.journal import Journal
+        from atomicsig.store.pack import PACK_NAME, read_head, write_pack
+
+        with self._pack_lock:
+            try:
+                size = (self.root / JOURNAL_FILE).stat().st_size
+                head = read_head(self.root)
+                if head is None or head.epoch != Journal(self.root).epoch() or size - head.offset > PACK_STALE_BYTES:
+                    write_pack(self.root)
+            except FileNotFoundError:
+                raise _Reject(404, "not-found", "not found") from None  # no journal yet: nothing to pack
+            except (OSError, AtomicsigError) as exc:
+                log.warning("cannot refresh the sync pack: %s", getattr(exc, "message", None) or exc)
+        try:
+            fd = fsutil.open_regular_file(self.root, (JOURNAL_FILE.parent / PACK_NAME).as_posix())
+        except (OSError, fsutil.UnsafeFileError):
+            raise _Reject(404, "not-found", "not found") from None
+        fh = os.fdopen(fd, "rb")
+        try:
+            st = os.fstat(fd)
+            size = st.st_size
+            etag = f'"{st.st_ino:x}-{size:x}-{st.st_mtime_ns:x}"'
+            headers = [("ETag", etag), ("Cache-Control", "no-cache"), ("Accept-Ranges", "bytes"),
+                       ("Content-Type", "application/octet-stream")]
+            if _etag_matches(environ.get("HTTP_IF_NONE_MATCH"), etag):
+                fh.close()
+                return 304, headers, b""
+            rng = _parse_range(environ.get("HTTP_RANGE"), size)
+            if_range = environ.get("HTTP_IF_RANGE")
+            if rng is not None and if_range and if_range != etag:
+                rng = None
+            if rng == "unsatisfiable":
+                fh.close()
+                return 416, [("Content-Range", f"bytes */{size}"), *headers], b""
+            if isinstance(rng, tuple):
+                start, end = rng
+                return 206, [("Content-Range", f"bytes {start}-{end}/{size}"), *headers], \
+                    _FileBody(fh, start, end - start + 1)
+            return 200, headers, _FileBody(fh, 0, size)
+        except BaseException:
+            fh.close()
+            raise
 
     # ---- extension API ----------------------------------------------------------------------------------------
 

@@ -226,6 +226,22 @@ class Journal:
                                 for i, sha in sorted(current().items()) if view.get(i) != sha]
             self._reconcile_locked(covered=False, then=lines, check=check, held=dirname)
 
+    def commit_batch(self, seen_epoch: str | None,
+                     changes: list[tuple[str, list[tuple[str, str, str]], Callable[[], dict[int, str]]]]) -> None:
+        """:meth:`commit_dir` for many directories at once (the bulk first sync), whose locks the caller holds:
+        one journal lock, one write and one fsync for the whole batch. If the journal is missing or has another
+        epoch than ``seen_epoch`` (a rebuild ran meanwhile), each directory goes through :meth:`commit_dir`, which
+        knows what that rebuild may already list; that is rare, so its cost does not matter."""
+        every = [x for _, lines, _ in changes for x in lines]
+        _validate(every)
+        check = _suspect_pending(self.meta / PENDING_NAME)
+        with self.locked():
+            if self.path.exists() and self.epoch() == seen_epoch:
+                self._reconcile_locked(covered=False, then=every, check=check)
+                return
+        for dirname, lines, current in changes:
+            self.commit_dir(dirname, seen_epoch, lines, current)
+
     def view(self, dirname: str) -> dict[int, str]:
         """index → sha256 of ``dirname`` as the journal's lines replay (module docstring). Reads the whole journal:
         only for repairs (a dead writer's record, a rebuild during a change), never per signature."""

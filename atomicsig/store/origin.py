@@ -54,9 +54,9 @@ def _load(path: Path) -> dict[str, list[str]]:
             if isinstance(k, str) and isinstance(v, list)}
 
 
-def _save(path: Path, doc: dict[str, list[str]]) -> None:
-    fsutil.makedirs(path.parent, 0o755)
-    fsutil.atomic_write(path, json.dumps(doc, sort_keys=True).encode(), 0o644, sync_dir=False)
+def _save(path: Path, doc: dict[str, list[str]], sync: bool = True) -> None:
+    fsutil.makedirs(path.parent, 0o755, sync=sync)
+    fsutil.atomic_write(path, json.dumps(doc, sort_keys=True).encode(), 0o644, sync_dir=False, sync=sync)
 
 
 def recorded(root: Path, dirname: str, sha256: str) -> list[str]:
@@ -65,13 +65,14 @@ def recorded(root: Path, dirname: str, sha256: str) -> list[str]:
     return _load(_path(root, dirname)).get(sha256, [])
 
 
-def remember(root: Path, dirname: str, sha256: str, source: str, *, keep: set[str]) -> None:
+def remember(root: Path, dirname: str, sha256: str, source: str, *, keep: set[str], sync: bool = True) -> None:
     """Record ``source`` for new bytes (the caller holds the directory's lock and is about to link them); entries
-    for bytes no longer in the directory (not in ``keep``) are dropped on the way."""
+    for bytes no longer in the directory (not in ``keep``) are dropped on the way. ``sync=False``: a batch writer
+    flushes the filesystem once for its whole batch (atomicsig.store.directory.DirectoryStore.append_batch)."""
     path = _path(root, dirname)
     doc = {k: v for k, v in _load(path).items() if k in keep}
     doc[sha256] = [source]
-    _save(path, doc)
+    _save(path, doc, sync)
 
 
 def also_delivered(root: Path, dirname: str, sha256: str, source: str) -> bool:

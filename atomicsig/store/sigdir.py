@@ -69,12 +69,14 @@ def read_dir(d: Path, root: Path | None = None, *, stop_at_unsafe: bool = False)
     return out
 
 
-def append_to_dir(d: Path, blob: bytes, existing: list[StoredSignature] | None = None) -> AppendResult:
+def append_to_dir(d: Path, blob: bytes, existing: list[StoredSignature] | None = None, *,
+                  sync: bool = True) -> AppendResult:
     """Create the first free ``signature-N`` in ``d`` with ``blob`` unless identical bytes are already there.
 
     Also removes temp files killed writers left here (:func:`fsutil.sweep_stale_temps`). ``existing``: what the
     caller just read of ``d`` (and swept) under the directory lock, so it is not read twice; a file added since
     is still never overwritten (create-exclusive), only possibly a duplicate of bytes stored meanwhile.
+    ``sync=False``: no fsync here; the batch writer flushes once per batch (:func:`fsutil.sync_filesystem`).
     """
     if existing is None:
         fsutil.sweep_stale_temps(d)
@@ -85,7 +87,7 @@ def append_to_dir(d: Path, blob: bytes, existing: list[StoredSignature] | None =
     n = len(existing) + 1
     while n < MAX_LOOKASIDE_SIGNATURES:
         p = d / signature_name(n)
-        if fsutil.create_exclusive(p, blob, 0o644):
+        if fsutil.create_exclusive(p, blob, 0o644, sync=sync):
             return AppendResult(str(p), n, True)
         # Someone else took N meanwhile; their file is complete (created by link), so check it and move on.
         try:

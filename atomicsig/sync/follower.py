@@ -12,6 +12,7 @@ Cursor rules (the "why" of the design in docs/sync.md):
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -24,6 +25,7 @@ from atomicsig.ops.intake import Intake
 from atomicsig.store.journal import HEADER_LEN, Journal, JournalError, iter_lines, parse_header, parse_line, sha256_hex
 from atomicsig.store.prune import remove_blob
 from atomicsig.store.sigdir import lock_dir, read_dir
+from atomicsig.sync import packsync
 from atomicsig.sync.source import Gone, HTTPSource, TooLarge
 from atomicsig.sync.state import SourceState
 
@@ -58,6 +60,8 @@ class Follower:
         self.should_stop = should_stop
         self.on_progress = on_progress
         self._recovering = False
+        #: Read the peer's pack when the cursor is empty (docs/sync.md, "Bulk first sync").
+        self.use_pack = True
         self._pool: ThreadPoolExecutor | None = None
         self._ahead: dict[str, Future[bytes]] = {}
 
@@ -73,6 +77,9 @@ class Follower:
         # A follower killed between storing a signature and its journal line left a pending record: finish it
         # now, so nodes following this one still receive that signature.
         self.intake.store.recover()
+        if self.use_pack and packsync.wanted(self):
+            # A joining node: the whole journal so far in one streaming request (atomicsig.sync.packsync).
+            packsync.run(self, rep)
         with ThreadPoolExecutor(PREFETCH, thread_name_prefix="sync-fetch") as pool:
             self._pool = pool
             try:
@@ -268,6 +275,8 @@ class Follower:
     def _have(self, path: SigPath, sha: str) -> bool:
         """Skip the GET when identical bytes are already stored locally (cheap re-sync after a restart)."""
         d = Path(self.intake.store.root) / path.dirname
+        if not os.path.isdir(d):  # one stat: the common answer in a first sync (read_dir opens every level)
+            return False
         try:
             return any(sha256_hex(s.blob) == sha for s in read_dir(d))
         except StorageError:

@@ -17,9 +17,10 @@ fails (SourceError), is reported and backed off.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +28,7 @@ from atomicsig.errors import RegistryError
 from atomicsig.format.blob import MAX_SIGNATURE_SIZE
 from atomicsig.net import fetch
 from atomicsig.store.journal import HEADER_LEN, JOURNAL_NAME, META_DIR
+from atomicsig.store.pack import PACK_NAME
 from atomicsig.sync.config import Endpoint
 
 #: At most this many journal bytes per request (≈ 60,000 records); a pass loops until caught up.
@@ -160,6 +162,60 @@ class HTTPSource:
                                 tag if whole else None, body[:HEADER_LEN])
         raise _status_error(self.journal_url, resp)
 
+    @property
+    def pack_url(self) -> str:
+        return f"{self.endpoint.url}/{META_DIR}/{PACK_NAME}"
+
+    @contextlib.contextmanager
+    def pack(self, start: int = 0, etag: str | None = None) -> Iterator[PackStream | None]:
+        """Stream ``.atomicsig/pack`` (atomicsig.store.pack) from byte ``start`` (with ``If-Range: etag``, so a
+        replaced pack is not spliced onto the old one: the server then sends all of it, ``start`` 0). None: the
+        peer offers no pack (404/403/405/416): the caller syncs record by record. Reads are bounded like every
+        other request of the pass (``timeout`` per read, cut at the pass deadline); there is no size cap because
+        the body is parsed as it arrives and never held whole."""
+        headers = {"Accept-Encoding": "identity"}
+        if start:
+            headers["Range"] = f"bytes={start}-"
+            if etag:
+                headers["If-Range"] = etag
+        self.requests_made += 1
+        url = self.pack_url
+        wait = self._wait(url)
+        try:
+            with self.fetcher.exchange("GET", url, headers=headers, bearer=self.endpoint.token(),
+                                       timeout=(wait, wait)) as resp:
+                self.on_data()
+                if resp.status_code in (403, 404, 405, 410, 416):
+                    yield None
+                    return
+                if resp.status_code == 206 and start:
+                    m = _CONTENT_RANGE.match(resp.headers.get("Content-Range") or "")
+                    if not m or m.group(1) is None or int(m.group(1)) != start:
+                        raise SourceError(f"{url}: asked for bytes from {start}, got "
+                                          f"{resp.headers.get('Content-Range')!r}")
+                elif resp.status_code == 200:
+                    start = 0
+                else:
+                    raise _status_error(url, resp)
+                yield PackStream(start, resp.headers.get("ETag"), _pack_chunks(self, resp, url))
+        except fetch.NetError as exc:
+            if self._overdue():
+                raise SourceError(f"{url}: cut at this pass's time limit before a complete answer") from exc
+            raise SourceError(f"cannot reach {url}: {exc.cause_name}") from exc
+
+    def journal_bytes(self, start: int, end: int) -> bytes:
+        """Journal bytes ``[start, end)`` (a short Range request): how a follower checks that a pack was the
+        journal's prefix (atomicsig.sync.packsync)."""
+        resp, body = self._get(self.journal_url, {"Range": f"bytes={start}-{end - 1}",
+                                                  "Accept-Encoding": "identity"}, end, truncate=True)
+        if resp.status_code == 206:
+            return body
+        if resp.status_code == 200:
+            return body[start:end]
+        if resp.status_code == 416:
+            return b""
+        raise _status_error(self.journal_url, resp)
+
     def header(self) -> bytes:
         resp, body = self._get(self.journal_url, {"Range": f"bytes=0-{HEADER_LEN - 1}",
                                                   "Accept-Encoding": "identity"}, JOURNAL_CHUNK)
@@ -176,6 +232,31 @@ class HTTPSource:
         if resp.status_code == 404:
             raise Gone(f"{url}: 404", status=404)
         raise _status_error(url, resp)
+
+
+@dataclass
+class PackStream:
+    """An open pack response: ``start`` is the pack byte its first chunk begins at, ``etag`` names the file (to
+    resume it with ``If-Range``), ``chunks`` yields the body as it arrives."""
+
+    start: int
+    etag: str | None
+    chunks: Iterator[bytes]
+
+
+def _pack_chunks(src: HTTPSource, resp: Any, url: str) -> Iterator[bytes]:
+    while True:
+        try:
+            fetch._set_read_timeout(resp, src._wait(url))
+            chunk = resp.raw.read1(fetch.CHUNK, decode_content=False)
+        except SourceError:
+            raise
+        except Exception as exc:  # urllib3/socket errors: the pass fails and is retried (resuming the pack)
+            raise SourceError(f"{url}: transfer failed ({exc.__class__.__name__})") from exc
+        if not chunk:
+            return
+        src._received(len(chunk))
+        yield chunk
 
 
 def _status_error(url: str, resp: Any) -> SourceError:

@@ -33,6 +33,10 @@ class SourceState:
     last_error: str | None = None
     last_error_time: float | None = None
     last_success: float | None = None
+    #: While a bulk first sync is under way (atomicsig.sync.packsync): the pack byte just after the record at
+    #: ``offset`` (0: not in a pack) and the pack's ETag, so a cut pass resumes the pack with a Range request.
+    pack_offset: int = 0
+    pack_etag: str | None = None
 
     @property
     def lag_bytes(self) -> int | None:
@@ -41,6 +45,7 @@ class SourceState:
     def restart(self) -> None:
         """Forget the position (new epoch or a corrupt journal); counters stay."""
         self.epoch, self.offset, self.seq, self.etag = None, 0, 0, None
+        self.pack_offset, self.pack_etag = 0, None
 
 
 @dataclass

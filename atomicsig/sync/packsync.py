@@ -1,0 +1,222 @@
+"""The bulk first sync: a follower with an empty cursor reads the peer's pack (atomicsig.store.pack) in one
+streaming request instead of one GET per signature, then continues with the journal tail (docs/sync.md).
+
+Same rules as the record-by-record path (atomicsig.sync.follower), batched:
+
+* every inlined blob passes the same trust check (:func:`atomicsig.ops.intake.check_blob`: size, format, a
+  trusted key, strict payload, payload digest = path digest) and must have the sha256 its journal line names;
+  rejects are counted by reason and quarantined, the rest of the batch is stored;
+* a batch is stored with :meth:`Intake.store_checked` (one filesystem flush and one journal write per batch, not
+  ~4 fsyncs per signature), and the cursor moves past the batch only after that: ``st.offset`` is never ahead of
+  what is stored, even for an instant (the daemon may save the state of every source at any time). A ``kill -9``
+  mid-pack resumes at the last saved batch; what the killed batch linked is deduplicated by content and its
+  missing journal lines are added from the pending records (atomicsig.store.journal);
+* the cursor is computed from the journal lines read, never taken from the pack's first line; a pack from another
+  epoch is not used; when the pack is left (complete, cut short, malformed, or inconsistent), the live journal must
+  end the last packed line at the cursor (one small Range request) — else the follower restarts at offset 0 in
+  record mode, which content dedup makes safe. So a stale, truncated or tampered pack costs requests, never a
+  gap or a wrong cursor;
+* a pass cut by its pass-limit resumes the pack where it stopped (``Range`` + ``If-Range``), so a 100,000-signature
+  first sync also works with the default limits.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from atomicsig.errors import InputError
+from atomicsig.format.sigpath import SigPath
+from atomicsig.ops.intake import Outcome, check_blob
+from atomicsig.store.journal import HEADER_LEN, JournalError, parse_header, parse_line, sha256_hex
+from atomicsig.store.pack import PackEntry, PackError, PackReader
+from atomicsig.sync.source import Gone, TooLarge
+
+#: The follower (atomicsig.sync.follower.Follower) and its PassReport. Not imported, not even for type checking:
+#: the follower imports this module, and tests/test_layers.py counts every import towards a cycle.
+Follower = Any
+PassReport = Any
+
+log = logging.getLogger("atomicsig.sync")
+#: Records per stored batch: one filesystem flush, one journal write and one cursor save each.
+BATCH = 512
+
+
+class _Leave(Exception):
+    """Stop reading the pack; the journal continues from the cursor (after the alignment check)."""
+
+
+def wanted(f: Follower) -> bool:
+    """Fresh cursor (never synced from this source), or a pack cut by an earlier pass's limit."""
+    st = f.st
+    return (st.offset == 0 and st.epoch is None) or (st.pack_offset > 0 and st.epoch is not None)
+
+
+def run(f: Follower, rep: PassReport) -> None:
+    """Read the pack as far as this pass may; on return the cursor is consistent and record mode may go on."""
+    st = f.st
+    resume = st.pack_offset > 0 and st.epoch is not None
+    live_epoch = parse_header(f.source.header())
+    if resume and live_epoch != st.epoch:
+        st.pack_offset, st.pack_etag = 0, None  # record mode sees the new epoch and restarts
+        return
+    with f.source.pack(st.pack_offset if resume else 0, st.pack_etag if resume else None) as stream:
+        if stream is None:
+            log.info("no pack offered; syncing record by record", extra={"fields": {"source": f.url}})
+            st.pack_offset, st.pack_etag = 0, None
+            return
+        if resume and stream.start == 0:
+            log.info("pack replaced since the last pass; continuing record by record",
+                     extra={"fields": {"source": f.url}})
+            st.pack_offset, st.pack_etag = 0, None
+            return
+        reader = PackReader(st.offset if resume else None)
+        batch: list[PackEntry] = []
+        last = [b""]  # the journal line just before the cursor, as handled (for the alignment check)
+        started = resume
+        try:
+            for chunk in stream.chunks:
+                reader.feed(chunk)
+                if not started:
+                    head = reader.head()
+                    if head is None:
+                        continue
+                    if head.epoch != live_epoch:
+                        log.info("pack is from another journal epoch; syncing record by record",
+                                 extra={"fields": {"source": f.url, "pack_epoch": head.epoch}})
+                        return
+                    st.epoch, st.seq, st.offset, st.etag = head.epoch, 0, HEADER_LEN, None
+                    st.pack_etag = stream.etag
+                    started = True
+                for entry in reader.entries():
+                    batch.append(entry)
+                    if len(batch) >= BATCH:
+                        todo, batch = batch, []
+                        _flush(f, rep, todo, stream.start, last)
+                        if f.should_stop():
+                            return  # pack_offset is saved: the next pass resumes the pack here
+            todo, batch = batch, []
+            _flush(f, rep, todo, stream.start, last)
+            if not reader.complete:
+                f._reject(rep, "pack", "pack ended before its trailer (truncated); continuing record by record",
+                          f.source.pack_url)
+        except (PackError, JournalError, _Leave) as exc:
+            _flush(f, rep, batch, stream.start, last)  # what was parsed before a malformed record
+            if not isinstance(exc, _Leave):
+                f._reject(rep, "pack", f"{exc}; continuing record by record", f.source.pack_url)
+        st.pack_offset, st.pack_etag = 0, None
+        if started:
+            _check_aligned(f, rep, last[0])
+        f.save()
+
+
+def _flush(f: Follower, rep: PassReport, batch: list[PackEntry], start: int, memo: list[bytes]) -> None:
+    """Handle ``batch`` in journal order; ``memo[0]`` becomes the journal line just before the cursor. Raises
+    _Leave (after storing everything before it) when the pack's sequence breaks."""
+    st = f.st
+    todo: list[tuple[SigPath, bytes, str]] = []
+    last = memo[0]
+    offset, seq, pack_end = st.offset, st.seq, st.pack_offset
+
+    def store() -> None:
+        nonlocal todo
+        _store(f, rep, todo)
+        todo = []
+        st.offset, st.seq, st.pack_offset = offset, seq, pack_end
+        memo[0] = last
+
+    try:
+        for e in batch:
+            try:
+                rec = parse_line(e.line, e.end)
+            except (JournalError, InputError) as exc:
+                f._reject(rep, "journal-line" if isinstance(exc, JournalError) else "path", exc.message,
+                          e.line[:200].decode("ascii", "replace"))
+                offset, seq, pack_end, last = e.end, 0, start + e.pack_end, e.line
+                continue
+            if seq and rec.seq != seq + 1:
+                raise _Leave(f"sequence jump {seq} -> {rec.seq} in the pack")
+            rep.new_records += 1
+            f.on_progress()
+            if rec.op == "del":
+                store()
+                rep.new_records -= 1  # _handle_line counts it
+                f._handle_line(e.line, e.end, rep)
+                offset, seq, pack_end, last = st.offset, st.seq, start + e.pack_end, e.line
+                st.pack_offset, memo[0] = pack_end, last
+                continue
+            sha = rec.sha256
+            if f._have(rec.path, sha):
+                f.intake.also_delivered(rec.path, sha, f.url)
+                if f._recovering:
+                    f._journal_if_missing(rec.path, sha)
+                rep.duplicates += 1
+                st.duplicates += 1
+            elif e.blob is None:
+                f._reject(rep, "gone", "not in the pack (pruned or renumbered on the peer since)", str(rec.path))
+            elif sha256_hex(e.blob) != sha:
+                # Damaged in the pack (or on the way): counted, and this one signature is fetched on its own,
+                # so a corrupt pack costs one request, not a signature.
+                f._reject(rep, "content-changed", "pack bytes differ from the journal's sha256; fetching the file",
+                          str(rec.path))
+                blob = _fetch_one(f, rep, rec.path, sha)
+                if blob is not None:
+                    todo.append((rec.path, blob, sha))
+            else:
+                todo.append((rec.path, e.blob, sha))
+            offset, seq, pack_end, last = e.end, rec.seq, start + e.pack_end, e.line
+    finally:
+        store()
+    if batch:
+        f.save()
+
+
+def _fetch_one(f: Follower, rep: PassReport, path: SigPath, sha: str) -> bytes | None:
+    """GET one signature as record mode does (atomicsig.sync.follower); None if refused (counted)."""
+    try:
+        blob = f.source.signature(str(path))
+    except Gone:
+        f._reject(rep, "gone", "404 (pruned or renumbered on the peer since)", str(path))
+        return None
+    except TooLarge as exc:
+        f._reject(rep, "too-large", exc.message, str(path))
+        return None
+    if sha256_hex(blob) != sha:
+        f._reject(rep, "content-changed", "bytes differ from the journal's sha256", str(path))
+        return None
+    return blob
+
+
+def _store(f: Follower, rep: PassReport, todo: list[tuple[SigPath, bytes, str]]) -> None:
+    if not todo:
+        return
+    checks: list[Outcome | None] = [check_blob(f.intake.verifier, p, b) for p, b, _ in todo]
+    ok = [(p, b) for (p, b, _), c in zip(todo, checks, strict=True) if c is None]
+    for (p, b, _), c in zip(todo, checks, strict=True):
+        if c is not None:
+            f.intake.reject(p, b, f.url, c)
+            f._reject(rep, c.reason, c.detail, str(p))
+    for (p, _), out in zip(ok, f.intake.store_checked(ok, f.url), strict=True):
+        if out.status == "rejected":
+            f._reject(rep, out.reason, out.detail, str(p))
+        elif out.status == "created":
+            rep.created += 1
+            f.st.synced += 1
+            log.info("synced", extra={"fields": {"source": f.url, "path": str(p), "stored": out.location}})
+        else:
+            rep.duplicates += 1
+            f.st.duplicates += 1
+
+
+def _check_aligned(f: Follower, rep: PassReport, last_line: bytes) -> None:
+    """The live journal must hold ``last_line`` right before the cursor: else the pack was not this journal's
+    prefix (tampered, or built from another store) and its cursor means nothing — restart in record mode."""
+    st = f.st
+    if not last_line or st.offset <= HEADER_LEN:
+        return
+    line = last_line + b"\n"
+    seen = f.source.journal_bytes(st.offset - len(line), st.offset)
+    if seen != line:
+        log.warning("pack does not match the journal; restarting record by record",
+                    extra={"fields": {"source": f.url, "offset": st.offset}})
+        f._restart(rep, "pack does not match the journal")
