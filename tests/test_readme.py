@@ -96,7 +96,10 @@ def _parse(args: list[str]) -> None:
     ctx = group.make_context("atomicsig", list(args))
     cmd: click.Command = group
     while isinstance(cmd, click.Group):
-        rest = [*ctx._protected_args, *ctx.args]
+        # The subcommand name click kept back: ``_protected_args`` since click 8.2, ``protected_args`` before
+        # (8.1 is the lower bound the minimum-versions run checks; 8.2 deprecates the public name).
+        held = getattr(ctx, "_protected_args", None)
+        rest = [*(ctx.protected_args if held is None else held), *ctx.args]
         if not rest:
             return
         name, sub, rest = cmd.resolve_command(ctx, rest)
