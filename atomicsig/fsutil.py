@@ -17,6 +17,7 @@ import contextlib
 import errno
 import os
 import re
+import stat
 import tempfile
 import time
 from collections.abc import Iterator
@@ -394,6 +395,25 @@ def open_regular_file(root: str | os.PathLike[str] | int, relative: str) -> int:
         os.close(fd)
         raise
     return fd
+
+
+def read_regular_nonblocking(path: str | os.PathLike[str]) -> bytes | None:
+    """The bytes of the configuration file ``path``, None if it does not exist. Opened without blocking and refused
+    unless regular (StorageError): a FIFO or device planted where policy.json or a registries.d file belongs must
+    not hang ``audit``/``apply``/``explain`` forever; the answer is then "could not check" (exit 3)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise StorageError(f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        with os.fdopen(fd, "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                raise StorageError(f"cannot read {path}: not a regular file")
+            return fh.read()
+    except OSError as exc:
+        raise StorageError(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
 def read_regular_file(root: str | os.PathLike[str] | int, relative: str, limit: int) -> bytes:

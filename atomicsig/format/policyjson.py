@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import ast
 import json
-import os
 import re
-import stat
 from pathlib import Path
 from typing import Any
 
-from atomicsig.errors import PolicyError, ReferenceError_, StorageError
+from atomicsig.errors import PolicyError, ReferenceError_
 from atomicsig.format import identity, reference
 from atomicsig.format.jsonstrict import (
     DuplicateKeyError,
@@ -27,6 +25,7 @@ from atomicsig.format.jsonstrict import (
     no_duplicate_keys,
     value_offsets,
 )
+from atomicsig.fsutil import read_regular_nonblocking
 
 #: c-libs image/default-policy.json (SPEC §5.1): the starting point when a node has no policy.json yet.
 SHIPPED_DEFAULT: dict[str, Any] = {"default": [{"type": "insecureAcceptAnything"}],
@@ -79,19 +78,9 @@ def read(path: str | Path) -> tuple[dict[str, Any] | None, bytes | None]:
     Opened without blocking and refused unless it is a regular file: a FIFO or device planted at the path would
     otherwise hang ``audit``/``apply`` forever (StorageError, exit 3, like any file that cannot be read)."""
     p = Path(path)
-    try:
-        fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
-    except FileNotFoundError:
+    raw = read_regular_nonblocking(p)
+    if raw is None:
         return None, None
-    except OSError as exc:
-        raise StorageError(f"cannot read {p}: {exc.strerror or exc}") from exc
-    try:
-        with os.fdopen(fd, "rb") as fh:
-            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
-                raise StorageError(f"cannot read {p}: not a regular file")
-            raw = fh.read()
-    except OSError as exc:
-        raise StorageError(f"cannot read {p}: {exc.strerror or exc}") from exc
     return loads(raw, str(p)), raw
 
 

@@ -39,7 +39,7 @@ from typing import Any
 from atomicsig.errors import InputError, PolicyError, StorageError
 from atomicsig.format import containers_paths as cpaths
 from atomicsig.format import policyjson
-from atomicsig.fsutil import UnsafeFileError, open_dir_beneath, read_regular_file
+from atomicsig.fsutil import UnsafeFileError, open_dir_beneath, read_regular_file, read_regular_nonblocking
 from atomicsig.store import registries_d
 
 #: Binaries whose containers/image decides pulls on a node, in the order their build information is consulted.
@@ -242,19 +242,9 @@ def _read_text(path: Path, confine: Path | None = None) -> str | None:
             raise _refused(path, exc) from None
         except OSError as exc:
             raise StorageError(f"cannot read {path}: {exc.strerror or exc}") from None
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
-    except FileNotFoundError:
+    data = read_regular_nonblocking(path)
+    if data is None:
         return None
-    except OSError as exc:
-        raise StorageError(f"cannot read {path}: {exc.strerror or exc}") from None
-    try:
-        with os.fdopen(fd, "rb") as fh:
-            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
-                raise StorageError(f"cannot read {path}: not a regular file")
-            data = fh.read()
-    except OSError as exc:
-        raise StorageError(f"cannot read {path}: {exc.strerror or exc}") from None
     return _utf8(data, path)
 
 
