@@ -3,7 +3,6 @@ codes, --key forms, --json everywhere, typos that used to fail silently, refused
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import selectors
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.infra import GpgHome, Registry, insecure_policy, make_oci_layout, serve_sigstore, skopeo
+from tests.infra import GpgHome, Registry, push_index, serve_sigstore
 
 TOKEN = "write-token-" + "t" * 24
 
@@ -263,30 +262,8 @@ def test_refused_upload_says_why_and_exits_2(cli, signer: GpgHome, other_signer:
 
 # ---- 3. a manifest list signed without --all --------------------------------------------------------------------
 
-def push_index(registry: Registry, repo_tag: str, workdir: Path) -> list[str]:
-    """Push a real two-platform OCI index with ``skopeo copy --all``; returns the instance digests."""
-    layout = workdir / "oci-index"
-    entries = []
-    for arch in ("amd64", "arm64"):
-        make_oci_layout(layout, f"{repo_tag}-{arch}", arch=arch)
-        m = json.loads((layout / "index.json").read_text())["manifests"][0]
-        entries.append({"mediaType": m["mediaType"], "digest": m["digest"], "size": m["size"],
-                        "platform": {"architecture": arch, "os": "linux"}})
-    index = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
-                        "manifests": entries}).encode()
-    h = hashlib.sha256(index).hexdigest()
-    (layout / "blobs" / "sha256" / h).write_bytes(index)
-    (layout / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [
-        {"mediaType": "application/vnd.oci.image.index.v1+json", "digest": "sha256:" + h, "size": len(index),
-         "annotations": {"org.opencontainers.image.ref.name": "latest"}}]}))
-    policy = insecure_policy(workdir / "insecure-policy.json")
-    skopeo("--policy", str(policy), "copy", "--all", "--quiet", "--dest-tls-verify=false", f"oci:{layout}:latest",
-           f"docker://{registry.host}/{repo_tag}")
-    return [e["digest"] for e in entries]
-
-
 def test_manifest_list_without_all_warns(cli, signer: GpgHome, registry: Registry, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    instances = push_index(registry, "multi/app:1", tmp_path)
+    instances = list(push_index(registry.host, "multi/app:1", tmp_path)[1].values())
     image = f"{registry.host}/multi/app:1"
     env = {"GNUPGHOME": str(signer.path)}
     args = ("sign", "--key", signer.fingerprint, "--sigstore", str(tmp_path / "s"), "--tls-verify=false")
