@@ -258,6 +258,8 @@ def test_retire_v6_key_expires_it_in_a_day(tmp_path: Path, pwfiles: tuple[Path, 
     good, _ = pwfiles
     sq = tmp_path / "sq"
     fpr = _generate(tmp_path, sq)["modern@example.com"]
+    store = tmp_path / "store"
+    _sign(sq, "modern@example.com", store, good)
     now = time.time()
     code, out, err = _atomicsig("keys", "retire", fpr, "--sequoia-home", str(sq), "--passphrase-file", str(good),
                                 "--json")
@@ -273,6 +275,13 @@ def test_retire_v6_key_expires_it_in_a_day(tmp_path: Path, pwfiles: tuple[Path, 
     code, out, err = _atomicsig("keys", "list", "--sequoia-home", str(sq), "--json")
     listed = {k["fingerprint"]: k for k in json.loads(out)["keys"]}
     assert listed[fpr]["expires"] == done["expires"], err
+    # What docs/keys-sequoia.md says of an expiry: the signature made before it still verifies with the
+    # re-exported certificate (and will after the day is over: Sequoia judges a key at signing time).
+    pub = tmp_path / "modern.pgp"
+    code, _, err = _atomicsig("keys", "export", fpr, "--sequoia-home", str(sq), "-o", str(pub))
+    assert code == 0 and sequoia.read_certs(pub.read_bytes())[0].expires == done["expires"], err
+    code, img = _verify(store, str(pub))
+    assert code == 0 and img["signatures"][0]["signer"] == fpr, img
 
 
 def test_rotate_v6_signers_in_the_sequoia_home(tmp_path: Path, pwfiles: tuple[Path, Path]) -> None:

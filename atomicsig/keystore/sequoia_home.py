@@ -197,16 +197,17 @@ class SequoiaHome:
             email, now = spec.strip("<>").lower(), time.time()
             hit = [k for k in candidates if not k.info.revoked and (k.info.expires is None or k.info.expires > now)
                    and any(_email(u) == email for u in k.info.uids)]
-        if not hit:
-            hint = truncated_hint(m.group(1).upper(), [k.info.fingerprint for k in candidates]) if m else ""
-            if not m:  # the e-mail's keys that are there but retired: say so rather than "no key"
-                gone = [k.info for k in candidates if any(_email(u) == spec.strip("<>").lower() for u in k.info.uids)]
-                if gone:
-                    newest = max(gone, key=lambda i: i.created)
-                    hint = f" (key {newest.fingerprint} is {'revoked' if newest.revoked else 'expired'})"
-                    raise KeyNotFound(f"no usable {'secret ' if secret else ''}key {spec} in {self.describe()}"
-                                      f"{hint}")
-            raise KeyNotFound(f"no {'secret ' if secret else ''}key {spec} in {self.describe()}{hint}")
+        kind = "secret key" if secret else "key"
+        if not hit and m:
+            hint = truncated_hint(m.group(1).upper(), [k.info.fingerprint for k in candidates])
+            raise KeyNotFound(f"no {kind} {spec} in {self.describe()}{hint}")
+        if not hit:  # keys with that e-mail that are there but retired: say so rather than "no key"
+            gone = [k.info for k in candidates if any(_email(u) == email for u in k.info.uids)]
+            if not gone:
+                raise KeyNotFound(f"no {kind} {spec} in {self.describe()}")
+            newest = max(gone, key=lambda i: i.created)
+            state = "revoked" if newest.revoked else "expired"  # an invalid certificate has no readable user ID
+            raise KeyNotFound(f"no usable {kind} {spec} in {self.describe()} (key {newest.fingerprint} is {state})")
         return max(hit, key=lambda k: k.info.created)
 
     def secret_key(self, stored: StoredKey) -> bytes:
