@@ -1,4 +1,4 @@
-"""``atomicsig keys``: batch GnuPG key management."""
+"""``atomicsig keys``: batch key management, GnuPG homes and Sequoia homes (v6 keys)."""
 
 from __future__ import annotations
 
@@ -35,7 +35,8 @@ def _date(ts: int | None) -> str:
 
 @click.group()
 def keys() -> None:
-    """Create, list, import, export, retire and delete GnuPG signing keys, without prompts."""
+    """Create, list, import, export, rotate, retire and delete signing keys (GnuPG, or a Sequoia home for v6
+    keys), without prompts."""
 
 
 @keys.command("generate")
@@ -76,24 +77,28 @@ def generate_cmd(path: str, gnupghome: str | None, sequoia_home: str | None, as_
               help="Write <email>.gpg with the new and the old public key (the policy's 'any of these keys' file).")
 @click.option("--dry-run", is_flag=True, help="Show which signers are due; change nothing.")
 @gnupghome_option
+@sequoia_home_option
 @json_option
 def rotate_cmd(path: str, overlap: str, min_age: str, export_dir: str | None, dry_run: bool, gnupghome: str | None,
-               as_json: bool) -> int:
+               sequoia_home: str | None, as_json: bool) -> int:
     """Give every signer in the file a new key; the old key expires after --overlap.
 
     Publish both public keys to nodes (--export-dir, then policy apply) before signing with the new key, re-sign
     what must outlive the overlap, and let the old key expire. `sign --key EMAIL` uses the new key meanwhile.
-    Exit 1 with --dry-run when a rotation is due.
+    Exit 1 with --dry-run when a rotation is due. Signers with 'keystore: sequoia' (v6) rotate in the Sequoia
+    home (--sequoia-home), the others in the GnuPG home.
     """
+    from atomicsig.keystore.sequoia_home import SequoiaHome
     from atomicsig.ops import keys as keylib
 
     overlap = durations.gpg_expire(overlap, "--overlap", allow_never=False)  # the old key must expire
     specs = keylib.load_specs_file(path)
-    kr = _keyring(gnupghome)
+    kr = _keyring(gnupghome) if any(s.keystore == "gnupg" for s in specs) else None
+    sequoia = SequoiaHome(sequoia_home) if any(s.keystore == "sequoia" for s in specs) else None
     results = keylib.rotate(kr, specs, overlap=overlap, min_age_seconds=_seconds(min_age, "--min-age"),
-                            dry_run=dry_run)
+                            dry_run=dry_run, sequoia=sequoia)
     if export_dir and not dry_run:
-        keylib.export_rotated(kr, results, export_dir)
+        keylib.export_rotated(kr, results, export_dir, sequoia)
     if as_json:
         emit_json({"dry_run": dry_run, "keys": [r.as_dict() for r in results]})
     else:
@@ -174,31 +179,39 @@ def export_cmd(key: tuple[str, ...], output: str | None, armor: bool, secret: bo
 
 @keys.command("import")
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False, allow_dash=True))
+@click.option("--keystore", type=click.Choice(["auto", "gnupg", "sequoia"]), default="auto", show_default=True,
+              help="Where keys go: auto = v4 keys into the GnuPG home, v6 keys into the Sequoia home "
+                   "(--sequoia-home or $SEQUOIA_HOME); gnupg or sequoia = all there.")
 @passphrase_options
 @creatable_gnupghome_option
+@sequoia_home_option
 @json_option
-def import_cmd(files: tuple[str, ...], passphrase_file: str | None, passphrase_env: str | None,
-               passphrase_stdin: bool, gnupghome: str | None, as_json: bool) -> None:
-    """Import public or secret keys (binary or armored) from files ('-' for stdin)."""
-    from atomicsig.gnupg.passphrase import read_cached
+def import_cmd(files: tuple[str, ...], keystore: str, passphrase_file: str | None, passphrase_env: str | None,
+               passphrase_stdin: bool, gnupghome: str | None, sequoia_home: str | None, as_json: bool) -> None:
+    """Import public or secret keys (binary or armored) from files ('-' for stdin).
 
-    kr = _keyring(gnupghome)
+    OpenPGP v6 keys go to the Sequoia home (GnuPG 2.2 cannot hold them): certificates merged into pgp.cert.d,
+    secret keys into the soft-key store as they are (a protected key stays protected). Importing again changes
+    nothing.
+    """
+    from atomicsig.gnupg.passphrase import read_cached
+    from atomicsig.ops.keys import import_keys
+
     pw = read_cached(passphrase_source(passphrase_file, passphrase_env, passphrase_stdin))
-    imported: list[str] = []
+    inputs: list[tuple[str, bytes]] = []
     for f in files:
         try:
             data = sys.stdin.buffer.read() if f == "-" else open(f, "rb").read()  # noqa: SIM115
         except OSError as exc:
             raise InputError(f"cannot read {f}: {exc.strerror}") from exc
-        try:
-            imported += kr.import_keys(data, pw)
-        except InputError as exc:
-            raise InputError(f"{f}: {exc.message}") from exc
+        inputs.append((f, data))
+    results = import_keys(inputs, gnupghome, sequoia_home, keystore=keystore, passphrase=pw)
     if as_json:
-        emit_json({"imported": imported})
+        emit_json({"imported": [r["fingerprint"] for r in results if r["status"] != "unchanged"], "keys": results})
     else:
-        for fpr in imported:
-            click.echo(f"imported {fpr}")
+        for r in results:
+            where = " (Sequoia home)" if r["keystore"] == "sequoia" else ""
+            click.echo(f"{r['status']} {r['fingerprint']}{where}")
 
 
 @keys.command("delete")
@@ -206,10 +219,17 @@ def import_cmd(files: tuple[str, ...], passphrase_file: str | None, passphrase_e
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation (required without a terminal).")
 @passphrase_options
 @gnupghome_option
+@sequoia_home_option
 @json_option
 def delete_cmd(key: tuple[str, ...], yes: bool, passphrase_file: str | None, passphrase_env: str | None,
-               passphrase_stdin: bool, gnupghome: str | None, as_json: bool) -> None:
-    """Delete keys (secret and public part) by fingerprint. E-mails are refused: too easy to hit the wrong key."""
+               passphrase_stdin: bool, gnupghome: str | None, sequoia_home: str | None, as_json: bool) -> None:
+    """Delete keys (secret and public part) by fingerprint. E-mails are refused: too easy to hit the wrong key.
+
+    With --sequoia-home the keys are deleted from that Sequoia home (40- or 64-hex fingerprints) instead.
+    """
+    if sequoia_home:
+        _delete_sequoia(key, yes, sequoia_home, as_json)
+        return
     from atomicsig.gnupg.passphrase import read_cached
     from atomicsig.ops.keys import deletion_targets
 
@@ -230,6 +250,24 @@ def delete_cmd(key: tuple[str, ...], yes: bool, passphrase_file: str | None, pas
         emit_json({"deleted": deleted})
 
 
+def _delete_sequoia(key: tuple[str, ...], yes: bool, sequoia_home: str, as_json: bool) -> None:
+    from atomicsig.keystore.sequoia_home import SequoiaHome
+    from atomicsig.ops.keys import sequoia_deletion_targets
+
+    home = SequoiaHome(sequoia_home)
+    targets = sequoia_deletion_targets(home, key)
+    if not yes:
+        if not sys.stdin.isatty():
+            raise InputError("refusing to delete keys without --yes when not on a terminal")
+        click.confirm(f"Delete {len(targets)} key(s) including secret parts?", abort=True)
+    for t in targets:
+        home.delete(t)
+        if not as_json:
+            click.echo(f"deleted {t.info.fingerprint}")
+    if as_json:
+        emit_json({"deleted": [t.info.fingerprint for t in targets]})
+
+
 @keys.command("retire")
 @click.argument("key", nargs=-1, required=True)
 @click.option("--revoke", is_flag=True, help="Revoke instead of expiring (signatures stop verifying at once).")
@@ -237,22 +275,25 @@ def delete_cmd(key: tuple[str, ...], yes: bool, passphrase_file: str | None, pas
               help="With --revoke: also save the revocation certificate here.")
 @passphrase_options
 @gnupghome_option
+@sequoia_home_option
 @json_option
 def retire_cmd(key: tuple[str, ...], revoke: bool, output: str | None, passphrase_file: str | None,
-               passphrase_env: str | None, passphrase_stdin: bool, gnupghome: str | None, as_json: bool) -> None:
+               passphrase_env: str | None, passphrase_stdin: bool, gnupghome: str | None, sequoia_home: str | None,
+               as_json: bool) -> None:
     """Stop a key from being used: set its expiry to tomorrow, or --revoke it.
 
     Export the public key again afterwards and redistribute it (policy apply) so nodes learn of the change;
-    containers/image rejects signatures by expired or revoked keys.
+    containers/image rejects signatures by expired or revoked keys. Keys of a Sequoia home (v6 fingerprints, or
+    any key with --sequoia-home) are retired there; Sequoia keeps accepting signatures made before an expiry,
+    so use --revoke to stop those too (docs/keys-sequoia.md).
     """
     from atomicsig.gnupg.passphrase import read_cached
-    from atomicsig.ops.keys import retire
+    from atomicsig.ops.keys import retire_key
 
-    kr = _keyring(gnupghome)
     pw = read_cached(passphrase_source(passphrase_file, passphrase_env, passphrase_stdin))
     results: list[dict[str, object]] = []
     for k in key:
-        done = retire(kr, k, revoke=revoke, passphrase=pw, certificate=output)
+        done = retire_key(k, gnupghome, sequoia_home, revoke=revoke, passphrase=pw, certificate=output)
         results.append(done)
         if not as_json:
             click.echo(f"revoked {done['fingerprint']}" if revoke else f"{done['fingerprint']} now expires in one day")

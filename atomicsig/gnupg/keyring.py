@@ -488,6 +488,11 @@ class BackendsDisagree(SignatureFormatError):
         self.backends = backends
 
 
+#: Why the gpg verifier (``ATOMICSIG_VERIFIER=gpg``) refuses v6 keys and signatures: GnuPG 2.2 reads OpenPGP v4 only.
+GPG_VERIFIER_V4_ONLY = ("not supported by the gpg verifier (ATOMICSIG_VERIFIER=gpg: GnuPG 2.2 reads OpenPGP v4 "
+                        "only; the default verifier checks v6 through Sequoia)")
+
+
 class TrustedKeys:
     """An ephemeral GnuPG home holding only the trusted public keys, like c/image's ``containers-ephemeral-gpg-*``.
 
@@ -552,7 +557,11 @@ class TrustedKeys:
         body = simple_signing_body(blob)
         # Exactly one message with one signature packet, nothing after it (SPEC §1.3): gpg prints GOODSIG for a
         # message followed by garbage and only complains in its exit status, which skopeo treats as a failure.
-        openpgp.parse_message(body)
+        msg = openpgp.parse_message(body)
+        version = msg.signatures[0].version if msg.signatures else 4
+        if version not in (3, 4):
+            # gpg 2.2 skips such a packet and says only "no data was provided" (issue 16): name it instead.
+            raise SignatureFormatError(f"OpenPGP v{version} signature: {GPG_VERIFIER_V4_ONLY}")
         g = self._keyring.gpg
         result = g.decrypt(body, extra_args=["--trust-model", "always", "--no-auto-key-retrieve"])
         problems = list(getattr(result, "problems", None) or [])

@@ -26,10 +26,10 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from atomicsig.errors import SignatureFormatError
+from atomicsig.errors import SignatureFormatError, Undecided
 from atomicsig.format.blob import simple_signing_body
 from atomicsig.gnupg import colons
-from atomicsig.gnupg.keyring import BackendsDisagree, GPGVerification, TrustedKeys
+from atomicsig.gnupg.keyring import GPG_VERIFIER_V4_ONLY, BackendsDisagree, GPGVerification, TrustedKeys
 from atomicsig.openpgp import keys as pgpkeys
 from atomicsig.openpgp import packets as openpgp
 from atomicsig.openpgp import sequoia
@@ -343,5 +343,20 @@ def trusted_keys(keyring_blobs: Iterable[bytes], *, backends: bool = False) -> N
     """The verifier for trusted keys: in process, unless ``ATOMICSIG_VERIFIER=gpg`` asks for one gpg per signature
     (that reference path knows v4 keys only). ``backends``: see :attr:`NativeTrustedKeys.backends`."""
     if os.environ.get("ATOMICSIG_VERIFIER", "").strip().lower() == "gpg":
-        return TrustedKeys(keyring_blobs)
+        return _gpg_trusted_keys(list(keyring_blobs))
     return NativeTrustedKeys(keyring_blobs, backends=backends)
+
+
+def _gpg_trusted_keys(blobs: list[bytes]) -> TrustedKeys:
+    """The gpg verifier, given only what gpg can read: gpg 2.2 refuses a whole keyring holding one v6 key (it
+    would drop the v4 keys beside it), so v6 certificates are left out and their signatures refused by
+    :meth:`TrustedKeys.verify` as not supported. When v6 certificates are all that was given, this verifier
+    cannot decide anything: Undecided (exit 3), saying so, rather than "no public keys found"."""
+    split = [sequoia.split_v6(b) for b in blobs]
+    v6 = sorted({c.fingerprint for _, certs in split for c in certs if c.version == 6})
+    keys = TrustedKeys([gpg_part for gpg_part, _ in split])
+    if v6 and not keys.fingerprints:
+        keys.close()
+        raise Undecided(f"OpenPGP v6 key {v6[0]}{f' and {len(v6) - 1} more' if len(v6) > 1 else ''}: "
+                        f"{GPG_VERIFIER_V4_ONLY}")
+    return keys

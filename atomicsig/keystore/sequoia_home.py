@@ -23,14 +23,15 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from atomicsig.errors import InputError, KeyNotFound
-from atomicsig.fsutil import atomic_write, flocked, makedirs
+from atomicsig.fsutil import atomic_write, flocked, fsync_dir, makedirs
 from atomicsig.openpgp import sequoia, sqgen
 
-__all__ = ["SequoiaHome", "StoredKey"]
+__all__ = ["SequoiaHome", "StoredKey", "truncated_hint"]
 
 _HEX = re.compile(r"(?:0[xX])?([0-9A-Fa-f]{40}|[0-9A-Fa-f]{64})")
 #: Bound on one key file read from the home (a post-quantum TSK is ~20 KB; certificates with many signatures more).
@@ -80,11 +81,70 @@ class SequoiaHome:
         The secret key goes first: a certificate without its secret would make the key look present to
         ``keys generate`` on the next run, while the secret alone is found again by its file name.
         """
+        self.store_secret(key.fingerprint, key.secret)
+        self.store_cert(key.fingerprint, key.public)
+
+    def store_secret(self, fingerprint: str, secret: bytes, path: Path | None = None) -> None:
+        """A transferable secret key into the soft-key store (0600 in 0700 directories), at ``path`` (a file the
+        store already has for this key) or ``<FINGERPRINT>.pgp``."""
         makedirs(self.softkeys, 0o700)
         os.chmod(self.keystore, 0o700)
         os.chmod(self.softkeys, 0o700)
-        atomic_write(self.softkey_path(key.fingerprint), key.secret, 0o600)
-        self.store_cert(key.fingerprint, key.public)
+        atomic_write(path or self.softkey_path(fingerprint), secret, 0o600)
+
+    def update(self, stored: StoredKey, public: bytes) -> None:
+        """New public packets of a stored key (a revocation, new self-signatures): merged into its certificate
+        in ``pgp.cert.d`` and into its secret key, so both stores tell the same; the secret parts stay as they
+        are. The certificate first: it is what nodes and ``keys export`` read."""
+        self.store_cert(stored.info.fingerprint, public)
+        if stored.secret_path is not None:
+            merged = sqgen.merge_secret(self.secret_key(stored), public)
+            self.store_secret(stored.info.fingerprint, merged, stored.secret_path)
+
+    def import_key(self, part: sqgen.KeyPart) -> str:
+        """One key of an input file into the home; returns ``imported`` (new), ``updated`` or ``unchanged``.
+
+        The certificate is merged into ``pgp.cert.d`` as the draft's insert does (new signatures, user IDs and
+        subkeys added, nothing removed). A secret key goes into the soft-key store; a secret key the store already
+        has is kept as it is (its protection included: importing an unprotected copy never strips a passphrase)
+        and only gains the new public packets. So a second import of the same file changes nothing.
+        """
+        fpr = part.fingerprint
+        cert_path = self.cert_path(fpr)
+        before = cert_path.read_bytes() if cert_path.is_file() else None
+        existing = [k for k in self.list_keys(secret=True) if k.info.fingerprint == fpr]
+        old_secret = self.secret_key(existing[0]) if existing else None
+        public = sqgen.public_part(part.data) if part.secret else part.data
+        new_secret = old_secret
+        if old_secret is not None:  # the stored secret key gains the new public packets (a revocation, say)
+            new_secret = sqgen.merge_secret(old_secret, public)
+            if new_secret != old_secret:
+                self.store_secret(fpr, new_secret, existing[0].secret_path)
+        elif part.secret:
+            new_secret = part.data if before is None else sqgen.merge_secret(part.data, before)
+            self.store_secret(fpr, new_secret)
+        self.store_cert(fpr, public)
+        if before is None and old_secret is None:
+            return "imported"
+        return "updated" if cert_path.read_bytes() != before or new_secret != old_secret else "unchanged"
+
+    def delete(self, stored: StoredKey) -> None:
+        """Remove a key: its secret key file, then its certificate (under the store's write lock).
+
+        A soft-key file holding other keys besides this one is refused rather than rewritten: it was put there by
+        someone else, and deleting one key must not touch another.
+        """
+        fpr = stored.info.fingerprint
+        if stored.secret_path is not None:
+            others = [i.fingerprint for i in _infos(stored.secret_path) if i.fingerprint != fpr]
+            if others:
+                raise InputError(f"{stored.secret_path} holds other keys too ({', '.join(others)}); "
+                                 "remove it by hand")
+            _remove(stored.secret_path)
+        path = self.cert_path(fpr)
+        if path.is_file():
+            with flocked(self.certd / "writelock", os.O_RDWR | os.O_CREAT, f"{self.certd}/writelock"):
+                _remove(path)
 
     def store_cert(self, fingerprint: str, public: bytes) -> None:
         """One certificate into ``pgp.cert.d``, merged with a copy already there, under the store's write lock."""
@@ -137,8 +197,17 @@ class SequoiaHome:
             email, now = spec.strip("<>").lower(), time.time()
             hit = [k for k in candidates if not k.info.revoked and (k.info.expires is None or k.info.expires > now)
                    and any(_email(u) == email for u in k.info.uids)]
-        if not hit:
-            raise KeyNotFound(f"no {'secret ' if secret else ''}key {spec} in {self.describe()}")
+        kind = "secret key" if secret else "key"
+        if not hit and m:
+            hint = truncated_hint(m.group(1).upper(), [k.info.fingerprint for k in candidates])
+            raise KeyNotFound(f"no {kind} {spec} in {self.describe()}{hint}")
+        if not hit:  # keys with that e-mail that are there but retired: say so rather than "no key"
+            gone = [k.info for k in candidates if any(_email(u) == email for u in k.info.uids)]
+            if not gone:
+                raise KeyNotFound(f"no {kind} {spec} in {self.describe()}")
+            newest = max(gone, key=lambda i: i.created)
+            state = "revoked" if newest.revoked else "expired"  # an invalid certificate has no readable user ID
+            raise KeyNotFound(f"no usable {kind} {spec} in {self.describe()} (key {newest.fingerprint} is {state})")
         return max(hit, key=lambda k: k.info.created)
 
     def secret_key(self, stored: StoredKey) -> bytes:
@@ -180,6 +249,21 @@ def _read(path: Path) -> bytes:
     if len(data) > _MAX_KEY_FILE:
         raise InputError(f"{path} is larger than {_MAX_KEY_FILE} bytes; not a key")
     return data
+
+
+def truncated_hint(fpr: str, fingerprints: Iterable[str]) -> str:
+    """``; X is the first 40 hex digits of the OpenPGP v6 key Y`` when a v4-length fingerprint that names no key
+    is the start of a v6 one (64 hex digits, RFC 9580 §5.5.4): a copy cut at the length v4 users are used to."""
+    if len(fpr) != 40:
+        return ""
+    whole = [f for f in fingerprints if len(f) == 64 and f.startswith(fpr)]
+    return f"; {fpr} is the first 40 hex digits of the OpenPGP v6 key {whole[0]} (64 hex digits)" if whole else ""
+
+
+def _remove(path: Path) -> None:
+    """Unlink ``path`` and make the removal durable (the directory's entry is gone after a crash too)."""
+    os.unlink(path)
+    fsync_dir(path.parent)
 
 
 def _email(uid: str) -> str:

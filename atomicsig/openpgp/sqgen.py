@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from dataclasses import dataclass, field
 
 import pysequoia
@@ -39,13 +40,19 @@ __all__ = [
     "PQ_ALGORITHMS",
     "PROFILES",
     "GeneratedKey",
+    "KeyPart",
     "UnlockedKey",
     "armor",
     "dearmor",
     "generate",
     "merge_certs",
+    "merge_secret",
     "protect",
+    "public_part",
+    "revoke",
+    "set_expiry",
     "sign_message",
+    "split_keys",
     "unlock",
 ]
 
@@ -258,3 +265,131 @@ def unlock(secret: bytes, passphrase: str | None) -> UnlockedKey:
 def sign_message(secret: bytes, passphrase: str | None, data: bytes) -> bytes:
     """:func:`unlock` then :meth:`UnlockedKey.sign`, for one message."""
     return unlock(secret, passphrase).sign(data)
+
+
+# ---- the key lifecycle: import, revoke, change expiry (keys import/retire/rotate on a Sequoia home) ------------
+
+
+@dataclass(frozen=True)
+class KeyPart:
+    """One key of an input file: its primary fingerprint (upper case), version, and binary data — a transferable
+    secret key (secret parts as given: protected stays protected) if ``secret``, else the certificate."""
+
+    fingerprint: str
+    version: int
+    secret: bool
+    data: bytes = field(repr=False)
+
+
+def _secret_bytes(cert: pysequoia.Cert) -> bytes | None:
+    """The transferable secret key of ``cert``, None if it has no secret part.
+
+    pysequoia 0.1.35 marks ``Cert.secrets``/``has_secret_keys`` deprecated in favour of ``Tsk``, but its Tsk has no
+    ``merge``: a secret key is updated as a Cert (whose merge keeps the receiving side's secret parts, measured),
+    so these two calls are made with that warning silenced.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        tsk = cert.secrets if cert.has_secret_keys else None
+    return bytes(tsk) if tsk is not None else None
+
+
+def split_keys(data: bytes) -> list[KeyPart]:
+    """Every key in ``data`` (binary or armored, one or many, public or secret), one :class:`KeyPart` each.
+
+    InputError when Sequoia reads no key at all, so ``keys import`` of a file that is no key says so.
+    """
+    try:
+        certs = list(pysequoia.Cert.split_bytes(data))
+    except Exception as exc:
+        raise InputError(f"no OpenPGP key found in the input ({first_line(exc)})") from None
+    if not certs:
+        raise InputError("no OpenPGP key found in the input")
+    out = []
+    for c in certs:
+        public = bytes(c)
+        secret = _secret_bytes(c)
+        version = next(iter(openpgp.packets(public))).body[0]
+        out.append(KeyPart(c.fingerprint.upper(), version, secret is not None, secret or public))
+    return out
+
+
+def public_part(data: bytes) -> bytes:
+    """The certificate (public packets only, binary) of one key, secret or not."""
+    try:
+        return bytes(pysequoia.Cert.from_bytes(data))
+    except Exception as exc:
+        raise InputError(f"unreadable OpenPGP key: {first_line(exc)}") from None
+
+
+def merge_secret(secret: bytes, update: bytes) -> bytes:
+    """``secret`` (a transferable secret key) with the public packets of ``update`` (the same key's certificate or
+    secret key) merged in; ``secret``'s own secret parts are kept as they are (Sequoia's public merge keeps the
+    receiving side's secrets), so a key stored protected stays protected whatever is imported over it."""
+    try:
+        merged = pysequoia.Cert.from_bytes(secret).merge(pysequoia.Cert.from_bytes(update))
+    except Exception as exc:
+        raise InputError(f"cannot merge the keys: {first_line(exc)}") from None
+    out = _secret_bytes(merged)
+    if out is None:
+        raise InputError("the merged key lost its secret part")
+    return out
+
+
+def _certifier(secret: bytes, passphrase: str | None) -> pysequoia.PySigner:
+    """The key's certification-capable primary key, opened: PassphraseError if a passphrase is missing or wrong."""
+    try:
+        tsk = pysequoia.Tsk.from_bytes(secret)
+    except Exception as exc:
+        raise InputError(f"unreadable secret key: {first_line(exc)}") from None
+    fpr = tsk.extract_certificate().fingerprint.upper()
+    try:
+        try:
+            return tsk.certifier(passphrase)
+        except Exception as exc:
+            if passphrase is None or "not encrypted" not in first_line(exc):
+                raise
+            return tsk.certifier(None)  # a passphrase given for an unprotected key is ignored, as in unlock
+    except Exception as exc:
+        reason = first_line(exc)
+        if passphrase is not None:
+            raise PassphraseError(f"key {fpr} does not open with the given passphrase ({reason})") from None
+        if "encrypted" in reason.lower() or "password" in reason.lower():
+            raise PassphraseError(f"key {fpr} needs a passphrase (give it with --passphrase-file or "
+                                  "--passphrase-env)") from None
+        raise InputError(f"key {fpr} cannot certify: {reason}") from None
+
+
+def revoke(secret: bytes, public: bytes, passphrase: str | None) -> bytes:
+    """``public`` (the key's certificate) with a key revocation signature (RFC 9580 §5.2.1.21, type 0x20) made by
+    its primary key. pysequoia 0.1.35's ``Cert.revoke`` takes no reason for revocation; Sequoia treats what it
+    writes as a hard revocation: signatures the key made *before* it are refused too (tests/test_v6life.py), as
+    after gpg's revocation with reason "no reason specified" — what ``keys retire --revoke`` means."""
+    certifier = _certifier(secret, passphrase)
+    cert = pysequoia.Cert.from_bytes(public)
+    try:
+        sig = cert.revoke(certifier)
+        # A bare revocation signature after the certificate: Sequoia's canonicalization files it under the
+        # primary key; the merge then keeps everything the stored copy had.
+        revoked = cert.merge(pysequoia.Cert.from_bytes(public + bytes(sig)))
+    except Exception as exc:
+        raise InputError(f"Sequoia could not revoke key {cert.fingerprint.upper()}: {first_line(exc)}") from None
+    if not revoked.is_revoked:
+        raise InputError(f"Sequoia did not apply the revocation of key {cert.fingerprint.upper()}")
+    return bytes(revoked)
+
+
+def set_expiry(secret: bytes, public: bytes, seconds: int, passphrase: str | None) -> bytes:
+    """``public`` with new self-signatures making the key expire ``seconds`` from now (Sequoia's
+    ``set_expiration``: a new direct-key signature and user ID bindings with a Key Expiration Time,
+    RFC 9580 §5.2.3.13)."""
+    import datetime
+
+    certifier = _certifier(secret, passphrase)
+    cert = pysequoia.Cert.from_bytes(public)
+    when = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=seconds)
+    try:
+        return bytes(cert.merge(cert.set_expiration(when, certifier)))
+    except Exception as exc:
+        raise InputError(f"Sequoia could not change the expiry of key {cert.fingerprint.upper()}: "
+                         f"{first_line(exc)}") from None

@@ -38,7 +38,7 @@ from atomicsig.format import durations, validate, yamlstrict
 from atomicsig.gnupg.keyring import KEY_ALGORITHMS, KeyInfo, Keyring, TrustedKeys
 from atomicsig.gnupg.passphrase import PassphraseSource, read_cached
 from atomicsig.gnupg.trusted import NativeTrustedKeys, trusted_keys
-from atomicsig.keystore.sequoia_home import SequoiaHome
+from atomicsig.keystore.sequoia_home import SequoiaHome, truncated_hint
 from atomicsig.openpgp import sequoia, sqgen
 from atomicsig.ops.verify import AllOf, RequiredSigner
 from atomicsig.signers.base import Signer
@@ -48,20 +48,25 @@ __all__ = [
     "GenerateResult",
     "KeySpec",
     "RotateResult",
+    "check_key_name",
     "check_uid_field",
     "current_key",
     "deletion_targets",
     "export_keys",
     "export_rotated",
     "generate",
+    "import_keys",
     "key_file",
     "load_specs",
     "load_specs_file",
     "open_signers",
     "retire",
+    "retire_key",
+    "retire_sequoia",
     "retired_key_fingerprints",
     "rotate",
     "secret_key_fingerprints",
+    "sequoia_deletion_targets",
     "sequoia_keys",
     "trusted_key_blobs",
     "trusted_verifier",
@@ -253,10 +258,7 @@ def generate(keyring: Keyring | None, specs: list[KeySpec], sequoia: SequoiaHome
     """
     out = []
     passphrases = [read_cached(s.passphrase) for s in specs]
-    if any(s.keystore == "gnupg" for s in specs) and keyring is None:
-        raise InputError("the signers file has GnuPG keys but no GnuPG home was given")
-    if any(s.keystore == "sequoia" for s in specs) and sequoia is None:
-        raise InputError("the signers file has Sequoia keys (keystore: sequoia) but no Sequoia home was given")
+    _check_stores(specs, keyring, sequoia)
     validity = [validity_seconds(s.expire) if s.keystore == "sequoia" else None for s in specs]
     for spec, pw, seconds in zip(specs, passphrases, validity, strict=True):
         if spec.keystore == "sequoia":
@@ -321,19 +323,28 @@ def _uid_email(uid: str) -> str:
     return (m.group(1) if m else uid).lower()
 
 
-def rotate(keyring: Keyring, specs: list[KeySpec], *, overlap: str, min_age_seconds: int,
-           dry_run: bool = False, now: float | None = None) -> list[RotateResult]:
+def rotate(keyring: Keyring | None, specs: list[KeySpec], *, overlap: str, min_age_seconds: int,
+           dry_run: bool = False, now: float | None = None, sequoia: SequoiaHome | None = None) -> list[RotateResult]:
     """Give every signer a new key; the old one expires after ``overlap`` instead of at once.
 
     Why an overlap: nodes verify at pull time, so images signed with the old key must keep passing until they are
     re-signed and the new public key is on every node (export both keys into the policy's key file: "any of these
     keys"). Keys younger than ``min_age_seconds`` are left alone, so re-running a rotation is harmless. The old
     key's passphrase is the spec's (a rotation keeps the secret source). Passphrases are read before any change.
+
+    ``keystore: sequoia`` signers rotate in the Sequoia home ``sequoia`` the same way (:func:`_rotate_sequoia`).
     """
     now = time.time() if now is None else now
     passphrases = [read_cached(s.passphrase) for s in specs]
+    _check_stores(specs, keyring, sequoia)
     out: list[RotateResult] = []
     for spec, pw in zip(specs, passphrases, strict=True):
+        if spec.keystore == "sequoia":
+            assert sequoia is not None
+            out.append(_rotate_sequoia(sequoia, spec, pw, overlap=overlap, min_age_seconds=min_age_seconds,
+                                       dry_run=dry_run, now=now))
+            continue
+        assert keyring is not None
         old = current_key(keyring, spec.email)
         if old is not None and old.created > now - min_age_seconds:
             out.append(RotateResult(spec, "recent", old, None))
@@ -350,6 +361,50 @@ def rotate(keyring: Keyring, specs: list[KeySpec], *, overlap: str, min_age_seco
         refreshed = next((k for k in keyring.list_keys(secret=True) if k.fingerprint == old.fingerprint), old)
         out.append(RotateResult(spec, "rotated", new, refreshed, refreshed.expires))
     return out
+
+
+def _check_stores(specs: list[KeySpec], keyring: Keyring | None, sequoia: SequoiaHome | None) -> None:
+    if any(s.keystore == "gnupg" for s in specs) and keyring is None:
+        raise InputError("the signers file has GnuPG keys but no GnuPG home was given")
+    if any(s.keystore == "sequoia" for s in specs) and sequoia is None:
+        raise InputError("the signers file has Sequoia keys (keystore: sequoia) but no Sequoia home was given")
+
+
+def _current_sequoia(home: SequoiaHome, spec: KeySpec) -> Any:
+    """The signer's current key in the Sequoia home (newest usable secret key with its e-mail), or None."""
+    try:
+        return home.resolve(spec.email, secret=True)
+    except KeyNotFound:
+        return None
+
+
+def _rotate_sequoia(home: SequoiaHome, spec: KeySpec, passphrase: str | None, *, overlap: str,
+                    min_age_seconds: int, dry_run: bool, now: float) -> RotateResult:
+    """:func:`rotate` for one signer of a Sequoia home: a new key made as ``keys generate`` makes it, and the old
+    one given new self-signatures (Sequoia's ``set_expiration``) that make it expire after ``overlap``.
+
+    The old key's expiry is computed before the new key is stored, so a wrong passphrase changes nothing.
+    """
+    old = _current_sequoia(home, spec)
+    if old is not None and old.info.created > now - min_age_seconds:
+        return RotateResult(spec, "recent", sequoia_key_info(old), None)
+    if dry_run:
+        return RotateResult(spec, "planned", None, sequoia_key_info(old) if old is not None else None)
+    expiring = None
+    if old is not None:
+        expiring = sqgen.set_expiry(home.secret_key(old), home.public_key(old),
+                                    validity_seconds(overlap) or 0, passphrase)
+    key = sqgen.generate(_user_id(spec), profile=spec.profile, algorithm=spec.algorithm,
+                         validity_seconds=validity_seconds(spec.expire))
+    if passphrase is not None:
+        key = sqgen.GeneratedKey(key.fingerprint, key.version, sqgen.protect(key.secret, passphrase), key.public)
+    home.store(key)
+    new = sequoia_key_info(home.resolve(key.fingerprint, secret=True))
+    if old is None or expiring is None:
+        return RotateResult(spec, "created", new, None)
+    home.update(old, expiring)
+    refreshed = sequoia_key_info(home.resolve(old.info.fingerprint, secret=True))
+    return RotateResult(spec, "rotated", new, refreshed, refreshed.expires)
 
 
 # ---- --key values: one meaning for FPR|EMAIL|FILE on every command ---------------------------------------------
@@ -387,7 +442,9 @@ def trusted_key_blobs(keys: Sequence[str], gnupghome: str | None) -> list[bytes]
         p = key_file(k)
         if p is not None:
             blobs.append(p.read_bytes())
-        elif validate.V6_FINGERPRINT.fullmatch(k):
+            continue
+        check_key_name(k, "--key")
+        if validate.V6_FINGERPRINT.fullmatch(k):
             raise InputError(f"--key {k}: a 64-hex OpenPGP v6 fingerprint cannot name a key in a GnuPG keyring "
                              "(GnuPG cannot hold v6 keys); give the v6 certificate file")
         else:
@@ -411,6 +468,8 @@ def retired_key_fingerprints(keys: Sequence[str], gnupghome: str | None) -> set[
 
     out: set[str] = set()
     for k in keys:
+        if key_file(k) is None:
+            check_key_name(k, "--key")
         if _is_fingerprint(k):
             out.add(k.upper().removeprefix("0X"))
             continue
@@ -568,9 +627,11 @@ def load_specs_file(path: str) -> list[KeySpec]:
     return load_specs(yamlstrict.read_file(path), path)
 
 
-def export_rotated(keyring: Keyring, results: list[RotateResult], export_dir: str | Path) -> list[Path]:
+def export_rotated(keyring: Keyring | None, results: list[RotateResult], export_dir: str | Path,
+                   sequoia: SequoiaHome | None = None) -> list[Path]:
     """Write ``<email>.gpg`` per signer holding its new *and* old public key: what nodes must trust during the
-    overlap (``keys rotate --export-dir``, then ``policy apply``)."""
+    overlap (``keys rotate --export-dir``, then ``policy apply``). A Sequoia-home signer's file holds its
+    certificates as ``pgp.cert.d`` has them (v6 ones are read by Sequoia on the node side, docs/policy.md)."""
     from atomicsig.fsutil import atomic_write, makedirs
 
     makedirs(export_dir)
@@ -578,7 +639,13 @@ def export_rotated(keyring: Keyring, results: list[RotateResult], export_dir: st
     for r in results:
         fprs = [k.fingerprint for k in (r.new, r.old) if k is not None]
         path = Path(export_dir) / f"{r.spec.email}.gpg"
-        atomic_write(path, keyring.export_public(fprs, armor=False), 0o644)
+        if r.spec.keystore == "sequoia":
+            assert sequoia is not None
+            data = b"".join(sqgen.dearmor(sequoia.public_key(sequoia.resolve(f))) for f in fprs)
+        else:
+            assert keyring is not None
+            data = keyring.export_public(fprs, armor=False)
+        atomic_write(path, data, 0o644)
         written.append(path)
     return written
 
@@ -618,6 +685,7 @@ def export_keys(keys: Sequence[str], gnupghome: str | None, sequoia_home: str | 
 def _sequoia_lookup(home: SequoiaHome, spec: str, gnupghome: str | None, sequoia_home: str | None, *,
                     secret: bool) -> Any:
     """The StoredKey ``spec`` names in ``home``, or None when GnuPG should answer (see :func:`_sequoia_key`)."""
+    check_key_name(spec, "key")
     v6_fpr = bool(re.fullmatch(r"(0[xX])?[0-9A-Fa-f]{64}", spec))
     gpg_miss: KeyNotFound | None = None
     if sequoia_home is None and not v6_fpr:
@@ -633,8 +701,13 @@ def _sequoia_lookup(home: SequoiaHome, spec: str, gnupghome: str | None, sequoia
     except KeyNotFound as exc:
         if gpg_miss is not None:  # asked both stores: say so
             raise KeyNotFound(f"{gpg_miss.message}; nor in {home.describe()}") from None
-        if v6_fpr or sequoia_home is None:
-            raise exc from None
+        if v6_fpr or sequoia_home is None or truncated_hint(spec.upper().removeprefix("0X"),
+                                                           (k.info.fingerprint for k in home.list_keys())):
+            raise exc from None  # a cut-off v6 fingerprint: the home's error names the whole one
+        try:  # GnuPG answers; if it does not know the key either, both stores say why
+            Keyring(gnupghome).resolve(spec, secret=secret)
+        except KeyNotFound as gpg_exc:
+            raise KeyNotFound(f"{gpg_exc.message}; {exc.message}") from None
         return None
 
 
@@ -643,9 +716,10 @@ def deletion_targets(keyring: Keyring, keys: Sequence[str]) -> list[KeyInfo]:
     present in the keyring, expired and revoked keys included (a retired key is what one usually deletes;
     ``resolve`` skips unusable keys). Every check runs before anything is deleted or confirmed."""
     for k in keys:
-        if re.fullmatch(r"(0x)?[0-9A-Fa-f]{64}", k):
-            raise InputError(f"{k} is an OpenPGP v6 fingerprint: GnuPG homes cannot hold v6 keys, and keys delete "
-                             "works on GnuPG homes only (remove a Sequoia-home key with sq, docs/keys-sequoia.md)")
+        check_key_name(k, "keys delete")
+        if re.fullmatch(r"(0[xX])?[0-9A-Fa-f]{64}", k):
+            raise InputError(f"{k} is an OpenPGP v6 fingerprint: GnuPG homes cannot hold v6 keys; delete it from its "
+                             "Sequoia home with --sequoia-home DIR")
         if not re.fullmatch(r"(0x)?[0-9A-Fa-f]{40}", k):
             raise InputError(f"delete needs a full 40-hex fingerprint, not {k!r}")
     listed = {k.fingerprint.upper(): k for k in keyring.list_keys()}
@@ -675,3 +749,132 @@ def retire(keyring: Keyring, key: str, *, revoke: bool, passphrase: str | None,
     keyring.set_expiry(info.fingerprint, "1d", passphrase=passphrase)
     expires = keyring.resolve(info.fingerprint, secret=False).expires
     return {"fingerprint": info.fingerprint, "action": "expires", "expires": expires, "revocation_certificate": None}
+
+
+def retire_key(key: str, gnupghome: str | None, sequoia_home: str | None, *, revoke: bool, passphrase: str | None,
+               certificate: str | None = None) -> dict[str, Any]:
+    """``keys retire KEY``: a key of the Sequoia home (v6 fingerprints, or any key with ``--sequoia-home``: the
+    rule of ``sign --key``, :func:`_sequoia_lookup`) through :func:`retire_sequoia`, else GnuPG's :func:`retire`."""
+    check_key_name(key, "keys retire")
+    home = SequoiaHome(sequoia_home)
+    stored = _sequoia_lookup(home, key, gnupghome, sequoia_home, secret=True)
+    if stored is None:
+        return retire(Keyring(gnupghome), key, revoke=revoke, passphrase=passphrase, certificate=certificate)
+    return retire_sequoia(home, stored, revoke=revoke, passphrase=passphrase, certificate=certificate)
+
+
+def retire_sequoia(home: SequoiaHome, stored: Any, *, revoke: bool, passphrase: str | None,
+                   certificate: str | None = None) -> dict[str, Any]:
+    """:func:`retire` for a key of a Sequoia home, with the same two outcomes, made by Sequoia:
+
+    * ``revoke``: a key revocation signature by the primary key, merged into the certificate in ``pgp.cert.d``
+      and into the secret key; ``certificate`` receives the revoked certificate, armored (what a node imports:
+      a bare revocation signature cannot be filed in a cert store without its key). Sequoia then refuses every
+      signature of the key, those made before the revocation included.
+    * otherwise new self-signatures that make the key expire in one day. Unlike GPGME, Sequoia judges a key at
+      the time a signature was made: signatures made before the expiry keep verifying on Sequoia-backend nodes
+      (tests/test_v6verify.py), only newer ones are refused. ``--revoke`` is what stops the old ones too.
+
+    Nodes learn of either only from the re-exported certificate (``keys export``, then ``policy apply``).
+    """
+    from atomicsig.fsutil import atomic_write
+
+    fpr = stored.info.fingerprint
+    secret, public = home.secret_key(stored), sqgen.dearmor(home.public_key(stored))
+    if revoke:
+        revoked = sqgen.revoke(secret, public, passphrase)
+        home.update(stored, revoked)
+        if certificate:
+            atomic_write(certificate, sqgen.armor(revoked, secret=False), 0o644)
+        return {"fingerprint": fpr, "action": "revoked", "expires": None, "revocation_certificate": certificate}
+    home.update(stored, sqgen.set_expiry(secret, public, 86400, passphrase))
+    expires = home.resolve(fpr).info.expires
+    return {"fingerprint": fpr, "action": "expires", "expires": expires, "revocation_certificate": None}
+
+
+def sequoia_deletion_targets(home: SequoiaHome, keys: Sequence[str]) -> list[Any]:
+    """The keys ``keys delete --sequoia-home`` removes: full fingerprints only (40 hex for v4, 64 for v6), each in
+    the home, any state. Every check runs before anything is deleted."""
+    for k in keys:
+        check_key_name(k, "keys delete")
+        if not re.fullmatch(r"(0[xX])?([0-9A-Fa-f]{40}|[0-9A-Fa-f]{64})", k):
+            raise InputError(f"delete needs a full fingerprint (40 hex digits for v4, 64 for v6), not {k!r}")
+    listed = {s.info.fingerprint: s for s in home.list_keys()}
+    targets = []
+    for k in keys:
+        fpr = k.upper().removeprefix("0X")
+        if fpr not in listed:
+            raise KeyNotFound(f"no key {fpr} in {home.describe()}{truncated_hint(fpr, listed)}")
+        targets.append(listed[fpr])
+    return targets
+
+
+#: Hex digits a key name may have: a key ID (16), a v4 fingerprint (40), a v6 fingerprint (64).
+_KEY_HEX_LENGTHS = (16, 40, 64)
+
+
+def check_key_name(spec: str, where: str) -> None:
+    """Refuse a hex string that is no key ID or fingerprint (issue 16 "Bad input"): a v4 fingerprint has 40 hex
+    digits, a v6 one 64 (RFC 9580 §5.5.4); anything else of 16 or more hex digits is a typo or a truncated copy,
+    and searching keyrings for it would only say "no key". Names that are not all hex are left to the lookup."""
+    digits = spec[2:] if spec[:2] in ("0x", "0X") else spec
+    if len(digits) > 16 and re.fullmatch(r"[0-9A-Fa-f]+", digits) and len(digits) not in _KEY_HEX_LENGTHS:
+        raise InputError(f"{where}: {spec} has {len(digits)} hex digits: an OpenPGP fingerprint has 40 (v4) or "
+                         "64 (v6), a key ID 16")
+
+
+def import_keys(inputs: Sequence[tuple[str, bytes]], gnupghome: str | None, sequoia_home: str | None, *,
+                keystore: str = "auto", passphrase: str | None = None) -> list[dict[str, Any]]:
+    """``keys import``: each key of each ``(name, data)`` into the GnuPG or the Sequoia home.
+
+    Where a key goes (``keystore``): ``gnupg`` all into GnuPG; ``sequoia`` all into the Sequoia home; ``auto``
+    v4 keys into GnuPG and v6 keys into the Sequoia home, which must then be named (``--sequoia-home`` or
+    ``$SEQUOIA_HOME``: a v6 key never lands in a default home nobody asked for). GnuPG 2.2 cannot hold v6 keys:
+    a v6 key bound for GnuPG is refused with the message ``keys generate`` gives. Every input is read and
+    routed before the first key is written. An input holding only v4 keys reaches gpg unchanged (its verdict,
+    as before); a Sequoia home merges (:meth:`SequoiaHome.import_key`), so importing twice changes nothing.
+    """
+    import os
+
+    sequoia_named = bool(sequoia_home or os.environ.get("SEQUOIA_HOME"))
+    plan: list[tuple[str, str, bytes | sqgen.KeyPart]] = []  # (input name, store, raw gpg data | one key)
+    for name, data in inputs:
+        try:
+            parts = sqgen.split_keys(data)
+        except InputError:
+            if keystore == "sequoia":
+                raise InputError(f"{name}: no OpenPGP key found in the input") from None
+            plan.append((name, "gnupg", data))  # gpg's own verdict on what Sequoia cannot read
+            continue
+        for p in parts:
+            if p.version != 6 or keystore == "sequoia":
+                continue
+            if keystore == "gnupg" or not sequoia_named:
+                raise InputError(f"{name}: key {p.fingerprint} is an OpenPGP v6 key: GnuPG 2.2 cannot hold OpenPGP "
+                                 "v6 (rfc9580) keys; import it into a Sequoia home with --sequoia-home DIR")
+        if keystore == "sequoia":
+            plan += [(name, "sequoia", p) for p in parts]
+        elif all(p.version != 6 for p in parts):
+            plan.append((name, "gnupg", data))
+        else:
+            v4 = b"".join(p.data for p in parts if p.version != 6)
+            if v4:
+                plan.append((name, "gnupg", v4))
+            plan += [(name, "sequoia", p) for p in parts if p.version == 6]
+    out: list[dict[str, Any]] = []
+    home = SequoiaHome(sequoia_home) if any(store == "sequoia" for _, store, _ in plan) else None
+    kr = Keyring(gnupghome) if any(store == "gnupg" for _, store, _ in plan) else None
+    for name, _store, item in plan:
+        if isinstance(item, sqgen.KeyPart):
+            assert home is not None
+            status = home.import_key(item)
+            out.append({"fingerprint": item.fingerprint, "keystore": "sequoia", "status": status,
+                        "version": item.version, "secret": item.secret})
+            continue
+        assert kr is not None
+        try:
+            fprs = kr.import_keys(item, passphrase)
+        except InputError as exc:
+            raise InputError(f"{name}: {exc.message}") from exc
+        out += [{"fingerprint": f, "keystore": "gnupg", "status": "imported", "version": 4} for f in fprs]
+    return out
