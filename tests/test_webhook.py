@@ -685,6 +685,10 @@ def test_config_file_and_policy_reload_from_a_configmap(world: dict[str, Any], t
         log = Path(world["work"]) / f"webhook-{base.rsplit(':', 1)[1]}.log"
         assert answer(base, unsigned)["allowed"] is False
         assert answer(base, review(pod(f"{host}/app/unsigned:1"), namespace="kube-system"))["allowed"] is True
+        for i in range(5):  # a file beside the policy that is not part of it (a log, say): no reload
+            (mount / "notes.txt").write_text("x" * i)
+            time.sleep(0.15)
+        assert _metric(base, "atomicsig_webhook_policy_reloads_total") == 0
         _configmap_update(mount, {"webhook.yaml": config, "policy.yaml": policy({"action": "accept"}),
                                   "trusted.gpg": key})
         _wait_for(lambda: answer(base, unsigned)["allowed"] is True, "the new policy was not loaded")
@@ -749,3 +753,41 @@ def test_config_file_values_reach_the_settings() -> None:
                 "w.yaml", Path("/etc/atomicsig"))
     assert got == {"policy_file": "/etc/atomicsig/p.yaml", "audit_mode": True, "tls_verify": False,
                    "exempt": ("a", "b"), "cache_ttl": 0}
+
+
+@pytestmark_slow
+def test_concurrent_reviews_share_one_check_per_digest(world: dict[str, Any], tmp_path: Path) -> None:
+    """Single flight: when a cached digest expires under load, the reviews in flight wait for one check instead of
+    each running its own (the stampede that gave bench/load_webhook.py a 0.2-0.9 s tail every cache_ttl)."""
+    import threading
+
+    from atomicsig.cli.webhook import load_policies
+    from atomicsig.webhook.review import Reviewer, WebhookSettings
+
+    cluster, namespaces = load_policies(str(world["policy"]), None, str(tmp_path))
+    reviewer = Reviewer(cluster, namespaces, WebhookSettings(tls_verify=False, cache_ttl=60, workers=8))
+    calls: list[str] = []
+    check = reviewer.check_image
+
+    def counted(image: str, policy: Any) -> Any:
+        calls.append(image)
+        time.sleep(0.2)  # a slow signature store: every review arrives while the first check runs
+        return check(image, policy)
+    reviewer.check_image = counted  # type: ignore[method-assign]
+    image = f"{world['host']}/app/signed@{world['digests']['app/signed:1']}"
+    start = threading.Barrier(20)
+    allowed: list[bool] = []
+
+    def one() -> None:
+        doc = json.dumps(review(pod(image))).encode()
+        start.wait()
+        allowed.append(reviewer.review(admission.parse_review(doc)).allowed)
+    try:
+        threads = [threading.Thread(target=one) for _ in range(20)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        reviewer.close()
+    assert allowed == [True] * 20 and calls == [image]

@@ -18,17 +18,22 @@ if TYPE_CHECKING:
     from atomicsig.webhook.review import NodePolicy
 
 
-def load_policies(policy_file: str, gnupghome: str | None, scratch: str) -> tuple[NodePolicy, dict[str, NodePolicy]]:
+def load_policies(policy_file: str, gnupghome: str | None, scratch: str, *, sources: list[Path] | None = None
+                  ) -> tuple[NodePolicy, dict[str, NodePolicy]]:
     """The cluster policy and one per ``namespaces:`` entry, as a fresh node would hold them once the YAML is
     applied (``CompiledPolicy.node_files``, the files ``policy render`` ships), staged under ``scratch`` and read
     back with the loader ``audit``/``explain`` use (policy/explain.load_node), so the webhook judges exactly what
-    ``audit -f`` judges. Errors in the YAML are file:line, exit 2."""
+    ``audit -f`` judges. Errors in the YAML are file:line, exit 2. ``sources`` gets the files it was compiled from
+    (the YAML and the key files its ``keys:`` name): what the policy reload watches."""
     from atomicsig.fsutil import atomic_write, makedirs
     from atomicsig.policy.compile import compile_policy
     from atomicsig.policy.explain import load_node
     from atomicsig.webhook.review import NodePolicy
 
     compiled = compile_policy(policy_file, gnupghome)
+    if sources is not None:
+        sources[:] = [Path(policy_file), *(Path(k.value) for k in compiled.spec.keys.values()
+                                           if k.kind in ("file", "cosign"))]
     root = Path(scratch)
     for node_path, data in compiled.node_files().items():
         target = root / node_path.lstrip("/")
@@ -128,7 +133,7 @@ def _serve(policy_file: str | None, config_file: str | None, policy_reload_inter
         reviewer = Reviewer(cluster, namespaces, settings)
         app = WebhookApp(reviewer, max_body=max_body)
         watcher = PolicyReloader(reviewer, staged.load, policy_file, interval=policy_reload_interval,
-                                 metrics=app.metrics)
+                                 watched=lambda: staged.sources, metrics=app.metrics)
         _setup_logging()
         use_log_format(log_format, "atomicsig.webhook")
         limits = Limits(threads=threads, max_connections=max_connections, max_body=max_body)
@@ -176,6 +181,7 @@ class _Staging:
         self.count = 0
         self.replaced: list[tuple[float, Path]] = []
         self.current: Path | None = None
+        self.sources: list[Path] = [Path(policy_file)]  # what the policy now served was compiled from
 
     def load(self) -> tuple[NodePolicy, dict[str, NodePolicy]]:
         import shutil
@@ -184,14 +190,15 @@ class _Staging:
         self.count += 1
         target = self.scratch / f"load-{self.count}"
         try:
-            loaded = load_policies(self.policy_file, self.gnupghome, str(target))
+            sources: list[Path] = []
+            loaded = load_policies(self.policy_file, self.gnupghome, str(target), sources=sources)
         except BaseException:
             shutil.rmtree(target, ignore_errors=True)
             raise
         now = time.monotonic()
         if self.current is not None:
             self.replaced.append((now, self.current))
-        self.current = target
+        self.current, self.sources = target, sources
         while self.replaced and now - self.replaced[0][0] > self.KEEP:
             shutil.rmtree(self.replaced.pop(0)[1], ignore_errors=True)
         return loaded

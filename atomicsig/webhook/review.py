@@ -174,6 +174,7 @@ class Reviewer:
         self._lock = threading.Lock()
         self._pool = _DaemonPool(self.settings.workers)
         self._cache: dict[tuple[int, str], tuple[float, ImageResult]] = {}  # (NodePolicy.serial, image)
+        self._inflight: dict[tuple[int, str], cf.Future[ImageResult]] = {}  # _submit: checks being run
         self.cache_hits = 0
 
     def close(self) -> None:
@@ -326,6 +327,30 @@ class Reviewer:
             self.cache_hits += 1
         return entry[1]
 
+    def _submit(self, image: str, policy: NodePolicy) -> tuple[cf.Future[ImageResult], bool]:
+        """The check of ``image`` on the pool: (future, shared). With the cache on, concurrent reviews missing the
+        same digest share one check (single flight) instead of each running its own. Without this, every entry
+        expiring under load was re-checked by every review in flight at that moment — 50 reviews x 10 images at
+        once, a latency spike every ``cache_ttl`` (bench/load_webhook.py's p96+ tail: 0.2-0.9 s). Only what the
+        cache could have answered anyway is shared (``cache_ttl`` > 0, by digest); the shared check is younger
+        than the review's own would have been by at most its run time."""
+        if self.settings.cache_ttl <= 0 or "@" not in image:
+            return self._pool.submit(self._check_and_remember, image, policy), False
+        key = (policy.serial, image)
+        with self._lock:
+            fut = self._inflight.get(key)
+            if fut is not None:
+                return fut, True
+            fut = self._pool.submit(self._check_and_remember, image, policy)
+            self._inflight[key] = fut
+
+        def forget(done: cf.Future[ImageResult]) -> None:
+            with self._lock:
+                if self._inflight.get(key) is done:
+                    del self._inflight[key]
+        fut.add_done_callback(forget)
+        return fut, True
+
     def _check_and_remember(self, image: str, policy: NodePolicy) -> ImageResult:
         res = self.check_image(image, policy)
         if self.settings.cache_ttl > 0 and "@" in image and not res.pinnable and res.decision != ERROR:
@@ -366,8 +391,13 @@ class Reviewer:
             hit = self._cached(policy, img)
             if hit is not None:
                 results[img] = hit
-        futures = {img: self._pool.submit(self._check_and_remember, img, policy)
-                   for img in distinct if img not in results}
+        futures: dict[str, cf.Future[ImageResult]] = {}
+        shared: set[str] = set()
+        for img in distinct:
+            if img not in results:
+                futures[img], is_shared = self._submit(img, policy)
+                if is_shared:
+                    shared.add(img)
         remaining = max(0.0, s.deadline - (time.monotonic() - started))
         if futures:
             cf.wait(list(futures.values()), timeout=remaining)
@@ -375,7 +405,8 @@ class Reviewer:
             if fut.done() and not fut.cancelled() and fut.exception() is None:
                 results[img] = fut.result()
             else:
-                fut.cancel()  # not started: never runs; running: finishes on its own (bounded by registry timeouts)
+                if img not in shared:  # other reviews may be waiting for a shared check
+                    fut.cancel()  # not started: never runs; running: finishes on its own (registry timeouts)
                 exc = fut.exception() if fut.done() and not fut.cancelled() else None
                 res = ImageResult(img, ERROR, f"internal error: {exc}" if exc else
                                   f"not decided within the {s.deadline:g} s review deadline (registry or signature "
