@@ -296,10 +296,10 @@ def main() -> int:
                 sk_times.append(time.perf_counter() - t0)
         sk_image = statistics.median(sk_times) if sk_times else 0.0
         out = {"cpus": os.cpu_count(), "concurrency": args.concurrency, "containers": args.containers,
-               "runs": runs, "skopeo_per_image_ms": round(sk_image * 1000, 1),
-               "skopeo_per_pod_ms": round(sk_image * args.containers * 1000, 1),
+               "runs": runs, "skopeo_per_image_ms": round(sk_image * 1000, 1) if sk_times else None,
+               "skopeo_per_pod_ms": round(sk_image * args.containers * 1000, 1) if sk_times else None,
                "ratio_pod_skopeo_over_review_p50": round(sk_image * args.containers * 1000 / runs[0]["p50_ms"], 1)
-               if runs and runs[0]["p50_ms"] else None}
+               if runs and runs[0]["p50_ms"] and sk_times else None}
         print(json.dumps(out, indent=2))
         if args.json_out:
             Path(args.json_out).write_text(json.dumps(out, indent=2) + "\n")
