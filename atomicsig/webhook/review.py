@@ -224,7 +224,8 @@ class Reviewer:
                 old = cache.pop(serial)
                 old.close()
                 with self._lock:
-                    self._evaluators.remove(old)
+                    if old in self._evaluators:  # close() may have run meanwhile
+                        self._evaluators.remove(old)
             s = self.settings
             store = AutoStore(registries_dir=policy.registries_dir, tls_verify=s.tls_verify, cert_dir=s.cert_dir,
                               authfile=s.authfile)
