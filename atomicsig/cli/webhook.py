@@ -98,6 +98,7 @@ def webhook(ctx: click.Context, **params: Any) -> int:
     POST /validate   allowed, or denied (403) naming image, digest, scope and reason; audit: warnings
     POST /mutate     the same, plus a JSONPatch pinning tags to the checked digests (--pin-digests)
     GET  /healthz, /metrics
+    SIGHUP, or a change to the policy's files: reload the policy (a broken one keeps the old)
     Deploy: deploy/ (docs/webhook.md).
     """
     return _serve(**(_from_config(ctx, params["config_file"]) if params["config_file"] else params))
