@@ -1,20 +1,29 @@
 """Load test of ``atomicsig webhook`` on loopback (issue 17): concurrent AdmissionReviews, beside skopeo.
 
-    python bench/load_webhook.py [--concurrency 50] [--rounds 10] [--containers 10] [--skopeo-rounds 3]
-                                 [--cache-ttl 10] [--json out.json]
+    python bench/load_webhook.py [--client ab|python] [--concurrency 50] [--rounds 20] [--containers 10]
+                                 [--cache-ttl 10,0] [--keepalive both|on|off] [--skopeo-rounds 2] [--json out.json]
 
 1. **World.** A docker-registry on 127.0.0.1 with ``--containers`` distinct images, each signed (throwaway
    Ed25519 key, one ``atomicsig sign`` process) into a lookaside directory on this machine; a policy YAML with one
    signed scope over them (``file://`` lookaside: signatures local).
-2. **Webhook.** ``atomicsig webhook -f policy.yaml`` as a child process over TLS on a free port.
-3. **Load.** ``--concurrency`` client threads (keep-alive, one TLS session each) send ``--rounds`` reviews each,
-   all at once: a Pod with ``--containers`` containers whose images are pinned by digest (what ``--pin-digests``
-   leaves). Every answer must be ``allowed: true`` for the right uid. Printed: per-review latency p50/p90/p99/max,
-   reviews/s, images checked/s.
+2. **Webhook.** ``atomicsig webhook -f policy.yaml`` as a child process over TLS on a free port, once per
+   ``--cache-ttl`` value (10: the decision cache on, the default; 0: every image evaluated at every review).
+3. **Load.** ``--concurrency`` clients send ``--concurrency`` x ``--rounds`` reviews in all: a Pod with
+   ``--containers`` containers whose images are pinned by digest (what ``--pin-digests`` leaves).
+   ``--client ab`` (default when installed; apache2-utils): ApacheBench, one event-driven C process, so the load
+   generator takes a small share of the cores the server needs (the Python generator's 50 threads took most of
+   them); with keep-alive (``-k``: the kube-apiserver keeps its connections to a webhook alive) and without (a TLS
+   handshake per review). ab does not check the certificate; the warm-up review does (http.client against the
+   test certificate), and must be ``allowed: true``; ab then requires every answer to be 200 and of that same
+   length with keep-alive (ab counts others as failed; the bench fails on any), and 200 without (ab's ``-l``: see
+   run_ab). ``--client python``: the former generator
+   (http.client threads, keep-alive, certificate verified, every answer's uid and ``allowed`` checked).
+   Printed per run: latency p50/p95/p99/max, reviews/s, the server's CPU per review (its /proc stat over the
+   run), the 1-minute load average at the end.
 4. **Peer.** The only other way to learn the same answer on a node: ``skopeo copy`` of each image to ``dir:``
    under the policy.json and registries.d that ``policy apply`` writes from the same YAML (a pull decides the
    policy), ``--skopeo-rounds`` times over the images; per image and per pod (x containers), and the ratio of a
-   pod's sequential skopeo checks to the webhook's p50 review.
+   pod's sequential skopeo checks to the webhook's p50 review (the first run's).
 
 Client and server share this machine's CPUs (2 here), so the figures are a floor for the server alone.
 """
@@ -73,20 +82,163 @@ def _pod(images: list[str]) -> dict[str, Any]:
                    "spec": {"containers": [{"name": f"c{i}", "image": img} for i, img in enumerate(images)]}}}}
 
 
+def _load_average() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+class Webhook:
+    """The webhook child process for one ``--cache-ttl``."""
+
+    def __init__(self, work: Path, policy: Path, cert: Path, key: Path, cache_ttl: str) -> None:
+        self.port = env.free_port()
+        self.log_path = work / f"webhook-{cache_ttl}.log"
+        log = open(self.log_path, "wb")  # noqa: SIM115 - handed to the child
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "atomicsig", "webhook", "-f", str(policy), "--listen", f"127.0.0.1:{self.port}",
+             "--tls-cert", str(cert), "--tls-key", str(key), "--tls-verify=false", "--threads", "16",
+             "--cache-ttl", cache_ttl],
+            env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL, stderr=log, cwd=work)
+        log.close()  # the child has it; one line per review (a pipe nobody reads would fill and stall the server)
+        self.base = f"https://127.0.0.1:{self.port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if requests.get(self.base + "/healthz", verify=str(cert), timeout=2).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise SystemExit("webhook did not start: " + self.log_path.read_text())
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def _one_review(port: int, ca: str, images: list[str]) -> bytes:
+    """One review over a verified connection; the answer must allow it (the warm-up, and ab's reference)."""
+    conn = http.client.HTTPSConnection("127.0.0.1", port, context=ssl.create_default_context(cafile=ca), timeout=30)
+    doc = _pod(images)
+    conn.request("POST", "/validate", body=json.dumps(doc).encode(), headers={"Content-Type": "application/json"})
+    r = conn.getresponse()
+    body = r.read()
+    conn.close()
+    resp = json.loads(body).get("response", {}) if r.status == 200 else {}
+    if resp.get("uid") != doc["request"]["uid"] or resp.get("allowed") is not True:
+        raise SystemExit(f"warm-up review not allowed: {body[:300]!r}")
+    return body
+
+
+def run_ab(hook: Webhook, work: Path, images: list[str], args: argparse.Namespace, keepalive: bool
+           ) -> dict[str, Any]:
+    """ApacheBench over TLS: ``-c`` concurrent, ``-n`` reviews of one pod document; percentiles from ``-e``."""
+    body = work / "review.json"
+    body.write_text(json.dumps(_pod(images)))
+    pct = work / "ab-percentiles.csv"
+    n = args.concurrency * args.rounds
+    cmd = ["ab", "-q", "-r", "-s", "30", "-c", str(args.concurrency), "-n", str(n), "-p", str(body), "-T",
+           "application/json", "-e", str(pct), *(["-k"] if keepalive else ["-l"]), f"{hook.base}/validate"]
+    # -l without keep-alive: ab then reads each TLS answer until the connection closes and takes the first read
+    # (the head alone) as "the" length, so every later answer counted as a Length failure (an ab artefact; the
+    # byte count it reports is right). Non-2xx answers still count.
+    cpu0 = _cpu_seconds(hook.proc.pid)
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    server_cpu = _cpu_seconds(hook.proc.pid) - cpu0
+    if out.returncode != 0:
+        raise SystemExit(f"ab failed: {out.stderr or out.stdout}")
+
+    def field(label: str) -> str:
+        line = next((ln for ln in out.stdout.splitlines() if ln.startswith(label)), "")
+        return line.split(":", 1)[1].split()[0] if line else "0"
+    percent = {int(float(a)): float(b) for a, b in (ln.split(",") for ln in pct.read_text().splitlines()[1:])}
+    done, failed, non2xx = int(field("Complete requests")), int(field("Failed requests")), int(
+        field("Non-2xx responses"))
+    if failed or non2xx:
+        print(out.stdout, file=sys.stderr)
+    return {"reviews": done, "failures": failed + non2xx + (n - done),
+            "p50_ms": percent[50], "p90_ms": percent[90], "p95_ms": percent[95], "p99_ms": percent[99],
+            "max_ms": float(next(ln.split()[1] for ln in out.stdout.splitlines() if "(longest request)" in ln)),
+            "reviews_per_s": float(field("Requests per second")),
+            "server_cpu_ms_per_review": round(server_cpu / max(done, 1) * 1000, 2)}
+
+
+def run_python(hook: Webhook, ca: str, images: list[str], args: argparse.Namespace) -> dict[str, Any]:
+    """http.client threads over keep-alive TLS connections, certificate verified, every answer checked."""
+    latencies: list[float] = []
+    failures: list[str] = []
+    lock = threading.Lock()
+    marks: list[float] = []
+    cpu_marks: list[float] = []
+
+    def release() -> None:  # every client connected and warmed (TLS handshake, first evaluation): measure now
+        cpu_marks.append(_cpu_seconds(hook.proc.pid))
+        marks.append(time.perf_counter())
+    barrier = threading.Barrier(args.concurrency, action=release)
+
+    def client() -> None:
+        ctx = ssl.create_default_context(cafile=ca)
+        conn = http.client.HTTPSConnection("127.0.0.1", hook.port, context=ctx, timeout=30)
+
+        def one() -> tuple[dict[str, Any], int, bytes]:
+            doc = _pod(images)
+            conn.request("POST", "/validate", body=json.dumps(doc).encode(),
+                         headers={"Content-Type": "application/json"})
+            r = conn.getresponse()
+            return doc, r.status, r.read()
+
+        one()  # warm: TLS handshake
+        barrier.wait()
+        for _ in range(args.rounds):
+            t0 = time.perf_counter()
+            doc, status, body = one()
+            took = time.perf_counter() - t0
+            resp = json.loads(body).get("response", {}) if status == 200 else {}
+            with lock:
+                latencies.append(took)
+                if resp.get("uid") != doc["request"]["uid"] or resp.get("allowed") is not True:
+                    failures.append(body[:300].decode(errors="replace"))
+        conn.close()
+
+    threads = [threading.Thread(target=client) for _ in range(args.concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    server_cpu = _cpu_seconds(hook.proc.pid) - cpu_marks[0]
+    wall = time.perf_counter() - marks[0]
+    if failures:
+        print("first failure:", failures[0], file=sys.stderr)
+    return {"reviews": len(latencies), "failures": len(failures),
+            "p50_ms": round(_pct(latencies, 50) * 1000, 1), "p90_ms": round(_pct(latencies, 90) * 1000, 1),
+            "p95_ms": round(_pct(latencies, 95) * 1000, 1),
+            "p99_ms": round(_pct(latencies, 99) * 1000, 1), "max_ms": round(max(latencies) * 1000, 1),
+            "reviews_per_s": round(len(latencies) / wall, 1),
+            "server_cpu_ms_per_review": round(server_cpu / len(latencies) * 1000, 2)}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--client", choices=["ab", "python"], default="ab" if shutil.which("ab") else "python")
     ap.add_argument("--concurrency", type=int, default=50)
-    ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=20, help="reviews per client (ab: concurrency x rounds in all)")
     ap.add_argument("--containers", type=int, default=10)
-    ap.add_argument("--skopeo-rounds", type=int, default=3)
-    ap.add_argument("--cache-ttl", default="10", help="the webhook's --cache-ttl (0: every image evaluated)")
+    ap.add_argument("--skopeo-rounds", type=int, default=2)
+    ap.add_argument("--cache-ttl", default="10,0", help="the webhook's --cache-ttl values to run, comma-separated "
+                                                         "(0: every image evaluated at every review)")
+    ap.add_argument("--keepalive", choices=["both", "on", "off"], default="both",
+                    help="ab only: with keep-alive (-k), without (a TLS handshake per review), or both")
     ap.add_argument("--json", dest="json_out")
     args = ap.parse_args()
     from tests.tokenserver import self_signed
 
     work = Path(tempfile.mkdtemp(prefix="atomicsig-bench-webhook-"))
     reg = env.LocalRegistry(work / "registry").start()
-    proc = None
+    hook: Webhook | None = None
     try:
         home = work / "gnupg"
         home.mkdir(mode=0o700)
@@ -111,72 +263,22 @@ def main() -> int:
         policy.write_text(f"default: reject\nkeys:\n  build: {{file: build.gpg}}\nscopes:\n  {reg.host}/bench:\n"
                           f"    signed-by: build\n    lookaside: file://{store}\n")
         cert, tlskey, _ = self_signed(work / "tls")
-        port = env.free_port()
-        log = open(work / "webhook.log", "wb")  # noqa: SIM115 - handed to the child
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "atomicsig", "webhook", "-f", str(policy), "--listen", f"127.0.0.1:{port}",
-             "--tls-cert", str(cert), "--tls-key", str(tlskey), "--tls-verify=false", "--threads", "16",
-             "--cache-ttl", args.cache_ttl],
-            env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL, stderr=log, cwd=work)
-        log.close()  # the child has it; one line per review (a pipe nobody reads would fill and stall the server)
-        base = f"https://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if requests.get(base + "/healthz", verify=str(cert), timeout=2).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise SystemExit("webhook did not start: " + (work / "webhook.log").read_text())
-            time.sleep(0.1)
 
-        ca = str(cert)  # verified per request, as the API server does with caBundle (REQUESTS_CA_BUNDLE would win
-        # over a Session-level setting)
-        latencies: list[float] = []
-        failures: list[str] = []
-        lock = threading.Lock()
-        marks: list[float] = []
-        cpu_marks: list[float] = []
-
-        def release() -> None:  # every client connected and warmed (TLS handshake, first evaluation): measure now
-            cpu_marks.append(_cpu_seconds(proc.pid))
-            marks.append(time.perf_counter())
-        barrier = threading.Barrier(args.concurrency, action=release)
-
-        def client() -> None:
-            # http.client over one keep-alive TLS connection: a light generator (requests costs several ms of the
-            # 2 shared CPUs per call), verifying the certificate as the API server does with caBundle.
-            ctx = ssl.create_default_context(cafile=ca)
-            conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=30)
-
-            def one() -> tuple[dict[str, Any], int, bytes]:
-                doc = _pod(images)
-                conn.request("POST", "/validate", body=json.dumps(doc).encode(),
-                             headers={"Content-Type": "application/json"})
-                r = conn.getresponse()
-                return doc, r.status, r.read()
-
-            one()  # warm: TLS handshake
-            barrier.wait()
-            for _ in range(args.rounds):
-                t0 = time.perf_counter()
-                doc, status, body = one()
-                took = time.perf_counter() - t0
-                resp = json.loads(body).get("response", {}) if status == 200 else {}
-                with lock:
-                    latencies.append(took)
-                    if resp.get("uid") != doc["request"]["uid"] or resp.get("allowed") is not True:
-                        failures.append(body[:300].decode(errors="replace"))
-            conn.close()
-
-        threads = [threading.Thread(target=client) for _ in range(args.concurrency)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        server_cpu = _cpu_seconds(proc.pid) - cpu_marks[0]
-        wall = time.perf_counter() - marks[0]  # from the moment every client is connected and released
+        runs = []
+        for ttl in args.cache_ttl.split(","):
+            hook = Webhook(work, policy, cert, tlskey, ttl.strip())
+            _one_review(hook.port, str(cert), images)  # verified, allowed; and the cache warm (ttl > 0)
+            modes = [True] if args.client == "python" or args.keepalive == "on" else \
+                [False] if args.keepalive == "off" else [True, False]
+            for keepalive in modes:
+                got = run_ab(hook, work, images, args, keepalive) if args.client == "ab" else \
+                    run_python(hook, str(cert), images, args)
+                runs.append({"client": args.client, "cache_ttl": float(ttl), "keepalive": keepalive, **got,
+                             "images_per_s": round(got["reviews_per_s"] * args.containers, 1),
+                             "load_average_1m": _load_average()})
+                print(json.dumps(runs[-1]), file=sys.stderr)
+            hook.stop()
+            hook = None
 
         # The peer: skopeo copy to dir: under the policy.json that `policy apply` writes from the same YAML.
         node = work / "node"
@@ -192,34 +294,19 @@ def main() -> int:
                 env.skopeo(["--policy", str(pol), "--registries.d", str(regd), "copy", "--quiet",
                             "--src-tls-verify=false", f"docker://{img}", f"dir:{dest}"]).check_returncode()
                 sk_times.append(time.perf_counter() - t0)
-        sk_image = statistics.median(sk_times)
-        p50 = _pct(latencies, 50)
-        out = {
-            "cpus": os.cpu_count(), "concurrency": args.concurrency, "containers": args.containers,
-            "reviews": len(latencies), "failures": len(failures),
-            "p50_ms": round(p50 * 1000, 1), "p90_ms": round(_pct(latencies, 90) * 1000, 1),
-            "p99_ms": round(_pct(latencies, 99) * 1000, 1), "max_ms": round(max(latencies) * 1000, 1),
-            "reviews_per_s": round(len(latencies) / wall, 1),
-            "mean_in_flight": round(sum(latencies) / wall, 1),  # Little's law: how concurrent the load really was
-            "server_cpu_ms_per_review": round(server_cpu / len(latencies) * 1000, 2),
-            "images_per_s": round(len(latencies) * args.containers / wall, 1),
-            "skopeo_per_image_ms": round(sk_image * 1000, 1),
-            "skopeo_per_pod_ms": round(sk_image * args.containers * 1000, 1),
-            "ratio_pod_skopeo_over_review_p50": round(sk_image * args.containers / p50, 1),
-        }
+        sk_image = statistics.median(sk_times) if sk_times else 0.0
+        out = {"cpus": os.cpu_count(), "concurrency": args.concurrency, "containers": args.containers,
+               "runs": runs, "skopeo_per_image_ms": round(sk_image * 1000, 1) if sk_times else None,
+               "skopeo_per_pod_ms": round(sk_image * args.containers * 1000, 1) if sk_times else None,
+               "ratio_pod_skopeo_over_review_p50": round(sk_image * args.containers * 1000 / runs[0]["p50_ms"], 1)
+               if runs and runs[0]["p50_ms"] and sk_times else None}
         print(json.dumps(out, indent=2))
-        if failures:
-            print("first failure:", failures[0], file=sys.stderr)
         if args.json_out:
             Path(args.json_out).write_text(json.dumps(out, indent=2) + "\n")
-        return 1 if failures else 0
+        return 1 if any(r["failures"] for r in runs) else 0
     finally:
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        if hook is not None:
+            hook.stop()
         reg.stop()
         env.kill_gpg_agent(work / "gnupg")
         shutil.rmtree(work, ignore_errors=True)

@@ -45,14 +45,16 @@ kill_group = demo_env.stop_process
 make_oci_layout = demo_env.oci_layout
 
 
-def wait_http(url: str, timeout: float = 15.0, ok: tuple[int, ...] = (200, 401)) -> None:
-    """:func:`atomicsig.demo.env.wait_http`; an https URL is probed without certificate checks (the tests' own
-    self-signed servers on 127.0.0.1)."""
+def wait_http(url: str, timeout: float = 15.0, ok: tuple[int, ...] = (200, 401), *,
+              cafile: str | Path | None = None) -> None:
+    """:func:`atomicsig.demo.env.wait_http`; an https URL is probed against ``cafile`` (the test's own CA or
+    self-signed certificate), else without certificate checks."""
     context = None
     if url.startswith("https:"):
-        context = ssl.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
+        context = ssl.create_default_context(cafile=str(cafile) if cafile else None)
+        if cafile is None:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
     demo_env.wait_http(url, timeout, ok, context=context)
 
 

@@ -86,6 +86,23 @@ def test_one_verifier_per_key_set(store: DirectoryStore, signer_pub: Path) -> No
         assert len(ev._verifiers) == 1
 
 
+def test_key_file_is_read_again_when_it_changes(store: DirectoryStore, signer_pub: Path, tmp_path: Path) -> None:
+    """The Evaluator keeps keyPath bytes between images (issue 17: uncached webhook cost) but compares the file's
+    identity at every use: a key file rewritten in place, replaced by rename, or removed is seen at once."""
+    key = tmp_path / "trusted.gpg"
+    key.write_bytes(signer_pub.read_bytes())
+    with Evaluator(_policy(_signed_by(key)), store) as ev:
+        assert ev.evaluate(reference.parse(REF), DIG).decision == "accepted"
+        key.write_bytes(b"")  # rewritten in place: no keys
+        assert ev.evaluate(reference.parse(REF), DIG).decision == "rejected"
+        (tmp_path / "new.gpg").write_bytes(signer_pub.read_bytes())
+        (tmp_path / "new.gpg").replace(key)  # policy apply's rename
+        assert ev.evaluate(reference.parse(REF), DIG).decision == "accepted"
+        key.unlink()
+        gone = ev.evaluate(reference.parse(REF), DIG)
+        assert gone.decision == "rejected" and "cannot read keyPath" in gone.reason
+
+
 @pytest.mark.parametrize("doc", [
     {"default": []},
     {"default": [{"type": "reject"}], "transports": {"docker": {"x.example.com": [{"type": "signedBy"}]}}},

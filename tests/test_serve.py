@@ -428,7 +428,7 @@ def test_serve_command_tls_config_access_log(tmp_path: Path, blobs: list[bytes])
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     try:
         base = f"https://127.0.0.1:{port}"
-        wait_http(base + "/healthz", ok=(200,))
+        wait_http(base + "/healthz", ok=(200,), cafile=cert)
         r = requests.put(ext_url(base), data=put_body(blobs[5]), headers=AUTH, verify=str(cert), timeout=30)
         assert r.status_code == 201, r.text
         got = requests.get(f"{base}/{REPO}@sha256={'ab' * 32}/signature-1", verify=str(cert), timeout=10)

@@ -205,22 +205,26 @@ def world(registry: Registry, signer: GpgHome, signer_pub: Path,
 
 
 @contextlib.contextmanager
-def webhook(world: dict[str, Any], *extra: str, cert: Path | None = None, key: Path | None = None
-            ) -> Iterator[str]:
-    """The real CLI (``python -m atomicsig webhook``) over TLS on a free 127.0.0.1 port; yields its base URL."""
+def webhook(world: dict[str, Any], *extra: str, cert: Path | None = None, key: Path | None = None,
+            policy: Path | None = None) -> Iterator[str]:
+    """The real CLI (``python -m atomicsig webhook``) over TLS on a free 127.0.0.1 port; yields its base URL.
+    ``policy=None`` with a ``--config`` in ``extra``: no ``-f``, the file names it."""
     port = free_port()
+    policy_args = [] if policy is None and "--config" in extra else ["-f", str(policy or world["policy"])]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
     log_path = Path(world["work"]) / f"webhook-{port}.log"
     log = open(log_path, "wb")  # noqa: SIM115 - handed to the child (a pipe nobody reads would fill and stall it)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "atomicsig", "webhook", "-f", str(world["policy"]), "--listen", f"127.0.0.1:{port}",
+        [sys.executable, "-m", "atomicsig", "webhook", *policy_args, "--listen", f"127.0.0.1:{port}",
          "--tls-cert", str(cert or world["cert"]), "--tls-key", str(key or world["key"]), "--tls-verify=false",
          *extra], stdout=log, stderr=log, env=env, cwd=world["work"])
     log.close()
     base = f"https://127.0.0.1:{port}"
+    _CA[base] = str(cert or world["cert"])
+    _PROCS[base] = proc
     try:
         try:
-            wait_http(base + "/healthz", timeout=30)
+            wait_http(base + "/healthz", timeout=30, cafile=_CA[base])
         except Exception:
             proc.kill()
             proc.wait()
@@ -235,10 +239,20 @@ def webhook(world: dict[str, Any], *extra: str, cert: Path | None = None, key: P
             proc.wait()
 
 
+#: The certificate each webhook() serves, by base URL: every request verifies it, as the API server verifies the
+#: webhook against the configuration's caBundle (no unverified HTTPS in these tests).
+_CA: dict[str, str] = {}
+_PROCS: dict[str, subprocess.Popen[bytes]] = {}
+
+
 def post(base: str, doc: Any, path: str = "/validate", *, cert: Path | None = None) -> requests.Response:
     data = doc if isinstance(doc, bytes) else json.dumps(doc).encode()
     return requests.post(base + path, data=data, headers={"Content-Type": "application/json"},
-                         verify=False if cert is None else str(cert), timeout=60)
+                         verify=str(cert) if cert is not None else _CA[base], timeout=60)
+
+
+def get(base: str, path: str) -> requests.Response:
+    return requests.get(base + path, verify=_CA[base], timeout=10)
 
 
 def answer(base: str, doc: dict[str, Any], path: str = "/validate") -> dict[str, Any]:
@@ -367,9 +381,9 @@ def test_bad_input_gets_a_clear_http_error_or_a_denial(world: dict[str, Any], ho
     # body the server will never read may see the connection closed instead of the answer, so send the head only).
     assert _raw_status(hook, f"POST /validate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                              f"Content-Length: {3 * 1024 * 1024 + 1}\r\n\r\n") == 413
-    r = requests.get(hook + "/validate", verify=False, timeout=10)
+    r = get(hook, "/validate")
     assert r.status_code == 405
-    assert requests.get(hook + "/nope", verify=False, timeout=10).status_code == 404
+    assert get(hook, "/nope").status_code == 404
     broken = review(workload("Deployment", f"{host}/app/signed:1"))
     del broken["request"]["object"]["spec"]["template"]
     got = answer(hook, broken)
@@ -383,8 +397,7 @@ def test_bad_input_gets_a_clear_http_error_or_a_denial(world: dict[str, Any], ho
 def _raw_status(base: str, head: str) -> int:
     """The status line's code for a raw request head sent over TLS (no body)."""
     host, port = base.removeprefix("https://").split(":")
-    ctx = ssl.create_default_context()
-    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    ctx = ssl.create_default_context(cafile=_CA[base])
     with socket.create_connection((host, int(port)), timeout=10) as raw, \
             ctx.wrap_socket(raw, server_hostname=host) as s:
         s.sendall(head.encode())
@@ -435,8 +448,8 @@ def test_metrics_and_health(world: dict[str, Any]) -> None:
         answer(base, review(pod(f"{host}/app/signed:1")))
         answer(base, review(pod(f"{host}/app/unsigned:1")))
         post(base, b"junk")
-        text = requests.get(base + "/metrics", verify=False, timeout=10).text
-        assert requests.get(base + "/healthz", verify=False, timeout=10).text == "ok\n"
+        text = get(base, "/metrics").text
+        assert get(base, "/healthz").text == "ok\n"
     from prometheus_client.parser import text_string_to_metric_families
 
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
@@ -493,7 +506,7 @@ def test_slow_clients_do_not_stop_reviews(world: dict[str, Any], hook: str) -> N
             socks.append(s)
         started = time.monotonic()
         assert answer(hook, review(pod(f"{world['host']}/app/signed:1")))["allowed"] is True
-        assert requests.get(hook + "/healthz", verify=False, timeout=10).status_code == 200
+        assert get(hook, "/healthz").status_code == 200
         assert time.monotonic() - started < 5
     finally:
         for s in socks:
@@ -534,16 +547,25 @@ def test_deploy_manifests_are_valid_kubernetes_objects_and_match_the_webhook() -
     call the paths the server answers, speak v1 only, exempt kube-system and the webhook's own namespace, select
     exactly the kinds the webhook reads, and leave the API server's timeout above the webhook's --deadline."""
     from atomicsig.policy import schema
+    from atomicsig.webhook import config
 
     deploy = Path(__file__).resolve().parent.parent / "deploy" / "webhook"
     docs = {d["kind"]: d for f in sorted(deploy.glob("*.yaml")) for d in yaml.safe_load_all(f.read_text())}
     deser = _API._ApiClient__deserialize  # type: ignore[attr-defined]
     dep = deser(docs["Deployment"], "V1Deployment")
     args = dep.spec.template.spec.containers[0].args
-    deadline = float(next(a.split("=", 1)[1] for a in args if a.startswith("--deadline=")))
-    assert "--pin-digests" in args and "--exempt-namespace=kube-system" in args
+    config_path = next(a.split("=", 1)[1] for a in args if a.startswith("--config="))
+    mounts = {m.name: m.mount_path for m in dep.spec.template.spec.containers[0].volume_mounts}
+    volume = next(v for v in dep.spec.template.spec.volumes if v.config_map is not None)
+    assert volume.config_map.name == docs["ConfigMap"]["metadata"]["name"]
+    assert Path(config_path).parent == Path(mounts[volume.name])  # the config is the ConfigMap's webhook.yaml
+    settings = config.loads(docs["ConfigMap"]["data"][Path(config_path).name], "webhook.yaml",
+                            Path(config_path).parent)
+    deadline = settings["deadline"]
+    assert settings["pin_digests"] is True and "kube-system" in settings["exempt"]
+    assert Path(settings["policy_file"]).parent == Path(config_path).parent  # the policy.yaml beside it
     own_ns = docs["Namespace"]["metadata"]
-    assert f"--exempt-namespace={own_ns['name']}" in args
+    assert own_ns["name"] in settings["exempt"]
     handled = {"pods", "replicationcontrollers", "deployments", "statefulsets", "daemonsets", "replicasets", "jobs",
                "cronjobs"}
     for kind, model, path in (("ValidatingWebhookConfiguration", "V1ValidatingWebhookConfiguration", "/validate"),
@@ -608,3 +630,164 @@ def test_cli_refuses_bad_configuration_before_listening(cli, tmp_path: Path) -> 
     code, _, err = cli("webhook", "-f", str(good), "--listen", "127.0.0.1:0", "--tls-cert", str(tmp_path / "c.pem"),
                        "--tls-key", str(tmp_path / "k.pem"))
     assert code == 2 and "cannot load TLS certificate" in err, err
+
+
+# ---- policy reload and the config file (issue 17) ------------------------------------------------------------------
+
+
+def _configmap_update(mount: Path, files: dict[str, str | bytes]) -> None:
+    """What the kubelet does to a ConfigMap volume: the files in a new timestamped directory, then the ``..data``
+    symlink swapped to it by rename; the visible names are links through ``..data`` (created once)."""
+    version = mount / f"..{time.monotonic_ns()}"
+    version.mkdir(parents=True)
+    for name, data in files.items():
+        (version / name).write_bytes(data.encode() if isinstance(data, str) else data)
+    tmp = mount / "..data_tmp"
+    tmp.symlink_to(version.name)
+    os.replace(tmp, mount / "..data")
+    for name in files:
+        if not (mount / name).is_symlink():
+            (mount / name).symlink_to(f"..data/{name}")
+
+
+def _metric(base: str, name: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = get(base, "/metrics").text
+    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples if s.name == name)
+
+
+def _wait_for(check: Any, what: str, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.1)
+
+
+@pytestmark_slow
+def test_config_file_and_policy_reload_from_a_configmap(world: dict[str, Any], tmp_path: Path) -> None:
+    """``--config`` from a ConfigMap-style mount; the policy beside it is watched: the kubelet's ``..data`` swap
+    reloads it (the cached decision for a digest goes with the old policy), a broken policy keeps the previous one
+    served with one log line and a metric, and a flag given on the command line wins over the file."""
+    host, dg = world["host"], world["digests"]
+    signed = {"signed-by": "trusted", "lookaside": f"file://{world['work'] / 'sigstore'}"}
+    key = (world["work"] / "trusted.gpg").read_bytes()
+
+    def policy(scope: dict[str, Any]) -> str:
+        return yaml.safe_dump({"default": "reject", "keys": {"trusted": {"file": "trusted.gpg"}},
+                               "scopes": {f"{host}/app": scope}})
+    config = yaml.safe_dump({"policy": "policy.yaml", "listen": "127.0.0.1:1", "cache-ttl": 3600,
+                             "policy-reload-interval": 0.2, "exempt-namespaces": ["kube-system"], "deadline": 5})
+    mount = tmp_path / "config"
+    _configmap_update(mount, {"webhook.yaml": config, "policy.yaml": policy(signed), "trusted.gpg": key})
+    unsigned = review(pod(f"{host}/app/unsigned@{dg['app/unsigned:1']}"))
+    with webhook(world, "--config", str(mount / "webhook.yaml")) as base:  # --listen given: wins over the file
+        log = Path(world["work"]) / f"webhook-{base.rsplit(':', 1)[1]}.log"
+        assert answer(base, unsigned)["allowed"] is False
+        assert answer(base, review(pod(f"{host}/app/unsigned:1"), namespace="kube-system"))["allowed"] is True
+        for i in range(5):  # a file beside the policy that is not part of it (a log, say): no reload
+            (mount / "notes.txt").write_text("x" * i)
+            time.sleep(0.15)
+        assert _metric(base, "atomicsig_webhook_policy_reloads_total") == 0
+        _configmap_update(mount, {"webhook.yaml": config, "policy.yaml": policy({"action": "accept"}),
+                                  "trusted.gpg": key})
+        _wait_for(lambda: answer(base, unsigned)["allowed"] is True, "the new policy was not loaded")
+        assert _metric(base, "atomicsig_webhook_policy_reloads_total") == 1
+        _configmap_update(mount, {"webhook.yaml": config, "policy.yaml": "default: reject\nscopes: [\n",
+                                  "trusted.gpg": key})
+        _wait_for(lambda: _metric(base, "atomicsig_webhook_policy_reload_errors_total") == 1, "no reload error")
+        assert answer(base, unsigned)["allowed"] is True  # still the previous policy
+        assert answer(base, review(pod(f"{host}/app/signed:1")))["allowed"] is True
+        failed = [line for line in log.read_text().splitlines() if "policy reload" in line and "failed" in line]
+        assert len(failed) == 1 and "still serving the previous policy" in failed[0] and "policy.yaml:" in \
+            failed[0], failed
+        time.sleep(0.5)  # one line per change, not one per check
+        assert _metric(base, "atomicsig_webhook_policy_reload_errors_total") == 1
+
+
+@pytestmark_slow
+def test_sighup_reloads_the_policy(world: dict[str, Any], tmp_path: Path) -> None:
+    """With watching off (--policy-reload-interval 0) a changed file is ignored until SIGHUP."""
+    host, dg = world["host"], world["digests"]
+    live = tmp_path / "policy.yaml"
+    (tmp_path / "trusted.gpg").write_bytes((world["work"] / "trusted.gpg").read_bytes())
+    signed = {"signed-by": "trusted", "lookaside": f"file://{world['work'] / 'sigstore'}"}
+    live.write_text(yaml.safe_dump({"default": "reject", "keys": {"trusted": {"file": "trusted.gpg"}},
+                                    "scopes": {f"{host}/app": signed}}))
+    doc = review(pod(f"{host}/app/signed@{dg['app/signed:1']}"))
+    with webhook(world, "--policy-reload-interval", "0", policy=live) as base:
+        assert answer(base, doc)["allowed"] is True
+        live.write_text("default: reject\n")
+        time.sleep(1)
+        assert answer(base, doc)["allowed"] is True  # not watched: the old policy (and its cached answer)
+        _PROCS[base].send_signal(signal.SIGHUP)
+        _wait_for(lambda: answer(base, doc)["allowed"] is False, "SIGHUP did not reload the policy")
+
+
+def test_config_file_errors_are_file_line_exit_2(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Unknown keys, wrong types, values outside the flag's range, bad namespace names: file:line, exit 2, before
+    anything listens; no policy anywhere is a usage error."""
+    (tmp_path / "policy.yaml").write_text("default: reject\n")
+    cases = {"listen: 127.0.0.1:0\nlisen: x\n": ("w.yaml:2", "did you mean"),
+             "policy: policy.yaml\ndeadline: 30\n": ("w.yaml:2", "between 0.1 and 29"),
+             "policy: policy.yaml\nworkers: many\n": ("w.yaml:2", "integer"),
+             "policy: policy.yaml\nmode: enforcing\n": ("w.yaml:2", "enforce, audit"),
+             "policy: policy.yaml\nexempt-namespaces: [Kube_System]\n": ("w.yaml:2", "Kube_System"),
+             "policy: policy.yaml\npolicy: other.yaml\n": ("w.yaml:2", "duplicate"),
+             "listen: 127.0.0.1:0\n": ("", "policy:"),
+             "policy: missing.yaml\nlisten: 127.0.0.1:0\n": ("missing.yaml", "")}
+    for text, (where, what) in cases.items():
+        (tmp_path / "w.yaml").write_text(text)
+        code, _, err = cli("webhook", "--config", str(tmp_path / "w.yaml"))
+        assert code == 2 and where in err and what in err, (text, err)
+
+
+def test_config_file_values_reach_the_settings() -> None:
+    """Every key maps to the flag's parameter; relative paths start at the config file's directory."""
+    from atomicsig.cli.webhook import webhook as command
+    from atomicsig.webhook.config import KEYS, loads
+
+    params = {p.name for p in command.params}
+    assert {k.param for k in KEYS.values()} <= params
+    got = loads("policy: p.yaml\nmode: audit\ntls-verify: false\nexempt-namespaces: [a, b]\ncache-ttl: 0\n",
+                "w.yaml", Path("/etc/atomicsig"))
+    assert got == {"policy_file": "/etc/atomicsig/p.yaml", "audit_mode": True, "tls_verify": False,
+                   "exempt": ("a", "b"), "cache_ttl": 0}
+
+
+@pytestmark_slow
+def test_concurrent_reviews_share_one_check_per_digest(world: dict[str, Any], tmp_path: Path) -> None:
+    """Single flight: when a cached digest expires under load, the reviews in flight wait for one check instead of
+    each running its own (the stampede that gave bench/load_webhook.py a 0.2-0.9 s tail every cache_ttl)."""
+    import threading
+
+    from atomicsig.cli.webhook import load_policies
+    from atomicsig.webhook.review import Reviewer, WebhookSettings
+
+    cluster, namespaces = load_policies(str(world["policy"]), None, str(tmp_path))
+    reviewer = Reviewer(cluster, namespaces, WebhookSettings(tls_verify=False, cache_ttl=60, workers=8))
+    calls: list[str] = []
+    check = reviewer.check_image
+
+    def counted(image: str, policy: Any) -> Any:
+        calls.append(image)
+        time.sleep(0.2)  # a slow signature store: every review arrives while the first check runs
+        return check(image, policy)
+    reviewer.check_image = counted  # type: ignore[method-assign]
+    image = f"{world['host']}/app/signed@{world['digests']['app/signed:1']}"
+    start = threading.Barrier(20)
+    allowed: list[bool] = []
+
+    def one() -> None:
+        doc = json.dumps(review(pod(image))).encode()
+        start.wait()
+        allowed.append(reviewer.review(admission.parse_review(doc)).allowed)
+    try:
+        threads = [threading.Thread(target=one) for _ in range(20)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        reviewer.close()
+    assert allowed == [True] * 20 and calls == [image]

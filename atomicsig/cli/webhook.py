@@ -6,7 +6,7 @@ import logging
 import sys
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -18,17 +18,22 @@ if TYPE_CHECKING:
     from atomicsig.webhook.review import NodePolicy
 
 
-def load_policies(policy_file: str, gnupghome: str | None, scratch: str) -> tuple[NodePolicy, dict[str, NodePolicy]]:
+def load_policies(policy_file: str, gnupghome: str | None, scratch: str, *, sources: list[Path] | None = None
+                  ) -> tuple[NodePolicy, dict[str, NodePolicy]]:
     """The cluster policy and one per ``namespaces:`` entry, as a fresh node would hold them once the YAML is
     applied (``CompiledPolicy.node_files``, the files ``policy render`` ships), staged under ``scratch`` and read
     back with the loader ``audit``/``explain`` use (policy/explain.load_node), so the webhook judges exactly what
-    ``audit -f`` judges. Errors in the YAML are file:line, exit 2."""
+    ``audit -f`` judges. Errors in the YAML are file:line, exit 2. ``sources`` gets the files it was compiled from
+    (the YAML and the key files its ``keys:`` name): what the policy reload watches."""
     from atomicsig.fsutil import atomic_write, makedirs
     from atomicsig.policy.compile import compile_policy
     from atomicsig.policy.explain import load_node
     from atomicsig.webhook.review import NodePolicy
 
     compiled = compile_policy(policy_file, gnupghome)
+    if sources is not None:
+        sources[:] = [Path(policy_file), *(Path(k.value) for k in compiled.spec.keys.values()
+                                           if k.kind in ("file", "cosign"))]
     root = Path(scratch)
     for node_path, data in compiled.node_files().items():
         target = root / node_path.lstrip("/")
@@ -45,8 +50,14 @@ def load_policies(policy_file: str, gnupghome: str | None, scratch: str) -> tupl
 
 
 @click.command()
-@click.option("-f", "--file", "policy_file", metavar="FILE", required=True, type=click.Path(dir_okay=False),
-              help="The policy YAML (the one `policy apply` puts on nodes): scopes, keys, namespaces, enforce.")
+@click.option("-f", "--file", "policy_file", metavar="FILE", type=click.Path(dir_okay=False),
+              help="The policy YAML (the one `policy apply` puts on nodes): scopes, keys, namespaces, enforce. "
+                   "Required, here or as `policy:` in --config.")
+@click.option("-c", "--config", "config_file", metavar="FILE", type=click.Path(dir_okay=False),
+              help="Settings file (YAML; keys are the long flag names, docs/webhook.md); flags given win.")
+@click.option("--policy-reload-interval", type=click.FloatRange(0, 3600), default=2.0, show_default=True,
+              metavar="SECONDS", help="How often the policy file and its directory are checked for changes "
+                                      "(0: only on SIGHUP); a policy that does not load keeps the old one.")
 @click.option("--listen", metavar="HOST:PORT", default="127.0.0.1:8443", show_default=True,
               help="Bind address (in a pod: 0.0.0.0:8443); port 0 picks a free port, printed once bound.")
 @click.option("--tls-cert", metavar="FILE", help="PEM certificate (chain); reloaded when the file changes.")
@@ -77,10 +88,8 @@ def load_policies(policy_file: str, gnupghome: str | None, scratch: str) -> tupl
 @gnupghome_option
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
               help="One line per review: text, or JSON lines.")
-def webhook(policy_file: str, listen: str, tls_cert: str | None, tls_key: str | None, tls_reload_interval: float,
-            audit_mode: bool, on_error: str, deadline: float, exempt: tuple[str, ...], pin_digests: bool,
-            cache_ttl: float, workers: int, threads: int, max_connections: int, max_body: int, tls_verify: bool,
-            cert_dir: str | None, authfile: str | None, gnupghome: str | None, log_format: str) -> int:
+@click.pass_context
+def webhook(ctx: click.Context, **params: Any) -> int:
     """Serve Kubernetes AdmissionReview (admission.k8s.io/v1) until SIGTERM: every container, init container and
     ephemeral container image of Pods, Deployments, StatefulSets, DaemonSets, ReplicaSets, Jobs and CronJobs is
     evaluated against the policy YAML exactly as `audit` does; tags are resolved to digests at the registry.
@@ -89,15 +98,28 @@ def webhook(policy_file: str, listen: str, tls_cert: str | None, tls_key: str | 
     POST /validate   allowed, or denied (403) naming image, digest, scope and reason; audit: warnings
     POST /mutate     the same, plus a JSONPatch pinning tags to the checked digests (--pin-digests)
     GET  /healthz, /metrics
+    SIGHUP, or a change to the policy's files: reload the policy (a broken one keeps the old)
     Deploy: deploy/ (docs/webhook.md).
     """
+    return _serve(**(_from_config(ctx, params["config_file"]) if params["config_file"] else params))
+
+
+def _serve(policy_file: str | None, config_file: str | None, policy_reload_interval: float,
+           listen: str, tls_cert: str | None, tls_key: str | None, tls_reload_interval: float,
+           audit_mode: bool, on_error: str, deadline: float, exempt: tuple[str, ...], pin_digests: bool,
+           cache_ttl: float, workers: int, threads: int, max_connections: int, max_body: int, tls_verify: bool,
+           cert_dir: str | None, authfile: str | None, gnupghome: str | None, log_format: str) -> int:
+    """The command, once flags and the config file are merged."""
     import signal
 
     from atomicsig.format.validate import check_namespace
     from atomicsig.net.httpd import Limits, TLSReloader
+    from atomicsig.webhook.reload import PolicyReloader
     from atomicsig.webhook.review import Reviewer, WebhookSettings
     from atomicsig.webhook.server import WebhookApp, make_server
 
+    if not policy_file:
+        raise click.UsageError("give the policy YAML: -f FILE, or `policy:` in the --config file")
     for ns in exempt:
         check_namespace("--exempt-namespace", ns)
     if bool(tls_cert) != bool(tls_key):
@@ -107,9 +129,12 @@ def webhook(policy_file: str, listen: str, tls_cert: str | None, tls_key: str | 
                                cache_ttl=cache_ttl,
                                tls_verify=tls_verify, cert_dir=cert_dir, authfile=authfile)
     with tempfile.TemporaryDirectory(prefix="atomicsig-webhook-") as scratch:
-        cluster, namespaces = load_policies(policy_file, gnupghome, scratch)
+        staged = _Staging(policy_file, gnupghome, Path(scratch))
+        cluster, namespaces = staged.load()
         reviewer = Reviewer(cluster, namespaces, settings)
         app = WebhookApp(reviewer, max_body=max_body)
+        watcher = PolicyReloader(reviewer, staged.load, policy_file, interval=policy_reload_interval,
+                                 watched=lambda: staged.sources, metrics=app.metrics)
         _setup_logging()
         use_log_format(log_format, "atomicsig.webhook")
         limits = Limits(threads=threads, max_connections=max_connections, max_body=max_body)
@@ -124,7 +149,9 @@ def webhook(policy_file: str, listen: str, tls_cert: str | None, tls_key: str | 
         def _stop(signum: int, frame: object) -> None:
             raise KeyboardInterrupt
         signal.signal(signal.SIGTERM, _stop)
+        signal.signal(signal.SIGHUP, lambda signum, frame: watcher.request())
         try:
+            watcher.start()
             if tls_cert and tls_key:
                 reloader = TLSReloader(httpd, tls_cert, tls_key, interval=tls_reload_interval)
                 reloader.start()
@@ -137,9 +164,60 @@ def webhook(policy_file: str, listen: str, tls_cert: str | None, tls_key: str | 
         finally:
             if reloader is not None:
                 reloader.stop()
+            watcher.stop()
             httpd.stop()
             reviewer.close()
     return EXIT_OK
+
+
+class _Staging:
+    """Each load of the policy YAML staged in a directory of its own under the scratch directory, so reviews still
+    running under the previous policy keep reading its key files; a directory is removed once it has been
+    replaced for longer than any review can run (the deadline is at most 29 s)."""
+
+    KEEP = 60.0
+
+    def __init__(self, policy_file: str, gnupghome: str | None, scratch: Path) -> None:
+        self.policy_file, self.gnupghome, self.scratch = policy_file, gnupghome, scratch
+        self.count = 0
+        self.replaced: list[tuple[float, Path]] = []
+        self.current: Path | None = None
+        self.sources: list[Path] = [Path(policy_file)]  # what the policy now served was compiled from
+
+    def load(self) -> tuple[NodePolicy, dict[str, NodePolicy]]:
+        import shutil
+        import time
+
+        self.count += 1
+        target = self.scratch / f"load-{self.count}"
+        try:
+            sources: list[Path] = []
+            loaded = load_policies(self.policy_file, self.gnupghome, str(target), sources=sources)
+        except BaseException:
+            shutil.rmtree(target, ignore_errors=True)
+            raise
+        now = time.monotonic()
+        if self.current is not None:
+            self.replaced.append((now, self.current))
+        self.current, self.sources = target, sources
+        while self.replaced and now - self.replaced[0][0] > self.KEEP:
+            shutil.rmtree(self.replaced.pop(0)[1], ignore_errors=True)
+        return loaded
+
+
+def _from_config(ctx: click.Context, config_file: str) -> dict[str, Any]:
+    """Every setting: from the command line if given there, else from the file, else the flag's default."""
+    from click.core import ParameterSource
+
+    from atomicsig.webhook.config import load_file
+
+    in_file = load_file(config_file)
+    out: dict[str, Any] = {}
+    for name, value in ctx.params.items():
+        source = ctx.get_parameter_source(name)
+        given = source in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+        out[name] = value if given or name not in in_file else in_file[name]
+    return out
 
 
 def _setup_logging() -> None:

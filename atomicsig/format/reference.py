@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 from atomicsig.errors import ReferenceError_
 
@@ -128,9 +129,18 @@ def parse(value: str, *, canonical: bool = False) -> Reference:
 
     With ``canonical=True`` behave like ``ParseNamed``: the input must already be fully expanded.
     Tags/digests are kept as given; no ``:latest`` is added (see :meth:`Reference.with_tag_default`).
+
+    Memoized (a :class:`Reference` is immutable): the webhook and ``audit`` parse the same few names several
+    times per image (scope lookup, identity, lookaside path), and the grammar's regular expressions were a tenth
+    of an uncached admission review's CPU (issue 17, bench/load_webhook.py). Errors are not cached.
     """
     if not isinstance(value, str) or not value:
         raise ReferenceError_("invalid image reference: empty")
+    return _parse(value, canonical)
+
+
+@lru_cache(maxsize=4096)
+def _parse(value: str, canonical: bool) -> Reference:
     if _ANCHORED_HEX64.match(value):
         raise ReferenceError_(f"invalid image reference {value!r}: a bare 64-hex string is an image ID, not a name")
     if value.startswith("docker://"):

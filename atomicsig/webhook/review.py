@@ -27,6 +27,7 @@ the webhook, ``audit`` and ``verify`` cannot disagree. The rules, and why:
 from __future__ import annotations
 
 import concurrent.futures as cf
+import itertools
 import json
 import queue
 import threading
@@ -57,6 +58,9 @@ class NodePolicy:
     roots: tuple[Path, ...]
     audit_scopes: Mapping[str, list[Any]] = field(default_factory=dict)
     source: str = "policy.json"
+    #: Unique per object, never reused (``id()`` is, once a replaced policy is freed): what the decision cache
+    #: and the per-thread evaluators are keyed by, so nothing decided under a replaced policy is served again.
+    serial: int = field(default_factory=itertools.count(1).__next__, compare=False)
 
 
 @dataclass(frozen=True)
@@ -156,21 +160,21 @@ class Reviewer:
 
     def __init__(self, cluster: NodePolicy, namespaces: Mapping[str, NodePolicy] | None = None,
                  settings: WebhookSettings | None = None) -> None:
-        self.cluster = cluster
-        self.namespaces = dict(namespaces or {})
         self.settings = settings or WebhookSettings()
         if self.settings.on_error not in ("deny", "allow"):
             raise InputError(f"on-error must be deny or allow, not {self.settings.on_error!r}")
-        for p in [cluster, *self.namespaces.values()]:
-            Evaluator(p.policy, AutoStore(registries_dir=p.registries_dir), roots=p.roots,
-                      policy_source=p.source).close()  # a broken policy is refused at start (PolicyError, exit 2)
+        namespaces = dict(namespaces or {})
+        self._check_policies(cluster, namespaces)  # a broken policy is refused at start (PolicyError, exit 2)
+        self.cluster, self.namespaces = cluster, namespaces
+        self.generation = 0  # policies replaced so far (replace_policies)
         self.resolver = Resolver(tls_verify=self.settings.tls_verify, cert_dir=self.settings.cert_dir,
                                  authfile=self.settings.authfile, all_instances=True)
         self._local = threading.local()
         self._evaluators: list[Evaluator] = []
         self._lock = threading.Lock()
         self._pool = _DaemonPool(self.settings.workers)
-        self._cache: dict[tuple[int, str], tuple[float, ImageResult]] = {}
+        self._cache: dict[tuple[int, str], tuple[float, ImageResult]] = {}  # (NodePolicy.serial, image)
+        self._inflight: dict[tuple[int, str], cf.Future[ImageResult]] = {}  # _submit: checks being run
         self.cache_hits = 0
 
     def close(self) -> None:
@@ -180,20 +184,54 @@ class Reviewer:
                 ev.close()
             self._evaluators.clear()
 
+    @staticmethod
+    def _check_policies(cluster: NodePolicy, namespaces: Mapping[str, NodePolicy]) -> None:
+        for p in [cluster, *namespaces.values()]:
+            Evaluator(p.policy, AutoStore(registries_dir=p.registries_dir), roots=p.roots,
+                      policy_source=p.source).close()
+
+    def replace_policies(self, cluster: NodePolicy, namespaces: Mapping[str, NodePolicy] | None = None) -> int:
+        """Serve new policies from the next review on (a policy reload: SIGHUP or the watched file changed).
+
+        Checked first as at start: a policy c/image would refuse raises :class:`PolicyError` and the old policies
+        stay in force. Reviews already running finish under the policy they started with (they hold it); the
+        decision cache is emptied, and its keys carry the policy's :attr:`NodePolicy.serial`, so a check that
+        started before the swap and ends after it can never answer a review under the new policy. Returns the new
+        :attr:`generation`."""
+        namespaces = dict(namespaces or {})
+        self._check_policies(cluster, namespaces)
+        with self._lock:
+            self.cluster, self.namespaces = cluster, namespaces  # one policy_for() sees both or neither: GIL
+            self.generation += 1
+            self._cache.clear()
+            return self.generation
+
     def policy_for(self, namespace: str) -> NodePolicy:
         """CRI-O's choice for a pod in ``namespace``: its namespace policy if the YAML has one, else the cluster's."""
-        return self.namespaces.get(namespace, self.cluster)
+        with self._lock:
+            return self.namespaces.get(namespace, self.cluster)
+
+    def _current_serials(self) -> set[int]:
+        with self._lock:
+            return {p.serial for p in [self.cluster, *self.namespaces.values()]}
 
     def _evaluator(self, policy: NodePolicy) -> Evaluator:
         cache: dict[int, Evaluator] = self._local.__dict__.setdefault("evaluators", {})
-        ev = cache.get(id(policy))
+        ev = cache.get(policy.serial)
         if ev is None:
+            live = self._current_serials() | {policy.serial}
+            for serial in [k for k in cache if k not in live]:  # replaced policies: only this thread used them
+                old = cache.pop(serial)
+                old.close()
+                with self._lock:
+                    if old in self._evaluators:  # close() may have run meanwhile
+                        self._evaluators.remove(old)
             s = self.settings
             store = AutoStore(registries_dir=policy.registries_dir, tls_verify=s.tls_verify, cert_dir=s.cert_dir,
                               authfile=s.authfile)
             ev = Evaluator(policy.policy, store, roots=policy.roots, policy_source=policy.source,
                            audit_scopes=policy.audit_scopes)
-            cache[id(policy)] = ev
+            cache[policy.serial] = ev
             with self._lock:
                 self._evaluators.append(ev)
         return ev
@@ -273,30 +311,59 @@ class Reviewer:
         """A decided answer for an image pinned by digest, at most ``cache_ttl`` seconds old.
 
         Only digests: what a tag names can change at any time, a digest's answer changes only when its signatures,
-        the keys or the policy do (a policy change restarts the webhook). ``error`` answers are never kept: the
-        next review asks again. This is what lets 50 concurrent reviews of pinned 10-container pods answer within
-        the webhook's latency budget on 2 cores (bench/load_webhook.py); the price is that a signature removed from
-        the store (``prune`` after a key is retired) stops admitting that digest up to ``cache_ttl`` later."""
+        the keys or the policy do. The keys and the policy come from the policy YAML, and a reload
+        (:meth:`replace_policies`) empties the cache at once; so ``cache_ttl`` bounds only what changes *outside*
+        the YAML: a signature added to or removed from the store (``prune`` after a key is retired stops admitting
+        that digest up to ``cache_ttl`` later; a new signature admits it up to ``cache_ttl`` later) and the passing
+        of a key's or signature's expiry time. ``error`` answers are never kept: the next review asks again. This is
+        what lets 50 concurrent reviews of pinned 10-container pods answer within the webhook's latency budget on 2
+        cores (bench/load_webhook.py)."""
         if self.settings.cache_ttl <= 0:
             return None
         with self._lock:
-            entry = self._cache.get((id(policy), image))
+            entry = self._cache.get((policy.serial, image))
         if entry is None or entry[0] < time.monotonic():
             return None
         with self._lock:
             self.cache_hits += 1
         return entry[1]
 
+    def _submit(self, image: str, policy: NodePolicy) -> tuple[cf.Future[ImageResult], bool]:
+        """The check of ``image`` on the pool: (future, shared). With the cache on, concurrent reviews missing the
+        same digest share one check (single flight) instead of each running its own. Without this, every entry
+        expiring under load was re-checked by every review in flight at that moment — 50 reviews x 10 images at
+        once, a latency spike every ``cache_ttl`` (bench/load_webhook.py's p96+ tail: 0.2-0.9 s). Only what the
+        cache could have answered anyway is shared (``cache_ttl`` > 0, by digest); the shared check is younger
+        than the review's own would have been by at most its run time."""
+        if self.settings.cache_ttl <= 0 or "@" not in image:
+            return self._pool.submit(self._check_and_remember, image, policy), False
+        key = (policy.serial, image)
+        with self._lock:
+            fut = self._inflight.get(key)
+            if fut is not None:
+                return fut, True
+            fut = self._pool.submit(self._check_and_remember, image, policy)
+            self._inflight[key] = fut
+
+        def forget(done: cf.Future[ImageResult]) -> None:
+            with self._lock:
+                if self._inflight.get(key) is done:
+                    del self._inflight[key]
+        fut.add_done_callback(forget)
+        return fut, True
+
     def _check_and_remember(self, image: str, policy: NodePolicy) -> ImageResult:
         res = self.check_image(image, policy)
         if self.settings.cache_ttl > 0 and "@" in image and not res.pinnable and res.decision != ERROR:
             now = time.monotonic()
             with self._lock:
+                if policy is not self.cluster and all(policy is not p for p in self.namespaces.values()):
+                    return res  # replaced while this check ran: its answer is for a policy no longer served
                 if len(self._cache) >= self.CACHE_MAX:
                     self._cache = {k: v for k, v in self._cache.items() if v[0] >= now}
                     if len(self._cache) >= self.CACHE_MAX:
                         self._cache.clear()
-                self._cache[(id(policy), image)] = (now + self.settings.cache_ttl, res)
+                self._cache[(policy.serial, image)] = (now + self.settings.cache_ttl, res)
         return res
 
     # ---- one review -------------------------------------------------------------------------------------------
@@ -325,8 +392,13 @@ class Reviewer:
             hit = self._cached(policy, img)
             if hit is not None:
                 results[img] = hit
-        futures = {img: self._pool.submit(self._check_and_remember, img, policy)
-                   for img in distinct if img not in results}
+        futures: dict[str, cf.Future[ImageResult]] = {}
+        shared: set[str] = set()
+        for img in distinct:
+            if img not in results:
+                futures[img], is_shared = self._submit(img, policy)
+                if is_shared:
+                    shared.add(img)
         remaining = max(0.0, s.deadline - (time.monotonic() - started))
         if futures:
             cf.wait(list(futures.values()), timeout=remaining)
@@ -334,7 +406,8 @@ class Reviewer:
             if fut.done() and not fut.cancelled() and fut.exception() is None:
                 results[img] = fut.result()
             else:
-                fut.cancel()  # not started: never runs; running: finishes on its own (bounded by registry timeouts)
+                if img not in shared:  # other reviews may be waiting for a shared check
+                    fut.cancel()  # not started: never runs; running: finishes on its own (registry timeouts)
                 exc = fut.exception() if fut.done() and not fut.cancelled() else None
                 res = ImageResult(img, ERROR, f"internal error: {exc}" if exc else
                                   f"not decided within the {s.deadline:g} s review deadline (registry or signature "

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from atomicsig.errors import InputError
@@ -62,6 +62,13 @@ class Metrics:
                                  buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10))
         self.http = Counter("atomicsig_webhook_http_requests", "HTTP requests by method and status",
                             ["method", "status"], registry=self.registry)
+        self.policy_reloads = Counter("atomicsig_webhook_policy_reloads", "Policy reloads that took effect "
+                                      "(SIGHUP or a changed policy file)", registry=self.registry)
+        self.policy_reload_errors = Counter("atomicsig_webhook_policy_reload_errors", "Policy reloads refused (the "
+                                            "previous policy is still served)", registry=self.registry)
+        self.policy_loaded = Gauge("atomicsig_webhook_policy_last_reload_success_timestamp_seconds", "When the "
+                                   "policy now served was loaded (Unix time)", registry=self.registry)
+        self.policy_loaded.set_to_current_time()
 
 
 class WebhookApp:
