@@ -1,7 +1,8 @@
 """atomicsig: GPG "simple signing" for container images, node trust policy, and sigstore sync.
 
 The supported Python surface is exactly what ``__all__`` names (README, "Library use"): sign and verify images,
-open keys and stores, compile a policy. Everything else (the layers under ``atomicsig/``, docs/architecture.md)
+open keys and stores, mirror signatures and carry them in bundles (trust before write, through an Intake),
+compile a policy. Everything else (the layers under ``atomicsig/``, docs/architecture.md)
 may change between releases.
 
 The names load on first use (PEP 562), so ``import atomicsig`` stays as cheap as the command line's start-up
@@ -21,7 +22,14 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
     from atomicsig.format.reference import Reference
     from atomicsig.format.reference import parse as parse_reference
     from atomicsig.gnupg.keyring import Keyring
+    from atomicsig.ops.bundle import BundleContents, export_bundle, import_bundle, read_bundle
+    from atomicsig.ops.bundle import ExportResult as BundleExportResult
+    from atomicsig.ops.bundle import ImportResult as BundleImportResult
+    from atomicsig.ops.bundle import parse_since as parse_bundle_since
+    from atomicsig.ops.intake import Intake
     from atomicsig.ops.keys import open_signers, trusted_verifier
+    from atomicsig.ops.mirror import ImageResult as MirrorResult
+    from atomicsig.ops.mirror import mirror_many, open_upstream, parse_prefix_map
     from atomicsig.ops.resolve import Resolver, Target
     from atomicsig.ops.sign import Outcome as SignOutcome
     from atomicsig.ops.sign import sign_many
@@ -61,6 +69,19 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "SignOutcome": ("atomicsig.ops.sign", "Outcome"),
     "verify_many": ("atomicsig.ops.verify", "verify_many"),
     "ImageVerdict": ("atomicsig.ops.verify", "ImageVerdict"),
+    # copying signatures in: every one checked by an Intake (the keys you trust) before it is stored
+    "Intake": ("atomicsig.ops.intake", "Intake"),
+    "mirror_many": ("atomicsig.ops.mirror", "mirror_many"),
+    "open_upstream": ("atomicsig.ops.mirror", "open_upstream"),
+    "parse_prefix_map": ("atomicsig.ops.mirror", "parse_prefix_map"),
+    "MirrorResult": ("atomicsig.ops.mirror", "ImageResult"),
+    "export_bundle": ("atomicsig.ops.bundle", "export_bundle"),
+    "import_bundle": ("atomicsig.ops.bundle", "import_bundle"),
+    "read_bundle": ("atomicsig.ops.bundle", "read_bundle"),
+    "parse_bundle_since": ("atomicsig.ops.bundle", "parse_since"),
+    "BundleContents": ("atomicsig.ops.bundle", "BundleContents"),
+    "BundleExportResult": ("atomicsig.ops.bundle", "ExportResult"),
+    "BundleImportResult": ("atomicsig.ops.bundle", "ImportResult"),
     # policy
     "compile_policy": ("atomicsig.policy.compile", "compile_policy"),
     "CompiledPolicy": ("atomicsig.policy.compile", "CompiledPolicy"),
@@ -69,12 +90,17 @@ _EXPORTS: dict[str, tuple[str, str]] = {
 #: Spelled out (not computed) so linters and type checkers read it; tests/test_api.py checks it against _EXPORTS.
 __all__ = [
     "AtomicsigError",
+    "BundleContents",
+    "BundleExportResult",
+    "BundleImportResult",
     "CompiledPolicy",
     "DirectoryStore",
     "IdentityMatcher",
     "ImageVerdict",
     "InputError",
+    "Intake",
     "Keyring",
+    "MirrorResult",
     "Reference",
     "Rejected",
     "Resolver",
@@ -86,10 +112,17 @@ __all__ = [
     "Undecided",
     "__version__",
     "compile_policy",
+    "export_bundle",
     "identity_matcher",
+    "import_bundle",
+    "mirror_many",
     "open_signers",
     "open_store",
+    "open_upstream",
+    "parse_bundle_since",
+    "parse_prefix_map",
     "parse_reference",
+    "read_bundle",
     "sign_many",
     "trusted_verifier",
     "verify_many",

@@ -1,7 +1,7 @@
 """Fuzz target: reading policy.json, registries.d YAML and signedIdentity objects.
 
-Surfaces: atomicsig.format.policyjson (loads, problems, requirements_for, dumps), atomicsig.registries_d
-(load_yaml_strict, merge_file, lookaside_for, use_sigstore_attachments) and atomicsig.identity.from_json.
+Surfaces: atomicsig.format.policyjson (loads, problems, requirements_for, dumps), atomicsig.format.yamlstrict.load,
+atomicsig.registries_d (merge_file, lookaside_for, use_sigstore_attachments) and atomicsig.identity.from_json.
 Invariants: only PolicyError escapes the loaders; validation and lookup never raise on any loaded document;
 dumps → loads round-trips; a lookaside lookup always yields a string URL.
 """
@@ -13,7 +13,7 @@ from _harness import main, text
 
 with atheris.instrument_imports(include=["atomicsig"]):
     from atomicsig.errors import PolicyError
-    from atomicsig.format import identity, policyjson, reference
+    from atomicsig.format import identity, policyjson, reference, yamlstrict
     from atomicsig.store import registries_d
 
 REFS = [reference.parse(r) for r in ("busybox", "registry.example.com/app/web:1.0",
@@ -54,7 +54,7 @@ def check_policyjson(data: bytes) -> None:
 
 def check_registries_d(source: str) -> None:
     try:
-        registries_d.load_yaml_strict(source, "<fuzz>")
+        yamlstrict.load(source, "<fuzz>", PolicyError)
         cfg = registries_d.RegistriesConfig()
         registries_d.merge_file(cfg, source, "<fuzz>")
     except PolicyError:

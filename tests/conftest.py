@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -142,3 +143,11 @@ def cli(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
             _main()
             return result["code"], out.getvalue().decode(), err.getvalue().decode()
     return run
+
+
+@pytest.fixture(scope="module")
+def short_workdir() -> Iterator[Path]:
+    """podman refuses a runroot longer than 50 characters, which pytest's tmp paths exceed."""
+    d = Path(tempfile.mkdtemp(prefix="aspod-", dir="/tmp"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)

@@ -28,7 +28,7 @@ import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import yaml
 
@@ -182,6 +182,42 @@ def podman_pull(ref: str, policy: Path, regd: Path, workdir: Path) -> subprocess
                           capture_output=True, text=True, env=env, timeout=180)
 
 
+def assert_pulled(proc: subprocess.CompletedProcess[str], rejection: str | None) -> None:
+    """A pull (skopeo_pull, podman_pull) was accepted (``rejection`` None), or refused with ``rejection`` in what
+    the client printed."""
+    if rejection is None:
+        assert proc.returncode == 0, proc.stderr
+    else:
+        assert proc.returncode != 0 and rejection in proc.stderr, proc.stderr
+
+
+@dataclass
+class PolicyRoot:
+    """A node tree written by ``policy apply --root`` (``root``) and the directory holding its YAML and keys
+    (``work``); ``policy`` and ``regd`` are what skopeo and podman are pointed at."""
+
+    root: Path
+    work: Path
+
+    @property
+    def policy(self) -> Path:
+        return self.root / "etc/containers/policy.json"
+
+    @property
+    def regd(self) -> Path:
+        return self.root / "etc/containers/registries.d"
+
+
+def apply_policy(policy_yaml: Path, root: Path) -> None:
+    """``policy apply -f policy_yaml --root root --keypaths-under-root`` (the keyPath values point at the keyrings
+    inside ``root``; all else is byte for byte what a node gets); it must succeed."""
+    from atomicsig.cli import cli
+    from atomicsig.cli.common import run_main
+
+    code = run_main(cli, ["policy", "apply", "-f", str(policy_yaml), "--root", str(root), "--keypaths-under-root"])
+    assert code == 0, f"policy apply of {policy_yaml} failed"
+
+
 def _registries_conf(workdir: Path) -> Path:
     p = workdir / "registries.conf"
     if not p.exists():
@@ -310,6 +346,48 @@ class SyncNode:
 
     def state(self) -> dict[str, Any]:
         return json.loads((self.sigstore / ".atomicsig" / "sync-state.json").read_text())
+
+
+NodeT = TypeVar("NodeT", bound=SyncNode)
+
+
+def sync_nodes(base: Path, pub: Path, cls: type[NodeT]) -> Callable[[str], NodeT]:
+    """``make(name)``: a node of class ``cls`` under ``base/name`` trusting ``pub``, its sigstore created (what a
+    sync test's ``node`` fixture returns)."""
+
+    def make(name: str) -> NodeT:
+        n = cls(base / name, pub, name)
+        n.sigstore.mkdir(parents=True, exist_ok=True)
+        return n
+    return make
+
+
+def sync_once(cli: Any, n: SyncNode, *extra: str) -> tuple[int, list[dict[str, Any]]]:
+    """``atomicsig sync --once`` of node ``n`` through the ``cli`` fixture: (exit code, its JSON log lines)."""
+    code, out, err = cli("sync", "--config", str(n.config), "--once", *extra)
+    logs = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    sys.stderr.write(out + err)  # shown by pytest when a test fails
+    return code, logs
+
+
+def sigstore_contents(root: Path) -> dict[str, list[bytes]]:
+    """digest dir → blobs, read as c/image reads (stops at the first gap); asserts there is no gap."""
+    from atomicsig.store.sigdir import read_dir
+
+    out: dict[str, list[bytes]] = {}
+    for d in sorted(root.rglob("*@sha256=*")):
+        if not d.is_dir() or ".atomicsig" in d.parts:
+            continue
+        sigs = read_dir(d)
+        files = [p for p in d.iterdir() if p.name.startswith("signature-")]
+        assert len(files) == len(sigs), f"gap or stray file in {d}: {sorted(p.name for p in d.iterdir())}"
+        # ``.tmp-*`` may be left by a kill -9 (fsutil unlinks them in a ``finally`` that never runs). Readers ignore
+        # them (c/image and atomicsig open ``signature-N`` by name) and writers sweep stale ones
+        # (fsutil.sweep_stale_temps, tests/test_recovery.py); anything else besides signatures is an error.
+        stray = [p.name for p in d.iterdir() if not p.name.startswith(("signature-", ".tmp-"))]
+        assert not stray, f"unexpected files in {d}: {stray}"
+        out[str(d.relative_to(root))] = [s.blob for s in sigs]
+    return out
 
 
 # ---- GnuPG homes made with gpg itself (test_agent_signer, test_memsign) --------------------------------------------

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import atomicsig
+from tests.infra import GpgHome
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -67,3 +68,35 @@ def test_readme_example_runs_as_typed(tmp_path: Path) -> None:
     assert lines == [f"signed sigstore/{digest_dir}/signature-1",
                      "registry.example.com/app@sha256:" + "ab" * 32 + " accepted"], res.stdout
     assert (tmp_path / "sigstore" / digest_dir / "signature-1").stat().st_size > 0
+
+
+def test_mirror_and_bundles_through_the_public_names(tmp_path: Path, signer: GpgHome, signer_pub: Path) -> None:
+    """Issue 15's copying operations as a script uses them, with nothing but ``atomicsig.<name>``: sign into a
+    store, mirror it (every signature checked by an Intake trusting the key) into a second store, carry that in a
+    bundle to a third, and read the bundle back."""
+    images = [f"registry.example.com/app/{n}@sha256:" + c * 64 for n, c in (("web", "a"), ("db", "b"))]
+    upstream_dir = tmp_path / "upstream"
+    resolver = atomicsig.Resolver()
+    with atomicsig.open_signers([signer.fingerprint], gnupghome=str(signer.path), passphrase=None) as signers:
+        signed = list(atomicsig.sign_many(images, resolver=resolver, signer=signers[0],
+                                          store=atomicsig.open_store(str(upstream_dir))))
+    assert [o.status for o in signed] == ["signed", "signed"]
+    with atomicsig.trusted_verifier([str(signer_pub)], gnupghome=None) as keys:
+        mirrored = atomicsig.mirror_many(
+            images, upstream=atomicsig.open_upstream(str(upstream_dir)), resolver=None,
+            intake=atomicsig.Intake(atomicsig.DirectoryStore(tmp_path / "mirror"), keys),
+            prefixes=[atomicsig.parse_prefix_map("registry.example.com/app=mirror.example.com/app")])
+        assert all(isinstance(r, atomicsig.MirrorResult) for r in mirrored)
+        assert [(r.stored_as, r.stored, r.exit_code) for r in mirrored] == [("app/web", 1, 0), ("app/db", 1, 0)]
+        exported = atomicsig.export_bundle(tmp_path / "mirror", tmp_path / "b.tgz",
+                                           since=atomicsig.parse_bundle_since("0"))
+        assert isinstance(exported, atomicsig.BundleExportResult) and exported.signatures == 2
+        contents = atomicsig.read_bundle(tmp_path / "b.tgz")
+        assert isinstance(contents, atomicsig.BundleContents) and len(contents.records) == 2
+        imported = atomicsig.import_bundle(tmp_path / "b.tgz",
+                                           atomicsig.Intake(atomicsig.DirectoryStore(tmp_path / "site"), keys))
+    assert isinstance(imported, atomicsig.BundleImportResult)
+    assert (imported.stored, imported.duplicates, imported.refused_total) == (2, 0, 0)
+    for store in ("mirror", "site"):
+        assert sorted(p.relative_to(tmp_path / store).parts[:2] for p in (tmp_path / store).rglob("signature-1")) \
+            == [("app", "db@sha256=" + "b" * 64), ("app", "web@sha256=" + "a" * 64)]

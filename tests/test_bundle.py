@@ -192,6 +192,34 @@ def test_untrusted_bundle_refused_with_counts(tmp_path: Path, source: Path, sign
         keys.close()
 
 
+def test_batches_keep_outcomes_order_progress_and_quarantine(tmp_path: Path, source: Path,
+                                                              signer_pub: Path) -> None:
+    """Import stores in batches (Intake.offer_batch); whatever the batch size, a mixed bundle gives the same
+    counts, the refusals in journal order, one progress call per signature, and refused bytes quarantined as
+    Intake.offer does (a batch of 4 over 15 signatures: refused and stored ones share batches)."""
+    from atomicsig.ops.bundle import import_bundle
+    from atomicsig.ops.intake import Intake
+
+    mixed = tmp_path / "mixed.tgz"
+    assert run("bundle", "export", "--sigstore", str(source), "-o", str(mixed))[0] == 0
+    code, stdout, _ = run("bundle", "import", str(mixed), "--sigstore", str(tmp_path / "one"), "--key",
+                          str(signer_pub), "--json")
+    assert code == 1
+    whole = json.loads(stdout)
+    seen: list[tuple[int, int]] = []
+    with trusted_keys([signer_pub.read_bytes()]) as keys:
+        res = import_bundle(mixed, Intake(DirectoryStore(tmp_path / "four"), keys, tmp_path / "quarantine"),
+                            batch=4, on_progress=lambda done, total: seen.append((done, total)))
+        with pytest.raises(InputError):
+            import_bundle(mixed, Intake(DirectoryStore(tmp_path / "zero"), keys), batch=0)
+    doc = res.as_dict()
+    assert (doc["stored"], doc["duplicates"], doc["refused"]) == (12, 0, {"untrusted-key": 3})
+    assert doc["refusals"] == whole["refusals"]
+    assert seen == [(n, 15) for n in range(1, 16)]
+    assert by_dir(tmp_path / "four") == by_dir(tmp_path / "one")
+    assert len(list((tmp_path / "quarantine").glob("*.sig"))) == 3
+
+
 def _only_fpr(home: Path) -> str:
     from atomicsig.gnupg.keyring import Keyring
 
@@ -532,14 +560,26 @@ def _journal_lines(root: Path) -> int:
         return 0
 
 
+#: ``bundle import`` as the CLI runs it, but 8 signatures per batch, so that kills land between and inside the
+#: batches of a 120-signature bundle (the default, atomicsig.ops.bundle.BATCH, would store it in one batch).
+SMALL_BATCHES = ("import sys\n"
+                 "from atomicsig.ops.bundle import import_bundle\n"
+                 "from atomicsig.ops.intake import Intake\n"
+                 "from atomicsig.ops.keys import trusted_verifier\n"
+                 "from atomicsig.store.directory import DirectoryStore\n"
+                 "with trusted_verifier([sys.argv[3]], None) as v:\n"
+                 "    import_bundle(sys.argv[1], Intake(DirectoryStore(sys.argv[2]), v), batch=8)\n")
+
+
 @pytest.mark.slow
 def test_import_killed_midway_is_consistent_and_rerun_completes(tmp_path: Path, big_bundle: Path,
                                                                 signer_pub: Path) -> None:
     """SIGKILL the import once before it stores anything, then each time right after a randomly chosen number of
-    signatures is journaled (polling, so every kill lands inside the storing loop); after each kill the store
-    reads consistently, and a final run stores exactly the rest."""
+    signatures is journaled (polling, so every kill lands inside the storing loop, in small batches); after each
+    kill the store reads consistently, and a final run (the CLI, default batch) stores exactly the rest."""
     dst = tmp_path / "dst"
     args = [*ATOMICSIG, "bundle", "import", str(big_bundle), "--sigstore", str(dst), "--key", str(signer_pub)]
+    killed = [sys.executable, "-c", SMALL_BATCHES, str(big_bundle), str(dst), str(signer_pub)]
     probe = tmp_path / "probe"
     subprocess.run([*args[:7], str(probe), *args[8:]], check=True, capture_output=True)
     rng = random.Random(int(os.environ.get("ATOMICSIG_CRASH_SEED", "15")))
@@ -547,9 +587,10 @@ def test_import_killed_midway_is_consistent_and_rerun_completes(tmp_path: Path, 
     seen, mid = 0, 0
     try:
         for it in range(6):
-            proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            proc = subprocess.Popen(killed, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                     start_new_session=True)
-            target = 0 if it == 0 else rng.randint(seen + 1, N_BIG - 1)
+            # At most a third of what is left (kills land at the end of a batch, up to 8 later): room for 5 kills.
+            target = 0 if it == 0 else rng.randint(seen + 1, seen + max(1, (N_BIG - 8 - seen) // 3))
             deadline = time.monotonic() + 60
             while proc.poll() is None and time.monotonic() < deadline:
                 if (target == 0 and time.monotonic() > deadline - 59.7) or _journal_lines(dst) >= target > 0:

@@ -391,9 +391,9 @@ def test_deep_json_is_a_format_error_not_recursion_error() -> None:
 
 def test_registries_d_unhashable_key_and_deep_yaml_are_policy_errors() -> None:
     with pytest.raises(PolicyError, match="unhashable"):
-        registries_d.load_yaml_strict("? [a]\n: b\n", "x.yaml")
+        registries_d.merge_file(registries_d.RegistriesConfig(), "? [a]\n: b\n", "x.yaml")
     with pytest.raises(PolicyError):
-        registries_d.load_yaml_strict("[" * 100_000, "x.yaml")
+        registries_d.merge_file(registries_d.RegistriesConfig(), "[" * 100_000, "x.yaml")
 
 
 def test_policy_yaml_bad_ipv6_url_is_a_policy_error() -> None:

@@ -9,8 +9,6 @@ mirror's lookaside under the mirror's repository path (SPEC §3.1: the physical 
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,8 +27,11 @@ from tests.infra import (
     FakeRequest,
     FakeServer,
     GpgHome,
+    PolicyRoot,
     Registry,
     Reply,
+    apply_policy,
+    assert_pulled,
     insecure_policy,
     podman_pull,
     push_image,
@@ -153,21 +154,11 @@ def test_explain_reports_a_lookaside_c_image_refuses(cli: Any, tmp_path: Path) -
 
 
 @dataclass
-class Mirror:
+class Mirror(PolicyRoot):
     upstream: str
     mirror: str
-    root: Path
-    work: Path
     lookaside: Path
     digests: dict[str, str]
-
-    @property
-    def policy(self) -> Path:
-        return self.root / "etc/containers/policy.json"
-
-    @property
-    def regd(self) -> Path:
-        return self.root / "etc/containers/registries.d"
 
 
 @pytest.fixture(scope="module")
@@ -206,12 +197,8 @@ scopes:
     lookaside: file://{lookaside}
 """)
         root = work / "root"
-        from atomicsig.cli import cli as group
-        from atomicsig.cli.common import run_main
-
-        assert run_main(group, ["policy", "apply", "-f", str(work / "policy.yaml"), "--root", str(root),
-                                "--keypaths-under-root"]) == 0
-        yield Mirror(up, m, root, work, lookaside, digests)
+        apply_policy(work / "policy.yaml", root)
+        yield Mirror(root, work, up, m, lookaside, digests)
 
 
 @pytest.mark.slow
@@ -221,19 +208,8 @@ scopes:
     ("app2", "product/other:1 is not accepted"),    # signed by the right key, for another repository
 ])
 def test_skopeo_pulls_from_mirror(mirrored: Mirror, name: str, rejection: str | None) -> None:
-    proc = skopeo_pull(f"{mirrored.mirror}/vendor/{name}:1", mirrored.policy, mirrored.regd, mirrored.work)
-    if rejection is None:
-        assert proc.returncode == 0, proc.stderr
-    else:
-        assert proc.returncode != 0 and rejection in proc.stderr, proc.stderr
-
-
-@pytest.fixture(scope="module")
-def short_workdir() -> Iterator[Path]:
-    """podman refuses a runroot longer than 50 characters, which pytest's tmp paths exceed."""
-    d = Path(tempfile.mkdtemp(prefix="asmir-", dir="/tmp"))
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
+    assert_pulled(skopeo_pull(f"{mirrored.mirror}/vendor/{name}:1", mirrored.policy, mirrored.regd, mirrored.work),
+                  rejection)
 
 
 @pytest.mark.slow
@@ -242,11 +218,8 @@ def short_workdir() -> Iterator[Path]:
                                                  ("app2", "is not accepted")])
 def test_podman_pulls_from_mirror(mirrored: Mirror, short_workdir: Path, name: str,
                                   rejection: str | None) -> None:
-    proc = podman_pull(f"{mirrored.mirror}/vendor/{name}:1", mirrored.policy, mirrored.regd, short_workdir)
-    if rejection is None:
-        assert proc.returncode == 0, proc.stderr
-    else:
-        assert proc.returncode != 0 and rejection in proc.stderr, proc.stderr
+    assert_pulled(podman_pull(f"{mirrored.mirror}/vendor/{name}:1", mirrored.policy, mirrored.regd, short_workdir),
+                  rejection)
 
 
 @pytest.mark.slow

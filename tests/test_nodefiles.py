@@ -207,6 +207,26 @@ def _can_unshare() -> bool:
     return subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode == 0
 
 
+def _explain_then_copy(tmp_path: Path, etc: Path, home: Path, ref: str,
+                       skopeo_args: str) -> tuple[dict[str, object], subprocess.CompletedProcess[str]]:
+    """In one private mount namespace with ``etc`` bound over /etc/containers and HOME=``home``: ``policy explain
+    --json ref`` (its answer, parsed), then ``skopeo <skopeo_args> dir:…`` (its process): both read the same files,
+    so the test can check that the file explain names is the file skopeo obeys. The answer is {} if explain wrote
+    none (the namespace failed): the caller's assertion on the process then shows why."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("XDG_", "CONTAINERS_"))}
+    env.update(HOME=str(home), PYTHONPATH=os.pathsep.join(sys.path))
+    out = tmp_path / "explain.json"
+    out.unlink(missing_ok=True)
+    dest = tmp_path / "dest"
+    shutil.rmtree(dest, ignore_errors=True)
+    script = (f"set -e\nmount --bind '{etc}' /etc/containers\n"
+              f"'{sys.executable}' -m atomicsig policy explain --json '{ref}' > '{out}'\n"
+              f"exec skopeo {skopeo_args} 'dir:{dest}'")
+    proc = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, env=env,
+                          timeout=120)
+    return (json.loads(out.read_text()) if out.exists() else {}), proc
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not _can_unshare(), reason="needs root, unshare -m and skopeo")
 def test_installed_skopeo_obeys_the_file_explain_names(tmp_path: Path) -> None:
@@ -217,17 +237,7 @@ def test_installed_skopeo_obeys_the_file_explain_names(tmp_path: Path) -> None:
     etc.mkdir()
 
     def run() -> tuple[dict[str, object], subprocess.CompletedProcess[str]]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("XDG_", "CONTAINERS_"))}
-        env.update(HOME=str(home), PYTHONPATH=os.pathsep.join(sys.path))
-        out = tmp_path / "explain.json"
-        dest = tmp_path / "dest"
-        shutil.rmtree(dest, ignore_errors=True)
-        script = (f"set -e\nmount --bind '{etc}' /etc/containers\n"
-                  f"'{sys.executable}' -m atomicsig policy explain --json 'docker.io/library/x:1' > '{out}'\n"
-                  f"exec skopeo copy --quiet 'oci:{layout}:latest' 'dir:{dest}'")
-        proc = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, env=env,
-                              timeout=120)
-        return json.loads(out.read_text()), proc
+        return _explain_then_copy(tmp_path, etc, home, "docker.io/library/x:1", f"copy --quiet 'oci:{layout}:latest'")
 
     _write(etc / "policy.json", REJECT)
     info, proc = run()
@@ -254,21 +264,13 @@ def test_installed_skopeo_reads_the_registries_d_explain_names(tmp_path: Path, r
     ref = f"{registry.host}/nodefiles/app:1"
 
     def run() -> tuple[dict[str, object], str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("XDG_", "CONTAINERS_"))}
-        env.update(HOME=str(home), PYTHONPATH=os.pathsep.join(sys.path))
-        out = tmp_path / "explain.json"
-        dest = tmp_path / "dest"
-        shutil.rmtree(dest, ignore_errors=True)
-        script = (f"set -e\nmount --bind '{etc}' /etc/containers\n"
-                  f"'{sys.executable}' -m atomicsig policy explain --json '{ref}' > '{out}'\n"
-                  f"exec skopeo --debug copy --quiet --src-tls-verify=false 'docker://{ref}' 'dir:{dest}'")
-        proc = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, env=env,
-                              timeout=120)
+        info, proc = _explain_then_copy(tmp_path, etc, home, ref,
+                                        f"--debug copy --quiet --src-tls-verify=false 'docker://{ref}'")
         assert proc.returncode == 0, proc.stderr
         used = [ln.split("Using registries.d directory ", 1)[1].split('"', 1)[0].strip()
                 for ln in proc.stderr.splitlines() if "Using registries.d directory" in ln]
         assert used, proc.stderr
-        return json.loads(out.read_text()), used[0]
+        return info, used[0]
 
     info, used = run()
     assert used == "/etc/containers/registries.d" and info["lookup"]["registries_d"] == [used]  # type: ignore[index]

@@ -12,8 +12,6 @@ import os
 import re
 import shutil
 import subprocess
-import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,24 +20,24 @@ import pytest
 from atomicsig.cli import cli as group
 from atomicsig.cli.common import run_main
 from tests.conftest import HAVE_PODMAN
-from tests.infra import GpgHome, Registry, legacy_layout, podman_pull, push_image, skopeo_pull
+from tests.infra import (
+    GpgHome,
+    PolicyRoot,
+    Registry,
+    apply_policy,
+    assert_pulled,
+    legacy_layout,
+    podman_pull,
+    push_image,
+    skopeo_pull,
+)
 
 pytestmark = pytest.mark.slow
 
 
 @dataclass
-class World:
-    root: Path
-    work: Path
+class World(PolicyRoot):
     host: str
-
-    @property
-    def policy(self) -> Path:
-        return self.root / "etc/containers/policy.json"
-
-    @property
-    def regd(self) -> Path:
-        return self.root / "etc/containers/registries.d"
 
 
 def _sign(home: GpgHome, sigstore: Path, ref: str) -> None:
@@ -89,9 +87,7 @@ scopes:
     lookaside: {lookaside}
 """)
     root = work / "root"
-    code = run_main(group, ["policy", "apply", "-f", str(work / "policy.yaml"), "--root", str(root),
-                            "--keypaths-under-root"])
-    assert code == 0
+    apply_policy(work / "policy.yaml", root)
     return World(root, work, h)
 
 
@@ -108,12 +104,7 @@ scopes:
     ("other/app", "is rejected by policy"),               # outside every scope: default reject, though signed
 ])
 def test_skopeo_enforces_generated_policy(world: World, name: str, rejection: str | None) -> None:
-    proc = skopeo_pull(f"{world.host}/{name}:1", world.policy, world.regd, world.work)
-    if rejection is None:
-        assert proc.returncode == 0, proc.stderr
-    else:
-        assert proc.returncode != 0
-        assert rejection in proc.stderr, proc.stderr
+    assert_pulled(skopeo_pull(f"{world.host}/{name}:1", world.policy, world.regd, world.work), rejection)
 
 
 def test_rotation_scope_has_exactly_one_signedby(world: World) -> None:
@@ -140,24 +131,12 @@ def test_podman_reads_generated_policy(world: World, tmp_path: Path) -> None:
     assert "signer@example.com" in proc.stdout
 
 
-@pytest.fixture(scope="module")
-def short_workdir() -> Iterator[Path]:
-    """podman refuses a runroot longer than 50 characters, which pytest's tmp paths exceed."""
-    d = Path(tempfile.mkdtemp(prefix="aspol-", dir="/tmp"))
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
-
-
 @pytest.mark.skipif(not HAVE_PODMAN, reason="needs podman")
 @pytest.mark.parametrize(("name", "rejection"), [("prod/app", None), ("prod/wrongkey", "Source image rejected"),
                                                  ("mirror/app", None)])
 def test_podman_pull_enforces_generated_policy(world: World, short_workdir: Path, name: str,
                                                rejection: str | None) -> None:
-    proc = podman_pull(f"{world.host}/{name}:1", world.policy, world.regd, short_workdir)
-    if rejection is None:
-        assert proc.returncode == 0, proc.stderr
-    else:
-        assert proc.returncode != 0 and rejection in proc.stderr, proc.stderr
+    assert_pulled(podman_pull(f"{world.host}/{name}:1", world.policy, world.regd, short_workdir), rejection)
 
 
 def test_node_migrated_from_per_scope_files_and_rotated_still_enforces(world: World, tmp_path: Path) -> None:
@@ -176,8 +155,7 @@ def test_node_migrated_from_per_scope_files_and_rotated_still_enforces(world: Wo
     yml.write_text((world.work / "policy.yaml").read_text().replace("signed-by: [old, new]", "signed-by: new")
                    .replace("new: {file: new.gpg}", f"new: {{file: {world.work / 'new.gpg'}}}")
                    .replace("old: {file: old.gpg}", f"old: {{file: {world.work / 'old.gpg'}}}"))
-    code = run_main(group, ["policy", "apply", "-f", str(yml), "--root", str(root), "--keypaths-under-root"])
-    assert code == 0
+    apply_policy(yml, root)
     assert sorted(p.name for p in regd.glob("*.yaml")) == ["atomicsig.yaml"]
     for name, accepted in (("prod/app", True), ("rot/new", True), ("rot/old", False), ("mirror/app", True),
                            ("prod/wrongkey", False)):

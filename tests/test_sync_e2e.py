@@ -27,7 +27,6 @@ from atomicsig.format.reference import parse
 from atomicsig.gnupg.keyring import Keyring
 from atomicsig.store.directory import DirectoryStore
 from atomicsig.store.journal import Journal, sha256_hex
-from atomicsig.store.sigdir import read_dir
 from tests.conftest import needs_registry
 from tests.infra import (
     FakeServer,
@@ -41,7 +40,10 @@ from tests.infra import (
     registries_d,
     serve_sigstore,
     signed_by_policy,
+    sigstore_contents,
     skopeo_pull,
+    sync_nodes,
+    sync_once,
 )
 
 pytestmark = pytest.mark.slow
@@ -52,22 +54,7 @@ HEX1 = "1" * 64
 ATOMICSIG = [sys.executable, "-m", "atomicsig"]
 
 
-def contents(root: Path) -> dict[str, list[bytes]]:
-    """digest dir → blobs, read as c/image reads (stops at the first gap); asserts there is no gap."""
-    out: dict[str, list[bytes]] = {}
-    for d in sorted(root.rglob("*@sha256=*")):
-        if not d.is_dir() or ".atomicsig" in d.parts:
-            continue
-        sigs = read_dir(d)
-        files = [p for p in d.iterdir() if p.name.startswith("signature-")]
-        assert len(files) == len(sigs), f"gap or stray file in {d}: {sorted(p.name for p in d.iterdir())}"
-        # ``.tmp-*`` may be left by a kill -9 (fsutil unlinks them in a ``finally`` that never runs). Readers ignore
-        # them (c/image and atomicsig open ``signature-N`` by name) and writers sweep stale ones
-        # (fsutil.sweep_stale_temps, tests/test_recovery.py); anything else besides signatures is an error.
-        stray = [p.name for p in d.iterdir() if not p.name.startswith(("signature-", ".tmp-"))]
-        assert not stray, f"unexpected files in {d}: {stray}"
-        out[str(d.relative_to(root))] = [s.blob for s in sigs]
-    return out
+contents = sigstore_contents  # the shared helper in tests/infra.py
 
 
 def as_sets(c: dict[str, list[bytes]]) -> dict[str, set[bytes]]:
@@ -78,17 +65,10 @@ class Node(SyncNode):
     def add(self, blob: bytes, digest: str = D1, repo: str = "example.com/ns/app") -> None:
         DirectoryStore(self.sigstore).append(parse(repo), digest, blob)
 
-    def state(self) -> dict[str, Any]:
-        return json.loads((self.sigstore / ".atomicsig" / "sync-state.json").read_text())
-
 
 @pytest.fixture
 def node(tmp_path: Path, signer_pub: Path) -> Callable[[str], Node]:
-    def make(name: str) -> Node:
-        n = Node(tmp_path / name, signer_pub, name)
-        n.sigstore.mkdir(parents=True, exist_ok=True)
-        return n
-    return make
+    return sync_nodes(tmp_path, signer_pub, Node)
 
 
 @pytest.fixture(scope="module")
@@ -102,13 +82,6 @@ def sigs(signer: GpgHome, other_signer: GpgHome) -> dict[str, bytes]:
 
 
 serve = serve_sigstore  # the shared helper in tests/infra.py
-
-
-def sync_once(cli: Any, n: Node, *extra: str) -> tuple[int, list[dict[str, Any]]]:
-    code, out, err = cli("sync", "--config", str(n.config), "--once", *extra)
-    logs = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
-    sys.stderr.write(out + err)  # shown by pytest when a test fails
-    return code, logs
 
 
 # ---- the happy paths --------------------------------------------------------------------------------------------

@@ -22,8 +22,11 @@ from atomicsig.gnupg.keyring import Keyring
 from atomicsig.signers.memory import memory_signer
 from atomicsig.store.journal import Journal
 from atomicsig.store.pack import pack_path, write_pack
-from tests.infra import GpgHome, kill_group
-from tests.test_sync_e2e import Node, contents, nginx, serve, sync_once
+from tests.infra import GpgHome, SyncNode, kill_group, nginx, sigstore_contents, sync_nodes, sync_once
+from tests.infra import serve_sigstore as serve
+
+Node = SyncNode
+contents = sigstore_contents
 
 pytestmark = pytest.mark.slow
 ATOMICSIG = [sys.executable, "-m", "atomicsig"]
@@ -31,11 +34,7 @@ ATOMICSIG = [sys.executable, "-m", "atomicsig"]
 
 @pytest.fixture
 def node(tmp_path: Path, signer_pub: Path) -> Callable[[str], Node]:
-    def make(name: str) -> Node:
-        n = Node(tmp_path / name, signer_pub, name)
-        n.sigstore.mkdir(parents=True, exist_ok=True)
-        return n
-    return make
+    return sync_nodes(tmp_path, signer_pub, Node)
 
 
 def fill(root: Path, signer: GpgHome | Keyring, fpr: str, n: int, start: int = 0) -> None:

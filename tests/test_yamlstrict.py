@@ -71,7 +71,7 @@ def test_registries_d_unknown_keys_still_ignored() -> None:
     ref = reference.parse("quay.io/a/b:1")
     assert cfg.lookaside_for(ref) == ("https://s", "quay.io/a")
     assert cfg.lookaside_for(reference.parse("example.com/x:1")) == ("https://d", "default-docker")
-    assert registries_d.load_yaml_strict("", "empty.yaml") is None
+    assert yamlstrict.load("", "empty.yaml", PolicyError)[0] is None
     assert _registries("{}\n").docker == {}
 
 
@@ -109,7 +109,7 @@ def test_unhashable_keys_are_input_errors(text: str) -> None:
     with pytest.raises(InputError, match=r"^s\.yaml:\d+: found unhashable mapping key"):
         load_specs(text, "s.yaml")
     with pytest.raises(PolicyError, match="unhashable"):
-        registries_d.load_yaml_strict(text, "x.yaml")
+        registries_d.merge_file(registries_d.RegistriesConfig(), text, "x.yaml")
 
 
 def test_cli_signers_file_with_bad_key_exits_2(cli: Any, tmp_path: Path) -> None:

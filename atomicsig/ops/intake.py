@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,6 +97,19 @@ class Intake:
                 self.also_delivered(path, sha256_hex(blob), origin)
                 out.append(Outcome("duplicate", location=res.location))
         return out
+
+    def offer_batch(self, items: Sequence[tuple[SigPath, bytes]], origin: str) -> list[Outcome]:
+        """:meth:`offer` for many signatures at once, same checks and outcomes, in order: each is checked
+        (:func:`check_blob`; a refused one is quarantined), then those that passed are stored together by
+        :meth:`store_checked` (one filesystem flush and one journal write for the batch, instead of 5 fsyncs
+        per signature: what capped ``bundle import`` at ~70-90 signatures/s, docs/performance.md)."""
+        checked = [self.check(path, blob) for path, blob in items]
+        for (path, blob), rejected in zip(items, checked, strict=True):
+            if rejected is not None:
+                self._quarantine(path, blob, origin, rejected)
+        ok = [item for item, rejected in zip(items, checked, strict=True) if rejected is None]
+        stored = iter(self.store_checked(ok, origin) if ok else [])
+        return [rejected if rejected is not None else next(stored) for rejected in checked]
 
     def reject(self, path: SigPath, blob: bytes, origin: str, outcome: Outcome) -> None:
         """A rejection decided outside :meth:`offer` (a batch checked elsewhere): quarantine it like offer does."""

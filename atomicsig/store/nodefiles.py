@@ -38,7 +38,7 @@ from typing import Any
 
 from atomicsig.errors import InputError, PolicyError, StorageError
 from atomicsig.format import containers_paths as cpaths
-from atomicsig.format import policyjson
+from atomicsig.format import policyjson, yamlstrict
 from atomicsig.fsutil import UnsafeFileError, open_dir_beneath, read_regular_file, read_regular_nonblocking
 from atomicsig.store import registries_d
 
@@ -360,7 +360,7 @@ def _scope_clashes(config: registries_d.RegistriesConfig, unread: list[tuple[Pat
     for path, why in unread:
         try:
             text = _read_text(path)  # unread files: only for the clash warning; never another user's
-            data = registries_d.load_yaml_strict(text, str(path)) if text is not None else None
+            data = yamlstrict.load(text, str(path), PolicyError)[0] if text is not None else None
         except (StorageError, PolicyError):
             continue
         if not isinstance(data, dict):

@@ -30,15 +30,6 @@ READ_KEYS = ("lookaside", "sigstore")
 WRITE_KEYS = ("lookaside-staging", "sigstore-staging", "lookaside", "sigstore")
 
 
-def load_yaml_strict(text: str, source: str) -> Any:
-    """One registries.d file as plain data, through the one strict YAML reader (:mod:`atomicsig.format.yamlstrict`).
-
-    Duplicate keys are refused at any depth with ``file:line``, compared by their text as yaml.v3 compares them
-    (c/image: ``mapping key … already defined at line …``); unknown keys are kept here and ignored by
-    :func:`merge_file`, as c/image ignores them (SPEC §4.1)."""
-    return yamlstrict.load(text, source, PolicyError)[0]
-
-
 @dataclass
 class Section:
     """One configuration section (``default-docker`` or a ``docker`` scope)."""
@@ -120,7 +111,11 @@ def load_dir(directory: str | os.PathLike[str]) -> RegistriesConfig:
 
 
 def merge_file(cfg: RegistriesConfig, text: str, source: str) -> None:
-    data = load_yaml_strict(text, source)
+    """Add one registries.d file to ``cfg``. It is read by the one strict YAML reader (:mod:`atomicsig.format.
+    yamlstrict`): duplicate keys are refused at any depth with ``file:line``, compared by their text as yaml.v3
+    compares them (c/image: ``mapping key … already defined at line …``); unknown keys are ignored here, as
+    c/image ignores them (SPEC §4.1)."""
+    data = yamlstrict.load(text, source, PolicyError)[0]
     cfg.files.append(source)
     if data is None:
         return
