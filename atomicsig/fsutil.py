@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
 import re
 import stat
@@ -22,7 +23,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from atomicsig.errors import StorageError
 
@@ -195,11 +196,10 @@ def sync_filesystem(path: str | os.PathLike[str]) -> None:
     before the journal lines that announce the batch; per-file fsyncs were most of its cost (docs/sync.md).
     Falls back to ``sync(2)`` where syncfs is unavailable."""
     import ctypes
-    import ctypes.util
 
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc = _libc()
         if libc.syncfs(fd) != 0:
             err = ctypes.get_errno()
             raise StorageError(f"cannot flush the filesystem of {path}: {os.strerror(err)}")
@@ -207,6 +207,30 @@ def sync_filesystem(path: str | os.PathLike[str]) -> None:
         os.sync()
     finally:
         os.close(fd)
+
+
+@functools.cache
+def _libc() -> Any:
+    """libc through ctypes, looked up once per process: ``find_library`` runs ``ldconfig -p`` in a child
+    process, which a batch writer calling :func:`sync_filesystem` per batch paid every time."""
+    import ctypes
+    import ctypes.util
+
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+def current_umask() -> int | None:
+    """This process's umask, read from /proc (None where that is unavailable). ``os.umask`` can only read it by
+    changing it, which would race with other threads creating files. A batch writer uses it to skip an
+    ``fchmod`` per file when the umask already gives the mode it wants."""
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 def is_within(root: str | os.PathLike[str], candidate: str | os.PathLike[str]) -> bool:

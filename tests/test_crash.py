@@ -244,9 +244,8 @@ class StoreAudit:
         d = self.root / ".atomicsig" / "pending"
         out = set()
         for p in d.iterdir() if d.is_dir() else []:
-            text = p.read_bytes().decode("ascii").strip()
-            if text:
-                sigdir, sha = text.split(" ")
+            for line in p.read_bytes().decode("ascii").strip().splitlines():  # a batch's record: a line each
+                sigdir, sha = line.split(" ")
                 out.add((sigdir, sha))
         return out
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -22,7 +23,18 @@ from atomicsig.gnupg.keyring import Keyring
 from atomicsig.signers.memory import memory_signer
 from atomicsig.store.journal import Journal
 from atomicsig.store.pack import pack_path, write_pack
-from tests.infra import GpgHome, SyncNode, kill_group, nginx, sigstore_contents, sync_nodes, sync_once
+from atomicsig.sync.follower import PREFETCH
+from tests.infra import (
+    FakeServer,
+    GpgHome,
+    Reply,
+    SyncNode,
+    kill_group,
+    nginx,
+    sigstore_contents,
+    sync_nodes,
+    sync_once,
+)
 from tests.infra import serve_sigstore as serve
 
 Node = SyncNode
@@ -250,3 +262,61 @@ def test_pack_resumed_across_limited_passes(cli: Any, node: Callable[[str], Node
         assert not [x for x in log.read_text().splitlines() if "/signature-" in x]
         st = b.state()["sources"][url]
         assert st["synced"] == 1200 and st["pack_offset"] == 0 and st["rejected"] == {}
+
+
+class FlakyStatic(FakeServer):
+    """A static web server over a sigstore (Range on the journal, no pack) that answers 503 for one signature
+    while ``broken``: a transient failure in the middle of a long journal tail."""
+
+    def __init__(self, root: Path, fail: str) -> None:
+        super().__init__()
+        self.root, self.fail, self.broken = root, fail, True
+
+    def handle(self, req: Any) -> Reply | None:
+        route = req.route.lstrip("/")
+        if route == self.fail and self.broken:
+            return Reply(503, b"busy")
+        path = self.root / route
+        if route.endswith("/pack") or not path.is_file():
+            return Reply(404, b"no")
+        data = path.read_bytes()
+        m = re.fullmatch(r"bytes=([0-9]+)-([0-9]*)", req.headers.get("Range", ""))
+        if m is None:
+            return Reply(200, data)
+        start, end = int(m.group(1)), min(int(m.group(2) or len(data) - 1), len(data) - 1)
+        if start >= len(data):
+            return Reply(416, b"", {"Content-Range": f"bytes */{len(data)}"})
+        return Reply(206, data[start:end + 1], {"Content-Range": f"bytes {start}-{end}/{len(data)}"})
+
+
+def test_long_journal_tail_is_stored_in_batches(cli: Any, node: Callable[[str], Node], signer: GpgHome) -> None:
+    """A follower more than 64 records behind, without a pack to read, fetches the signatures concurrently and
+    stores them in batches (one flush and one journal write each; before: one append with ~4 fsyncs per record,
+    ~95 signatures/s). The cursor rules hold: a transient failure (503) on record 150 stores the 149 before it,
+    leaves the cursor right after record 149 and fails the pass; the next pass completes, fetching each missing
+    signature once."""
+    a, b = node("a"), node("b")
+    fill(a.sigstore, signer, signer.fingerprint, 300)
+    lines = journal_lines(a.sigstore)
+    with FlakyStatic(a.sigstore, lines[149].split(" ")[2]) as peer:
+        b.configure([peer.url])
+        code, _ = sync_once(cli, b)
+        assert code != 0
+        st = b.state()["sources"][peer.url]
+        head = Journal(a.sigstore).path.read_bytes().split(b"\n", 1)[0]
+        assert st["seq"] == 149 and st["offset"] == len(head) + 1 + sum(len(x) + 1 for x in lines[:149])
+        assert sum(1 for _ in b.sigstore.glob("ns/*/signature-1")) == 149
+        peer.broken = False
+        code, logs = sync_once(cli, b)
+        assert code == 0
+        assert contents(b.sigstore) == contents(a.sigstore)
+        synced = [r for r in logs if r["msg"] == "synced"]
+        assert synced and all("created" in r for r in synced), synced[:3]  # a line per batch, not per signature
+        assert sum(r["created"] for r in synced) == 151
+        gets = [h.path for h in peer.hits if "/signature-" in h.path]
+        # each signature once, but for the refused one and what was in flight when it failed (8 fetch threads)
+        assert len(set(gets)) == 300 and len(gets) - 300 <= 1 + PREFETCH
+    mine = journal_lines(b.sigstore)
+    assert len(mine) == 300 and len({x.split(" ")[3] for x in mine}) == 300
+    st = b.state()["sources"][peer.url]
+    assert st["offset"] == Journal(a.sigstore).path.stat().st_size and st["synced"] == 300

@@ -133,8 +133,13 @@ class DirectoryStore(SignatureStore):
         Crash safety: a file's name appears only once its content is complete (link of a written temp file), so
         ``kill -9`` can leave no partial signature and no gap; the journal lines, which tell followers and the
         caller's cursor that the batch is stored, are written only after :func:`fsutil.sync_filesystem` made
-        the batch durable. Per item: the result, or the StorageError that refused it (a full directory)."""
-        from atomicsig.store.journal import META_DIR, Journal, PendingRecord, begin_pending
+        the batch durable. Per item: the result, or the StorageError that refused it (a full directory).
+
+        System calls per new signature are what bounds a first sync (docs/performance.md), so: every directory
+        is read and every new file decided first, then *one* pending record names them all (not one per
+        signature), a new directory's origin record is written once with all its entries, and the signature is
+        written to an unnamed ``O_TMPFILE`` and linked (:func:`_link_next`). About 11 calls per signature."""
+        from atomicsig.store.journal import MAX_PENDING_LINES, META_DIR, Journal, PendingRecord, begin_pending_batch
 
         out: list[AppendResult | StorageError | None] = [None] * len(items)
         by_dir: dict[str, list[int]] = {}
@@ -142,7 +147,8 @@ class DirectoryStore(SignatureStore):
             stored_digest(digest)
             by_dir.setdefault(digest_dirname(repo, digest), []).append(i)
         fsutil.makedirs(self.root / META_DIR, 0o755)
-        walker = _DirWalker(self.root)
+        umask = fsutil.current_umask()
+        walker = _DirWalker(self.root, umask)
         pendings: list[PendingRecord] = []
         changes: list[tuple[str, list[tuple[str, str, str]], Callable[[], dict[int, str]]]] = []
         try:
@@ -152,40 +158,41 @@ class DirectoryStore(SignatureStore):
                 fcntl.flock(dfd, fcntl.LOCK_EX)
                 locked[rel_dir] = (dfd, created)
             seen = journal_epoch(self.root)
+            plans: list[_DirPlan] = []
             for rel_dir, idxs in by_dir.items():
                 dfd, created = locked[rel_dir]
-                d = self.root / rel_dir
-                existing: list[StoredSignature] = []
+                plan = _DirPlan(rel_dir, dfd, created)
                 if not created:
-                    fsutil.sweep_stale_temps(d)
+                    fsutil.sweep_stale_temps(self.root / rel_dir)
                     try:
-                        existing = read_dir(d, self.root)
+                        plan.existing = read_dir(self.root / rel_dir, self.root)
                     except StorageError as exc:  # 128+ files: c/image would refuse the whole directory
                         for i in idxs:
                             out[i] = exc
                         continue
+                plan.decide(items, idxs, out)
+                plans.append(plan)
+            named = [(p.rel_dir, sha) for p in plans for _, sha in p.new]
+            for at in range(0, len(named), MAX_PENDING_LINES):  # before the first link (journal module docstring)
+                pendings.append(begin_pending_batch(self.root, named[at:at + MAX_PENDING_LINES]))
+            for plan in plans:
+                d = self.root / plan.rel_dir
+                if origin is not None and plan.new:
+                    self._remember_plan(walker, plan, origin, umask)
                 lines: list[tuple[str, str, str]] = []
-                delivered: dict[str, list[str]] = {}  # this batch's origin record of a new directory
-                for i in idxs:
+                for i, sha in plan.new:
                     blob = items[i][2]
-                    same = next((s for s in existing if s.blob == blob), None)
-                    if same is not None:
-                        out[i] = AppendResult(same.location, same.index, False)
-                        continue
-                    if len(existing) >= MAX_LOOKASIDE_SIGNATURES - 1:
-                        out[i] = StorageError(f"{d} already holds {len(existing)} signatures")
-                        continue
-                    sha = hashlib.sha256(blob).hexdigest()
-                    if origin is not None:
-                        self._remember_at(walker, rel_dir, sha, origin, existing, delivered if created else None)
-                    pendings.append(begin_pending(self.root, rel_dir, sha))
-                    res = _link_next(dfd, d, blob, existing)
+                    res = _link_next(plan.dfd, d, blob, plan.existing, umask)
                     out[i] = res
                     if res.created and res.index is not None:
-                        existing.append(StoredSignature(res.index, blob, res.location))
-                        lines.append(("add", f"{rel_dir}/{signature_name(res.index)}", sha))
+                        plan.existing.append(StoredSignature(res.index, blob, res.location))
+                        lines.append(("add", f"{plan.rel_dir}/{signature_name(res.index)}", sha))
+                for j, first in plan.same_as:  # the same bytes twice in the batch: stored once (SPEC §3.3)
+                    done = out[first]
+                    out[j] = AppendResult(done.location, done.index, False) if isinstance(done, AppendResult) \
+                        else done
                 if lines:
-                    changes.append((rel_dir, lines, functools.partial(_indexed, d)))
+                    changes.append((plan.rel_dir, lines, functools.partial(_indexed, d)))
             fsutil.sync_filesystem(self.root)
             if changes:
                 Journal(self.root).commit_batch(seen, changes)
@@ -203,22 +210,24 @@ class DirectoryStore(SignatureStore):
             p.done()
         return [r if r is not None else StorageError("not stored") for r in out]
 
-    def _remember_at(self, walker: _DirWalker, rel_dir: str, sha: str, origin: str,
-                     existing: list[StoredSignature], delivered: dict[str, list[str]] | None) -> None:
-        """atomicsig.store.origin.remember for a batch: a directory created by this batch has no earlier record
-        worth keeping, so its record is this batch's ``delivered`` (kept by the caller across the directory's
-        items), written without reading the old one (no fsync: the batch's flush covers it)."""
+    def _remember_plan(self, walker: _DirWalker, plan: _DirPlan, origin: str, umask: int | None) -> None:
+        """atomicsig.store.origin.remember for a batch, before the directory's first link. A directory created by
+        this batch has no earlier record worth keeping and no signature yet, so its record — every new sha256 of
+        the batch — is written in one go, in place (no temp + rename): until the first link nothing it describes
+        exists, a reader that finds it torn treats it as "no record" (the safe side, atomicsig.store.origin), and
+        a kill before the link leaves a record that the next writer of the directory rewrites. No fsync: the
+        batch's flush covers it."""
         from atomicsig.store.journal import META_DIR
         from atomicsig.store.origin import ORIGINS_DIR, remember
 
-        if delivered is None:
-            remember(self.root, rel_dir, sha, origin, keep={hashlib.sha256(s.blob).hexdigest() for s in existing},
-                     sync=False)
+        if not plan.created:
+            remember(self.root, plan.rel_dir, [sha for _, sha in plan.new], origin,
+                     keep={hashlib.sha256(s.blob).hexdigest() for s in plan.existing}, sync=False)
             return
-        parent, _, name = f"{META_DIR}/{ORIGINS_DIR}/{rel_dir}.json".rpartition("/")
+        parent, _, name = f"{META_DIR}/{ORIGINS_DIR}/{plan.rel_dir}.json".rpartition("/")
         pfd, _ = walker.ensure(parent)
-        delivered[sha] = [origin]
-        _write_at(pfd, name, json.dumps(delivered, sort_keys=True).encode(), replace=True)
+        delivered = {sha: [origin] for _, sha in plan.new}
+        _write_in_place(pfd, name, json.dumps(delivered, sort_keys=True).encode(), umask)
 
     def recover(self) -> int:
         """Journal what writers killed mid-append left unjournaled (see atomicsig.sync.journal); lines added."""
@@ -263,13 +272,42 @@ class DirectoryStore(SignatureStore):
         return result
 
 
+class _DirPlan:
+    """One digest directory of a batch, locked: what it holds and which of the batch's items are new there."""
+
+    def __init__(self, rel_dir: str, dfd: int, created: bool) -> None:
+        self.rel_dir, self.dfd, self.created = rel_dir, dfd, created
+        self.existing: list[StoredSignature] = []
+        self.new: list[tuple[int, str]] = []  # (item index, sha256) to link, in order
+        self.same_as: list[tuple[int, int]] = []  # (item index, earlier item of the batch with the same bytes)
+
+    def decide(self, items: Sequence[tuple[str, str, bytes]], idxs: list[int],
+               out: list[AppendResult | StorageError | None]) -> None:
+        """Dedup by bytes against the directory and the batch (SPEC §3.3), refuse what would not fit."""
+        first: dict[bytes, int] = {}
+        for i in idxs:
+            blob = items[i][2]
+            same = next((s for s in self.existing if s.blob == blob), None)
+            if same is not None:
+                out[i] = AppendResult(same.location, same.index, False)
+            elif blob in first:
+                self.same_as.append((i, first[blob]))
+            elif len(self.existing) + len(self.new) >= MAX_LOOKASIDE_SIGNATURES - 1:
+                out[i] = StorageError(f"{self.rel_dir} already holds {len(self.existing) + len(self.new)} "
+                                      "signatures")
+            else:
+                first[blob] = i
+                self.new.append((i, hashlib.sha256(blob).hexdigest()))
+
+
 class _DirWalker:
     """Directories below a store root by descriptor, created on the way (mode 0755 whatever the umask), never
     through a symlink (``O_NOFOLLOW``). Parent descriptors are shared by every digest directory of a batch."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, umask: int | None = None) -> None:
         self.root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self.fds: dict[str, int] = {}
+        self.chmod = umask is None or umask & 0o755 != 0  # mkdir gave 0755 already: no fchmod per directory
 
     def ensure(self, rel: str) -> tuple[int, bool]:
         """(descriptor, whether the last component was created now) of ``root/rel``."""
@@ -289,7 +327,7 @@ class _DirWalker:
                     if exc.errno in (errno.ELOOP, errno.ENOTDIR):
                         raise StorageError(f"{prefix} in the sigstore is a symbolic link or not a directory") from None
                     raise
-                if created:
+                if created and self.chmod:
                     os.fchmod(fd, 0o755)
                 self.fds[prefix] = fd
             else:
@@ -330,19 +368,96 @@ def _write_at(dfd: int, name: str, data: bytes, *, replace: bool) -> bool:
             os.unlink(tmp, dir_fd=dfd)
 
 
-def _link_next(dfd: int, d: Path, blob: bytes, existing: list[StoredSignature]) -> AppendResult:
-    """:func:`append_to_dir` by descriptor, for a batch: the first free ``signature-N`` after ``existing``."""
+def _write_in_place(dfd: int, name: str, data: bytes, umask: int | None) -> None:
+    """Create or truncate ``name`` in ``dfd`` and write ``data`` (mode 0644), no temp file: only for a file no
+    reader relies on yet (see the caller). No fsync (the batch writer flushes once)."""
+    fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=dfd)
+    try:
+        if umask is None or umask & 0o644:
+            os.fchmod(fd, 0o644)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
+
+
+#: Whether ``O_TMPFILE`` + ``linkat`` through /proc works here (None: not tried yet in this process).
+_tmpfile_ok: bool | None = None if hasattr(os, "O_TMPFILE") else False
+
+
+def _unnamed(dfd: int, blob: bytes, umask: int | None) -> int | None:
+    """An unnamed file in ``dfd`` holding ``blob`` (``O_TMPFILE``), or None where the filesystem or kernel
+    cannot make one. Never visible under a name until linked, and gone with its descriptor if never linked: no
+    temp name to choose, unlink or sweep after a kill."""
+    global _tmpfile_ok
+    if _tmpfile_ok is False:
+        return None
+    try:
+        fd = os.open(".", os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o644, dir_fd=dfd)
+    except OSError as exc:
+        if exc.errno in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+            _tmpfile_ok = False
+            return None
+        raise
+    try:
+        if umask is None or umask & 0o644:
+            os.fchmod(fd, 0o644)
+        view = memoryview(blob)
+        while view:
+            view = view[os.write(fd, view):]
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _link_unnamed(fd: int, dfd: int, name: str) -> bool:
+    """Give the unnamed file ``fd`` the name ``name`` in ``dfd``, create-exclusive. False: ``name`` exists.
+    ``linkat`` of /proc/self/fd/N with AT_SYMLINK_FOLLOW, the way open(2) documents for O_TMPFILE (linking by
+    AT_EMPTY_PATH would need CAP_DAC_READ_SEARCH)."""
+    try:
+        os.link(f"/proc/self/fd/{fd}", name, dst_dir_fd=dfd, follow_symlinks=True)
+        return True
+    except FileExistsError:
+        return False
+
+
+def _link_next(dfd: int, d: Path, blob: bytes, existing: list[StoredSignature],
+               umask: int | None = None) -> AppendResult:
+    """:func:`append_to_dir` by descriptor, for a batch: the first free ``signature-N`` after ``existing``.
+    Written to an unnamed file (:func:`_unnamed`) and linked; where that is not available, a temp file is
+    written and linked (:func:`_write_at`)."""
+    global _tmpfile_ok
+    fd = _unnamed(dfd, blob, umask)
     n = len(existing) + 1
-    while n < MAX_LOOKASIDE_SIGNATURES:
-        name = signature_name(n)
-        if _write_at(dfd, name, blob, replace=False):
-            return AppendResult(str(d / name), n, True)
+    try:
+        while n < MAX_LOOKASIDE_SIGNATURES:
+            name = signature_name(n)
+            if fd is not None:
+                try:
+                    linked = _link_unnamed(fd, dfd, name)
+                    _tmpfile_ok = True
+                except FileNotFoundError:
+                    if _tmpfile_ok or os.path.isdir("/proc/self/fd"):
+                        raise  # the directory is gone, not /proc
+                    _tmpfile_ok = False  # no /proc mounted: named temp files from now on
+                    os.close(fd)
+                    fd = None
+                    continue
+            else:
+                linked = _write_at(dfd, name, blob, replace=False)
+            if linked:
+                return AppendResult(str(d / name), n, True)
         try:  # someone else took N meanwhile (a writer that takes no lock: skopeo); complete, since linked
             if fsutil.read_regular_file(dfd, name, len(blob) + 1) == blob:
                 return AppendResult(str(d / name), n, False)
         except OSError:
             pass
         n += 1
+    finally:
+        if fd is not None:
+            os.close(fd)
     raise StorageError(f"{d} already holds {MAX_LOOKASIDE_SIGNATURES - 1} signatures, the most containers/image reads")
 
 

@@ -65,13 +65,16 @@ def recorded(root: Path, dirname: str, sha256: str) -> list[str]:
     return _load(_path(root, dirname)).get(sha256, [])
 
 
-def remember(root: Path, dirname: str, sha256: str, source: str, *, keep: set[str], sync: bool = True) -> None:
-    """Record ``source`` for new bytes (the caller holds the directory's lock and is about to link them); entries
-    for bytes no longer in the directory (not in ``keep``) are dropped on the way. ``sync=False``: a batch writer
-    flushes the filesystem once for its whole batch (atomicsig.store.directory.DirectoryStore.append_batch)."""
+def remember(root: Path, dirname: str, sha256: str | list[str], source: str, *, keep: set[str],
+             sync: bool = True) -> None:
+    """Record ``source`` for new bytes (the caller holds the directory's lock and is about to link them; a batch
+    writer names all it is about to link there); entries for bytes no longer in the directory (not in ``keep``)
+    are dropped on the way. ``sync=False``: a batch writer flushes the filesystem once for its whole batch
+    (atomicsig.store.directory.DirectoryStore.append_batch)."""
     path = _path(root, dirname)
     doc = {k: v for k, v in _load(path).items() if k in keep}
-    doc[sha256] = [source]
+    for sha in [sha256] if isinstance(sha256, str) else sha256:
+        doc[sha] = [source]
     _save(path, doc, sync)
 
 

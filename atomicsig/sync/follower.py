@@ -142,8 +142,15 @@ class Follower:
             lines.extend(iter_lines(data, base))
         except JournalError as exc:  # handle the good records before it, then fail the pass
             broken = exc
+        batched = len(lines) > packsync.TAIL_BATCH_MIN  # a long backlog: stored in batches like the pack
+        if batched:
+            handled = packsync.run_tail(self, rep, lines)
+            if st.offset == 0:  # restarted inside
+                return True
+            if handled:
+                consumed = lines[handled - 1][1]
         ahead = 0  # lines[:ahead] have been looked at for prefetching
-        for i, (line, end) in enumerate(lines):
+        for i, (line, end) in enumerate([] if batched else lines):
             if self.should_stop():
                 break
             if ahead < i + 1 + PREFETCH:
