@@ -791,3 +791,41 @@ def test_concurrent_reviews_share_one_check_per_digest(world: dict[str, Any], tm
     finally:
         reviewer.close()
     assert allowed == [True] * 20 and calls == [image]
+
+
+@pytestmark_slow
+def test_review_deadline_frees_the_workers_held_by_a_hanging_registry(world: dict[str, Any],
+                                                                      tmp_path: Path) -> None:
+    """The review deadline reaches the registry: tag resolutions on a registry that accepts connections and never
+    answers end at the deadline of the review that asked (net/fetch.deadline), not at the registry client's own
+    30 s timeouts (x 4 attempts x 2 schemes) long after the review was answered. With 2 workers and 4 such reviews
+    both workers were held, so the next review of a good image waited for a worker and missed its deadline too."""
+    import threading
+
+    from atomicsig.cli.webhook import load_policies
+    from atomicsig.webhook.review import Reviewer, WebhookSettings
+
+    cluster, namespaces = load_policies(str(world["policy"]), None, str(tmp_path))
+    reviewer = Reviewer(cluster, namespaces, WebhookSettings(tls_verify=False, workers=2, deadline=1.0))
+
+    def decide(*images: str) -> Any:
+        return reviewer.review(admission.parse_review(json.dumps(review(pod(*images))).encode()))
+    try:
+        hanging: list[Any] = []
+        threads = [threading.Thread(target=lambda i=i: hanging.append(decide(f"{world['hang']}/x/y:{i}")))
+                   for i in range(4)]
+        started = time.monotonic()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert time.monotonic() - started < 2.5
+        assert [o.allowed for o in hanging] == [False] * 4 and all("review deadline" in o.message or
+                                                                   "cannot reach" in o.message for o in hanging)
+        time.sleep(0.5)  # the workers end their requests at the deadline: free again
+        t0 = time.monotonic()
+        good = decide(f"{world['host']}/app/signed:1")
+        assert good.allowed, good.message
+        assert time.monotonic() - t0 < 0.9
+    finally:
+        reviewer.close()

@@ -39,6 +39,7 @@ from typing import Any
 
 from atomicsig.errors import EXIT_NEGATIVE, AtomicsigError, InputError, NotFound
 from atomicsig.format import admission, reference
+from atomicsig.net import fetch
 from atomicsig.ops.evaluate import Evaluation, Evaluator
 from atomicsig.ops.resolve import Resolver
 from atomicsig.ops.verify import ACCEPTED, ERROR, REJECTED
@@ -328,7 +329,7 @@ class Reviewer:
             self.cache_hits += 1
         return entry[1]
 
-    def _submit(self, image: str, policy: NodePolicy) -> tuple[cf.Future[ImageResult], bool]:
+    def _submit(self, image: str, policy: NodePolicy, until: float) -> tuple[cf.Future[ImageResult], bool]:
         """The check of ``image`` on the pool: (future, shared). With the cache on, concurrent reviews missing the
         same digest share one check (single flight) instead of each running its own. Without this, every entry
         expiring under load was re-checked by every review in flight at that moment — 50 reviews x 10 images at
@@ -336,13 +337,13 @@ class Reviewer:
         cache could have answered anyway is shared (``cache_ttl`` > 0, by digest); the shared check is younger
         than the review's own would have been by at most its run time."""
         if self.settings.cache_ttl <= 0 or "@" not in image:
-            return self._pool.submit(self._check_and_remember, image, policy), False
+            return self._pool.submit(self._check_and_remember, image, policy, until), False
         key = (policy.serial, image)
         with self._lock:
             fut = self._inflight.get(key)
             if fut is not None:
                 return fut, True
-            fut = self._pool.submit(self._check_and_remember, image, policy)
+            fut = self._pool.submit(self._check_and_remember, image, policy, until)
             self._inflight[key] = fut
 
         def forget(done: cf.Future[ImageResult]) -> None:
@@ -352,8 +353,13 @@ class Reviewer:
         fut.add_done_callback(forget)
         return fut, True
 
-    def _check_and_remember(self, image: str, policy: NodePolicy) -> ImageResult:
-        res = self.check_image(image, policy)
+    def _check_and_remember(self, image: str, policy: NodePolicy, until: float) -> ImageResult:
+        """:meth:`check_image` bounded by the review's deadline (``until``, monotonic): every registry and
+        lookaside request it makes ends by then (:func:`atomicsig.net.fetch.deadline`), so a hanging registry
+        holds a worker no longer than the review that asked, not for the registry client's 30 s x 4 attempts
+        after the review was already answered; the pool's workers stay free for the next reviews."""
+        with fetch.deadline(until):
+            res = self.check_image(image, policy)
         if self.settings.cache_ttl > 0 and "@" in image and not res.pinnable and res.decision != ERROR:
             now = time.monotonic()
             with self._lock:
@@ -396,7 +402,7 @@ class Reviewer:
         shared: set[str] = set()
         for img in distinct:
             if img not in results:
-                futures[img], is_shared = self._submit(img, policy)
+                futures[img], is_shared = self._submit(img, policy, started + s.deadline)
                 if is_shared:
                     shared.add(img)
         remaining = max(0.0, s.deadline - (time.monotonic() - started))
