@@ -89,13 +89,13 @@ def _load_average() -> float:
 class Webhook:
     """The webhook child process for one ``--cache-ttl``."""
 
-    def __init__(self, work: Path, policy: Path, cert: Path, key: Path, cache_ttl: str) -> None:
+    def __init__(self, work: Path, policy: Path, cert: Path, key: Path, cache_ttl: str, threads: int = 16) -> None:
         self.port = env.free_port()
         self.log_path = work / f"webhook-{cache_ttl}.log"
         log = open(self.log_path, "wb")  # noqa: SIM115 - handed to the child
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "atomicsig", "webhook", "-f", str(policy), "--listen", f"127.0.0.1:{self.port}",
-             "--tls-cert", str(cert), "--tls-key", str(key), "--tls-verify=false", "--threads", "16",
+             "--tls-cert", str(cert), "--tls-key", str(key), "--tls-verify=false", "--threads", str(threads),
              "--cache-ttl", cache_ttl],
             env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL, stderr=log, cwd=work)
         log.close()  # the child has it; one line per review (a pipe nobody reads would fill and stall the server)
@@ -232,6 +232,7 @@ def main() -> int:
                                                          "(0: every image evaluated at every review)")
     ap.add_argument("--keepalive", choices=["both", "on", "off"], default="both",
                     help="ab only: with keep-alive (-k), without (a TLS handshake per review), or both")
+    ap.add_argument("--threads", type=int, default=16, help="the webhook's --threads (HTTP worker threads)")
     ap.add_argument("--json", dest="json_out")
     args = ap.parse_args()
     from tests.tokenserver import self_signed
@@ -266,7 +267,7 @@ def main() -> int:
 
         runs = []
         for ttl in args.cache_ttl.split(","):
-            hook = Webhook(work, policy, cert, tlskey, ttl.strip())
+            hook = Webhook(work, policy, cert, tlskey, ttl.strip(), args.threads)
             _one_review(hook.port, str(cert), images)  # verified, allowed; and the cache warm (ttl > 0)
             modes = [True] if args.client == "python" or args.keepalive == "on" else \
                 [False] if args.keepalive == "off" else [True, False]

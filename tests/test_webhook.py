@@ -829,3 +829,43 @@ def test_review_deadline_frees_the_workers_held_by_a_hanging_registry(world: dic
         assert time.monotonic() - t0 < 0.9
     finally:
         reviewer.close()
+
+
+@pytestmark_slow
+def test_cached_entry_is_refreshed_ahead_without_making_reviews_wait(world: dict[str, Any], tmp_path: Path) -> None:
+    """Refresh-ahead: a hit in the last fifth of an entry's cache_ttl is answered from the entry at once and starts
+    one background check; the refreshed entry answers after the old one's expiry, so under steady load no review
+    waits for a re-check (before: every cache_ttl, the reviews in flight all waited for the shared check, the p99+
+    tail). No answer older than cache_ttl is served: an entry nobody refreshed expires and is checked again."""
+    from atomicsig.cli.webhook import load_policies
+    from atomicsig.webhook.review import Reviewer, WebhookSettings
+
+    cluster, namespaces = load_policies(str(world["policy"]), None, str(tmp_path))
+    reviewer = Reviewer(cluster, namespaces, WebhookSettings(tls_verify=False, cache_ttl=2.0))
+    calls: list[float] = []
+    check = reviewer.check_image
+
+    def slow(image: str, policy: Any) -> Any:
+        calls.append(time.monotonic())
+        time.sleep(0.6)  # a slow signature store
+        return check(image, policy)
+    reviewer.check_image = slow  # type: ignore[method-assign]
+    image = f"{world['host']}/app/signed@{world['digests']['app/signed:1']}"
+
+    def timed() -> float:
+        t0 = time.monotonic()
+        assert reviewer.review(admission.parse_review(json.dumps(review(pod(image))).encode())).allowed
+        return time.monotonic() - t0
+    try:
+        assert timed() >= 0.6 and len(calls) == 1  # a miss waits for its check
+        first = calls[0]
+        time.sleep(max(0.0, first + 0.6 + 1.7 - time.monotonic()))  # the entry's last fifth (expires at ~2.6)
+        assert timed() < 0.3  # answered from the entry, and one refresh started on the pool
+        _wait_for(lambda: len(calls) == 2, "the background refresh", timeout=2)
+        assert timed() < 0.3 and len(calls) == 2  # single flight: no second refresh
+        time.sleep(max(0.0, first + 0.6 + 2.2 - time.monotonic()))  # the first entry has expired; the refresh landed
+        assert timed() < 0.3 and len(calls) == 2
+        time.sleep(2.1)  # nobody refreshed it in its last fifth: expired, checked again (waits)
+        assert timed() >= 0.6 and len(calls) == 3
+    finally:
+        reviewer.close()

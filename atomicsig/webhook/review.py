@@ -307,6 +307,13 @@ class Reviewer:
 
     #: Entries kept at most; when full, expired ones are dropped, then everything (a burst of new digests).
     CACHE_MAX = 10_000
+    #: Refresh-ahead: a hit on an entry in the last fifth of its ``cache_ttl`` starts one check in the background
+    #: (single flight) and is answered from the entry, which is still within its bound. Under steady load an
+    #: entry is replaced before it expires, so no review waits for a re-check: before this, every ``cache_ttl``
+    #: all reviews in flight waited for the one shared check, under the same 50-review contention (the p99+
+    #: tail of bench/load_webhook.py). The bound is unchanged: no answer older than ``cache_ttl`` is served
+    #: (an entry that expires before its refresh lands is a miss, as before).
+    REFRESH_AHEAD = 0.2
 
     def _cached(self, policy: NodePolicy, image: str) -> ImageResult | None:
         """A decided answer for an image pinned by digest, at most ``cache_ttl`` seconds old.
@@ -321,12 +328,16 @@ class Reviewer:
         cores (bench/load_webhook.py)."""
         if self.settings.cache_ttl <= 0:
             return None
+        key = (policy.serial, image)
+        now = time.monotonic()
         with self._lock:
-            entry = self._cache.get((policy.serial, image))
-        if entry is None or entry[0] < time.monotonic():
-            return None
-        with self._lock:
+            entry = self._cache.get(key)
+            if entry is None or entry[0] < now:
+                return None
             self.cache_hits += 1
+            refresh = entry[0] - now < self.settings.cache_ttl * self.REFRESH_AHEAD and key not in self._inflight
+        if refresh:
+            self._submit(image, policy, now + self.settings.deadline)  # in the background: nobody waits for it
         return entry[1]
 
     def _submit(self, image: str, policy: NodePolicy, until: float) -> tuple[cf.Future[ImageResult], bool]:
