@@ -869,3 +869,44 @@ def test_cached_entry_is_refreshed_ahead_without_making_reviews_wait(world: dict
         assert timed() >= 0.6 and len(calls) == 3
     finally:
         reviewer.close()
+
+
+@pytestmark_slow
+def test_pinning_leaves_images_whose_scope_matches_the_exact_tag(world: dict[str, Any], tmp_path: Path) -> None:
+    """--pin-digests under ``identity: {type: matchExact}``: the signature claims ``name:tag``, a pull of
+    ``name@digest`` is refused by the node (real skopeo under the policy.json `policy apply` writes), so the webhook
+    allows the pod as decided, does not pin that image, and says why; an image under the default identity in the
+    same pod is still pinned. Before, the patch pinned both, and the node refused the pinned one."""
+    from atomicsig.cli.webhook import load_policies
+    from atomicsig.webhook.review import Reviewer, WebhookSettings
+    from tests.infra import apply_policy, skopeo_pull
+
+    host, dg = world["host"], world["digests"]
+    signed = {"signed-by": "trusted", "lookaside": f"file://{world['work'] / 'sigstore'}"}
+    policy = Path(world["work"]) / "policy-exact.yaml"
+    policy.write_text(yaml.safe_dump({
+        "default": "reject", "keys": {"trusted": {"file": "trusted.gpg"}},
+        "scopes": {f"{host}/app/signed": {**signed, "identity": {"type": "matchExact"}}, f"{host}/team": signed}}))
+    root = tmp_path / "node"
+    apply_policy(policy, root)
+    pol, regd = root / "etc/containers/policy.json", root / "etc/containers/registries.d"
+    exact, plain = f"{host}/app/signed:1", f"{host}/team/signed:1"
+    assert skopeo_pull(exact, pol, regd, tmp_path).returncode == 0  # the node accepts the tag ...
+    assert skopeo_pull(f"{host}/app/signed@{dg['app/signed:1']}", pol, regd, tmp_path).returncode != 0  # not the pin
+    assert skopeo_pull(f"{host}/team/signed@{dg['team/signed:1']}", pol, regd, tmp_path).returncode == 0
+
+    cluster, namespaces = load_policies(str(policy), None, str(tmp_path / "staged"))
+    reviewer = Reviewer(cluster, namespaces, WebhookSettings(tls_verify=False, pin_digests=True))
+    try:
+        obj = workload("Deployment", exact, plain)
+        out = reviewer.review(admission.parse_review(json.dumps(review(obj)).encode()), mutate=True)
+        assert out.allowed, out.message
+        assert out.patch == [{"op": "replace", "path": "/spec/template/spec/containers/1/image",
+                              "value": f"{host}/team/signed@{dg['team/signed:1']}"}]
+        why = [w for w in out.warnings if "not pinned" in w]
+        assert len(why) == 1 and why[0].startswith(f"atomicsig: image {exact} not pinned: the node's policy would "
+                                                   "refuse it by digest"), out.warnings
+        validated = reviewer.review(admission.parse_review(json.dumps(review(obj)).encode()))
+        assert validated.allowed and not validated.patch
+    finally:
+        reviewer.close()

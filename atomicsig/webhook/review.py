@@ -93,6 +93,7 @@ class ImageResult:
     digest: str = ""  # what the pod would be pinned to: the tag's digest (a list's own digest), or the one given
     checked: tuple[str, ...] = ()  # the manifest digests evaluated (the instances of a list)
     pinnable: bool = False  # given by tag and resolved: a patch can pin it
+    not_pinned: str = ""  # accepted by tag, but the node's policy would refuse name@digest: why (never pinned)
 
     def describe(self) -> str:
         at = f" ({self.digest})" if self.digest else ""
@@ -291,7 +292,32 @@ class Reviewer:
         res.reason = "; ".join(notes) if notes else "every requirement passed"
         if evs:
             res.scope, res.mode = evs[0].scope, evs[0].mode
+        if res.pinnable and res.decision == ACCEPTED and self.settings.pin_digests:
+            self._check_pin(res, ref, evaluator, [d for _, d in evaluated])
         return res
+
+    def _check_pin(self, res: ImageResult, ref: reference.Reference, evaluator: Evaluator,
+                   digests: list[str]) -> None:
+        """Would the node accept the pinned reference ``name@digest`` as it accepts ``name:tag``? Judged by the
+        same evaluation, under the name the node would then pull.
+
+        Not always: under ``signedIdentity: matchExact`` the signature's claimed ``name:tag`` must equal the
+        pulled reference, and ``name@digest`` never does (SPEC §2.4); a pin would turn an admitted pod into an
+        ImagePullBackOff. ``name:tag@digest`` does not help: c/image's docker transport refuses a reference with
+        both a tag and a digest, and matchExact would compare the whole string anyway. So such an image is left
+        as the user wrote it (allowed, as decided) and :meth:`_decide` warns why it was not pinned. The digest
+        scope (``name@digest``) can also differ from the tag's in policy.json; this catches that as well."""
+        pinned = reference.parse(f"{ref.name}@{res.digest}")
+        for d in digests:
+            try:
+                ev = evaluator.evaluate(pinned, d)
+            except AtomicsigError as exc:
+                res.pinnable, res.not_pinned = False, f"could not check it by digest: {exc.message}"
+                return
+            if ev.decision != ACCEPTED:
+                res.pinnable = False
+                res.not_pinned = f"the node's policy would refuse it by digest ({res.digest[:19]}…): {ev.reason}"
+                return
 
     def _scope_of(self, image: str, policy: NodePolicy) -> tuple[str, str]:
         """(winning scope, "audit"|"enforce") for an image whose check did not finish; no I/O."""
@@ -440,7 +466,9 @@ class Reviewer:
         warnings: list[str] = []
         for r in results.values():
             if r.decision == ACCEPTED:
-                if r.pinnable and not mutate:
+                if r.not_pinned and mutate:
+                    warnings.append(f"atomicsig: image {r.image} not pinned: {r.not_pinned}")  # why first
+                if (r.pinnable or r.not_pinned) and not mutate:
                     warnings.append(f"atomicsig: image {r.image} was checked at {r.digest}; the tag may move "
                                     "before the node pulls it (pin the digest)")
                 continue
