@@ -910,3 +910,31 @@ def test_pinning_leaves_images_whose_scope_matches_the_exact_tag(world: dict[str
         assert validated.allowed and not validated.patch
     finally:
         reviewer.close()
+
+
+def test_review_log_lines_are_written_by_one_writer_thread(capsys: pytest.CaptureFixture[str]) -> None:
+    """The per-review line is queued by the request thread and written by the writer thread (no handler lock on
+    the request path), in the --log-format chosen, and nothing queued is lost when the writer stops at exit."""
+    import logging
+    import logging.handlers
+    import threading
+
+    from atomicsig.cli.webhook import _setup_logging
+
+    lg = logging.getLogger("atomicsig.webhook")
+    before = list(lg.handlers)
+    writer = _setup_logging("json")
+    try:
+        assert all(isinstance(h, logging.handlers.QueueHandler) for h in lg.handlers if h not in before)
+        threads = [threading.Thread(target=lambda i=i: lg.info("review %s %s", f"uid-{i}", "allowed"))
+                   for i in range(20)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        writer.stop()
+        for h in [h for h in lg.handlers if h not in before]:
+            lg.removeHandler(h)
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert sorted(d["msg"] for d in lines) == sorted(f"review uid-{i} allowed" for i in range(20))
