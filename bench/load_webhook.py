@@ -19,7 +19,8 @@
    run_ab). ``--client python``: the former generator
    (http.client threads, keep-alive, certificate verified, every answer's uid and ``allowed`` checked).
    Printed per run: latency p50/p95/p99/max, reviews/s, the server's CPU per review (its /proc stat over the
-   run), the 1-minute load average at the end.
+   run), the 1-minute load average at the end; with keep-alive also ``steady_*``: the same without each
+   connection's first review, whose TLS handshake ab counts in it (ab's ``-g`` timeline: connect time > 0).
 4. **Peer.** The only other way to learn the same answer on a node: ``skopeo copy`` of each image to ``dir:``
    under the policy.json and registries.d that ``policy apply`` writes from the same YAML (a pull decides the
    policy), ``--skopeo-rounds`` times over the images; per image and per pod (x containers), and the ratio of a
@@ -89,13 +90,13 @@ def _load_average() -> float:
 class Webhook:
     """The webhook child process for one ``--cache-ttl``."""
 
-    def __init__(self, work: Path, policy: Path, cert: Path, key: Path, cache_ttl: str) -> None:
+    def __init__(self, work: Path, policy: Path, cert: Path, key: Path, cache_ttl: str, threads: int = 16) -> None:
         self.port = env.free_port()
         self.log_path = work / f"webhook-{cache_ttl}.log"
         log = open(self.log_path, "wb")  # noqa: SIM115 - handed to the child
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "atomicsig", "webhook", "-f", str(policy), "--listen", f"127.0.0.1:{self.port}",
-             "--tls-cert", str(cert), "--tls-key", str(key), "--tls-verify=false", "--threads", "16",
+             "--tls-cert", str(cert), "--tls-key", str(key), "--tls-verify=false", "--threads", str(threads),
              "--cache-ttl", cache_ttl],
             env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL, stderr=log, cwd=work)
         log.close()  # the child has it; one line per review (a pipe nobody reads would fill and stall the server)
@@ -142,7 +143,8 @@ def run_ab(hook: Webhook, work: Path, images: list[str], args: argparse.Namespac
     pct = work / "ab-percentiles.csv"
     n = args.concurrency * args.rounds
     cmd = ["ab", "-q", "-r", "-s", "30", "-c", str(args.concurrency), "-n", str(n), "-p", str(body), "-T",
-           "application/json", "-e", str(pct), *(["-k"] if keepalive else ["-l"]), f"{hook.base}/validate"]
+           "application/json", "-e", str(pct), *(["-k"] if keepalive else ["-l"]),
+           "-g", args.ab_timeline or str(work / "ab-timeline.tsv"), f"{hook.base}/validate"]
     # -l without keep-alive: ab then reads each TLS answer until the connection closes and takes the first read
     # (the head alone) as "the" length, so every later answer counted as a Length failure (an ab artefact; the
     # byte count it reports is right). Non-2xx answers still count.
@@ -160,7 +162,14 @@ def run_ab(hook: Webhook, work: Path, images: list[str], args: argparse.Namespac
         field("Non-2xx responses"))
     if failed or non2xx:
         print(out.stdout, file=sys.stderr)
+    # ab's timeline: ctime (connect, TLS handshake included) is > 0 only for each connection's first request. With
+    # keep-alive those 50 of the run carry 50 handshakes at once (0.2-1 s each: half the run's 1 % tail); the
+    # API server keeps its connections, so the "steady" figures leave them out (the others are unchanged).
+    rows = [ln.split("\t") for ln in Path(args.ab_timeline or work / "ab-timeline.tsv").read_text().splitlines()[1:]]
+    steady = sorted(float(r[4]) for r in rows if len(r) > 4 and r[2] == "0")
     return {"reviews": done, "failures": failed + non2xx + (n - done),
+            **({"steady_reviews": len(steady), "steady_p50_ms": _pct(steady, 50), "steady_p95_ms": _pct(steady, 95),
+                "steady_p99_ms": _pct(steady, 99), "steady_max_ms": steady[-1]} if keepalive and steady else {}),
             "p50_ms": percent[50], "p90_ms": percent[90], "p95_ms": percent[95], "p99_ms": percent[99],
             "max_ms": float(next(ln.split()[1] for ln in out.stdout.splitlines() if "(longest request)" in ln)),
             "reviews_per_s": float(field("Requests per second")),
@@ -232,6 +241,9 @@ def main() -> int:
                                                          "(0: every image evaluated at every review)")
     ap.add_argument("--keepalive", choices=["both", "on", "off"], default="both",
                     help="ab only: with keep-alive (-k), without (a TLS handshake per review), or both")
+    ap.add_argument("--threads", type=int, default=16, help="the webhook's --threads (HTTP worker threads)")
+    ap.add_argument("--ab-timeline", metavar="FILE", help="ab only: keep ab's per-request timeline (-g: start "
+                                                          "second, connect and total time of each review)")
     ap.add_argument("--json", dest="json_out")
     args = ap.parse_args()
     from tests.tokenserver import self_signed
@@ -266,7 +278,7 @@ def main() -> int:
 
         runs = []
         for ttl in args.cache_ttl.split(","):
-            hook = Webhook(work, policy, cert, tlskey, ttl.strip())
+            hook = Webhook(work, policy, cert, tlskey, ttl.strip(), args.threads)
             _one_review(hook.port, str(cert), images)  # verified, allowed; and the cache warm (ttl > 0)
             modes = [True] if args.client == "python" or args.keepalive == "on" else \
                 [False] if args.keepalive == "off" else [True, False]

@@ -270,3 +270,30 @@ def test_free_port_takes_turns_in_its_block(monkeypatch: pytest.MonkeyPatch) -> 
     assert len(ports) == 5 and all(23000 <= p < 23500 for p in ports)
     monkeypatch.setenv(env.PORT_BLOCK_ENV, "70000")
     assert 0 < env.free_port() < 65536
+
+
+def test_deadline_bounds_every_request_of_the_thread() -> None:
+    """fetch.deadline: a registry client built with 30 s timeouts and 3 retries, asking a peer that accepts the
+    connection and never answers, gives up at the caller's bound (a webhook review's deadline), not after
+    minutes; a request begun past the bound fails at once; outside the block the client's own timeouts apply."""
+    import socket
+
+    hang = socket.socket()
+    hang.bind(("127.0.0.1", 0))
+    hang.listen(16)  # connections complete in the backlog; nothing is ever read or answered
+    try:
+        client = RegistryClient(f"127.0.0.1:{hang.getsockname()[1]}", tls_verify=False)
+        assert client.timeout == 30.0 and client.retries == 3
+        started = time.monotonic()
+        with fetch.deadline(started + 0.6), pytest.raises(RegistryError, match="cannot reach registry"):
+            client.get_manifest(parse(f"{client.host}/a/b:1"))
+        assert time.monotonic() - started < 1.5
+        with fetch.deadline(time.monotonic() - 1), pytest.raises(fetch.NetError) as info:
+            client.fetcher.request("GET", f"http://{client.host}/v2/")
+        assert info.value.timed_out
+        with fetch.deadline(time.monotonic() + 5), fetch.deadline(time.monotonic() + 0.3):
+            left = fetch.time_left()
+            assert left is not None and left <= 0.3  # nested: the earlier bound wins
+        assert fetch.time_left() is None
+    finally:
+        hang.close()

@@ -791,3 +791,150 @@ def test_concurrent_reviews_share_one_check_per_digest(world: dict[str, Any], tm
     finally:
         reviewer.close()
     assert allowed == [True] * 20 and calls == [image]
+
+
+@pytestmark_slow
+def test_review_deadline_frees_the_workers_held_by_a_hanging_registry(world: dict[str, Any],
+                                                                      tmp_path: Path) -> None:
+    """The review deadline reaches the registry: tag resolutions on a registry that accepts connections and never
+    answers end at the deadline of the review that asked (net/fetch.deadline), not at the registry client's own
+    30 s timeouts (x 4 attempts x 2 schemes) long after the review was answered. With 2 workers and 4 such reviews
+    both workers were held, so the next review of a good image waited for a worker and missed its deadline too."""
+    import threading
+
+    from atomicsig.cli.webhook import load_policies
+    from atomicsig.webhook.review import Reviewer, WebhookSettings
+
+    cluster, namespaces = load_policies(str(world["policy"]), None, str(tmp_path))
+    reviewer = Reviewer(cluster, namespaces, WebhookSettings(tls_verify=False, workers=2, deadline=1.0))
+
+    def decide(*images: str) -> Any:
+        return reviewer.review(admission.parse_review(json.dumps(review(pod(*images))).encode()))
+    try:
+        hanging: list[Any] = []
+        threads = [threading.Thread(target=lambda i=i: hanging.append(decide(f"{world['hang']}/x/y:{i}")))
+                   for i in range(4)]
+        started = time.monotonic()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert time.monotonic() - started < 2.5
+        assert [o.allowed for o in hanging] == [False] * 4 and all("review deadline" in o.message or
+                                                                   "cannot reach" in o.message for o in hanging)
+        time.sleep(0.5)  # the workers end their requests at the deadline: free again
+        t0 = time.monotonic()
+        good = decide(f"{world['host']}/app/signed:1")
+        assert good.allowed, good.message
+        assert time.monotonic() - t0 < 0.9
+    finally:
+        reviewer.close()
+
+
+@pytestmark_slow
+def test_cached_entry_is_refreshed_ahead_without_making_reviews_wait(world: dict[str, Any], tmp_path: Path) -> None:
+    """Refresh-ahead: a hit in the last fifth of an entry's cache_ttl is answered from the entry at once and starts
+    one background check; the refreshed entry answers after the old one's expiry, so under steady load no review
+    waits for a re-check (before: every cache_ttl, the reviews in flight all waited for the shared check, the p99+
+    tail). No answer older than cache_ttl is served: an entry nobody refreshed expires and is checked again."""
+    from atomicsig.cli.webhook import load_policies
+    from atomicsig.webhook.review import Reviewer, WebhookSettings
+
+    cluster, namespaces = load_policies(str(world["policy"]), None, str(tmp_path))
+    reviewer = Reviewer(cluster, namespaces, WebhookSettings(tls_verify=False, cache_ttl=2.0))
+    calls: list[float] = []
+    check = reviewer.check_image
+
+    def slow(image: str, policy: Any) -> Any:
+        calls.append(time.monotonic())
+        time.sleep(0.6)  # a slow signature store
+        return check(image, policy)
+    reviewer.check_image = slow  # type: ignore[method-assign]
+    image = f"{world['host']}/app/signed@{world['digests']['app/signed:1']}"
+
+    def timed() -> float:
+        t0 = time.monotonic()
+        assert reviewer.review(admission.parse_review(json.dumps(review(pod(image))).encode())).allowed
+        return time.monotonic() - t0
+    try:
+        assert timed() >= 0.6 and len(calls) == 1  # a miss waits for its check
+        first = calls[0]
+        time.sleep(max(0.0, first + 0.6 + 1.7 - time.monotonic()))  # the entry's last fifth (expires at ~2.6)
+        assert timed() < 0.3  # answered from the entry, and one refresh started on the pool
+        _wait_for(lambda: len(calls) == 2, "the background refresh", timeout=2)
+        assert timed() < 0.3 and len(calls) == 2  # single flight: no second refresh
+        time.sleep(max(0.0, first + 0.6 + 2.2 - time.monotonic()))  # the first entry has expired; the refresh landed
+        assert timed() < 0.3 and len(calls) == 2
+        time.sleep(2.1)  # nobody refreshed it in its last fifth: expired, checked again (waits)
+        assert timed() >= 0.6 and len(calls) == 3
+    finally:
+        reviewer.close()
+
+
+@pytestmark_slow
+def test_pinning_leaves_images_whose_scope_matches_the_exact_tag(world: dict[str, Any], tmp_path: Path) -> None:
+    """--pin-digests under ``identity: {type: matchExact}``: the signature claims ``name:tag``, a pull of
+    ``name@digest`` is refused by the node (real skopeo under the policy.json `policy apply` writes), so the webhook
+    allows the pod as decided, does not pin that image, and says why; an image under the default identity in the
+    same pod is still pinned. Before, the patch pinned both, and the node refused the pinned one."""
+    from atomicsig.cli.webhook import load_policies
+    from atomicsig.webhook.review import Reviewer, WebhookSettings
+    from tests.infra import apply_policy, skopeo_pull
+
+    host, dg = world["host"], world["digests"]
+    signed = {"signed-by": "trusted", "lookaside": f"file://{world['work'] / 'sigstore'}"}
+    policy = Path(world["work"]) / "policy-exact.yaml"
+    policy.write_text(yaml.safe_dump({
+        "default": "reject", "keys": {"trusted": {"file": "trusted.gpg"}},
+        "scopes": {f"{host}/app/signed": {**signed, "identity": {"type": "matchExact"}}, f"{host}/team": signed}}))
+    root = tmp_path / "node"
+    apply_policy(policy, root)
+    pol, regd = root / "etc/containers/policy.json", root / "etc/containers/registries.d"
+    exact, plain = f"{host}/app/signed:1", f"{host}/team/signed:1"
+    assert skopeo_pull(exact, pol, regd, tmp_path).returncode == 0  # the node accepts the tag ...
+    assert skopeo_pull(f"{host}/app/signed@{dg['app/signed:1']}", pol, regd, tmp_path).returncode != 0  # not the pin
+    assert skopeo_pull(f"{host}/team/signed@{dg['team/signed:1']}", pol, regd, tmp_path).returncode == 0
+
+    cluster, namespaces = load_policies(str(policy), None, str(tmp_path / "staged"))
+    reviewer = Reviewer(cluster, namespaces, WebhookSettings(tls_verify=False, pin_digests=True))
+    try:
+        obj = workload("Deployment", exact, plain)
+        out = reviewer.review(admission.parse_review(json.dumps(review(obj)).encode()), mutate=True)
+        assert out.allowed, out.message
+        assert out.patch == [{"op": "replace", "path": "/spec/template/spec/containers/1/image",
+                              "value": f"{host}/team/signed@{dg['team/signed:1']}"}]
+        why = [w for w in out.warnings if "not pinned" in w]
+        assert len(why) == 1 and why[0].startswith(f"atomicsig: image {exact} not pinned: the node's policy would "
+                                                   "refuse it by digest"), out.warnings
+        validated = reviewer.review(admission.parse_review(json.dumps(review(obj)).encode()))
+        assert validated.allowed and not validated.patch
+    finally:
+        reviewer.close()
+
+
+def test_review_log_lines_are_written_by_one_writer_thread(capsys: pytest.CaptureFixture[str]) -> None:
+    """The per-review line is queued by the request thread and written by the writer thread (no handler lock on
+    the request path), in the --log-format chosen, and nothing queued is lost when the writer stops at exit."""
+    import logging
+    import logging.handlers
+    import threading
+
+    from atomicsig.cli.webhook import _setup_logging
+
+    lg = logging.getLogger("atomicsig.webhook")
+    before = list(lg.handlers)
+    writer = _setup_logging("json")
+    try:
+        assert all(isinstance(h, logging.handlers.QueueHandler) for h in lg.handlers if h not in before)
+        threads = [threading.Thread(target=lambda i=i: lg.info("review %s %s", f"uid-{i}", "allowed"))
+                   for i in range(20)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        writer.stop()
+        for h in [h for h in lg.handlers if h not in before]:
+            lg.removeHandler(h)
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert sorted(d["msg"] for d in lines) == sorted(f"review uid-{i} allowed" for i in range(20))

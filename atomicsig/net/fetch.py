@@ -8,7 +8,9 @@ client and the sync follower goes through a :class:`Fetcher` (issue 13 #3), so t
   ("<what> is larger than <limit> bytes", SPEC §8), one ``recv`` per read so a per-read timeout really bounds a
   dripping peer, a body shorter than its ``Content-Length`` is an error, never a silently short signature;
 * **timeouts**: ``(connect, read)`` seconds per request; a caller with a total deadline (the sync pass) shortens
-  them per read and cuts every exchange in flight with :meth:`Fetcher.abort_inflight`;
+  them per read and cuts every exchange in flight with :meth:`Fetcher.abort_inflight`; a caller with a deadline
+  of its own (a webhook review) wraps its work in :func:`deadline`, which caps every request of its thread —
+  connect, each read, each retry's backoff — at the time left, whatever fetcher makes it;
 * **retries** with exponential backoff and jitter on connection errors, 429 and 5xx, for safe methods only (a
   retried signature PUT could store it twice, or fail as 409 after the first one landed); ``Retry-After`` is
   honoured up to :data:`RETRY_AFTER_CAP` seconds, a longer one ends the retries at once;
@@ -72,6 +74,42 @@ DRAIN_LIMIT = 65536
 
 #: What :meth:`Fetcher.request` returns (callers outside ``net/`` never import requests).
 Response = requests.Response
+
+#: :func:`deadline`'s per-thread bound (``at``: a time.monotonic() value, or absent).
+_bound = threading.local()
+
+
+@contextlib.contextmanager
+def deadline(at: float | None) -> Iterator[None]:
+    """Every request this thread makes inside the block ends by ``at`` (``time.monotonic()``; None: no bound).
+
+    The fetchers' own timeouts (a registry's 30 s per attempt, and 3 retries) are right for a CLI run, but a
+    caller that has already given up at its own deadline (a webhook review answers "not decided within the
+    deadline") would otherwise keep a worker thread on a hanging registry for minutes after answering. Inside
+    the block the connect and read timeouts are the time left (when shorter), a retry whose backoff would end
+    past ``at`` is not made, and a request started after ``at`` fails at once with a timed-out
+    :class:`NetError`. Nested blocks keep the earlier bound."""
+    prev: float | None = getattr(_bound, "at", None)
+    _bound.at = at if prev is None else prev if at is None else min(prev, at)
+    try:
+        yield
+    finally:
+        _bound.at = prev
+
+
+def time_left() -> float | None:
+    """Seconds until this thread's :func:`deadline` (may be <= 0), or None outside one."""
+    at: float | None = getattr(_bound, "at", None)
+    return None if at is None else at - time.monotonic()
+
+
+def _capped(timeout: float | tuple[float, float], left: float | None) -> float | tuple[float, float]:
+    if left is None:
+        return timeout
+    left = max(left, 0.001)
+    if isinstance(timeout, tuple):
+        return (min(timeout[0], left), min(timeout[1], left))
+    return min(timeout, left)
 
 
 class NetError(RegistryError):
@@ -228,23 +266,29 @@ class Fetcher:
         retries = self.retries if method.upper() in SAFE_METHODS else 0
         delay = 0.2
         for attempt in range(retries + 1):
+            left = time_left()
+            if left is not None and left <= 0:
+                raise NetError(url, TimeoutError("the caller's deadline passed before the request was sent"))
             try:
                 resp = self.session.request(
                     method, url, headers=hdrs, params=params, data=data, auth=auth, stream=True,
                     proxies=self._proxies_for(url),
-                    timeout=self.timeout if timeout is None else timeout, verify=self.verify, cert=self.cert,
-                    allow_redirects=self.redirects if allow_redirects is None else allow_redirects)
+                    timeout=_capped(self.timeout if timeout is None else timeout, left), verify=self.verify,
+                    cert=self.cert, allow_redirects=self.redirects if allow_redirects is None else allow_redirects)
             except requests.exceptions.SSLError as exc:
                 raise NetError(url, exc) from exc  # a TLS failure does not heal on a retry
             except requests.RequestException as exc:
-                if attempt == retries or not isinstance(exc, requests.ConnectionError | requests.Timeout):
-                    raise NetError(url, exc) from exc
                 wait = delay * (1 + random.random())  # noqa: S311 - jitter, not crypto
+                left = time_left()
+                if attempt == retries or not isinstance(exc, requests.ConnectionError | requests.Timeout) or \
+                        (left is not None and left <= wait):
+                    raise NetError(url, exc) from exc
             else:
                 if resp.status_code not in RETRY_STATUSES or attempt == retries:
                     return resp
                 asked = retry_after(resp.headers.get("Retry-After"), delay * (1 + random.random()))  # noqa: S311
-                if asked is None:
+                left = time_left()
+                if asked is None or (left is not None and left <= asked):
                     return resp  # the server asks for more patience than we have: report its answer now
                 release(resp)
                 wait = asked
@@ -333,6 +377,10 @@ def read_body(resp: Response, limit: int, what: str, *, truncate: bool = False,
         while True:
             if read_timeout is not None:
                 _set_read_timeout(resp, read_timeout())
+            elif (left := time_left()) is not None:  # deadline(): a dripping peer is cut off at the bound too
+                if left <= 0:
+                    raise TimeoutError("the caller's deadline passed")
+                _set_read_timeout(resp, min(left, _read_timeout_of(resp)))
             chunk = resp.raw.read1(CHUNK, decode_content=True)
             if not chunk:
                 break

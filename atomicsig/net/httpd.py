@@ -514,7 +514,9 @@ class HardenedServer(wsgi.Server):  # type: ignore[misc]
         self.limits = limits
         self.max_request_header_size = limits.max_header_bytes
         self.max_request_body_size = limits.max_body
-        self.keep_alive_conn_limit = limits.max_connections
+        # The guard caps every open connection at max_connections, keep-alive ones included; cheroot's own
+        # keep-alive cap would count its selector under a lock after every request (webhook profile).
+        self.keep_alive_conn_limit = None  # type: ignore[assignment]  # cheroot reads None as "no cap"
         self.guard = _Guard(self, limits, peek=not tls)
         self._bind_error: OSError | None = None
         # The reserved health worker: /healthz must answer while every pool worker is held (slow bodies, slow

@@ -39,6 +39,7 @@ from typing import Any
 
 from atomicsig.errors import EXIT_NEGATIVE, AtomicsigError, InputError, NotFound
 from atomicsig.format import admission, reference
+from atomicsig.net import fetch
 from atomicsig.ops.evaluate import Evaluation, Evaluator
 from atomicsig.ops.resolve import Resolver
 from atomicsig.ops.verify import ACCEPTED, ERROR, REJECTED
@@ -92,6 +93,7 @@ class ImageResult:
     digest: str = ""  # what the pod would be pinned to: the tag's digest (a list's own digest), or the one given
     checked: tuple[str, ...] = ()  # the manifest digests evaluated (the instances of a list)
     pinnable: bool = False  # given by tag and resolved: a patch can pin it
+    not_pinned: str = ""  # accepted by tag, but the node's policy would refuse name@digest: why (never pinned)
 
     def describe(self) -> str:
         at = f" ({self.digest})" if self.digest else ""
@@ -290,7 +292,32 @@ class Reviewer:
         res.reason = "; ".join(notes) if notes else "every requirement passed"
         if evs:
             res.scope, res.mode = evs[0].scope, evs[0].mode
+        if res.pinnable and res.decision == ACCEPTED and self.settings.pin_digests:
+            self._check_pin(res, ref, evaluator, [d for _, d in evaluated])
         return res
+
+    def _check_pin(self, res: ImageResult, ref: reference.Reference, evaluator: Evaluator,
+                   digests: list[str]) -> None:
+        """Would the node accept the pinned reference ``name@digest`` as it accepts ``name:tag``? Judged by the
+        same evaluation, under the name the node would then pull.
+
+        Not always: under ``signedIdentity: matchExact`` the signature's claimed ``name:tag`` must equal the
+        pulled reference, and ``name@digest`` never does (SPEC §2.4); a pin would turn an admitted pod into an
+        ImagePullBackOff. ``name:tag@digest`` does not help: c/image's docker transport refuses a reference with
+        both a tag and a digest, and matchExact would compare the whole string anyway. So such an image is left
+        as the user wrote it (allowed, as decided) and :meth:`_decide` warns why it was not pinned. The digest
+        scope (``name@digest``) can also differ from the tag's in policy.json; this catches that as well."""
+        pinned = reference.parse(f"{ref.name}@{res.digest}")
+        for d in digests:
+            try:
+                ev = evaluator.evaluate(pinned, d)
+            except AtomicsigError as exc:
+                res.pinnable, res.not_pinned = False, f"could not check it by digest: {exc.message}"
+                return
+            if ev.decision != ACCEPTED:
+                res.pinnable = False
+                res.not_pinned = f"the node's policy would refuse it by digest ({res.digest[:19]}…): {ev.reason}"
+                return
 
     def _scope_of(self, image: str, policy: NodePolicy) -> tuple[str, str]:
         """(winning scope, "audit"|"enforce") for an image whose check did not finish; no I/O."""
@@ -306,6 +333,13 @@ class Reviewer:
 
     #: Entries kept at most; when full, expired ones are dropped, then everything (a burst of new digests).
     CACHE_MAX = 10_000
+    #: Refresh-ahead: a hit on an entry in the last fifth of its ``cache_ttl`` starts one check in the background
+    #: (single flight) and is answered from the entry, which is still within its bound. Under steady load an
+    #: entry is replaced before it expires, so no review waits for a re-check: before this, every ``cache_ttl``
+    #: all reviews in flight waited for the one shared check, under the same 50-review contention (the p99+
+    #: tail of bench/load_webhook.py). The bound is unchanged: no answer older than ``cache_ttl`` is served
+    #: (an entry that expires before its refresh lands is a miss, as before).
+    REFRESH_AHEAD = 0.2
 
     def _cached(self, policy: NodePolicy, image: str) -> ImageResult | None:
         """A decided answer for an image pinned by digest, at most ``cache_ttl`` seconds old.
@@ -320,15 +354,19 @@ class Reviewer:
         cores (bench/load_webhook.py)."""
         if self.settings.cache_ttl <= 0:
             return None
+        key = (policy.serial, image)
+        now = time.monotonic()
         with self._lock:
-            entry = self._cache.get((policy.serial, image))
-        if entry is None or entry[0] < time.monotonic():
-            return None
-        with self._lock:
+            entry = self._cache.get(key)
+            if entry is None or entry[0] < now:
+                return None
             self.cache_hits += 1
+            refresh = entry[0] - now < self.settings.cache_ttl * self.REFRESH_AHEAD and key not in self._inflight
+        if refresh:
+            self._submit(image, policy, now + self.settings.deadline)  # in the background: nobody waits for it
         return entry[1]
 
-    def _submit(self, image: str, policy: NodePolicy) -> tuple[cf.Future[ImageResult], bool]:
+    def _submit(self, image: str, policy: NodePolicy, until: float) -> tuple[cf.Future[ImageResult], bool]:
         """The check of ``image`` on the pool: (future, shared). With the cache on, concurrent reviews missing the
         same digest share one check (single flight) instead of each running its own. Without this, every entry
         expiring under load was re-checked by every review in flight at that moment — 50 reviews x 10 images at
@@ -336,13 +374,13 @@ class Reviewer:
         cache could have answered anyway is shared (``cache_ttl`` > 0, by digest); the shared check is younger
         than the review's own would have been by at most its run time."""
         if self.settings.cache_ttl <= 0 or "@" not in image:
-            return self._pool.submit(self._check_and_remember, image, policy), False
+            return self._pool.submit(self._check_and_remember, image, policy, until), False
         key = (policy.serial, image)
         with self._lock:
             fut = self._inflight.get(key)
             if fut is not None:
                 return fut, True
-            fut = self._pool.submit(self._check_and_remember, image, policy)
+            fut = self._pool.submit(self._check_and_remember, image, policy, until)
             self._inflight[key] = fut
 
         def forget(done: cf.Future[ImageResult]) -> None:
@@ -352,8 +390,13 @@ class Reviewer:
         fut.add_done_callback(forget)
         return fut, True
 
-    def _check_and_remember(self, image: str, policy: NodePolicy) -> ImageResult:
-        res = self.check_image(image, policy)
+    def _check_and_remember(self, image: str, policy: NodePolicy, until: float) -> ImageResult:
+        """:meth:`check_image` bounded by the review's deadline (``until``, monotonic): every registry and
+        lookaside request it makes ends by then (:func:`atomicsig.net.fetch.deadline`), so a hanging registry
+        holds a worker no longer than the review that asked, not for the registry client's 30 s x 4 attempts
+        after the review was already answered; the pool's workers stay free for the next reviews."""
+        with fetch.deadline(until):
+            res = self.check_image(image, policy)
         if self.settings.cache_ttl > 0 and "@" in image and not res.pinnable and res.decision != ERROR:
             now = time.monotonic()
             with self._lock:
@@ -396,7 +439,7 @@ class Reviewer:
         shared: set[str] = set()
         for img in distinct:
             if img not in results:
-                futures[img], is_shared = self._submit(img, policy)
+                futures[img], is_shared = self._submit(img, policy, started + s.deadline)
                 if is_shared:
                     shared.add(img)
         remaining = max(0.0, s.deadline - (time.monotonic() - started))
@@ -423,7 +466,9 @@ class Reviewer:
         warnings: list[str] = []
         for r in results.values():
             if r.decision == ACCEPTED:
-                if r.pinnable and not mutate:
+                if r.not_pinned and mutate:
+                    warnings.append(f"atomicsig: image {r.image} not pinned: {r.not_pinned}")  # why first
+                if (r.pinnable or r.not_pinned) and not mutate:
                     warnings.append(f"atomicsig: image {r.image} was checked at {r.digest}; the tag may move "
                                     "before the node pulls it (pin the digest)")
                 continue

@@ -69,6 +69,19 @@ class Metrics:
         self.policy_loaded = Gauge("atomicsig_webhook_policy_last_reload_success_timestamp_seconds", "When the "
                                    "policy now served was loaded (Unix time)", registry=self.registry)
         self.policy_loaded.set_to_current_time()
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+    def child(self, metric: Counter | Histogram, *labels: str) -> Any:
+        """``metric.labels(*labels)``, looked up once: prometheus_client's ``labels()`` validates the values and
+        takes the metric's lock at every call, several times per review on every request thread. Same child
+        objects, so /metrics is unchanged."""
+        key = (id(metric), labels)
+        found = self._children.get(key)
+        if found is None:
+            found = metric.labels(*labels)
+            if len(self._children) < 256:  # the method label is the client's: keep the memo bounded
+                self._children[key] = found
+        return found
 
 
 class WebhookApp:
@@ -92,7 +105,7 @@ class WebhookApp:
                 headers.append(("Connection", "close"))
             if status == 405:
                 headers.append(("Allow", "POST" if path in ("/validate", "/mutate") else "GET, HEAD"))
-        self.metrics.http.labels(method, str(status)).inc()
+        self.metrics.child(self.metrics.http, method, str(status)).inc()
         headers.append(("Content-Length", str(len(body))))
         start_response(f"{status} {_REASONS.get(status, 'Unknown')}", headers)
         return [b"" if method == "HEAD" else body]
@@ -114,10 +127,10 @@ class WebhookApp:
         try:
             request = admission.parse_review(body)
         except InputError as exc:
-            self.metrics.reviews.labels(endpoint, "invalid").inc()
+            self.metrics.child(self.metrics.reviews, endpoint, "invalid").inc()
             raise _HTTPError(400, exc.message) from None
         answer = self.answer(request, mutate=endpoint == "mutate")
-        self.metrics.latency.labels(endpoint).observe(time.monotonic() - started)
+        self.metrics.child(self.metrics.latency, endpoint).observe(time.monotonic() - started)
         return 200, json.dumps(answer).encode(), "application/json"
 
     def answer(self, request: admission.Request, *, mutate: bool) -> dict[str, Any]:
@@ -126,7 +139,7 @@ class WebhookApp:
         try:
             out = self.reviewer.review(request, mutate=mutate)
         except InputError as exc:  # the object is not what its kind says: deny, naming the problem
-            self.metrics.reviews.labels(endpoint, "invalid").inc()
+            self.metrics.child(self.metrics.reviews, endpoint, "invalid").inc()
             log.info("review %s %s %s/%s: invalid: %s", request.uid, request.kind, request.namespace, request.name,
                      exc.message)
             return admission.response(request.uid, allowed=False, code=400, message=f"atomicsig: {exc.message}",
@@ -135,10 +148,10 @@ class WebhookApp:
         for r in out.images:
             counts[(r.decision, r.mode)] = counts.get((r.decision, r.mode), 0) + 1
         for (decision, mode), n in counts.items():
-            self.metrics.images.labels(decision, mode).inc(n)
-        self.metrics.reviews.labels(endpoint, out.verdict).inc()
+            self.metrics.child(self.metrics.images, decision, mode).inc(n)
+        self.metrics.child(self.metrics.reviews, endpoint, out.verdict).inc()
         if out.allowed and out.warnings:
-            self.metrics.warned.labels(endpoint).inc()
+            self.metrics.child(self.metrics.warned, endpoint).inc()
         log.info("review %s %s %s/%s: %s%s", request.uid, request.kind, request.namespace, request.name,
                  out.verdict, f": {out.message}" if out.message else "")
         return admission.response(request.uid, allowed=out.allowed, message=out.message, warnings=out.warnings,
