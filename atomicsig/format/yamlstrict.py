@@ -178,6 +178,18 @@ class Ctx:
             raise self.error(node, f"{what}{': ' if what else ''}{node.value!r} is not a valid "
                                    f"{_tag_name(node.tag)}") from None
 
+    def top_mapping(self, text: str, what: str, allowed: tuple[str, ...]) -> list[tuple[str, yaml.Node, yaml.Node]]:
+        """The entries of a whole settings file (``serve -c``, ``webhook -c``) whose top level is a mapping of
+        ``allowed`` keys: an empty or null file is no entries; duplicates anywhere, unknown keys and any other top
+        level are refused with ``file:line``."""
+        root = compose(text, self.source, self.error_type)
+        if root is None or self.is_null(root):
+            return []
+        self.no_duplicates(root)
+        if not isinstance(root, yaml.MappingNode):
+            raise self.error(root, "top level must be a mapping")
+        return self.mapping(root, what, allowed)
+
     def no_duplicates(self, node: yaml.Node | None) -> None:
         """Refuse a duplicate key anywhere below ``node`` (aliases are visited once), and keys that are not scalars
         (a sequence or mapping cannot be a dictionary key; yaml.v3 cannot decode one into a name either)."""

@@ -14,8 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from atomicsig.errors import InputError
 from atomicsig.format import yamlstrict
 from atomicsig.net import tokens as net_tokens
@@ -83,14 +81,8 @@ def load_file(path: str | Path) -> dict[str, Any]:
 def loads(text: str, source: str = "serve config") -> dict[str, Any]:
     """:func:`load_file` for text already read; every error starts with ``source:line:``."""
     ctx = _Ctx(source)
-    root = yamlstrict.compose(text, source)
-    if root is None or ctx.is_null(root):
-        return {}
-    ctx.no_duplicates(root)
-    if not isinstance(root, yaml.MappingNode):
-        raise ctx.error(root, "top level must be a mapping")
     out: dict[str, Any] = {}
-    for key, _, node in ctx.mapping(root, "the serve config", tuple(_TYPES)):
+    for key, _, node in ctx.top_mapping(text, "the serve config", tuple(_TYPES)):
         value = ctx.construct(node)
         if not isinstance(value, _TYPES[key]):
             raise ctx.error(node, f"{key} has the wrong type")

@@ -67,14 +67,8 @@ def load_file(path: str | Path) -> dict[str, Any]:
 def loads(text: str, source: str, base: Path) -> dict[str, Any]:
     """:func:`load_file` for text already read; ``base``: where relative paths start."""
     ctx = _Ctx(source)
-    root = yamlstrict.compose(text, source)
-    if root is None or ctx.is_null(root):
-        return {}
-    ctx.no_duplicates(root)
-    if not isinstance(root, yaml.MappingNode):
-        raise ctx.error(root, "top level must be a mapping")
     out: dict[str, Any] = {}
-    for key, _, node in ctx.mapping(root, "the webhook config", tuple(KEYS)):
+    for key, _, node in ctx.top_mapping(text, "the webhook config", tuple(KEYS)):
         spec = KEYS[key]
         out[spec.param] = _value(ctx, key, spec, node, base)
     return out
