@@ -320,3 +320,77 @@ def test_long_journal_tail_is_stored_in_batches(cli: Any, node: Callable[[str], 
     assert len(mine) == 300 and len({x.split(" ")[3] for x in mine}) == 300
     st = b.state()["sources"][peer.url]
     assert st["offset"] == Journal(a.sigstore).path.stat().st_size and st["synced"] == 300
+
+
+def test_forgery_in_a_batch_checked_by_the_worker(cli: Any, node: Callable[[str], Node], signer: GpgHome,
+                                                  other_signer: GpgHome) -> None:
+    """The second batch is checked in the worker process while the first is stored (issue 15 item 4): a consistent
+    forgery in it (another key, line sha256 and trailer recomputed) is refused, quarantined and counted exactly as
+    in process; every other signature is stored and the cursor ends at the journal's end."""
+    a = node("a")
+    fill(a.sigstore, signer, signer.fingerprint, 1300)
+    pack = pack_path(a.sigstore)
+    write_pack(a.sigstore)
+    target: dict[str, str] = {}
+
+    def forge(blob: bytes) -> tuple[bytes, bytes]:
+        j = journal_lines(a.sigstore)[700].encode()
+        seq, op, rel, _sha = j.split(b" ")
+        digest = "sha256:" + rel.decode().split("@sha256=")[1].split("/")[0]
+        forged = other_signer.sign_image("example.com/ns/r0:v700", digest)
+        target["rel"] = rel.decode()
+        return b" ".join([seq, op, rel, hashlib.sha256(forged).hexdigest().encode()]), forged
+    _tamper(pack, 700, forge)  # record 701: in the second batch of 512
+    _retrailer(pack)
+    with nginx(a.sigstore, a.dir / "nginx") as (url, log):
+        b = node("b")
+        b.configure([url], quarantine=str(b.dir / "quarantine"))
+        code, logs = sync_once(cli, b)
+        assert code == 0
+        assert [r for r in logs if r["msg"] == "check worker started"], "the worker was not used"
+        assert not [r for r in logs if r["msg"].startswith("check worker failed")]
+        st = b.state()["sources"][url]
+        assert st["rejected"] == {"untrusted-key": 1} and st["synced"] == 1299, st
+        assert st["offset"] == Journal(a.sigstore).path.stat().st_size and st["pack_offset"] == 0
+        missing = target["rel"].rsplit("/", 1)[0]
+        want = {k: v for k, v in contents(a.sigstore).items() if k != missing}
+        assert contents(b.sigstore) == want and len(want) == 1299
+        assert len(list((b.dir / "quarantine").glob("*.sig"))) == 1
+        assert pack_requests(log) == 1 and not [x for x in log.read_text().splitlines() if "/signature-" in x]
+
+
+def test_worker_killed_mid_pack_falls_back(node: Callable[[str], Node], signer: GpgHome) -> None:
+    """kill -9 of the check worker mid-pack: the batches it had not answered are checked in the syncing process
+    (one warning), and the store, journal and cursor end exactly as without a worker."""
+    a, b = node("a"), node("b")
+    total = 3000
+    fill(a.sigstore, signer, signer.fingerprint, total)
+    write_pack(a.sigstore)
+    with nginx(a.sigstore, b.dir / "nginx") as (url, _log):
+        b.configure([url])
+        out = b.dir / "sync.log"
+        with out.open("wb") as fh:
+            proc = subprocess.Popen([*ATOMICSIG, "sync", "--once", "--config", str(b.config)],
+                                    stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            pid = None
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and proc.poll() is None and pid is None:
+                for line in out.read_text().splitlines():
+                    if '"check worker started"' in line:
+                        pid = json.loads(line)["pid"]
+                time.sleep(0.02)
+            assert pid is not None, out.read_text()[-2000:]
+            os.kill(pid, signal.SIGKILL)
+            assert proc.wait(timeout=120) == 0
+        finally:
+            kill_group(proc)
+        logs = [json.loads(x) for x in out.read_text().splitlines() if x.startswith("{")]
+        assert len([r for r in logs if r["msg"].startswith("check worker failed")]) == 1
+        assert sum(1 for _ in b.sigstore.glob("ns/*/signature-1")) == total
+        assert contents(b.sigstore) == contents(a.sigstore)
+        lines = journal_lines(b.sigstore)
+        assert len(lines) == total and len({x.split(" ")[3] for x in lines}) == total
+        st = b.state()["sources"][url]
+        assert st["synced"] == total and st["rejected"] == {} and st["pack_offset"] == 0
+        assert st["offset"] == Journal(a.sigstore).path.stat().st_size

@@ -35,6 +35,7 @@ from atomicsig.ops.intake import Intake
 from atomicsig.ops.verify import Verifier
 from atomicsig.store.directory import DirectoryStore
 from atomicsig.sync import config as config_mod
+from atomicsig.sync.checkworker import CheckWorker
 from atomicsig.sync.follower import Follower, PassReport
 from atomicsig.sync.notify import notify, watchdog_interval
 from atomicsig.sync.push import Pusher
@@ -177,6 +178,8 @@ class SyncDaemon:
     _reload: threading.Event = field(default_factory=threading.Event)
     _runs: dict[str, _SourceRun] = field(default_factory=dict)
     _verifier: Any = None
+    #: Checks the next bulk batch while this process stores one (atomicsig.sync.checkworker); per key set.
+    _checker: CheckWorker | None = None
     _pusher: Pusher | None = None
     _state_lock: threading.Lock = field(default_factory=threading.Lock)
     #: Called once in :meth:`run` after the metrics socket is bound, before READY=1 (privilege drop, --user).
@@ -203,6 +206,11 @@ class SyncDaemon:
         self._verifier = verifier
         if old is not None and hasattr(old, "close"):
             old.close()
+        checker = self._checker
+        if checker is None or checker.key != (factory, list(blobs)):
+            self._checker = CheckWorker(factory, blobs)  # not started until a pack brings a second batch
+            if checker is not None:
+                checker.close()
         if self.state is None or self.state.path != cfg.state:
             self.state = SyncState.load(cfg.state)
         store = DirectoryStore(cfg.sigstore)
@@ -212,6 +220,7 @@ class SyncDaemon:
             st = self.state.source(ep.url)
             f = Follower(HTTPSource(ep, cfg.timeout), intake, st, propagate_deletes=cfg.propagate_deletes,
                          save=self.save_state)
+            f.checker = self._checker
             prev = self._runs.get(ep.url)
             run = _SourceRun(f, cfg.limits, prev.failures if prev else 0, prev.next_at if prev else 0.0)
             f.should_stop = lambda r=run: self._stop.is_set() or r.should_stop()  # type: ignore[misc]
@@ -248,6 +257,9 @@ class SyncDaemon:
         verifier, self._verifier = self._verifier, None
         if verifier is not None and hasattr(verifier, "close"):
             verifier.close()
+        checker, self._checker = self._checker, None
+        if checker is not None:
+            checker.close()
 
     def save_state(self) -> None:
         """Persist every source's cursor; source threads call this, so one at a time."""

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from atomicsig.errors import InputError, StorageError
 from atomicsig.format.sigpath import SigPath
@@ -63,6 +64,8 @@ class Follower:
         #: Read the peer's pack when the cursor is empty (docs/sync.md, "Bulk first sync").
         self.use_pack = True
         self._pool: ThreadPoolExecutor | None = None
+        #: The sync process's check worker (atomicsig.sync.checkworker), set by the daemon; None: check here.
+        self.checker: Any = None
         self._ahead: dict[str, Future[bytes]] = {}
 
     @property

@@ -17,12 +17,18 @@ Same rules as the record-by-record path (atomicsig.sync.follower), batched:
   record mode, which content dedup makes safe. So a stale, truncated or tampered pack costs requests, never a
   gap or a wrong cursor;
 * a pass cut by its pass-limit resumes the pack where it stopped (``Range`` + ``If-Range``), so a 100,000-signature
-  first sync also works with the default limits.
+  first sync also works with the default limits;
+* from the second full batch on, a batch's trust check runs in the sync process's worker
+  (atomicsig.sync.checkworker) while the batch before it is stored (:class:`_Pipe`): at most one batch is checked
+  ahead, and it is stored, and the cursor moved past it, only after the one before — in journal order, each with
+  its own verdicts. A ``del`` record, a sequence break, a pass limit or an error first stores what is pending.
 """
 
 from __future__ import annotations
 
 import logging
+from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import Any
 
 from atomicsig.errors import InputError
@@ -30,6 +36,7 @@ from atomicsig.format.sigpath import SigPath
 from atomicsig.ops.intake import Outcome, check_blob
 from atomicsig.store.journal import HEADER_LEN, JournalError, parse_header, parse_line, sha256_hex
 from atomicsig.store.pack import PackEntry, PackError, PackReader
+from atomicsig.sync.checkworker import CheckWorker
 from atomicsig.sync.source import Gone, TooLarge
 
 #: The follower (atomicsig.sync.follower.Follower) and its PassReport. Not imported, not even for type checking:
@@ -71,39 +78,43 @@ def run(f: Follower, rep: PassReport) -> None:
             st.pack_offset, st.pack_etag = 0, None
             return
         reader = PackReader(st.offset if resume else None)
+        pipe = _Pipe(f, rep)
         batch: list[PackEntry] = []
         last = [b""]  # the journal line just before the cursor, as handled (for the alignment check)
         started = resume
         try:
-            for chunk in stream.chunks:
-                reader.feed(chunk)
-                if not started:
-                    head = reader.head()
-                    if head is None:
-                        continue
-                    if head.epoch != live_epoch:
-                        log.info("pack is from another journal epoch; syncing record by record",
-                                 extra={"fields": {"source": f.url, "pack_epoch": head.epoch}})
-                        return
-                    st.epoch, st.seq, st.offset, st.etag = head.epoch, 0, HEADER_LEN, None
-                    st.pack_etag = stream.etag
-                    started = True
-                for entry in reader.entries():
-                    batch.append(entry)
-                    if len(batch) >= BATCH:
-                        todo, batch = batch, []
-                        _flush(f, rep, todo, stream.start, last)
-                        if f.should_stop():
-                            return  # pack_offset is saved: the next pass resumes the pack here
-            todo, batch = batch, []
-            _flush(f, rep, todo, stream.start, last)
-            if not reader.complete:
-                f._reject(rep, "pack", "pack ended before its trailer (truncated); continuing record by record",
-                          f.source.pack_url)
-        except (PackError, JournalError, _Leave) as exc:
-            _flush(f, rep, batch, stream.start, last)  # what was parsed before a malformed record
-            if not isinstance(exc, _Leave):
-                f._reject(rep, "pack", f"{exc}; continuing record by record", f.source.pack_url)
+            try:
+                for chunk in stream.chunks:
+                    reader.feed(chunk)
+                    if not started:
+                        head = reader.head()
+                        if head is None:
+                            continue
+                        if head.epoch != live_epoch:
+                            log.info("pack is from another journal epoch; syncing record by record",
+                                     extra={"fields": {"source": f.url, "pack_epoch": head.epoch}})
+                            return
+                        st.epoch, st.seq, st.offset, st.etag = head.epoch, 0, HEADER_LEN, None
+                        st.pack_etag = stream.etag
+                        started = True
+                    for entry in reader.entries():
+                        batch.append(entry)
+                        if len(batch) >= BATCH:
+                            todo, batch = batch, []
+                            _flush(f, rep, todo, stream.start, last, pipe=pipe, defer=True)
+                            if f.should_stop():
+                                return  # pack_offset is saved: the next pass resumes the pack here
+                todo, batch = batch, []
+                _flush(f, rep, todo, stream.start, last, pipe=pipe)
+                if not reader.complete:
+                    f._reject(rep, "pack", "pack ended before its trailer (truncated); continuing record by "
+                              "record", f.source.pack_url)
+            except (PackError, JournalError, _Leave) as exc:
+                _flush(f, rep, batch, stream.start, last, pipe=pipe)  # what was parsed before
+                if not isinstance(exc, _Leave):
+                    f._reject(rep, "pack", f"{exc}; continuing record by record", f.source.pack_url)
+        finally:
+            pipe.drain()  # stop, error, or end of the pack: the cursor never stays behind a checked batch
         st.pack_offset, st.pack_etag = 0, None
         if started:
             _check_aligned(f, rep, last[0])
@@ -111,18 +122,22 @@ def run(f: Follower, rep: PassReport) -> None:
 
 
 def _flush(f: Follower, rep: PassReport, batch: list[PackEntry], start: int, memo: list[bytes], *,
-           refetch: bool = False) -> None:
+           refetch: bool = False, pipe: _Pipe | None = None, defer: bool = False) -> None:
     """Handle ``batch`` in journal order; ``memo[0]`` becomes the journal line just before the cursor. Raises
     _Leave (after storing everything before it) when the pack's sequence breaks. ``refetch``: an entry without
     bytes is fetched on its own (the journal tail's batches, :func:`run_tail`, whose concurrent GET of it was
-    refused: the single GET reports why, as record mode would) instead of counted as not in the pack."""
+    refused: the single GET reports why, as record mode would) instead of counted as not in the pack.
+    ``pipe``: the batch checked ahead, if any, is stored before anything of this one; ``defer`` (a full batch with
+    more to come): this one may become the batch checked ahead, stored by the next call or ``pipe.drain()``."""
     st = f.st
     todo: list[tuple[SigPath, bytes, str]] = []
-    last = memo[0]
-    offset, seq, pack_end = st.offset, st.seq, st.pack_offset
+    offset, seq, pack_end, last = pipe.head(memo) if pipe is not None else \
+        (st.offset, st.seq, st.pack_offset, memo[0])
 
     def store() -> None:
         nonlocal todo
+        if pipe is not None:
+            pipe.drain()
         _store(f, rep, todo)
         todo = []
         st.offset, st.seq, st.pack_offset = offset, seq, pack_end
@@ -172,10 +187,81 @@ def _flush(f: Follower, rep: PassReport, batch: list[PackEntry], start: int, mem
             else:
                 todo.append((rec.path, e.blob, sha))
             offset, seq, pack_end, last = e.end, rec.seq, start + e.pack_end, e.line
-    finally:
-        store()
+    except BaseException:
+        store()  # everything before the failing record, in order (the cursor rules)
+        raise
+    if defer and pipe is not None and pipe.defer(todo, (offset, seq, pack_end, last), memo):
+        return
+    store()
     if batch:
         f.save()
+
+
+@dataclass
+class _Checked:
+    """A batch whose check was started ahead: the cursor it moves to once stored."""
+    todo: list[tuple[SigPath, bytes, str]]
+    verdicts: Future[list[Outcome | None]] | None  # None: checked in process when stored
+    cursor: tuple[int, int, int, bytes]  # offset, seq, pack_offset, the journal line before the cursor
+    memo: list[bytes]
+
+
+class _Pipe:
+    """At most one batch checked ahead: while the check worker (atomicsig.sync.checkworker) checks batch k+1, this
+    process stores batch k. The cursor moves only in :meth:`drain`, after the batch is stored, in order.
+
+    The first full batch is not sent to the worker (it is checked in process when stored); the second starts the
+    worker, whose start-up then overlaps the first batch's check and store. So a pack of less than two full
+    batches (the one-new-signature case) never starts a process."""
+
+    def __init__(self, f: Follower, rep: PassReport) -> None:
+        self.f, self.rep = f, rep
+        self.worker: CheckWorker | None = getattr(f, "checker", None)
+        self.pending: _Checked | None = None
+        self.full = 0
+
+    def head(self, memo: list[bytes]) -> tuple[int, int, int, bytes]:
+        """Where the next batch starts: after the pending one, or at the cursor."""
+        if self.pending is not None:
+            return self.pending.cursor
+        st = self.f.st
+        return st.offset, st.seq, st.pack_offset, memo[0]
+
+    def defer(self, todo: list[tuple[SigPath, bytes, str]], cursor: tuple[int, int, int, bytes],
+              memo: list[bytes]) -> bool:
+        """Make this batch the pending one (its check started in the worker) and store the one before it. False if
+        there is no worker to use: the caller stores the batch now, as without a pipe."""
+        if self.worker is None or not self.worker.usable:
+            return False
+        self.full += 1
+        fut = self.worker.submit([(p, b) for p, b, _ in todo]) if todo and self.full >= 2 else None
+        ahead = _Checked(todo, fut, cursor, memo)
+        try:
+            self.drain()
+        except BaseException:
+            if fut is not None:
+                fut.cancel()
+            raise
+        self.pending = ahead
+        return True
+
+    def drain(self) -> None:
+        """Store the pending batch with its verdicts (the worker's, else checked here) and move the cursor."""
+        p, self.pending = self.pending, None
+        if p is None:
+            return
+        verdicts: list[Outcome | None] | None = None
+        if p.verdicts is not None:
+            try:
+                verdicts = p.verdicts.result()
+            except Exception as exc:  # died (BrokenProcessPool), cancelled, or its answer could not come back
+                assert self.worker is not None
+                self.worker.failed(exc)
+        _store(self.f, self.rep, p.todo, verdicts)
+        st = self.f.st
+        st.offset, st.seq, st.pack_offset = p.cursor[:3]
+        p.memo[0] = p.cursor[3]
+        self.f.save()
 
 
 #: A journal chunk with more records than this is stored in batches (:func:`run_tail`); fewer go record by record,
@@ -189,21 +275,27 @@ def run_tail(f: Follower, rep: PassReport, lines: list[tuple[bytes, int]]) -> in
     and stored with one flush and one journal write (:meth:`Intake.store_checked`), and the cursor moves past a
     batch only after it is stored. Record by record, each signature cost a GET round trip and ~4 fsyncs (~95
     signatures/s). A transient fetch failure stores what precedes the failing record, then fails the pass
-    before it (the follower's cursor rules); a sequence jump restarts the journal. Returns records handled."""
+    before it (the follower's cursor rules); a sequence jump restarts the journal. Returns records handled.
+    Full batches are checked ahead in the worker like the pack's (:class:`_Pipe`); all is stored on return."""
     handled = 0
-    for at in range(0, len(lines), BATCH):
-        if f.should_stop():
-            break
-        part = lines[at:at + BATCH]
-        entries, failure = _fetch_all(f, part)
-        try:
-            _flush(f, rep, entries, 0, [b""], refetch=True)
-        except _Leave as exc:
-            f._restart(rep, str(exc))
-            return handled
-        handled += len(entries)
-        if failure is not None:
-            raise failure
+    pipe = _Pipe(f, rep)
+    try:
+        for at in range(0, len(lines), BATCH):
+            if f.should_stop():
+                break
+            part = lines[at:at + BATCH]
+            entries, failure = _fetch_all(f, part)
+            more = failure is None and len(part) == BATCH and at + BATCH < len(lines)
+            try:
+                _flush(f, rep, entries, 0, [b""], refetch=True, pipe=pipe, defer=more)
+            except _Leave as exc:
+                f._restart(rep, str(exc))
+                return handled
+            handled += len(entries)
+            if failure is not None:
+                raise failure
+    finally:
+        pipe.drain()
     return handled
 
 
@@ -265,12 +357,15 @@ def _fetch_one(f: Follower, rep: PassReport, path: SigPath, sha: str) -> bytes |
     return blob
 
 
-def _store(f: Follower, rep: PassReport, todo: list[tuple[SigPath, bytes, str]]) -> None:
-    """Check and store one batch. Logged as one ``synced`` line per batch at info level (a line per signature,
-    100,000 for a first sync, only at debug level)."""
+def _store(f: Follower, rep: PassReport, todo: list[tuple[SigPath, bytes, str]],
+           verdicts: list[Outcome | None] | None = None) -> None:
+    """Check and store one batch (``verdicts``: its check_blob results, from the worker; else checked here).
+    Logged as one ``synced`` line per batch at info level (a line per signature, 100,000 for a first sync, only
+    at debug level)."""
     if not todo:
         return
-    checks: list[Outcome | None] = [check_blob(f.intake.verifier, p, b) for p, b, _ in todo]
+    checks = verdicts if verdicts is not None and len(verdicts) == len(todo) else \
+        [check_blob(f.intake.verifier, p, b) for p, b, _ in todo]
     ok = [(p, b) for (p, b, _), c in zip(todo, checks, strict=True) if c is None]
     for (p, b, _), c in zip(todo, checks, strict=True):
         if c is not None:
