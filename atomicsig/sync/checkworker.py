@@ -19,12 +19,14 @@ import os
 import pickle
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
-from multiprocessing import get_context, util
-from typing import Any
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Any
 
 from atomicsig.format.sigpath import SigPath
 from atomicsig.ops.intake import Outcome, check_blob
+
+if TYPE_CHECKING:
+    from concurrent.futures import ProcessPoolExecutor
 
 log = logging.getLogger("atomicsig.sync")
 #: Set to 0 (or "off"/"no"/"false") to check every batch in the syncing process itself.
@@ -36,6 +38,8 @@ _verifier: Any = None
 def _init(factory: Callable[[list[bytes]], Any], blobs: list[bytes]) -> None:
     """In the worker: build the verifier once. Closed (its temporary GnuPG home removed) when the worker exits:
     multiprocessing runs its own finalizers there, not ``atexit``."""
+    from multiprocessing import util
+
     global _verifier
     _verifier = factory(blobs)
     close = getattr(_verifier, "close", None)
@@ -79,6 +83,11 @@ class CheckWorker:
             try:
                 started = self._pool is None
                 if self._pool is None:
+                    # Imported here, not at module level: multiprocessing costs every ``sync`` start ~40 ms,
+                    # and most passes (one new signature) never start a worker.
+                    from concurrent.futures import ProcessPoolExecutor
+                    from multiprocessing import get_context
+
                     self._pool = ProcessPoolExecutor(1, mp_context=get_context("spawn"), initializer=_init,
                                                      initargs=(self._factory, self._blobs))
                 fut = self._pool.submit(_check, items)
