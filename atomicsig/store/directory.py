@@ -342,6 +342,16 @@ class _DirWalker:
         os.close(self.root_fd)
 
 
+def _fill(fd: int, data: bytes, umask: int | None) -> None:
+    """Give the new file ``fd`` mode 0644 — an ``fchmod`` only when the umask (None: unknown) would have taken
+    bits from it — and write all of ``data``. No fsync (the batch writer flushes once)."""
+    if umask is None or umask & 0o644:
+        os.fchmod(fd, 0o644)
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 def _write_at(dfd: int, name: str, data: bytes, *, replace: bool) -> bool:
     """Write ``data`` to a temp file in ``dfd`` and rename (``replace``) or link (create-exclusive) it to ``name``;
     no fsync (the batch writer flushes once). False: ``name`` existed (create-exclusive only)."""
@@ -349,10 +359,7 @@ def _write_at(dfd: int, name: str, data: bytes, *, replace: bool) -> bool:
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=dfd)
     try:
         try:
-            os.fchmod(fd, 0o644)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
+            _fill(fd, data, None)
         finally:
             os.close(fd)
         if replace:
@@ -373,11 +380,7 @@ def _write_in_place(dfd: int, name: str, data: bytes, umask: int | None) -> None
     reader relies on yet (see the caller). No fsync (the batch writer flushes once)."""
     fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=dfd)
     try:
-        if umask is None or umask & 0o644:
-            os.fchmod(fd, 0o644)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
+        _fill(fd, data, umask)
     finally:
         os.close(fd)
 
@@ -401,11 +404,7 @@ def _unnamed(dfd: int, blob: bytes, umask: int | None) -> int | None:
             return None
         raise
     try:
-        if umask is None or umask & 0o644:
-            os.fchmod(fd, 0o644)
-        view = memoryview(blob)
-        while view:
-            view = view[os.write(fd, view):]
+        _fill(fd, blob, umask)
     except BaseException:
         os.close(fd)
         raise
