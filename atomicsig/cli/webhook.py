@@ -59,8 +59,9 @@ def load_policies(policy_file: str, gnupghome: str | None, scratch: str, *, sour
 @click.option("-c", "--config", "config_file", metavar="FILE", type=click.Path(dir_okay=False),
               help="Settings file (YAML; keys are the long flag names, docs/webhook.md); flags given win.")
 @click.option("--policy-reload-interval", type=click.FloatRange(0, 3600), default=2.0, show_default=True,
-              metavar="SECONDS", help="How often the policy file and its directory are checked for changes "
-                                      "(0: only on SIGHUP); a policy that does not load keeps the old one.")
+              metavar="SECONDS", help="How often the policy YAML and the key files it names are checked for "
+                                      "changes, through symlinks (a ConfigMap update is seen; 0: only on SIGHUP); "
+                                      "a policy that does not load keeps the old one.")
 @click.option("--listen", metavar="HOST:PORT", default="127.0.0.1:8443", show_default=True,
               help="Bind address (in a pod: 0.0.0.0:8443); port 0 picks a free port, printed once bound.")
 @click.option("--tls-cert", metavar="FILE", help="PEM certificate (chain); reloaded when the file changes.")
