@@ -30,8 +30,10 @@ def main() -> int:
     ap.add_argument("n", type=int)
     ap.add_argument("--passes", type=int, default=100)
     ap.add_argument("--no-pack", action="store_true")
-    ap.add_argument("prefix", nargs="*")
-    args = ap.parse_args()
+    argv = sys.argv[1:]
+    cut = argv.index("--") if "--" in argv else len(argv)
+    args = ap.parse_args(argv[:cut])
+    args.prefix = argv[cut + 1:]  # split by hand: argparse drops "--" inside the prefix and refuses options before it
     src, keyfile = pack_fixture(args.n, Path(tempfile.gettempdir()) / f"atomicsig-bench-first-sync-{args.n}")
     work = Path(tempfile.mkdtemp(prefix="first-sync-"))
     try:

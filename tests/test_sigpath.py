@@ -163,6 +163,24 @@ def test_journal_server_and_store_accept_the_same_paths(tmp_path_factory: Any, d
         assert [s.blob for s in read_dir(d, root)] == [b"\xa3sig"]
 
 
+@settings(max_examples=400, deadline=None)
+@given(st.data())
+def test_the_journal_writers_shortcut_is_parse_sigpath(data: Any) -> None:
+    """``is_stored_path`` (the check a batch writer makes on each journal line it built) says yes exactly when
+    ``parse_sigpath`` accepts: never for a path the grammar refuses, and for every valid one the grammar's own
+    strategies produce (sha256, index 1–127), so the shortcut neither lets a bad line in nor sends good ones to the
+    slow path."""
+    valid = f"{data.draw(_repo)}@sha256={data.draw(st.text('0123456789abcdef', min_size=64, max_size=64))}/" \
+            f"signature-{data.draw(st.integers(1, sigpath.MAX_LOOKASIDE_SIGNATURES - 1))}"
+    rel = data.draw(st.one_of(st.just(valid), _mutations(valid)))
+    try:
+        sigpath.parse_sigpath(rel)
+        accepted = True
+    except InputError:
+        accepted = False
+    assert sigpath.is_stored_path(rel) == accepted, rel
+
+
 # ---- regressions: disagreements found while unifying ---------------------------------------------------------
 
 def test_longest_reference_path_is_stored_journaled_and_served(tmp_path: Path) -> None:

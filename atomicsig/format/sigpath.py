@@ -22,6 +22,7 @@ trailing newline never slips through.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -47,11 +48,21 @@ _SIG_PREFIX = "signature-"
 _INDEX = r"[1-9][0-9]{0,2}"
 _SIG_NAME = re.compile(rf"^{_SIG_PREFIX}({_INDEX})\Z")
 _DIRNAME = re.compile(rf"^(?P<repo>[^@\s]+)@(?P<algo>{'|'.join(DIGEST_ALGORITHMS)})=(?P<hex>[a-f0-9]+)\Z")
+#: What :func:`parse_sigpath` accepts, in one expression (index 1–127); the repository part is checked apart.
+_STORED_PATH = re.compile(rf"^({REPO_SHAPE})@{STORED_ALGORITHM}=[a-f0-9]{{64}}/{_SIG_PREFIX}"
+                          r"(?:[1-9][0-9]?|1[01][0-9]|12[0-7])\Z")
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_repo_path(text: str) -> bool:
+    """Memoized: a store has few repositories and many digests, and every digest directory name built or parsed
+    checks its repository again (a first sync of 100,000 signatures did it ~5 times per signature)."""
+    return len(text) <= MAX_REPO_PATH and is_valid_path(text)
 
 
 def repo_path(text: str) -> str:
     """Validate a repository path (module docstring); raises InputError."""
-    if not isinstance(text, str) or len(text) > MAX_REPO_PATH or not is_valid_path(text):
+    if not isinstance(text, str) or not _is_repo_path(text):
         raise InputError(f"invalid repository path {str(text)[:200]!r}")
     return text
 
@@ -112,8 +123,9 @@ class SigPath:
     digest: str
     index: int
 
-    @property
+    @functools.cached_property
     def dirname(self) -> str:
+        """Built (and validated) once per path: a synced signature's path is asked for it several times."""
         return digest_dirname(self.repo, self.digest)
 
     @property
@@ -138,6 +150,14 @@ def parse_read_path(relpath: str) -> SigPath:
         raise InputError(f"invalid signature path {relpath[:200]!r}") from None
 
 
+def is_stored_path(relpath: str) -> bool:
+    """Whether :func:`parse_sigpath` accepts ``relpath``, without building a :class:`SigPath`: for a writer that
+    checks paths it built itself before they go into the journal (one per stored signature). False never means
+    more than "not by this shortcut": a caller refusing on False must ask :func:`parse_sigpath` for the reason."""
+    m = _STORED_PATH.match(relpath) if isinstance(relpath, str) else None
+    return m is not None and _is_repo_path(m.group(1))
+
+
 def parse_sigpath(relpath: str) -> SigPath:
     """A path a store holds and the sync journal names: :func:`parse_read_path` narrowed to sha256 and N < 128.
 
@@ -151,5 +171,5 @@ def parse_sigpath(relpath: str) -> SigPath:
 
 
 __all__ = ["DIGEST_SHAPE", "MAX_LOOKASIDE_SIGNATURES", "MAX_REPO_PATH", "REPO_SHAPE", "STORED_ALGORITHM", "SigPath",
-           "digest_dirname", "parse_digest_dirname", "parse_read_path", "parse_sigpath", "repo_path",
+           "digest_dirname", "is_stored_path", "parse_digest_dirname", "parse_read_path", "parse_sigpath", "repo_path",
            "signature_index", "signature_name", "signature_relpath", "stored_digest"]

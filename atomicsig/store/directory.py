@@ -175,8 +175,9 @@ class DirectoryStore(SignatureStore):
             named = [(p.rel_dir, sha) for p in plans for _, sha in p.new]
             for at in range(0, len(named), MAX_PENDING_LINES):  # before the first link (journal module docstring)
                 pendings.append(begin_pending_batch(self.root, named[at:at + MAX_PENDING_LINES]))
+            root_s = str(self.root)  # locations by string concatenation: a Path per signature cost more than the link
             for plan in plans:
-                d = self.root / plan.rel_dir
+                d = f"{root_s}/{plan.rel_dir}"
                 if origin is not None and plan.new:
                     self._remember_plan(walker, plan, origin, umask)
                 lines: list[tuple[str, str, str]] = []
@@ -226,8 +227,10 @@ class DirectoryStore(SignatureStore):
             return
         parent, _, name = f"{META_DIR}/{ORIGINS_DIR}/{plan.rel_dir}.json".rpartition("/")
         pfd, _ = walker.ensure(parent)
-        delivered = {sha: [origin] for _, sha in plan.new}
-        _write_in_place(pfd, name, json.dumps(delivered, sort_keys=True).encode(), umask)
+        # json.dumps({sha: [origin]}, sort_keys=True) by hand (hex keys need no escaping; the URL is encoded once)
+        sources = json.dumps([origin])
+        doc = "{" + ", ".join(f'"{sha}": {sources}' for sha in sorted(sha for _, sha in plan.new)) + "}"
+        _write_in_place(pfd, name, doc.encode(), umask)
 
     def recover(self) -> int:
         """Journal what writers killed mid-append left unjournaled (see atomicsig.sync.journal); lines added."""
@@ -422,7 +425,7 @@ def _link_unnamed(fd: int, dfd: int, name: str) -> bool:
         return False
 
 
-def _link_next(dfd: int, d: Path, blob: bytes, existing: list[StoredSignature],
+def _link_next(dfd: int, d: str, blob: bytes, existing: list[StoredSignature],
                umask: int | None = None) -> AppendResult:
     """:func:`append_to_dir` by descriptor, for a batch: the first free ``signature-N`` after ``existing``.
     Written to an unnamed file (:func:`_unnamed`) and linked; where that is not available, a temp file is
@@ -447,10 +450,10 @@ def _link_next(dfd: int, d: Path, blob: bytes, existing: list[StoredSignature],
             else:
                 linked = _write_at(dfd, name, blob, replace=False)
             if linked:
-                return AppendResult(str(d / name), n, True)
+                return AppendResult(f"{d}/{name}", n, True)
         try:  # someone else took N meanwhile (a writer that takes no lock: skopeo); complete, since linked
             if fsutil.read_regular_file(dfd, name, len(blob) + 1) == blob:
-                return AppendResult(str(d / name), n, False)
+                return AppendResult(f"{d}/{name}", n, False)
         except OSError:
             pass
         n += 1
@@ -460,8 +463,8 @@ def _link_next(dfd: int, d: Path, blob: bytes, existing: list[StoredSignature],
     raise StorageError(f"{d} already holds {MAX_LOOKASIDE_SIGNATURES - 1} signatures, the most containers/image reads")
 
 
-def _indexed(d: Path) -> dict[int, str]:
-    return {s.index: hashlib.sha256(s.blob).hexdigest() for s in read_dir(d)}
+def _indexed(d: str) -> dict[int, str]:
+    return {s.index: hashlib.sha256(s.blob).hexdigest() for s in read_dir(Path(d))}
 
 
 def journal_epoch(root: Path) -> str | None:

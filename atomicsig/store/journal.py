@@ -58,7 +58,7 @@ from atomicsig import fsutil
 from atomicsig.errors import InputError, StorageError
 from atomicsig.format import sigpath
 from atomicsig.format.blob import MAX_SIGNATURE_SIZE
-from atomicsig.format.sigpath import MAX_LOOKASIDE_SIGNATURES, SigPath, parse_sigpath
+from atomicsig.format.sigpath import MAX_LOOKASIDE_SIGNATURES, SigPath, is_stored_path, parse_sigpath
 
 META_DIR = ".atomicsig"
 
@@ -157,7 +157,8 @@ def _validate(items: list[tuple[str, str, str]]) -> None:
     for op, rel, sha in items:
         if op not in OPS or not _SHA.match(sha):
             raise JournalError(f"refusing to journal {op} {rel} {sha}")
-        parse_sigpath(rel)
+        if not is_stored_path(rel):
+            parse_sigpath(rel)  # raises, saying why
 
 
 class Journal:

@@ -284,11 +284,11 @@ class Follower:
 
     def _have(self, path: SigPath, sha: str) -> bool:
         """Skip the GET when identical bytes are already stored locally (cheap re-sync after a restart)."""
-        d = Path(self.intake.store.root) / path.dirname
+        d = f"{self.intake.store.root}/{path.dirname}"  # a string: one per signature checked, Path costs more
         if not os.path.isdir(d):  # one stat: the common answer in a first sync (read_dir opens every level)
             return False
         try:
-            return any(sha256_hex(s.blob) == sha for s in read_dir(d))
+            return any(sha256_hex(s.blob) == sha for s in read_dir(Path(d)))
         except StorageError:
             return False
 
