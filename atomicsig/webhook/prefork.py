@@ -8,16 +8,18 @@ forking (a thread's locks would be copied held into the children), so watchers, 
 and cheroot's pool all start in the workers, each with its own decision cache.
 
 **Shared socket, not SO_REUSEPORT.** Every worker accepts on the one socket the parent bound (inherited). Measured
-with bench/prefork_spread.py (2 workers on 2 shared cores, TLS, 50 keep-alive connections opened at once, ~1 ms of
-CPU per request; the split of the 50 connections between the two workers): shared socket, 22 runs: 24/26 median,
-22.7 mean for the smaller share, worst 15/35 (once) and 18/32 (twice); SO_REUSEPORT (each worker binds its own
-socket, the kernel hashes each connection's addresses onto one), 10 runs: 23/27 median, 22.9 mean, worst 20/30. So
-the spread is the same on average and SO_REUSEPORT's worst case was a little better (a hash does not care which
-worker is busy; with one socket whichever worker's accept loop wakes first takes the connection). It still loses:
-SO_REUSEPORT lets any process of the same user join the port (a stale webhook left running would silently take a
-share of the reviews instead of being a busy port at start), and the connections waiting in a dying worker's own
-accept queue are reset, while on the shared socket they wait for another worker. Keep-alive connections stay with
-the worker that accepted them (the API server keeps its connections), so the split is set when they open.
+with ``python bench/prefork_spread.py`` (2 workers on 2 shared cores, TLS, 50 keep-alive connections opened at
+once, ~1 ms of CPU per request; how the 50 connections split between the two workers, load ~2): shared socket, 37
+runs: median 24/26, mean 22.5 for the smaller share, 6 runs at 20/30 or worse, the worst 16/34 and 8/42;
+SO_REUSEPORT (each worker binds its own socket, the kernel hashes each connection's addresses onto one), 25 runs:
+median 23/27, mean 22.7, 2 runs at 20/30 or worse, the worst 18/32. So the average split is the same, and
+SO_REUSEPORT spreads **more evenly in the tail**: a hash ignores timing, while on one socket whichever worker's
+accept loop wakes first takes the connection, and a worker descheduled during a burst of connects can end up with
+few. The shared socket is kept anyway, for what SO_REUSEPORT breaks: any process of the same user may join the
+port (a stale webhook left running would silently take a share of the reviews instead of being a busy port at
+start), and the connections waiting in a dying worker's own accept queue are reset, while on the shared socket
+they wait for another worker. Keep-alive connections stay with the worker that accepted them (the API server
+keeps its connections), so the split is set when they open; a restart of the API server re-draws it.
 
 Signals: SIGTERM/SIGINT to the parent stop every worker (SIGTERM, then SIGKILL after ``grace`` seconds) and exit 0;
 SIGHUP is forwarded (each worker reloads its policy). A worker that dies is replaced after a backoff; 5 deaths
