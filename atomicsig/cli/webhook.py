@@ -216,6 +216,10 @@ class _Server:
         except KeyboardInterrupt:
             pass
         finally:
+            if parent is not None:
+                # A worker stopped by PR_SET_PDEATHSIG has no supervisor left to SIGKILL it if the shutdown below
+                # hangs (cheroot's pool joins its threads without a bound after its own timeout): SIGALRM ends it.
+                signal.alarm(30)
             if reloader is not None:
                 reloader.stop()
             watcher.stop()

@@ -169,9 +169,7 @@ class Supervisor:
                 for pid, status in self._reap():
                     now = time.monotonic()
                     self.deaths = [t for t in self.deaths if now - t < self.crash_window] + [now]
-                    if len(self.deaths) >= self.crash_limit:
-                        log.error("webhook worker %d %s: %d workers died within %g s, stopping", pid,
-                                  describe_status(status), len(self.deaths), self.crash_window)
+                    if len(self.deaths) >= self.crash_limit:  # the error below is the one line about it
                         self.stop()
                         raise Undecided(f"webhook workers keep dying ({len(self.deaths)} within "
                                         f"{self.crash_window:g} s; the last, pid {pid}: {describe_status(status)})")
