@@ -125,6 +125,28 @@ def test_sighup_reloads_the_policy_in_every_worker(world: dict[str, Any], tmp_pa
 
 
 @pytest.mark.slow
+def test_every_worker_watches_the_key_files_the_policy_names(world: dict[str, Any], tmp_path: Path) -> None:
+    """A key file replaced (as a ConfigMap update does) reloads the policy in each worker, as with one process:
+    the workers watch what the supervisor's load compiled from, not the policy file alone."""
+    host = world["host"]
+    live = tmp_path / "policy.yaml"
+    key = tmp_path / "trusted.gpg"
+    key.write_bytes((world["work"] / "trusted.gpg").read_bytes())
+    live.write_text(yaml.safe_dump({"default": "reject", "keys": {"trusted": {"file": "trusted.gpg"}},
+                                    "scopes": {f"{host}/app": {"signed-by": "trusted", "lookaside":
+                                                               f"file://{world['work'] / 'sigstore'}"}}}))
+    with webhook(world, "--processes", "2", "--policy-reload-interval", "0.2", "--log-format", "json",
+                 policy=live) as base:
+        workers = _children(_PROCS[base].pid)
+        time.sleep(0.5)
+        (tmp_path / "new.gpg").write_bytes(key.read_bytes())
+        os.replace(tmp_path / "new.gpg", key)  # a new inode: the watcher's identity changes
+        _wait_for(lambda: {r["pid"] for r in _log(base, world)
+                           if r["msg"].startswith("policy reloaded (file changed)")} == workers,
+                  "not every worker saw the key file change")
+
+
+@pytest.mark.slow
 def test_killed_worker_is_replaced_and_sigterm_stops_everything(world: dict[str, Any]) -> None:
     """SIGKILL of a worker: one log line naming it, a new worker, reviews answered throughout; then SIGTERM to the
     supervisor: every process gone, exit 0, the port free."""

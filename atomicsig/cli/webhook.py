@@ -257,7 +257,7 @@ def _serve_prefork(server: _Server, processes: int) -> int:
             logging.getLogger("atomicsig.webhook").removeHandler(parent_log)
             own = Path(scratch) / f"w{os.getpid()}"
             staged = _Staging(server.policy_file, server.gnupghome, own)
-            loaded = policies
+            loaded, staged.sources = policies, first.sources  # watch the key files the start's policy names
             if not initial:  # a replacement: the policy as it is now (the others may have reloaded since)
                 try:
                     loaded = staged.load()
