@@ -8,7 +8,6 @@ import logging
 import logging.handlers
 import os
 import queue
-import socket
 import sys
 import tempfile
 from pathlib import Path
@@ -22,6 +21,7 @@ from atomicsig.logfmt import formatter
 from atomicsig.logfmt import use as use_log_format
 
 if TYPE_CHECKING:
+    from atomicsig.net.httpd import Limits
     from atomicsig.webhook.review import NodePolicy
 
 
@@ -151,7 +151,7 @@ class _Server:
 
     def __init__(self, *, policy_file: str, gnupghome: str | None, listen: str, tls_cert: str | None,
                  tls_key: str | None, tls_reload_interval: float, policy_reload_interval: float, max_body: int,
-                 log_format: str, on_error: str, audit_mode: bool, limits: Any, settings_args: dict[str, Any]
+                 log_format: str, on_error: str, audit_mode: bool, limits: Limits, settings_args: dict[str, Any]
                  ) -> None:
         self.policy_file, self.gnupghome, self.listen = policy_file, gnupghome, listen
         self.tls_cert, self.tls_key, self.tls_reload_interval = tls_cert, tls_key, tls_reload_interval
@@ -249,8 +249,8 @@ def _serve_prefork(server: _Server, processes: int) -> int:
             check_tls(server.tls_cert, server.tls_key)
         sock = listen_socket(parse_listen(server.listen), backlog=server.limits.backlog)  # busy: ListenError
         parent_log = _parent_logging(server.log_format)
-        address = f"[{sock.getsockname()[0]}]:{sock.getsockname()[1]}" if sock.family == socket.AF_INET6 else \
-            "{}:{}".format(*sock.getsockname()[:2])
+        host, port = sock.getsockname()[:2]
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         parent = os.getpid()
 
         def work(initial: bool) -> int:
@@ -269,13 +269,13 @@ def _serve_prefork(server: _Server, processes: int) -> int:
             finally:
                 shutil.rmtree(own, ignore_errors=True)
 
-        def spawn(first: bool) -> int:
+        def spawn(initial: bool) -> int:
             pid = os.fork()
             if pid:
                 return pid
             code = 3  # the worker: never returns into this stack (the parent's temporary directories are not ours)
             try:
-                code = work(first) if supervisor.in_child() else 0
+                code = work(initial) if supervisor.in_child() else 0
             except SystemExit as exc:
                 code = exc.code if isinstance(exc.code, int) else 3
             except BaseException as exc:
