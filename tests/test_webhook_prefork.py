@@ -334,3 +334,13 @@ def test_new_connections_do_not_stall_the_other_workers_keepalive_connections(wo
             for t in churners:
                 t.join()
         assert slowest < 0.5, slowest
+
+
+def test_bad_policy_in_process_is_exit_2_and_leaves_no_environment(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """In process (prometheus_client may be loaded already): a broken policy is still its file:line, exit 2, and the
+    multiprocess directory is no longer named in the environment afterwards."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("default: reject\nscopes:\n  registry.example.com/a: {acton: accept}\n")
+    code, _, err = cli("webhook", "-f", str(bad), "--listen", "127.0.0.1:0", "--processes", "2")
+    assert code == 2 and "bad.yaml:3" in err, err
+    assert "PROMETHEUS_MULTIPROC_DIR" not in os.environ

@@ -235,7 +235,7 @@ def _serve_prefork(server: _Server, processes: int) -> int:
     anything here imports prometheus_client (it decides at import time)."""
     import shutil
 
-    from atomicsig.webhook.prefork import Supervisor, metrics_dir
+    from atomicsig.webhook.prefork import Supervisor, check_multiprocess_metrics, metrics_dir
 
     with metrics_dir() as mdir, tempfile.TemporaryDirectory(prefix="atomicsig-webhook-") as scratch:
         from prometheus_client import multiprocess
@@ -290,6 +290,7 @@ def _serve_prefork(server: _Server, processes: int) -> int:
 
         supervisor = Supervisor(processes, spawn, on_exit=lambda pid: multiprocess.mark_process_dead(pid, mdir))
         try:
+            check_multiprocess_metrics()
             supervisor.start()
             click.echo(f"{server.start_line(len(policies[1]), address)}, {processes} processes", err=True)
             return supervisor.wait()

@@ -60,13 +60,8 @@ _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 @contextlib.contextmanager
 def metrics_dir() -> Iterator[str]:
     """A private directory for prometheus_client's multiprocess files, named in the environment for as long as the
-    block runs (see the module docstring for why it must come before any import of prometheus_client)."""
-    if "prometheus_client.values" in sys.modules:
-        from prometheus_client import values
-
-        if values.ValueClass.__name__ == "MutexValue":  # imported single-process already (an in-process caller)
-            raise AtomicsigError("--processes: prometheus_client was loaded before its multiprocess directory "
-                                 "was set; per-worker metrics could not be summed")
+    block runs (see the module docstring for why it must come before any import of prometheus_client; checked by
+    :func:`check_multiprocess_metrics` before forking)."""
     path = tempfile.mkdtemp(prefix="atomicsig-webhook-metrics-")  # mode 0700
     old = os.environ.get(MULTIPROC_ENV)
     os.environ[MULTIPROC_ENV] = path
@@ -78,6 +73,16 @@ def metrics_dir() -> Iterator[str]:
         else:
             os.environ[MULTIPROC_ENV] = old
         shutil.rmtree(path, ignore_errors=True)
+
+
+def check_multiprocess_metrics() -> None:
+    """Refuse to fork when prometheus_client was imported before :func:`metrics_dir` (only an in-process caller
+    can have done that): every worker would count on its own and /metrics would show one worker's share."""
+    from prometheus_client import values
+
+    if values.ValueClass.__name__ == "MutexValue":
+        raise AtomicsigError("--processes: prometheus_client was loaded before its multiprocess directory was set; "
+                             "per-worker metrics could not be summed")
 
 
 def die_with_parent(parent: int) -> bool:
@@ -220,4 +225,5 @@ class Supervisor:
         return out
 
 
-__all__ = ["MULTIPROC_ENV", "Supervisor", "describe_status", "die_with_parent", "metrics_dir", "watch_parent"]
+__all__ = ["MULTIPROC_ENV", "Supervisor", "check_multiprocess_metrics", "describe_status", "die_with_parent",
+           "metrics_dir", "watch_parent"]
