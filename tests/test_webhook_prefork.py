@@ -147,9 +147,11 @@ def test_every_worker_watches_the_key_files_the_policy_names(world: dict[str, An
 
 
 @pytest.mark.slow
-def test_killed_worker_is_replaced_and_sigterm_stops_everything(world: dict[str, Any]) -> None:
+def test_killed_worker_is_replaced_and_sigterm_stops_everything(world: dict[str, Any], tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """SIGKILL of a worker: one log line naming it, a new worker, reviews answered throughout; then SIGTERM to the
-    supervisor: every process gone, exit 0, the port free."""
+    supervisor: every process gone, exit 0, the port free, its temporary directories (metrics, policies) removed."""
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # the command's temporary directories, to see them go
     host, dg = world["host"], world["digests"]
     doc = review(pod(f"{host}/app/signed@{dg['app/signed:1']}"))
     with webhook(world, "--processes", "2", "--log-format", "json") as base:
@@ -173,6 +175,7 @@ def test_killed_worker_is_replaced_and_sigterm_stops_everything(world: dict[str,
         assert proc.wait(timeout=20) == 0
         _wait_for(lambda: not any(_alive(p) for p in workers), "workers left behind", timeout=5)
         assert _port_free(port)
+        assert list(tmp_path.iterdir()) == [], list(tmp_path.iterdir())
 
 
 @pytest.mark.slow
