@@ -57,9 +57,9 @@ class _HTTPError(Exception):
 class Metrics:
     """The webhook's Prometheus metrics, in a registry of their own (docs/webhook.md "Metrics").
 
-    Under ``--processes N`` (``PROMETHEUS_MULTIPROC_DIR`` set: webhook/prefork.py) every worker writes its values
-    to its own files there and :meth:`exposition` reads all of them, so /metrics reports the sum over the workers
-    whichever of them answers."""
+    Under ``--processes N`` (``multiprocess_dir``: prometheus_client's multiprocess directory, webhook/prefork.py)
+    every worker writes its values to its own files there and ``scraped``, the registry /metrics reports, reads
+    all of them, so /metrics is the sum over the workers whichever of them answers."""
 
     def __init__(self, multiprocess_dir: str | None = None) -> None:
         self.registry = CollectorRegistry()
