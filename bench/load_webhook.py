@@ -1,7 +1,8 @@
 """Load test of ``atomicsig webhook`` on loopback (issue 17): concurrent AdmissionReviews, beside skopeo.
 
     python bench/load_webhook.py [--client ab|python] [--concurrency 50] [--rounds 20] [--containers 10]
-                                 [--cache-ttl 10,0] [--keepalive both|on|off] [--skopeo-rounds 2] [--json out.json]
+                                 [--cache-ttl 10,0] [--keepalive both|on|off] [--skopeo-rounds 2] [--processes 1]
+                                 [--json out.json]
 
 1. **World.** A docker-registry on 127.0.0.1 with ``--containers`` distinct images, each signed (throwaway
    Ed25519 key, one ``atomicsig sign`` process) into a lookaside directory on this machine; a policy YAML with one
@@ -19,8 +20,10 @@
    run_ab). ``--client python``: the former generator
    (http.client threads, keep-alive, certificate verified, every answer's uid and ``allowed`` checked).
    Printed per run: latency p50/p95/p99/max, reviews/s, the server's CPU per review (its /proc stat over the
-   run), the 1-minute load average at the end; with keep-alive also ``steady_*``: the same without each
-   connection's first review, whose TLS handshake ab counts in it (ab's ``-g`` timeline: connect time > 0).
+   run, summed over the whole process tree: with ``--processes N`` the supervisor and its workers), its memory
+   (largest RSS of one process, PSS summed over the tree), the 1-minute load average at the end; with keep-alive
+   also ``steady_*``: the same without each connection's first review, whose TLS handshake ab counts in it (ab's
+   ``-g`` timeline: connect time > 0).
 4. **Peer.** The only other way to learn the same answer on a node: ``skopeo copy`` of each image to ``dir:``
    under the policy.json and registries.d that ``policy apply`` writes from the same YAML (a pull decides the
    policy), ``--skopeo-rounds`` times over the images; per image and per pod (x containers), and the ratio of a
@@ -32,6 +35,7 @@ Client and server share this machine's CPUs (2 here), so the figures are a floor
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import json
 import os
@@ -68,10 +72,48 @@ def _pct(values: list[float], p: float) -> float:
     return s[min(len(s) - 1, max(0, round(p / 100 * len(s) + 0.5) - 1))]
 
 
+def _stat(pid: int) -> list[str]:
+    """/proc/PID/stat from field 3 on (the command name, which may hold spaces, cut off)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int(_stat(int(entry.name))[1]) == pid:
+                    out.append(int(entry.name))
+            except (OSError, IndexError, ValueError):
+                continue
+    return out
+
+
 def _cpu_seconds(pid: int) -> float:
-    """user + system CPU time of a process (/proc/PID/stat fields 14 and 15, in clock ticks)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """user + system CPU time of the server's whole process tree: the process itself (/proc/PID/stat fields 14
+    and 15, in clock ticks), the children it has reaped (16 and 17: a ``--processes`` worker that was replaced),
+    and its live children (the ``--processes`` workers)."""
+    fields = _stat(pid)
+    ticks = sum(int(f) for f in fields[11:15])
+    for child in _children(pid):
+        with contextlib.suppress(OSError):
+            ticks += sum(int(f) for f in _stat(child)[11:13])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _rss_mb(pid: int) -> dict[str, float]:
+    """Resident memory of the server (MiB): each process's RSS, and the tree's PSS sum (shared pages counted once:
+    what N forked workers cost together)."""
+    def read(p: int) -> dict[str, int]:
+        out = {}
+        for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
+            key, _, rest = line.partition(":")
+            if key in ("Rss", "Pss"):
+                out[key] = int(rest.split()[0])
+        return out
+    procs = {p: read(p) for p in [pid, *_children(pid)]}
+    return {"server_rss_mb_per_process": round(max(v["Rss"] for v in procs.values()) / 1024, 1),
+            "server_pss_mb_total": round(sum(v["Pss"] for v in procs.values()) / 1024, 1)}
 
 
 def _pod(images: list[str]) -> dict[str, Any]:
@@ -90,14 +132,15 @@ def _load_average() -> float:
 class Webhook:
     """The webhook child process for one ``--cache-ttl``."""
 
-    def __init__(self, work: Path, policy: Path, cert: Path, key: Path, cache_ttl: str, threads: int = 16) -> None:
+    def __init__(self, work: Path, policy: Path, cert: Path, key: Path, cache_ttl: str, threads: int = 16,
+                 processes: int = 1) -> None:
         self.port = env.free_port()
         self.log_path = work / f"webhook-{cache_ttl}.log"
         log = open(self.log_path, "wb")  # noqa: SIM115 - handed to the child
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "atomicsig", "webhook", "-f", str(policy), "--listen", f"127.0.0.1:{self.port}",
              "--tls-cert", str(cert), "--tls-key", str(key), "--tls-verify=false", "--threads", str(threads),
-             "--cache-ttl", cache_ttl],
+             "--cache-ttl", cache_ttl, "--processes", str(processes)],
             env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL, stderr=log, cwd=work)
         log.close()  # the child has it; one line per review (a pipe nobody reads would fill and stall the server)
         self.base = f"https://127.0.0.1:{self.port}"
@@ -242,6 +285,8 @@ def main() -> int:
     ap.add_argument("--keepalive", choices=["both", "on", "off"], default="both",
                     help="ab only: with keep-alive (-k), without (a TLS handshake per review), or both")
     ap.add_argument("--threads", type=int, default=16, help="the webhook's --threads (HTTP worker threads)")
+    ap.add_argument("--processes", type=int, default=1, help="the webhook's --processes (worker processes; the "
+                                                             "server CPU figure sums the whole process tree)")
     ap.add_argument("--ab-timeline", metavar="FILE", help="ab only: keep ab's per-request timeline (-g: start "
                                                           "second, connect and total time of each review)")
     ap.add_argument("--json", dest="json_out")
@@ -278,14 +323,24 @@ def main() -> int:
 
         runs = []
         for ttl in args.cache_ttl.split(","):
-            hook = Webhook(work, policy, cert, tlskey, ttl.strip(), args.threads)
+            hook = Webhook(work, policy, cert, tlskey, ttl.strip(), args.threads, args.processes)
             _one_review(hook.port, str(cert), images)  # verified, allowed; and the cache warm (ttl > 0)
+            if args.processes > 1:
+                # Each worker has its own decision cache, and a connection goes to whichever worker accepts it
+                # first: warm them all with concurrent reviews over fresh connections (idle workers win accepts).
+                warm = [threading.Thread(target=_one_review, args=(hook.port, str(cert), images))
+                        for _ in range(8 * args.processes)]
+                for t in warm:
+                    t.start()
+                for t in warm:
+                    t.join()
             modes = [True] if args.client == "python" or args.keepalive == "on" else \
                 [False] if args.keepalive == "off" else [True, False]
             for keepalive in modes:
                 got = run_ab(hook, work, images, args, keepalive) if args.client == "ab" else \
                     run_python(hook, str(cert), images, args)
-                runs.append({"client": args.client, "cache_ttl": float(ttl), "keepalive": keepalive, **got,
+                runs.append({"client": args.client, "cache_ttl": float(ttl), "keepalive": keepalive,
+                             "processes": args.processes, **got, **_rss_mb(hook.proc.pid),
                              "images_per_s": round(got["reviews_per_s"] * args.containers, 1),
                              "load_average_1m": _load_average()})
                 print(json.dumps(runs[-1]), file=sys.stderr)

@@ -74,6 +74,12 @@ def body_over_limit(exc: BaseException) -> bool:
     return isinstance(exc, MaxSizeExceeded) or exc.args == ("Request Entity Too Large",)
 
 
+def check_tls_files(cert: str, key: str) -> None:
+    """Load the certificate and key as :func:`use_tls` would, for a caller that must know they load before it
+    builds a server (the ``--processes`` supervisor, before forking); OSError/ValueError if they do not."""
+    _DeferredHandshake(cert, key)
+
+
 def use_tls(server: HardenedServer, cert: str, key: str) -> None:
     """Serve TLS with the certificate and key files (cheroot's builtin ``ssl`` adapter, handshake deferred to the
     guard: :class:`_DeferredHandshake`)."""
@@ -163,6 +169,42 @@ class TLSReloader:
 class ListenError(InputError):
     """The listen address cannot be bound (in use, not local, port < 1024 without privilege): the configured
     ``listen`` value is what must change, so it is an input error (exit 2), reported before anything is announced."""
+
+
+def _listen_error(address: str, cause: OSError) -> ListenError:
+    reason = cause.strerror or str(cause)
+    return ListenError(f"cannot listen on {address}: {reason[:1].lower()}{reason[1:]}")
+
+
+def listen_socket(bind_addr: tuple[str, int], *, backlog: int = 512) -> socket.socket:
+    """A bound, listening TCP socket that no server runs yet, for ``webhook --processes N``: the supervisor binds
+    once (so port 0 resolves to one real port, and a busy port is one :class:`ListenError` before any worker
+    exists), then forks; every worker runs a :class:`HardenedServer` on the inherited socket (``sock=``).
+
+    Options as cheroot sets them on the socket it binds itself: SO_REUSEADDR except for port 0 (where it could
+    take a port another socket still holds in TIME_WAIT), TCP_NODELAY (inherited by accepted sockets). No
+    SO_REUSEPORT: with it a second, stale webhook of the same user on the same port would silently share the
+    traffic instead of being a busy port (the measured spread between workers: atomicsig/webhook/prefork.py)."""
+    host, port = bind_addr
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        infos = socket.getaddrinfo(host, port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise _listen_error(address, OSError(exc.errno, exc.strerror)) from None
+    last: OSError = OSError("no address to bind")
+    for family, kind, proto, _, sockaddr in infos:
+        sock = socket.socket(family, kind, proto)
+        try:
+            if port != 0:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.bind(sockaddr)
+            sock.listen(backlog)
+            return sock
+        except OSError as exc:
+            sock.close()
+            last = exc
+    raise _listen_error(address, last)
 
 
 @dataclass(frozen=True)
@@ -508,7 +550,10 @@ class HardenedServer(wsgi.Server):  # type: ignore[misc]
 
     ConnectionClass = _TrackedConnection
 
-    def __init__(self, bind_addr: tuple[str, int], app: Any, limits: Limits, *, tls: bool) -> None:
+    def __init__(self, bind_addr: tuple[str, int], app: Any, limits: Limits, *, tls: bool,
+                 sock: socket.socket | None = None) -> None:
+        """``sock``: a listening socket bound elsewhere (:func:`listen_socket`, inherited by a pre-forked worker)
+        to serve on instead of binding ``bind_addr``."""
         super().__init__(bind_addr, app, numthreads=limits.threads, server_name="atomicsig",
                          request_queue_size=limits.backlog, timeout=int(limits.idle_timeout), accepted_queue_size=-1)
         self.limits = limits
@@ -519,6 +564,7 @@ class HardenedServer(wsgi.Server):  # type: ignore[misc]
         self.keep_alive_conn_limit = None  # type: ignore[assignment]  # cheroot reads None as "no cap"
         self.guard = _Guard(self, limits, peek=not tls)
         self._bind_error: OSError | None = None
+        self._adopted = sock
         # The reserved health worker: /healthz must answer while every pool worker is held (slow bodies, slow
         # readers) — the promise docs/serve.md makes. Only bodiless GET/HEAD /healthz heads reach it.
         self._health_queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -531,6 +577,10 @@ class HardenedServer(wsgi.Server):  # type: ignore[misc]
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     def bind(self, family: int, type: int, proto: int = 0) -> None:  # cheroot's signature
+        if self._adopted is not None:  # cheroot's prepare() asks for a socket: the one we were given
+            self.socket = self._adopted
+            self.bind_addr = self._adopted.getsockname()[:2]
+            return
         try:
             super().bind(family, type, proto)
         except OSError as exc:
@@ -542,14 +592,25 @@ class HardenedServer(wsgi.Server):  # type: ignore[misc]
         try:
             super().prepare()
         except OSError as exc:
-            cause = self._bind_error or exc
-            reason = cause.strerror or str(cause)
-            raise ListenError(f"cannot listen on {self.address}: {reason[:1].lower()}{reason[1:]}") from None
+            raise _listen_error(self.address, self._bind_error or exc) from None
+        if self._adopted is not None:
+            # A socket shared with other processes: each new connection wakes every process's accept loop and
+            # one wins. The losers' accept() must fail at once (EAGAIN, which cheroot skips), not wait in it for
+            # cheroot's 1 s socket timeout while their keep-alive connections, served by the same loop, stall.
+            self.socket.settimeout(0.0)
         self.guard.start()
         self._health_thread.start()
 
     def stop(self) -> None:
+        adopted = self._adopted if self.ready else None
+        if adopted is not None:
+            # cheroot's stop() "touches" its listening port with a connect() to wake its own accept(); on a shared
+            # socket another worker would accept that empty connection. Our accept loop does not block in
+            # accept(), so no touch is needed: close our copy of the socket ourselves.
+            self.socket = None
         super().stop()
+        if adopted is not None:
+            adopted.close()
         self.guard.stop()
         if self._health_thread.is_alive():
             self._health_queue.put(None)

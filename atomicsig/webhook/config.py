@@ -50,6 +50,7 @@ KEYS: dict[str, _Key] = {
     "cache-ttl": _Key("cache_ttl", "number", 0, 3600),
     "workers": _Key("workers", "int", 1, 256),
     "threads": _Key("threads", "int", 1, 256),
+    "processes": _Key("processes", "int", 1, 64),
     "max-connections": _Key("max_connections", "int", 1, 65536),
     "max-body": _Key("max_body", "int", 1024, 64 * 1024 * 1024),
     "tls-verify": _Key("tls_verify", "bool"),

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -26,7 +27,15 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from atomicsig.errors import InputError
 from atomicsig.format import admission
-from atomicsig.net.httpd import BODY_READ_ERRORS, HardenedServer, Limits, body_over_limit, parse_listen, use_tls
+from atomicsig.net.httpd import (
+    BODY_READ_ERRORS,
+    HardenedServer,
+    Limits,
+    body_over_limit,
+    check_tls_files,
+    parse_listen,
+    use_tls,
+)
 from atomicsig.webhook.review import Reviewer
 
 log = logging.getLogger("atomicsig.webhook")
@@ -46,10 +55,20 @@ class _HTTPError(Exception):
 
 
 class Metrics:
-    """The webhook's Prometheus metrics, in a registry of their own (docs/webhook.md "Metrics")."""
+    """The webhook's Prometheus metrics, in a registry of their own (docs/webhook.md "Metrics").
 
-    def __init__(self) -> None:
+    Under ``--processes N`` (``multiprocess_dir``: prometheus_client's multiprocess directory, webhook/prefork.py)
+    every worker writes its values to its own files there and ``scraped``, the registry /metrics reports, reads
+    all of them, so /metrics is the sum over the workers whichever of them answers."""
+
+    def __init__(self, multiprocess_dir: str | None = None) -> None:
         self.registry = CollectorRegistry()
+        self.scraped = self.registry  # what /metrics reports
+        if multiprocess_dir:
+            from prometheus_client import multiprocess
+
+            self.scraped = CollectorRegistry()
+            multiprocess.MultiProcessCollector(self.scraped, path=multiprocess_dir)
         self.reviews = Counter("atomicsig_webhook_reviews", "AdmissionReviews answered, by endpoint and verdict "
                                "(allowed, denied, exempt, skipped, invalid)", ["endpoint", "verdict"],
                                registry=self.registry)
@@ -66,8 +85,12 @@ class Metrics:
                                       "(SIGHUP or a changed policy file)", registry=self.registry)
         self.policy_reload_errors = Counter("atomicsig_webhook_policy_reload_errors", "Policy reloads refused (the "
                                             "previous policy is still served)", registry=self.registry)
+        # Across workers (each loads and reloads on its own): the oldest load any live worker still serves, so
+        # an alert on its age or on a reload not taking effect sees the worker that lags; a dead worker's value
+        # goes with it. Ignored in a single process.
         self.policy_loaded = Gauge("atomicsig_webhook_policy_last_reload_success_timestamp_seconds", "When the "
-                                   "policy now served was loaded (Unix time)", registry=self.registry)
+                                   "policy now served was loaded (Unix time)", registry=self.registry,
+                                   multiprocess_mode="livemin")
         self.policy_loaded.set_to_current_time()
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
 
@@ -87,10 +110,11 @@ class Metrics:
 class WebhookApp:
     """The WSGI application around a :class:`Reviewer`."""
 
-    def __init__(self, reviewer: Reviewer, *, max_body: int = MAX_BODY) -> None:
+    def __init__(self, reviewer: Reviewer, *, max_body: int = MAX_BODY, metrics_dir: str | None = None) -> None:
+        """``metrics_dir``: prometheus_client's multiprocess directory under ``--processes N`` (:class:`Metrics`)."""
         self.reviewer = reviewer
         self.max_body = max_body
-        self.metrics = Metrics()
+        self.metrics = Metrics(metrics_dir)
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         method = environ.get("REQUEST_METHOD", "GET").upper()
@@ -116,7 +140,7 @@ class WebhookApp:
                 raise _HTTPError(405, "method not allowed")
             if path == "/healthz":
                 return 200, b"ok\n", "text/plain"
-            return 200, generate_latest(self.metrics.registry), CONTENT_TYPE_LATEST
+            return 200, generate_latest(self.metrics.scraped), CONTENT_TYPE_LATEST
         if path not in ("/validate", "/mutate"):
             raise _HTTPError(404, "not found; the webhook answers POST /validate and POST /mutate")
         if method != "POST":
@@ -182,14 +206,23 @@ class WebhookApp:
         return data
 
 
+def check_tls(tls_cert: str, tls_key: str) -> None:
+    """The InputError :func:`make_server` raises for TLS files that do not load, without building a server."""
+    try:
+        check_tls_files(tls_cert, tls_key)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot load TLS certificate {tls_cert} / key {tls_key}: {exc}") from None
+
+
 def make_server(app: WebhookApp, listen: str, *, tls_cert: str | None, tls_key: str | None,
-                limits: Limits | None = None) -> HardenedServer:
+                limits: Limits | None = None, sock: socket.socket | None = None) -> HardenedServer:
     """The hardened server for ``app`` (not started); TLS from the two files when given (the API server only
-    calls HTTPS webhooks; plain HTTP is for tests behind a TLS-terminating proxy)."""
+    calls HTTPS webhooks; plain HTTP is for tests behind a TLS-terminating proxy). ``sock``: serve on this
+    listening socket (a pre-forked worker's, inherited) instead of binding ``listen``."""
     if bool(tls_cert) != bool(tls_key):
         raise InputError("TLS needs both --tls-cert and --tls-key")
     limits = limits or Limits(max_body=app.max_body)
-    server = HardenedServer(parse_listen(listen), app, limits, tls=bool(tls_cert))
+    server = HardenedServer(parse_listen(listen), app, limits, tls=bool(tls_cert), sock=sock)
     if tls_cert and tls_key:
         try:
             use_tls(server, tls_cert, tls_key)
@@ -198,4 +231,4 @@ def make_server(app: WebhookApp, listen: str, *, tls_cert: str | None, tls_key: 
     return server
 
 
-__all__ = ["MAX_BODY", "Metrics", "WebhookApp", "make_server"]
+__all__ = ["MAX_BODY", "Metrics", "WebhookApp", "check_tls", "make_server"]
