@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from atomicsig.format.sigpath import digest_dirname
-from atomicsig.store import directory
+from atomicsig.store import directory, origin
 from atomicsig.store.directory import DirectoryStore
 from atomicsig.store.journal import PENDING_NAME, Journal, _parse_pending
 from atomicsig.store.sigdir import append_to_dir, read_dir
@@ -103,11 +103,12 @@ def test_batch_modes_origins_and_no_leftovers(tmp_path: Path, monkeypatch: pytes
         want = 0o755 if path.is_dir() else 0o644
         assert stat.S_IMODE(path.stat().st_mode) == want, path
         assert not path.name.startswith(".tmp"), path
-    origins = root / ".atomicsig" / "origins"
     for digest, blobs in ((D1, [b"a0", b"a1", b"a2"]), (D3, [b"c1", b"c2"]), (D4, [b"d1"])):
-        rec = origins / f"{digest_dirname(REPO, digest)}.json"
-        assert json.loads(rec.read_text()) == {sha(b): [PEER] for b in blobs}
-        assert stat.S_IMODE(rec.stat().st_mode) == 0o644
+        dirname = digest_dirname(REPO, digest)
+        assert origin.records(root, dirname) == {sha(b): [PEER] for b in blobs}
+        # kept on the directory (atomicsig.store.origin), not in a file of its own
+        assert json.loads(os.getxattr(root / dirname, origin.XATTR)) == {sha(b): [PEER] for b in blobs}
+    assert not (root / ".atomicsig" / "origins").exists()
     assert files_of(root) == set(journal_adds(root))
 
 

@@ -31,6 +31,7 @@ from atomicsig.format.sigpath import digest_dirname
 from atomicsig.gnupg.keyring import TrustedKeys
 from atomicsig.gnupg.trusted import NativeTrustedKeys, trusted_keys
 from atomicsig.ops.bundle import Since, export_bundle, parse_since
+from atomicsig.store import origin
 from atomicsig.store.directory import DirectoryStore
 from atomicsig.store.journal import HEADER_LEN, Journal, iter_lines, parse_line, sha256_hex
 from atomicsig.store.sigdir import read_dir
@@ -139,10 +140,10 @@ def test_origin_record_does_not_grow_with_each_bundle(tmp_path: Path, signer: Gp
         out = tmp_path / f"week{week}.tgz"
         assert run("bundle", "export", "--sigstore", str(src), "-o", str(out), "--policy", str(policy))[0] == 0
         assert run("bundle", "import", str(out), "--sigstore", str(dst), "--key", str(signer_pub))[0] == 0
-    records = sorted((dst / ".atomicsig" / "origins").rglob("*.json"))
-    assert len(records) == 3
-    for rec in records:
-        assert list(json.loads(rec.read_text()).values()) == [["bundle"]]
+    dirs = sorted({p.parent.relative_to(dst).as_posix() for p in dst.rglob("signature-*")})
+    assert len(dirs) == 3
+    for dirname in dirs:
+        assert list(origin.records(dst, dirname).values()) == [["bundle"]]
 
 
 def test_export_is_deterministic_and_a_plain_tar_gz(tmp_path: Path, source: Path, signer_pub: Path) -> None:

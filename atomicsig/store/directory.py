@@ -214,23 +214,25 @@ class DirectoryStore(SignatureStore):
     def _remember_plan(self, walker: _DirWalker, plan: _DirPlan, origin: str, umask: int | None) -> None:
         """atomicsig.store.origin.remember for a batch, before the directory's first link. A directory created by
         this batch has no earlier record worth keeping and no signature yet, so its record — every new sha256 of
-        the batch — is written in one go, in place (no temp + rename): until the first link nothing it describes
-        exists, a reader that finds it torn treats it as "no record" (the safe side, atomicsig.store.origin), and
-        a kill before the link leaves a record that the next writer of the directory rewrites. No fsync: the
-        batch's flush covers it."""
+        the batch — is written in one go: the directory's attribute (origin.put_new), or where the filesystem
+        has none, the file, in place (no temp + rename): until the first link nothing it describes exists, a
+        reader that finds it torn treats it as "no record" (the safe side, atomicsig.store.origin), and a kill
+        before the link leaves a record that the next writer of the directory rewrites. No fsync: the batch's
+        flush covers it."""
         from atomicsig.store.journal import META_DIR
-        from atomicsig.store.origin import ORIGINS_DIR, remember
+        from atomicsig.store.origin import ORIGINS_DIR, put_new, remember
 
+        shas = [sha for _, sha in plan.new]
         if not plan.created:
-            remember(self.root, plan.rel_dir, [sha for _, sha in plan.new], origin,
+            remember(self.root, plan.rel_dir, shas, origin,
                      keep={hashlib.sha256(s.blob).hexdigest() for s in plan.existing}, sync=False)
+            return
+        if put_new(plan.dfd, shas, origin):
             return
         parent, _, name = f"{META_DIR}/{ORIGINS_DIR}/{plan.rel_dir}.json".rpartition("/")
         pfd, _ = walker.ensure(parent)
-        # json.dumps({sha: [origin]}, sort_keys=True) by hand (hex keys need no escaping; the URL is encoded once)
-        sources = json.dumps([origin])
-        doc = "{" + ", ".join(f'"{sha}": {sources}' for sha in sorted(sha for _, sha in plan.new)) + "}"
-        _write_in_place(pfd, name, doc.encode(), umask)
+        delivered = {sha: [origin] for sha in shas}
+        _write_in_place(pfd, name, json.dumps(delivered, sort_keys=True).encode(), umask)
 
     def recover(self) -> int:
         """Journal what writers killed mid-append left unjournaled (see atomicsig.sync.journal); lines added."""
