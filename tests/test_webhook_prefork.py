@@ -122,6 +122,38 @@ def test_sighup_reloads_the_policy_in_every_worker(world: dict[str, Any], tmp_pa
                   == workers, "not every worker reloaded")
         assert all(answer(base, doc)["allowed"] is False for _ in range(20))
         assert _metric(base, "atomicsig_webhook_policy_reloads_total") == 2
+        assert _children(_PROCS[base].pid) == workers  # no worker died of the signal
+
+
+@pytest.mark.slow
+def test_sighup_while_workers_start_kills_none(world: dict[str, Any], tmp_path: Path) -> None:
+    """SIGHUPs sent while the workers are still starting (before their own handler is in place) are remembered,
+    not fatal. Before, SIGHUP's default action ended such a worker and the supervisor replaced it (the SIGHUP test
+    above failed that way under CI load)."""
+    port = free_port()
+    log_path = tmp_path / "webhook.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "atomicsig", "webhook", "-f", str(world["policy"]), "--listen",
+             f"127.0.0.1:{port}", "--tls-cert", str(world["cert"]), "--tls-key", str(world["key"]),
+             "--processes", "2", "--policy-reload-interval", "0"], stdout=log, stderr=log, cwd=world["work"],
+            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        _wait_for(lambda: ", 2 processes" in log_path.read_text(), "the supervisor's start line")
+        first = _children(proc.pid)  # forked just before the start line: still loading, no handler yet
+        end = time.monotonic() + 2
+        while time.monotonic() < end:
+            proc.send_signal(signal.SIGHUP)
+            time.sleep(0.02)
+        wait_http(f"https://127.0.0.1:{port}/healthz", timeout=30, cafile=str(world["cert"]))
+        time.sleep(0.5)
+        text = log_path.read_text()
+        assert "killed by signal" not in text, text
+        assert _children(proc.pid) == first and len(first) == 2, text
+        assert proc.poll() is None
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
 
 
 @pytest.mark.slow

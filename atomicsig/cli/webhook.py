@@ -195,6 +195,10 @@ class _Server:
         signal.signal(signal.SIGHUP, lambda signum, frame: watcher.request())
         if parent is not None:  # a terminal's ^C reaches the whole group: the supervisor stops the workers
             signal.signal(signal.SIGINT, signal.SIG_IGN)
+            from atomicsig.webhook.prefork import early_sighup
+
+            if early_sighup():  # forwarded while this worker was still starting
+                watcher.request()
         try:
             watcher.start()
             if self.tls_cert and self.tls_key:

@@ -85,6 +85,19 @@ def check_multiprocess_metrics() -> None:
                              "per-worker metrics could not be summed")
 
 
+_sighup_early: list[bool] = []
+
+
+def _remember_sighup(signum: int, frame: object) -> None:
+    _sighup_early.append(True)
+
+
+def early_sighup() -> bool:
+    """Whether a SIGHUP reached this worker before it installed its own handler (then it must reload: the policy
+    it was handed predates the signal)."""
+    return bool(_sighup_early)
+
+
 def die_with_parent(parent: int) -> bool:
     """In a worker just forked: SIGTERM when the parent exits (any way, SIGKILL included). False if it already has
     (it may have died before the prctl, which then never fires): the worker should exit at once."""
@@ -149,9 +162,14 @@ class Supervisor:
 
     def in_child(self) -> bool:
         """In a worker just forked: default signal handling back (the worker installs its own), the parent's
-        signal mask undone, death with the parent armed. False: the parent is already gone, exit now."""
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal mask undone, death with the parent armed. False: the parent is already gone, exit now.
+
+        SIGHUP is not given its default (which ends the process): until the worker's own handler is in place, a
+        SIGHUP forwarded to it is only remembered (:func:`early_sighup`). It used to kill a worker still loading,
+        which the supervisor then replaced (found by the SIGHUP test under CI load)."""
+        for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, signal.SIG_DFL)
+        signal.signal(signal.SIGHUP, _remember_sighup)
         signal.pthread_sigmask(signal.SIG_SETMASK, self._old_mask or set())
         return die_with_parent(self._parent)
 
@@ -226,4 +244,4 @@ class Supervisor:
 
 
 __all__ = ["MULTIPROC_ENV", "Supervisor", "check_multiprocess_metrics", "describe_status", "die_with_parent",
-           "metrics_dir", "watch_parent"]
+           "early_sighup", "metrics_dir", "watch_parent"]
