@@ -355,13 +355,20 @@ def _first_sync_row(ctx: Any, work: Path) -> Any:
     ``wget --mirror`` of the same tree from the same nginx (an unverified copy). N = 2,000 in quick mode (at a few
     dozen signatures both sides measure their start-up, and the CI gate could not see the pack path regress),
     100,000 in full mode (one run each then: the wget side alone takes minutes). The follower runs with the
-    default pass limits, so a 100k sync also exercises resuming the pack across passes."""
+    default pass limits, so a 100k sync also exercises resuming the pack across passes.
+
+    Both copies are deleted only after both are timed. Deleting one right before the other's run slowed that run
+    up to 2x on this machine's ext4, which has no journal: there, creating an inode skips every inode freed in the
+    last 60 s (360 s while its inode-table block is dirty), testing them one by one (``recently_deleted`` in
+    fs/ext4/ialloc.c; ~40 % of a slowed run's samples under ``perf``). A joining node has not just deleted 300,000
+    inodes; the measurement should not have either, for either contender."""
     from harness import compare, make_row, set_target
 
     n = FIRST_SYNC_QUICK if ctx.quick else FIRST_SYNC_FULL
     cache = Path(tempfile.gettempdir()) / f"atomicsig-bench-first-sync-{n}"
     src, keyfile = pack_fixture(n, cache if not ctx.quick else work / "first-fixture")
     ng = Nginx(src, work / "nginx-first", autoindex=True)
+    done: list[Path] = []  # copies, deleted once every run is timed (see above)
     try:
         def ours(i: int) -> float:
             w = work / f"first-{i}"
@@ -369,7 +376,7 @@ def _first_sync_row(ctx: Any, work: Path) -> Any:
             wall, code, rss = run_child([*ATOMICSIG, "sync", "--once", "--passes", "100", "--config", str(cfg)])
             ctx.peaks["sync.first"] = max(ctx.peaks.get("sync.first", 0), rss)
             got = sum(1 for _ in (w / "follower").glob("bench/*/signature-1"))
-            shutil.rmtree(w, ignore_errors=True)
+            done.append(w)
             if code != 0 or got != n:
                 raise RuntimeError(f"atomicsig sync --once exited {code} and stored {got} of {n} signatures")
             return wall
@@ -382,7 +389,7 @@ def _first_sync_row(ctx: Any, work: Path) -> Any:
                             ng.url + "/bench/"], check=False)
             wall = time.perf_counter() - t0
             got = sum(1 for _ in w.glob("bench/*/signature-1"))
-            shutil.rmtree(w, ignore_errors=True)
+            done.append(w)
             if got != n:
                 raise RuntimeError(f"wget --mirror copied {got} of {n} signatures")
             return wall
@@ -390,6 +397,8 @@ def _first_sync_row(ctx: Any, work: Path) -> Any:
         rates = compare(ctx.runs if n < 10_000 else 1, n, {"ours": ours, "wget": wget})
     finally:
         ng.stop()
+        for w in done:
+            shutil.rmtree(w, ignore_errors=True)
     row = make_row("sync.first.vs_wget_mirror", f"first sync of {n:,} sigs (pack, verified)", "sig/s", n,
                    rates["ours"], "wget --mirror (no verify)", rates["wget"], ctx=ctx, peak_key="sync.first")
     if n >= FIRST_SYNC_FULL:

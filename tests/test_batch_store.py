@@ -140,3 +140,61 @@ def test_batch_system_calls_per_signature(tmp_path: Path) -> None:
     assert len(journal_adds(root)) == n + 1
     assert sum(1 for ln in calls if "getpid" in ln) < 10
     assert Journal(root).epoch() is not None
+
+
+def test_staged_batch_commits_in_another_thread_in_order(tmp_path: Path) -> None:
+    """The bulk first sync links batch k+1 while batch k is flushed and journaled in another thread
+    (atomicsig.sync.packsync): a staged batch holds its directories' locks until its commit, a writer of one of
+    them waits for that commit (no deadlock, no lost file), and the journal lists both batches in order."""
+    import threading
+
+    from atomicsig.store.sigdir import lock_dir
+
+    root, store = seeded_store(tmp_path)
+    first = store.stage_batch([(REPO, D3, b"c1"), (REPO, D3, b"c2")], origin=PEER)
+    assert first.journaled and first.dirs == frozenset({digest_dirname(REPO, D3)})
+    assert [getattr(r, "created", None) for r in first.results] == [True, True]
+    assert len(journal_adds(root)) == 1  # linked, not yet journaled
+    second = store.stage_batch([(REPO, D4, b"d1")], origin=PEER)  # other directories: no wait
+    got: list[int] = []
+
+    def writer() -> None:  # a writer of the first batch's directory must wait for its commit
+        with lock_dir(root / digest_dirname(REPO, D3)):
+            got.append(len(journal_adds(root)))
+
+    t = threading.Thread(target=writer)
+    t.start()
+    t.join(0.3)
+    assert t.is_alive() and not got  # the directory is still locked by the staged batch
+    committer = threading.Thread(target=first.commit)
+    committer.start()
+    committer.join(30)
+    t.join(30)
+    assert got == [3]  # the writer got the lock only once the first batch was journaled
+    second.commit()
+    adds = journal_adds(root)
+    assert [p.rsplit("/", 2)[1][-4:] + "/" + p.rsplit("/", 1)[1] for p, _ in adds[1:]] == \
+        ["3333/signature-1", "3333/signature-2", "4444/signature-1"]
+    assert files_of(root) == set(adds) and unlocked_slots(root) == []
+    # A store's first batch rebuilds the journal from a scan of the store, which would list a batch linked
+    # meanwhile too: it says so, and the sync commits it before linking the next.
+    fresh = DirectoryStore(tmp_path / "fresh").stage_batch([(REPO, D3, b"c1")], origin=PEER)
+    assert not fresh.journaled
+    fresh.commit()
+    again = DirectoryStore(tmp_path / "fresh").stage_batch([(REPO, D4, b"d1")])
+    assert again.journaled
+    again.commit()
+
+
+def test_aborted_staged_batch_loses_no_line(tmp_path: Path) -> None:
+    """A staged batch given up (its predecessor's commit failed) keeps what it linked and leaves its pending
+    record for the next journal writer, exactly as a kill would: nothing is lost, nothing journaled twice."""
+    root, store = seeded_store(tmp_path)
+    staged = store.stage_batch(batch_items(), origin=PEER)
+    staged.abort()
+    staged.abort()  # idempotent
+    assert len(journal_adds(root)) == 1 and unlocked_slots(root)  # the record is there, its lock dropped
+    store.append_path(REPO, D1, b"later")  # any later journal writer reconciles first
+    adds = journal_adds(root)
+    assert len(adds) == len(set(adds)) == 7 and files_of(root) == set(adds)
+    assert unlocked_slots(root) == []

@@ -36,6 +36,7 @@ from tests.infra import (
     sync_once,
 )
 from tests.infra import serve_sigstore as serve
+from tests.test_recovery import unlocked_slots
 
 Node = SyncNode
 contents = sigstore_contents
@@ -399,3 +400,90 @@ def test_worker_killed_mid_pack_falls_back(node: Callable[[str], Node], signer: 
         st = b.state()["sources"][url]
         assert st["synced"] == total and st["rejected"] == {} and st["pack_offset"] == 0
         assert st["offset"] == Journal(a.sigstore).path.stat().st_size
+
+
+def _second_signatures(root: Path, signer: GpgHome, records: list[str]) -> None:
+    """A second signature in the digest directory of each journal record in ``records``, journaled in that order
+    (so the pack has a directory's ``signature-2`` a whole batch after its ``signature-1``)."""
+    from atomicsig.store.directory import DirectoryStore
+
+    s = memory_signer(Keyring(str(signer.path)), signer.fingerprint, None)
+    store = DirectoryStore(root)
+    for rec in records:
+        repo, hexd = rec.split(" ")[2].rsplit("/", 1)[0].split("@sha256=")
+        store.append_path(repo, "sha256:" + hexd, s.sign(payload.build(f"example.com/{repo}:second", "sha256:" + hexd)))
+
+
+def test_directories_split_across_batches(cli: Any, node: Callable[[str], Node], signer: GpgHome) -> None:
+    """Batch k+1 is linked while batch k is flushed and journaled in a thread (atomicsig.sync.packsync._Pipe);
+    here every directory of the third batch already got a signature in the second, still locked by the second's
+    commit when the third is linked. The third waits for that commit: no deadlock, every file where it belongs,
+    each journaled once and in order."""
+    a = node("a")
+    fill(a.sigstore, signer, signer.fingerprint, 1024)  # batches 1 and 2
+    lines = journal_lines(a.sigstore)
+    _second_signatures(a.sigstore, signer, lines[512:1024] + lines[:100])  # batch 3 = batch 2's directories
+    write_pack(a.sigstore)
+    total = 1024 + 512 + 100
+    with nginx(a.sigstore, a.dir / "nginx") as (url, _log):
+        b = node("b")
+        b.configure([url])
+        code, logs = sync_once(cli, b)
+        assert code == 0
+        assert contents(b.sigstore) == contents(a.sigstore)
+        mine = journal_lines(b.sigstore)
+        assert len(mine) == total and len({x.split(" ")[3] for x in mine}) == total
+        assert [x.split(" ", 1)[1] for x in mine] == [x.split(" ", 1)[1] for x in journal_lines(a.sigstore)]
+        st = b.state()["sources"][url]
+        assert st["synced"] == total and st["offset"] == Journal(a.sigstore).path.stat().st_size
+        assert sum(r.get("created", 0) for r in logs if r["msg"] == "synced") == total
+
+
+def test_failed_commit_in_the_pipe_keeps_the_cursor_and_loses_nothing(cli: Any, node: Callable[[str], Node],
+                                                                      signer: GpgHome,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The second batch's flush fails in the committer thread while the third batch is already linked: the pass
+    fails (exit 3, the error named), the cursor stays after the first batch (the only one journaled), the
+    third batch is given up with its pending record, and the next pass ends with every signature stored and
+    journaled exactly once."""
+    from atomicsig import fsutil
+    from atomicsig.errors import StorageError
+
+    a, b = node("a"), node("b")
+    total = 2000  # batches of 512: three full ones and the rest
+    fill(a.sigstore, signer, signer.fingerprint, total)
+    write_pack(a.sigstore)
+    real = fsutil.sync_filesystem
+    calls: list[str] = []
+
+    def failing(path: Any) -> None:
+        import threading
+        calls.append(threading.current_thread().name)
+        if len(calls) == 2:
+            raise StorageError("injected: cannot flush the filesystem")
+        real(path)
+
+    with nginx(a.sigstore, b.dir / "nginx") as (url, _log):
+        b.configure([url])
+        monkeypatch.setattr(fsutil, "sync_filesystem", failing)
+        code, logs = sync_once(cli, b)
+        assert code == 3 and len(calls) == 2 and calls[1].startswith("atomicsig-commit"), (code, calls)
+        assert any("injected" in json.dumps(r) for r in logs), logs[-3:]
+        st = b.state()["sources"][url]
+        head = Journal(a.sigstore).path.read_bytes().split(b"\n", 1)[0]
+        up = journal_lines(a.sigstore)
+        assert st["seq"] == 512 and st["offset"] == len(head) + 1 + sum(len(x) + 1 for x in up[:512])
+        assert len(journal_lines(b.sigstore)) == 512
+        linked = sum(1 for _ in b.sigstore.glob("ns/*/signature-1"))
+        assert 3 * 512 >= linked > 2 * 512, linked  # the third batch was linked before the error reached it
+        contents(b.sigstore)  # no gap, no partial file
+        monkeypatch.setattr(fsutil, "sync_filesystem", real)
+        assert sync_once(cli, b)[0] == 0
+        assert contents(b.sigstore) == contents(a.sigstore)
+        mine = journal_lines(b.sigstore)
+        assert len(mine) == total and len({x.split(" ")[3] for x in mine}) == total
+        st = b.state()["sources"][url]
+        assert st["offset"] == Journal(a.sigstore).path.stat().st_size and st["pack_offset"] == 0
+        # no record left for a reconciler: this (in-process) run's own idle slots are blank until its exit
+        assert unlocked_slots(b.sigstore) == []
+        assert all(not p.read_bytes().strip() for p in (b.sigstore / ".atomicsig" / "pending").iterdir())

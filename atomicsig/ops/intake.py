@@ -26,7 +26,7 @@ from atomicsig.format import payload
 from atomicsig.format.blob import MAX_SIGNATURE_SIZE, simple_signing_body
 from atomicsig.format.sigpath import MAX_LOOKASIDE_SIGNATURES, SigPath
 from atomicsig.ops.verify import Verifier
-from atomicsig.store.directory import DirectoryStore
+from atomicsig.store.directory import DirectoryStore, StagedBatch
 from atomicsig.store.journal import sha256_hex
 from atomicsig.store.origin import also_delivered, recorded
 from atomicsig.store.sigdir import lock_dir, read_dir
@@ -86,17 +86,15 @@ class Intake:
         """Store signatures that passed :func:`check_blob` (the caller ran it, possibly in worker processes: the
         bulk first sync), as one batch: :meth:`DirectoryStore.append_batch` (one flush and one journal write
         for the batch). Same outcomes as :meth:`offer`, in order: created, duplicate, or digest-full."""
-        results = self.store.append_batch([(p.repo, p.digest, b) for p, b in items], origin=origin)
-        out: list[Outcome] = []
-        for (path, blob), res in zip(items, results, strict=True):
-            if isinstance(res, StorageError):
-                out.append(Outcome("rejected", "digest-full", res.message))
-            elif res.created:
-                out.append(Outcome("created", location=res.location))
-            else:
-                self.also_delivered(path, sha256_hex(blob), origin)
-                out.append(Outcome("duplicate", location=res.location))
-        return out
+        staged = self.stage_checked(items, origin)
+        staged.commit()
+        return staged.outcomes()
+
+    def stage_checked(self, items: list[tuple[SigPath, bytes]], origin: str) -> StagedIntake:
+        """:meth:`store_checked` in two steps, so that the bulk first sync can link the next batch while this
+        one is flushed (:class:`StagedIntake`)."""
+        staged = self.store.stage_batch([(p.repo, p.digest, b) for p, b in items], origin=origin)
+        return StagedIntake(self, items, origin, staged)
 
     def offer_batch(self, items: Sequence[tuple[SigPath, bytes]], origin: str) -> list[Outcome]:
         """:meth:`offer` for many signatures at once, same checks and outcomes, in order: each is checked
@@ -157,3 +155,48 @@ class Intake:
         meta = {"path": str(path), "origin": origin, "reason": outcome.reason, "detail": outcome.detail,
                 "time": int(time.time())}
         fsutil.atomic_write(self.quarantine / f"{sha}.json", json.dumps(meta, sort_keys=True).encode(), 0o640)
+
+
+class StagedIntake:
+    """Checked signatures, linked but not yet durable (:class:`atomicsig.store.directory.StagedBatch`):
+    :meth:`commit` (from any thread; it releases the batch's directory locks), then :meth:`outcomes` in the
+    caller's thread. Outcomes wait for the commit because a duplicate may add its source to the directory's
+    origin record, which takes that directory's lock."""
+
+    def __init__(self, intake: Intake, items: list[tuple[SigPath, bytes]], origin: str, staged: StagedBatch) -> None:
+        self._intake, self._items, self._origin, self._staged = intake, items, origin, staged
+
+    @property
+    def paths(self) -> list[SigPath]:
+        """Where the items go, in order (as :meth:`outcomes`)."""
+        return [p for p, _ in self._items]
+
+    @property
+    def dirs(self) -> frozenset[str]:
+        """Digest directories (relative to the store) locked until :meth:`commit` returns."""
+        return self._staged.dirs
+
+    @property
+    def journaled(self) -> bool:
+        """False for a store's first batch: it must be committed before another batch is staged
+        (:attr:`StagedBatch.journaled`)."""
+        return self._staged.journaled
+
+    def commit(self) -> None:
+        self._staged.commit()
+
+    def abort(self) -> None:
+        self._staged.abort()
+
+    def outcomes(self) -> list[Outcome]:
+        """Per item, in order: created, duplicate (its source recorded) or rejected (digest-full)."""
+        out: list[Outcome] = []
+        for (path, blob), res in zip(self._items, self._staged.results, strict=True):
+            if isinstance(res, StorageError):
+                out.append(Outcome("rejected", "digest-full", res.message))
+            elif res.created:
+                out.append(Outcome("created", location=res.location))
+            else:
+                self._intake.also_delivered(path, sha256_hex(blob), self._origin)
+                out.append(Outcome("duplicate", location=res.location))
+        return out

@@ -36,6 +36,7 @@ import os
 import secrets
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from atomicsig import fsutil
 from atomicsig.errors import InputError, StorageError
@@ -43,6 +44,9 @@ from atomicsig.format.reference import Reference
 from atomicsig.format.sigpath import MAX_LOOKASIDE_SIGNATURES, digest_dirname, signature_name, stored_digest
 from atomicsig.store.base import AppendResult, SignatureStore, StoredSignature
 from atomicsig.store.sigdir import append_to_dir, lock_dir, read_dir
+
+if TYPE_CHECKING:
+    from atomicsig.store.journal import PendingRecord
 
 DEFAULT_SIGSTORE = "/var/lib/atomic/sigstore"
 
@@ -119,12 +123,26 @@ class DirectoryStore(SignatureStore):
                      origin: str | None = None) -> list[AppendResult | StorageError]:
         """:meth:`append_path` for many ``(repo path, digest, blob)`` at once, with one filesystem flush and one
         journal write for the batch instead of ~4 fsyncs per signature (which capped a first sync at ~250
-        signatures/s; docs/sync.md "Bulk first sync"). Same rules as one append: every directory's lock is held
-        until the batch is journaled (two batch writers cannot deadlock: a batch waits for a directory only while
-        it holds no journal lock, and single-directory writers take the journal lock last), identical bytes are
-        never stored twice, the next free index is taken create-exclusive (``link``), the source is remembered
-        before the link, and a pending record covers each new file until its journal line is written (a kill in
-        between loses no line: the next journal writer adds it).
+        signatures/s; docs/sync.md "Bulk first sync"): :meth:`stage_batch`, then :meth:`StagedBatch.commit`.
+        Per item: the result, or the StorageError that refused it (a full directory)."""
+        staged = self.stage_batch(items, origin=origin)
+        staged.commit()
+        return staged.results
+
+    def stage_batch(self, items: Sequence[tuple[str, str, bytes]], *,
+                    origin: str | None = None) -> StagedBatch:
+        """Link a batch's new signatures and return it *staged*: every digest directory it touches is locked, its
+        files are linked but neither flushed nor journaled until :meth:`StagedBatch.commit` (or given up by
+        :meth:`StagedBatch.abort`). Split from :meth:`append_batch` so that the bulk first sync can link the next
+        batch while this one's flush runs (atomicsig.sync.packsync): the flush (one ``syncfs``, ~50 ms on this
+        project's disk) was a sixth of a first sync's wall time.
+
+        Same rules as one append: every directory's lock is held until the batch is journaled (two batch writers
+        cannot deadlock: a batch waits for a directory only while it holds no journal lock, and single-directory
+        writers take the journal lock last), identical bytes are never stored twice, the next free index is
+        taken create-exclusive (``link``), the source is remembered before the link, and a pending record covers
+        each new file until its journal line is written (a kill in between loses no line: the next journal
+        writer adds it).
 
         Directories are walked and written by descriptor (``mkdir``/``open`` with ``O_NOFOLLOW`` relative to the
         parent): a symlink planted anywhere below the root fails the batch instead of leading outside, without
@@ -133,13 +151,13 @@ class DirectoryStore(SignatureStore):
         Crash safety: a file's name appears only once its content is complete (link of a written temp file), so
         ``kill -9`` can leave no partial signature and no gap; the journal lines, which tell followers and the
         caller's cursor that the batch is stored, are written only after :func:`fsutil.sync_filesystem` made
-        the batch durable. Per item: the result, or the StorageError that refused it (a full directory).
+        the batch durable (:meth:`StagedBatch.commit`).
 
         System calls per new signature are what bounds a first sync (docs/performance.md), so: every directory
         is read and every new file decided first, then *one* pending record names them all (not one per
         signature), a new directory's origin record is written once with all its entries, and the signature is
         written to an unnamed ``O_TMPFILE`` and linked (:func:`_link_next`). About 11 calls per signature."""
-        from atomicsig.store.journal import MAX_PENDING_LINES, META_DIR, Journal, PendingRecord, begin_pending_batch
+        from atomicsig.store.journal import MAX_PENDING_LINES, META_DIR, begin_pending_batch
 
         out: list[AppendResult | StorageError | None] = [None] * len(items)
         by_dir: dict[str, list[int]] = {}
@@ -194,22 +212,14 @@ class DirectoryStore(SignatureStore):
                         else done
                 if lines:
                     changes.append((plan.rel_dir, lines, functools.partial(_indexed, d)))
-            fsutil.sync_filesystem(self.root)
-            if changes:
-                Journal(self.root).commit_batch(seen, changes)
         except OSError as exc:
-            for p in pendings:
-                p.abandon()  # the next journal writer journals what was linked (atomicsig.store.journal)
+            _give_up(walker, pendings)
             raise StorageError(f"cannot store a batch in {self.root}: {exc.strerror or exc}") from exc
         except BaseException:
-            for p in pendings:
-                p.abandon()
+            _give_up(walker, pendings)
             raise
-        finally:
-            walker.close()  # closing the digest directories' descriptors releases their locks
-        for p in pendings:
-            p.done()
-        return [r if r is not None else StorageError("not stored") for r in out]
+        return StagedBatch(self.root, walker, pendings, changes, seen,
+                           [r if r is not None else StorageError("not stored") for r in out], frozenset(by_dir))
 
     def _remember_plan(self, walker: _DirWalker, plan: _DirPlan, origin: str, umask: int | None) -> None:
         """atomicsig.store.origin.remember for a batch, before the directory's first link. A directory created by
@@ -275,6 +285,67 @@ class DirectoryStore(SignatureStore):
                                        f"journal: {exc.message}", hint="the next write to this sigstore records it "
                                        f"once there is room, or run `atomicsig index {self.root}`") from exc
         return result
+
+
+def _give_up(walker: _DirWalker, pendings: list[PendingRecord]) -> None:
+    """A batch that failed: leave its pending records for the next journal writer (which journals whatever was
+    linked, atomicsig.store.journal) and release its directories' locks."""
+    for p in pendings:
+        p.abandon()
+    walker.close()  # closing the digest directories' descriptors releases their locks
+
+
+class StagedBatch:
+    """A batch whose signatures are linked (:meth:`DirectoryStore.stage_batch`) but not yet durable or journaled.
+    It holds the locks of :attr:`dirs` until :meth:`commit` or :meth:`abort`. :meth:`commit` may run in another
+    thread than the one that staged it (the bulk first sync flushes batch k while it links batch k+1); it never
+    waits for anything of the staging thread, so the staging thread may wait for it."""
+
+    def __init__(self, root: Path, walker: _DirWalker, pendings: list[PendingRecord],
+                 changes: list[tuple[str, list[tuple[str, str, str]], Callable[[], dict[int, str]]]],
+                 seen: str | None, results: list[AppendResult | StorageError], dirs: frozenset[str]) -> None:
+        self.root, self._walker, self._pendings, self._changes, self._seen = root, walker, pendings, changes, seen
+        #: Per item, in order: created or duplicate (known once staged; durable only after :meth:`commit`), or the
+        #: StorageError that refused it.
+        self.results = results
+        #: The digest directories (relative to the root) this batch holds locked until it is committed.
+        self.dirs = dirs
+        self._open = True
+
+    @property
+    def journaled(self) -> bool:
+        """Whether the store had a journal when this batch was staged. Without one, the commit rebuilds the
+        journal from a scan of the whole store, which would also list another batch linked meanwhile: such a
+        batch must be committed before the next is staged."""
+        return self._seen not in (None, "?")
+
+    def commit(self) -> None:
+        """Flush the filesystem, then write the batch's journal lines, then release its locks. On an error the
+        pending records are left for the next journal writer (StorageError), and the locks are released."""
+        from atomicsig.store.journal import Journal
+
+        assert self._open, "a staged batch is committed or aborted once"
+        self._open = False
+        try:
+            fsutil.sync_filesystem(self.root)
+            if self._changes:
+                Journal(self.root).commit_batch(self._seen, self._changes)
+        except OSError as exc:
+            _give_up(self._walker, self._pendings)
+            raise StorageError(f"cannot store a batch in {self.root}: {exc.strerror or exc}") from exc
+        except BaseException:
+            _give_up(self._walker, self._pendings)
+            raise
+        self._walker.close()
+        for p in self._pendings:
+            p.done()
+
+    def abort(self) -> None:
+        """Give the batch up without its journal lines (an error elsewhere): what it linked stays, and the next
+        journal writer journals it from the pending records, as after a kill."""
+        if self._open:
+            self._open = False
+            _give_up(self._walker, self._pendings)
 
 
 class _DirPlan:
