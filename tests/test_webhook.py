@@ -705,15 +705,22 @@ def test_config_file_and_policy_reload_from_a_configmap(world: dict[str, Any], t
         assert _metric(base, "atomicsig_webhook_policy_reload_errors_total") == 1
 
 
-@pytestmark_slow
-def test_sighup_reloads_the_policy(world: dict[str, Any], tmp_path: Path) -> None:
-    """With watching off (--policy-reload-interval 0) a changed file is ignored until SIGHUP."""
-    host, dg = world["host"], world["digests"]
+def signed_policy(world: dict[str, Any], tmp_path: Path) -> Path:
+    """A policy file of its own in ``tmp_path`` (tests rewrite it): ``<host>/app`` signed by the world's key,
+    everything else rejected."""
     live = tmp_path / "policy.yaml"
     (tmp_path / "trusted.gpg").write_bytes((world["work"] / "trusted.gpg").read_bytes())
     signed = {"signed-by": "trusted", "lookaside": f"file://{world['work'] / 'sigstore'}"}
     live.write_text(yaml.safe_dump({"default": "reject", "keys": {"trusted": {"file": "trusted.gpg"}},
-                                    "scopes": {f"{host}/app": signed}}))
+                                    "scopes": {f"{world['host']}/app": signed}}))
+    return live
+
+
+@pytestmark_slow
+def test_sighup_reloads_the_policy(world: dict[str, Any], tmp_path: Path) -> None:
+    """With watching off (--policy-reload-interval 0) a changed file is ignored until SIGHUP."""
+    host, dg = world["host"], world["digests"]
+    live = signed_policy(world, tmp_path)
     doc = review(pod(f"{host}/app/signed@{dg['app/signed:1']}"))
     with webhook(world, "--policy-reload-interval", "0", policy=live) as base:
         assert answer(base, doc)["allowed"] is True

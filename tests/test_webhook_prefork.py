@@ -22,7 +22,20 @@ import requests
 import yaml
 
 from tests.infra import free_port, wait_http
-from tests.test_webhook import _CA, _PROCS, _metric, _wait_for, answer, get, pod, post, review, webhook, world
+from tests.test_webhook import (
+    _CA,
+    _PROCS,
+    _metric,
+    _wait_for,
+    answer,
+    get,
+    pod,
+    post,
+    review,
+    signed_policy,
+    webhook,
+    world,
+)
 from tests.tokenserver import self_signed
 
 __all__ = ["world"]  # the module fixture, shared with tests/test_webhook.py
@@ -105,11 +118,7 @@ def test_sighup_reloads_the_policy_in_every_worker(world: dict[str, Any], tmp_pa
     """SIGHUP to the supervisor reaches each worker: once every worker logged its reload, a review the old policy
     allowed is denied over any connection (each worker's cache went with its old policy)."""
     host, dg = world["host"], world["digests"]
-    live = tmp_path / "policy.yaml"
-    (tmp_path / "trusted.gpg").write_bytes((world["work"] / "trusted.gpg").read_bytes())
-    signed = {"signed-by": "trusted", "lookaside": f"file://{world['work'] / 'sigstore'}"}
-    live.write_text(yaml.safe_dump({"default": "reject", "keys": {"trusted": {"file": "trusted.gpg"}},
-                                    "scopes": {f"{host}/app": signed}}))
+    live = signed_policy(world, tmp_path)
     doc = review(pod(f"{host}/app/signed@{dg['app/signed:1']}"))
     with webhook(world, "--processes", "2", "--policy-reload-interval", "0", "--log-format", "json",
                  policy=live) as base:

@@ -31,7 +31,6 @@ import errno
 import fcntl
 import functools
 import hashlib
-import json
 import os
 import secrets
 from collections.abc import Callable, Sequence
@@ -230,19 +229,18 @@ class DirectoryStore(SignatureStore):
         before the link leaves a record that the next writer of the directory rewrites. No fsync: the batch's
         flush covers it."""
         from atomicsig.store.journal import META_DIR
-        from atomicsig.store.origin import ORIGINS_DIR, put_new, remember
+        from atomicsig.store.origin import ORIGINS_DIR, new_record, put_new, remember
 
         shas = [sha for _, sha in plan.new]
         if not plan.created:
             remember(self.root, plan.rel_dir, shas, origin,
-                     keep={hashlib.sha256(s.blob).hexdigest() for s in plan.existing}, sync=False)
+                     keep={hashlib.sha256(s.blob).hexdigest() for s in plan.existing}, sync=False, dfd=plan.dfd)
             return
         if put_new(plan.dfd, shas, origin):
             return
         parent, _, name = f"{META_DIR}/{ORIGINS_DIR}/{plan.rel_dir}.json".rpartition("/")
         pfd, _ = walker.ensure(parent)
-        delivered = {sha: [origin] for sha in shas}
-        _write_in_place(pfd, name, json.dumps(delivered, sort_keys=True).encode(), umask)
+        _write_in_place(pfd, name, new_record(shas, origin), umask)
 
     def recover(self) -> int:
         """Journal what writers killed mid-append left unjournaled (see atomicsig.sync.journal); lines added."""

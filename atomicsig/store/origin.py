@@ -93,14 +93,13 @@ def _load_file(path: Path) -> Doc:
 
 def _read(root: Path, dirname: str, dfd: int | None) -> Doc:
     """The record of ``dirname`` (``dfd``: the directory, if open): the attribute, else the file, else empty."""
-    path = _file(root, dirname)
     if dfd is not None:
         try:
             return _parse(os.getxattr(dfd, XATTR))
         except OSError as exc:
             if exc.errno not in _NO_XATTRS and exc.errno != errno.ENODATA:
                 return {}  # unreadable: no record (deletes refused)
-    return _load_file(path)
+    return _load_file(_file(root, dirname))
 
 
 @contextlib.contextmanager
@@ -138,14 +137,19 @@ def _write(root: Path, dirname: str, dfd: int | None, doc: Doc, *, sync: bool = 
     fsutil.atomic_write(path, _encode(doc), 0o644, sync_dir=False, sync=sync)
 
 
+def new_record(shas: list[str], source: str) -> bytes:
+    """The record of a digest directory whose every signature (``shas``) ``source`` delivered, encoded as
+    stored, in the attribute or the file alike."""
+    return _encode({sha: [source] for sha in shas})
+
+
 def put_new(dfd: int, shas: list[str], source: str) -> bool:
     """The record of a digest directory a batch writer has just created (nothing stored in it yet, so nothing
     earlier to keep): every new sha256 delivered by ``source``, as the attribute; no flush (the batch flushes the
-    filesystem once). False where the attribute cannot hold it: the caller writes the file instead."""
-    sources = json.dumps([source])  # json.dumps({sha: [source]}, sort_keys=True), by hand: hex keys need no escaping
-    doc = "{" + ", ".join(f'"{sha}": {sources}' for sha in sorted(shas)) + "}"
+    filesystem once). False where the attribute cannot hold it: the caller writes :func:`new_record` to the
+    file instead."""
     try:
-        os.setxattr(dfd, XATTR, doc.encode())
+        os.setxattr(dfd, XATTR, new_record(shas, source))
         return True
     except OSError as exc:
         if exc.errno in _NO_XATTRS | _TOO_BIG:
@@ -166,16 +170,17 @@ def recorded(root: Path, dirname: str, sha256: str) -> list[str]:
 
 
 def remember(root: Path, dirname: str, sha256: str | list[str], source: str, *, keep: set[str],
-             sync: bool = True) -> None:
+             sync: bool = True, dfd: int | None = None) -> None:
     """Record ``source`` for new bytes (the caller holds the directory's lock and is about to link them; a batch
     writer names all it is about to link there); entries for bytes no longer in the directory (not in ``keep``)
     are dropped on the way. ``sync=False``: a batch writer flushes the filesystem once for its whole batch
-    (atomicsig.store.directory.DirectoryStore.append_batch)."""
-    with _opened(root, dirname) as dfd:
-        doc = {k: v for k, v in _read(root, dirname, dfd).items() if k in keep}
+    (atomicsig.store.directory.DirectoryStore.stage_batch), and passes the directory it holds open as ``dfd``
+    (opened beneath the root without following a link, as here)."""
+    with contextlib.nullcontext(dfd) if dfd is not None else _opened(root, dirname) as d:
+        doc = {k: v for k, v in _read(root, dirname, d).items() if k in keep}
         for sha in [sha256] if isinstance(sha256, str) else sha256:
             doc[sha] = [source]
-        _write(root, dirname, dfd, doc, sync=sync)
+        _write(root, dirname, d, doc, sync=sync)
 
 
 def also_delivered(root: Path, dirname: str, sha256: str, source: str) -> bool:
