@@ -220,6 +220,34 @@ def test_killed_worker_is_replaced_and_sigterm_stops_everything(world: dict[str,
 
 
 @pytest.mark.slow
+def test_sigterm_while_a_replacement_loads_its_policy_leaves_nothing(world: dict[str, Any], tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A replacement worker reads the policy's keys into a temporary GnuPG home; the supervisor stopped in the
+    middle of that (SIGTERM) must not leave the home behind. The policy names its key 40 times, so the load
+    takes long enough to be caught; SIGTERM's default used to end the worker there (CI found the home left)."""
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    live = signed_policy(world, tmp_path)
+    doc = yaml.safe_load(live.read_text())
+    doc["keys"].update({f"copy{i}": {"file": "trusted.gpg"} for i in range(40)})
+    live.write_text(yaml.safe_dump(doc))
+    with webhook(world, "--processes", "2", policy=live) as base:
+        proc = _PROCS[base]
+        victim = min(_children(proc.pid))
+        os.kill(victim, signal.SIGKILL)
+        homes: list[Path] = []
+        deadline = time.monotonic() + 15
+        while not homes:  # the replacement is reading the keys
+            homes = list((tmp_path / "tmp").glob("atomicsig-gpg-*"))
+            assert time.monotonic() < deadline, "no replacement started loading the policy"
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    left = [p.name for p in (tmp_path / "tmp").iterdir()]
+    assert left == [], left
+
+
+@pytest.mark.slow
 def test_workers_exit_when_the_supervisor_is_killed(world: dict[str, Any]) -> None:
     """SIGKILL of the supervisor (no chance to clean up): PR_SET_PDEATHSIG stops the workers, the port is free."""
     with webhook(world, "--processes", "2") as base:

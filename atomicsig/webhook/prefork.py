@@ -92,6 +92,14 @@ def _remember_sighup(signum: int, frame: object) -> None:
     _sighup_early.append(True)
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    """A worker stopped before its server runs (a replacement still loading its policy when the supervisor stops):
+    unwind, so that what it made on the way — a temporary GnuPG home while it reads the policy's keys — is
+    removed by its own ``finally``. SIGTERM's default ended it on the spot and left that home behind (found by
+    the worker-replacement test under CI load)."""
+    raise SystemExit(128 + signum)
+
+
 def early_sighup() -> bool:
     """Whether a SIGHUP reached this worker before it installed its own handler (then it must reload: the policy
     it was handed predates the signal)."""
@@ -166,9 +174,10 @@ class Supervisor:
 
         SIGHUP is not given its default (which ends the process): until the worker's own handler is in place, a
         SIGHUP forwarded to it is only remembered (:func:`early_sighup`). It used to kill a worker still loading,
-        which the supervisor then replaced (found by the SIGHUP test under CI load)."""
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, signal.SIG_DFL)
+        which the supervisor then replaced (found by the SIGHUP test under CI load). SIGTERM unwinds the worker
+        (:func:`_exit_on_sigterm`) instead of ending it where it stands."""
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
         signal.signal(signal.SIGHUP, _remember_sighup)
         signal.pthread_sigmask(signal.SIG_SETMASK, self._old_mask or set())
         return die_with_parent(self._parent)
