@@ -33,7 +33,7 @@ import functools
 import hashlib
 import os
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -168,7 +168,7 @@ class DirectoryStore(SignatureStore):
         walker = _DirWalker(self.root, umask)
         pendings: list[PendingRecord] = []
         changes: list[tuple[str, list[tuple[str, str, str]], Callable[[], dict[int, str]]]] = []
-        try:
+        with _or_give_up(self.root, walker, pendings):
             locked: dict[str, tuple[int, bool]] = {}
             for rel_dir in sorted(by_dir):
                 dfd, created = walker.ensure(rel_dir)
@@ -211,12 +211,6 @@ class DirectoryStore(SignatureStore):
                         else done
                 if lines:
                     changes.append((plan.rel_dir, lines, functools.partial(_indexed, d)))
-        except OSError as exc:
-            _give_up(walker, pendings)
-            raise StorageError(f"cannot store a batch in {self.root}: {exc.strerror or exc}") from exc
-        except BaseException:
-            _give_up(walker, pendings)
-            raise
         return StagedBatch(self.root, walker, pendings, changes, seen,
                            [r if r is not None else StorageError("not stored") for r in out], frozenset(by_dir))
 
@@ -293,6 +287,19 @@ def _give_up(walker: _DirWalker, pendings: list[PendingRecord]) -> None:
     walker.close()  # closing the digest directories' descriptors releases their locks
 
 
+@contextlib.contextmanager
+def _or_give_up(root: Path, walker: _DirWalker, pendings: list[PendingRecord]) -> Iterator[None]:
+    """Staging or committing a batch: on any error :func:`_give_up`, and name the store in an OSError."""
+    try:
+        yield
+    except OSError as exc:
+        _give_up(walker, pendings)
+        raise StorageError(f"cannot store a batch in {root}: {exc.strerror or exc}") from exc
+    except BaseException:
+        _give_up(walker, pendings)
+        raise
+
+
 class StagedBatch:
     """A batch whose signatures are linked (:meth:`DirectoryStore.stage_batch`) but not yet durable or journaled.
     It holds the locks of :attr:`dirs` until :meth:`commit` or :meth:`abort`. :meth:`commit` may run in another
@@ -324,16 +331,10 @@ class StagedBatch:
 
         assert self._open, "a staged batch is committed or aborted once"
         self._open = False
-        try:
+        with _or_give_up(self.root, self._walker, self._pendings):
             fsutil.sync_filesystem(self.root)
             if self._changes:
                 Journal(self.root).commit_batch(self._seen, self._changes)
-        except OSError as exc:
-            _give_up(self._walker, self._pendings)
-            raise StorageError(f"cannot store a batch in {self.root}: {exc.strerror or exc}") from exc
-        except BaseException:
-            _give_up(self._walker, self._pendings)
-            raise
         self._walker.close()
         for p in self._pendings:
             p.done()

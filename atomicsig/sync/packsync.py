@@ -330,10 +330,10 @@ class _Pipe:
             if staged is not None:
                 staged.abort()
             raise
-        span = (str(p.todo[0][0]), str(p.todo[-1][0])) if p.todo else ("", "")
-        if staged is None:
-            self._stored(None, span, p.cursor, p.memo)
+        if staged is None:  # nothing to link (refused, or already stored): only the cursor moves
+            self._stored(None, ("", ""), p.cursor, p.memo)
             return
+        span = (str(p.todo[0][0]), str(p.todo[-1][0]))
         if self._committer is None:
             self._committer = ThreadPoolExecutor(1, thread_name_prefix="atomicsig-commit")
         self.committing = _Committing(staged, self._committer.submit(staged.commit), span, p.cursor, p.memo)
